@@ -1,0 +1,296 @@
+//! One broker connection with a publishing channel (confirms on) and
+//! consuming channels.
+
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions,
+};
+use lapin::types::{FieldTable, LongString, ShortString};
+use lapin::{Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+
+use super::convert;
+use super::AmqpError;
+use crate::message::{Inbound, Message};
+use crate::topology::{self, QueueSpec, Topology};
+
+/// A queue's depth and consumer count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct QueueInfo {
+    /// Messages ready.
+    pub messages: u32,
+    /// Consumers attached.
+    pub consumers: u32,
+}
+
+/// A connection to the broker.
+pub struct Link {
+    conn: Connection,
+    publisher: Channel,
+}
+
+/// A consumer on its own channel; settle its deliveries through it.
+pub struct Subscription {
+    channel: Channel,
+    consumer: lapin::Consumer,
+}
+
+fn classify(op: &'static str, name: &str, e: lapin::Error) -> AmqpError {
+    let text = e.to_string();
+    if text.contains("NOT_FOUND") {
+        AmqpError::NoSuchQueue(name.to_owned())
+    } else if text.contains("PRECONDITION_FAILED") {
+        AmqpError::Conflict {
+            name: name.to_owned(),
+            message: text,
+        }
+    } else {
+        AmqpError::broker(op, e)
+    }
+}
+
+impl Link {
+    /// Connects to `url`, naming the connection `name` in the broker's UI.
+    pub async fn connect(url: &str, name: &str) -> Result<Self, AmqpError> {
+        let props =
+            ConnectionProperties::default().with_connection_name(LongString::from(name));
+        let conn = Connection::connect(url, props)
+            .await
+            .map_err(|e| AmqpError::Connect(e.to_string()))?;
+        let publisher = conn
+            .create_channel()
+            .await
+            .map_err(|e| AmqpError::broker("channel.open", e))?;
+        publisher
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| AmqpError::broker("confirm.select", e))?;
+        Ok(Self { conn, publisher })
+    }
+
+    /// True while the connection is usable.
+    pub fn is_connected(&self) -> bool {
+        self.conn.status().connected() && self.publisher.status().connected()
+    }
+
+    /// Declares every exchange and fixed queue of `topo`.
+    pub async fn declare_topology(&self, topo: &Topology) -> Result<(), AmqpError> {
+        for ex in &topo.exchanges {
+            let kind = match ex.kind {
+                topology::ExchangeKind::Topic => ExchangeKind::Topic,
+                topology::ExchangeKind::Direct => ExchangeKind::Direct,
+                topology::ExchangeKind::Fanout => ExchangeKind::Fanout,
+            };
+            self.publisher
+                .exchange_declare(
+                    ShortString::from(ex.name.as_str()),
+                    kind,
+                    ExchangeDeclareOptions {
+                        durable: true,
+                        ..ExchangeDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| classify("exchange.declare", &ex.name, e))?;
+        }
+        for q in &topo.queues {
+            self.declare_queue(q).await?;
+        }
+        Ok(())
+    }
+
+    /// Declares one durable queue and its bindings.
+    pub async fn declare_queue(&self, q: &QueueSpec) -> Result<(), AmqpError> {
+        self.publisher
+            .queue_declare(
+                ShortString::from(q.name.as_str()),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                convert::arguments(&q.arguments),
+            )
+            .await
+            .map_err(|e| classify("queue.declare", &q.name, e))?;
+        for b in &q.bind {
+            self.publisher
+                .queue_bind(
+                    ShortString::from(q.name.as_str()),
+                    ShortString::from(b.exchange.as_str()),
+                    ShortString::from(b.key.as_str()),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| classify("queue.bind", &q.name, e))?;
+        }
+        Ok(())
+    }
+
+    /// Publishes `msg` to `msg.exchange` with `msg.routing_key`, persistent
+    /// and mandatory, and waits for the broker's confirm.
+    pub async fn publish(&self, msg: &Message) -> Result<(), AmqpError> {
+        let confirm = self
+            .publisher
+            .basic_publish(
+                ShortString::from(msg.exchange.as_str()),
+                ShortString::from(msg.routing_key.as_str()),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                &msg.body,
+                convert::properties(msg),
+            )
+            .await
+            .map_err(|e| AmqpError::broker("basic.publish", e))?;
+        match confirm
+            .await
+            .map_err(|e| AmqpError::broker("publisher confirm", e))?
+        {
+            Confirmation::Ack(None) => Ok(()),
+            Confirmation::Ack(Some(_)) => Err(AmqpError::Unroutable {
+                exchange: msg.exchange.clone(),
+                routing_key: msg.routing_key.clone(),
+            }),
+            Confirmation::Nack(_) => Err(AmqpError::Nack(msg.exchange.clone())),
+            Confirmation::NotRequested => Err(AmqpError::Broker {
+                op: "publisher confirm",
+                message: "confirms are not enabled on the channel".into(),
+            }),
+        }
+    }
+
+    /// Starts consuming `queue` on a new channel with `prefetch` unacked deliveries.
+    pub async fn subscribe(&self, queue: &str, prefetch: u16, tag: &str) -> Result<Subscription, AmqpError> {
+        let channel = self
+            .conn
+            .create_channel()
+            .await
+            .map_err(|e| AmqpError::broker("channel.open", e))?;
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await
+            .map_err(|e| AmqpError::broker("basic.qos", e))?;
+        let consumer = channel
+            .basic_consume(
+                ShortString::from(queue),
+                ShortString::from(tag),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| classify("basic.consume", queue, e))?;
+        Ok(Subscription { channel, consumer })
+    }
+
+    /// Depth and consumers of `queue` (passive declare on a throwaway channel).
+    pub async fn queue_info(&self, queue: &str) -> Result<QueueInfo, AmqpError> {
+        let ch = self
+            .conn
+            .create_channel()
+            .await
+            .map_err(|e| AmqpError::broker("channel.open", e))?;
+        let res = ch
+            .queue_declare(
+                ShortString::from(queue),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        let out = match res {
+            Ok(q) => Ok(QueueInfo {
+                messages: q.message_count(),
+                consumers: q.consumer_count(),
+            }),
+            Err(e) => Err(classify("queue.declare passive", queue, e)),
+        };
+        if ch.status().connected() {
+            let _ = ch.close(200, ShortString::from("done")).await;
+        }
+        out
+    }
+
+    /// Removes every ready message of `queue`; returns how many.
+    pub async fn purge(&self, queue: &str) -> Result<u32, AmqpError> {
+        self.publisher
+            .queue_purge(ShortString::from(queue), QueuePurgeOptions::default())
+            .await
+            .map_err(|e| classify("queue.purge", queue, e))
+    }
+
+    /// Deletes `queue`; returns how many messages it held.
+    pub async fn delete_queue(&self, queue: &str) -> Result<u32, AmqpError> {
+        self.publisher
+            .queue_delete(ShortString::from(queue), QueueDeleteOptions::default())
+            .await
+            .map_err(|e| classify("queue.delete", queue, e))
+    }
+
+    /// Closes the connection.
+    pub async fn close(&self) {
+        let _ = self.conn.close(200, ShortString::from("bye")).await;
+    }
+}
+
+impl Subscription {
+    /// The next delivery; `None` when the consumer was cancelled.
+    pub async fn next(&mut self) -> Option<Result<Inbound, AmqpError>> {
+        match self.consumer.next().await? {
+            Ok(d) => Some(Ok(convert::inbound(d))),
+            Err(e) => Some(Err(AmqpError::broker("basic.deliver", e))),
+        }
+    }
+
+    /// Acknowledges one delivery.
+    pub async fn ack(&self, delivery_tag: u64) -> Result<(), AmqpError> {
+        self.channel
+            .basic_ack(delivery_tag, BasicAckOptions::default())
+            .await
+            .map_err(|e| AmqpError::broker("basic.ack", e))
+    }
+
+    /// Rejects one delivery (`requeue=false` dead-letters it).
+    pub async fn reject(&self, delivery_tag: u64, requeue: bool) -> Result<(), AmqpError> {
+        self.channel
+            .basic_reject(delivery_tag, BasicRejectOptions { requeue })
+            .await
+            .map_err(|e| AmqpError::broker("basic.reject", e))
+    }
+
+    /// A handle that settles deliveries of this subscription from other tasks.
+    pub fn settler(&self) -> Settler {
+        Settler {
+            channel: self.channel.clone(),
+        }
+    }
+}
+
+/// Settles deliveries of one subscription (cloneable, for worker tasks).
+#[derive(Clone)]
+pub struct Settler {
+    channel: Channel,
+}
+
+impl Settler {
+    /// Acknowledges one delivery.
+    pub async fn ack(&self, delivery_tag: u64) -> Result<(), AmqpError> {
+        self.channel
+            .basic_ack(delivery_tag, BasicAckOptions::default())
+            .await
+            .map_err(|e| AmqpError::broker("basic.ack", e))
+    }
+
+    /// Rejects one delivery.
+    pub async fn reject(&self, delivery_tag: u64, requeue: bool) -> Result<(), AmqpError> {
+        self.channel
+            .basic_reject(delivery_tag, BasicRejectOptions { requeue })
+            .await
+            .map_err(|e| AmqpError::broker("basic.reject", e))
+    }
+}

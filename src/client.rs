@@ -1,0 +1,350 @@
+//! A Rust adapter library: sign and publish envelopes and status messages,
+//! receive deliveries (hub signature checked, repeats dropped) and notices.
+//! The `truc send` / `truc recv` commands are built on it.
+//!
+//! Invariant: everything this module publishes is signed over the canonical
+//! form of [`crate::canonical`], exactly as an adapter in another language
+//! must do it from `docs/PROTOCOL.md`.
+
+use std::collections::{HashSet, VecDeque};
+
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::amqp::{AmqpError, Link, Subscription};
+use crate::auth::{body_digest, sign_hmac, verify, Alg};
+use crate::canonical::canonical_form;
+use crate::code::AgencyCode;
+use crate::envelope::Priority;
+use crate::message::{Inbound, Message};
+use crate::notice::Notice;
+use crate::time::{format_rfc3339, now_ms};
+
+/// Client errors.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The broker failed.
+    #[error(transparent)]
+    Amqp(#[from] AmqpError),
+    /// A delivery or notice failed verification.
+    #[error("refused {what}: {why}")]
+    Verify {
+        /// What was received.
+        what: &'static str,
+        /// Why it was refused.
+        why: String,
+    },
+    /// Credentials file problem.
+    #[error("credentials: {0}")]
+    Credentials(String),
+}
+
+/// An agency's credentials.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Credentials {
+    /// The agency code.
+    pub code: AgencyCode,
+    /// Access key.
+    pub access_key: String,
+    /// Secret.
+    pub secret: String,
+}
+
+impl Credentials {
+    /// Reads a JSON credentials file as printed by `truc agency add --json`.
+    pub fn from_file(path: &std::path::Path) -> Result<Self, ClientError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ClientError::Credentials(format!("{}: {e}", path.display())))?;
+        serde_json::from_str(&text).map_err(|e| ClientError::Credentials(format!("{}: {e}", path.display())))
+    }
+}
+
+/// A fresh, sortable message id (26 characters).
+pub fn new_message_id() -> String {
+    const ALPHABET: &[u8] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+    let mut ms = now_ms() as u64;
+    let mut head = [0u8; 10];
+    for slot in head.iter_mut().rev() {
+        *slot = ALPHABET[(ms & 31) as usize];
+        ms >>= 5;
+    }
+    let mut rng = rand::thread_rng();
+    let tail: String = (0..16).map(|_| ALPHABET[rng.gen_range(0..32)] as char).collect();
+    format!("{}{tail}", String::from_utf8_lossy(&head))
+}
+
+/// A fresh nonce (32 hex characters).
+pub fn new_nonce() -> String {
+    let b: [u8; 16] = rand::thread_rng().gen();
+    hex::encode(b)
+}
+
+/// An envelope to send.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// Destinations.
+    pub to: Vec<AgencyCode>,
+    /// Subject.
+    pub subject: String,
+    /// Priority.
+    pub priority: Priority,
+    /// `lgsp-type`.
+    pub data_type: String,
+    /// AMQP content type.
+    pub content_type: String,
+    /// Body.
+    pub body: Vec<u8>,
+    /// Message id (generated when `None`).
+    pub message_id: Option<String>,
+    /// Further `lgsp-` headers (`lgsp-deliver-by`, `lgsp-bounce-after`…).
+    pub extra: Vec<(String, String)>,
+}
+
+/// Signs `m` (which must hold every `lgsp-` header but the signature) with HMAC.
+pub fn sign(m: &mut Message, creds: &Credentials, alg: Alg) {
+    m.set_header("lgsp-version", "1");
+    m.set_header("lgsp-from", creds.code.as_str());
+    m.set_header("lgsp-key", &creds.access_key);
+    m.set_header("lgsp-alg", alg.as_str());
+    m.set_header("lgsp-time", format_rfc3339(now_ms() / 1000 * 1000).replace(".000Z", "Z"));
+    m.set_header("lgsp-nonce", new_nonce());
+    m.headers.remove("lgsp-signature");
+    let canon = canonical_form(m, &m.routing_key.clone()).unwrap_or_default();
+    m.set_header("lgsp-signature", sign_hmac(alg, &creds.secret, canon.as_bytes()));
+}
+
+/// The signed message for envelope `out` from `creds`.
+pub fn envelope_message(prefix: &str, creds: &Credentials, out: &Outgoing) -> Message {
+    let mut m = Message {
+        exchange: format!("{prefix}ingress"),
+        routing_key: format!("envelope.{}", creds.code),
+        message_id: Some(out.message_id.clone().unwrap_or_else(new_message_id)),
+        content_type: Some(out.content_type.clone()),
+        timestamp: Some((now_ms() / 1000) as u64),
+        body: out.body.clone().into(),
+        ..Message::default()
+    };
+    let to: Vec<&str> = out.to.iter().map(AgencyCode::as_str).collect();
+    m.set_header("lgsp-to", to.join(","));
+    m.set_header("lgsp-subject", &out.subject);
+    m.set_header("lgsp-priority", out.priority.code().to_string());
+    m.set_header("lgsp-type", &out.data_type);
+    m.set_header("lgsp-digest", body_digest(&out.body));
+    for (k, v) in &out.extra {
+        m.set_header(k, v);
+    }
+    sign(&mut m, creds, Alg::HmacSha256);
+    m
+}
+
+/// The signed status message `status` about `reference`.
+pub fn status_message(prefix: &str, creds: &Credentials, reference: &str, status: &str, source: Option<&AgencyCode>, reason: Option<&str>) -> Message {
+    let mut m = Message {
+        exchange: format!("{prefix}ingress"),
+        routing_key: format!("status.{}", creds.code),
+        message_id: Some(new_message_id()),
+        content_type: Some("text/plain".into()),
+        timestamp: Some((now_ms() / 1000) as u64),
+        body: Vec::new().into(),
+        ..Message::default()
+    };
+    m.set_header("lgsp-ref", reference);
+    m.set_header("lgsp-status", status);
+    m.set_header("lgsp-digest", body_digest(b""));
+    if let Some(s) = source {
+        m.set_header("lgsp-to", s.as_str());
+    }
+    if let Some(r) = reason {
+        m.set_header("lgsp-reason", r);
+    }
+    sign(&mut m, creds, Alg::HmacSha256);
+    m
+}
+
+/// Checks the hub signature of a message received on `routing_key`
+/// (`deliver.<code>` or `notice.<code>`).
+pub fn verify_hub_signature(m: &Message, routing_key: &str, secret: &str) -> Result<(), String> {
+    let sig = m.header("lgsp-hub-signature").ok_or("no lgsp-hub-signature")?;
+    let canon = canonical_form(m, routing_key).map_err(|e| e.to_string())?;
+    verify(Alg::HmacSha256, secret, None, canon.as_bytes(), sig).map_err(|e| e.to_string())
+}
+
+/// A delivery, verified.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// Source agency.
+    pub from: AgencyCode,
+    /// The source's message id.
+    pub message_id: String,
+    /// Subject.
+    pub subject: String,
+    /// Priority code.
+    pub priority: u8,
+    /// `lgsp-attempt` (> 1: possibly delivered before).
+    pub attempt: u32,
+    /// Already received before (by `(from, message_id)`): drop it.
+    pub repeat: bool,
+    /// The message as received.
+    pub message: Message,
+    /// Delivery tag to settle.
+    pub delivery_tag: u64,
+}
+
+/// Remembers the last `capacity` `(from, message_id)` pairs seen.
+#[derive(Debug)]
+pub struct Dedupe {
+    seen: HashSet<(String, String)>,
+    order: VecDeque<(String, String)>,
+    capacity: usize,
+}
+
+impl Dedupe {
+    /// Remembers up to `capacity` pairs.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            seen: HashSet::new(),
+            order: VecDeque::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// True when the pair was seen before; remembers it otherwise.
+    pub fn seen(&mut self, from: &str, message_id: &str) -> bool {
+        let k = (from.to_owned(), message_id.to_owned());
+        if self.seen.contains(&k) {
+            return true;
+        }
+        if self.order.len() == self.capacity {
+            if let Some(old) = self.order.pop_front() {
+                self.seen.remove(&old);
+            }
+        }
+        self.seen.insert(k.clone());
+        self.order.push_back(k);
+        false
+    }
+}
+
+/// A connected adapter.
+pub struct Client {
+    link: Link,
+    creds: Credentials,
+    prefix: String,
+    dedupe: Dedupe,
+}
+
+impl Client {
+    /// Connects to `url` as `creds`.
+    pub async fn connect(url: &str, prefix: &str, creds: Credentials) -> Result<Self, ClientError> {
+        let link = Link::connect(url, &format!("adapter {}", creds.code)).await?;
+        Ok(Self {
+            link,
+            creds,
+            prefix: prefix.to_owned(),
+            dedupe: Dedupe::new(100_000),
+        })
+    }
+
+    /// The credentials in use.
+    pub fn credentials(&self) -> &Credentials {
+        &self.creds
+    }
+
+    /// Signs and publishes an envelope (confirmed); returns its message id.
+    pub async fn send(&self, out: &Outgoing) -> Result<String, ClientError> {
+        let m = envelope_message(&self.prefix, &self.creds, out);
+        self.link.publish(&m).await?;
+        Ok(m.message_id.unwrap_or_default())
+    }
+
+    /// Publishes an already built message (confirmed).
+    pub async fn publish(&self, m: &Message) -> Result<(), ClientError> {
+        Ok(self.link.publish(m).await?)
+    }
+
+    /// Signs and publishes a status message (confirmed).
+    pub async fn send_status(&self, reference: &str, status: &str, source: Option<&AgencyCode>, reason: Option<&str>) -> Result<(), ClientError> {
+        let m = status_message(&self.prefix, &self.creds, reference, status, source, reason);
+        Ok(self.link.publish(&m).await?)
+    }
+
+    /// Starts consuming this agency's inbox.
+    pub async fn inbox(&self, prefetch: u16) -> Result<Subscription, ClientError> {
+        Ok(self
+            .link
+            .subscribe(&format!("{}inbox.{}", self.prefix, self.creds.code), prefetch, "")
+            .await?)
+    }
+
+    /// Starts consuming this agency's notices.
+    pub async fn notices(&self, prefetch: u16) -> Result<Subscription, ClientError> {
+        Ok(self
+            .link
+            .subscribe(&format!("{}notify.{}", self.prefix, self.creds.code), prefetch, "")
+            .await?)
+    }
+
+    /// Verifies one inbox delivery and marks repeats.
+    pub fn receive(&mut self, inbound: Inbound) -> Result<Received, ClientError> {
+        let refuse = |why: String| ClientError::Verify { what: "delivery", why };
+        let m = inbound.message;
+        verify_hub_signature(&m, &format!("deliver.{}", self.creds.code), &self.creds.secret).map_err(refuse)?;
+        let from = m
+            .header("lgsp-from")
+            .and_then(|f| AgencyCode::parse(f).ok())
+            .ok_or_else(|| refuse("no valid lgsp-from".into()))?;
+        let digest = m.header("lgsp-digest").unwrap_or("");
+        if digest != body_digest(&m.body) {
+            return Err(refuse("body does not match lgsp-digest".into()));
+        }
+        let message_id = m.message_id.clone().unwrap_or_default();
+        let repeat = self.dedupe.seen(from.as_str(), &message_id);
+        Ok(Received {
+            from,
+            subject: m.header("lgsp-subject").unwrap_or("").to_owned(),
+            priority: m.header("lgsp-priority").and_then(|p| p.parse().ok()).unwrap_or(0),
+            attempt: m.header("lgsp-attempt").and_then(|a| a.parse().ok()).unwrap_or(1),
+            repeat,
+            message_id,
+            message: m,
+            delivery_tag: inbound.delivery_tag,
+        })
+    }
+
+    /// Verifies one notice.
+    pub fn notice(&self, inbound: &Inbound) -> Result<Notice, ClientError> {
+        let refuse = |why: String| ClientError::Verify { what: "notice", why };
+        verify_hub_signature(&inbound.message, &format!("notice.{}", self.creds.code), &self.creds.secret).map_err(refuse)?;
+        serde_json::from_slice(&inbound.message.body).map_err(|e| refuse(e.to_string()))
+    }
+
+    /// Closes the connection.
+    pub async fn close(self) {
+        self.link.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dedupe_forgets_the_oldest() {
+        let mut d = Dedupe::new(2);
+        assert!(!d.seen("A", "1"));
+        assert!(d.seen("A", "1"));
+        assert!(!d.seen("B", "1"));
+        assert!(!d.seen("A", "2"));
+        assert!(!d.seen("A", "1"), "evicted");
+    }
+
+    #[test]
+    fn message_ids_are_valid_and_distinct() {
+        let a = new_message_id();
+        let b = new_message_id();
+        assert_eq!(a.len(), 26);
+        assert!(crate::envelope::valid_message_id(&a));
+        assert_ne!(a, b);
+        assert!(crate::envelope::valid_nonce(&new_nonce()));
+    }
+}

@@ -1,0 +1,56 @@
+//! truc — the provincial integration axis (Trục liên thông, LGSP): a
+//! store-and-forward router for signed envelopes on RabbitMQ.
+//!
+//! # Layout
+//! - [`code`] — agency codes (QCVN 102), validated once at the edge.
+//! - [`time`] — RFC 3339 times and human durations.
+//! - [`message`] — the transport-neutral AMQP message.
+//! - [`canonical`] — the canonical form every signature covers.
+//! - [`auth`] — HMAC-SHA256/SHA1 and RSA-SHA256 verification, hub signing.
+//! - [`reason`] — the contract's reason codes.
+//! - [`envelope`] — parsing envelopes, status messages and heartbeats.
+//! - [`codec`] — the one codec for sled values (version byte + bincode).
+//! - [`store`] — the sled database and group-committed durability.
+//! - [`registry`] — agencies, keys, public keys.
+//! - [`replay`] — nonce replay defence.
+//! - [`tracking`] — per-envelope, per-destination timelines; dedupe records.
+//! - [`notice`] — notices to sources and the hub signature.
+//! - [`policy`] — policies from `policies/`.
+//! - [`topology`] — the RabbitMQ topology from `queues/`.
+//! - [`config`] — configuration file and environment.
+//! - [`amqp`] — the only module that imports lapin.
+//! - [`router`] — the ingress pipeline (broker behind a trait).
+//! - [`service`] — `truc serve`: link supervision, workers, shutdown.
+//! - [`admin`] — the admin HTTP API and `/metrics`.
+//! - [`metrics`] — every metric, emitted from one place each.
+//! - [`client`] — a Rust adapter library.
+//! - [`http`], [`cli`], [`adapter`] — the command line.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod adapter;
+pub mod admin;
+pub mod amqp;
+pub mod auth;
+pub mod canonical;
+pub mod cli;
+pub mod client;
+pub mod code;
+pub mod codec;
+pub mod config;
+pub mod envelope;
+pub mod http;
+pub mod message;
+pub mod metrics;
+pub mod notice;
+pub mod policy;
+pub mod reason;
+pub mod registry;
+pub mod replay;
+pub mod router;
+pub mod service;
+pub mod store;
+pub mod time;
+pub mod topology;
+pub mod tracking;

@@ -1,0 +1,521 @@
+//! The ingress pipeline: decode → authenticate → authorise → check digest →
+//! dedupe → route → publish (confirmed) → record (durable) → ack.
+//!
+//! Invariants:
+//! - an ingress message is acknowledged only after every publish it caused
+//!   was confirmed by the broker and its record is on disk;
+//! - the envelope record is written *after* its deliveries are confirmed, so a
+//!   crash in between makes the broker redeliver it and truc publish again,
+//!   marked `lgsp-attempt: 2` (a possible repeat the client library drops);
+//! - a sender that cannot be authenticated gets no notice: its message goes
+//!   to the bounded `rejected` queue;
+//! - the router never holds a body anywhere but in the message being handled.
+//!
+//! The broker is reached through the [`Outbox`] trait, so the whole pipeline
+//! runs in unit tests without one.
+
+use std::future::Future;
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use crate::auth::{body_digest, verify};
+use crate::canonical::canonical_form;
+use crate::code::AgencyCode;
+use crate::envelope::{EnvelopeFields, Kind, Payload, Refusal, Signed, StatusFields};
+use crate::message::{Inbound, Message};
+use crate::metrics;
+use crate::notice::{hub_sign, Notice, NoticeKind};
+use crate::policy::Policies;
+use crate::reason::Reason;
+use crate::registry::{Entry, Registry};
+use crate::replay::{NonceCheck, Nonces};
+use crate::store::{Store, StoreError};
+use crate::time::{format_rfc3339, now_ms};
+use crate::topology::Topology;
+use crate::tracking::{DestTrack, EnvelopeRecord, Tracking};
+
+/// Why a publish failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PublishError {
+    /// No queue is bound for the routing key.
+    #[error("unroutable")]
+    Unroutable,
+    /// Anything else (nack, lost connection): the outcome is unknown.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Where the router's output goes: the broker, or a test double.
+pub trait Outbox: Send + Sync {
+    /// Publishes `msg` and resolves when the broker confirmed it.
+    fn publish(&self, msg: &Message) -> impl Future<Output = Result<(), PublishError>> + Send;
+    /// Declares the inbox and notify queues of `code`.
+    fn declare_agency(&self, code: &AgencyCode) -> impl Future<Output = Result<(), PublishError>> + Send;
+}
+
+/// Router errors: the ingress message is not acked and will come again.
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    /// A publish failed.
+    #[error("publish failed: {0}")]
+    Publish(#[from] PublishError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl RouterError {
+    /// Whether handling the same message again may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Publish(PublishError::Failed(_)) => true,
+            Self::Publish(PublishError::Unroutable) => true,
+            Self::Store(e) => e.is_retryable(),
+        }
+    }
+}
+
+/// What happened to one ingress message (for logs and tests).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Accepted; delivered to these destinations.
+    Accepted {
+        /// Destinations published to.
+        delivered: Vec<AgencyCode>,
+        /// Destinations bounced at once, with the reason.
+        bounced: Vec<(AgencyCode, Reason)>,
+    },
+    /// A repeat of an accepted envelope; `accepted` was sent again.
+    Duplicate,
+    /// Refused with a notice to the sender.
+    Rejected(Reason),
+    /// Refused without a notice (unauthenticated), kept in the rejected queue.
+    Quarantined(Reason),
+    /// A status message was recorded and relayed.
+    StatusRelayed,
+    /// A heartbeat was taken.
+    Heartbeat,
+}
+
+/// The pipeline and the state it reads.
+pub struct Router {
+    registry: Registry,
+    tracking: Tracking,
+    nonces: Nonces,
+    store: Store,
+    topology: Arc<Topology>,
+    policies: RwLock<Arc<Policies>>,
+}
+
+struct Authenticated {
+    signed: Signed,
+    sender: Arc<Entry>,
+}
+
+impl Router {
+    /// A router over `store`, `registry` and `topology` with `policies`.
+    pub fn new(store: Store, registry: Registry, topology: Arc<Topology>, policies: Policies) -> Self {
+        Self {
+            tracking: Tracking::new(store.clone()),
+            nonces: Nonces::new(store.clone()),
+            registry,
+            store,
+            topology,
+            policies: RwLock::new(Arc::new(policies)),
+        }
+    }
+
+    /// The policies in force.
+    pub fn policies(&self) -> Arc<Policies> {
+        self.policies.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces the policies (SIGHUP).
+    pub fn set_policies(&self, p: Policies) {
+        *self.policies.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(p);
+    }
+
+    /// The tracking store.
+    pub fn tracking(&self) -> &Tracking {
+        &self.tracking
+    }
+
+    /// The nonce table.
+    pub fn nonces(&self) -> &Nonces {
+        &self.nonces
+    }
+
+    /// Handles one ingress message end to end. On `Ok` the caller acks it; on
+    /// `Err` it must not.
+    pub async fn handle<O: Outbox>(&self, inbound: &Inbound, outbox: &O) -> Result<Outcome, RouterError> {
+        let started = Instant::now();
+        let now = now_ms();
+        let msg = &inbound.message;
+        let auth = match self.authenticate(msg, now)? {
+            Ok(a) => a,
+            Err(refusal) => return self.quarantine(msg, refusal, outbox).await,
+        };
+        let outcome = match self.check(&auth, msg, now)? {
+            Err(refusal) => self.reject(&auth, refusal, outbox, now).await?,
+            Ok(Payload::Envelope(fields)) => {
+                self.route(&auth, msg, fields, inbound.redelivered, outbox, now).await?
+            }
+            Ok(Payload::Status(fields)) => self.status(&auth, fields, outbox, now).await?,
+            Ok(Payload::Presence(p)) => {
+                metrics::heartbeat(p.online);
+                tracing::debug!(from = %auth.signed.from, online = p.online, "heartbeat");
+                Outcome::Heartbeat
+            }
+        };
+        metrics::ingress_latency(started.elapsed());
+        Ok(outcome)
+    }
+
+    /// Step 1: who sent it, and is the signature theirs.
+    fn authenticate(&self, msg: &Message, now: i64) -> Result<Result<Authenticated, Refusal>, RouterError> {
+        let signed = match Signed::parse(msg) {
+            Ok(s) => s,
+            Err(r) => return Ok(Err(r)),
+        };
+        let Some((sender, _key)) = self.registry.by_key(&signed.key, now) else {
+            return Ok(Err(Refusal::new(
+                Reason::UnknownKey,
+                format!("access key {:?} is not registered or has expired", signed.key),
+            )));
+        };
+        let canonical = match canonical_form(msg, &msg.routing_key) {
+            Ok(c) => c,
+            Err(e) => return Ok(Err(Refusal::new(Reason::Malformed, e.to_string()))),
+        };
+        let secret = sender
+            .agency
+            .keys
+            .iter()
+            .find(|k| k.access_key == signed.key)
+            .map(|k| k.secret.as_str())
+            .unwrap_or("");
+        if let Err(e) = verify(
+            signed.alg,
+            secret,
+            sender.public_key.as_ref(),
+            canonical.as_bytes(),
+            &signed.signature,
+        ) {
+            return Ok(Err(Refusal::new(Reason::BadSignature, e.to_string())));
+        }
+        Ok(Ok(Authenticated { signed, sender }))
+    }
+
+    /// Step 2: the authenticated sender's message is checked in full.
+    fn check(&self, auth: &Authenticated, msg: &Message, now: i64) -> Result<Result<Payload, Refusal>, RouterError> {
+        let policies = self.policies();
+        let s = &auth.signed;
+        if s.from != auth.sender.agency.code {
+            return Ok(Err(Refusal::new(
+                Reason::Forbidden,
+                format!("key {} belongs to {}, not {}", s.key, auth.sender.agency.code, s.from),
+            )));
+        }
+        if !auth.sender.agency.enabled {
+            return Ok(Err(Refusal::new(Reason::Forbidden, format!("agency {} is disabled", s.from))));
+        }
+        let skew_ms = policies.clock_skew.as_millis() as i64;
+        if (s.time_ms - now).abs() > skew_ms {
+            return Ok(Err(Refusal::new(
+                Reason::ClockSkew,
+                format!(
+                    "lgsp-time {} is more than {}s from hub time {}",
+                    format_rfc3339(s.time_ms),
+                    skew_ms / 1000,
+                    format_rfc3339(now)
+                ),
+            )));
+        }
+        match self
+            .nonces
+            .check_and_remember(&s.key, &s.nonce, &s.message_id, s.time_ms + skew_ms * 2, now)?
+        {
+            NonceCheck::Fresh | NonceCheck::SameMessage => {}
+            NonceCheck::Replay => {
+                return Ok(Err(Refusal::new(
+                    Reason::Replay,
+                    format!("nonce {} was already used with key {}", s.nonce, s.key),
+                )))
+            }
+        }
+        let payload = match Payload::parse(s.kind, msg, policies.default_priority) {
+            Ok(p) => p,
+            Err(r) => return Ok(Err(r)),
+        };
+        if s.kind == Kind::Envelope && msg.body.len() as u64 > policies.max_body_bytes {
+            return Ok(Err(Refusal::new(
+                Reason::TooLarge,
+                format!("body is {} bytes, the limit is {}", msg.body.len(), policies.max_body_bytes),
+            )));
+        }
+        let digest = match &payload {
+            Payload::Envelope(e) => Some(&e.digest),
+            Payload::Status(st) => Some(&st.digest),
+            Payload::Presence(_) => None,
+        };
+        if let Some(d) = digest {
+            if *d != body_digest(&msg.body) {
+                return Ok(Err(Refusal::new(Reason::DigestMismatch, "the body does not match lgsp-digest")));
+            }
+        }
+        Ok(Ok(payload))
+    }
+
+    async fn quarantine<O: Outbox>(&self, msg: &Message, refusal: Refusal, outbox: &O) -> Result<Outcome, RouterError> {
+        metrics::message_rejected(refusal.reason);
+        tracing::warn!(
+            routing_key = %msg.routing_key,
+            message_id = msg.message_id.as_deref().unwrap_or(""),
+            reason = %refusal.reason,
+            detail = %refusal.detail,
+            "unauthenticated input quarantined"
+        );
+        let mut q = msg.clone();
+        q.exchange = String::new();
+        q.routing_key = self.topology.name("rejected");
+        q.priority = None;
+        q.expiration = None;
+        q.set_header("x-truc-reason", refusal.reason.as_str());
+        q.set_header("x-truc-detail", refusal.detail.clone());
+        q.set_header("x-truc-routing-key", msg.routing_key.clone());
+        q.set_header("x-truc-rejected-at", format_rfc3339(now_ms()));
+        outbox.publish(&q).await?;
+        Ok(Outcome::Quarantined(refusal.reason))
+    }
+
+    async fn reject<O: Outbox>(&self, auth: &Authenticated, refusal: Refusal, outbox: &O, now: i64) -> Result<Outcome, RouterError> {
+        metrics::message_rejected(refusal.reason);
+        tracing::info!(
+            from = %auth.signed.from,
+            message_id = %auth.signed.message_id,
+            reason = %refusal.reason,
+            detail = %refusal.detail,
+            "message rejected"
+        );
+        let mut n = Notice::new(NoticeKind::Rejected, auth.signed.from.clone(), &auth.signed.message_id, now);
+        n.reason = Some(refusal.reason);
+        n.detail = refusal.detail;
+        self.notify(&auth.sender, &n, outbox).await?;
+        Ok(Outcome::Rejected(refusal.reason))
+    }
+
+    /// Publishes a notice to the source, declaring its queues if they are missing.
+    async fn notify<O: Outbox>(&self, source: &Entry, n: &Notice, outbox: &O) -> Result<(), RouterError> {
+        let m = n.to_message(&self.topology.prefix, source.agency.current_secret());
+        self.publish_declaring(&source.agency.code, &m, outbox).await
+    }
+
+    async fn publish_declaring<O: Outbox>(&self, code: &AgencyCode, m: &Message, outbox: &O) -> Result<(), RouterError> {
+        let t = Instant::now();
+        match outbox.publish(m).await {
+            Err(PublishError::Unroutable) => {
+                tracing::warn!(agency = %code, exchange = %m.exchange, "queue missing; declaring it");
+                outbox.declare_agency(code).await?;
+                outbox.publish(m).await?;
+            }
+            other => other?,
+        }
+        metrics::publish_confirm_latency(t.elapsed());
+        Ok(())
+    }
+
+    async fn route<O: Outbox>(
+        &self,
+        auth: &Authenticated,
+        msg: &Message,
+        fields: EnvelopeFields,
+        redelivered: bool,
+        outbox: &O,
+        now: i64,
+    ) -> Result<Outcome, RouterError> {
+        let from = &auth.signed.from;
+        let mid = &auth.signed.message_id;
+        if let Some(rec) = self.tracking.get(from, mid)? {
+            metrics::duplicate();
+            tracing::info!(from = %from, message_id = %mid, "duplicate envelope absorbed");
+            let mut n = Notice::new(NoticeKind::Accepted, from.clone(), mid, now);
+            n.destinations = rec.dests.iter().filter(|d| d.state != "bounced").map(|d| d.code.clone()).collect();
+            n.detail = "already accepted; not delivered again".into();
+            self.notify(&auth.sender, &n, outbox).await?;
+            return Ok(Outcome::Duplicate);
+        }
+        if let Some(nb) = fields.not_before_ms.filter(|nb| *nb > now) {
+            return self
+                .reject(
+                    auth,
+                    Refusal::new(
+                        Reason::Malformed,
+                        format!("lgsp-not-before {} is in the future; deferred delivery is not enabled on this hub", format_rfc3339(nb)),
+                    ),
+                    outbox,
+                    now,
+                )
+                .await;
+        }
+        let expired = fields.deliver_by_ms.is_some_and(|d| d <= now);
+        let mut deliver: Vec<Arc<Entry>> = Vec::new();
+        let mut bounced: Vec<(AgencyCode, Reason, String)> = Vec::new();
+        for code in &fields.to {
+            match self.registry.get(code) {
+                None => bounced.push((code.clone(), Reason::UnknownDestination, format!("no agency {code} is registered"))),
+                Some(e) if !e.agency.enabled => {
+                    bounced.push((code.clone(), Reason::DestinationDisabled, format!("agency {code} is disabled")))
+                }
+                Some(_) if expired => bounced.push((code.clone(), Reason::Expired, "lgsp-deliver-by has already passed".into())),
+                Some(e) => deliver.push(e),
+            }
+        }
+        let attempt = if redelivered { "2" } else { "1" };
+        let accepted_at = format_rfc3339(now);
+        let deliveries: Vec<Message> = deliver
+            .iter()
+            .map(|dest| self.delivery(msg, dest, &fields, &accepted_at, attempt, now))
+            .collect();
+        let publishes = deliveries
+            .iter()
+            .zip(&deliver)
+            .map(|(m, dest)| self.publish_declaring(&dest.agency.code, m, outbox));
+        for r in futures_util::future::join_all(publishes).await {
+            r?;
+            metrics::delivery_published();
+        }
+        // Notices: accepted, then one bounce per refused destination.
+        let mut notices = Vec::with_capacity(1 + bounced.len());
+        let mut acc = Notice::new(NoticeKind::Accepted, from.clone(), mid, now);
+        acc.destinations = deliver.iter().map(|d| d.agency.code.clone()).collect();
+        notices.push(acc);
+        for (code, reason, detail) in &bounced {
+            metrics::bounced(*reason);
+            let mut b = Notice::new(NoticeKind::Bounced, from.clone(), mid, now);
+            b.dest = Some(code.clone());
+            b.reason = Some(*reason);
+            b.detail = detail.clone();
+            notices.push(b);
+        }
+        for r in futures_util::future::join_all(notices.iter().map(|n| self.notify(&auth.sender, n, outbox))).await {
+            r?;
+        }
+        let mut dests: Vec<DestTrack> = deliver
+            .iter()
+            .map(|d| {
+                let mut t = DestTrack::new(d.agency.code.clone(), now, "accepted", None, "");
+                t.push(now, "queued", None, &format!("attempt {attempt}"));
+                t
+            })
+            .collect();
+        for (code, reason, detail) in &bounced {
+            let mut t = DestTrack::new(code.clone(), now, "accepted", None, "");
+            t.push(now, "bounced", Some(*reason), detail);
+            dests.push(t);
+        }
+        let rec = EnvelopeRecord {
+            from: from.clone(),
+            message_id: mid.clone(),
+            subject: fields.subject.clone(),
+            data_type: fields.data_type.clone(),
+            priority: fields.priority.code(),
+            digest: fields.digest.clone(),
+            size: msg.body.len() as u64,
+            content_type: msg.content_type.clone(),
+            accepted_at_ms: now,
+            deliver_by_ms: fields.deliver_by_ms,
+            dests,
+        };
+        self.tracking.put(&rec)?;
+        self.store.durable().await?;
+        metrics::envelope_accepted(fields.priority.code());
+        tracing::info!(
+            from = %from,
+            message_id = %mid,
+            delivered = deliver.len(),
+            bounced = bounced.len(),
+            attempt,
+            "envelope accepted"
+        );
+        Ok(Outcome::Accepted {
+            delivered: deliver.iter().map(|d| d.agency.code.clone()).collect(),
+            bounced: bounced.into_iter().map(|(c, r, _)| (c, r)).collect(),
+        })
+    }
+
+    /// The delivery of `msg` to `dest`: the source's headers kept, plus
+    /// `lgsp-dest`, `lgsp-accepted-at`, `lgsp-attempt` and the hub signature.
+    fn delivery(&self, msg: &Message, dest: &Entry, fields: &EnvelopeFields, accepted_at: &str, attempt: &str, now: i64) -> Message {
+        let code = &dest.agency.code;
+        let mut d = msg.clone();
+        d.exchange = self.topology.name("deliver");
+        d.routing_key = code.to_string();
+        d.priority = Some(fields.priority.amqp_priority());
+        d.expiration = fields.deliver_by_ms.map(|t| (t - now).max(1).to_string());
+        d.set_header("lgsp-dest", code.as_str());
+        d.set_header("lgsp-accepted-at", accepted_at);
+        d.set_header("lgsp-attempt", attempt);
+        hub_sign(&mut d, &format!("deliver.{code}"), dest.agency.current_secret());
+        d
+    }
+
+    /// A status message from a destination about an envelope it received.
+    async fn status<O: Outbox>(&self, auth: &Authenticated, st: StatusFields, outbox: &O, now: i64) -> Result<Outcome, RouterError> {
+        let sender = &auth.signed.from;
+        let mut sources = self.tracking.sources_of(sender, &st.reference)?;
+        if let Some(to) = &st.to {
+            sources.retain(|s| s == to);
+        }
+        let source = match sources.as_slice() {
+            [one] => one.clone(),
+            [] => {
+                return self
+                    .reject(
+                        auth,
+                        Refusal::new(Reason::Forbidden, format!("{sender} never received an envelope {}", st.reference)),
+                        outbox,
+                        now,
+                    )
+                    .await
+            }
+            _ => {
+                return self
+                    .reject(
+                        auth,
+                        Refusal::new(
+                            Reason::Malformed,
+                            format!("several sources sent {} to {sender}: name the source in lgsp-to", st.reference),
+                        ),
+                        outbox,
+                        now,
+                    )
+                    .await
+            }
+        };
+        let detail = st.reason.clone().unwrap_or_default();
+        let state = if st.status == "01" { "delivered".to_owned() } else { format!("status-{}", st.status) };
+        self.tracking.update(&source, &st.reference, |rec| {
+            if let Some(d) = rec.dests.iter_mut().find(|d| &d.code == sender) {
+                d.push(now, &state, None, &detail);
+            }
+        })?;
+        let Some(src_entry) = self.registry.get(&source) else {
+            return Ok(Outcome::StatusRelayed);
+        };
+        if st.status == "01" {
+            let mut n = Notice::new(NoticeKind::Delivered, source.clone(), &st.reference, now);
+            n.dest = Some(sender.clone());
+            n.status = Some(st.status.clone());
+            self.notify(&src_entry, &n, outbox).await?;
+        }
+        let mut n = Notice::new(NoticeKind::Status, source.clone(), &st.reference, now);
+        n.dest = Some(sender.clone());
+        n.status = Some(st.status.clone());
+        n.detail = detail;
+        self.notify(&src_entry, &n, outbox).await?;
+        self.store.durable().await?;
+        metrics::status_relayed(&st.status);
+        tracing::info!(from = %sender, source = %source, reference = %st.reference, status = %st.status, "status relayed");
+        Ok(Outcome::StatusRelayed)
+    }
+}

@@ -1,0 +1,286 @@
+//! `truc serve`: wires the store, registry, router and admin API together,
+//! keeps a broker link alive, and drains on shutdown.
+//!
+//! Invariants: shutdown is one [`CancellationToken`] that every loop selects
+//! on; in-flight ingress work is tracked by a [`TaskTracker`] and awaited
+//! before the link closes; after any broker error the link is dropped and
+//! rebuilt (the broker redelivers whatever was not acked).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::amqp::{AmqpError, Link};
+use crate::code::AgencyCode;
+use crate::config::Config;
+use crate::message::Message;
+use crate::metrics;
+use crate::policy::Policies;
+use crate::registry::Registry;
+use crate::router::{Outbox, PublishError, Router};
+use crate::store::Store;
+use crate::topology::Topology;
+
+/// Service start-up errors.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// Configuration.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// Policies.
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
+    /// Topology.
+    #[error(transparent)]
+    Topology(#[from] crate::topology::TopologyError),
+    /// Store.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// Registry.
+    #[error(transparent)]
+    Registry(#[from] crate::registry::RegistryError),
+    /// Admin API.
+    #[error("admin API: {0}")]
+    Admin(std::io::Error),
+}
+
+/// The broker link currently in use, shared with the admin API.
+pub type LinkSlot = watch::Receiver<Option<Arc<Link>>>;
+
+/// [`Outbox`] over a live [`Link`].
+pub struct LinkOutbox {
+    link: Arc<Link>,
+    topology: Arc<Topology>,
+}
+
+impl LinkOutbox {
+    /// Over `link`.
+    pub fn new(link: Arc<Link>, topology: Arc<Topology>) -> Self {
+        Self { link, topology }
+    }
+}
+
+fn publish_error(e: AmqpError) -> PublishError {
+    match e {
+        AmqpError::Unroutable { .. } => PublishError::Unroutable,
+        other => PublishError::Failed(other.to_string()),
+    }
+}
+
+impl Outbox for LinkOutbox {
+    async fn publish(&self, msg: &Message) -> Result<(), PublishError> {
+        self.link.publish(msg).await.map_err(publish_error)
+    }
+
+    async fn declare_agency(&self, code: &AgencyCode) -> Result<(), PublishError> {
+        declare_agency(&self.link, &self.topology, code)
+            .await
+            .map_err(publish_error)
+    }
+}
+
+/// Declares the inbox and notify queues of `code`.
+pub async fn declare_agency(link: &Link, topo: &Topology, code: &AgencyCode) -> Result<(), AmqpError> {
+    for q in topo.agency_queues(code) {
+        link.declare_queue(&q).await?;
+    }
+    Ok(())
+}
+
+/// Everything a running hub shares.
+pub struct Hub {
+    /// Configuration.
+    pub config: Config,
+    /// Store.
+    pub store: Store,
+    /// Registry.
+    pub registry: Registry,
+    /// Topology.
+    pub topology: Arc<Topology>,
+    /// Router.
+    pub router: Arc<Router>,
+    /// Current broker link.
+    pub link: LinkSlot,
+    /// Admin bearer token.
+    pub admin_token: String,
+}
+
+/// Runs the hub until `shutdown` is cancelled.
+pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), ServiceError> {
+    config.validate()?;
+    let policies = Policies::load(&config.policies_dir)?;
+    let topology = Arc::new(Topology::load(&config.queues_dir, &config.prefix)?);
+    let store = Store::open(&config.data_dir)?;
+    let flusher = store.start_flusher();
+    let registry = Registry::open(store.clone())?;
+    let admin_token = config
+        .resolve_admin_token(true)
+        .map_err(ServiceError::Admin)?;
+    let router = Arc::new(Router::new(store.clone(), registry.clone(), topology.clone(), policies));
+    let (link_tx, link_rx) = watch::channel(None);
+    let hub = Arc::new(Hub {
+        config: config.clone(),
+        store: store.clone(),
+        registry,
+        topology,
+        router,
+        link: link_rx,
+        admin_token,
+    });
+    let tracker = TaskTracker::new();
+    let listener = tokio::net::TcpListener::bind(config.admin_socket()?)
+        .await
+        .map_err(ServiceError::Admin)?;
+    tracing::info!(addr = %config.admin_addr, data_dir = %config.data_dir.display(), prefix = %config.prefix, "truc serving");
+    tracker.spawn(crate::admin::serve(hub.clone(), listener, shutdown.clone()));
+    tracker.spawn(housekeeping(hub.clone(), shutdown.clone()));
+    tracker.spawn(reload_on_sighup(hub.clone(), shutdown.clone()));
+    run_ingress(hub.clone(), link_tx, shutdown.clone()).await;
+    tracker.close();
+    tracker.wait().await;
+    store.flush()?;
+    flusher.abort();
+    tracing::info!("truc stopped");
+    Ok(())
+}
+
+async fn reload_on_sighup(hub: Arc<Hub>, shutdown: CancellationToken) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = hup.recv() => match Policies::load(&hub.config.policies_dir) {
+                Ok(p) => {
+                    hub.router.set_policies(p);
+                    tracing::info!(dir = %hub.config.policies_dir.display(), "policies reloaded");
+                }
+                Err(e) => tracing::error!(error = %e, "policies not reloaded; keeping the old ones"),
+            },
+        }
+    }
+}
+
+async fn housekeeping(hub: Arc<Hub>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {
+                match hub.router.nonces().sweep(crate::time::now_ms()) {
+                    Ok(n) if n > 0 => tracing::debug!(swept = n, "expired nonces removed"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "nonce sweep failed"),
+                }
+                metrics::agencies(hub.registry.len());
+                metrics::store_bytes(hub.store.size_on_disk());
+            }
+        }
+    }
+}
+
+async fn connect(hub: &Hub, shutdown: &CancellationToken) -> Option<Arc<Link>> {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let attempt = async {
+            let link = Link::connect(&hub.config.amqp_url, "truc router").await?;
+            link.declare_topology(&hub.topology).await?;
+            for a in hub.registry.list() {
+                declare_agency(&link, &hub.topology, &a.code).await?;
+            }
+            Ok::<_, AmqpError>(link)
+        };
+        let res = tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            r = attempt => r,
+        };
+        match res {
+            Ok(link) => {
+                metrics::broker_connected();
+                tracing::info!(url = %redact(&hub.config.amqp_url), "broker connected, topology declared");
+                return Some(Arc::new(link));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "broker not reachable");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return None,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// The URL without its password, for logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
+async fn run_ingress(hub: Arc<Hub>, link_tx: watch::Sender<Option<Arc<Link>>>, shutdown: CancellationToken) {
+    while let Some(link) = connect(&hub, &shutdown).await {
+        link_tx.send_replace(Some(link.clone()));
+        let queue = hub.topology.name("ingress");
+        let mut sub = match link.subscribe(&queue, hub.config.prefetch, "truc-router").await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot consume the ingress queue");
+                link_tx.send_replace(None);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        let settler = sub.settler();
+        let outbox = Arc::new(LinkOutbox::new(link.clone(), hub.topology.clone()));
+        let work = TaskTracker::new();
+        let stop = loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break true,
+                next = sub.next() => match next {
+                    Some(Ok(inbound)) => {
+                        let (router, outbox, settler) = (hub.router.clone(), outbox.clone(), settler.clone());
+                        work.spawn(async move {
+                            match router.handle(&inbound, outbox.as_ref()).await {
+                                Ok(_) => {
+                                    if let Err(e) = settler.ack(inbound.delivery_tag).await {
+                                        tracing::warn!(error = %e, "ack failed; the broker will redeliver");
+                                    }
+                                }
+                                Err(e) => {
+                                    tracing::warn!(error = %e, retryable = e.is_retryable(), "ingress message not handled; it will come again");
+                                    tokio::time::sleep(Duration::from_millis(500)).await;
+                                    let _ = settler.reject(inbound.delivery_tag, true).await;
+                                }
+                            }
+                        });
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "broker link lost");
+                        break false;
+                    }
+                    None => {
+                        tracing::warn!("ingress consumer cancelled by the broker");
+                        break false;
+                    }
+                },
+            }
+        };
+        // Drain: finish (or fail) everything in flight before closing.
+        work.close();
+        if tokio::time::timeout(Duration::from_secs(30), work.wait()).await.is_err() {
+            tracing::warn!("in-flight work did not finish in 30s; the broker will redeliver it");
+        }
+        link_tx.send_replace(None);
+        link.close().await;
+        if stop {
+            break;
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! Per-envelope, per-destination timelines and the dedupe record.
+//!
+//! Invariants: an envelope record exists only once every delivery of the
+//! envelope was confirmed by the broker, so its presence means "accepted and
+//! handed over"; records hold metadata (ids, codes, digest, size, times,
+//! states), never the body.
+
+use serde::{Deserialize, Serialize};
+
+use crate::code::AgencyCode;
+use crate::codec;
+use crate::reason::Reason;
+use crate::store::{Store, StoreError};
+
+/// One timestamped transition.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Event {
+    /// When (ms since the epoch).
+    pub at_ms: i64,
+    /// The state entered (`accepted`, `queued`, `bounced`…).
+    pub state: String,
+    /// Reason code, when there is one.
+    pub reason: Option<Reason>,
+    /// Human detail.
+    pub detail: String,
+}
+
+/// The timeline of one destination of one envelope.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DestTrack {
+    /// Destination code.
+    pub code: AgencyCode,
+    /// Current state (the last event's state).
+    pub state: String,
+    /// Every transition, oldest first.
+    pub events: Vec<Event>,
+}
+
+impl DestTrack {
+    /// A timeline starting with `state` at `at_ms`.
+    pub fn new(code: AgencyCode, at_ms: i64, state: &str, reason: Option<Reason>, detail: &str) -> Self {
+        let mut t = Self {
+            code,
+            state: String::new(),
+            events: Vec::new(),
+        };
+        t.push(at_ms, state, reason, detail);
+        t
+    }
+
+    /// Records a transition.
+    pub fn push(&mut self, at_ms: i64, state: &str, reason: Option<Reason>, detail: &str) {
+        self.state = state.to_owned();
+        self.events.push(Event {
+            at_ms,
+            state: state.to_owned(),
+            reason,
+            detail: detail.to_owned(),
+        });
+    }
+}
+
+/// What truc remembers about an accepted envelope.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EnvelopeRecord {
+    /// Source agency.
+    pub from: AgencyCode,
+    /// The source's `message_id`.
+    pub message_id: String,
+    /// `lgsp-subject`.
+    pub subject: String,
+    /// `lgsp-type`.
+    pub data_type: String,
+    /// Priority code 0–4.
+    pub priority: u8,
+    /// `lgsp-digest`.
+    pub digest: String,
+    /// Body size in bytes.
+    pub size: u64,
+    /// AMQP content type.
+    pub content_type: Option<String>,
+    /// When truc accepted it (ms).
+    pub accepted_at_ms: i64,
+    /// `lgsp-deliver-by` (ms).
+    pub deliver_by_ms: Option<i64>,
+    /// Per-destination timelines.
+    pub dests: Vec<DestTrack>,
+}
+
+fn record_key(from: &AgencyCode, message_id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(from.as_str().len() + 1 + message_id.len());
+    k.extend_from_slice(from.as_str().as_bytes());
+    k.push(0);
+    k.extend_from_slice(message_id.as_bytes());
+    k
+}
+
+/// Reads and writes envelope records.
+#[derive(Clone)]
+pub struct Tracking {
+    store: Store,
+}
+
+impl Tracking {
+    /// Over `store`.
+    pub fn new(store: Store) -> Self {
+        Self { store }
+    }
+
+    /// The record of `(from, message_id)`, if accepted before.
+    pub fn get(&self, from: &AgencyCode, message_id: &str) -> Result<Option<EnvelopeRecord>, StoreError> {
+        match self.store.envelopes.get(record_key(from, message_id))? {
+            None => Ok(None),
+            Some(v) => Ok(Some(codec::decode(&v)?)),
+        }
+    }
+
+    /// Writes `rec` and its destination index. Not durable until
+    /// [`Store::durable`] resolves.
+    pub fn put(&self, rec: &EnvelopeRecord) -> Result<(), StoreError> {
+        for d in &rec.dests {
+            let mut k = Vec::new();
+            k.extend_from_slice(d.code.as_str().as_bytes());
+            k.push(0);
+            k.extend_from_slice(&record_key(&rec.from, &rec.message_id));
+            self.store.by_dest.insert(k, &[])?;
+        }
+        self.store
+            .envelopes
+            .insert(record_key(&rec.from, &rec.message_id), codec::encode(rec)?)?;
+        Ok(())
+    }
+
+    /// Records sent to `dest` with `message_id` (status messages name the
+    /// envelope by its id; the source is found here).
+    pub fn sources_of(&self, dest: &AgencyCode, message_id: &str) -> Result<Vec<AgencyCode>, StoreError> {
+        let mut prefix = dest.as_str().as_bytes().to_vec();
+        prefix.push(0);
+        let mut out = Vec::new();
+        for item in self.store.by_dest.scan_prefix(&prefix) {
+            let (k, _) = item?;
+            let rest = &k[prefix.len()..];
+            let Some(sep) = rest.iter().position(|b| *b == 0) else { continue };
+            if &rest[sep + 1..] == message_id.as_bytes() {
+                if let Some(code) = std::str::from_utf8(&rest[..sep]).ok().and_then(|s| AgencyCode::parse(s).ok()) {
+                    out.push(code);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every record, newest first, up to `limit`, filtered by `keep`.
+    pub fn list(&self, limit: usize, keep: impl Fn(&EnvelopeRecord) -> bool) -> Result<Vec<EnvelopeRecord>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.store.envelopes.iter() {
+            let (_, v) = item?;
+            let rec: EnvelopeRecord = codec::decode(&v)?;
+            if keep(&rec) {
+                out.push(rec);
+            }
+        }
+        out.sort_by(|a, b| b.accepted_at_ms.cmp(&a.accepted_at_ms));
+        out.truncate(limit);
+        Ok(out)
+    }
+}
+
+impl Tracking {
+    /// Applies `edit` to the record of `(from, message_id)` atomically.
+    /// Returns false when there is no such record.
+    pub fn update(
+        &self,
+        from: &AgencyCode,
+        message_id: &str,
+        edit: impl Fn(&mut EnvelopeRecord),
+    ) -> Result<bool, StoreError> {
+        let mut found = false;
+        let mut failure = None;
+        self.store
+            .envelopes
+            .fetch_and_update(record_key(from, message_id), |old| {
+                let old = old?;
+                match codec::decode::<EnvelopeRecord>(old) {
+                    Ok(mut rec) => {
+                        edit(&mut rec);
+                        found = true;
+                        match codec::encode(&rec) {
+                            Ok(v) => Some(v),
+                            Err(e) => {
+                                failure = Some(e);
+                                Some(old.to_vec())
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        failure = Some(e);
+                        Some(old.to_vec())
+                    }
+                }
+            })?;
+        match failure {
+            Some(e) => Err(e.into()),
+            None => Ok(found),
+        }
+    }
+}

@@ -62,6 +62,9 @@ pub enum RouterError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The message refers to an envelope still being accepted; try later.
+    #[error("{0}")]
+    Pending(String),
 }
 
 impl RouterError {
@@ -71,6 +74,7 @@ impl RouterError {
             Self::Publish(PublishError::Failed(_)) => true,
             Self::Publish(PublishError::Unroutable) => true,
             Self::Store(e) => e.is_retryable(),
+            Self::Pending(_) => true,
         }
     }
 }
@@ -99,12 +103,35 @@ pub enum Outcome {
 
 /// The pipeline and the state it reads.
 pub struct Router {
+    locks: KeyLocks,
     registry: Registry,
     tracking: Tracking,
     nonces: Nonces,
     store: Store,
     topology: Arc<Topology>,
     policies: RwLock<Arc<Policies>>,
+}
+
+/// Striped async locks by `(from, message_id)`.
+struct KeyLocks {
+    stripes: Vec<tokio::sync::Mutex<()>>,
+}
+
+impl KeyLocks {
+    const STRIPES: usize = 4096;
+
+    fn new() -> Self {
+        Self {
+            stripes: (0..Self::STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+        }
+    }
+
+    async fn lock(&self, from: &str, message_id: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (from, message_id).hash(&mut h);
+        self.stripes[(h.finish() as usize) % Self::STRIPES].lock().await
+    }
 }
 
 struct Authenticated {
@@ -116,6 +143,7 @@ impl Router {
     /// A router over `store`, `registry` and `topology` with `policies`.
     pub fn new(store: Store, registry: Registry, topology: Arc<Topology>, policies: Policies) -> Self {
         Self {
+            locks: KeyLocks::new(),
             tracking: Tracking::new(store.clone()),
             nonces: Nonces::new(store.clone()),
             registry,
@@ -297,7 +325,9 @@ impl Router {
             detail = %refusal.detail,
             "message rejected"
         );
-        let mut n = Notice::new(NoticeKind::Rejected, auth.signed.from.clone(), &auth.signed.message_id, now);
+        // The notice goes to the agency whose key signed the message: the only
+        // party authenticated (it may differ from lgsp-from when forbidden).
+        let mut n = Notice::new(NoticeKind::Rejected, auth.sender.agency.code.clone(), &auth.signed.message_id, now);
         n.reason = Some(refusal.reason);
         n.detail = refusal.detail;
         self.notify(&auth.sender, &n, outbox).await?;
@@ -335,6 +365,9 @@ impl Router {
     ) -> Result<Outcome, RouterError> {
         let from = &auth.signed.from;
         let mid = &auth.signed.message_id;
+        // Copies of one envelope handled at once must not both deliver: the
+        // dedupe check and the record write happen under the key's lock.
+        let _guard = self.locks.lock(from.as_str(), mid).await;
         if let Some(rec) = self.tracking.get(from, mid)? {
             metrics::duplicate();
             tracing::info!(from = %from, message_id = %mid, "duplicate envelope absorbed");
@@ -370,6 +403,8 @@ impl Router {
                 Some(e) => deliver.push(e),
             }
         }
+        let codes: Vec<AgencyCode> = deliver.iter().map(|d| d.agency.code.clone()).collect();
+        self.tracking.index(from, mid, &codes)?;
         let attempt = if redelivered { "2" } else { "1" };
         let accepted_at = format_rfc3339(now);
         let deliveries: Vec<Message> = deliver
@@ -494,11 +529,21 @@ impl Router {
         };
         let detail = st.reason.clone().unwrap_or_default();
         let state = if st.status == "01" { "delivered".to_owned() } else { format!("status-{}", st.status) };
-        self.tracking.update(&source, &st.reference, |rec| {
+        // Wait for the envelope's acceptance to finish (the destination may
+        // answer before truc has written the record).
+        let guard = self.locks.lock(source.as_str(), &st.reference).await;
+        let found = self.tracking.update(&source, &st.reference, |rec| {
             if let Some(d) = rec.dests.iter_mut().find(|d| &d.code == sender) {
                 d.push(now, &state, None, &detail);
             }
         })?;
+        drop(guard);
+        if !found {
+            return Err(RouterError::Pending(format!(
+                "status {} from {sender} about {} {}: envelope not recorded yet",
+                st.status, source, st.reference
+            )));
+        }
         let Some(src_entry) = self.registry.get(&source) else {
             return Ok(Outcome::StatusRelayed);
         };

@@ -187,7 +187,7 @@ async fn connect(hub: &Hub, shutdown: &CancellationToken) -> Option<Arc<Link>> {
     let mut backoff = Duration::from_millis(200);
     loop {
         let attempt = async {
-            let link = Link::connect(&hub.config.amqp_url, "truc router").await?;
+            let link = Link::connect(&hub.config.amqp_url, &format!("truc router {}", hub.config.prefix)).await?;
             link.declare_topology(&hub.topology).await?;
             for a in hub.registry.list() {
                 declare_agency(&link, &hub.topology, &a.code).await?;

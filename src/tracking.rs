@@ -115,16 +115,22 @@ impl Tracking {
         }
     }
 
-    /// Writes `rec` and its destination index. Not durable until
-    /// [`Store::durable`] resolves.
-    pub fn put(&self, rec: &EnvelopeRecord) -> Result<(), StoreError> {
-        for d in &rec.dests {
+    /// Indexes `(from, message_id)` under each of `dests`, so a status from a
+    /// destination finds its source. Written *before* deliveries are published.
+    pub fn index(&self, from: &AgencyCode, message_id: &str, dests: &[AgencyCode]) -> Result<(), StoreError> {
+        for d in dests {
             let mut k = Vec::new();
-            k.extend_from_slice(d.code.as_str().as_bytes());
+            k.extend_from_slice(d.as_str().as_bytes());
             k.push(0);
-            k.extend_from_slice(&record_key(&rec.from, &rec.message_id));
+            k.extend_from_slice(&record_key(from, message_id));
             self.store.by_dest.insert(k, &[])?;
         }
+        Ok(())
+    }
+
+    /// Writes `rec` (the dedupe marker). Not durable until
+    /// [`Store::durable`] resolves.
+    pub fn put(&self, rec: &EnvelopeRecord) -> Result<(), StoreError> {
         self.store
             .envelopes
             .insert(record_key(&rec.from, &rec.message_id), codec::encode(rec)?)?;

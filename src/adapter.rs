@@ -3,24 +3,42 @@
 
 use std::time::Duration;
 
-use crate::cli::{duration, parse_code as code_arg, priority, CliError as Error, CredArgs, NoticesArgs, RecvArgs, SendArgs};
+use crate::cli::{
+    duration, parse_code as code_arg, priority, CliError as Error, CredArgs, NoticesArgs, RecvArgs,
+    SendArgs,
+};
 use crate::client::{Client, Credentials, Outgoing};
 use crate::code::AgencyCode;
 use crate::config::Config;
 
 fn credentials(code: &AgencyCode, a: &CredArgs) -> Result<Credentials, Error> {
     if let Some(path) = &a.credentials {
-        let c = Credentials::from_file(path).map_err(|e| Error { code: 2, message: e.to_string() })?;
+        let c = Credentials::from_file(path).map_err(|e| Error {
+            code: 2,
+            message: e.to_string(),
+        })?;
         if &c.code != code {
-            return Err(Error { code: 2, message: format!("{} holds the credentials of {}, not {code}", path.display(), c.code) });
+            return Err(Error {
+                code: 2,
+                message: format!(
+                    "{} holds the credentials of {}, not {code}",
+                    path.display(),
+                    c.code
+                ),
+            });
         }
         return Ok(c);
     }
     match (&a.access_key, &a.secret) {
-        (Some(k), Some(s)) => Ok(Credentials { code: code.clone(), access_key: k.clone(), secret: s.clone() }),
+        (Some(k), Some(s)) => Ok(Credentials {
+            code: code.clone(),
+            access_key: k.clone(),
+            secret: s.clone(),
+        }),
         _ => Err(Error {
             code: 2,
-            message: "credentials needed: --credentials FILE, or TRUC_ACCESS_KEY and TRUC_SECRET".into(),
+            message: "credentials needed: --credentials FILE, or TRUC_ACCESS_KEY and TRUC_SECRET"
+                .into(),
         }),
     }
 }
@@ -28,14 +46,23 @@ fn credentials(code: &AgencyCode, a: &CredArgs) -> Result<Credentials, Error> {
 async fn connect(cfg: &Config, creds: Credentials) -> Result<Client, Error> {
     Client::connect(&cfg.amqp_url, &cfg.prefix, creds)
         .await
-        .map_err(|e| Error { code: 4, message: e.to_string() })
+        .map_err(|e| Error {
+            code: 4,
+            message: e.to_string(),
+        })
 }
 
 /// `truc send`
 pub async fn send(cfg: &Config, a: SendArgs) -> Result<(), Error> {
     let from = code_arg(&a.from)?;
-    let to = a.to.split(',').map(code_arg).collect::<Result<Vec<_>, _>>()?;
-    let body = std::fs::read(&a.file).map_err(|e| Error { code: 2, message: format!("{}: {e}", a.file.display()) })?;
+    let to =
+        a.to.split(',')
+            .map(code_arg)
+            .collect::<Result<Vec<_>, _>>()?;
+    let body = std::fs::read(&a.file).map_err(|e| Error {
+        code: 2,
+        message: format!("{}: {e}", a.file.display()),
+    })?;
     let mut extra = Vec::new();
     if let Some(d) = &a.deliver_by {
         extra.push(("lgsp-deliver-by".to_owned(), d.clone()));
@@ -51,7 +78,10 @@ pub async fn send(cfg: &Config, a: SendArgs) -> Result<(), Error> {
         extra,
     };
     let client = connect(cfg, credentials(&from, &a.creds)?).await?;
-    let id = client.send(&out).await.map_err(|e| Error { code: 1, message: e.to_string() })?;
+    let id = client.send(&out).await.map_err(|e| Error {
+        code: 1,
+        message: e.to_string(),
+    })?;
     println!("{id}");
     client.close().await;
     Ok(())
@@ -60,11 +90,21 @@ pub async fn send(cfg: &Config, a: SendArgs) -> Result<(), Error> {
 /// `truc recv`
 pub async fn recv(cfg: &Config, a: RecvArgs) -> Result<(), Error> {
     let code = code_arg(&a.code)?;
-    let idle = a.idle.as_deref().map(|i| duration("--idle", i)).transpose()?;
+    let idle = a
+        .idle
+        .as_deref()
+        .map(|i| duration("--idle", i))
+        .transpose()?;
     let mut client = connect(cfg, credentials(&code, &a.creds)?).await?;
-    let mut sub = client.inbox(64).await.map_err(|e| Error { code: 4, message: e.to_string() })?;
+    let mut sub = client.inbox(64).await.map_err(|e| Error {
+        code: 4,
+        message: e.to_string(),
+    })?;
     if let Some(dir) = &a.out {
-        std::fs::create_dir_all(dir).map_err(|e| Error { code: 2, message: format!("{}: {e}", dir.display()) })?;
+        std::fs::create_dir_all(dir).map_err(|e| Error {
+            code: 2,
+            message: format!("{}: {e}", dir.display()),
+        })?;
     }
     let (mut count, mut repeats) = (0u64, 0u64);
     while a.count.is_none_or(|n| count < n) {
@@ -77,14 +117,22 @@ pub async fn recv(cfg: &Config, a: RecvArgs) -> Result<(), Error> {
         };
         let inbound = match next {
             Some(Ok(i)) => i,
-            Some(Err(e)) => return Err(Error { code: 4, message: e.to_string() }),
+            Some(Err(e)) => {
+                return Err(Error {
+                    code: 4,
+                    message: e.to_string(),
+                })
+            }
             None => break,
         };
         let tag = inbound.delivery_tag;
         match client.receive(inbound) {
             Err(e) => {
                 eprintln!("refused: {e}");
-                sub.reject(tag, false).await.map_err(|e| Error { code: 4, message: e.to_string() })?;
+                sub.reject(tag, false).await.map_err(|e| Error {
+                    code: 4,
+                    message: e.to_string(),
+                })?;
             }
             Ok(r) => {
                 if r.repeat {
@@ -92,12 +140,18 @@ pub async fn recv(cfg: &Config, a: RecvArgs) -> Result<(), Error> {
                 } else {
                     if let Some(dir) = &a.out {
                         let path = dir.join(format!("{}_{}", r.from, r.message_id));
-                        std::fs::write(&path, &r.message.body).map_err(|e| Error { code: 1, message: format!("{}: {e}", path.display()) })?;
+                        std::fs::write(&path, &r.message.body).map_err(|e| Error {
+                            code: 1,
+                            message: format!("{}: {e}", path.display()),
+                        })?;
                     }
                     client
                         .send_status(&r.message_id, "01", Some(&r.from), None)
                         .await
-                        .map_err(|e| Error { code: 4, message: e.to_string() })?;
+                        .map_err(|e| Error {
+                            code: 4,
+                            message: e.to_string(),
+                        })?;
                     count += 1;
                 }
                 if a.json {
@@ -112,10 +166,17 @@ pub async fn recv(cfg: &Config, a: RecvArgs) -> Result<(), Error> {
                 } else if !r.repeat {
                     println!(
                         "from {}  id {}  priority {}  {} bytes  subject {:?}",
-                        r.from, r.message_id, r.priority, r.message.body.len(), r.subject
+                        r.from,
+                        r.message_id,
+                        r.priority,
+                        r.message.body.len(),
+                        r.subject
                     );
                 }
-                sub.ack(tag).await.map_err(|e| Error { code: 4, message: e.to_string() })?;
+                sub.ack(tag).await.map_err(|e| Error {
+                    code: 4,
+                    message: e.to_string(),
+                })?;
             }
         }
     }
@@ -131,12 +192,20 @@ pub async fn notices(cfg: &Config, a: NoticesArgs) -> Result<(), Error> {
     let code = code_arg(&a.code)?;
     let idle: Duration = duration("--idle", &a.idle)?;
     let client = connect(cfg, credentials(&code, &a.creds)?).await?;
-    let mut sub = client.notices(64).await.map_err(|e| Error { code: 4, message: e.to_string() })?;
+    let mut sub = client.notices(64).await.map_err(|e| Error {
+        code: 4,
+        message: e.to_string(),
+    })?;
     let mut count = 0u64;
     while a.count.is_none_or(|n| count < n) {
         let inbound = match tokio::time::timeout(idle, sub.next()).await {
             Err(_) | Ok(None) => break,
-            Ok(Some(Err(e))) => return Err(Error { code: 4, message: e.to_string() }),
+            Ok(Some(Err(e))) => {
+                return Err(Error {
+                    code: 4,
+                    message: e.to_string(),
+                })
+            }
             Ok(Some(Ok(i))) => i,
         };
         match client.notice(&inbound) {
@@ -163,7 +232,10 @@ pub async fn notices(cfg: &Config, a: NoticesArgs) -> Result<(), Error> {
             }
             Err(e) => eprintln!("refused: {e}"),
         }
-        sub.ack(inbound.delivery_tag).await.map_err(|e| Error { code: 4, message: e.to_string() })?;
+        sub.ack(inbound.delivery_tag).await.map_err(|e| Error {
+            code: 4,
+            message: e.to_string(),
+        })?;
     }
     client.close().await;
     Ok(())

@@ -69,7 +69,10 @@ fn check_token(hub: &Hub, headers: &HeaderMap) -> Result<(), ApiError> {
     if bool::from(given.as_bytes().ct_eq(hub.admin_token.as_bytes())) {
         Ok(())
     } else {
-        Err(ApiError(StatusCode::UNAUTHORIZED, "missing or wrong admin token".into()))
+        Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong admin token".into(),
+        ))
     }
 }
 
@@ -146,10 +149,17 @@ pub struct AddAgency {
     pub public_key_pem: Option<String>,
 }
 
-async fn add_agency(State(hub): State<Arc<Hub>>, headers: HeaderMap, Json(body): Json<AddAgency>) -> Result<Response, ApiError> {
+async fn add_agency(
+    State(hub): State<Arc<Hub>>,
+    headers: HeaderMap,
+    Json(body): Json<AddAgency>,
+) -> Result<Response, ApiError> {
     check_token(&hub, &headers)?;
-    let code = AgencyCode::parse(&body.code).map_err(|e| bad_request(format!("{:?}: {e}", body.code)))?;
-    let issued = hub.registry.add(code.clone(), &body.name, body.public_key_pem)?;
+    let code =
+        AgencyCode::parse(&body.code).map_err(|e| bad_request(format!("{:?}: {e}", body.code)))?;
+    let issued = hub
+        .registry
+        .add(code.clone(), &body.name, body.public_key_pem)?;
     let link = hub.link.borrow().clone();
     let queues_declared = match link {
         Some(link) => match declare_agency(&link, &hub.topology, &code).await {
@@ -169,18 +179,29 @@ async fn add_agency(State(hub): State<Arc<Hub>>, headers: HeaderMap, Json(body):
     Ok((StatusCode::CREATED, Json(out)).into_response())
 }
 
-async fn list_agencies(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Result<Json<Vec<AgencyView>>, ApiError> {
+async fn list_agencies(
+    State(hub): State<Arc<Hub>>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<AgencyView>>, ApiError> {
     check_token(&hub, &headers)?;
-    Ok(Json(hub.registry.list().iter().map(|a| view(&hub, a)).collect()))
+    Ok(Json(
+        hub.registry.list().iter().map(|a| view(&hub, a)).collect(),
+    ))
 }
 
-async fn show_agency(State(hub): State<Arc<Hub>>, headers: HeaderMap, Path(code): Path<String>) -> Result<Json<AgencyView>, ApiError> {
+async fn show_agency(
+    State(hub): State<Arc<Hub>>,
+    headers: HeaderMap,
+    Path(code): Path<String>,
+) -> Result<Json<AgencyView>, ApiError> {
     check_token(&hub, &headers)?;
     let code = AgencyCode::parse(&code).map_err(|e| bad_request(format!("{code:?}: {e}")))?;
-    let entry = hub
-        .registry
-        .get(&code)
-        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("agency {code} is not registered")))?;
+    let entry = hub.registry.get(&code).ok_or_else(|| {
+        ApiError(
+            StatusCode::NOT_FOUND,
+            format!("agency {code} is not registered"),
+        )
+    })?;
     let mut v = view(&hub, &entry.agency);
     let link = hub.link.borrow().clone();
     if let Some(link) = link {
@@ -201,12 +222,19 @@ pub struct EnvelopeQuery {
     pub id: String,
 }
 
-async fn show_envelope(State(hub): State<Arc<Hub>>, headers: HeaderMap, Query(q): Query<EnvelopeQuery>) -> Result<Response, ApiError> {
+async fn show_envelope(
+    State(hub): State<Arc<Hub>>,
+    headers: HeaderMap,
+    Query(q): Query<EnvelopeQuery>,
+) -> Result<Response, ApiError> {
     check_token(&hub, &headers)?;
     let from = AgencyCode::parse(&q.from).map_err(|e| bad_request(format!("from: {e}")))?;
     match hub.router.tracking().get(&from, &q.id) {
         Ok(Some(rec)) => Ok(Json(rec).into_response()),
-        Ok(None) => Err(ApiError(StatusCode::NOT_FOUND, format!("no envelope {} from {from}", q.id))),
+        Ok(None) => Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no envelope {} from {from}", q.id),
+        )),
         Err(e) => Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
     }
 }

@@ -97,7 +97,10 @@ pub(crate) mod tests {
             ("lgsp-to", "000.00.32.H41,000.00.33.H41"),
             ("lgsp-type", "edoc"),
             ("lgsp-version", "1"),
-            ("lgsp-signature", "UleTPnsaHshzCTxkn3aX4wSXe9UJF+Tj5PTCXaLDtag="),
+            (
+                "lgsp-signature",
+                "UleTPnsaHshzCTxkn3aX4wSXe9UJF+Tj5PTCXaLDtag=",
+            ),
             ("x-other", "not signed"),
         ] {
             m.set_header(k, v);

@@ -27,7 +27,10 @@ pub struct CliError {
 
 impl CliError {
     fn new(code: i32, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self {
+            code,
+            message: message.into(),
+        }
     }
 }
 
@@ -205,11 +208,19 @@ fn config(path: &Option<PathBuf>) -> Result<Config, CliError> {
     Config::load(path.as_deref()).map_err(|e| CliError::new(2, e.to_string()))
 }
 
-async fn api(cfg: &Config, method: &str, path: &str, body: Option<&Value>) -> Result<Value, CliError> {
+async fn api(
+    cfg: &Config,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<Value, CliError> {
     let token = cfg.resolve_admin_token(false).map_err(|e| {
         CliError::new(
             5,
-            format!("no admin token: set TRUC_ADMIN_TOKEN or run where {} is readable ({e})", cfg.token_path().display()),
+            format!(
+                "no admin token: set TRUC_ADMIN_TOKEN or run where {} is readable ({e})",
+                cfg.token_path().display()
+            ),
         )
     })?;
     let body = body.map(|b| serde_json::to_vec(b).unwrap_or_default());
@@ -222,7 +233,10 @@ async fn api(cfg: &Config, method: &str, path: &str, body: Option<&Value>) -> Re
         401 => Err(CliError::new(5, "the hub refused the admin token")),
         _ => Err(CliError::new(
             3,
-            value["error"].as_str().map(str::to_owned).unwrap_or_else(|| format!("HTTP {}", resp.status)),
+            value["error"]
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| format!("HTTP {}", resp.status)),
         )),
     }
 }
@@ -273,20 +287,40 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Agency(cmd) => agency(&cfg, cmd).await,
         Command::Envelope(EnvelopeCmd::Show { id, from, json }) => {
             let from = parse_code(&from)?;
-            let v = api(&cfg, "GET", &format!("/v1/envelopes?from={from}&id={id}"), None).await?;
+            let v = api(
+                &cfg,
+                "GET",
+                &format!("/v1/envelopes?from={from}&id={id}"),
+                None,
+            )
+            .await?;
             if json {
                 print_json(&v);
                 return Ok(());
             }
             println!(
                 "envelope {} from {}  subject {:?}  priority {}  size {} B  digest {}",
-                s(&v["message_id"]), s(&v["from"]), s(&v["subject"]), s(&v["priority"]), s(&v["size"]), s(&v["digest"])
+                s(&v["message_id"]),
+                s(&v["from"]),
+                s(&v["subject"]),
+                s(&v["priority"]),
+                s(&v["size"]),
+                s(&v["digest"])
             );
             let mut rows = Vec::new();
             for d in v["dests"].as_array().into_iter().flatten() {
                 for e in d["events"].as_array().into_iter().flatten() {
-                    let at = e["at_ms"].as_i64().map(crate::time::format_rfc3339).unwrap_or_default();
-                    rows.push(vec![s(&d["code"]), at, s(&e["state"]), s(&e["reason"]), s(&e["detail"])]);
+                    let at = e["at_ms"]
+                        .as_i64()
+                        .map(crate::time::format_rfc3339)
+                        .unwrap_or_default();
+                    rows.push(vec![
+                        s(&d["code"]),
+                        at,
+                        s(&e["state"]),
+                        s(&e["reason"]),
+                        s(&e["detail"]),
+                    ]);
                 }
             }
             table(&["DEST", "AT", "STATE", "REASON", "DETAIL"], &rows);
@@ -300,11 +334,19 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
 
 async fn agency(cfg: &Config, cmd: AgencyCmd) -> Result<(), CliError> {
     match cmd {
-        AgencyCmd::Add { code, name, public_key, json } => {
+        AgencyCmd::Add {
+            code,
+            name,
+            public_key,
+            json,
+        } => {
             let code = parse_code(&code)?;
             let pem = match public_key {
                 None => None,
-                Some(p) => Some(std::fs::read_to_string(&p).map_err(|e| CliError::new(2, format!("{}: {e}", p.display())))?),
+                Some(p) => Some(
+                    std::fs::read_to_string(&p)
+                        .map_err(|e| CliError::new(2, format!("{}: {e}", p.display())))?,
+                ),
             };
             let body = serde_json::json!({ "code": code, "name": name, "public_key_pem": pem });
             let v = api(cfg, "POST", "/v1/agencies", Some(&body)).await?;
@@ -316,7 +358,9 @@ async fn agency(cfg: &Config, cmd: AgencyCmd) -> Result<(), CliError> {
                 println!("secret:     {}", s(&v["secret"]));
                 println!("inbox:      {}", s(&v["inbox"]));
                 println!("notify:     {}", s(&v["notify"]));
-                println!("The secret is shown only now: hand it to the agency over a safe channel.");
+                println!(
+                    "The secret is shown only now: hand it to the agency over a safe channel."
+                );
             }
             Ok(())
         }
@@ -331,17 +375,29 @@ async fn agency(cfg: &Config, cmd: AgencyCmd) -> Result<(), CliError> {
                 .into_iter()
                 .flatten()
                 .map(|a| {
-                    let keys: Vec<String> = a["access_keys"].as_array().into_iter().flatten().map(|k| s(&k["access_key"])).collect();
+                    let keys: Vec<String> = a["access_keys"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|k| s(&k["access_key"]))
+                        .collect();
                     vec![
                         s(&a["code"]),
                         s(&a["name"]),
-                        if a["enabled"].as_bool() == Some(true) { "enabled".into() } else { "disabled".into() },
+                        if a["enabled"].as_bool() == Some(true) {
+                            "enabled".into()
+                        } else {
+                            "disabled".into()
+                        },
                         keys.join(","),
                         s(&a["created_at"]),
                     ]
                 })
                 .collect();
-            table(&["CODE", "NAME", "STATE", "ACCESS KEYS", "REGISTERED"], &rows);
+            table(
+                &["CODE", "NAME", "STATE", "ACCESS KEYS", "REGISTERED"],
+                &rows,
+            );
             Ok(())
         }
         AgencyCmd::Show { code, json } => {
@@ -365,7 +421,13 @@ async fn agency(cfg: &Config, cmd: AgencyCmd) -> Result<(), CliError> {
                 println!("{label:<12} {}", s(&v[k]));
             }
             for key in v["access_keys"].as_array().into_iter().flatten() {
-                println!("{:<12} {} (issued {}, expires {})", "access key", s(&key["access_key"]), s(&key["created_at"]), s(&key["expires_at"]));
+                println!(
+                    "{:<12} {} (issued {}, expires {})",
+                    "access key",
+                    s(&key["access_key"]),
+                    s(&key["created_at"]),
+                    s(&key["expires_at"])
+                );
             }
             Ok(())
         }
@@ -381,5 +443,3 @@ pub fn priority(n: u8) -> Result<Priority, CliError> {
 pub fn duration(flag: &str, v: &str) -> Result<Duration, CliError> {
     crate::time::parse_duration(v).map_err(|e| CliError::new(2, format!("{flag}: {e}")))
 }
-
-

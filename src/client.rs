@@ -55,7 +55,8 @@ impl Credentials {
     pub fn from_file(path: &std::path::Path) -> Result<Self, ClientError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ClientError::Credentials(format!("{}: {e}", path.display())))?;
-        serde_json::from_str(&text).map_err(|e| ClientError::Credentials(format!("{}: {e}", path.display())))
+        serde_json::from_str(&text)
+            .map_err(|e| ClientError::Credentials(format!("{}: {e}", path.display())))
     }
 }
 
@@ -69,7 +70,9 @@ pub fn new_message_id() -> String {
         ms >>= 5;
     }
     let mut rng = rand::thread_rng();
-    let tail: String = (0..16).map(|_| ALPHABET[rng.gen_range(0..32)] as char).collect();
+    let tail: String = (0..16)
+        .map(|_| ALPHABET[rng.gen_range(0..32)] as char)
+        .collect();
     format!("{}{tail}", String::from_utf8_lossy(&head))
 }
 
@@ -106,11 +109,17 @@ pub fn sign(m: &mut Message, creds: &Credentials, alg: Alg) {
     m.set_header("lgsp-from", creds.code.as_str());
     m.set_header("lgsp-key", &creds.access_key);
     m.set_header("lgsp-alg", alg.as_str());
-    m.set_header("lgsp-time", format_rfc3339(now_ms() / 1000 * 1000).replace(".000Z", "Z"));
+    m.set_header(
+        "lgsp-time",
+        format_rfc3339(now_ms() / 1000 * 1000).replace(".000Z", "Z"),
+    );
     m.set_header("lgsp-nonce", new_nonce());
     m.headers.remove("lgsp-signature");
     let canon = canonical_form(m, &m.routing_key.clone()).unwrap_or_default();
-    m.set_header("lgsp-signature", sign_hmac(alg, &creds.secret, canon.as_bytes()));
+    m.set_header(
+        "lgsp-signature",
+        sign_hmac(alg, &creds.secret, canon.as_bytes()),
+    );
 }
 
 /// The signed message for envelope `out` from `creds`.
@@ -138,7 +147,14 @@ pub fn envelope_message(prefix: &str, creds: &Credentials, out: &Outgoing) -> Me
 }
 
 /// The signed status message `status` about `reference`.
-pub fn status_message(prefix: &str, creds: &Credentials, reference: &str, status: &str, source: Option<&AgencyCode>, reason: Option<&str>) -> Message {
+pub fn status_message(
+    prefix: &str,
+    creds: &Credentials,
+    reference: &str,
+    status: &str,
+    source: Option<&AgencyCode>,
+    reason: Option<&str>,
+) -> Message {
     let mut m = Message {
         exchange: format!("{prefix}ingress"),
         routing_key: format!("status.{}", creds.code),
@@ -164,7 +180,9 @@ pub fn status_message(prefix: &str, creds: &Credentials, reference: &str, status
 /// Checks the hub signature of a message received on `routing_key`
 /// (`deliver.<code>` or `notice.<code>`).
 pub fn verify_hub_signature(m: &Message, routing_key: &str, secret: &str) -> Result<(), String> {
-    let sig = m.header("lgsp-hub-signature").ok_or("no lgsp-hub-signature")?;
+    let sig = m
+        .header("lgsp-hub-signature")
+        .ok_or("no lgsp-hub-signature")?;
     let canon = canonical_form(m, routing_key).map_err(|e| e.to_string())?;
     verify(Alg::HmacSha256, secret, None, canon.as_bytes(), sig).map_err(|e| e.to_string())
 }
@@ -263,7 +281,13 @@ impl Client {
     }
 
     /// Signs and publishes a status message (confirmed).
-    pub async fn send_status(&self, reference: &str, status: &str, source: Option<&AgencyCode>, reason: Option<&str>) -> Result<(), ClientError> {
+    pub async fn send_status(
+        &self,
+        reference: &str,
+        status: &str,
+        source: Option<&AgencyCode>,
+        reason: Option<&str>,
+    ) -> Result<(), ClientError> {
         let m = status_message(&self.prefix, &self.creds, reference, status, source, reason);
         Ok(self.link.publish(&m).await?)
     }
@@ -272,7 +296,11 @@ impl Client {
     pub async fn inbox(&self, prefetch: u16) -> Result<Subscription, ClientError> {
         Ok(self
             .link
-            .subscribe(&format!("{}inbox.{}", self.prefix, self.creds.code), prefetch, "")
+            .subscribe(
+                &format!("{}inbox.{}", self.prefix, self.creds.code),
+                prefetch,
+                "",
+            )
             .await?)
     }
 
@@ -280,15 +308,27 @@ impl Client {
     pub async fn notices(&self, prefetch: u16) -> Result<Subscription, ClientError> {
         Ok(self
             .link
-            .subscribe(&format!("{}notify.{}", self.prefix, self.creds.code), prefetch, "")
+            .subscribe(
+                &format!("{}notify.{}", self.prefix, self.creds.code),
+                prefetch,
+                "",
+            )
             .await?)
     }
 
     /// Verifies one inbox delivery and marks repeats.
     pub fn receive(&mut self, inbound: Inbound) -> Result<Received, ClientError> {
-        let refuse = |why: String| ClientError::Verify { what: "delivery", why };
+        let refuse = |why: String| ClientError::Verify {
+            what: "delivery",
+            why,
+        };
         let m = inbound.message;
-        verify_hub_signature(&m, &format!("deliver.{}", self.creds.code), &self.creds.secret).map_err(refuse)?;
+        verify_hub_signature(
+            &m,
+            &format!("deliver.{}", self.creds.code),
+            &self.creds.secret,
+        )
+        .map_err(refuse)?;
         let from = m
             .header("lgsp-from")
             .and_then(|f| AgencyCode::parse(f).ok())
@@ -302,8 +342,14 @@ impl Client {
         Ok(Received {
             from,
             subject: m.header("lgsp-subject").unwrap_or("").to_owned(),
-            priority: m.header("lgsp-priority").and_then(|p| p.parse().ok()).unwrap_or(0),
-            attempt: m.header("lgsp-attempt").and_then(|a| a.parse().ok()).unwrap_or(1),
+            priority: m
+                .header("lgsp-priority")
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0),
+            attempt: m
+                .header("lgsp-attempt")
+                .and_then(|a| a.parse().ok())
+                .unwrap_or(1),
             repeat,
             message_id,
             message: m,
@@ -313,8 +359,16 @@ impl Client {
 
     /// Verifies one notice.
     pub fn notice(&self, inbound: &Inbound) -> Result<Notice, ClientError> {
-        let refuse = |why: String| ClientError::Verify { what: "notice", why };
-        verify_hub_signature(&inbound.message, &format!("notice.{}", self.creds.code), &self.creds.secret).map_err(refuse)?;
+        let refuse = |why: String| ClientError::Verify {
+            what: "notice",
+            why,
+        };
+        verify_hub_signature(
+            &inbound.message,
+            &format!("notice.{}", self.creds.code),
+            &self.creds.secret,
+        )
+        .map_err(refuse)?;
         serde_json::from_slice(&inbound.message.body).map_err(|e| refuse(e.to_string()))
     }
 

@@ -52,7 +52,10 @@ mod tests {
         assert_eq!(back, v);
         let mut future = bytes.clone();
         future[0] = 9;
-        assert!(matches!(decode::<(String, u64, Option<Vec<u8>>)>(&future), Err(CodecError::Version(9))));
+        assert!(matches!(
+            decode::<(String, u64, Option<Vec<u8>>)>(&future),
+            Err(CodecError::Version(9))
+        ));
         assert!(matches!(decode::<u8>(&[]), Err(CodecError::Empty)));
     }
 }

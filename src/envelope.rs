@@ -71,16 +71,14 @@ impl Kind {
 /// Checks a `message_id`: 1–64 of `A-Z a-z 0-9 - _`.
 pub fn valid_message_id(s: &str) -> bool {
     (1..=64).contains(&s.len())
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// Checks a nonce: 16–64 of `A-Z a-z 0-9 - _ . ~ + / =`.
 pub fn valid_nonce(s: &str) -> bool {
     (16..=64).contains(&s.len())
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_.~+/=".contains(&b))
 }
 
@@ -145,8 +143,8 @@ impl Signed {
             other => return Err(malformed(format!("unknown kind {other:?} in routing key"))),
         };
         let from_text = required(msg, "lgsp-from")?;
-        let from = AgencyCode::parse(from_text)
-            .map_err(|e| malformed(format!("lgsp-from: {e}")))?;
+        let from =
+            AgencyCode::parse(from_text).map_err(|e| malformed(format!("lgsp-from: {e}")))?;
         if rk_code != from_text {
             return Err(malformed(format!(
                 "routing key code {rk_code:?} differs from lgsp-from {from_text:?}"
@@ -169,7 +167,9 @@ impl Signed {
             .map_err(|e| malformed(format!("lgsp-time: {e}")))?;
         let nonce = required(msg, "lgsp-nonce")?;
         if !valid_nonce(nonce) {
-            return Err(malformed("lgsp-nonce must be 16-64 of A-Z a-z 0-9 - _ . ~ + / ="));
+            return Err(malformed(
+                "lgsp-nonce must be 16-64 of A-Z a-z 0-9 - _ . ~ + / =",
+            ));
         }
         let signature = required(msg, "lgsp-signature")?.to_owned();
         Ok(Self {
@@ -186,7 +186,9 @@ impl Signed {
 }
 
 /// QCVN 102 Priority code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct Priority(u8);
 
 impl Priority {
@@ -295,8 +297,7 @@ fn parse_digest(msg: &Message) -> Result<String, Refusal> {
 
 fn valid_token(s: &str) -> bool {
     (1..=64).contains(&s.len())
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_.+".contains(&b))
 }
 
@@ -307,7 +308,9 @@ impl Payload {
         for (name, v) in &msg.headers {
             if let Some(t) = v.as_text() {
                 if name.starts_with("lgsp-") && t.chars().any(char::is_control) {
-                    return Err(malformed(format!("header {name} contains a control character")));
+                    return Err(malformed(format!(
+                        "header {name} contains a control character"
+                    )));
                 }
             }
         }
@@ -329,7 +332,10 @@ impl Payload {
         }
     }
 
-    fn parse_envelope(msg: &Message, default_priority: Priority) -> Result<EnvelopeFields, Refusal> {
+    fn parse_envelope(
+        msg: &Message,
+        default_priority: Priority,
+    ) -> Result<EnvelopeFields, Refusal> {
         let to_text = required(msg, "lgsp-to")?;
         let mut to: Vec<AgencyCode> = Vec::new();
         for part in to_text.split(',') {
@@ -362,7 +368,9 @@ impl Payload {
         let protocol = optional(msg, "lgsp-protocol")?;
         if let Some(p) = protocol {
             if !valid_token(p) {
-                return Err(malformed("lgsp-protocol must be 1-64 of A-Z a-z 0-9 - _ . +"));
+                return Err(malformed(
+                    "lgsp-protocol must be 1-64 of A-Z a-z 0-9 - _ . +",
+                ));
             }
         }
         let time = |name: &str| -> Result<Option<i64>, Refusal> {
@@ -373,7 +381,9 @@ impl Payload {
         let deliver_by_ms = time("lgsp-deliver-by")?;
         let not_before_ms = time("lgsp-not-before")?;
         if priority == Priority::FLASH_APPOINTED && deliver_by_ms.is_none() {
-            return Err(malformed("priority 4 (Hỏa tốc hẹn giờ) needs lgsp-deliver-by"));
+            return Err(malformed(
+                "priority 4 (Hỏa tốc hẹn giờ) needs lgsp-deliver-by",
+            ));
         }
         if let (Some(nb), Some(db)) = (not_before_ms, deliver_by_ms) {
             if nb > db {
@@ -492,10 +502,18 @@ mod tests {
         for edit in [
             (|m: &mut Message| m.set_header("lgsp-to", "")) as fn(&mut Message),
             |m| m.set_header("lgsp-to", "000.00.32.H41, 000.00.33.H41"),
-            |m| m.set_header("lgsp-to", &vec!["A"; 501].iter().enumerate().map(|(i, _)| format!("A{i}")).collect::<Vec<_>>().join(",")),
+            |m| {
+                m.set_header(
+                    "lgsp-to",
+                    (0..501)
+                        .map(|i| format!("A{i}"))
+                        .collect::<Vec<_>>()
+                        .join(","),
+                )
+            },
             |m| m.set_header("lgsp-priority", "5"),
             |m| m.set_header("lgsp-priority", "4"),
-            |m| m.set_header("lgsp-subject", &"x".repeat(1001)),
+            |m| m.set_header("lgsp-subject", "x".repeat(1001)),
             |m| m.set_header("lgsp-digest", "sha256=ABC"),
             |m| m.set_header("lgsp-bounce-after", "soon"),
             |m| m.set_header("lgsp-max-attempts", "0"),
@@ -508,7 +526,8 @@ mod tests {
         // Duplicates are folded; 500 distinct codes are fine.
         let mut m = vector_message();
         m.set_header("lgsp-to", "A,A,B");
-        let Payload::Envelope(e) = Payload::parse(Kind::Envelope, &m, Priority::NORMAL).unwrap() else {
+        let Payload::Envelope(e) = Payload::parse(Kind::Envelope, &m, Priority::NORMAL).unwrap()
+        else {
             panic!()
         };
         assert_eq!(e.to.len(), 2);

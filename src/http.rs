@@ -47,11 +47,19 @@ fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// Sends one request and reads the whole response.
-pub async fn request(addr: &str, method: &str, path: &str, token: &str, body: Option<&[u8]>) -> Result<Response, HttpError> {
-    let mut s = TcpStream::connect(addr).await.map_err(|source| HttpError::Connect {
-        addr: addr.to_owned(),
-        source,
-    })?;
+pub async fn request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<&[u8]>,
+) -> Result<Response, HttpError> {
+    let mut s = TcpStream::connect(addr)
+        .await
+        .map_err(|source| HttpError::Connect {
+            addr: addr.to_owned(),
+            source,
+        })?;
     let body = body.unwrap_or(b"");
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nAccept: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -61,18 +69,26 @@ pub async fn request(addr: &str, method: &str, path: &str, token: &str, body: Op
     s.write_all(body).await?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).await?;
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or(HttpError::BadResponse)?;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or(HttpError::BadResponse)?;
     let head = std::str::from_utf8(&raw[..split]).map_err(|_| HttpError::BadResponse)?;
     let status: u16 = head
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or(HttpError::BadResponse)?;
-    let chunked = head
-        .lines()
-        .any(|l| l.to_ascii_lowercase().starts_with("transfer-encoding:") && l.to_ascii_lowercase().contains("chunked"));
+    let chunked = head.lines().any(|l| {
+        l.to_ascii_lowercase().starts_with("transfer-encoding:")
+            && l.to_ascii_lowercase().contains("chunked")
+    });
     let rest = &raw[split + 4..];
-    let body = if chunked { dechunk(rest).ok_or(HttpError::BadResponse)? } else { rest.to_vec() };
+    let body = if chunked {
+        dechunk(rest).ok_or(HttpError::BadResponse)?
+    } else {
+        rest.to_vec()
+    };
     Ok(Response { status, body })
 }
 
@@ -82,7 +98,10 @@ mod tests {
 
     #[test]
     fn dechunks() {
-        assert_eq!(dechunk(b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap(), b"abcde");
+        assert_eq!(
+            dechunk(b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap(),
+            b"abcde"
+        );
         assert!(dechunk(b"zz\r\n").is_none());
     }
 }

@@ -9,7 +9,8 @@ use crate::reason::Reason;
 
 /// An envelope was accepted.
 pub fn envelope_accepted(priority: u8) {
-    metrics::counter!("truc_envelopes_accepted_total", "priority" => priority.to_string()).increment(1);
+    metrics::counter!("truc_envelopes_accepted_total", "priority" => priority.to_string())
+        .increment(1);
 }
 
 /// A message was refused (with or without a notice).

@@ -169,7 +169,14 @@ mod tests {
         assert_eq!(m.header("lgsp-reason"), Some("unknown-destination"));
         assert_eq!(m.header("lgsp-detail"), Some("no agency X1 registered"));
         let canon = canonical_form(&m, "notice.000.00.31.H41").unwrap();
-        verify(Alg::HmacSha256, "sec", None, canon.as_bytes(), m.header("lgsp-hub-signature").unwrap()).unwrap();
+        verify(
+            Alg::HmacSha256,
+            "sec",
+            None,
+            canon.as_bytes(),
+            m.header("lgsp-hub-signature").unwrap(),
+        )
+        .unwrap();
         let back: Notice = serde_json::from_slice(&m.body).unwrap();
         assert_eq!(back, n);
     }

@@ -109,7 +109,10 @@ impl Policies {
             return Err(invalid("clock_skew", "must be between 1s and 1h".into()));
         }
         if ing.max_body_bytes == 0 || ing.max_body_bytes > 128 * 1024 * 1024 {
-            return Err(invalid("max_body_bytes", "must be 1 to 134217728 (RabbitMQ's own ceiling)".into()));
+            return Err(invalid(
+                "max_body_bytes",
+                "must be 1 to 134217728 (RabbitMQ's own ceiling)".into(),
+            ));
         }
         let default_priority = Priority::new(ing.default_priority)
             .filter(|p| *p != Priority::FLASH_APPOINTED)
@@ -149,11 +152,16 @@ mod tests {
     fn builtin_is_valid_and_errors_name_file_and_key() {
         let p = Policies::default();
         assert_eq!(p.clock_skew, Duration::from_secs(300));
-        let e = Policies::from_toml("[ingress]\nclock_skew = \"soon\"\n", Path::new("p.toml")).unwrap_err();
-        assert!(e.to_string().starts_with("p.toml: ingress.clock_skew:"), "{e}");
+        let e = Policies::from_toml("[ingress]\nclock_skew = \"soon\"\n", Path::new("p.toml"))
+            .unwrap_err();
+        assert!(
+            e.to_string().starts_with("p.toml: ingress.clock_skew:"),
+            "{e}"
+        );
         let e = Policies::from_toml("[ingress]\nmax_bodyy = 3\n", Path::new("p.toml")).unwrap_err();
         assert!(e.to_string().contains("max_bodyy"), "{e}");
-        let e = Policies::from_toml("[ingress]\ndefault_priority = 4\n", Path::new("p.toml")).unwrap_err();
+        let e = Policies::from_toml("[ingress]\ndefault_priority = 4\n", Path::new("p.toml"))
+            .unwrap_err();
         assert!(e.to_string().contains("default_priority"), "{e}");
     }
 }

@@ -155,7 +155,9 @@ impl Registry {
             let (_, v) = item?;
             let agency: Agency = codec::decode(&v)?;
             for k in &agency.keys {
-                cache.by_key.insert(k.access_key.clone(), agency.code.clone());
+                cache
+                    .by_key
+                    .insert(k.access_key.clone(), agency.code.clone());
             }
             let e = entry(agency)?;
             cache.by_code.insert(e.agency.code.clone(), Arc::new(e));
@@ -287,8 +289,13 @@ mod tests {
                 reg.add(code.clone(), "again", None),
                 Err(RegistryError::Exists(_))
             ));
-            assert!(matches!(reg.add(AgencyCode::parse("B").unwrap(), " ", None), Err(RegistryError::BadName)));
-            assert!(reg.add(AgencyCode::parse("B").unwrap(), "b", Some("junk".into())).is_err());
+            assert!(matches!(
+                reg.add(AgencyCode::parse("B").unwrap(), " ", None),
+                Err(RegistryError::BadName)
+            ));
+            assert!(reg
+                .add(AgencyCode::parse("B").unwrap(), "b", Some("junk".into()))
+                .is_err());
             issued
         };
         let reg = Registry::open(Store::open(dir.path()).unwrap()).unwrap();

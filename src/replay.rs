@@ -51,7 +51,11 @@ impl Nonces {
         let k = nonce_key(key, nonce);
         let mut value = expires_ms.to_be_bytes().to_vec();
         value.extend_from_slice(message_id.as_bytes());
-        match self.store.nonces.compare_and_swap(&k, None as Option<&[u8]>, Some(value.clone()))? {
+        match self
+            .store
+            .nonces
+            .compare_and_swap(&k, None as Option<&[u8]>, Some(value.clone()))?
+        {
             Ok(()) => Ok(NonceCheck::Fresh),
             Err(cas) => {
                 let old = cas.current.unwrap_or_default();
@@ -92,11 +96,31 @@ mod tests {
     fn fresh_same_replay_and_expiry() {
         let dir = tempfile::tempdir().unwrap();
         let n = Nonces::new(Store::open(dir.path()).unwrap());
-        assert_eq!(n.check_and_remember("K", "nonce-0000000001", "m1", 1000, 0).unwrap(), NonceCheck::Fresh);
-        assert_eq!(n.check_and_remember("K", "nonce-0000000001", "m1", 1000, 10).unwrap(), NonceCheck::SameMessage);
-        assert_eq!(n.check_and_remember("K", "nonce-0000000001", "m2", 1000, 10).unwrap(), NonceCheck::Replay);
-        assert_eq!(n.check_and_remember("K2", "nonce-0000000001", "m2", 1000, 10).unwrap(), NonceCheck::Fresh);
-        assert_eq!(n.check_and_remember("K", "nonce-0000000001", "m3", 3000, 2000).unwrap(), NonceCheck::Fresh);
+        assert_eq!(
+            n.check_and_remember("K", "nonce-0000000001", "m1", 1000, 0)
+                .unwrap(),
+            NonceCheck::Fresh
+        );
+        assert_eq!(
+            n.check_and_remember("K", "nonce-0000000001", "m1", 1000, 10)
+                .unwrap(),
+            NonceCheck::SameMessage
+        );
+        assert_eq!(
+            n.check_and_remember("K", "nonce-0000000001", "m2", 1000, 10)
+                .unwrap(),
+            NonceCheck::Replay
+        );
+        assert_eq!(
+            n.check_and_remember("K2", "nonce-0000000001", "m2", 1000, 10)
+                .unwrap(),
+            NonceCheck::Fresh
+        );
+        assert_eq!(
+            n.check_and_remember("K", "nonce-0000000001", "m3", 3000, 2000)
+                .unwrap(),
+            NonceCheck::Fresh
+        );
         assert_eq!(n.sweep(5000).unwrap(), 2);
     }
 }

@@ -50,7 +50,10 @@ pub trait Outbox: Send + Sync {
     /// Publishes `msg` and resolves when the broker confirmed it.
     fn publish(&self, msg: &Message) -> impl Future<Output = Result<(), PublishError>> + Send;
     /// Declares the inbox and notify queues of `code`.
-    fn declare_agency(&self, code: &AgencyCode) -> impl Future<Output = Result<(), PublishError>> + Send;
+    fn declare_agency(
+        &self,
+        code: &AgencyCode,
+    ) -> impl Future<Output = Result<(), PublishError>> + Send;
 }
 
 /// Router errors: the ingress message is not acked and will come again.
@@ -122,7 +125,9 @@ impl KeyLocks {
 
     fn new() -> Self {
         Self {
-            stripes: (0..Self::STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            stripes: (0..Self::STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
         }
     }
 
@@ -130,7 +135,9 @@ impl KeyLocks {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         (from, message_id).hash(&mut h);
-        self.stripes[(h.finish() as usize) % Self::STRIPES].lock().await
+        self.stripes[(h.finish() as usize) % Self::STRIPES]
+            .lock()
+            .await
     }
 }
 
@@ -141,7 +148,12 @@ struct Authenticated {
 
 impl Router {
     /// A router over `store`, `registry` and `topology` with `policies`.
-    pub fn new(store: Store, registry: Registry, topology: Arc<Topology>, policies: Policies) -> Self {
+    pub fn new(
+        store: Store,
+        registry: Registry,
+        topology: Arc<Topology>,
+        policies: Policies,
+    ) -> Self {
         Self {
             locks: KeyLocks::new(),
             tracking: Tracking::new(store.clone()),
@@ -155,7 +167,10 @@ impl Router {
 
     /// The policies in force.
     pub fn policies(&self) -> Arc<Policies> {
-        self.policies.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.policies
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Replaces the policies (SIGHUP).
@@ -175,7 +190,11 @@ impl Router {
 
     /// Handles one ingress message end to end. On `Ok` the caller acks it; on
     /// `Err` it must not.
-    pub async fn handle<O: Outbox>(&self, inbound: &Inbound, outbox: &O) -> Result<Outcome, RouterError> {
+    pub async fn handle<O: Outbox>(
+        &self,
+        inbound: &Inbound,
+        outbox: &O,
+    ) -> Result<Outcome, RouterError> {
         let started = Instant::now();
         let now = now_ms();
         let msg = &inbound.message;
@@ -186,7 +205,8 @@ impl Router {
         let outcome = match self.check(&auth, msg, now)? {
             Err(refusal) => self.reject(&auth, refusal, outbox, now).await?,
             Ok(Payload::Envelope(fields)) => {
-                self.route(&auth, msg, fields, inbound.redelivered, outbox, now).await?
+                self.route(&auth, msg, fields, inbound.redelivered, outbox, now)
+                    .await?
             }
             Ok(Payload::Status(fields)) => self.status(&auth, fields, outbox, now).await?,
             Ok(Payload::Presence(p)) => {
@@ -200,7 +220,11 @@ impl Router {
     }
 
     /// Step 1: who sent it, and is the signature theirs.
-    fn authenticate(&self, msg: &Message, now: i64) -> Result<Result<Authenticated, Refusal>, RouterError> {
+    fn authenticate(
+        &self,
+        msg: &Message,
+        now: i64,
+    ) -> Result<Result<Authenticated, Refusal>, RouterError> {
         let signed = match Signed::parse(msg) {
             Ok(s) => s,
             Err(r) => return Ok(Err(r)),
@@ -208,7 +232,10 @@ impl Router {
         let Some((sender, _key)) = self.registry.by_key(&signed.key, now) else {
             return Ok(Err(Refusal::new(
                 Reason::UnknownKey,
-                format!("access key {:?} is not registered or has expired", signed.key),
+                format!(
+                    "access key {:?} is not registered or has expired",
+                    signed.key
+                ),
             )));
         };
         let canonical = match canonical_form(msg, &msg.routing_key) {
@@ -235,17 +262,28 @@ impl Router {
     }
 
     /// Step 2: the authenticated sender's message is checked in full.
-    fn check(&self, auth: &Authenticated, msg: &Message, now: i64) -> Result<Result<Payload, Refusal>, RouterError> {
+    fn check(
+        &self,
+        auth: &Authenticated,
+        msg: &Message,
+        now: i64,
+    ) -> Result<Result<Payload, Refusal>, RouterError> {
         let policies = self.policies();
         let s = &auth.signed;
         if s.from != auth.sender.agency.code {
             return Ok(Err(Refusal::new(
                 Reason::Forbidden,
-                format!("key {} belongs to {}, not {}", s.key, auth.sender.agency.code, s.from),
+                format!(
+                    "key {} belongs to {}, not {}",
+                    s.key, auth.sender.agency.code, s.from
+                ),
             )));
         }
         if !auth.sender.agency.enabled {
-            return Ok(Err(Refusal::new(Reason::Forbidden, format!("agency {} is disabled", s.from))));
+            return Ok(Err(Refusal::new(
+                Reason::Forbidden,
+                format!("agency {} is disabled", s.from),
+            )));
         }
         let skew_ms = policies.clock_skew.as_millis() as i64;
         if (s.time_ms - now).abs() > skew_ms {
@@ -259,10 +297,13 @@ impl Router {
                 ),
             )));
         }
-        match self
-            .nonces
-            .check_and_remember(&s.key, &s.nonce, &s.message_id, s.time_ms + skew_ms * 2, now)?
-        {
+        match self.nonces.check_and_remember(
+            &s.key,
+            &s.nonce,
+            &s.message_id,
+            s.time_ms + skew_ms * 2,
+            now,
+        )? {
             NonceCheck::Fresh | NonceCheck::SameMessage => {}
             NonceCheck::Replay => {
                 return Ok(Err(Refusal::new(
@@ -278,7 +319,11 @@ impl Router {
         if s.kind == Kind::Envelope && msg.body.len() as u64 > policies.max_body_bytes {
             return Ok(Err(Refusal::new(
                 Reason::TooLarge,
-                format!("body is {} bytes, the limit is {}", msg.body.len(), policies.max_body_bytes),
+                format!(
+                    "body is {} bytes, the limit is {}",
+                    msg.body.len(),
+                    policies.max_body_bytes
+                ),
             )));
         }
         let digest = match &payload {
@@ -288,13 +333,21 @@ impl Router {
         };
         if let Some(d) = digest {
             if *d != body_digest(&msg.body) {
-                return Ok(Err(Refusal::new(Reason::DigestMismatch, "the body does not match lgsp-digest")));
+                return Ok(Err(Refusal::new(
+                    Reason::DigestMismatch,
+                    "the body does not match lgsp-digest",
+                )));
             }
         }
         Ok(Ok(payload))
     }
 
-    async fn quarantine<O: Outbox>(&self, msg: &Message, refusal: Refusal, outbox: &O) -> Result<Outcome, RouterError> {
+    async fn quarantine<O: Outbox>(
+        &self,
+        msg: &Message,
+        refusal: Refusal,
+        outbox: &O,
+    ) -> Result<Outcome, RouterError> {
         metrics::message_rejected(refusal.reason);
         tracing::warn!(
             routing_key = %msg.routing_key,
@@ -316,7 +369,13 @@ impl Router {
         Ok(Outcome::Quarantined(refusal.reason))
     }
 
-    async fn reject<O: Outbox>(&self, auth: &Authenticated, refusal: Refusal, outbox: &O, now: i64) -> Result<Outcome, RouterError> {
+    async fn reject<O: Outbox>(
+        &self,
+        auth: &Authenticated,
+        refusal: Refusal,
+        outbox: &O,
+        now: i64,
+    ) -> Result<Outcome, RouterError> {
         metrics::message_rejected(refusal.reason);
         tracing::info!(
             from = %auth.signed.from,
@@ -327,7 +386,12 @@ impl Router {
         );
         // The notice goes to the agency whose key signed the message: the only
         // party authenticated (it may differ from lgsp-from when forbidden).
-        let mut n = Notice::new(NoticeKind::Rejected, auth.sender.agency.code.clone(), &auth.signed.message_id, now);
+        let mut n = Notice::new(
+            NoticeKind::Rejected,
+            auth.sender.agency.code.clone(),
+            &auth.signed.message_id,
+            now,
+        );
         n.reason = Some(refusal.reason);
         n.detail = refusal.detail;
         self.notify(&auth.sender, &n, outbox).await?;
@@ -335,12 +399,23 @@ impl Router {
     }
 
     /// Publishes a notice to the source, declaring its queues if they are missing.
-    async fn notify<O: Outbox>(&self, source: &Entry, n: &Notice, outbox: &O) -> Result<(), RouterError> {
+    async fn notify<O: Outbox>(
+        &self,
+        source: &Entry,
+        n: &Notice,
+        outbox: &O,
+    ) -> Result<(), RouterError> {
         let m = n.to_message(&self.topology.prefix, source.agency.current_secret());
-        self.publish_declaring(&source.agency.code, &m, outbox).await
+        self.publish_declaring(&source.agency.code, &m, outbox)
+            .await
     }
 
-    async fn publish_declaring<O: Outbox>(&self, code: &AgencyCode, m: &Message, outbox: &O) -> Result<(), RouterError> {
+    async fn publish_declaring<O: Outbox>(
+        &self,
+        code: &AgencyCode,
+        m: &Message,
+        outbox: &O,
+    ) -> Result<(), RouterError> {
         let t = Instant::now();
         match outbox.publish(m).await {
             Err(PublishError::Unroutable) => {
@@ -372,7 +447,12 @@ impl Router {
             metrics::duplicate();
             tracing::info!(from = %from, message_id = %mid, "duplicate envelope absorbed");
             let mut n = Notice::new(NoticeKind::Accepted, from.clone(), mid, now);
-            n.destinations = rec.dests.iter().filter(|d| d.state != "bounced").map(|d| d.code.clone()).collect();
+            n.destinations = rec
+                .dests
+                .iter()
+                .filter(|d| d.state != "bounced")
+                .map(|d| d.code.clone())
+                .collect();
             n.detail = "already accepted; not delivered again".into();
             self.notify(&auth.sender, &n, outbox).await?;
             return Ok(Outcome::Duplicate);
@@ -395,11 +475,21 @@ impl Router {
         let mut bounced: Vec<(AgencyCode, Reason, String)> = Vec::new();
         for code in &fields.to {
             match self.registry.get(code) {
-                None => bounced.push((code.clone(), Reason::UnknownDestination, format!("no agency {code} is registered"))),
-                Some(e) if !e.agency.enabled => {
-                    bounced.push((code.clone(), Reason::DestinationDisabled, format!("agency {code} is disabled")))
-                }
-                Some(_) if expired => bounced.push((code.clone(), Reason::Expired, "lgsp-deliver-by has already passed".into())),
+                None => bounced.push((
+                    code.clone(),
+                    Reason::UnknownDestination,
+                    format!("no agency {code} is registered"),
+                )),
+                Some(e) if !e.agency.enabled => bounced.push((
+                    code.clone(),
+                    Reason::DestinationDisabled,
+                    format!("agency {code} is disabled"),
+                )),
+                Some(_) if expired => bounced.push((
+                    code.clone(),
+                    Reason::Expired,
+                    "lgsp-deliver-by has already passed".into(),
+                )),
                 Some(e) => deliver.push(e),
             }
         }
@@ -432,7 +522,11 @@ impl Router {
             b.detail = detail.clone();
             notices.push(b);
         }
-        for r in futures_util::future::join_all(notices.iter().map(|n| self.notify(&auth.sender, n, outbox))).await {
+        for r in futures_util::future::join_all(
+            notices.iter().map(|n| self.notify(&auth.sender, n, outbox)),
+        )
+        .await
+        {
             r?;
         }
         let mut dests: Vec<DestTrack> = deliver
@@ -480,7 +574,15 @@ impl Router {
 
     /// The delivery of `msg` to `dest`: the source's headers kept, plus
     /// `lgsp-dest`, `lgsp-accepted-at`, `lgsp-attempt` and the hub signature.
-    fn delivery(&self, msg: &Message, dest: &Entry, fields: &EnvelopeFields, accepted_at: &str, attempt: &str, now: i64) -> Message {
+    fn delivery(
+        &self,
+        msg: &Message,
+        dest: &Entry,
+        fields: &EnvelopeFields,
+        accepted_at: &str,
+        attempt: &str,
+        now: i64,
+    ) -> Message {
         let code = &dest.agency.code;
         let mut d = msg.clone();
         d.exchange = self.topology.name("deliver");
@@ -490,12 +592,22 @@ impl Router {
         d.set_header("lgsp-dest", code.as_str());
         d.set_header("lgsp-accepted-at", accepted_at);
         d.set_header("lgsp-attempt", attempt);
-        hub_sign(&mut d, &format!("deliver.{code}"), dest.agency.current_secret());
+        hub_sign(
+            &mut d,
+            &format!("deliver.{code}"),
+            dest.agency.current_secret(),
+        );
         d
     }
 
     /// A status message from a destination about an envelope it received.
-    async fn status<O: Outbox>(&self, auth: &Authenticated, st: StatusFields, outbox: &O, now: i64) -> Result<Outcome, RouterError> {
+    async fn status<O: Outbox>(
+        &self,
+        auth: &Authenticated,
+        st: StatusFields,
+        outbox: &O,
+        now: i64,
+    ) -> Result<Outcome, RouterError> {
         let sender = &auth.signed.from;
         let mut sources = self.tracking.sources_of(sender, &st.reference)?;
         if let Some(to) = &st.to {
@@ -507,7 +619,10 @@ impl Router {
                 return self
                     .reject(
                         auth,
-                        Refusal::new(Reason::Forbidden, format!("{sender} never received an envelope {}", st.reference)),
+                        Refusal::new(
+                            Reason::Forbidden,
+                            format!("{sender} never received an envelope {}", st.reference),
+                        ),
                         outbox,
                         now,
                     )
@@ -519,7 +634,10 @@ impl Router {
                         auth,
                         Refusal::new(
                             Reason::Malformed,
-                            format!("several sources sent {} to {sender}: name the source in lgsp-to", st.reference),
+                            format!(
+                                "several sources sent {} to {sender}: name the source in lgsp-to",
+                                st.reference
+                            ),
                         ),
                         outbox,
                         now,
@@ -528,7 +646,11 @@ impl Router {
             }
         };
         let detail = st.reason.clone().unwrap_or_default();
-        let state = if st.status == "01" { "delivered".to_owned() } else { format!("status-{}", st.status) };
+        let state = if st.status == "01" {
+            "delivered".to_owned()
+        } else {
+            format!("status-{}", st.status)
+        };
         // Wait for the envelope's acceptance to finish (the destination may
         // answer before truc has written the record).
         let guard = self.locks.lock(source.as_str(), &st.reference).await;

@@ -83,7 +83,11 @@ impl Outbox for LinkOutbox {
 }
 
 /// Declares the inbox and notify queues of `code`.
-pub async fn declare_agency(link: &Link, topo: &Topology, code: &AgencyCode) -> Result<(), AmqpError> {
+pub async fn declare_agency(
+    link: &Link,
+    topo: &Topology,
+    code: &AgencyCode,
+) -> Result<(), AmqpError> {
     for q in topo.agency_queues(code) {
         link.declare_queue(&q).await?;
     }
@@ -119,7 +123,12 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
     let admin_token = config
         .resolve_admin_token(true)
         .map_err(ServiceError::Admin)?;
-    let router = Arc::new(Router::new(store.clone(), registry.clone(), topology.clone(), policies));
+    let router = Arc::new(Router::new(
+        store.clone(),
+        registry.clone(),
+        topology.clone(),
+        policies,
+    ));
     let (link_tx, link_rx) = watch::channel(None);
     let hub = Arc::new(Hub {
         config: config.clone(),
@@ -187,7 +196,11 @@ async fn connect(hub: &Hub, shutdown: &CancellationToken) -> Option<Arc<Link>> {
     let mut backoff = Duration::from_millis(200);
     loop {
         let attempt = async {
-            let link = Link::connect(&hub.config.amqp_url, &format!("truc router {}", hub.config.prefix)).await?;
+            let link = Link::connect(
+                &hub.config.amqp_url,
+                &format!("truc router {}", hub.config.prefix),
+            )
+            .await?;
             link.declare_topology(&hub.topology).await?;
             for a in hub.registry.list() {
                 declare_agency(&link, &hub.topology, &a.code).await?;
@@ -224,11 +237,18 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-async fn run_ingress(hub: Arc<Hub>, link_tx: watch::Sender<Option<Arc<Link>>>, shutdown: CancellationToken) {
+async fn run_ingress(
+    hub: Arc<Hub>,
+    link_tx: watch::Sender<Option<Arc<Link>>>,
+    shutdown: CancellationToken,
+) {
     while let Some(link) = connect(&hub, &shutdown).await {
         link_tx.send_replace(Some(link.clone()));
         let queue = hub.topology.name("ingress");
-        let mut sub = match link.subscribe(&queue, hub.config.prefetch, "truc-router").await {
+        let mut sub = match link
+            .subscribe(&queue, hub.config.prefetch, "truc-router")
+            .await
+        {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot consume the ingress queue");
@@ -274,7 +294,10 @@ async fn run_ingress(hub: Arc<Hub>, link_tx: watch::Sender<Option<Arc<Link>>>, s
         };
         // Drain: finish (or fail) everything in flight before closing.
         work.close();
-        if tokio::time::timeout(Duration::from_secs(30), work.wait()).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(30), work.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("in-flight work did not finish in 30s; the broker will redeliver it");
         }
         link_tx.send_replace(None);

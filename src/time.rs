@@ -48,10 +48,7 @@ pub fn parse_rfc3339(s: &str) -> Result<i64, TimeError> {
         (b, sign * (h * 3600 + m * 60))
     };
     let t = humantime::parse_rfc3339(&format!("{base}Z")).map_err(|_| bad())?;
-    let ms = t
-        .duration_since(UNIX_EPOCH)
-        .map_err(|_| bad())?
-        .as_millis() as i64;
+    let ms = t.duration_since(UNIX_EPOCH).map_err(|_| bad())?.as_millis() as i64;
     Ok(ms - offset_secs * 1000)
 }
 
@@ -86,7 +83,13 @@ mod tests {
         assert_eq!(parse_rfc3339("2026-11-22T15:00:00+07:00").unwrap(), z);
         assert_eq!(parse_rfc3339("2026-11-22T08:00:00.250Z").unwrap(), z + 250);
         assert_eq!(format_rfc3339(z + 250), "2026-11-22T08:00:00.250Z");
-        for bad in ["", "2026-11-22", "2026-11-22T08:00:00", "2026-13-22T08:00:00Z", "x026-11-22T08:00:00+7:00"] {
+        for bad in [
+            "",
+            "2026-11-22",
+            "2026-11-22T08:00:00",
+            "2026-13-22T08:00:00Z",
+            "x026-11-22T08:00:00+7:00",
+        ] {
             assert!(parse_rfc3339(bad).is_err(), "{bad}");
         }
     }
@@ -95,7 +98,10 @@ mod tests {
     fn durations() {
         assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
         assert_eq!(parse_duration("4h").unwrap(), Duration::from_secs(4 * 3600));
-        assert_eq!(parse_duration("2d").unwrap(), Duration::from_secs(2 * 86400));
+        assert_eq!(
+            parse_duration("2d").unwrap(),
+            Duration::from_secs(2 * 86400)
+        );
         assert!(parse_duration("").is_err());
         assert!(parse_duration("h").is_err());
         assert!(parse_duration("-3s").is_err());

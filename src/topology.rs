@@ -176,12 +176,20 @@ impl Topology {
             notify: file.agency.notify,
         };
         for needed in ["ingress", "deliver", "notify", "dlx", "release"] {
-            if !topo.exchanges.iter().any(|e| e.name == format!("{prefix}{needed}")) {
+            if !topo
+                .exchanges
+                .iter()
+                .any(|e| e.name == format!("{prefix}{needed}"))
+            {
                 return Err(invalid(format!("exchange {needed:?} is missing")));
             }
         }
         for needed in ["ingress", "dead", "release", "rejected"] {
-            if !topo.queues.iter().any(|q| q.name == format!("{prefix}{needed}")) {
+            if !topo
+                .queues
+                .iter()
+                .any(|q| q.name == format!("{prefix}{needed}"))
+            {
                 return Err(invalid(format!("queue {needed:?} is missing")));
             }
         }
@@ -204,17 +212,23 @@ impl Topology {
         let path = dir.join("topology.toml");
         match std::fs::read_to_string(&path) {
             Ok(text) => Self::from_toml(&text, &path, prefix),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                Self::from_toml(DEFAULT_TOPOLOGY, Path::new("(built-in topology.toml)"), prefix)
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Self::from_toml(
+                DEFAULT_TOPOLOGY,
+                Path::new("(built-in topology.toml)"),
+                prefix,
+            ),
             Err(source) => Err(TopologyError::Read { path, source }),
         }
     }
 
     /// The built-in topology under `prefix`.
     pub fn builtin(prefix: &str) -> Self {
-        Self::from_toml(DEFAULT_TOPOLOGY, Path::new("(built-in topology.toml)"), prefix)
-            .expect("the built-in topology is valid")
+        Self::from_toml(
+            DEFAULT_TOPOLOGY,
+            Path::new("(built-in topology.toml)"),
+            prefix,
+        )
+        .expect("the built-in topology is valid")
     }
 
     /// Full name of a fixed exchange or queue (`ingress` → `lgsp.ingress`).
@@ -251,19 +265,35 @@ mod tests {
         let code = AgencyCode::parse("000.00.32.H41").unwrap();
         let [inbox, notify] = t.agency_queues(&code);
         assert_eq!(inbox.name, "lgsp.inbox.000.00.32.H41");
-        assert_eq!(inbox.bind, vec![BindSpec { exchange: "lgsp.deliver".into(), key: "000.00.32.H41".into() }]);
+        assert_eq!(
+            inbox.bind,
+            vec![BindSpec {
+                exchange: "lgsp.deliver".into(),
+                key: "000.00.32.H41".into()
+            }]
+        );
         assert_eq!(inbox.arguments["x-max-priority"], ArgValue::Int(5));
-        assert_eq!(inbox.arguments["x-dead-letter-exchange"], ArgValue::Str("lgsp.dlx".into()));
+        assert_eq!(
+            inbox.arguments["x-dead-letter-exchange"],
+            ArgValue::Str("lgsp.dlx".into())
+        );
         assert_eq!(notify.name, "lgsp.notify.000.00.32.H41");
         let ingress = t.queues.iter().find(|q| q.name == "lgsp.ingress").unwrap();
         assert_eq!(ingress.bind[0].key, "#");
-        assert!(t.exchanges.iter().any(|e| e.name == "lgsp.ingress" && e.kind == ExchangeKind::Topic));
+        assert!(t
+            .exchanges
+            .iter()
+            .any(|e| e.name == "lgsp.ingress" && e.kind == ExchangeKind::Topic));
     }
 
     #[test]
     fn refuses_incomplete_topology() {
-        let e = Topology::from_toml("[agency.inbox]\nname='i'\n[agency.notify]\nname='n'\n", Path::new("t.toml"), "p.")
-            .unwrap_err();
+        let e = Topology::from_toml(
+            "[agency.inbox]\nname='i'\n[agency.notify]\nname='n'\n",
+            Path::new("t.toml"),
+            "p.",
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("t.toml"), "{e}");
     }
 }

@@ -38,7 +38,13 @@ pub struct DestTrack {
 
 impl DestTrack {
     /// A timeline starting with `state` at `at_ms`.
-    pub fn new(code: AgencyCode, at_ms: i64, state: &str, reason: Option<Reason>, detail: &str) -> Self {
+    pub fn new(
+        code: AgencyCode,
+        at_ms: i64,
+        state: &str,
+        reason: Option<Reason>,
+        detail: &str,
+    ) -> Self {
         let mut t = Self {
             code,
             state: String::new(),
@@ -108,7 +114,11 @@ impl Tracking {
     }
 
     /// The record of `(from, message_id)`, if accepted before.
-    pub fn get(&self, from: &AgencyCode, message_id: &str) -> Result<Option<EnvelopeRecord>, StoreError> {
+    pub fn get(
+        &self,
+        from: &AgencyCode,
+        message_id: &str,
+    ) -> Result<Option<EnvelopeRecord>, StoreError> {
         match self.store.envelopes.get(record_key(from, message_id))? {
             None => Ok(None),
             Some(v) => Ok(Some(codec::decode(&v)?)),
@@ -117,7 +127,12 @@ impl Tracking {
 
     /// Indexes `(from, message_id)` under each of `dests`, so a status from a
     /// destination finds its source. Written *before* deliveries are published.
-    pub fn index(&self, from: &AgencyCode, message_id: &str, dests: &[AgencyCode]) -> Result<(), StoreError> {
+    pub fn index(
+        &self,
+        from: &AgencyCode,
+        message_id: &str,
+        dests: &[AgencyCode],
+    ) -> Result<(), StoreError> {
         for d in dests {
             let mut k = Vec::new();
             k.extend_from_slice(d.as_str().as_bytes());
@@ -139,16 +154,25 @@ impl Tracking {
 
     /// Records sent to `dest` with `message_id` (status messages name the
     /// envelope by its id; the source is found here).
-    pub fn sources_of(&self, dest: &AgencyCode, message_id: &str) -> Result<Vec<AgencyCode>, StoreError> {
+    pub fn sources_of(
+        &self,
+        dest: &AgencyCode,
+        message_id: &str,
+    ) -> Result<Vec<AgencyCode>, StoreError> {
         let mut prefix = dest.as_str().as_bytes().to_vec();
         prefix.push(0);
         let mut out = Vec::new();
         for item in self.store.by_dest.scan_prefix(&prefix) {
             let (k, _) = item?;
             let rest = &k[prefix.len()..];
-            let Some(sep) = rest.iter().position(|b| *b == 0) else { continue };
+            let Some(sep) = rest.iter().position(|b| *b == 0) else {
+                continue;
+            };
             if &rest[sep + 1..] == message_id.as_bytes() {
-                if let Some(code) = std::str::from_utf8(&rest[..sep]).ok().and_then(|s| AgencyCode::parse(s).ok()) {
+                if let Some(code) = std::str::from_utf8(&rest[..sep])
+                    .ok()
+                    .and_then(|s| AgencyCode::parse(s).ok())
+                {
                     out.push(code);
                 }
             }
@@ -157,7 +181,11 @@ impl Tracking {
     }
 
     /// Every record, newest first, up to `limit`, filtered by `keep`.
-    pub fn list(&self, limit: usize, keep: impl Fn(&EnvelopeRecord) -> bool) -> Result<Vec<EnvelopeRecord>, StoreError> {
+    pub fn list(
+        &self,
+        limit: usize,
+        keep: impl Fn(&EnvelopeRecord) -> bool,
+    ) -> Result<Vec<EnvelopeRecord>, StoreError> {
         let mut out = Vec::new();
         for item in self.store.envelopes.iter() {
             let (_, v) = item?;
@@ -166,7 +194,7 @@ impl Tracking {
                 out.push(rec);
             }
         }
-        out.sort_by(|a, b| b.accepted_at_ms.cmp(&a.accepted_at_ms));
+        out.sort_by_key(|r| std::cmp::Reverse(r.accepted_at_ms));
         out.truncate(limit);
         Ok(out)
     }

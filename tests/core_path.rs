@@ -56,26 +56,50 @@ async fn round_trip_keeps_body_and_headers_and_is_hub_signed() {
     assert_eq!(m.header("lgsp-dest"), Some("000.00.32.H41"));
     assert_eq!(m.header("lgsp-attempt"), Some("1"));
     assert!(m.header("lgsp-accepted-at").is_some());
-    verify_hub_signature(m, "deliver.000.00.32.H41", &dst.secret).expect("hub signature verifies with the destination's secret");
+    verify_hub_signature(m, "deliver.000.00.32.H41", &dst.secret)
+        .expect("hub signature verifies with the destination's secret");
     assert!(verify_hub_signature(m, "deliver.000.00.32.H41", &src.secret).is_err());
     let r = dest.receive(got.clone()).unwrap();
     assert!(!r.repeat);
     inbox.ack(got.delivery_tag).await.unwrap();
-    dest.send_status(&r.message_id, "01", None, None).await.unwrap();
+    dest.send_status(&r.message_id, "01", None, None)
+        .await
+        .unwrap();
 
     let ns = notices(&source, &mut notify, 3, WAIT).await;
     let kinds: Vec<NoticeKind> = ns.iter().map(|n| n.notice).collect();
-    assert_eq!(kinds, vec![NoticeKind::Accepted, NoticeKind::Delivered, NoticeKind::Status]);
-    assert!(ns.iter().all(|n| Some(&n.reference) == sent.message_id.as_ref()));
+    assert_eq!(
+        kinds,
+        vec![
+            NoticeKind::Accepted,
+            NoticeKind::Delivered,
+            NoticeKind::Status
+        ]
+    );
+    assert!(ns
+        .iter()
+        .all(|n| Some(&n.reference) == sent.message_id.as_ref()));
     assert_eq!(ns[0].destinations, vec![code("000.00.32.H41")]);
     assert_eq!(ns[2].status.as_deref(), Some("01"));
 
     // The timeline shows the delivery.
     let (status, rec) = hub
-        .api("GET", &format!("/v1/envelopes?from=000.00.31.H41&id={}", sent.message_id.as_ref().unwrap()), None)
+        .api(
+            "GET",
+            &format!(
+                "/v1/envelopes?from=000.00.31.H41&id={}",
+                sent.message_id.as_ref().unwrap()
+            ),
+            None,
+        )
         .await;
     assert_eq!(status, 200);
-    let states: Vec<&str> = rec["dests"][0]["events"].as_array().unwrap().iter().map(|e| e["state"].as_str().unwrap()).collect();
+    let states: Vec<&str> = rec["dests"][0]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["state"].as_str().unwrap())
+        .collect();
     assert_eq!(states, vec!["accepted", "queued", "delivered"]);
 }
 
@@ -96,10 +120,17 @@ async fn duplicates_are_not_delivered_again_but_accepted_again() {
     }
     let first = next_within(&mut inbox, WAIT).await.expect("one delivery");
     inbox.ack(first.delivery_tag).await.unwrap();
-    assert!(next_within(&mut inbox, Duration::from_secs(2)).await.is_none(), "no second delivery");
+    assert!(
+        next_within(&mut inbox, Duration::from_secs(2))
+            .await
+            .is_none(),
+        "no second delivery"
+    );
     let ns = notices(&source, &mut notify, 3, WAIT).await;
     assert_eq!(ns.len(), 3);
-    assert!(ns.iter().all(|n| n.notice == NoticeKind::Accepted && n.reference == "DUP-0001"));
+    assert!(ns
+        .iter()
+        .all(|n| n.notice == NoticeKind::Accepted && n.reference == "DUP-0001"));
     assert!(ns[1].detail.contains("already accepted"));
 }
 
@@ -114,13 +145,23 @@ async fn fan_out_delivers_to_known_and_bounces_unknown() {
     let source = hub.client(&src).await;
     let mut notify = source.notices(16).await.unwrap();
     let id = source
-        .send(&outgoing(&["000.00.32.H41", "000.00.99.H41", "000.00.33.H41", "000.00.34.H41"], b"fan"))
+        .send(&outgoing(
+            &[
+                "000.00.32.H41",
+                "000.00.99.H41",
+                "000.00.33.H41",
+                "000.00.34.H41",
+            ],
+            b"fan",
+        ))
         .await
         .unwrap();
     for d in &dests {
         let mut c = hub.client(d).await;
         let mut inbox = c.inbox(4).await.unwrap();
-        let got = next_within(&mut inbox, WAIT).await.unwrap_or_else(|| panic!("delivery to {}", d.code));
+        let got = next_within(&mut inbox, WAIT)
+            .await
+            .unwrap_or_else(|| panic!("delivery to {}", d.code));
         let r = c.receive(got).unwrap();
         assert_eq!(r.message_id, id);
         assert_eq!(&*r.message.body, b"fan");
@@ -134,7 +175,11 @@ async fn fan_out_delivers_to_known_and_bounces_unknown() {
 }
 
 /// A correctly signed envelope from `creds`, edited by `edit` before signing.
-fn signed_with(prefix: &str, creds: &truc::client::Credentials, edit: impl FnOnce(&mut Message)) -> Message {
+fn signed_with(
+    prefix: &str,
+    creds: &truc::client::Credentials,
+    edit: impl FnOnce(&mut Message),
+) -> Message {
     let mut m = envelope_message(prefix, creds, &outgoing(&["000.00.32.H41"], b"payload"));
     edit(&mut m);
     sign(&mut m, creds, Alg::HmacSha256);
@@ -142,7 +187,11 @@ fn signed_with(prefix: &str, creds: &truc::client::Credentials, edit: impl FnOnc
 }
 
 /// A correctly signed envelope, edited after signing.
-fn tampered(prefix: &str, creds: &truc::client::Credentials, edit: impl FnOnce(&mut Message)) -> Message {
+fn tampered(
+    prefix: &str,
+    creds: &truc::client::Credentials,
+    edit: impl FnOnce(&mut Message),
+) -> Message {
     let mut m = signed_with(prefix, creds, |_| {});
     edit(&mut m);
     m
@@ -150,7 +199,10 @@ fn tampered(prefix: &str, creds: &truc::client::Credentials, edit: impl FnOnce(&
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_authenticated_rejection_reaches_the_notify_queue() {
-    let mut hub = TestHub::start_with_policy(Some("[ingress]\nclock_skew = \"300s\"\nmax_body_bytes = 1024\n")).await;
+    let mut hub = TestHub::start_with_policy(Some(
+        "[ingress]\nclock_skew = \"300s\"\nmax_body_bytes = 1024\n",
+    ))
+    .await;
     let src = hub.register("000.00.31.H41").await;
     let other = hub.register("000.00.35.H41").await;
     let _dst = hub.register("000.00.32.H41").await;
@@ -165,17 +217,31 @@ async fn every_authenticated_rejection_reaches_the_notify_queue() {
     m.set_header("lgsp-key", &other.access_key);
     m.headers.remove("lgsp-signature");
     let canon = truc::canonical::canonical_form(&m, &m.routing_key).unwrap();
-    m.set_header("lgsp-signature", truc::auth::sign_hmac(Alg::HmacSha256, &other.secret, canon.as_bytes()));
+    m.set_header(
+        "lgsp-signature",
+        truc::auth::sign_hmac(Alg::HmacSha256, &other.secret, canon.as_bytes()),
+    );
     cases.push((m, Reason::Forbidden));
     // clock-skew: signed ten minutes ago.
     let mut m = envelope_message(&p, &src, &outgoing(&["000.00.32.H41"], b"x"));
-    m.set_header("lgsp-time", truc::time::format_rfc3339(truc::time::now_ms() - 600_000));
+    m.set_header(
+        "lgsp-time",
+        truc::time::format_rfc3339(truc::time::now_ms() - 600_000),
+    );
     m.headers.remove("lgsp-signature");
     let canon = truc::canonical::canonical_form(&m, &m.routing_key).unwrap();
-    m.set_header("lgsp-signature", truc::auth::sign_hmac(Alg::HmacSha256, &src.secret, canon.as_bytes()));
+    m.set_header(
+        "lgsp-signature",
+        truc::auth::sign_hmac(Alg::HmacSha256, &src.secret, canon.as_bytes()),
+    );
     cases.push((m, Reason::ClockSkew));
     // digest-mismatch
-    cases.push((signed_with(&p, &src, |m| m.set_header("lgsp-digest", body_digest(b"other"))), Reason::DigestMismatch));
+    cases.push((
+        signed_with(&p, &src, |m| {
+            m.set_header("lgsp-digest", body_digest(b"other"))
+        }),
+        Reason::DigestMismatch,
+    ));
     // too-large (policy: 1024 bytes)
     cases.push((
         signed_with(&p, &src, |m| {
@@ -185,9 +251,12 @@ async fn every_authenticated_rejection_reaches_the_notify_queue() {
         Reason::TooLarge,
     ));
     // malformed after authentication: no lgsp-type.
-    cases.push((signed_with(&p, &src, |m| {
-        m.headers.remove("lgsp-type");
-    }), Reason::Malformed));
+    cases.push((
+        signed_with(&p, &src, |m| {
+            m.headers.remove("lgsp-type");
+        }),
+        Reason::Malformed,
+    ));
     for (m, _) in &cases {
         source.publish(m).await.unwrap();
     }
@@ -197,26 +266,49 @@ async fn every_authenticated_rejection_reaches_the_notify_queue() {
     let mut replay = first.clone();
     replay.message_id = Some("REPLAYED-ID".into());
     let canon = truc::canonical::canonical_form(&replay, &replay.routing_key).unwrap();
-    replay.set_header("lgsp-signature", truc::auth::sign_hmac(Alg::HmacSha256, &src.secret, canon.as_bytes()));
+    replay.set_header(
+        "lgsp-signature",
+        truc::auth::sign_hmac(Alg::HmacSha256, &src.secret, canon.as_bytes()),
+    );
     source.publish(&replay).await.unwrap();
     // A status about an envelope the sender never received.
-    source.publish(&status_message(&p, &src, "NEVER-SEEN", "01", None, None)).await.unwrap();
+    source
+        .publish(&status_message(&p, &src, "NEVER-SEEN", "01", None, None))
+        .await
+        .unwrap();
 
     // The key's owner signed the forbidden one: it gets that notice.
     let other_client = hub.client(&other).await;
     let mut other_notify = other_client.notices(4).await.unwrap();
     let on = notices(&other_client, &mut other_notify, 1, WAIT).await;
     assert_eq!(on.len(), 1);
-    assert_eq!((on[0].notice, on[0].reason), (NoticeKind::Rejected, Some(Reason::Forbidden)));
+    assert_eq!(
+        (on[0].notice, on[0].reason),
+        (NoticeKind::Rejected, Some(Reason::Forbidden))
+    );
 
     let ns = notices(&source, &mut notify, cases.len() + 2, WAIT).await;
-    let rejected: Vec<Reason> = ns.iter().filter(|n| n.notice == NoticeKind::Rejected).filter_map(|n| n.reason).collect();
+    let rejected: Vec<Reason> = ns
+        .iter()
+        .filter(|n| n.notice == NoticeKind::Rejected)
+        .filter_map(|n| n.reason)
+        .collect();
     for (_, reason) in &cases[1..] {
-        assert!(rejected.contains(reason), "{reason} missing from {rejected:?}");
+        assert!(
+            rejected.contains(reason),
+            "{reason} missing from {rejected:?}"
+        );
     }
     assert!(rejected.contains(&Reason::Replay), "{rejected:?}");
-    assert_eq!(rejected.iter().filter(|r| **r == Reason::Forbidden).count(), 1, "status about an unknown envelope: {rejected:?}");
-    assert!(ns.iter().any(|n| n.notice == NoticeKind::Accepted), "the first of the pair was accepted");
+    assert_eq!(
+        rejected.iter().filter(|r| **r == Reason::Forbidden).count(),
+        1,
+        "status about an unknown envelope: {rejected:?}"
+    );
+    assert!(
+        ns.iter().any(|n| n.notice == NoticeKind::Accepted),
+        "the first of the pair was accepted"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -228,7 +320,10 @@ async fn unauthenticated_input_gets_no_notice_and_is_quarantined() {
     let mut notify = source.notices(16).await.unwrap();
     let p = hub.prefix.clone();
     let cases: Vec<(Message, Reason)> = vec![
-        (tampered(&p, &src, |m| m.set_header("lgsp-key", "AKUNKNOWN000")), Reason::UnknownKey),
+        (
+            tampered(&p, &src, |m| m.set_header("lgsp-key", "AKUNKNOWN000")),
+            Reason::UnknownKey,
+        ),
         (
             {
                 let mut m = signed_with(&p, &src, |_| {});
@@ -237,24 +332,46 @@ async fn unauthenticated_input_gets_no_notice_and_is_quarantined() {
             },
             Reason::BadSignature,
         ),
-        (tampered(&p, &src, |m| m.set_header("lgsp-version", "2")), Reason::UnsupportedVersion),
-        (signed_with(&p, &src, |m| m.message_id = None), Reason::Malformed),
+        (
+            tampered(&p, &src, |m| m.set_header("lgsp-version", "2")),
+            Reason::UnsupportedVersion,
+        ),
+        (
+            signed_with(&p, &src, |m| m.message_id = None),
+            Reason::Malformed,
+        ),
     ];
     for (m, _) in &cases {
         source.publish(m).await.unwrap();
     }
     let link = hub.link().await;
-    let mut rejected = link.subscribe(&format!("{p}rejected"), 16, "").await.unwrap();
+    let mut rejected = link
+        .subscribe(&format!("{p}rejected"), 16, "")
+        .await
+        .unwrap();
     let mut reasons = Vec::new();
     for _ in 0..cases.len() {
-        let got = next_within(&mut rejected, WAIT).await.unwrap_or_else(|| panic!("quarantined copy; log:\n{}", hub.log()));
+        let got = next_within(&mut rejected, WAIT)
+            .await
+            .unwrap_or_else(|| panic!("quarantined copy; log:\n{}", hub.log()));
         reasons.push(got.message.header("x-truc-reason").unwrap().to_owned());
-        assert_eq!(got.message.header("x-truc-routing-key"), Some("envelope.000.00.31.H41"));
+        assert_eq!(
+            got.message.header("x-truc-routing-key"),
+            Some("envelope.000.00.31.H41")
+        );
         assert_eq!(&*got.message.body, b"payload");
         rejected.ack(got.delivery_tag).await.unwrap();
     }
     for (_, r) in &cases {
-        assert!(reasons.iter().any(|x| x == r.as_str()), "{r} not in {reasons:?}");
+        assert!(
+            reasons.iter().any(|x| x == r.as_str()),
+            "{r} not in {reasons:?}"
+        );
     }
-    assert!(drain_notices(&source, &mut notify, Duration::from_secs(2)).await.is_empty(), "no reflection");
+    assert!(
+        drain_notices(&source, &mut notify, Duration::from_secs(2))
+            .await
+            .is_empty(),
+        "no reflection"
+    );
 }

@@ -3,9 +3,9 @@
 
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions, QueuePurgeOptions,
 };
 use lapin::types::{FieldTable, LongString, ShortString};
 use lapin::{Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
@@ -53,8 +53,7 @@ fn classify(op: &'static str, name: &str, e: lapin::Error) -> AmqpError {
 impl Link {
     /// Connects to `url`, naming the connection `name` in the broker's UI.
     pub async fn connect(url: &str, name: &str) -> Result<Self, AmqpError> {
-        let props =
-            ConnectionProperties::default().with_connection_name(LongString::from(name));
+        let props = ConnectionProperties::default().with_connection_name(LongString::from(name));
         let conn = Connection::connect(url, props)
             .await
             .map_err(|e| AmqpError::Connect(e.to_string()))?;
@@ -164,7 +163,12 @@ impl Link {
     }
 
     /// Starts consuming `queue` on a new channel with `prefetch` unacked deliveries.
-    pub async fn subscribe(&self, queue: &str, prefetch: u16, tag: &str) -> Result<Subscription, AmqpError> {
+    pub async fn subscribe(
+        &self,
+        queue: &str,
+        prefetch: u16,
+        tag: &str,
+    ) -> Result<Subscription, AmqpError> {
         let channel = self
             .conn
             .create_channel()

@@ -16,13 +16,18 @@ use truc::notice::Notice;
 
 /// The broker the tests use.
 pub fn amqp_url() -> String {
-    std::env::var("TRUC_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+    std::env::var("TRUC_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A `truc serve` process of its own.
@@ -96,13 +101,19 @@ impl TestHub {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(r) = truc::http::request(&self.admin_addr, "GET", "/healthz", &self.token, None).await {
+            if let Ok(r) =
+                truc::http::request(&self.admin_addr, "GET", "/healthz", &self.token, None).await
+            {
                 let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
                 if v["broker_connected"] == true {
                     return;
                 }
             }
-            assert!(Instant::now() < deadline, "hub did not start: {}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "hub did not start: {}",
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -142,7 +153,10 @@ impl TestHub {
     /// SIGTERM and wait; returns the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut c = self.child.take().expect("running");
-        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(40);
         loop {
             if let Some(st) = c.try_wait().unwrap() {
@@ -157,12 +171,20 @@ impl TestHub {
     }
 
     /// Calls the admin API.
-    pub async fn api(&self, method: &str, path: &str, body: Option<serde_json::Value>) -> (u16, serde_json::Value) {
+    pub async fn api(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
         let body = body.map(|b| serde_json::to_vec(&b).unwrap());
         let r = truc::http::request(&self.admin_addr, method, path, &self.token, body.as_deref())
             .await
             .unwrap();
-        (r.status, serde_json::from_slice(&r.body).unwrap_or_default())
+        (
+            r.status,
+            serde_json::from_slice(&r.body).unwrap_or_default(),
+        )
     }
 
     /// Registers `code` and returns its credentials.
@@ -182,7 +204,9 @@ impl TestHub {
 
     /// A connected adapter for `creds`.
     pub async fn client(&self, creds: &Credentials) -> Client {
-        Client::connect(&amqp_url(), &self.prefix, creds.clone()).await.unwrap()
+        Client::connect(&amqp_url(), &self.prefix, creds.clone())
+            .await
+            .unwrap()
     }
 
     /// A raw link (for queues the adapters do not read).
@@ -212,9 +236,14 @@ impl Drop for TestHub {
         let agencies = self.agencies.clone();
         // Remove this test's queues; a thread with its own runtime, since Drop is sync.
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async move {
-                let Ok(link) = Link::connect(&amqp_url(), "truc test cleanup").await else { return };
+                let Ok(link) = Link::connect(&amqp_url(), "truc test cleanup").await else {
+                    return;
+                };
                 for q in ["ingress", "dead", "release", "rejected"] {
                     let _ = link.delete_queue(&format!("{prefix}{q}")).await;
                 }
@@ -238,12 +267,19 @@ pub async fn next_within(sub: &mut Subscription, wait: Duration) -> Option<Inbou
 }
 
 /// Reads notices for `client` until `n` arrived or `wait` passed; acks them.
-pub async fn notices(client: &Client, sub: &mut Subscription, n: usize, wait: Duration) -> Vec<Notice> {
+pub async fn notices(
+    client: &Client,
+    sub: &mut Subscription,
+    n: usize,
+    wait: Duration,
+) -> Vec<Notice> {
     let deadline = Instant::now() + wait;
     let mut out = Vec::new();
     while out.len() < n {
         let left = deadline.saturating_duration_since(Instant::now());
-        let Some(i) = next_within(sub, left).await else { break };
+        let Some(i) = next_within(sub, left).await else {
+            break;
+        };
         out.push(client.notice(&i).expect("notice verifies"));
         sub.ack(i.delivery_tag).await.unwrap();
     }

@@ -20,6 +20,8 @@
 //! - [`config`] — configuration file and environment.
 //! - [`amqp`] — the only module that imports lapin.
 //! - [`router`] — the ingress pipeline (broker behind a trait).
+//! - [`holding`] — deferral, retries, deadlines and recall of deliveries.
+//! - [`scheduler`] — pure scheduling decisions: backoff, buckets, deadlines, rates.
 //! - [`service`] — `truc serve`: link supervision, workers, shutdown.
 //! - [`admin`] — the admin HTTP API and `/metrics`.
 //! - [`metrics`] — every metric, emitted from one place each.
@@ -40,6 +42,7 @@ pub mod code;
 pub mod codec;
 pub mod config;
 pub mod envelope;
+pub mod holding;
 pub mod http;
 pub mod message;
 pub mod metrics;
@@ -49,6 +52,7 @@ pub mod reason;
 pub mod registry;
 pub mod replay;
 pub mod router;
+pub mod scheduler;
 pub mod service;
 pub mod store;
 pub mod time;

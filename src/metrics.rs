@@ -67,3 +67,13 @@ pub fn agencies(n: usize) {
 pub fn store_bytes(n: u64) {
     metrics::gauge!("truc_store_bytes").set(n as f64);
 }
+
+/// A retry of a rejected delivery was scheduled.
+pub fn retry_scheduled() {
+    metrics::counter!("truc_retries_scheduled_total").increment(1);
+}
+
+/// Deadlines that passed before delivery were swept.
+pub fn deadlines_swept(n: usize) {
+    metrics::counter!("truc_deadlines_swept_total").increment(n as u64);
+}

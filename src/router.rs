@@ -16,7 +16,7 @@
 
 use std::future::Future;
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::auth::{body_digest, verify};
 use crate::canonical::canonical_form;
@@ -102,21 +102,28 @@ pub enum Outcome {
     StatusRelayed,
     /// A heartbeat was taken.
     Heartbeat,
+    /// A delivery was put (back) in a delay bucket.
+    Held,
+    /// A held delivery went out to its destination.
+    Released,
+    /// A copy was dropped (why).
+    Dropped(&'static str),
 }
 
 /// The pipeline and the state it reads.
 pub struct Router {
-    locks: KeyLocks,
-    registry: Registry,
-    tracking: Tracking,
+    pub(crate) locks: KeyLocks,
+    limiter: std::sync::Mutex<crate::scheduler::RateLimiter>,
+    pub(crate) registry: Registry,
+    pub(crate) tracking: Tracking,
     nonces: Nonces,
-    store: Store,
-    topology: Arc<Topology>,
+    pub(crate) store: Store,
+    pub(crate) topology: Arc<Topology>,
     policies: RwLock<Arc<Policies>>,
 }
 
 /// Striped async locks by `(from, message_id)`.
-struct KeyLocks {
+pub(crate) struct KeyLocks {
     stripes: Vec<tokio::sync::Mutex<()>>,
 }
 
@@ -131,7 +138,11 @@ impl KeyLocks {
         }
     }
 
-    async fn lock(&self, from: &str, message_id: &str) -> tokio::sync::MutexGuard<'_, ()> {
+    pub(crate) async fn lock(
+        &self,
+        from: &str,
+        message_id: &str,
+    ) -> tokio::sync::MutexGuard<'_, ()> {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         (from, message_id).hash(&mut h);
@@ -156,6 +167,7 @@ impl Router {
     ) -> Self {
         Self {
             locks: KeyLocks::new(),
+            limiter: std::sync::Mutex::new(crate::scheduler::RateLimiter::new()),
             tracking: Tracking::new(store.clone()),
             nonces: Nonces::new(store.clone()),
             registry,
@@ -399,7 +411,7 @@ impl Router {
     }
 
     /// Publishes a notice to the source, declaring its queues if they are missing.
-    async fn notify<O: Outbox>(
+    pub(crate) async fn notify<O: Outbox>(
         &self,
         source: &Entry,
         n: &Notice,
@@ -410,7 +422,7 @@ impl Router {
             .await
     }
 
-    async fn publish_declaring<O: Outbox>(
+    pub(crate) async fn publish_declaring<O: Outbox>(
         &self,
         code: &AgencyCode,
         m: &Message,
@@ -457,19 +469,31 @@ impl Router {
             self.notify(&auth.sender, &n, outbox).await?;
             return Ok(Outcome::Duplicate);
         }
-        if let Some(nb) = fields.not_before_ms.filter(|nb| *nb > now) {
+        let rate = self.policies().rate_of(from);
+        let allowed = self
+            .limiter
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            // Measured on signing times, so a backlog that waited in the broker
+            // (hub restart, outage) is not refused for arriving all at once.
+            .allow(from, rate, auth.signed.time_ms);
+        if !allowed {
             return self
                 .reject(
                     auth,
                     Refusal::new(
-                        Reason::Malformed,
-                        format!("lgsp-not-before {} is in the future; deferred delivery is not enabled on this hub", format_rfc3339(nb)),
+                        Reason::RateLimited,
+                        format!(
+                            "more than {} envelopes/s (burst {}) from {from}",
+                            rate.per_s, rate.burst
+                        ),
                     ),
                     outbox,
                     now,
                 )
                 .await;
         }
+        let policies = self.policies();
         let expired = fields.deliver_by_ms.is_some_and(|d| d <= now);
         let mut deliver: Vec<Arc<Entry>> = Vec::new();
         let mut bounced: Vec<(AgencyCode, Reason, String)> = Vec::new();
@@ -490,6 +514,11 @@ impl Router {
                     Reason::Expired,
                     "lgsp-deliver-by has already passed".into(),
                 )),
+                Some(_) if !policies.allowed(from, code) => bounced.push((
+                    code.clone(),
+                    Reason::Forbidden,
+                    format!("{from} may not send to {code} (access policy)"),
+                )),
                 Some(e) => deliver.push(e),
             }
         }
@@ -497,9 +526,20 @@ impl Router {
         self.tracking.index(from, mid, &codes)?;
         let attempt = if redelivered { "2" } else { "1" };
         let accepted_at = format_rfc3339(now);
+        // Deferred (lgsp-not-before in the future): each delivery waits in a
+        // delay bucket, in the broker, and comes back through the release queue.
+        let defer_until = fields.not_before_ms.filter(|nb| {
+            crate::scheduler::bucket_for(Duration::from_millis((nb - now).max(0) as u64)).is_some()
+        });
         let deliveries: Vec<Message> = deliver
             .iter()
-            .map(|dest| self.delivery(msg, dest, &fields, &accepted_at, attempt, now))
+            .map(|dest| {
+                let d = self.delivery(msg, dest, &fields, &accepted_at, attempt, now);
+                match defer_until {
+                    Some(due) => self.held(d, due, now),
+                    None => d,
+                }
+            })
             .collect();
         let publishes = deliveries
             .iter()
@@ -508,6 +548,9 @@ impl Router {
         for r in futures_util::future::join_all(publishes).await {
             r?;
             metrics::delivery_published();
+        }
+        if let Some(d) = fields.deliver_by_ms {
+            self.tracking.add_deadline(d, from, mid)?;
         }
         // Notices: accepted, then one bounce per refused destination.
         let mut notices = Vec::with_capacity(1 + bounced.len());
@@ -533,7 +576,15 @@ impl Router {
             .iter()
             .map(|d| {
                 let mut t = DestTrack::new(d.agency.code.clone(), now, "accepted", None, "");
-                t.push(now, "queued", None, &format!("attempt {attempt}"));
+                match defer_until {
+                    Some(due) => t.push(
+                        now,
+                        "deferred",
+                        None,
+                        &format!("until {}", format_rfc3339(due)),
+                    ),
+                    None => t.push(now, "queued", None, &format!("attempt {attempt}")),
+                }
                 t
             })
             .collect();
@@ -553,6 +604,11 @@ impl Router {
             content_type: msg.content_type.clone(),
             accepted_at_ms: now,
             deliver_by_ms: fields.deliver_by_ms,
+            not_before_ms: fields.not_before_ms,
+            bounce_after_secs: fields.bounce_after.map(|d| d.as_secs()),
+            max_attempts: fields
+                .max_attempts
+                .unwrap_or_else(|| policies.delivery(fields.priority, from).max_attempts),
             dests,
         };
         self.tracking.put(&rec)?;
@@ -609,6 +665,15 @@ impl Router {
         now: i64,
     ) -> Result<Outcome, RouterError> {
         let sender = &auth.signed.from;
+        if st.status == "13" {
+            return match self.recall(sender, &st, outbox, now).await? {
+                Ok(o) => Ok(o),
+                Err(why) => {
+                    self.reject(auth, Refusal::new(Reason::Forbidden, why), outbox, now)
+                        .await
+                }
+            };
+        }
         let mut sources = self.tracking.sources_of(sender, &st.reference)?;
         if let Some(to) = &st.to {
             sources.retain(|s| s == to);
@@ -646,17 +711,18 @@ impl Router {
             }
         };
         let detail = st.reason.clone().unwrap_or_default();
-        let state = if st.status == "01" {
-            "delivered".to_owned()
-        } else {
-            format!("status-{}", st.status)
+        let (state, reason) = match st.status.as_str() {
+            "01" => ("delivered".to_owned(), None),
+            "02" => ("bounced".to_owned(), Some(Reason::RejectedByDestination)),
+            "15" => ("recalled".to_owned(), Some(Reason::Recalled)),
+            other => (format!("status-{other}"), None),
         };
         // Wait for the envelope's acceptance to finish (the destination may
         // answer before truc has written the record).
         let guard = self.locks.lock(source.as_str(), &st.reference).await;
         let found = self.tracking.update(&source, &st.reference, |rec| {
             if let Some(d) = rec.dests.iter_mut().find(|d| &d.code == sender) {
-                d.push(now, &state, None, &detail);
+                d.push(now, &state, reason, &detail);
             }
         })?;
         drop(guard);
@@ -674,6 +740,15 @@ impl Router {
             n.dest = Some(sender.clone());
             n.status = Some(st.status.clone());
             self.notify(&src_entry, &n, outbox).await?;
+        }
+        if st.status == "02" {
+            let mut n = Notice::new(NoticeKind::Bounced, source.clone(), &st.reference, now);
+            n.dest = Some(sender.clone());
+            n.status = Some(st.status.clone());
+            n.reason = Some(Reason::RejectedByDestination);
+            n.detail = detail.clone();
+            self.notify(&src_entry, &n, outbox).await?;
+            metrics::bounced(Reason::RejectedByDestination);
         }
         let mut n = Notice::new(NoticeKind::Status, source.clone(), &st.reference, now);
         n.dest = Some(sender.clone());

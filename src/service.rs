@@ -237,6 +237,79 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// Which queue a consumer reads, and so which router entry point handles it.
+#[derive(Debug, Clone, Copy)]
+enum Feed {
+    /// What adapters publish.
+    Ingress,
+    /// Held deliveries coming out of the delay buckets.
+    Release,
+    /// Deliveries dead-lettered from inboxes.
+    Dead,
+}
+
+impl Feed {
+    fn queue(self) -> &'static str {
+        match self {
+            Self::Ingress => "ingress",
+            Self::Release => "release",
+            Self::Dead => "dead",
+        }
+    }
+}
+
+/// Consumes one queue until shutdown or a broker error; every delivery is
+/// handled in its own task on `work` and acked only after success.
+async fn consume(
+    hub: Arc<Hub>,
+    link: Arc<Link>,
+    outbox: Arc<LinkOutbox>,
+    feed: Feed,
+    work: TaskTracker,
+    stop: CancellationToken,
+) -> Result<(), AmqpError> {
+    let queue = hub.topology.name(feed.queue());
+    let prefetch = match feed {
+        Feed::Ingress => hub.config.prefetch,
+        Feed::Release | Feed::Dead => 64,
+    };
+    let mut sub = link
+        .subscribe(&queue, prefetch, &format!("truc-{}", feed.queue()))
+        .await?;
+    let settler = sub.settler();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            next = sub.next() => match next {
+                Some(Ok(inbound)) => {
+                    let (router, outbox, settler) = (hub.router.clone(), outbox.clone(), settler.clone());
+                    work.spawn(async move {
+                        let res = match feed {
+                            Feed::Ingress => router.handle(&inbound, outbox.as_ref()).await,
+                            Feed::Release => router.release(&inbound, outbox.as_ref()).await,
+                            Feed::Dead => router.dead(&inbound, outbox.as_ref()).await,
+                        };
+                        match res {
+                            Ok(_) => {
+                                if let Err(e) = settler.ack(inbound.delivery_tag).await {
+                                    tracing::warn!(error = %e, "ack failed; the broker will redeliver");
+                                }
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, feed = feed.queue(), retryable = e.is_retryable(), "message not handled; it will come again");
+                                tokio::time::sleep(Duration::from_millis(500)).await;
+                                let _ = settler.reject(inbound.delivery_tag, true).await;
+                            }
+                        }
+                    });
+                }
+                Some(Err(e)) => return Err(e),
+                None => return Err(AmqpError::Broker { op: "basic.consume", message: format!("consumer of {queue} cancelled") }),
+            },
+        }
+    }
+}
+
 async fn run_ingress(
     hub: Arc<Hub>,
     link_tx: watch::Sender<Option<Arc<Link>>>,
@@ -244,54 +317,28 @@ async fn run_ingress(
 ) {
     while let Some(link) = connect(&hub, &shutdown).await {
         link_tx.send_replace(Some(link.clone()));
-        let queue = hub.topology.name("ingress");
-        let mut sub = match link
-            .subscribe(&queue, hub.config.prefetch, "truc-router")
-            .await
-        {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot consume the ingress queue");
-                link_tx.send_replace(None);
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
-            }
-        };
-        let settler = sub.settler();
         let outbox = Arc::new(LinkOutbox::new(link.clone(), hub.topology.clone()));
         let work = TaskTracker::new();
-        let stop = loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => break true,
-                next = sub.next() => match next {
-                    Some(Ok(inbound)) => {
-                        let (router, outbox, settler) = (hub.router.clone(), outbox.clone(), settler.clone());
-                        work.spawn(async move {
-                            match router.handle(&inbound, outbox.as_ref()).await {
-                                Ok(_) => {
-                                    if let Err(e) = settler.ack(inbound.delivery_tag).await {
-                                        tracing::warn!(error = %e, "ack failed; the broker will redeliver");
-                                    }
-                                }
-                                Err(e) => {
-                                    tracing::warn!(error = %e, retryable = e.is_retryable(), "ingress message not handled; it will come again");
-                                    tokio::time::sleep(Duration::from_millis(500)).await;
-                                    let _ = settler.reject(inbound.delivery_tag, true).await;
-                                }
-                            }
-                        });
-                    }
-                    Some(Err(e)) => {
-                        tracing::warn!(error = %e, "broker link lost");
-                        break false;
-                    }
-                    None => {
-                        tracing::warn!("ingress consumer cancelled by the broker");
-                        break false;
-                    }
-                },
+        // Cancelled on shutdown or when any consumer fails (the link is then gone).
+        let stop = shutdown.child_token();
+        let mut consumers = tokio::task::JoinSet::new();
+        for feed in [Feed::Ingress, Feed::Release, Feed::Dead] {
+            consumers.spawn(consume(
+                hub.clone(),
+                link.clone(),
+                outbox.clone(),
+                feed,
+                work.clone(),
+                stop.clone(),
+            ));
+        }
+        consumers.spawn(deadlines(hub.clone(), outbox.clone(), stop.clone()));
+        while let Some(res) = consumers.join_next().await {
+            if let Ok(Err(e)) = res {
+                tracing::warn!(error = %e, "broker link lost");
+                stop.cancel();
             }
-        };
+        }
         // Drain: finish (or fail) everything in flight before closing.
         work.close();
         if tokio::time::timeout(Duration::from_secs(30), work.wait())
@@ -302,8 +349,28 @@ async fn run_ingress(
         }
         link_tx.send_replace(None);
         link.close().await;
-        if stop {
+        if shutdown.is_cancelled() {
             break;
+        }
+    }
+}
+
+/// Expires destinations whose `lgsp-deliver-by` passed, once a second.
+async fn deadlines(
+    hub: Arc<Hub>,
+    outbox: Arc<LinkOutbox>,
+    stop: CancellationToken,
+) -> Result<(), AmqpError> {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            _ = tick.tick() => match hub.router.sweep_deadlines(outbox.as_ref(), crate::time::now_ms()).await {
+                Ok(0) => {}
+                Ok(n) => metrics::deadlines_swept(n),
+                Err(e) => tracing::warn!(error = %e, "deadline sweep failed; will retry"),
+            },
         }
     }
 }

@@ -61,6 +61,8 @@ pub struct Store {
     pub envelopes: sled::Tree,
     /// Index `dest \0 message_id \0 from` → empty.
     pub by_dest: sled::Tree,
+    /// Deadlines: `deliver_by ms (BE) from \0 message_id` → empty.
+    pub deadlines: sled::Tree,
     /// Seen nonces: `key \0 nonce` → (expiry ms, message id).
     pub nonces: sled::Tree,
     /// Small settings (`name` → value).
@@ -84,6 +86,7 @@ impl Store {
             keys: db.open_tree("keys")?,
             envelopes: db.open_tree("envelopes")?,
             by_dest: db.open_tree("by_dest")?,
+            deadlines: db.open_tree("deadlines")?,
             nonces: db.open_tree("nonces")?,
             meta: db.open_tree("meta")?,
             inner: Arc::new(Inner {

@@ -193,6 +193,29 @@ impl Topology {
                 return Err(invalid(format!("queue {needed:?} is missing")));
             }
         }
+        for (name, ttl) in crate::scheduler::BUCKETS {
+            let qname = format!("{prefix}delay.{name}");
+            let q = topo
+                .queues
+                .iter()
+                .find(|q| q.name == qname)
+                .ok_or_else(|| {
+                    invalid(format!("delay bucket queue \"delay.{name}\" is missing"))
+                })?;
+            if q.arguments.get("x-message-ttl") != Some(&ArgValue::Int(ttl.as_millis() as i64)) {
+                return Err(invalid(format!(
+                    "delay.{name} must have x-message-ttl = {}",
+                    ttl.as_millis()
+                )));
+            }
+            if q.arguments.get("x-dead-letter-exchange")
+                != Some(&ArgValue::Str(format!("{prefix}release")))
+            {
+                return Err(invalid(format!(
+                    "delay.{name} must dead-letter to the release exchange"
+                )));
+            }
+        }
         let probe = AgencyCode::parse("PROBE").expect("valid code");
         for q in topo.queues.iter().chain(topo.agency_queues(&probe).iter()) {
             for b in &q.bind {

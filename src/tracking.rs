@@ -54,6 +54,21 @@ impl DestTrack {
         t
     }
 
+    /// True once nothing more will be delivered: bounced, expired or recalled.
+    pub fn is_final(&self) -> bool {
+        matches!(self.state.as_str(), "bounced" | "expired" | "recalled")
+    }
+
+    /// True once the destination confirmed receipt (status `01` or later).
+    pub fn is_delivered(&self) -> bool {
+        self.events.iter().any(|e| e.state == "delivered")
+    }
+
+    /// How many deliveries the destination rejected.
+    pub fn rejections(&self) -> u32 {
+        self.events.iter().filter(|e| e.state == "rejected").count() as u32
+    }
+
     /// Records a transition.
     pub fn push(&mut self, at_ms: i64, state: &str, reason: Option<Reason>, detail: &str) {
         self.state = state.to_owned();
@@ -89,8 +104,21 @@ pub struct EnvelopeRecord {
     pub accepted_at_ms: i64,
     /// `lgsp-deliver-by` (ms).
     pub deliver_by_ms: Option<i64>,
+    /// `lgsp-not-before` (ms).
+    pub not_before_ms: Option<i64>,
+    /// `lgsp-bounce-after` (seconds), when the envelope set it.
+    pub bounce_after_secs: Option<u64>,
+    /// Deliveries a destination may reject before bounce (header, else policy).
+    pub max_attempts: u32,
     /// Per-destination timelines.
     pub dests: Vec<DestTrack>,
+}
+
+impl EnvelopeRecord {
+    /// The timeline of `dest`.
+    pub fn dest_mut(&mut self, dest: &AgencyCode) -> Option<&mut DestTrack> {
+        self.dests.iter_mut().find(|d| &d.code == dest)
+    }
 }
 
 fn record_key(from: &AgencyCode, message_id: &str) -> Vec<u8> {
@@ -178,6 +206,56 @@ impl Tracking {
             }
         }
         Ok(out)
+    }
+
+    /// Remembers that `(from, message_id)` must be delivered by `deliver_by_ms`.
+    pub fn add_deadline(
+        &self,
+        deliver_by_ms: i64,
+        from: &AgencyCode,
+        message_id: &str,
+    ) -> Result<(), StoreError> {
+        let mut k = deliver_by_ms.to_be_bytes().to_vec();
+        k.extend_from_slice(&record_key(from, message_id));
+        self.store.deadlines.insert(k, &[])?;
+        Ok(())
+    }
+
+    /// Deadlines at or before `now_ms`, oldest first: (index key, from, message_id).
+    pub fn due_deadlines(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, AgencyCode, String)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self
+            .store
+            .deadlines
+            .range(..(now_ms + 1).to_be_bytes().to_vec())
+        {
+            let (k, _) = item?;
+            let rest = &k[8.min(k.len())..];
+            let Some(sep) = rest.iter().position(|b| *b == 0) else {
+                continue;
+            };
+            let from = std::str::from_utf8(&rest[..sep])
+                .ok()
+                .and_then(|s| AgencyCode::parse(s).ok());
+            let mid = std::str::from_utf8(&rest[sep + 1..]).ok();
+            if let (Some(from), Some(mid)) = (from, mid) {
+                out.push((k.to_vec(), from, mid.to_owned()));
+            }
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Forgets a deadline returned by [`Tracking::due_deadlines`].
+    pub fn remove_deadline(&self, key: &[u8]) -> Result<(), StoreError> {
+        self.store.deadlines.remove(key)?;
+        Ok(())
     }
 
     /// Every record, newest first, up to `limit`, filtered by `keep`.

@@ -64,13 +64,12 @@ pub(crate) fn inbound(d: lapin::message::Delivery) -> Inbound {
 pub(crate) fn properties(m: &Message) -> BasicProperties {
     let mut table = FieldTable::default();
     for (k, v) in &m.headers {
-        let text = match v {
-            HeaderValue::Text(t) => t.as_str(),
-            HeaderValue::Other(desc) => desc.as_str(),
-        };
+        // Only text headers are carried: a value truc could not read as text
+        // (x-death tables, numbers from other tools) is not re-published.
+        let HeaderValue::Text(text) = v else { continue };
         table.insert(
             ShortString::from(k.as_str()),
-            AMQPValue::LongString(LongString::from(text)),
+            AMQPValue::LongString(LongString::from(text.as_str())),
         );
     }
     let mut p = BasicProperties::default()

@@ -7,7 +7,7 @@ use crate::cli::{
     duration, parse_code as code_arg, priority, CliError as Error, CredArgs, NoticesArgs, RecvArgs,
     SendArgs,
 };
-use crate::client::{Client, Credentials, Outgoing};
+use crate::client::{Client, Credentials, Outgoing, ReceivedKind};
 use crate::code::AgencyCode;
 use crate::config::Config;
 
@@ -129,6 +129,53 @@ pub async fn recv(cfg: &Config, a: RecvArgs) -> Result<(), Error> {
         match client.receive(inbound) {
             Err(e) => {
                 eprintln!("refused: {e}");
+                sub.reject(tag, false).await.map_err(|e| Error {
+                    code: 4,
+                    message: e.to_string(),
+                })?;
+            }
+            Ok(r) if matches!(r.kind, ReceivedKind::Recall { .. }) => {
+                let ReceivedKind::Recall { already_received } = r.kind else {
+                    continue;
+                };
+                let answer = if already_received { "16" } else { "15" };
+                client
+                    .send_status(
+                        &r.message_id,
+                        answer,
+                        Some(&r.from),
+                        Some(if already_received {
+                            "already received"
+                        } else {
+                            "dropped before receipt"
+                        }),
+                    )
+                    .await
+                    .map_err(|e| Error {
+                        code: 4,
+                        message: e.to_string(),
+                    })?;
+                if a.json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"recall": r.message_id, "from": r.from, "answer": answer})
+                    );
+                } else {
+                    println!(
+                        "recall of {} from {}: answered {answer}",
+                        r.message_id, r.from
+                    );
+                }
+                sub.ack(tag).await.map_err(|e| Error {
+                    code: 4,
+                    message: e.to_string(),
+                })?;
+            }
+            Ok(r) if r.stale => {
+                eprintln!(
+                    "dropped stale {} from {} (lgsp-deliver-by passed)",
+                    r.message_id, r.from
+                );
                 sub.reject(tag, false).await.map_err(|e| Error {
                     code: 4,
                     message: e.to_string(),

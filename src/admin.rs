@@ -239,6 +239,60 @@ async fn show_envelope(
     }
 }
 
+/// Query of `GET /v1/envelopes/list`.
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    /// Source code.
+    pub from: Option<String>,
+    /// Destination code.
+    pub to: Option<String>,
+    /// A destination in this state (`queued`, `delivered`, `bounced`…).
+    pub state: Option<String>,
+    /// Accepted within this duration (`2h`).
+    pub since: Option<String>,
+    /// Most records (default 100, at most 10000).
+    pub limit: Option<usize>,
+}
+
+async fn list_envelopes(
+    State(hub): State<Arc<Hub>>,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> Result<Response, ApiError> {
+    check_token(&hub, &headers)?;
+    let code = |v: &Option<String>, what: &str| {
+        v.as_deref()
+            .map(|c| AgencyCode::parse(c).map_err(|e| bad_request(format!("{what}: {e}"))))
+            .transpose()
+    };
+    let from = code(&q.from, "from")?;
+    let to = code(&q.to, "to")?;
+    let since_ms = match &q.since {
+        None => None,
+        Some(d) => Some(
+            crate::time::now_ms()
+                - crate::time::parse_duration(d)
+                    .map_err(|e| bad_request(format!("since: {e}")))?
+                    .as_millis() as i64,
+        ),
+    };
+    let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
+    let state = q.state.clone();
+    let recs = hub
+        .router
+        .tracking()
+        .list(limit, |r| {
+            from.as_ref().is_none_or(|f| &r.from == f)
+                && since_ms.is_none_or(|s| r.accepted_at_ms >= s)
+                && r.dests.iter().any(|d| {
+                    to.as_ref().is_none_or(|t| &d.code == t)
+                        && state.as_ref().is_none_or(|s| &d.state == s)
+                })
+        })
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(Json(recs).into_response())
+}
+
 async fn healthz(State(hub): State<Arc<Hub>>) -> Json<serde_json::Value> {
     let broker = hub.link.borrow().as_ref().is_some_and(|l| l.is_connected());
     Json(json!({ "status": "ok", "broker_connected": broker, "agencies": hub.registry.len() }))
@@ -256,6 +310,7 @@ pub fn routes(hub: Arc<Hub>) -> Router {
         .route("/v1/agencies", get(list_agencies).post(add_agency))
         .route("/v1/agencies/{code}", get(show_agency))
         .route("/v1/envelopes", get(show_envelope))
+        .route("/v1/envelopes/list", get(list_envelopes))
         .with_state(hub)
 }
 

@@ -101,6 +101,27 @@ pub enum AgencyCmd {
 /// `truc envelope …`
 #[derive(Debug, Subcommand)]
 pub enum EnvelopeCmd {
+    /// List envelopes, newest first.
+    List {
+        /// Only from this source.
+        #[arg(long)]
+        from: Option<String>,
+        /// Only with this destination.
+        #[arg(long)]
+        to: Option<String>,
+        /// Only with a destination in this state (queued, deferred, retry, delivered, bounced, expired, recalled…).
+        #[arg(long)]
+        state: Option<String>,
+        /// Only accepted within this long (e.g. 2h, 1d).
+        #[arg(long)]
+        since: Option<String>,
+        /// Most envelopes to list.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show an envelope's per-destination timeline.
     Show {
         /// The source's message id.
@@ -285,6 +306,63 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Serve => Err(CliError::new(2, "serve is run by main")),
         Command::Agency(cmd) => agency(&cfg, cmd).await,
+        Command::Envelope(EnvelopeCmd::List {
+            from,
+            to,
+            state,
+            since,
+            limit,
+            json,
+        }) => {
+            let mut q = format!("/v1/envelopes/list?limit={limit}");
+            if let Some(f) = from {
+                q.push_str(&format!("&from={}", parse_code(&f)?));
+            }
+            if let Some(t) = to {
+                q.push_str(&format!("&to={}", parse_code(&t)?));
+            }
+            if let Some(st) = state {
+                if !st.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+                    return Err(CliError::new(
+                        2,
+                        format!("--state {st:?} is not a state name"),
+                    ));
+                }
+                q.push_str(&format!("&state={st}"));
+            }
+            if let Some(d) = since {
+                duration("--since", &d)?;
+                q.push_str(&format!("&since={d}"));
+            }
+            let v = api(&cfg, "GET", &q, None).await?;
+            if json {
+                print_json(&v);
+                return Ok(());
+            }
+            let mut rows = Vec::new();
+            for e in v.as_array().into_iter().flatten() {
+                let accepted = e["accepted_at_ms"]
+                    .as_i64()
+                    .map(crate::time::format_rfc3339)
+                    .unwrap_or_default();
+                for d in e["dests"].as_array().into_iter().flatten() {
+                    rows.push(vec![
+                        s(&e["message_id"]),
+                        s(&e["from"]),
+                        s(&d["code"]),
+                        s(&d["state"]),
+                        s(&e["priority"]),
+                        accepted.clone(),
+                        s(&e["subject"]),
+                    ]);
+                }
+            }
+            table(
+                &["ID", "FROM", "TO", "STATE", "PRIO", "ACCEPTED", "SUBJECT"],
+                &rows,
+            );
+            Ok(())
+        }
         Command::Envelope(EnvelopeCmd::Show { id, from, json }) => {
             let from = parse_code(&from)?;
             let v = api(

@@ -130,6 +130,8 @@ pub fn envelope_message(prefix: &str, creds: &Credentials, out: &Outgoing) -> Me
         message_id: Some(out.message_id.clone().unwrap_or_else(new_message_id)),
         content_type: Some(out.content_type.clone()),
         timestamp: Some((now_ms() / 1000) as u64),
+        // Flash envelopes overtake a backlog in the ingress priority queue too.
+        priority: Some(out.priority.amqp_priority()),
         body: out.body.clone().into(),
         ..Message::default()
     };
@@ -187,9 +189,27 @@ pub fn verify_hub_signature(m: &Message, routing_key: &str, secret: &str) -> Res
     verify(Alg::HmacSha256, secret, None, canon.as_bytes(), sig).map_err(|e| e.to_string())
 }
 
+/// What arrived in an inbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReceivedKind {
+    /// An envelope.
+    Envelope,
+    /// The source recalls the envelope `message_id` (answer status `15`, or
+    /// `16` when it was already taken in).
+    Recall {
+        /// The envelope had already been received.
+        already_received: bool,
+    },
+}
+
 /// A delivery, verified.
 #[derive(Debug, Clone)]
 pub struct Received {
+    /// Envelope or recall request.
+    pub kind: ReceivedKind,
+    /// `lgsp-deliver-by` has passed: the envelope is stale, drop it
+    /// (reject without requeue; the hub has told the source).
+    pub stale: bool,
     /// Source agency.
     pub from: AgencyCode,
     /// The source's message id.
@@ -337,9 +357,36 @@ impl Client {
         if digest != body_digest(&m.body) {
             return Err(refuse("body does not match lgsp-digest".into()));
         }
+        if m.header("lgsp-kind") == Some("recall") {
+            let reference = m
+                .header("lgsp-ref")
+                .filter(|r| crate::envelope::valid_message_id(r))
+                .ok_or_else(|| refuse("recall without a valid lgsp-ref".into()))?
+                .to_owned();
+            // Remembering it as seen makes a later copy of the envelope a repeat.
+            let already_received = self.dedupe.seen(from.as_str(), &reference);
+            return Ok(Received {
+                kind: ReceivedKind::Recall { already_received },
+                stale: false,
+                from,
+                message_id: reference,
+                subject: String::new(),
+                priority: 5,
+                attempt: 1,
+                repeat: false,
+                message: m,
+                delivery_tag: inbound.delivery_tag,
+            });
+        }
+        let stale = m
+            .header("lgsp-deliver-by")
+            .and_then(|d| crate::time::parse_rfc3339(d).ok())
+            .is_some_and(|d| d <= now_ms());
         let message_id = m.message_id.clone().unwrap_or_default();
-        let repeat = self.dedupe.seen(from.as_str(), &message_id);
+        let repeat = !stale && self.dedupe.seen(from.as_str(), &message_id);
         Ok(Received {
+            kind: ReceivedKind::Envelope,
+            stale,
             from,
             subject: m.header("lgsp-subject").unwrap_or("").to_owned(),
             priority: m

@@ -53,8 +53,24 @@ impl TestHub {
         Self::start_with_policy(None).await
     }
 
+    /// Starts a hub with these policy files (name, text) over the defaults.
+    pub async fn start_with_policies(files: &[(&str, &str)]) -> Self {
+        let mut hub = Self::prepare(None);
+        for (name, text) in files {
+            std::fs::write(hub.policies.join(name), text).unwrap();
+        }
+        hub.spawn().await;
+        hub
+    }
+
     /// Starts a hub whose `policies/ingress.toml` is `ingress` when given.
     pub async fn start_with_policy(ingress: Option<&str>) -> Self {
+        let mut hub = Self::prepare(ingress);
+        hub.spawn().await;
+        hub
+    }
+
+    fn prepare(ingress: Option<&str>) -> Self {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let data = tempfile::tempdir().unwrap();
         let policies = data.path().join("policies");
@@ -64,7 +80,7 @@ impl TestHub {
             ingress.unwrap_or(truc::policy::DEFAULT_POLICY),
         )
         .unwrap();
-        let mut hub = Self {
+        Self {
             prefix: format!("t{}x{n}.", std::process::id()),
             data,
             policies,
@@ -72,9 +88,7 @@ impl TestHub {
             token: format!("test-token-{}-{n}-0123456789", std::process::id()),
             child: None,
             agencies: Vec::new(),
-        };
-        hub.spawn().await;
-        hub
+        }
     }
 
     /// Starts the process and waits until it is connected to the broker.
@@ -214,6 +228,26 @@ impl TestHub {
         Link::connect(&amqp_url(), "truc test").await.unwrap()
     }
 
+    /// Sends SIGHUP (policy reload).
+    pub fn hangup(&self) {
+        let _ = Command::new("kill")
+            .arg("-HUP")
+            .arg(self.pid().to_string())
+            .status();
+    }
+
+    /// Depth of a queue of this hub (`short` without the prefix).
+    pub async fn depth(&self, short: &str) -> u32 {
+        let link = self.link().await;
+        let n = link
+            .queue_info(&format!("{}{short}", self.prefix))
+            .await
+            .map(|i| i.messages)
+            .unwrap_or(0);
+        link.close().await;
+        n
+    }
+
     /// Runs a `truc` CLI command against this hub.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
         Command::new(env!("CARGO_BIN_EXE_truc"))
@@ -244,7 +278,14 @@ impl Drop for TestHub {
                 let Ok(link) = Link::connect(&amqp_url(), "truc test cleanup").await else {
                     return;
                 };
-                for q in ["ingress", "dead", "release", "rejected"] {
+                let buckets = truc::scheduler::BUCKETS
+                    .iter()
+                    .map(|(n, _)| format!("delay.{n}"));
+                for q in ["ingress", "dead", "release", "rejected"]
+                    .into_iter()
+                    .map(String::from)
+                    .chain(buckets)
+                {
                     let _ = link.delete_queue(&format!("{prefix}{q}")).await;
                 }
                 for a in agencies {

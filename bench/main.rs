@@ -1,1 +1,669 @@
-fn main() {}
+//! `truc-bench`: the load benchmark of truc against the raw broker, in the
+//! same run.
+//!
+//! It starts `target/release/truc serve` as a child with its own prefix,
+//! data directory, admin port and token (or uses a running truc with
+//! `--hub-addr`), registers agencies through the admin API, connects them
+//! over AMQP, and drives signed envelopes through truc while destination
+//! adapters verify, ack and answer status `01`. In the same run it measures
+//! the raw one-hop baseline (publisher → durable queue → consumer, same body
+//! size, persistent, publisher confirms) and reports truc's throughput as a
+//! ratio of it, end-to-end and acceptance-notice latency, and truc's CPU and
+//! memory. Results go to a JSON file and a self-contained HTML report; a
+//! progress line goes to stderr once a second. See `bench/README.md`.
+
+mod hub;
+mod load;
+mod procstat;
+mod report;
+mod run;
+mod scenarios;
+mod stats;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+use truc::amqp::Link;
+
+use crate::hub::Hub;
+use crate::load::Shared;
+use crate::run::{Ctx, Monitor, Pids, Settings};
+use crate::stats::round1;
+
+/// A scenario to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// Raw one hop vs truc, flat out and at fixed fractions of truc's maximum.
+    Throughput,
+    /// Thousands of agencies connected at once under a steady load.
+    Connections,
+    /// Hỏa tốc latency behind a backlog of Thường for one destination.
+    Flash,
+    /// HMAC-SHA256 vs RSA-SHA256 signed load.
+    Rsa,
+    /// Every scenario, in that order.
+    All,
+}
+
+/// Command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "truc-bench",
+    version,
+    about = "Load benchmark of truc against the raw broker, in the same run"
+)]
+struct Args {
+    /// Scenario.
+    #[arg(long, value_enum, default_value = "throughput")]
+    scenario: Scenario,
+    /// Smoke check: short phases, small backlog, fewer connections (a whole run in about a minute).
+    #[arg(long)]
+    quick: bool,
+    /// Print the result object as JSON on stdout (the summary goes to stderr).
+    #[arg(long)]
+    json: bool,
+    /// JSON result file.
+    #[arg(long, default_value = "bench/out/result.json")]
+    out: PathBuf,
+    /// HTML report (default: the result file with `.html`).
+    #[arg(long)]
+    html: Option<PathBuf>,
+    /// RabbitMQ URL.
+    #[arg(
+        long,
+        env = "TRUC_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    amqp_url: String,
+    /// truc binary to start.
+    #[arg(long, default_value = "target/release/truc")]
+    truc_bin: PathBuf,
+    /// RUST_LOG of the started truc (its default is `info`).
+    #[arg(long, default_value = "info")]
+    truc_log: String,
+    /// Use a running truc: its admin API address (no child is started).
+    #[arg(long, requires = "token")]
+    hub_addr: Option<String>,
+    /// Admin token of the running truc.
+    #[arg(long)]
+    token: Option<String>,
+    /// Prefix of the running truc.
+    #[arg(long, default_value = "lgsp.")]
+    prefix: String,
+    /// Process id of the running truc (to sample its CPU and memory).
+    #[arg(long)]
+    truc_pid: Option<u32>,
+    /// Source agencies (throughput).
+    #[arg(long, default_value_t = 50)]
+    sources: usize,
+    /// Destination agencies (throughput).
+    #[arg(long, default_value_t = 50)]
+    dests: usize,
+    /// Body sizes in bytes (throughput).
+    #[arg(long, value_delimiter = ',', default_value = "1024,65536")]
+    sizes: Vec<usize>,
+    /// Measured seconds per phase (default 20; quick 2).
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Warm-up seconds before measuring (default 3; quick 1).
+    #[arg(long)]
+    warmup: Option<f64>,
+    /// Messages in flight in flat-out phases, raw and truc alike.
+    #[arg(long, default_value_t = 512)]
+    window: usize,
+    /// Load points as fractions of truc's maximum.
+    #[arg(long, value_delimiter = ',', default_value = "0.5,0.9")]
+    loads: Vec<f64>,
+    /// Fixed rates (msg/s) to use instead of the load points.
+    #[arg(long, value_delimiter = ',')]
+    rate: Vec<f64>,
+    /// Priority mix, code:weight (codes 0-3).
+    #[arg(long, default_value = "0:70,1:20,2:9,3:1")]
+    priority_mix: String,
+    /// Destination adapters' prefetch.
+    #[arg(long, default_value_t = 100)]
+    prefetch: u16,
+    /// Agencies connected at once (connections; default 2000, quick 300).
+    #[arg(long)]
+    connections: Option<usize>,
+    /// Steady load across them, msg/s (default 1000; quick 300).
+    #[arg(long)]
+    conn_rate: Option<f64>,
+    /// Backlog of Thường envelopes (flash; default 100000, quick 5000).
+    #[arg(long)]
+    backlog: Option<u64>,
+    /// Hỏa tốc envelopes per second during the drain (flash).
+    #[arg(long, default_value_t = 50.0)]
+    flash_rate: f64,
+    /// HMAC sources, RSA sources and destinations (rsa; each).
+    #[arg(long, default_value_t = 10)]
+    rsa_agencies: usize,
+    /// Pre-signed envelopes per algorithm (rsa; default 40000, quick 6000).
+    #[arg(long)]
+    rsa_pool: Option<usize>,
+    /// Longest wait for a phase to drain, s (default 60; quick 15).
+    #[arg(long)]
+    drain_timeout: Option<f64>,
+    /// Hard limit on the whole run, s (default 3600; quick 180).
+    #[arg(long)]
+    max_seconds: Option<f64>,
+}
+
+impl Args {
+    fn settings(&self) -> Settings {
+        let q = self.quick;
+        let scenarios = match self.scenario {
+            Scenario::All => vec!["throughput", "connections", "flash", "rsa"],
+            Scenario::Throughput => vec!["throughput"],
+            Scenario::Connections => vec!["connections"],
+            Scenario::Flash => vec!["flash"],
+            Scenario::Rsa => vec!["rsa"],
+        };
+        Settings {
+            scenarios: scenarios.into_iter().map(str::to_owned).collect(),
+            quick: q,
+            amqp_url: self.amqp_url.clone(),
+            sources: self.sources.max(1),
+            dests: self.dests.max(1),
+            sizes: self.sizes.clone(),
+            warmup_s: self.warmup.unwrap_or(if q { 1.0 } else { 3.0 }),
+            measure_s: self.duration.unwrap_or(if q { 2.0 } else { 20.0 }),
+            window: self.window.max(1),
+            loads: self.loads.clone(),
+            rates: self.rate.clone(),
+            mix: self.priority_mix.clone(),
+            prefetch: self.prefetch.max(1),
+            connections: self.connections.unwrap_or(if q { 300 } else { 2000 }),
+            conn_rate: self.conn_rate.unwrap_or(if q { 300.0 } else { 1000.0 }),
+            backlog: self.backlog.unwrap_or(if q { 5_000 } else { 100_000 }),
+            flash_rate: self.flash_rate,
+            rsa_agencies: self.rsa_agencies.max(1),
+            rsa_pool: self.rsa_pool.unwrap_or(if q { 6_000 } else { 40_000 }),
+            drain_timeout_s: self.drain_timeout.unwrap_or(if q { 15.0 } else { 60.0 }),
+            max_inflight: 8192,
+        }
+    }
+}
+
+/// Kernel release, for the report.
+fn kernel() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| format!("Linux {}", s.trim()))
+        .unwrap_or_default()
+}
+
+/// The run's start time, RFC 3339.
+fn started_at() -> String {
+    truc::time::format_rfc3339(truc::time::now_ms())
+}
+
+/// Runs the selected scenarios; a scenario that fails is recorded and the next one runs.
+async fn run_scenarios(ctx: &mut Ctx) {
+    for name in ctx.s.scenarios.clone() {
+        if ctx.shared.cancel.is_cancelled() {
+            break;
+        }
+        let errors_before = ctx.shared.error_count();
+        // Every scenario is reported against a raw baseline measured in this run.
+        if name != "throughput" && ctx.baseline.is_none() {
+            let (m, k) = (ctx.s.sources, ctx.s.dests);
+            match scenarios::raw_baseline(ctx, "baseline", 1024, m, k).await {
+                Ok(p) => {
+                    ctx.baseline = Some(p.msgs_per_s);
+                    ctx.results
+                        .insert("baseline".into(), json!({ "raw_1kib_max": p }));
+                }
+                Err(e) => ctx.shared.error("baseline", e),
+            }
+        }
+        let res = match name.as_str() {
+            "throughput" => scenarios::throughput(ctx).await,
+            "connections" => scenarios::connections(ctx).await,
+            "flash" => scenarios::flash(ctx).await,
+            "rsa" => scenarios::rsa(ctx).await,
+            _ => Err(format!("unknown scenario {name}")),
+        };
+        let errors = ctx.shared.error_count() - errors_before;
+        let v = match res {
+            Ok(mut v) => {
+                v["errors"] = json!(errors);
+                v
+            }
+            Err(e) => {
+                eprintln!("scenario {name} failed: {e}");
+                ctx.shared.error(&format!("scenario-{name}"), &e);
+                json!({ "failed": e, "errors": errors + 1 })
+            }
+        };
+        ctx.results.insert(name, v);
+    }
+}
+
+/// Deletes every queue the run created (agency inboxes and notify queues,
+/// raw queues, and the fixed queues of a truc the run started).
+async fn cleanup_queues(ctl: &Link, ctx: &Ctx) -> (usize, usize) {
+    let mut names: Vec<String> = ctx.queues.clone();
+    for a in &ctx.agencies {
+        names.push(a.inbox.clone());
+        names.push(a.notify.clone());
+    }
+    if ctx.hub.spawned() {
+        // The fixed queues of the topology the child loaded (`queues/` or the built-in one).
+        match truc::topology::Topology::load(std::path::Path::new("queues"), &ctx.hub.prefix) {
+            Ok(t) => names.extend(t.queues.iter().map(|q| q.name.clone())),
+            Err(_) => names.extend(
+                ["ingress", "dead", "release", "rejected"]
+                    .iter()
+                    .map(|q| format!("{}{q}", ctx.hub.prefix)),
+            ),
+        }
+    }
+    names.sort();
+    names.dedup();
+    let (mut ok, mut failed) = (0, 0);
+    for q in &names {
+        match tokio::time::timeout(Duration::from_secs(10), ctl.delete_queue(q)).await {
+            Ok(Ok(_)) => ok += 1,
+            _ => failed += 1,
+        }
+    }
+    (ok, failed)
+}
+
+/// The headline: the throughput scenario's 1 KiB figures when it ran, else
+/// the scenario's own.
+fn headline(ctx: &Ctx) -> (Value, String) {
+    let r = &ctx.results;
+    let raw = ctx.baseline;
+    if let Some(sizes) = r.get("throughput").and_then(|t| t["sizes"].as_array()) {
+        let s = sizes
+            .iter()
+            .find(|s| s["body_bytes"] == json!(1024))
+            .or_else(|| sizes.first());
+        if let Some(s) = s {
+            let first_load = &s["loads"][0]["truc"]["e2e"];
+            return (
+                json!({
+                    "raw_msgs_per_s": s["raw_msgs_per_s"],
+                    "truc_msgs_per_s": s["truc_msgs_per_s"],
+                    "ratio": s["ratio"],
+                    "p50_ms": first_load["p50_ms"],
+                    "p95_ms": first_load["p95_ms"],
+                    "p99_ms": first_load["p99_ms"],
+                    "max_ms": first_load["max_ms"],
+                }),
+                format!(
+                    "throughput scenario, {} B bodies: flat-out rates; latency at the first load point ({})",
+                    s["body_bytes"], s["loads"][0]["load"]
+                ),
+            );
+        }
+    }
+    let ratio = |t: Option<f64>| match (t, raw) {
+        (Some(t), Some(b)) if b > 0.0 => json!(stats::round3(t / b)),
+        _ => Value::Null,
+    };
+    let from = |truc: Option<f64>, lat: &Value, basis: &str| {
+        (
+            json!({
+                "raw_msgs_per_s": raw,
+                "truc_msgs_per_s": truc,
+                "ratio": ratio(truc),
+                "p50_ms": lat["p50_ms"],
+                "p95_ms": lat["p95_ms"],
+                "p99_ms": lat["p99_ms"],
+                "max_ms": lat["max_ms"],
+            }),
+            basis.to_owned(),
+        )
+    };
+    if let Some(c) = r
+        .get("connections")
+        .filter(|c| c.get("failed").is_none() || c["held"].is_number())
+    {
+        return from(
+            c["msgs_per_s"].as_f64(),
+            &c["phase"]["e2e"],
+            "connections scenario: truc_msgs_per_s is the steady offered load achieved across the connected agencies (not a maximum); latency of that load",
+        );
+    }
+    if let Some(f) = r.get("flash") {
+        return from(
+            f["backlog_drain_msgs_per_s"].as_f64(),
+            &f["flash_during_backlog"],
+            "flash scenario: truc_msgs_per_s is the backlog drain rate; latency of the Hỏa tốc envelopes sent while the backlog lasted",
+        );
+    }
+    if let Some(x) = r.get("rsa") {
+        return from(
+            x["rsa-sha256"]["msgs_per_s"].as_f64(),
+            &x["rsa-sha256"]["phase"]["e2e"],
+            "rsa scenario: RSA-SHA256 flat-out rate; latency at that maximum (queueing included)",
+        );
+    }
+    from(None, &Value::Null, "no scenario result")
+}
+
+/// The targets of the issue, evaluated on what ran.
+fn targets(ctx: &Ctx, head: &Value) -> Vec<Value> {
+    let mut out = Vec::new();
+    let q = if ctx.s.quick { " (quick mode)" } else { "" };
+    if ctx.results.contains_key("throughput") {
+        let ratio = head["ratio"].as_f64();
+        out.push(json!({
+            "target": "truc end to end ≥ 0.45 × raw one hop, 1 KiB",
+            "measured": format!("{} × ({} vs {} msg/s){q}", ratio.map(|r| format!("{r:.3}")).unwrap_or("–".into()), head["truc_msgs_per_s"], head["raw_msgs_per_s"]),
+            "met": ratio.map(|r| r >= 0.45),
+        }));
+        let p99 = head["p99_ms"].as_f64();
+        out.push(json!({
+            "target": "p99 end to end ≤ 25 ms at 50 % of truc's maximum, 1 KiB",
+            "measured": format!("p99 {} ms{q}", p99.map(|p| format!("{p:.2}")).unwrap_or("–".into())),
+            "met": p99.map(|p| p <= 25.0),
+        }));
+    }
+    if let Some(f) = ctx.results.get("flash") {
+        let p99 = f["flash_during_backlog"]["p99_ms"].as_f64();
+        let full = f["backlog"].as_u64() == Some(100_000);
+        out.push(json!({
+            "target": "Hỏa tốc p99 ≤ 50 ms behind a backlog of 100,000 Thường",
+            "measured": format!(
+                "p99 {} ms over {} Hỏa tốc envelopes, backlog {}",
+                p99.map(|p| format!("{p:.1}")).unwrap_or("–".into()),
+                f["flash_received_during_backlog"], f["backlog"]
+            ),
+            "met": if full { p99.map(|p| p <= 50.0) } else { None },
+        }));
+    }
+    if let Some(c) = ctx.results.get("connections") {
+        let rss = c["truc_rss_mib_max"].as_f64();
+        let held = c["held"].as_u64().unwrap_or(0);
+        let errors = c["errors"].as_u64().unwrap_or(1);
+        let requested = c["requested"].as_u64().unwrap_or(0);
+        out.push(json!({
+            "target": "2,000 connections with truc RSS ≤ 300 MiB and no error",
+            "measured": format!(
+                "{held} of {requested} connected, truc RSS max {} MiB, {errors} errors",
+                rss.map(|r| format!("{r:.0}")).unwrap_or("–".into())
+            ),
+            "met": if requested >= 2000 { Some(held >= 2000 && errors == 0 && rss.is_some_and(|r| r <= 300.0)) } else { None },
+        }));
+    }
+    out
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    stats::start_clock();
+    let s = args.settings();
+    let cancel = CancellationToken::new();
+    // Hard limit and Ctrl-C: cancel everything, then clean up.
+    {
+        let cancel = cancel.clone();
+        let limit = args
+            .max_seconds
+            .unwrap_or(if s.quick { 180.0 } else { 3600.0 });
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => eprintln!("interrupted: stopping and cleaning up"),
+                _ = tokio::time::sleep(Duration::from_secs_f64(limit)) => eprintln!("run limit of {limit}s reached: stopping and cleaning up"),
+            }
+            cancel.cancel();
+        });
+    }
+    let run_pid = std::process::id();
+    let started = started_at();
+    let mut hub = match &args.hub_addr {
+        Some(addr) => Hub::external(
+            addr,
+            args.token.as_deref().unwrap_or(""),
+            &args.prefix,
+            args.truc_pid,
+        ),
+        None => match Hub::spawn(
+            &args.truc_bin,
+            &s.amqp_url,
+            &format!("bench{run_pid}."),
+            &args.truc_log,
+        )
+        .await
+        {
+            Ok(h) => h,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    if let Err(e) = hub.wait_ready(Duration::from_secs(30)).await {
+        eprintln!("error: {e}");
+        hub.stop(Duration::from_secs(10)).await;
+        hub.remove_work_dir();
+        return ExitCode::FAILURE;
+    }
+    eprintln!(
+        "truc ready at {} (prefix {}, pid {:?}); scenarios {:?}{}",
+        hub.admin_addr,
+        hub.prefix,
+        hub.pid,
+        s.scenarios,
+        if s.quick { ", quick" } else { "" }
+    );
+    let ctl = match tokio::time::timeout(
+        Duration::from_secs(15),
+        Link::connect(&s.amqp_url, "bench control"),
+    )
+    .await
+    {
+        Ok(Ok(l)) => Arc::new(l),
+        other => {
+            let e = match other {
+                Ok(Err(e)) => e.to_string(),
+                _ => "timeout".into(),
+            };
+            eprintln!("error: cannot connect to the broker: {e}");
+            hub.stop(Duration::from_secs(10)).await;
+            hub.remove_work_dir();
+            return ExitCode::FAILURE;
+        }
+    };
+    let shared = Shared::new(&hub.prefix, cancel.clone());
+    let pids = Pids {
+        truc: hub.pid,
+        broker: procstat::find_broker_pid(),
+        me: run_pid,
+    };
+    let monitor = Arc::new(Monitor {
+        label: Mutex::new("setup".into()),
+        points: Mutex::new(Vec::new()),
+        pids,
+    });
+    let monitor_stop = CancellationToken::new();
+    let monitor_task = tokio::spawn(monitor.clone().run(
+        shared.clone(),
+        ctl.clone(),
+        Some(format!("{}ingress", hub.prefix)),
+        monitor_stop.clone(),
+    ));
+    let tag = format!("B{run_pid}");
+    let mut ctx = Ctx {
+        s: s.clone(),
+        hub,
+        shared: shared.clone(),
+        ctl: ctl.clone(),
+        monitor: monitor.clone(),
+        phases: Vec::new(),
+        agencies: Vec::new(),
+        queues: Vec::new(),
+        tag,
+        baseline: None,
+        results: serde_json::Map::new(),
+        notes: Vec::new(),
+    };
+    run_scenarios(&mut ctx).await;
+    monitor_stop.cancel();
+
+    // Stop truc first (so it does not declare queues again), then delete the queues.
+    monitor.set_label("cleanup");
+    let truc_peak_rss = ctx
+        .hub
+        .pid
+        .and_then(procstat::read)
+        .map(|s| round1(s.hwm_kib as f64 / 1024.0));
+    let (log_warn, log_error, log_examples) = ctx.hub.log_problems();
+    let stop_note = ctx.hub.stop(Duration::from_secs(30)).await;
+    let (deleted, not_deleted) = cleanup_queues(&ctl, &ctx).await;
+    ctl.close().await;
+    shared.cancel.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(3), monitor_task).await;
+    ctx.hub.remove_work_dir();
+    if ctx.hub.spawned() || ctx.hub.work_dir.is_some() {
+        ctx.notes.push(format!(
+            "{deleted} queues deleted at the end ({not_deleted} not)"
+        ));
+    }
+    if !ctx.hub.spawned() && ctx.hub.work_dir.is_none() {
+        ctx.notes.push(format!(
+            "external truc: {deleted} queues deleted; the {} agencies registered by this run stay in its registry (codes {}.*) and its exchanges are kept",
+            ctx.agencies.len(),
+            ctx.tag
+        ));
+    }
+    ctx.notes.push(stop_note);
+    if ctx.hub.work_dir.is_some() || ctx.hub.pid.is_some() {
+        ctx.notes.push(format!(
+            "truc log: {log_warn} WARN and {log_error} ERROR lines (RUST_LOG={})",
+            args.truc_log
+        ));
+    }
+
+    let (head, basis) = headline(&ctx);
+    let tgts = targets(&ctx, &head);
+    let errors = shared.error_count();
+    let error_kinds: serde_json::Map<String, Value> = shared
+        .errors
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|(k, (n, first))| (k.clone(), json!({ "count": n, "first": first })))
+        .collect();
+    let timeline = monitor
+        .points
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let busiest = ctx
+        .phases
+        .iter()
+        .filter_map(|p| p.truc_cpu_pct)
+        .fold(None, |a: Option<f64>, b| Some(a.map_or(b, |a| a.max(b))));
+    let rss_max = timeline
+        .iter()
+        .filter_map(|p| p.truc_rss_mib)
+        .chain(truc_peak_rss)
+        .fold(None, |a: Option<f64>, b| Some(a.map_or(b, |a| a.max(b))));
+    let mut result = json!({
+        "schema": "truc-bench/1",
+        "started_at": started,
+        "machine": {
+            "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            "kernel": kernel(),
+            "broker": procstat::broker_limits(pids.broker),
+        },
+        "truc": {
+            "spawned": ctx.hub.work_dir.is_some(),
+            "prefix": ctx.hub.prefix,
+            "pid": ctx.hub.pid,
+            "log_level": args.truc_log,
+            "log_warn_lines": log_warn,
+            "log_error_lines": log_error,
+            "log_examples": log_examples,
+            "peak_rss_mib": truc_peak_rss,
+        },
+        "headline_basis": basis,
+        "errors": errors,
+        "error_kinds": error_kinds,
+        "truc_cpu_pct_max_phase": busiest,
+        "truc_rss_mib_max": rss_max,
+        "targets": tgts,
+        "scenarios": Value::Object(ctx.results.clone()),
+        "phases": ctx.phases,
+        "notes": ctx.notes,
+        "settings": s,
+        "timeline": timeline,
+    });
+    if let (Value::Object(r), Value::Object(h)) = (&mut result, head) {
+        for (k, v) in h {
+            r.insert(k, v);
+        }
+    }
+    let html = args
+        .html
+        .clone()
+        .unwrap_or_else(|| args.out.with_extension("html"));
+    if let Err(e) = report::write_json(&args.out, &result) {
+        eprintln!("error: cannot write {}: {e}", args.out.display());
+    }
+    if let Err(e) = report::write_html(&html, &result, &ctx.phases, &timeline) {
+        eprintln!("error: cannot write {}: {e}", html.display());
+    }
+    summary(&result);
+    eprintln!("result: {}  report: {}", args.out.display(), html.display());
+    if args.json {
+        let mut compact = result.clone();
+        if let Value::Object(m) = &mut compact {
+            m.remove("timeline");
+        }
+        println!("{}", serde_json::to_string(&compact).unwrap_or_default());
+    }
+    let failed = ctx.results.values().any(|v| v.get("failed").is_some());
+    if failed || cancel.is_cancelled() && ctx.results.len() < s.scenarios.len() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// The human summary on stderr.
+fn summary(r: &Value) {
+    eprintln!();
+    eprintln!("== result ({})", r["headline_basis"].as_str().unwrap_or(""));
+    eprintln!(
+        "   raw {} msg/s, truc {} msg/s, ratio {}; p50 {} ms, p99 {} ms; errors {}",
+        r["raw_msgs_per_s"],
+        r["truc_msgs_per_s"],
+        r["ratio"],
+        r["p50_ms"],
+        r["p99_ms"],
+        r["errors"]
+    );
+    if let Some(t) = r["targets"].as_array() {
+        for t in t {
+            let met = match t["met"].as_bool() {
+                Some(true) => "met",
+                Some(false) => "NOT met",
+                None => "n/a",
+            };
+            eprintln!(
+                "   target: {} — {} — {met}",
+                t["target"].as_str().unwrap_or(""),
+                t["measured"].as_str().unwrap_or("")
+            );
+        }
+    }
+    if let Some(e) = r["error_kinds"].as_object() {
+        for (k, v) in e {
+            eprintln!(
+                "   error {k}: {} (first: {})",
+                v["count"],
+                v["first"].as_str().unwrap_or("")
+            );
+        }
+    }
+}

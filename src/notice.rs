@@ -134,6 +134,8 @@ impl Notice {
         m.set_header("lgsp-ref", &self.reference);
         m.set_header("lgsp-to", self.source.as_str());
         m.set_header("lgsp-time", &self.at);
+        // The digest puts the JSON body under the hub signature too.
+        m.set_header("lgsp-digest", crate::auth::body_digest(&m.body));
         if let Some(d) = &self.dest {
             m.set_header("lgsp-dest", d.as_str());
         }

@@ -52,6 +52,8 @@ pub mod reason;
 pub mod registry;
 pub mod replay;
 pub mod router;
+#[cfg(test)]
+mod router_tests;
 pub mod scheduler;
 pub mod service;
 pub mod store;

@@ -203,7 +203,15 @@ async fn connect(hub: &Hub, shutdown: &CancellationToken) -> Option<Arc<Link>> {
             .await?;
             link.declare_topology(&hub.topology).await?;
             for a in hub.registry.list() {
-                declare_agency(&link, &hub.topology, &a.code).await?;
+                match declare_agency(&link, &hub.topology, &a.code).await {
+                    Ok(()) => {}
+                    // One agency's queue declared differently by someone else
+                    // must not keep the whole hub off the broker.
+                    Err(e @ (AmqpError::Conflict { .. } | AmqpError::NoSuchQueue(_))) => {
+                        tracing::error!(agency = %a.code, error = %e, "agency queues not declared")
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             Ok::<_, AmqpError>(link)
         };

@@ -375,3 +375,41 @@ async fn unauthenticated_input_gets_no_notice_and_is_quarantined() {
         "no reflection"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conflicting_queue_does_not_keep_the_hub_off_the_broker() {
+    let mut hub = TestHub::start().await;
+    // Someone declared an inbox by hand, without the contract's arguments.
+    let link = hub.link().await;
+    let squatted = truc::topology::QueueSpec {
+        name: format!("{}inbox.000.00.50.H41", hub.prefix),
+        bind: Vec::new(),
+        arguments: Default::default(),
+    };
+    link.declare_queue(&squatted).await.unwrap();
+    link.close().await;
+    let (status, v) = hub
+        .api(
+            "POST",
+            "/v1/agencies",
+            Some(serde_json::json!({"code": "000.00.50.H41", "name": "Xã A"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    hub.agencies.push(code("000.00.50.H41"));
+    assert_eq!(v["queues_declared"], false);
+    // A restart still connects (spawn waits for the broker link), and others still exchange.
+    hub.kill9();
+    hub.spawn().await;
+    let src = hub.register("000.00.31.H41").await;
+    let dst = hub.register("000.00.32.H41").await;
+    let source = hub.client(&src).await;
+    let dest = hub.client(&dst).await;
+    let mut inbox = dest.inbox(4).await.unwrap();
+    source
+        .send(&outgoing(&["000.00.32.H41"], b"still works"))
+        .await
+        .unwrap();
+    assert!(next_within(&mut inbox, WAIT).await.is_some());
+    assert!(hub.log().contains("agency queues not declared"));
+}

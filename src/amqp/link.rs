@@ -28,6 +28,9 @@ pub struct QueueInfo {
 pub struct Link {
     conn: Connection,
     publisher: Channel,
+    /// Channel for declarations: a refused declaration closes it (and only
+    /// it), so it is reopened on the next one.
+    declarer: tokio::sync::Mutex<Option<Channel>>,
 }
 
 /// A consumer on its own channel; settle its deliveries through it.
@@ -65,7 +68,11 @@ impl Link {
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(|e| AmqpError::broker("confirm.select", e))?;
-        Ok(Self { conn, publisher })
+        Ok(Self {
+            conn,
+            publisher,
+            declarer: tokio::sync::Mutex::new(None),
+        })
     }
 
     /// True while the connection is usable.
@@ -102,7 +109,20 @@ impl Link {
 
     /// Declares one durable queue and its bindings.
     pub async fn declare_queue(&self, q: &QueueSpec) -> Result<(), AmqpError> {
-        self.publisher
+        let mut slot = self.declarer.lock().await;
+        let channel = match slot.as_ref().filter(|c| c.status().connected()) {
+            Some(c) => c.clone(),
+            None => {
+                let c = self
+                    .conn
+                    .create_channel()
+                    .await
+                    .map_err(|e| AmqpError::broker("channel.open", e))?;
+                *slot = Some(c.clone());
+                c
+            }
+        };
+        channel
             .queue_declare(
                 ShortString::from(q.name.as_str()),
                 QueueDeclareOptions {
@@ -114,7 +134,7 @@ impl Link {
             .await
             .map_err(|e| classify("queue.declare", &q.name, e))?;
         for b in &q.bind {
-            self.publisher
+            channel
                 .queue_bind(
                     ShortString::from(q.name.as_str()),
                     ShortString::from(b.exchange.as_str()),

@@ -285,10 +285,23 @@ async fn consume(
         .subscribe(&queue, prefetch, &format!("truc-{}", feed.queue()))
         .await?;
     let settler = sub.settler();
+    let mut draining = false;
+    let drain_limit = tokio::time::sleep(Duration::from_secs(3600));
+    tokio::pin!(drain_limit);
     loop {
         tokio::select! {
-            _ = stop.cancelled() => return Ok(()),
+            _ = &mut drain_limit, if draining => return Ok(()),
+            _ = stop.cancelled(), if !draining => {
+                // Stop the flow, then handle what the broker already sent, so
+                // a clean stop leaves nothing to redeliver as a possible repeat.
+                draining = true;
+                drain_limit.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(10));
+                if sub.cancel().await.is_err() {
+                    return Ok(());
+                }
+            }
             next = sub.next() => match next {
+                None if draining => return Ok(()),
                 Some(Ok(inbound)) => {
                     let (router, outbox, settler) = (hub.router.clone(), outbox.clone(), settler.clone());
                     work.spawn(async move {

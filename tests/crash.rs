@@ -185,3 +185,33 @@ async fn broker_closing_the_connection_is_survived() {
     assert_eq!(got, N, "log:\n{}", hub.log());
     assert!(hub.log().contains("broker link lost"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_without_repeats() {
+    const N: usize = 1000;
+    let mut hub = TestHub::start().await;
+    let src = hub.register("000.00.31.H41").await;
+    let dst = hub.register("000.00.32.H41").await;
+    let tally = Arc::new(Tally {
+        distinct: Mutex::new(HashSet::new()),
+        repeats: AtomicU64::new(0),
+        marked_repeats: AtomicU64::new(0),
+    });
+    let receiver = spawn_receiver(hub.prefix.clone(), dst.clone(), tally.clone(), N);
+    let sender = spawn_sender(hub.client(&src).await, N, 300);
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        assert!(hub.terminate().success(), "SIGTERM exits cleanly");
+        hub.spawn().await;
+    }
+    sender.await.unwrap().close().await;
+    let got = wait_for(&tally, N, Duration::from_secs(60)).await;
+    receiver.abort();
+    let repeats = tally.repeats.load(Ordering::Relaxed);
+    eprintln!("SIGTERM x2 under {N} envelopes: distinct {got}, repeats {repeats}");
+    assert_eq!(got, N, "log:\n{}", hub.log());
+    assert_eq!(
+        repeats, 0,
+        "a clean stop finishes what it took and leaves no possible repeat"
+    );
+}

@@ -263,6 +263,18 @@ impl Link {
 }
 
 impl Subscription {
+    /// Asks the broker to stop sending; deliveries already sent still come
+    /// out of [`Subscription::next`], which then returns `None`.
+    pub async fn cancel(&self) -> Result<(), AmqpError> {
+        self.channel
+            .basic_cancel(
+                self.consumer.tag(),
+                lapin::options::BasicCancelOptions::default(),
+            )
+            .await
+            .map_err(|e| AmqpError::broker("basic.cancel", e))
+    }
+
     /// The next delivery; `None` when the consumer was cancelled.
     pub async fn next(&mut self) -> Option<Result<Inbound, AmqpError>> {
         match self.consumer.next().await? {

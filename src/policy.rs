@@ -453,6 +453,17 @@ impl Policies {
         if presence.poll_interval < Duration::from_secs(1) {
             return Err(cx.invalid("presence.poll_interval", "must be at least 1s"));
         }
+        if presence.heartbeat_window < Duration::from_secs(1) {
+            return Err(cx.invalid("presence.heartbeat_window", "must be at least 1s"));
+        }
+        if presence.return_on_bounce {
+            // The hub cannot take one message out of the middle of an inbox
+            // without consuming that inbox, which belongs to the destination.
+            return Err(cx.invalid(
+                "presence.return_on_bounce",
+                "true is not supported: a bounced envelope stays queued in the destination's inbox (set it to false)",
+            ));
+        }
 
         Ok(Self {
             clock_skew,

@@ -53,8 +53,25 @@ impl TestHub {
         Self::start_with_policy(None).await
     }
 
+    /// Starts a hub with these policy files written into `policies/` first
+    /// (e.g. `("presence.toml", text)`); absent files fall back to the built-ins.
+    pub async fn start_with_policies(files: &[(&str, &str)]) -> Self {
+        let mut hub = Self::prepare(None);
+        for (name, text) in files {
+            std::fs::write(hub.policies.join(name), text).unwrap();
+        }
+        hub.spawn().await;
+        hub
+    }
+
     /// Starts a hub whose `policies/ingress.toml` is `ingress` when given.
     pub async fn start_with_policy(ingress: Option<&str>) -> Self {
+        let mut hub = Self::prepare(ingress);
+        hub.spawn().await;
+        hub
+    }
+
+    fn prepare(ingress: Option<&str>) -> Self {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let data = tempfile::tempdir().unwrap();
         let policies = data.path().join("policies");
@@ -64,7 +81,7 @@ impl TestHub {
             ingress.unwrap_or(truc::policy::DEFAULT_POLICY),
         )
         .unwrap();
-        let mut hub = Self {
+        Self {
             prefix: format!("t{}x{n}.", std::process::id()),
             data,
             policies,
@@ -72,9 +89,7 @@ impl TestHub {
             token: format!("test-token-{}-{n}-0123456789", std::process::id()),
             child: None,
             agencies: Vec::new(),
-        };
-        hub.spawn().await;
-        hub
+        }
     }
 
     /// Starts the process and waits until it is connected to the broker.

@@ -28,7 +28,7 @@ use crate::envelope::Priority;
 use crate::metrics;
 use crate::notice::NoticeKind;
 use crate::presence::{due, AgencyPresence, Due, Observation, Tracker, Transition, Waiting};
-use crate::router::{Heartbeat, OfflineNotice, Router, RouterError};
+use crate::router::{Heartbeat, OfflineFacts, OfflineNotice, Router, RouterError};
 use crate::service::{Hub, LinkOutbox};
 use crate::store::{Store, StoreError};
 use crate::time::{format_duration, format_rfc3339, now_ms};
@@ -385,7 +385,17 @@ impl Task {
                     };
                     let detail = detail(kind, dest, p, offline);
                     match router
-                        .offline_notice(dest, &from, &mid, kind, reason, &detail, outbox)
+                        .offline_notice(
+                            dest,
+                            &from,
+                            &mid,
+                            OfflineFacts {
+                                kind,
+                                reason,
+                                detail: &detail,
+                            },
+                            outbox,
+                        )
                         .await?
                     {
                         OfflineNotice::Sent | OfflineNotice::AlreadySent => {

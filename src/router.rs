@@ -126,6 +126,17 @@ pub enum OfflineNotice {
     NotWaiting,
 }
 
+/// The notice [`Router::offline_notice`] sends.
+#[derive(Debug, Clone, Copy)]
+pub struct OfflineFacts<'a> {
+    /// `delay-warning` or `bounced`.
+    pub kind: NoticeKind,
+    /// `destination-offline` or `destination-disabled`.
+    pub reason: Reason,
+    /// Human text.
+    pub detail: &'a str,
+}
+
 /// The pipeline and the state it reads.
 pub struct Router {
     heartbeats: std::sync::OnceLock<tokio::sync::mpsc::Sender<Heartbeat>>,
@@ -762,11 +773,14 @@ impl Router {
         dest: &AgencyCode,
         from: &AgencyCode,
         message_id: &str,
-        kind: NoticeKind,
-        reason: Reason,
-        detail: &str,
+        what: OfflineFacts<'_>,
         outbox: &O,
     ) -> Result<OfflineNotice, RouterError> {
+        let OfflineFacts {
+            kind,
+            reason,
+            detail,
+        } = what;
         let state = kind.as_str();
         let _guard = self.locks.lock(from.as_str(), message_id).await;
         let Some(rec) = self.tracking.get(from, message_id)? else {

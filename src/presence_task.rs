@@ -208,6 +208,11 @@ impl PresenceBook {
 }
 
 struct Task {
+    /// A connection of presence's own for polls: a passive declare of a
+    /// missing queue (404) leaves lapin failing every later `channel.open` on
+    /// that connection, so polls never use the router's link, and this one is
+    /// replaced when that happens.
+    probe: Option<crate::amqp::Link>,
     hub: Arc<Hub>,
     book: PresenceBook,
     tracker: Tracker,
@@ -237,6 +242,7 @@ pub async fn run(
         }
     }
     let mut task = Task {
+        probe: None,
         hub,
         book,
         tracker,
@@ -314,9 +320,37 @@ impl Task {
             .iter()
             .map(|a| self.hub.topology.inbox(&a.code))
             .collect();
+        if self.probe.is_none() {
+            let name = format!("truc presence {}", self.hub.config.prefix);
+            match crate::amqp::Link::connect(&self.hub.config.amqp_url, &name).await {
+                Ok(l) => self.probe = Some(l),
+                Err(e) => {
+                    tracing::warn!(error = %e, "presence poll connection failed; next round retries");
+                    return;
+                }
+            }
+        }
+        let Some(probe) = self.probe.as_ref() else {
+            return;
+        };
         let started = std::time::Instant::now();
-        let answers = link.probe_queues(&names, POLL_CONCURRENCY).await;
+        let answers = probe.probe_queues(&names, POLL_CONCURRENCY).await;
         metrics::presence_poll(started.elapsed(), names.len());
+        let poisoned = !probe.is_connected()
+            || answers.iter().any(|a| {
+                matches!(
+                    a,
+                    Err(AmqpError::Broker {
+                        op: "channel.open",
+                        ..
+                    })
+                )
+            });
+        if poisoned {
+            if let Some(old) = self.probe.take() {
+                old.close().await;
+            }
+        }
         let now = now_ms();
         let mut transitions = Vec::new();
         let mut failures = 0usize;

@@ -411,3 +411,82 @@ async fn heartbeat_only_agencies() {
     tokio::time::sleep(Duration::from_millis(2000)).await;
     assert_eq!(presence_of(&hub, "H37.HB.003").await["state"], "offline");
 }
+
+/// CPU seconds the broker (beam.smp) has used so far, from /proc.
+fn broker_cpu_s() -> Option<f64> {
+    let out = std::process::Command::new("ps")
+        .args(["-C", "beam.smp", "-o", "pid="])
+        .output()
+        .ok()?;
+    let pid = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .lines()
+        .next()?
+        .trim()
+        .to_owned();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = after.split(' ').collect();
+    let ticks: f64 = f[11].parse::<f64>().ok()? + f[12].parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+/// Polling cost at 2,000 agencies: `cargo test --test presence -- --ignored --nocapture polling_cost`.
+/// Prints the duration of one poll of every inbox and the broker CPU it costs;
+/// asserts only that every answer is right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn polling_cost_at_2000_agencies() {
+    const N: usize = 2000;
+    let link = truc::amqp::Link::connect(&common::amqp_url(), "truc poll cost")
+        .await
+        .unwrap();
+    let prefix = format!("pcost{}.", std::process::id());
+    let names: Vec<String> = (0..N).map(|i| format!("{prefix}inbox.A{i:04}")).collect();
+    let topo = truc::topology::Topology::load(
+        std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/queues")),
+        &prefix,
+    )
+    .unwrap();
+    let spec = topo.agency_queues(&code("A0000"))[0].clone();
+    for n in &names {
+        let mut q = spec.clone();
+        q.name = n.clone();
+        q.bind.clear();
+        link.declare_queue(&q).await.unwrap();
+    }
+    let missing: Vec<String> = (0..N).map(|i| format!("{prefix}missing.{i}")).collect();
+    for (label, conc, set) in [
+        ("pooled, 4 channels", 4, &names),
+        ("pooled, 1 channel", 1, &names),
+    ] {
+        let rounds = 5;
+        let cpu0 = broker_cpu_s();
+        let t = Instant::now();
+        for _ in 0..rounds {
+            let r = link.probe_queues(set, conc).await;
+            assert_eq!(r.len(), N);
+            assert!(r.iter().all(|a| matches!(a, Ok(i) if i.consumers == 0)));
+        }
+        let per = t.elapsed() / rounds;
+        let cpu = match (cpu0, broker_cpu_s()) {
+            (Some(a), Some(b)) => format!("{:.3}", (b - a) / rounds as f64),
+            _ => "n/a".into(),
+        };
+        println!("{label}: {per:?} per poll of {N} queues; broker CPU {cpu} s per poll");
+    }
+    let r = link.probe_queues(&missing, 4).await;
+    assert!(matches!(r[0], Err(truc::amqp::AmqpError::NoSuchQueue(_))));
+    let link = truc::amqp::Link::connect(&common::amqp_url(), "truc poll cost")
+        .await
+        .unwrap();
+    // One-at-a-time queue_info (also pooled now), for comparison with the admin path.
+    let t = Instant::now();
+    for n in names.iter().take(200) {
+        link.queue_info(n).await.unwrap();
+    }
+    println!("queue_info x200 sequential: {:?}", t.elapsed());
+    for n in &names {
+        let _ = link.delete_queue(n).await;
+    }
+}

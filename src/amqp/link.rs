@@ -220,6 +220,10 @@ impl Link {
                 return Ok(ch);
             }
         }
+        // Measured with lapin 4.12: after the broker closed a channel with a
+        // 404, every later channel.open on the connection fails with that same
+        // error. Callers that may probe missing queues use a connection of
+        // their own and replace it when channel.open fails.
         self.conn
             .create_channel()
             .await

@@ -677,4 +677,21 @@ mod tests {
         .unwrap_err();
         assert!(e.to_string().contains("permissions.default"), "{e}");
     }
+
+    #[test]
+    fn return_on_bounce_is_refused() {
+        let pre = DEFAULT_PRESENCE.replace("return_on_bounce = false", "return_on_bounce = true");
+        let e = Policies::from_texts(
+            (DEFAULT_POLICY, Path::new("i")),
+            (DEFAULT_DELIVERY, Path::new("d")),
+            (DEFAULT_ACCESS, Path::new("a")),
+            (&pre, Path::new("presence.toml")),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("presence.toml: presence.return_on_bounce:"),
+            "{e}"
+        );
+    }
 }

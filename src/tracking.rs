@@ -381,3 +381,36 @@ impl Tracking {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_written_before_bounce_after_existed_still_read() {
+        let code = AgencyCode::parse("A1").unwrap();
+        let dests = vec![DestTrack::new(code.clone(), 5, "accepted", None, "")];
+        // The old shape, field for field.
+        let old = (
+            code.clone(),
+            "m1".to_owned(),
+            "s".to_owned(),
+            "edoc".to_owned(),
+            1u8,
+            "d".to_owned(),
+            3u64,
+            None::<String>,
+            5i64,
+            None::<i64>,
+            dests.clone(),
+        );
+        let rec = decode_record(&codec::encode(&old).unwrap()).unwrap();
+        assert_eq!((rec.message_id.as_str(), rec.bounce_after_ms), ("m1", None));
+        assert_eq!(rec.dests, dests);
+        let new = EnvelopeRecord {
+            bounce_after_ms: Some(3000),
+            ..rec
+        };
+        assert_eq!(decode_record(&codec::encode(&new).unwrap()).unwrap(), new);
+    }
+}

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use crate::cli::{
-    duration, parse_code as code_arg, priority, CliError as Error, CredArgs, NoticesArgs, RecvArgs,
-    SendArgs,
+    duration, parse_code as code_arg, priority, CliError as Error, CredArgs, HeartbeatArgs,
+    NoticesArgs, RecvArgs, SendArgs,
 };
 use crate::client::{Client, Credentials, Outgoing, ReceivedKind};
 use crate::code::AgencyCode;
@@ -283,6 +283,33 @@ pub async fn notices(cfg: &Config, a: NoticesArgs) -> Result<(), Error> {
             code: 4,
             message: e.to_string(),
         })?;
+    }
+    client.close().await;
+    Ok(())
+}
+
+/// `truc heartbeat`
+pub async fn heartbeat(cfg: &Config, a: HeartbeatArgs) -> Result<(), Error> {
+    let code = code_arg(&a.code)?;
+    let online = a.state == "online";
+    let every = a
+        .every
+        .as_deref()
+        .map(|e| duration("--every", e))
+        .transpose()?;
+    let client = connect(cfg, credentials(&code, &a.creds)?).await?;
+    let fail = |e: crate::client::ClientError| Error {
+        code: 4,
+        message: e.to_string(),
+    };
+    loop {
+        client.heartbeat(online).await.map_err(fail)?;
+        println!("{code}: heartbeat {} sent", a.state);
+        let Some(every) = every else { break };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = tokio::time::sleep(every) => {}
+        }
     }
     client.close().await;
     Ok(())

@@ -203,12 +203,14 @@ async fn show_agency(
         )
     })?;
     let mut v = view(&hub, &entry.agency);
-    let link = hub.link.borrow().clone();
-    if let Some(link) = link {
+    // A passive declare of a missing queue upsets the connection it runs on:
+    // ask on a short-lived connection of its own, never the router's.
+    if let Ok(link) = crate::amqp::Link::connect(&hub.config.amqp_url, "truc admin").await {
         if let Ok(info) = link.queue_info(&v.inbox).await {
             v.inbox_messages = Some(info.messages);
             v.inbox_consumers = Some(info.consumers);
         }
+        link.close().await;
     }
     Ok(Json(v))
 }
@@ -293,6 +295,99 @@ async fn list_envelopes(
     Ok(Json(recs).into_response())
 }
 
+/// One agency's presence as `GET /v1/presence` shows it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PresenceView {
+    /// Code.
+    pub code: String,
+    /// Name.
+    pub name: String,
+    /// `online`, `offline`, `disabled`, or `unknown` (not observed yet).
+    pub state: String,
+    /// Since when (RFC 3339).
+    pub since: Option<String>,
+    /// Why it is in that state (`consumer`, `heartbeat`, `no-consumer`…).
+    pub cause: Option<String>,
+    /// Consumers on its inbox at the last poll.
+    pub consumers: Option<u32>,
+    /// Last `online` heartbeat (RFC 3339).
+    pub last_heartbeat: Option<String>,
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+}
+
+async fn list_presence(
+    State(hub): State<Arc<Hub>>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<PresenceView>>, ApiError> {
+    check_token(&hub, &headers)?;
+    let states: std::collections::HashMap<AgencyCode, crate::presence::AgencyPresence> =
+        hub.presence.load().map_err(internal)?.into_iter().collect();
+    let mut out = Vec::new();
+    for a in hub.registry.list() {
+        let p = states.get(&a.code);
+        let state = match p {
+            // The registry is authoritative at once; presence follows at its next round.
+            _ if !a.enabled => "disabled",
+            Some(p) => p.state.as_str(),
+            None => "unknown",
+        };
+        out.push(PresenceView {
+            code: a.code.to_string(),
+            name: a.name.clone(),
+            state: state.to_owned(),
+            since: p.map(|p| format_rfc3339(p.since_ms)),
+            cause: p.map(|p| p.cause.as_str().to_owned()),
+            consumers: p.map(|p| p.consumers),
+            last_heartbeat: p.and_then(|p| p.heartbeat_ms).map(format_rfc3339),
+        });
+    }
+    out.sort_by(|a, b| a.code.cmp(&b.code));
+    Ok(Json(out))
+}
+
+/// Query of `GET /v1/presence/{code}/history`.
+#[derive(Debug, Deserialize)]
+pub struct HistoryQuery {
+    /// Only transitions younger than this duration (e.g. `24h`, `7d`).
+    pub since: Option<String>,
+}
+
+async fn presence_history(
+    State(hub): State<Arc<Hub>>,
+    headers: HeaderMap,
+    Path(code): Path<String>,
+    Query(q): Query<HistoryQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    check_token(&hub, &headers)?;
+    let code = AgencyCode::parse(&code).map_err(|e| bad_request(format!("{code:?}: {e}")))?;
+    let since_ms = match &q.since {
+        None => 0,
+        Some(d) => {
+            let d =
+                crate::time::parse_duration(d).map_err(|e| bad_request(format!("since: {e}")))?;
+            crate::time::now_ms() - d.as_millis() as i64
+        }
+    };
+    let entries = hub
+        .presence
+        .history_view(&code, since_ms)
+        .map_err(internal)?;
+    if entries.is_empty() && hub.registry.get(&code).is_none() {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("agency {code} is not registered and has no history"),
+        ));
+    }
+    Ok(Json(json!({
+        "code": code,
+        "since": format_rfc3339(since_ms),
+        "entries": entries,
+    })))
+}
+
 async fn healthz(State(hub): State<Arc<Hub>>) -> Json<serde_json::Value> {
     let broker = hub.link.borrow().as_ref().is_some_and(|l| l.is_connected());
     Json(json!({ "status": "ok", "broker_connected": broker, "agencies": hub.registry.len() }))
@@ -311,6 +406,8 @@ pub fn routes(hub: Arc<Hub>) -> Router {
         .route("/v1/agencies/{code}", get(show_agency))
         .route("/v1/envelopes", get(show_envelope))
         .route("/v1/envelopes/list", get(list_envelopes))
+        .route("/v1/presence", get(list_presence))
+        .route("/v1/presence/{code}/history", get(presence_history))
         .with_state(hub)
 }
 

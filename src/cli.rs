@@ -63,6 +63,54 @@ pub enum Command {
     Recv(RecvArgs),
     /// Read an agency's notices (reference adapter).
     Notices(NoticesArgs),
+    /// Show which agencies are online, or one agency's connection history.
+    Presence(PresenceArgs),
+    /// Send a signed presence heartbeat as an agency (reference adapter).
+    Heartbeat(HeartbeatArgs),
+}
+
+/// `truc presence [history CODE]`
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct PresenceArgs {
+    /// `history CODE`; without it, every agency's state.
+    #[command(subcommand)]
+    pub command: Option<PresenceCmd>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `truc presence …`
+#[derive(Debug, Subcommand)]
+pub enum PresenceCmd {
+    /// List an agency's connects and disconnects, oldest first.
+    History {
+        /// Agency code.
+        code: String,
+        /// Only this recent (e.g. 24h, 7d); everything when absent.
+        #[arg(long)]
+        since: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `truc heartbeat`
+#[derive(Debug, Args)]
+pub struct HeartbeatArgs {
+    /// The agency's code.
+    pub code: String,
+    /// `online` or `offline`.
+    #[arg(long, value_parser = ["online", "offline"], default_value = "online")]
+    pub state: String,
+    /// Keep sending one every this long (e.g. 30s) until interrupted.
+    #[arg(long)]
+    pub every: Option<String>,
+    /// Credentials.
+    #[command(flatten)]
+    pub creds: CredArgs,
 }
 
 /// `truc agency …`
@@ -407,6 +455,78 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Send(a) => crate::adapter::send(&cfg, a).await,
         Command::Recv(a) => crate::adapter::recv(&cfg, a).await,
         Command::Notices(a) => crate::adapter::notices(&cfg, a).await,
+        Command::Presence(a) => presence(&cfg, a).await,
+        Command::Heartbeat(a) => crate::adapter::heartbeat(&cfg, a).await,
+    }
+}
+
+async fn presence(cfg: &Config, a: PresenceArgs) -> Result<(), CliError> {
+    match a.command {
+        None => {
+            let v = api(cfg, "GET", "/v1/presence", None).await?;
+            if a.json {
+                print_json(&v);
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = v
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| {
+                    vec![
+                        s(&p["code"]),
+                        s(&p["name"]),
+                        s(&p["state"]),
+                        s(&p["since"]),
+                        s(&p["cause"]),
+                        s(&p["consumers"]),
+                        s(&p["last_heartbeat"]),
+                    ]
+                })
+                .collect();
+            table(
+                &[
+                    "CODE",
+                    "NAME",
+                    "STATE",
+                    "SINCE",
+                    "CAUSE",
+                    "CONSUMERS",
+                    "LAST HEARTBEAT",
+                ],
+                &rows,
+            );
+            Ok(())
+        }
+        Some(PresenceCmd::History { code, since, json }) => {
+            let code = parse_code(&code)?;
+            let mut path = format!("/v1/presence/{code}/history");
+            if let Some(d) = &since {
+                duration("--since", d)?;
+                path.push_str(&format!("?since={d}"));
+            }
+            let v = api(cfg, "GET", &path, None).await?;
+            if json || a.json {
+                print_json(&v);
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = v["entries"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|e| {
+                    vec![
+                        s(&e["at"]),
+                        s(&e["event"]),
+                        s(&e["from"]),
+                        s(&e["to"]),
+                        s(&e["cause"]),
+                    ]
+                })
+                .collect();
+            table(&["AT", "EVENT", "FROM", "TO", "CAUSE"], &rows);
+            Ok(())
+        }
     }
 }
 

@@ -179,6 +179,22 @@ pub fn status_message(
     m
 }
 
+/// The signed presence heartbeat of `creds`: routing key `presence.<code>`,
+/// header `lgsp-state` = `online` or `offline`, empty body, no digest.
+pub fn presence_message(prefix: &str, creds: &Credentials, online: bool) -> Message {
+    let mut m = Message {
+        exchange: format!("{prefix}ingress"),
+        routing_key: format!("presence.{}", creds.code),
+        message_id: Some(new_message_id()),
+        timestamp: Some((now_ms() / 1000) as u64),
+        body: Vec::new().into(),
+        ..Message::default()
+    };
+    m.set_header("lgsp-state", if online { "online" } else { "offline" });
+    sign(&mut m, creds, Alg::HmacSha256);
+    m
+}
+
 /// Checks the hub signature of a message received on `routing_key`
 /// (`deliver.<code>` or `notice.<code>`).
 pub fn verify_hub_signature(m: &Message, routing_key: &str, secret: &str) -> Result<(), String> {
@@ -309,6 +325,12 @@ impl Client {
         reason: Option<&str>,
     ) -> Result<(), ClientError> {
         let m = status_message(&self.prefix, &self.creds, reference, status, source, reason);
+        Ok(self.link.publish(&m).await?)
+    }
+
+    /// Signs and publishes a presence heartbeat (confirmed).
+    pub async fn heartbeat(&self, online: bool) -> Result<(), ClientError> {
+        let m = presence_message(&self.prefix, &self.creds, online);
         Ok(self.link.publish(&m).await?)
     }
 

@@ -139,6 +139,18 @@ impl Router {
                 t.push(now, "queued", None, &format!("attempt {attempt}"));
             }
         })?;
+        self.tracking.pend(
+            &from,
+            &mid,
+            std::slice::from_ref(&dest),
+            &crate::tracking::Pending {
+                queued_at_ms: now,
+                priority: rec.priority,
+                bounce_after_ms: rec.bounce_after_ms,
+                warned: false,
+                bounced: false,
+            },
+        )?;
         self.store.durable().await?;
         tracing::info!(from = %from, message_id = %mid, dest = %dest, late_ms = now - due, "held delivery released");
         Ok(Outcome::Released)

@@ -14,6 +14,8 @@
 //! - [`registry`] — agencies, keys, public keys.
 //! - [`replay`] — nonce replay defence.
 //! - [`tracking`] — per-envelope, per-destination timelines; dedupe records.
+//! - [`presence`] — online/offline state machine, due warnings and bounces (pure).
+//! - [`presence_task`] — presence I/O: broker polls, history in sled, notices.
 //! - [`notice`] — notices to sources and the hub signature.
 //! - [`policy`] — policies from `policies/`.
 //! - [`topology`] — the RabbitMQ topology from `queues/`.
@@ -48,6 +50,8 @@ pub mod message;
 pub mod metrics;
 pub mod notice;
 pub mod policy;
+pub mod presence;
+pub mod presence_task;
 pub mod reason;
 pub mod registry;
 pub mod replay;

@@ -77,3 +77,24 @@ pub fn retry_scheduled() {
 pub fn deadlines_swept(n: usize) {
     metrics::counter!("truc_deadlines_swept_total").increment(n as u64);
 }
+
+/// A delay warning was sent to a source.
+pub fn delay_warning() {
+    metrics::counter!("truc_delay_warnings_total").increment(1);
+}
+
+/// Agencies online now.
+pub fn agencies_online(n: usize) {
+    metrics::gauge!("truc_agencies_online").set(n as f64);
+}
+
+/// An agency's presence changed (`to`: online, offline, disabled).
+pub fn presence_transition(to: &'static str) {
+    metrics::counter!("truc_presence_transitions_total", "to" => to).increment(1);
+}
+
+/// One presence poll of every inbox: how long it took and how many queues it asked about.
+pub fn presence_poll(d: Duration, queues: usize) {
+    metrics::histogram!("truc_presence_poll_seconds").record(d.as_secs_f64());
+    metrics::gauge!("truc_presence_polled_queues").set(queues as f64);
+}

@@ -453,6 +453,17 @@ impl Policies {
         if presence.poll_interval < Duration::from_secs(1) {
             return Err(cx.invalid("presence.poll_interval", "must be at least 1s"));
         }
+        if presence.heartbeat_window < Duration::from_secs(1) {
+            return Err(cx.invalid("presence.heartbeat_window", "must be at least 1s"));
+        }
+        if presence.return_on_bounce {
+            // The hub cannot take one message out of the middle of an inbox
+            // without consuming that inbox, which belongs to the destination.
+            return Err(cx.invalid(
+                "presence.return_on_bounce",
+                "true is not supported: a bounced envelope stays queued in the destination's inbox (set it to false)",
+            ));
+        }
 
         Ok(Self {
             clock_skew,
@@ -665,5 +676,22 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("permissions.default"), "{e}");
+    }
+
+    #[test]
+    fn return_on_bounce_is_refused() {
+        let pre = DEFAULT_PRESENCE.replace("return_on_bounce = false", "return_on_bounce = true");
+        let e = Policies::from_texts(
+            (DEFAULT_POLICY, Path::new("i")),
+            (DEFAULT_DELIVERY, Path::new("d")),
+            (DEFAULT_ACCESS, Path::new("a")),
+            (&pre, Path::new("presence.toml")),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("presence.toml: presence.return_on_bounce:"),
+            "{e}"
+        );
     }
 }

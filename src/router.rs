@@ -32,7 +32,7 @@ use crate::replay::{NonceCheck, Nonces};
 use crate::store::{Store, StoreError};
 use crate::time::{format_rfc3339, now_ms};
 use crate::topology::Topology;
-use crate::tracking::{DestTrack, EnvelopeRecord, Tracking};
+use crate::tracking::{DestTrack, EnvelopeRecord, Pending, Tracking};
 
 /// Why a publish failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -110,8 +110,42 @@ pub enum Outcome {
     Dropped(&'static str),
 }
 
+/// A valid heartbeat, handed to the presence task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// The agency that signed it.
+    pub code: AgencyCode,
+    /// `lgsp-state: online`.
+    pub online: bool,
+    /// Hub time of arrival (ms).
+    pub at_ms: i64,
+}
+
+/// What [`Router::offline_notice`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OfflineNotice {
+    /// The notice was published and recorded in the timeline.
+    Sent,
+    /// The timeline already holds it (sent before a restart): not sent again.
+    AlreadySent,
+    /// The destination is no longer waiting (answered, or bounced otherwise).
+    NotWaiting,
+}
+
+/// The notice [`Router::offline_notice`] sends.
+#[derive(Debug, Clone, Copy)]
+pub struct OfflineFacts<'a> {
+    /// `delay-warning` or `bounced`.
+    pub kind: NoticeKind,
+    /// `destination-offline` or `destination-disabled`.
+    pub reason: Reason,
+    /// Human text.
+    pub detail: &'a str,
+}
+
 /// The pipeline and the state it reads.
 pub struct Router {
+    heartbeats: std::sync::OnceLock<tokio::sync::mpsc::Sender<Heartbeat>>,
     pub(crate) locks: KeyLocks,
     limiter: std::sync::Mutex<crate::scheduler::RateLimiter>,
     pub(crate) registry: Registry,
@@ -166,6 +200,7 @@ impl Router {
         policies: Policies,
     ) -> Self {
         Self {
+            heartbeats: std::sync::OnceLock::new(),
             locks: KeyLocks::new(),
             limiter: std::sync::Mutex::new(crate::scheduler::RateLimiter::new()),
             tracking: Tracking::new(store.clone()),
@@ -200,6 +235,29 @@ impl Router {
         &self.nonces
     }
 
+    /// Where valid heartbeats go (the presence task). Set once; before it is
+    /// set, heartbeats are counted and dropped.
+    pub fn set_heartbeat_sink(&self, tx: tokio::sync::mpsc::Sender<Heartbeat>) {
+        let _ = self.heartbeats.set(tx);
+    }
+
+    fn heartbeat(&self, code: &AgencyCode, online: bool, now: i64) {
+        metrics::heartbeat(online);
+        tracing::debug!(from = %code, online, "heartbeat");
+        let Some(tx) = self.heartbeats.get() else {
+            return;
+        };
+        let hb = Heartbeat {
+            code: code.clone(),
+            online,
+            at_ms: now,
+        };
+        if let Err(e) = tx.try_send(hb) {
+            // Heartbeats repeat: one lost under overload costs nothing lasting.
+            tracing::warn!(from = %code, error = %e, "heartbeat dropped: presence task busy or stopped");
+        }
+    }
+
     /// Handles one ingress message end to end. On `Ok` the caller acks it; on
     /// `Err` it must not.
     pub async fn handle<O: Outbox>(
@@ -222,8 +280,7 @@ impl Router {
             }
             Ok(Payload::Status(fields)) => self.status(&auth, fields, outbox, now).await?,
             Ok(Payload::Presence(p)) => {
-                metrics::heartbeat(p.online);
-                tracing::debug!(from = %auth.signed.from, online = p.online, "heartbeat");
+                self.heartbeat(&auth.signed.from, p.online, now);
                 Outcome::Heartbeat
             }
         };
@@ -605,13 +662,29 @@ impl Router {
             accepted_at_ms: now,
             deliver_by_ms: fields.deliver_by_ms,
             not_before_ms: fields.not_before_ms,
-            bounce_after_secs: fields.bounce_after.map(|d| d.as_secs()),
             max_attempts: fields
                 .max_attempts
                 .unwrap_or_else(|| policies.delivery(fields.priority, from).max_attempts),
             dests,
+            bounce_after_ms: fields.bounce_after.map(|d| d.as_millis() as u64),
         };
         self.tracking.put(&rec)?;
+        // Presence watches what waits in an inbox; a deferred delivery is
+        // pended when it is released.
+        if defer_until.is_none() {
+            self.tracking.pend(
+                from,
+                mid,
+                &codes,
+                &Pending {
+                    queued_at_ms: now,
+                    priority: fields.priority.code(),
+                    bounce_after_ms: rec.bounce_after_ms,
+                    warned: false,
+                    bounced: false,
+                },
+            )?;
+        }
         self.store.durable().await?;
         metrics::envelope_accepted(fields.priority.code());
         tracing::info!(
@@ -725,6 +798,11 @@ impl Router {
                 d.push(now, &state, reason, &detail);
             }
         })?;
+        if found {
+            // Any status means the destination has the envelope: it no longer
+            // waits on presence (no delay warning or bounce from now on).
+            self.tracking.unpend(sender, &source, &st.reference)?;
+        }
         drop(guard);
         if !found {
             return Err(RouterError::Pending(format!(
@@ -759,5 +837,65 @@ impl Router {
         metrics::status_relayed(&st.status);
         tracing::info!(from = %sender, source = %source, reference = %st.reference, status = %st.status, "status relayed");
         Ok(Outcome::StatusRelayed)
+    }
+
+    /// Sends the presence notice `kind` (`delay-warning` or `bounced`) about
+    /// `(from, message_id)` for `dest` once: under the envelope's lock, checks
+    /// the timeline, publishes the notice (confirmed), then records the event
+    /// in the destination's timeline and waits until it is durable. A crash
+    /// between the confirm and the write repeats the notice once after the
+    /// restart (at least once, like every notice); otherwise it is never sent
+    /// twice.
+    pub async fn offline_notice<O: Outbox>(
+        &self,
+        dest: &AgencyCode,
+        from: &AgencyCode,
+        message_id: &str,
+        what: OfflineFacts<'_>,
+        outbox: &O,
+    ) -> Result<OfflineNotice, RouterError> {
+        let OfflineFacts {
+            kind,
+            reason,
+            detail,
+        } = what;
+        let state = kind.as_str();
+        let _guard = self.locks.lock(from.as_str(), message_id).await;
+        let Some(rec) = self.tracking.get(from, message_id)? else {
+            return Ok(OfflineNotice::NotWaiting);
+        };
+        let Some(track) = rec.dests.iter().find(|d| &d.code == dest) else {
+            return Ok(OfflineNotice::NotWaiting);
+        };
+        // One notice of each kind per envelope and destination, whatever the reason.
+        let sent = |st: &str| track.events.iter().any(|e| e.state == st);
+        if sent(state) || (kind == NoticeKind::DelayWarning && sent("bounced")) {
+            return Ok(OfflineNotice::AlreadySent);
+        }
+        if !matches!(track.state.as_str(), "queued" | "delay-warning") {
+            return Ok(OfflineNotice::NotWaiting);
+        }
+        let Some(src) = self.registry.get(from) else {
+            return Ok(OfflineNotice::NotWaiting);
+        };
+        let now = now_ms();
+        let mut n = Notice::new(kind, from.clone(), message_id, now);
+        n.dest = Some(dest.clone());
+        n.reason = Some(reason);
+        n.detail = detail.to_owned();
+        self.notify(&src, &n, outbox).await?;
+        self.tracking.update(from, message_id, |rec| {
+            if let Some(d) = rec.dests.iter_mut().find(|d| &d.code == dest) {
+                d.push(now, state, Some(reason), detail);
+            }
+        })?;
+        self.store.durable().await?;
+        if kind == NoticeKind::Bounced {
+            metrics::bounced(reason);
+        } else {
+            metrics::delay_warning();
+        }
+        tracing::info!(source = %from, message_id, dest = %dest, notice = state, reason = %reason, "presence notice sent");
+        Ok(OfflineNotice::Sent)
     }
 }

@@ -110,6 +110,8 @@ pub struct Hub {
     pub link: LinkSlot,
     /// Admin bearer token.
     pub admin_token: String,
+    /// Presence states and connection history.
+    pub presence: crate::presence_task::PresenceBook,
 }
 
 /// Runs the hub until `shutdown` is cancelled.
@@ -129,8 +131,10 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
         topology.clone(),
         policies,
     ));
+    let heartbeats = crate::presence_task::heartbeat_channel(&router);
     let (link_tx, link_rx) = watch::channel(None);
     let hub = Arc::new(Hub {
+        presence: crate::presence_task::PresenceBook::new(store.clone()),
         config: config.clone(),
         store: store.clone(),
         registry,
@@ -147,6 +151,11 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
     tracker.spawn(crate::admin::serve(hub.clone(), listener, shutdown.clone()));
     tracker.spawn(housekeeping(hub.clone(), shutdown.clone()));
     tracker.spawn(reload_on_sighup(hub.clone(), shutdown.clone()));
+    tracker.spawn(crate::presence_task::run(
+        hub.clone(),
+        heartbeats,
+        shutdown.clone(),
+    ));
     run_ingress(hub.clone(), link_tx, shutdown.clone()).await;
     tracker.close();
     tracker.wait().await;

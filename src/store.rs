@@ -67,6 +67,12 @@ pub struct Store {
     pub nonces: sled::Tree,
     /// Small settings (`name` → value).
     pub meta: sled::Tree,
+    /// Undelivered envelopes: `dest \0 from \0 message_id` → pending entry.
+    pub pending: sled::Tree,
+    /// Current presence per agency: `code` → presence record.
+    pub presence: sled::Tree,
+    /// Presence transitions: `code \0 at_ms (8 bytes BE) seq (4 bytes BE)` → transition.
+    pub presence_log: sled::Tree,
     path: PathBuf,
 }
 
@@ -89,6 +95,9 @@ impl Store {
             deadlines: db.open_tree("deadlines")?,
             nonces: db.open_tree("nonces")?,
             meta: db.open_tree("meta")?,
+            pending: db.open_tree("pending")?,
+            presence: db.open_tree("presence")?,
+            presence_log: db.open_tree("presence_log")?,
             inner: Arc::new(Inner {
                 db,
                 requested: AtomicU64::new(0),

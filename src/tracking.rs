@@ -106,12 +106,40 @@ pub struct EnvelopeRecord {
     pub deliver_by_ms: Option<i64>,
     /// `lgsp-not-before` (ms).
     pub not_before_ms: Option<i64>,
-    /// `lgsp-bounce-after` (seconds), when the envelope set it.
-    pub bounce_after_secs: Option<u64>,
     /// Deliveries a destination may reject before bounce (header, else policy).
     pub max_attempts: u32,
     /// Per-destination timelines.
     pub dests: Vec<DestTrack>,
+    /// `lgsp-bounce-after` (ms), when the envelope set one.
+    pub bounce_after_ms: Option<u64>,
+}
+
+fn decode_record(bytes: &[u8]) -> Result<EnvelopeRecord, codec::CodecError> {
+    codec::decode::<EnvelopeRecord>(bytes)
+}
+
+/// An undelivered envelope waiting on one destination (the `pending` index):
+/// what presence needs to decide on warnings and bounces without reading the
+/// envelope record.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Pending {
+    /// When it was queued for the destination (ms).
+    pub queued_at_ms: i64,
+    /// Priority code 0–4.
+    pub priority: u8,
+    /// `lgsp-bounce-after` (ms), when the envelope set one.
+    pub bounce_after_ms: Option<u64>,
+    /// A delay warning was sent (a cache of the timeline, which is authoritative).
+    pub warned: bool,
+    /// A bounce was sent (idem).
+    pub bounced: bool,
+}
+
+fn pending_key(dest: &AgencyCode, from: &AgencyCode, message_id: &str) -> Vec<u8> {
+    let mut k = dest.as_str().as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(&record_key(from, message_id));
+    k
 }
 
 impl EnvelopeRecord {
@@ -149,7 +177,7 @@ impl Tracking {
     ) -> Result<Option<EnvelopeRecord>, StoreError> {
         match self.store.envelopes.get(record_key(from, message_id))? {
             None => Ok(None),
-            Some(v) => Ok(Some(codec::decode(&v)?)),
+            Some(v) => Ok(Some(decode_record(&v)?)),
         }
     }
 
@@ -169,6 +197,80 @@ impl Tracking {
             self.store.by_dest.insert(k, &[])?;
         }
         Ok(())
+    }
+
+    /// Marks `(from, message_id)` as waiting on each of `dests`. Written with
+    /// the record, under the envelope's lock; removed by [`Self::unpend`].
+    pub fn pend(
+        &self,
+        from: &AgencyCode,
+        message_id: &str,
+        dests: &[AgencyCode],
+        p: &Pending,
+    ) -> Result<(), StoreError> {
+        let v = codec::encode(p)?;
+        for d in dests {
+            self.store
+                .pending
+                .insert(pending_key(d, from, message_id), v.clone())?;
+        }
+        Ok(())
+    }
+
+    /// `dest` answered about `(from, message_id)`: it is no longer waiting.
+    pub fn unpend(
+        &self,
+        dest: &AgencyCode,
+        from: &AgencyCode,
+        message_id: &str,
+    ) -> Result<(), StoreError> {
+        self.store
+            .pending
+            .remove(pending_key(dest, from, message_id))?;
+        Ok(())
+    }
+
+    /// Replaces the pending entry of `(from, message_id)` for `dest`, if it
+    /// is still there.
+    pub fn repend(
+        &self,
+        dest: &AgencyCode,
+        from: &AgencyCode,
+        message_id: &str,
+        p: &Pending,
+    ) -> Result<(), StoreError> {
+        let v = codec::encode(p)?;
+        self.store
+            .pending
+            .fetch_and_update(pending_key(dest, from, message_id), |old| {
+                old.map(|_| v.clone())
+            })?;
+        Ok(())
+    }
+
+    /// Envelopes still waiting on `dest`: `(from, message_id, entry)`.
+    pub fn pending_for(
+        &self,
+        dest: &AgencyCode,
+    ) -> Result<Vec<(AgencyCode, String, Pending)>, StoreError> {
+        let mut prefix = dest.as_str().as_bytes().to_vec();
+        prefix.push(0);
+        let mut out = Vec::new();
+        for item in self.store.pending.scan_prefix(&prefix) {
+            let (k, v) = item?;
+            let rest = &k[prefix.len()..];
+            let Some(sep) = rest.iter().position(|b| *b == 0) else {
+                continue;
+            };
+            let from = std::str::from_utf8(&rest[..sep])
+                .ok()
+                .and_then(|s| AgencyCode::parse(s).ok());
+            let mid = std::str::from_utf8(&rest[sep + 1..]).ok();
+            if let (Some(from), Some(mid)) = (from, mid) {
+                out.push((from, mid.to_owned(), codec::decode(&v)?));
+            }
+        }
+        Ok(out)
     }
 
     /// Writes `rec` (the dedupe marker). Not durable until
@@ -267,7 +369,7 @@ impl Tracking {
         let mut out = Vec::new();
         for item in self.store.envelopes.iter() {
             let (_, v) = item?;
-            let rec: EnvelopeRecord = codec::decode(&v)?;
+            let rec = decode_record(&v)?;
             if keep(&rec) {
                 out.push(rec);
             }
@@ -293,7 +395,7 @@ impl Tracking {
             .envelopes
             .fetch_and_update(record_key(from, message_id), |old| {
                 let old = old?;
-                match codec::decode::<EnvelopeRecord>(old) {
+                match decode_record(old) {
                     Ok(mut rec) => {
                         edit(&mut rec);
                         found = true;

@@ -31,7 +31,14 @@ pub struct Link {
     /// Channel for declarations: a refused declaration closes it (and only
     /// it), so it is reopened on the next one.
     declarer: tokio::sync::Mutex<Option<Channel>>,
+    /// Long-lived channels for passive declares, reused across polls. A
+    /// passive declare of a missing queue makes the broker close its channel
+    /// (404); such a channel is dropped and a new one opened.
+    probes: tokio::sync::Mutex<Vec<Channel>>,
 }
+
+/// Most channels [`Link::probe_queues`] uses at once.
+pub const MAX_PROBE_CHANNELS: usize = 16;
 
 /// A consumer on its own channel; settle its deliveries through it.
 pub struct Subscription {
@@ -72,6 +79,7 @@ impl Link {
             conn,
             publisher,
             declarer: tokio::sync::Mutex::new(None),
+            probes: tokio::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -210,34 +218,96 @@ impl Link {
         Ok(Subscription { channel, consumer })
     }
 
-    /// Depth and consumers of `queue` (passive declare on a throwaway channel).
+    /// Depth and consumers of `queue` (passive declare on a pooled channel).
     pub async fn queue_info(&self, queue: &str) -> Result<QueueInfo, AmqpError> {
-        let ch = self
-            .conn
+        self.probe_queues(&[queue.to_owned()], 1)
+            .await
+            .pop()
+            .unwrap_or_else(|| {
+                Err(AmqpError::Broker {
+                    op: "queue.declare passive",
+                    message: "no answer".into(),
+                })
+            })
+    }
+
+    async fn probe_channel(&self) -> Result<Channel, AmqpError> {
+        while let Some(ch) = self.probes.lock().await.pop() {
+            if ch.status().connected() {
+                return Ok(ch);
+            }
+        }
+        // Measured with lapin 4.12: after the broker closed a channel with a
+        // 404, every later channel.open on the connection fails with that same
+        // error. Callers that may probe missing queues use a connection of
+        // their own and replace it when channel.open fails.
+        self.conn
             .create_channel()
             .await
-            .map_err(|e| AmqpError::broker("channel.open", e))?;
-        let res = ch
-            .queue_declare(
-                ShortString::from(queue),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await;
-        let out = match res {
-            Ok(q) => Ok(QueueInfo {
-                messages: q.message_count(),
-                consumers: q.consumer_count(),
-            }),
-            Err(e) => Err(classify("queue.declare passive", queue, e)),
-        };
-        if ch.status().connected() {
-            let _ = ch.close(200, ShortString::from("done")).await;
+            .map_err(|e| AmqpError::broker("channel.open", e))
+    }
+
+    /// Depth and consumers of every queue in `names`, in order, by passive
+    /// declares on at most `concurrency` channels at once (each sequential).
+    /// The channels are kept for the next call; one closed by a 404 is
+    /// replaced. Cost to the broker: one `queue.declare` round trip per queue,
+    /// plus one `channel.open` per missing queue.
+    pub async fn probe_queues(
+        &self,
+        names: &[String],
+        concurrency: usize,
+    ) -> Vec<Result<QueueInfo, AmqpError>> {
+        if names.is_empty() {
+            return Vec::new();
         }
-        out
+        let workers = concurrency.clamp(1, MAX_PROBE_CHANNELS).min(names.len());
+        let per = names.len().div_ceil(workers);
+        let runs = names.chunks(per).map(|chunk| async move {
+            let mut out = Vec::with_capacity(chunk.len());
+            let mut channel: Option<Channel> = None;
+            for name in chunk {
+                let ch = match channel.take() {
+                    Some(ch) if ch.status().connected() => ch,
+                    _ => match self.probe_channel().await {
+                        Ok(ch) => ch,
+                        Err(e) => {
+                            out.push(Err(e));
+                            continue;
+                        }
+                    },
+                };
+                let res = ch
+                    .queue_declare(
+                        ShortString::from(name.as_str()),
+                        QueueDeclareOptions {
+                            passive: true,
+                            ..QueueDeclareOptions::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await;
+                match res {
+                    Ok(q) => {
+                        out.push(Ok(QueueInfo {
+                            messages: q.message_count(),
+                            consumers: q.consumer_count(),
+                        }));
+                        channel = Some(ch);
+                    }
+                    // Any error closes the channel (a 404 does, broker side): drop it.
+                    Err(e) => out.push(Err(classify("queue.declare passive", name, e))),
+                }
+            }
+            if let Some(ch) = channel {
+                self.probes.lock().await.push(ch);
+            }
+            out
+        });
+        futures_util::future::join_all(runs)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     /// Removes every ready message of `queue`; returns how many.

@@ -53,7 +53,8 @@ impl TestHub {
         Self::start_with_policy(None).await
     }
 
-    /// Starts a hub with these policy files (name, text) over the defaults.
+    /// Starts a hub with these policy files written into `policies/` first
+    /// (e.g. `("presence.toml", text)`); absent files fall back to the built-ins.
     pub async fn start_with_policies(files: &[(&str, &str)]) -> Self {
         let mut hub = Self::prepare(None);
         for (name, text) in files {

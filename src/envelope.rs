@@ -17,6 +17,16 @@ use crate::message::Message;
 use crate::reason::Reason;
 use crate::time::{parse_duration, parse_rfc3339};
 
+/// Headers only the hub writes; an envelope carrying one is malformed.
+pub const HUB_HEADERS: [&str; 6] = [
+    "lgsp-dest",
+    "lgsp-accepted-at",
+    "lgsp-attempt",
+    "lgsp-kind",
+    "lgsp-notice",
+    "lgsp-hub-signature",
+];
+
 /// Most destinations one envelope may name.
 pub const MAX_DESTINATIONS: usize = 500;
 /// Longest subject, in characters.
@@ -336,6 +346,13 @@ impl Payload {
         msg: &Message,
         default_priority: Priority,
     ) -> Result<EnvelopeFields, Refusal> {
+        for reserved in HUB_HEADERS {
+            if msg.headers.contains_key(reserved) {
+                return Err(malformed(format!(
+                    "{reserved} is set by the hub, not by a source"
+                )));
+            }
+        }
         let to_text = required(msg, "lgsp-to")?;
         let mut to: Vec<AgencyCode> = Vec::new();
         for part in to_text.split(',') {
@@ -520,6 +537,8 @@ mod tests {
             |m| m.set_header("lgsp-deliver-by", "tomorrow"),
             |m| m.set_header("lgsp-type", "has space"),
             |m| m.set_header("lgsp-subject", "a\u{7}b"),
+            |m| m.set_header("lgsp-kind", "recall"),
+            |m| m.set_header("lgsp-attempt", "1"),
         ] {
             assert_eq!(refusal_of(edit).reason, Reason::Malformed);
         }

@@ -59,9 +59,7 @@ impl Router {
         &self,
         rec: &EnvelopeRecord,
         dest: &AgencyCode,
-        state: &str,
-        reason: Reason,
-        detail: &str,
+        (state, reason, detail): (&str, Reason, &str),
         outbox: &O,
         now: i64,
     ) -> Result<(), RouterError> {
@@ -112,9 +110,11 @@ impl Router {
             self.bounce(
                 &rec,
                 &dest,
-                "expired",
-                Reason::Expired,
-                "lgsp-deliver-by passed before delivery",
+                (
+                    "expired",
+                    Reason::Expired,
+                    "lgsp-deliver-by passed before delivery",
+                ),
                 outbox,
                 now,
             )
@@ -128,9 +128,23 @@ impl Router {
             outbox.publish(&again).await?;
             return Ok(Outcome::Held);
         }
+        // Never early: the last fraction of a second is waited here.
+        if due > now {
+            tokio::time::sleep(Duration::from_millis((due - now) as u64)).await;
+        }
+        let now = now_ms();
         out.exchange = self.topology.name("deliver");
         out.routing_key = dest.to_string();
         out.expiration = rec.deliver_by_ms.map(|t| (t - now).max(1).to_string());
+        // Signed again with the destination's current secret (a key may have
+        // been rotated while the copy was held).
+        if let Some(d) = self.registry.get(&dest) {
+            hub_sign(
+                &mut out,
+                &format!("deliver.{dest}"),
+                d.agency.current_secret(),
+            );
+        }
         self.publish_declaring(&dest, &out, outbox).await?;
         metrics::delivery_published();
         let attempt = out.header("lgsp-attempt").unwrap_or("1").to_owned();
@@ -200,9 +214,11 @@ impl Router {
             self.bounce(
                 &rec,
                 &dest,
-                "expired",
-                Reason::Expired,
-                "lgsp-deliver-by passed before delivery",
+                (
+                    "expired",
+                    Reason::Expired,
+                    "lgsp-deliver-by passed before delivery",
+                ),
                 outbox,
                 now,
             )
@@ -229,9 +245,7 @@ impl Router {
             self.bounce(
                 &rec,
                 &dest,
-                "bounced",
-                Reason::MaxAttempts,
-                &detail,
+                ("bounced", Reason::MaxAttempts, &detail),
                 outbox,
                 now,
             )
@@ -296,9 +310,11 @@ impl Router {
                 self.bounce(
                     &rec,
                     &track.code,
-                    "recalled",
-                    Reason::Recalled,
-                    "recalled by the source before delivery",
+                    (
+                        "recalled",
+                        Reason::Recalled,
+                        "recalled by the source before delivery",
+                    ),
                     outbox,
                     now,
                 )
@@ -370,9 +386,11 @@ impl Router {
                         self.bounce(
                             &rec,
                             &track.code,
-                            "expired",
-                            Reason::Expired,
-                            "lgsp-deliver-by passed before delivery",
+                            (
+                                "expired",
+                                Reason::Expired,
+                                "lgsp-deliver-by passed before delivery",
+                            ),
                             outbox,
                             now,
                         )

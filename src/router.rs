@@ -519,7 +519,7 @@ impl Router {
             n.destinations = rec
                 .dests
                 .iter()
-                .filter(|d| d.state != "bounced")
+                .filter(|d| !d.is_final())
                 .map(|d| d.code.clone())
                 .collect();
             n.detail = "already accepted; not delivered again".into();

@@ -22,6 +22,8 @@ use crate::scheduler::{backoff, bucket_for, expired, BUCKETS};
 use crate::time::{format_duration, format_rfc3339, now_ms};
 use crate::tracking::EnvelopeRecord;
 
+const EXPIRED_DETAIL: &str = "lgsp-deliver-by passed before delivery";
+
 /// Header carrying the due time (ms) of a held delivery.
 pub const DUE_HEADER: &str = "x-truc-due";
 
@@ -80,6 +82,46 @@ impl Router {
         Ok(())
     }
 
+    /// The envelope's record when `dest` still waits for it, else why not.
+    /// The caller holds the envelope's lock.
+    fn waiting(
+        &self,
+        from: &AgencyCode,
+        dest: &AgencyCode,
+        mid: &str,
+    ) -> Result<Result<EnvelopeRecord, &'static str>, RouterError> {
+        let Some(rec) = self.tracking.get(from, mid)? else {
+            return Ok(Err("no record"));
+        };
+        match rec.dests.iter().find(|d| &d.code == dest) {
+            None => Ok(Err("not a destination of the envelope")),
+            Some(t) if t.is_final() || t.is_delivered() => {
+                Ok(Err("destination no longer waits for it"))
+            }
+            Some(_) => Ok(Ok(rec)),
+        }
+    }
+
+    /// Bounces `dest` as expired, durably, and drops the copy.
+    async fn expire<O: Outbox>(
+        &self,
+        rec: &EnvelopeRecord,
+        dest: &AgencyCode,
+        outbox: &O,
+        now: i64,
+    ) -> Result<Outcome, RouterError> {
+        self.bounce(
+            rec,
+            dest,
+            ("expired", Reason::Expired, EXPIRED_DETAIL),
+            outbox,
+            now,
+        )
+        .await?;
+        self.store.durable().await?;
+        Ok(Outcome::Dropped("expired"))
+    }
+
     /// A held delivery came back from a delay bucket.
     pub async fn release<O: Outbox>(
         &self,
@@ -97,30 +139,12 @@ impl Router {
             .and_then(|d| d.parse::<i64>().ok())
             .unwrap_or(now);
         let _g = self.locks.lock(from.as_str(), &mid).await;
-        let Some(rec) = self.tracking.get(&from, &mid)? else {
-            return Ok(Outcome::Dropped("no record"));
+        let rec = match self.waiting(&from, &dest, &mid)? {
+            Ok(rec) => rec,
+            Err(why) => return Ok(Outcome::Dropped(why)),
         };
-        let Some(track) = rec.dests.iter().find(|d| d.code == dest) else {
-            return Ok(Outcome::Dropped("not a destination of the envelope"));
-        };
-        if track.is_final() || track.is_delivered() {
-            return Ok(Outcome::Dropped("destination no longer waits for it"));
-        }
         if expired(rec.deliver_by_ms, now) {
-            self.bounce(
-                &rec,
-                &dest,
-                (
-                    "expired",
-                    Reason::Expired,
-                    "lgsp-deliver-by passed before delivery",
-                ),
-                outbox,
-                now,
-            )
-            .await?;
-            self.store.durable().await?;
-            return Ok(Outcome::Dropped("expired"));
+            return self.expire(&rec, &dest, outbox, now).await;
         }
         let mut out = clean(m.clone());
         if bucket_for(Duration::from_millis((due - now).max(0) as u64)).is_some() {
@@ -201,31 +225,18 @@ impl Router {
             .unwrap_or("rejected")
             .to_owned();
         let _g = self.locks.lock(from.as_str(), &mid).await;
-        let Some(rec) = self.tracking.get(&from, &mid)? else {
-            return Ok(Outcome::Dropped("no record"));
+        let rec = match self.waiting(&from, &dest, &mid)? {
+            Ok(rec) => rec,
+            Err(why) => return Ok(Outcome::Dropped(why)),
         };
-        let Some(track) = rec.dests.iter().find(|d| d.code == dest) else {
-            return Ok(Outcome::Dropped("not a destination of the envelope"));
-        };
-        if track.is_final() || track.is_delivered() {
-            return Ok(Outcome::Dropped("destination no longer waits for it"));
-        }
         if death == "expired" || expired(rec.deliver_by_ms, now) {
-            self.bounce(
-                &rec,
-                &dest,
-                (
-                    "expired",
-                    Reason::Expired,
-                    "lgsp-deliver-by passed before delivery",
-                ),
-                outbox,
-                now,
-            )
-            .await?;
-            self.store.durable().await?;
-            return Ok(Outcome::Dropped("expired"));
+            return self.expire(&rec, &dest, outbox, now).await;
         }
+        let track = rec
+            .dests
+            .iter()
+            .find(|d| d.code == dest)
+            .expect("waiting() found it");
         let rejections = track.rejections() + 1;
         self.tracking.update(&from, &mid, |r| {
             if let Some(t) = r.dest_mut(&dest) {
@@ -386,11 +397,7 @@ impl Router {
                         self.bounce(
                             &rec,
                             &track.code,
-                            (
-                                "expired",
-                                Reason::Expired,
-                                "lgsp-deliver-by passed before delivery",
-                            ),
+                            ("expired", Reason::Expired, EXPIRED_DETAIL),
                             outbox,
                             now,
                         )

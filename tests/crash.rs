@@ -81,6 +81,28 @@ fn spawn_receiver(
     })
 }
 
+/// Registers a source and a destination, starts a receiver and a sender of `n` envelopes.
+async fn start_stream(
+    hub: &mut TestHub,
+    n: usize,
+    per_s: u64,
+) -> (
+    Arc<Tally>,
+    tokio::task::JoinHandle<()>,
+    tokio::task::JoinHandle<Client>,
+) {
+    let src = hub.register("000.00.31.H41").await;
+    let dst = hub.register("000.00.32.H41").await;
+    let tally = Arc::new(Tally {
+        distinct: Mutex::new(HashSet::new()),
+        repeats: AtomicU64::new(0),
+        marked_repeats: AtomicU64::new(0),
+    });
+    let receiver = spawn_receiver(hub.prefix.clone(), dst, tally.clone(), n);
+    let sender = spawn_sender(hub.client(&src).await, n, per_s);
+    (tally, receiver, sender)
+}
+
 async fn wait_for(tally: &Tally, n: usize, limit: Duration) -> usize {
     let deadline = Instant::now() + limit;
     loop {
@@ -96,15 +118,7 @@ async fn wait_for(tally: &Tally, n: usize, limit: Duration) -> usize {
 async fn sigkill_and_restart_under_load_loses_nothing() {
     const N: usize = 3000;
     let mut hub = TestHub::start().await;
-    let src = hub.register("000.00.31.H41").await;
-    let dst = hub.register("000.00.32.H41").await;
-    let tally = Arc::new(Tally {
-        distinct: Mutex::new(HashSet::new()),
-        repeats: AtomicU64::new(0),
-        marked_repeats: AtomicU64::new(0),
-    });
-    let receiver = spawn_receiver(hub.prefix.clone(), dst.clone(), tally.clone(), N);
-    let sender = spawn_sender(hub.client(&src).await, N, 400);
+    let (tally, receiver, sender) = start_stream(&mut hub, N, 400).await;
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(1500)).await;
         hub.kill9();
@@ -156,15 +170,7 @@ fn close_router_connection(prefix: &str) -> bool {
 async fn broker_closing_the_connection_is_survived() {
     const N: usize = 1500;
     let mut hub = TestHub::start().await;
-    let src = hub.register("000.00.31.H41").await;
-    let dst = hub.register("000.00.32.H41").await;
-    let tally = Arc::new(Tally {
-        distinct: Mutex::new(HashSet::new()),
-        repeats: AtomicU64::new(0),
-        marked_repeats: AtomicU64::new(0),
-    });
-    let receiver = spawn_receiver(hub.prefix.clone(), dst.clone(), tally.clone(), N);
-    let sender = spawn_sender(hub.client(&src).await, N, 300);
+    let (tally, receiver, sender) = start_stream(&mut hub, N, 300).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(
         close_router_connection(&hub.prefix),
@@ -190,15 +196,7 @@ async fn broker_closing_the_connection_is_survived() {
 async fn sigterm_drains_without_repeats() {
     const N: usize = 1000;
     let mut hub = TestHub::start().await;
-    let src = hub.register("000.00.31.H41").await;
-    let dst = hub.register("000.00.32.H41").await;
-    let tally = Arc::new(Tally {
-        distinct: Mutex::new(HashSet::new()),
-        repeats: AtomicU64::new(0),
-        marked_repeats: AtomicU64::new(0),
-    });
-    let receiver = spawn_receiver(hub.prefix.clone(), dst.clone(), tally.clone(), N);
-    let sender = spawn_sender(hub.client(&src).await, N, 300);
+    let (tally, receiver, sender) = start_stream(&mut hub, N, 300).await;
     for _ in 0..2 {
         tokio::time::sleep(Duration::from_millis(1200)).await;
         assert!(hub.terminate().success(), "SIGTERM exits cleanly");

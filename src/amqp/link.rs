@@ -355,18 +355,12 @@ impl Subscription {
 
     /// Acknowledges one delivery.
     pub async fn ack(&self, delivery_tag: u64) -> Result<(), AmqpError> {
-        self.channel
-            .basic_ack(delivery_tag, BasicAckOptions::default())
-            .await
-            .map_err(|e| AmqpError::broker("basic.ack", e))
+        self.settler().ack(delivery_tag).await
     }
 
     /// Rejects one delivery (`requeue=false` dead-letters it).
     pub async fn reject(&self, delivery_tag: u64, requeue: bool) -> Result<(), AmqpError> {
-        self.channel
-            .basic_reject(delivery_tag, BasicRejectOptions { requeue })
-            .await
-            .map_err(|e| AmqpError::broker("basic.reject", e))
+        self.settler().reject(delivery_tag, requeue).await
     }
 
     /// A handle that settles deliveries of this subscription from other tasks.

@@ -67,3 +67,51 @@ pub fn agencies(n: usize) {
 pub fn store_bytes(n: u64) {
     metrics::gauge!("truc_store_bytes").set(n as f64);
 }
+
+/// A destination confirmed receipt (status `01`); `latency` is accepted → delivered.
+pub fn delivered(priority: u8, latency: Duration) {
+    metrics::counter!("truc_envelopes_delivered_total", "priority" => priority.to_string())
+        .increment(1);
+    metrics::histogram!("truc_delivery_latency_seconds", "priority" => priority.to_string())
+        .record(latency.as_secs_f64());
+}
+
+/// Depth of one agency's inbox (sampled).
+pub fn inbox_depth(code: &str, messages: u32) {
+    metrics::gauge!("truc_inbox_messages", "agency" => code.to_owned()).set(f64::from(messages));
+}
+
+/// Consumers on one agency's inbox (sampled).
+pub fn inbox_consumers(code: &str, consumers: u32) {
+    metrics::gauge!("truc_inbox_consumers", "agency" => code.to_owned()).set(f64::from(consumers));
+}
+
+/// Agencies online (sampled).
+pub fn online_agencies(n: usize) {
+    metrics::gauge!("truc_agencies_online").set(n as f64);
+}
+
+/// Depth of the dead-letter and rejected queues (sampled).
+pub fn dead_depth(queue: &'static str, messages: u32) {
+    metrics::gauge!("truc_dead_messages", "queue" => queue).set(f64::from(messages));
+}
+
+/// An audit entry could not be written.
+pub fn audit_failure() {
+    metrics::counter!("truc_audit_failures_total").increment(1);
+}
+
+/// Audit entries appended since start.
+pub fn audit_entries(n: usize) {
+    metrics::gauge!("truc_audit_entries").set(n as f64);
+}
+
+/// Records removed by a retention sweep.
+pub fn swept(what: &'static str, n: usize) {
+    metrics::counter!("truc_retention_swept_total", "what" => what).increment(n as u64);
+}
+
+/// An operator action on queues (purge, retry, drop).
+pub fn operator_action(action: &'static str, n: usize) {
+    metrics::counter!("truc_operator_messages_total", "action" => action).increment(n as u64);
+}

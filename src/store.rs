@@ -65,6 +65,8 @@ pub struct Store {
     pub nonces: sled::Tree,
     /// Small settings (`name` → value).
     pub meta: sled::Tree,
+    /// Audit entries by big-endian sequence number ([`crate::audit`]).
+    pub audit: sled::Tree,
     path: PathBuf,
 }
 
@@ -86,6 +88,7 @@ impl Store {
             by_dest: db.open_tree("by_dest")?,
             nonces: db.open_tree("nonces")?,
             meta: db.open_tree("meta")?,
+            audit: db.open_tree("audit")?,
             inner: Arc::new(Inner {
                 db,
                 requested: AtomicU64::new(0),
@@ -152,6 +155,19 @@ impl Store {
             .await
             .map(|_| ())
             .map_err(|_| StoreError::Closed)
+    }
+
+    /// Every tree with its name (for `truc store stats`).
+    pub fn trees(&self) -> Vec<(&'static str, &sled::Tree)> {
+        vec![
+            ("agencies", &self.agencies),
+            ("keys", &self.keys),
+            ("envelopes", &self.envelopes),
+            ("by_dest", &self.by_dest),
+            ("nonces", &self.nonces),
+            ("meta", &self.meta),
+            ("audit", &self.audit),
+        ]
     }
 
     /// Flushes synchronously (shutdown, CLI tools).

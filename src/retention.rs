@@ -191,7 +191,7 @@ mod tests {
                 dests: vec![DestTrack::new(dest.clone(), 1_000, "queued", None, "")],
             };
             tracking
-                .index(&from, &rec.message_id, &[dest.clone()])
+                .index(&from, &rec.message_id, std::slice::from_ref(&dest))
                 .unwrap();
             tracking.put(&rec).unwrap();
         }

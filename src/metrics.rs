@@ -115,3 +115,33 @@ pub fn swept(what: &'static str, n: usize) {
 pub fn operator_action(action: &'static str, n: usize) {
     metrics::counter!("truc_operator_messages_total", "action" => action).increment(n as u64);
 }
+
+#[cfg(test)]
+mod tests {
+    /// Every metric the Grafana dashboard queries is emitted here.
+    #[test]
+    fn dashboard_uses_only_emitted_metrics() {
+        let dash = include_str!("../ops/grafana-truc.json");
+        let src = include_str!("metrics.rs");
+        let mut seen = 0;
+        for (i, _) in dash.match_indices("truc_") {
+            let name: String = dash[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect();
+            let base = name
+                .trim_end_matches("_sum")
+                .trim_end_matches("_count")
+                .trim_end_matches("_bucket");
+            if base == "truc_" || base.starts_with("truc_lgsp") || base == "truc_overview" {
+                continue;
+            }
+            assert!(
+                src.contains(&format!("\"{base}\"")),
+                "{base} is not emitted"
+            );
+            seen += 1;
+        }
+        assert!(seen > 15, "{seen}");
+    }
+}

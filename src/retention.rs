@@ -96,8 +96,12 @@ pub async fn sweep(
     let env_cut = now_ms - envelope_retention.as_millis() as i64;
     let audit_cut = now_ms - audit_retention.as_millis() as i64;
     let (mut envs, mut entries) = (0, 0);
+    // Each step scans sled synchronously: off the async workers.
     for _ in 0..MAX_STEPS {
-        let n = sweep_envelopes_step(store, env_cut, BATCH)?;
+        let st = store.clone();
+        let n = tokio::task::spawn_blocking(move || sweep_envelopes_step(&st, env_cut, BATCH))
+            .await
+            .map_err(|e| StoreError::Sled(sled::Error::ReportableBug(e.to_string())))??;
         envs += n;
         if n < BATCH {
             break;
@@ -105,7 +109,10 @@ pub async fn sweep(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     for _ in 0..MAX_STEPS {
-        let n = audit.sweep(audit_cut, BATCH)?;
+        let au = audit.clone();
+        let n = tokio::task::spawn_blocking(move || au.sweep(audit_cut, BATCH))
+            .await
+            .map_err(|e| StoreError::Sled(sled::Error::ReportableBug(e.to_string())))??;
         entries += n;
         if n < BATCH {
             break;

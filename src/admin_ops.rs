@@ -310,7 +310,7 @@ async fn queue_list(State(hub): Hs, h: HeaderMap) -> Result<Json<Value>, ApiErro
 
 async fn queue_shape(State(hub): Hs, h: HeaderMap) -> Result<Json<Value>, ApiError> {
     check_token(&hub, &h)?;
-    let (buckets, rows) = crate::queues::shape(&hub)?;
+    let (buckets, rows) = crate::queues::shape(&hub).await?;
     Ok(Json(json!({ "buckets": buckets, "destinations": rows })))
 }
 
@@ -464,14 +464,16 @@ async fn report(
     Query(q): Query<ReportQuery>,
 ) -> Result<Json<Value>, ApiError> {
     check_token(&hub, &h)?;
-    let records = hub
-        .router
-        .tracking()
-        .list(usize::MAX, |_| true)
-        .map_err(internal)?;
-    Ok(Json(json!(crate::report::build(
-        &records, q.since_ms, q.until_ms, q.by
-    ))))
+    let tracking = hub.router.tracking().clone();
+    let report = tokio::task::spawn_blocking(move || {
+        tracking
+            .list(usize::MAX, |_| true)
+            .map(|records| crate::report::build(&records, q.since_ms, q.until_ms, q.by))
+    })
+    .await
+    .map_err(internal)?
+    .map_err(internal)?;
+    Ok(Json(json!(report)))
 }
 
 async fn store_stats(State(hub): Hs, h: HeaderMap) -> Result<Json<Value>, ApiError> {

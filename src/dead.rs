@@ -298,12 +298,12 @@ pub async fn run(hub: &Hub, f: &Filter, action: Action) -> Result<Outcome, DeadE
                 match action {
                     Action::List => {}
                     Action::Drop => {
-                        b.ack(g.inbound.delivery_tag).await?;
                         hub.router.audit().record(AuditEvent::DeadDropped {
                             queue: (*q).to_owned(),
                             source: audit_source,
                             message_id: mid,
                         });
+                        b.ack(g.inbound.delivery_tag).await?;
                     }
                     Action::Retry { .. } => {
                         let m = match republication(hub, q, &g) {

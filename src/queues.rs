@@ -118,12 +118,15 @@ pub fn waiting<'a>(
     out
 }
 
-fn all_waiting(hub: &Hub, now: i64) -> Result<BTreeMap<AgencyCode, Waiting>, QueueError> {
-    let records = hub
-        .router
-        .tracking()
-        .list(usize::MAX, |r| r.dests.iter().any(|d| d.state == "queued"))?;
-    Ok(waiting(&records, now))
+async fn all_waiting(hub: &Hub, now: i64) -> Result<BTreeMap<AgencyCode, Waiting>, QueueError> {
+    let tracking = hub.router.tracking().clone();
+    // A full scan of the timelines: off the async workers.
+    tokio::task::spawn_blocking(move || {
+        let records = tracking.list(usize::MAX, |r| r.dests.iter().any(|d| d.state == "queued"))?;
+        Ok(waiting(&records, now))
+    })
+    .await
+    .map_err(|e| QueueError::Store(StoreError::Sled(sled::Error::ReportableBug(e.to_string()))))?
 }
 
 /// One row of `truc queue list`.
@@ -157,7 +160,7 @@ pub struct QueueRow {
 pub async fn list(hub: &Hub) -> Result<Vec<QueueRow>, QueueError> {
     let link = link(hub)?;
     let now = now_ms();
-    let waiting = all_waiting(hub, now)?;
+    let waiting = all_waiting(hub, now).await?;
     let mut rows = Vec::new();
     for a in hub.registry.list() {
         let inbox = hub.topology.inbox(&a.code);
@@ -212,8 +215,8 @@ pub struct ShapeRow {
 }
 
 /// The age histogram of waiting envelopes per destination.
-pub fn shape(hub: &Hub) -> Result<(Vec<&'static str>, Vec<ShapeRow>), QueueError> {
-    let waiting = all_waiting(hub, now_ms())?;
+pub async fn shape(hub: &Hub) -> Result<(Vec<&'static str>, Vec<ShapeRow>), QueueError> {
+    let waiting = all_waiting(hub, now_ms()).await?;
     let rows = waiting
         .into_iter()
         .map(|(code, w)| ShapeRow {
@@ -346,6 +349,8 @@ pub async fn purge(hub: &Hub, code: &AgencyCode) -> Result<PurgeReport, QueueErr
         without_source: 0,
         reason: reason.to_string(),
     };
+    // Acks wait for one group commit per batch, not one fsync per message.
+    let mut pending: Vec<u64> = Vec::new();
     let res = async {
         for _ in 0..start {
             let Some(g) = b.get().await? else { break };
@@ -382,10 +387,12 @@ pub async fn purge(hub: &Hub, code: &AgencyCode) -> Result<PurgeReport, QueueErr
                 message_id: mid.clone(),
                 reason: reason.to_string(),
             });
-            hub.store.durable().await?;
-            b.ack(g.inbound.delivery_tag).await?;
-            report.purged += 1;
+            pending.push(g.inbound.delivery_tag);
+            if pending.len() >= PURGE_BATCH {
+                report.purged += settle(hub, &b, &mut pending).await?;
+            }
         }
+        report.purged += settle(hub, &b, &mut pending).await?;
         Ok::<_, QueueError>(())
     }
     .await;
@@ -393,6 +400,26 @@ pub async fn purge(hub: &Hub, code: &AgencyCode) -> Result<PurgeReport, QueueErr
     crate::metrics::operator_action("purge", report.purged as usize);
     tracing::info!(agency = %code, purged = report.purged, notices = report.notices, "inbox purged by operator");
     res.map(|_| report)
+}
+
+/// Messages purged per group commit.
+const PURGE_BATCH: usize = 64;
+
+/// Makes the batch's records durable, then acks its messages.
+async fn settle(
+    hub: &Hub,
+    b: &crate::amqp::Browser,
+    pending: &mut Vec<u64>,
+) -> Result<u64, QueueError> {
+    if pending.is_empty() {
+        return Ok(0);
+    }
+    hub.store.durable().await?;
+    let n = pending.len() as u64;
+    for tag in pending.drain(..) {
+        b.ack(tag).await?;
+    }
+    Ok(n)
 }
 
 /// Samples inbox depths, consumers, online agencies and dead-letter depths

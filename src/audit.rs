@@ -654,3 +654,39 @@ mod tests {
         assert_eq!(r.broken.unwrap().seq, 20);
     }
 }
+
+#[cfg(test)]
+mod measure {
+    use super::*;
+
+    /// `cargo test --release --lib audit::measure -- --ignored --nocapture`
+    #[test]
+    #[ignore = "measurement, run by hand in release"]
+    fn append_and_verify_rates() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let audit = Audit::new(store);
+        let n = 100_000u64;
+        let t = std::time::Instant::now();
+        for i in 0..n {
+            audit
+                .append(AuditEvent::Accepted {
+                    from: "000.00.31.H41".into(),
+                    message_id: format!("01JD{i:022}"),
+                    delivered: vec!["000.00.32.H41".into()],
+                    bounced: vec![],
+                })
+                .unwrap();
+        }
+        let append = t.elapsed();
+        let t = std::time::Instant::now();
+        assert!(audit.verify().unwrap().ok);
+        let verify = t.elapsed();
+        println!(
+            "appends: {n} in {append:?} ({:.0}/s, {:.1} us each); verify: {verify:?} ({:.0}/s)",
+            n as f64 / append.as_secs_f64(),
+            append.as_secs_f64() * 1e6 / n as f64,
+            n as f64 / verify.as_secs_f64()
+        );
+    }
+}

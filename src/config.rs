@@ -363,6 +363,63 @@ mod tests {
     }
 
     #[test]
+    fn operator_keys_are_validated() {
+        let mut c = Config::default();
+        assert_eq!(
+            c.audit_retention(),
+            std::time::Duration::from_secs(60 * 86_400)
+        );
+        assert_eq!(
+            c.envelope_retention(),
+            std::time::Duration::from_secs(180 * 86_400)
+        );
+        c.audit_retention = "12h".into();
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("audit_retention"));
+        c.audit_retention = "90d".into();
+        c.envelope_retention = "forever".into();
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("envelope_retention"));
+        c.envelope_retention = "1d".into();
+        c.depth_sample_interval = "2h".into();
+        assert!(c.validate().is_err());
+        c.depth_sample_interval = "5s".into();
+        c.validate().unwrap();
+        c.apply_env(|k| (k == "TRUC_MASTER_KEY").then(|| "short".to_owned()));
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("master_key") && !e.contains("short"), "{e}");
+        c.master_key = Some("ab".repeat(32));
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn master_key_is_generated_once_and_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Config {
+            data_dir: dir.path().to_owned(),
+            ..Config::default()
+        };
+        let k1 = c.resolve_master_key().unwrap();
+        assert_eq!(k1, c.resolve_master_key().unwrap());
+        crate::secrets::MasterKey::parse(&k1).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(c.master_key_path())
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    #[test]
     fn token_is_generated_once() {
         let dir = tempfile::tempdir().unwrap();
         let c = Config {

@@ -582,8 +582,49 @@ async fn audit_verify_finds_an_edited_record() {
     let mut hub = TestHub::start().await;
     hub.register("A1.01").await;
     hub.register("A1.02").await;
+    // `tail --follow` prints the last entry, then each new one as a JSON line.
+    let mut follow = Command::new(env!("CARGO_BIN_EXE_truc"))
+        .args(["audit", "tail", "-n", "1", "--follow", "--json"])
+        .env("TRUC_ADMIN_ADDR", &hub.admin_addr)
+        .env("TRUC_ADMIN_TOKEN", &hub.token)
+        .env_remove("TRUC_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = {
+        use std::io::BufRead;
+        let stdout = follow.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for l in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(l).is_err() {
+                    return;
+                }
+            }
+        });
+        rx
+    };
+    let first = lines.recv_timeout(WAIT).expect("first line");
     run(&hub, &["agency", "disable", "A1.02"], 0);
     run(&hub, &["agency", "enable", "A1.02"], 0);
+    let mut seen = vec![first];
+    while seen.len() < 3 {
+        seen.push(lines.recv_timeout(WAIT).expect("followed entry"));
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let seqs: Vec<u64> = seen
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(seqs, vec![2, 3, 4]);
     let v = json(&hub, &["audit", "verify", "--json"]);
     assert_eq!(v["ok"], true, "{v}");
     assert_eq!(v["entries"], 4);

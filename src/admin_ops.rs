@@ -473,7 +473,31 @@ async fn report(
     .await
     .map_err(internal)?
     .map_err(internal)?;
-    Ok(Json(json!(report)))
+    let mut out = json!(report);
+    out["connections_now"] = json!(connections_now(&hub).await);
+    Ok(Json(out))
+}
+
+/// What the broker says about each agency's inbox at this moment (the
+/// connection *history* comes from the presence tracker). Empty when the
+/// hub is not connected to the broker.
+async fn connections_now(hub: &Hub) -> Vec<Value> {
+    let Ok(link) = link(hub) else {
+        return Vec::new();
+    };
+    let at = format_rfc3339(crate::time::now_ms());
+    let mut out = Vec::new();
+    for a in hub.registry.list() {
+        if let Ok(info) = link.queue_info(&hub.topology.inbox(&a.code)).await {
+            out.push(json!({
+                "agency": a.code,
+                "inbox_consumers": info.consumers,
+                "online": crate::queues::is_online(&a.code, &info),
+                "at": at,
+            }));
+        }
+    }
+    out
 }
 
 async fn store_stats(State(hub): Hs, h: HeaderMap) -> Result<Json<Value>, ApiError> {

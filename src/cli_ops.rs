@@ -1049,6 +1049,30 @@ pub async fn report(cfg: &Config, a: ReportArgs) -> Result<(), CliError> {
                 ],
                 &rows,
             );
+            let now: Vec<Vec<String>> = v["connections_now"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|c| {
+                    vec![
+                        s(&c["agency"]),
+                        s(&c["inbox_consumers"]),
+                        if c["online"] == true {
+                            "online"
+                        } else {
+                            "offline"
+                        }
+                        .into(),
+                    ]
+                })
+                .collect();
+            if !now.is_empty() {
+                println!();
+                println!(
+                    "Connections now (the connection history comes from the presence tracker):"
+                );
+                table(&["AGENCY", "CONSUMERS", "STATE"], &now);
+            }
         }
     }
     Ok(())

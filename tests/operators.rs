@@ -712,6 +712,14 @@ async fn report_metrics_and_store_stats() {
     assert_eq!(row("R1.02")["delivered"], 2);
     assert!(row("R1.02")["latency_median_s"].as_f64().unwrap() < 30.0);
     assert!(row("R1.02")["latency_p95_s"].is_number());
+    let now = v["connections_now"].as_array().unwrap();
+    let r2 = now.iter().find(|c| c["agency"] == "R1.02").unwrap();
+    assert_eq!(
+        (r2["inbox_consumers"].as_u64(), r2["online"].as_bool()),
+        (Some(1), Some(true))
+    );
+    let r1 = now.iter().find(|c| c["agency"] == "R1.01").unwrap();
+    assert_eq!(r1["online"], false);
     let csv = run(&hub, &["report", "--by", "month", "--format", "csv"], 0);
     assert_eq!(
         csv.lines().next().unwrap(),
@@ -735,7 +743,11 @@ async fn report_metrics_and_store_stats() {
     );
     assert!(v["rows"].as_array().unwrap().is_empty());
     run(&hub, &["report", "--since", "yesterday"], 2);
-    assert!(run(&hub, &["report"], 0).contains("MEDIAN s"));
+    let table = run(&hub, &["report"], 0);
+    assert!(
+        table.contains("MEDIAN s") && table.contains("Connections now"),
+        "{table}"
+    );
 
     let v = json(&hub, &["store", "stats", "--json"]);
     let entries = |t: &str| {

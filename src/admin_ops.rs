@@ -486,9 +486,15 @@ async fn connections_now(hub: &Hub) -> Vec<Value> {
         return Vec::new();
     };
     let at = format_rfc3339(crate::time::now_ms());
+    let agencies = hub.registry.list();
+    let names: Vec<String> = agencies
+        .iter()
+        .map(|a| hub.topology.inbox(&a.code))
+        .collect();
+    let facts = crate::queues::infos(link, names).await;
     let mut out = Vec::new();
-    for a in hub.registry.list() {
-        if let Ok(info) = link.queue_info(&hub.topology.inbox(&a.code)).await {
+    for (a, info) in agencies.iter().zip(facts) {
+        if let Some(info) = info {
             out.push(json!({
                 "agency": a.code,
                 "inbox_consumers": info.consumers,

@@ -61,6 +61,23 @@ pub fn is_online(_code: &AgencyCode, inbox: &QueueInfo) -> bool {
     inbox.consumers > 0
 }
 
+/// Queue facts of `names`, [`INFO_CONCURRENCY`] at a time, in order; `None`
+/// where the broker did not answer (e.g. the queue does not exist).
+pub async fn infos(link: Arc<Link>, names: Vec<String>) -> Vec<Option<QueueInfo>> {
+    use futures_util::StreamExt;
+    let calls = names.into_iter().map(move |n| {
+        let link = link.clone();
+        async move { link.queue_info(&n).await.ok() }
+    });
+    futures_util::stream::iter(calls)
+        .buffered(INFO_CONCURRENCY)
+        .collect()
+        .await
+}
+
+/// Passive declarations in flight at once (each on its own channel).
+pub const INFO_CONCURRENCY: usize = 16;
+
 /// The current broker link, or [`QueueError::NoBroker`].
 pub fn link(hub: &Hub) -> Result<Arc<Link>, QueueError> {
     hub.link.borrow().clone().ok_or(QueueError::NoBroker)
@@ -161,11 +178,18 @@ pub async fn list(hub: &Hub) -> Result<Vec<QueueRow>, QueueError> {
     let link = link(hub)?;
     let now = now_ms();
     let waiting = all_waiting(hub, now).await?;
+    let agencies = hub.registry.list();
+    let mut names = Vec::with_capacity(agencies.len() * 2);
+    for a in &agencies {
+        names.push(hub.topology.inbox(&a.code));
+        names.push(hub.topology.notify(&a.code));
+    }
+    let facts = infos(link.clone(), names.clone()).await;
     let mut rows = Vec::new();
-    for a in hub.registry.list() {
-        let inbox = hub.topology.inbox(&a.code);
-        let info = link.queue_info(&inbox).await.ok();
-        let notify = link.queue_info(&hub.topology.notify(&a.code)).await.ok();
+    for (i, a) in agencies.iter().enumerate() {
+        let inbox = names[2 * i].clone();
+        let info = facts[2 * i];
+        let notify = facts[2 * i + 1];
         let w = waiting.get(&a.code).cloned().unwrap_or_default();
         let mut oldest = w.oldest_ms;
         if oldest.is_none() && info.is_some_and(|i| i.messages > 0) {
@@ -426,9 +450,15 @@ async fn settle(
 /// into the metrics.
 pub async fn sample(hub: &Hub) {
     let Ok(link) = link(hub) else { return };
+    let agencies = hub.registry.list();
+    let names: Vec<String> = agencies
+        .iter()
+        .map(|a| hub.topology.inbox(&a.code))
+        .collect();
+    let facts = infos(link.clone(), names).await;
     let mut online = 0;
-    for a in hub.registry.list() {
-        if let Ok(info) = link.queue_info(&hub.topology.inbox(&a.code)).await {
+    for (a, info) in agencies.iter().zip(facts) {
+        if let Some(info) = info {
             crate::metrics::inbox_depth(a.code.as_str(), info.messages);
             crate::metrics::inbox_consumers(a.code.as_str(), info.consumers);
             if is_online(&a.code, &info) {

@@ -263,6 +263,18 @@ impl Registry {
         name: &str,
         public_key_pem: Option<String>,
     ) -> Result<Issued, RegistryError> {
+        let issued = self.add_unflushed(code, name, public_key_pem)?;
+        self.store.flush()?;
+        Ok(issued)
+    }
+
+    /// [`Registry::add`] without the flush (the caller flushes once for many).
+    fn add_unflushed(
+        &self,
+        code: AgencyCode,
+        name: &str,
+        public_key_pem: Option<String>,
+    ) -> Result<Issued, RegistryError> {
         let name = check_name(name)?;
         if let Some(pem) = &public_key_pem {
             parse_public_key(pem)?;
@@ -293,7 +305,6 @@ impl Registry {
         self.store
             .keys
             .insert(key.access_key.as_bytes(), code.as_str().as_bytes())?;
-        self.store.flush()?;
         cache.by_key.insert(key.access_key.clone(), code.clone());
         cache.by_code.insert(code.clone(), Arc::new(entry(agency)?));
         Ok(Issued {
@@ -461,8 +472,9 @@ impl Registry {
                 row: i + 1,
                 problem: e.to_string(),
             })?;
-            out.push(self.add(c, name, None)?);
+            out.push(self.add_unflushed(c, name, None)?);
         }
+        self.store.flush()?;
         Ok(out)
     }
 }

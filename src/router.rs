@@ -156,15 +156,16 @@ impl Router {
         topology: Arc<Topology>,
         policies: Policies,
     ) -> Self {
+        let audit = Audit::new(store.clone());
         Self {
             locks: KeyLocks::new(),
             tracking: Tracking::new(store.clone()),
             nonces: Nonces::new(store.clone()),
             registry,
+            store,
             topology,
             policies: RwLock::new(Arc::new(policies)),
-            audit: Audit::new(store.clone()),
-            store,
+            audit,
         }
     }
 

@@ -36,7 +36,7 @@ fn prometheus() -> &'static PrometheusHandle {
 
 /// An API error: status and message, as `{"error": …}`.
 #[derive(Debug)]
-pub struct ApiError(StatusCode, String);
+pub struct ApiError(pub StatusCode, pub String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -50,17 +50,20 @@ impl From<RegistryError> for ApiError {
             RegistryError::Exists(_) => StatusCode::CONFLICT,
             RegistryError::NotFound(_) => StatusCode::NOT_FOUND,
             RegistryError::BadName | RegistryError::BadKey(_) => StatusCode::BAD_REQUEST,
-            RegistryError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            RegistryError::BadRow { .. } => StatusCode::BAD_REQUEST,
+            RegistryError::Store(_) | RegistryError::Sealed { .. } => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         };
         Self(status, e.to_string())
     }
 }
 
-fn bad_request(msg: impl Into<String>) -> ApiError {
+pub(crate) fn bad_request(msg: impl Into<String>) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, msg.into())
 }
 
-fn check_token(hub: &Hub, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn check_token(hub: &Hub, headers: &HeaderMap) -> Result<(), ApiError> {
     let given = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -114,7 +117,7 @@ pub struct AgencyView {
     pub inbox_consumers: Option<u32>,
 }
 
-fn view(hub: &Hub, a: &Agency) -> AgencyView {
+pub(crate) fn view(hub: &Hub, a: &Agency) -> AgencyView {
     AgencyView {
         code: a.code.to_string(),
         name: a.name.clone(),
@@ -172,6 +175,11 @@ async fn add_agency(
         None => false,
     };
     tracing::info!(agency = %code, access_key = %issued.access_key, "agency registered");
+    hub.router.audit().record(crate::audit::AuditEvent::admin(
+        "agency-add",
+        code.to_string(),
+        format!("access key {}", issued.access_key),
+    ));
     let mut out = serde_json::to_value(&issued).unwrap_or_default();
     out["queues_declared"] = json!(queues_declared);
     out["inbox"] = json!(hub.topology.inbox(&code));
@@ -403,11 +411,15 @@ pub fn routes(hub: Arc<Hub>) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
         .route("/v1/agencies", get(list_agencies).post(add_agency))
-        .route("/v1/agencies/{code}", get(show_agency))
+        .route(
+            "/v1/agencies/{code}",
+            get(show_agency).delete(crate::admin_ops::remove_agency),
+        )
         .route("/v1/envelopes", get(show_envelope))
         .route("/v1/envelopes/list", get(list_envelopes))
         .route("/v1/presence", get(list_presence))
         .route("/v1/presence/{code}/history", get(presence_history))
+        .merge(crate::admin_ops::routes())
         .with_state(hub)
 }
 

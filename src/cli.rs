@@ -26,7 +26,8 @@ pub struct CliError {
 }
 
 impl CliError {
-    fn new(code: i32, message: impl Into<String>) -> Self {
+    /// A failure with exit `code`.
+    pub fn new(code: i32, message: impl Into<String>) -> Self {
         Self {
             code,
             message: message.into(),
@@ -61,6 +62,20 @@ pub enum Command {
     Send(SendArgs),
     /// Receive deliveries as an agency (reference adapter).
     Recv(RecvArgs),
+    /// Agency queues: depth, age, peek, purge, shape.
+    #[command(subcommand)]
+    Queue(crate::cli_ops::QueueCmd),
+    /// Dead letters: the dead and rejected queues.
+    #[command(subcommand)]
+    Dead(crate::cli_ops::DeadCmd),
+    /// The hash-chained audit log.
+    #[command(subcommand)]
+    Audit(crate::cli_ops::AuditCmd),
+    /// Statistics per agency and period.
+    Report(crate::cli_ops::ReportArgs),
+    /// The embedded store.
+    #[command(subcommand)]
+    Store(crate::cli_ops::StoreCmd),
     /// Read an agency's notices (reference adapter).
     Notices(NoticesArgs),
     /// Show which agencies are online, or one agency's connection history.
@@ -144,6 +159,9 @@ pub enum AgencyCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Lifecycle: disable, enable, rotate-key, remove, import, rabbitmq-definitions.
+    #[command(flatten)]
+    Ops(crate::cli_ops::AgencyOpsCmd),
 }
 
 /// `truc envelope …`
@@ -273,11 +291,11 @@ pub struct NoticesArgs {
     pub creds: CredArgs,
 }
 
-fn config(path: &Option<PathBuf>) -> Result<Config, CliError> {
+pub(crate) fn config(path: &Option<PathBuf>) -> Result<Config, CliError> {
     Config::load(path.as_deref()).map_err(|e| CliError::new(2, e.to_string()))
 }
 
-async fn api(
+pub(crate) async fn api(
     cfg: &Config,
     method: &str,
     path: &str,
@@ -300,6 +318,13 @@ async fn api(
     match resp.status {
         200..=299 => Ok(value),
         401 => Err(CliError::new(5, "the hub refused the admin token")),
+        502 | 503 => Err(CliError::new(
+            4,
+            value["error"]
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| format!("HTTP {}", resp.status)),
+        )),
         _ => Err(CliError::new(
             3,
             value["error"]
@@ -310,11 +335,11 @@ async fn api(
     }
 }
 
-fn print_json(v: &Value) {
+pub(crate) fn print_json(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
-fn table(headers: &[&str], rows: &[Vec<String>]) {
+pub(crate) fn table(headers: &[&str], rows: &[Vec<String>]) {
     let mut w: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for r in rows {
         for (i, c) in r.iter().enumerate() {
@@ -335,7 +360,7 @@ fn table(headers: &[&str], rows: &[Vec<String>]) {
     }
 }
 
-fn s(v: &Value) -> String {
+pub(crate) fn s(v: &Value) -> String {
     match v {
         Value::String(t) => t.clone(),
         Value::Null => "-".into(),
@@ -455,6 +480,11 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Send(a) => crate::adapter::send(&cfg, a).await,
         Command::Recv(a) => crate::adapter::recv(&cfg, a).await,
         Command::Notices(a) => crate::adapter::notices(&cfg, a).await,
+        Command::Queue(c) => crate::cli_ops::queue(&cfg, c).await,
+        Command::Dead(c) => crate::cli_ops::dead(&cfg, c).await,
+        Command::Audit(c) => crate::cli_ops::audit(&cfg, c).await,
+        Command::Report(a) => crate::cli_ops::report(&cfg, a).await,
+        Command::Store(c) => crate::cli_ops::store(&cfg, c).await,
         Command::Presence(a) => presence(&cfg, a).await,
         Command::Heartbeat(a) => crate::adapter::heartbeat(&cfg, a).await,
     }
@@ -532,6 +562,7 @@ async fn presence(cfg: &Config, a: PresenceArgs) -> Result<(), CliError> {
 
 async fn agency(cfg: &Config, cmd: AgencyCmd) -> Result<(), CliError> {
     match cmd {
+        AgencyCmd::Ops(c) => crate::cli_ops::agency(cfg, c).await,
         AgencyCmd::Add {
             code,
             name,

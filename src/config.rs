@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+const DAY: std::time::Duration = std::time::Duration::from_secs(86_400);
+
 /// Configuration errors.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -66,6 +68,18 @@ pub fn default_policies_dir() -> PathBuf {
 pub fn default_prefetch() -> u16 {
     512
 }
+/// Default retention of audit entries (the regulations ask for two months).
+pub fn default_audit_retention() -> String {
+    "60d".into()
+}
+/// Default retention of envelope metadata (timelines).
+pub fn default_envelope_retention() -> String {
+    "180d".into()
+}
+/// Default interval between samples of inbox depths for `/metrics`.
+pub fn default_depth_sample_interval() -> String {
+    "15s".into()
+}
 
 /// `truc serve` configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -96,6 +110,20 @@ pub struct Config {
     /// Ingress messages the router works on at once (AMQP prefetch).
     #[serde(default = "default_prefetch")]
     pub prefetch: u16,
+    /// Master key sealing the agencies' secrets at rest, 32 bytes as base64
+    /// or hex (`TRUC_MASTER_KEY`); when unset one is generated into
+    /// `<data_dir>/master.key` (mode 0600) at first start.
+    #[serde(default)]
+    pub master_key: Option<String>,
+    /// How long audit entries are kept (at least `1d`), e.g. `60d`.
+    #[serde(default = "default_audit_retention")]
+    pub audit_retention: String,
+    /// How long envelope metadata is kept (at least `1d`), e.g. `180d`.
+    #[serde(default = "default_envelope_retention")]
+    pub envelope_retention: String,
+    /// How often inbox depths are sampled for `/metrics` (`1s`–`1h`).
+    #[serde(default = "default_depth_sample_interval")]
+    pub depth_sample_interval: String,
 }
 
 impl Default for Config {
@@ -142,6 +170,51 @@ impl Config {
         if let Some(v) = get("TRUC_PREFIX") {
             self.prefix = v;
         }
+        if let Some(v) = get("TRUC_MASTER_KEY").filter(|v| !v.is_empty()) {
+            self.master_key = Some(v);
+        }
+    }
+
+    /// `audit_retention` as a duration (validated).
+    pub fn audit_retention(&self) -> std::time::Duration {
+        crate::time::parse_duration(&self.audit_retention).unwrap_or(DAY * 60)
+    }
+
+    /// `envelope_retention` as a duration (validated).
+    pub fn envelope_retention(&self) -> std::time::Duration {
+        crate::time::parse_duration(&self.envelope_retention).unwrap_or(DAY * 180)
+    }
+
+    /// `depth_sample_interval` as a duration (validated).
+    pub fn depth_sample_interval(&self) -> std::time::Duration {
+        crate::time::parse_duration(&self.depth_sample_interval)
+            .unwrap_or(std::time::Duration::from_secs(15))
+    }
+
+    /// Path of the generated master key.
+    pub fn master_key_path(&self) -> PathBuf {
+        self.data_dir.join("master.key")
+    }
+
+    /// The master key text: configured, else the one in the data dir
+    /// (generated, 32 random bytes as hex, when absent).
+    pub fn resolve_master_key(&self) -> std::io::Result<String> {
+        if let Some(k) = &self.master_key {
+            return Ok(k.clone());
+        }
+        let path = self.master_key_path();
+        match std::fs::read_to_string(&path) {
+            Ok(t) => Ok(t.trim().to_owned()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                use rand::Rng;
+                std::fs::create_dir_all(&self.data_dir)?;
+                let bytes: [u8; 32] = rand::thread_rng().gen();
+                let key = hex::encode(bytes);
+                write_private(&path, &key)?;
+                Ok(key)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Checks every field.
@@ -169,6 +242,43 @@ impl Config {
                 key: "prefetch",
                 problem: "must be at least 1".into(),
             });
+        }
+        for (key, text) in [
+            ("audit_retention", &self.audit_retention),
+            ("envelope_retention", &self.envelope_retention),
+        ] {
+            match crate::time::parse_duration(text) {
+                Ok(d) if d >= DAY => {}
+                Ok(_) => {
+                    return Err(ConfigError::Invalid {
+                        key,
+                        problem: "must be at least 1d".into(),
+                    })
+                }
+                Err(e) => {
+                    return Err(ConfigError::Invalid {
+                        key,
+                        problem: e.to_string(),
+                    })
+                }
+            }
+        }
+        match crate::time::parse_duration(&self.depth_sample_interval) {
+            Ok(d) if d >= std::time::Duration::from_secs(1) && d <= DAY / 24 => {}
+            _ => {
+                return Err(ConfigError::Invalid {
+                    key: "depth_sample_interval",
+                    problem: "must be a duration from 1s to 1h".into(),
+                })
+            }
+        }
+        if let Some(k) = &self.master_key {
+            if let Err(e) = crate::secrets::MasterKey::parse(k) {
+                return Err(ConfigError::Invalid {
+                    key: "master_key",
+                    problem: e.to_string(),
+                });
+            }
         }
         if let Some(t) = &self.admin_token {
             if t.len() < 16 {
@@ -250,6 +360,63 @@ mod tests {
         assert!(c.validate().is_err());
         let c2: Result<Config, _> = toml::from_str("amqp_urll = 'x'");
         assert!(c2.is_err());
+    }
+
+    #[test]
+    fn operator_keys_are_validated() {
+        let mut c = Config::default();
+        assert_eq!(
+            c.audit_retention(),
+            std::time::Duration::from_secs(60 * 86_400)
+        );
+        assert_eq!(
+            c.envelope_retention(),
+            std::time::Duration::from_secs(180 * 86_400)
+        );
+        c.audit_retention = "12h".into();
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("audit_retention"));
+        c.audit_retention = "90d".into();
+        c.envelope_retention = "forever".into();
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("envelope_retention"));
+        c.envelope_retention = "1d".into();
+        c.depth_sample_interval = "2h".into();
+        assert!(c.validate().is_err());
+        c.depth_sample_interval = "5s".into();
+        c.validate().unwrap();
+        c.apply_env(|k| (k == "TRUC_MASTER_KEY").then(|| "short".to_owned()));
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("master_key") && !e.contains("short"), "{e}");
+        c.master_key = Some("ab".repeat(32));
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn master_key_is_generated_once_and_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Config {
+            data_dir: dir.path().to_owned(),
+            ..Config::default()
+        };
+        let k1 = c.resolve_master_key().unwrap();
+        assert_eq!(k1, c.resolve_master_key().unwrap());
+        crate::secrets::MasterKey::parse(&k1).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(c.master_key_path())
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
     }
 
     #[test]

@@ -102,14 +102,17 @@ impl Router {
         }
     }
 
-    /// Bounces `dest` as expired, durably, and drops the copy.
+    /// Bounces `dest` as expired, parks the copy for operators, durably.
     async fn expire<O: Outbox>(
         &self,
         rec: &EnvelopeRecord,
         dest: &AgencyCode,
+        copy: &Message,
         outbox: &O,
         now: i64,
     ) -> Result<Outcome, RouterError> {
+        self.park(copy, Reason::Expired, EXPIRED_DETAIL, outbox, now)
+            .await?;
         self.bounce(
             rec,
             dest,
@@ -120,6 +123,29 @@ impl Router {
         .await?;
         self.store.durable().await?;
         Ok(Outcome::Dropped("expired"))
+    }
+
+    /// Keeps a delivery the hub gave up on in the bounded `undelivered`
+    /// queue, where operators list, retry or drop it (`truc dead`).
+    async fn park<O: Outbox>(
+        &self,
+        copy: &Message,
+        reason: Reason,
+        detail: &str,
+        outbox: &O,
+        now: i64,
+    ) -> Result<(), RouterError> {
+        let deaths = copy.header("lgsp-attempt").unwrap_or("1").to_owned();
+        let mut p = clean(copy.clone());
+        p.exchange = String::new();
+        p.routing_key = self.topology.name("undelivered");
+        p.expiration = None;
+        p.set_header("x-truc-reason", reason.as_str());
+        p.set_header("x-truc-detail", detail);
+        p.set_header("x-truc-died-at", format_rfc3339(now));
+        p.set_header("x-truc-deaths", deaths);
+        outbox.publish(&p).await?;
+        Ok(())
     }
 
     /// A held delivery came back from a delay bucket.
@@ -144,7 +170,7 @@ impl Router {
             Err(why) => return Ok(Outcome::Dropped(why)),
         };
         if expired(rec.deliver_by_ms, now) {
-            return self.expire(&rec, &dest, outbox, now).await;
+            return self.expire(&rec, &dest, m, outbox, now).await;
         }
         let mut out = clean(m.clone());
         if bucket_for(Duration::from_millis((due - now).max(0) as u64)).is_some() {
@@ -230,7 +256,7 @@ impl Router {
             Err(why) => return Ok(Outcome::Dropped(why)),
         };
         if death == "expired" || expired(rec.deliver_by_ms, now) {
-            return self.expire(&rec, &dest, outbox, now).await;
+            return self.expire(&rec, &dest, m, outbox, now).await;
         }
         let track = rec
             .dests
@@ -253,6 +279,8 @@ impl Router {
         })?;
         if rejections >= rec.max_attempts {
             let detail = format!("{dest} rejected the delivery {rejections} times");
+            self.park(m, Reason::MaxAttempts, &detail, outbox, now)
+                .await?;
             self.bounce(
                 &rec,
                 &dest,

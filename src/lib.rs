@@ -29,20 +29,31 @@
 //! - [`metrics`] — every metric, emitted from one place each.
 //! - [`client`] — a Rust adapter library.
 //! - [`http`], [`cli`], [`adapter`] — the command line.
+//! - [`secrets`] — sealing agency secrets at rest with the master key.
+//! - [`audit`] — the hash-chained audit log.
+//! - [`queues`] — operator views and actions over agency queues.
+//! - [`dead`] — dead letters: list, retry, drop.
+//! - [`report`] — statistics per agency and period.
+//! - [`retention`] — retention sweeps and store statistics.
+//! - [`admin_ops`], [`cli_ops`] — the operator API and commands over them.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod adapter;
 pub mod admin;
+pub mod admin_ops;
 pub mod amqp;
+pub mod audit;
 pub mod auth;
 pub mod canonical;
 pub mod cli;
+pub mod cli_ops;
 pub mod client;
 pub mod code;
 pub mod codec;
 pub mod config;
+pub mod dead;
 pub mod envelope;
 pub mod holding;
 pub mod http;
@@ -52,13 +63,17 @@ pub mod notice;
 pub mod policy;
 pub mod presence;
 pub mod presence_task;
+pub mod queues;
 pub mod reason;
 pub mod registry;
 pub mod replay;
+pub mod report;
+pub mod retention;
 pub mod router;
 #[cfg(test)]
 mod router_tests;
 pub mod scheduler;
+pub mod secrets;
 pub mod service;
 pub mod store;
 pub mod time;

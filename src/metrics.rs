@@ -98,3 +98,76 @@ pub fn presence_poll(d: Duration, queues: usize) {
     metrics::histogram!("truc_presence_poll_seconds").record(d.as_secs_f64());
     metrics::gauge!("truc_presence_polled_queues").set(queues as f64);
 }
+
+/// A destination confirmed receipt (status `01`); `latency` is accepted → delivered.
+pub fn delivered(priority: u8, latency: Duration) {
+    metrics::counter!("truc_envelopes_delivered_total", "priority" => priority.to_string())
+        .increment(1);
+    metrics::histogram!("truc_delivery_latency_seconds", "priority" => priority.to_string())
+        .record(latency.as_secs_f64());
+}
+
+/// Depth of one agency's inbox (sampled).
+pub fn inbox_depth(code: &str, messages: u32) {
+    metrics::gauge!("truc_inbox_messages", "agency" => code.to_owned()).set(f64::from(messages));
+}
+
+/// Consumers on one agency's inbox (sampled).
+pub fn inbox_consumers(code: &str, consumers: u32) {
+    metrics::gauge!("truc_inbox_consumers", "agency" => code.to_owned()).set(f64::from(consumers));
+}
+
+/// Depth of the dead-letter and rejected queues (sampled).
+pub fn dead_depth(queue: &'static str, messages: u32) {
+    metrics::gauge!("truc_dead_messages", "queue" => queue).set(f64::from(messages));
+}
+
+/// An audit entry could not be written.
+pub fn audit_failure() {
+    metrics::counter!("truc_audit_failures_total").increment(1);
+}
+
+/// Audit entries appended since start.
+pub fn audit_entries(n: usize) {
+    metrics::gauge!("truc_audit_entries").set(n as f64);
+}
+
+/// Records removed by a retention sweep.
+pub fn swept(what: &'static str, n: usize) {
+    metrics::counter!("truc_retention_swept_total", "what" => what).increment(n as u64);
+}
+
+/// An operator action on queues (purge, retry, drop).
+pub fn operator_action(action: &'static str, n: usize) {
+    metrics::counter!("truc_operator_messages_total", "action" => action).increment(n as u64);
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every metric the Grafana dashboard queries is emitted here.
+    #[test]
+    fn dashboard_uses_only_emitted_metrics() {
+        let dash = include_str!("../ops/grafana-truc.json");
+        let src = include_str!("metrics.rs");
+        let mut seen = 0;
+        for (i, _) in dash.match_indices("truc_") {
+            let name: String = dash[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect();
+            let base = name
+                .trim_end_matches("_sum")
+                .trim_end_matches("_count")
+                .trim_end_matches("_bucket");
+            if base == "truc_" || base.starts_with("truc_lgsp") || base == "truc_overview" {
+                continue;
+            }
+            assert!(
+                src.contains(&format!("\"{base}\"")),
+                "{base} is not emitted"
+            );
+            seen += 1;
+        }
+        assert!(seen > 15, "{seen}");
+    }
+}

@@ -18,6 +18,7 @@ use std::future::Future;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use crate::audit::{Audit, AuditEvent};
 use crate::auth::{body_digest, verify};
 use crate::canonical::canonical_form;
 use crate::code::AgencyCode;
@@ -154,6 +155,7 @@ pub struct Router {
     pub(crate) store: Store,
     pub(crate) topology: Arc<Topology>,
     policies: RwLock<Arc<Policies>>,
+    audit: Audit,
 }
 
 /// Striped async locks by `(from, message_id)`.
@@ -199,6 +201,7 @@ impl Router {
         topology: Arc<Topology>,
         policies: Policies,
     ) -> Self {
+        let audit = Audit::new(store.clone());
         Self {
             heartbeats: std::sync::OnceLock::new(),
             locks: KeyLocks::new(),
@@ -209,6 +212,7 @@ impl Router {
             store,
             topology,
             policies: RwLock::new(Arc::new(policies)),
+            audit,
         }
     }
 
@@ -228,6 +232,11 @@ impl Router {
     /// The tracking store.
     pub fn tracking(&self) -> &Tracking {
         &self.tracking
+    }
+
+    /// The audit log.
+    pub fn audit(&self) -> &Audit {
+        &self.audit
     }
 
     /// The nonce table.
@@ -435,6 +444,11 @@ impl Router {
         q.set_header("x-truc-routing-key", msg.routing_key.clone());
         q.set_header("x-truc-rejected-at", format_rfc3339(now_ms()));
         outbox.publish(&q).await?;
+        self.audit.record(AuditEvent::Quarantined {
+            routing_key: msg.routing_key.clone(),
+            message_id: msg.message_id.clone().unwrap_or_default(),
+            reason: refusal.reason.to_string(),
+        });
         Ok(Outcome::Quarantined(refusal.reason))
     }
 
@@ -464,6 +478,12 @@ impl Router {
         n.reason = Some(refusal.reason);
         n.detail = refusal.detail;
         self.notify(&auth.sender, &n, outbox).await?;
+        self.audit.record(AuditEvent::Rejected {
+            from: auth.signed.from.to_string(),
+            message_id: auth.signed.message_id.clone(),
+            reason: refusal.reason.to_string(),
+            detail: n.detail.clone(),
+        });
         Ok(Outcome::Rejected(refusal.reason))
     }
 
@@ -685,6 +705,12 @@ impl Router {
                 },
             )?;
         }
+        self.audit.record(AuditEvent::Accepted {
+            from: from.to_string(),
+            message_id: mid.clone(),
+            delivered: codes.iter().map(|c| c.to_string()).collect(),
+            bounced: bounced.iter().map(|(c, r, _)| format!("{c}:{r}")).collect(),
+        });
         self.store.durable().await?;
         metrics::envelope_accepted(fields.priority.code());
         tracing::info!(
@@ -804,6 +830,21 @@ impl Router {
             self.tracking.unpend(sender, &source, &st.reference)?;
         }
         drop(guard);
+        if found {
+            crate::report::observe_status(
+                &self.tracking,
+                &source,
+                &st.reference,
+                sender,
+                &st.status,
+            );
+            self.audit.record(AuditEvent::Status {
+                from: sender.to_string(),
+                source: source.to_string(),
+                reference: st.reference.clone(),
+                status: st.status.clone(),
+            });
+        }
         if !found {
             return Err(RouterError::Pending(format!(
                 "status {} from {sender} about {} {}: envelope not recorded yet",

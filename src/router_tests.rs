@@ -69,7 +69,8 @@ fn fixture(policies: Policies) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     store.start_flusher();
-    let reg = Registry::open(store.clone()).unwrap();
+    let master = crate::secrets::MasterKey::parse(&"11".repeat(32)).unwrap();
+    let reg = Registry::open(store.clone(), master).unwrap();
     let src = creds(&reg, "000.00.31.H41");
     let dst = creds(&reg, "000.00.32.H41");
     let router = Router::new(store, reg, Arc::new(Topology::builtin("u.")), policies);

@@ -45,6 +45,21 @@ pub enum ServiceError {
     /// Admin API.
     #[error("admin API: {0}")]
     Admin(std::io::Error),
+    /// The master key cannot be read or generated, or is invalid.
+    #[error("master key: {0}")]
+    MasterKey(String),
+}
+
+impl ServiceError {
+    /// Whether starting again may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Config(_) | Self::Policy(_) | Self::Topology(_) | Self::MasterKey(_) => false,
+            Self::Store(e) => e.is_retryable(),
+            Self::Registry(e) => e.is_retryable(),
+            Self::Admin(_) => true,
+        }
+    }
 }
 
 /// The broker link currently in use, shared with the admin API.
@@ -121,7 +136,13 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
     let topology = Arc::new(Topology::load(&config.queues_dir, &config.prefix)?);
     let store = Store::open(&config.data_dir)?;
     let flusher = store.start_flusher();
-    let registry = Registry::open(store.clone())?;
+    let master = config
+        .resolve_master_key()
+        .map_err(|e| ServiceError::MasterKey(e.to_string()))
+        .and_then(|k| {
+            crate::secrets::MasterKey::parse(&k).map_err(|e| ServiceError::MasterKey(e.to_string()))
+        })?;
+    let registry = Registry::open(store.clone(), master)?;
     let admin_token = config
         .resolve_admin_token(true)
         .map_err(ServiceError::Admin)?;
@@ -185,9 +206,28 @@ async fn reload_on_sighup(hub: Arc<Hub>, shutdown: CancellationToken) {
 
 async fn housekeeping(hub: Arc<Hub>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(30));
+    let mut sample = tokio::time::interval(hub.config.depth_sample_interval());
+    let mut retention = tokio::time::interval(Duration::from_secs(600));
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
+            _ = sample.tick() => crate::queues::sample(&hub).await,
+            _ = retention.tick() => {
+                match crate::retention::sweep(
+                    &hub.store,
+                    hub.router.audit(),
+                    crate::time::now_ms(),
+                    hub.config.envelope_retention(),
+                    hub.config.audit_retention(),
+                )
+                .await
+                {
+                    Ok((e, a)) if e + a > 0 => tracing::info!(envelopes = e, audit_entries = a, "retention sweep"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "retention sweep failed"),
+                }
+                metrics::audit_entries(hub.router.audit().len());
+            }
             _ = tick.tick() => {
                 match hub.router.nonces().sweep(crate::time::now_ms()) {
                     Ok(n) if n > 0 => tracing::debug!(swept = n, "expired nonces removed"),

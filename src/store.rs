@@ -73,6 +73,8 @@ pub struct Store {
     pub presence: sled::Tree,
     /// Presence transitions: `code \0 at_ms (8 bytes BE) seq (4 bytes BE)` → transition.
     pub presence_log: sled::Tree,
+    /// Audit entries by big-endian sequence number ([`crate::audit`]).
+    pub audit: sled::Tree,
     path: PathBuf,
 }
 
@@ -98,6 +100,7 @@ impl Store {
             pending: db.open_tree("pending")?,
             presence: db.open_tree("presence")?,
             presence_log: db.open_tree("presence_log")?,
+            audit: db.open_tree("audit")?,
             inner: Arc::new(Inner {
                 db,
                 requested: AtomicU64::new(0),
@@ -164,6 +167,19 @@ impl Store {
             .await
             .map(|_| ())
             .map_err(|_| StoreError::Closed)
+    }
+
+    /// Every tree with its name (for `truc store stats`).
+    pub fn trees(&self) -> Vec<(&'static str, &sled::Tree)> {
+        vec![
+            ("agencies", &self.agencies),
+            ("keys", &self.keys),
+            ("envelopes", &self.envelopes),
+            ("by_dest", &self.by_dest),
+            ("nonces", &self.nonces),
+            ("meta", &self.meta),
+            ("audit", &self.audit),
+        ]
     }
 
     /// Flushes synchronously (shutdown, CLI tools).

@@ -184,7 +184,7 @@ impl Topology {
                 return Err(invalid(format!("exchange {needed:?} is missing")));
             }
         }
-        for needed in ["ingress", "dead", "release", "rejected"] {
+        for needed in ["ingress", "dead", "release", "rejected", "undelivered"] {
             if !topo
                 .queues
                 .iter()

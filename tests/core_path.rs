@@ -413,3 +413,35 @@ async fn a_conflicting_queue_does_not_keep_the_hub_off_the_broker() {
     assert!(next_within(&mut inbox, WAIT).await.is_some());
     assert!(hub.log().contains("agency queues not declared"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asking_about_a_missing_queue_leaves_the_link_usable() {
+    let hub = TestHub::start().await;
+    let link = hub.link().await;
+    for i in 0..3 {
+        let missing = format!("{}missing.{i}", hub.prefix);
+        assert!(matches!(
+            link.queue_info(&missing).await,
+            Err(truc::amqp::AmqpError::NoSuchQueue(_))
+        ));
+    }
+    let q = truc::topology::QueueSpec {
+        name: format!("{}probe", hub.prefix),
+        bind: Vec::new(),
+        arguments: Default::default(),
+    };
+    link.declare_queue(&q).await.unwrap();
+    let mut sub = link.subscribe(&q.name, 1, "").await.unwrap();
+    let m = truc::message::Message {
+        routing_key: q.name.clone(),
+        body: b"ping".to_vec().into(),
+        ..Default::default()
+    };
+    link.publish(&m).await.unwrap();
+    let got = next_within(&mut sub, WAIT)
+        .await
+        .expect("published after the 404s");
+    assert_eq!(&*got.message.body, b"ping");
+    sub.ack(got.delivery_tag).await.unwrap();
+    link.delete_queue(&q.name).await.unwrap();
+}

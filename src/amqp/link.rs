@@ -3,11 +3,11 @@
 
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
-    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
-    QueueDeleteOptions, QueuePurgeOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions,
+    BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions,
 };
-use lapin::types::{FieldTable, LongString, ShortString};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
 
 use super::convert;
@@ -22,6 +22,89 @@ pub struct QueueInfo {
     pub messages: u32,
     /// Consumers attached.
     pub consumers: u32,
+}
+
+/// The first `x-death` record of a dead-lettered message.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Death {
+    /// Why: `rejected`, `expired`, `maxlen`, `delivery_limit`.
+    pub reason: String,
+    /// The queue it died in.
+    pub queue: String,
+    /// How many times it died there.
+    pub count: i64,
+    /// When it died (ms since the epoch), when the broker said.
+    pub time_ms: Option<i64>,
+}
+
+/// A message taken with `basic.get` and not yet settled.
+#[derive(Debug, Clone)]
+pub struct Got {
+    /// The message and its delivery tag on the browser's channel.
+    pub inbound: Inbound,
+    /// The most recent `x-death` record, if it was dead-lettered.
+    pub death: Option<Death>,
+    /// Messages left in the queue after this one.
+    pub remaining: u32,
+}
+
+/// A channel for pulling messages from one queue one at a time
+/// (`basic.get`); whatever is not acked is requeued when it closes.
+pub struct Browser {
+    channel: Channel,
+    queue: String,
+}
+
+fn death_of(props: &lapin::BasicProperties) -> Option<Death> {
+    let headers = props.headers().as_ref()?;
+    let deaths = headers
+        .inner()
+        .iter()
+        .find(|(k, _)| k.as_str() == "x-death")?
+        .1;
+    let AMQPValue::FieldArray(arr) = deaths else {
+        return None;
+    };
+    let AMQPValue::FieldTable(first) = arr.as_slice().first()? else {
+        return None;
+    };
+    let text = |name: &str| {
+        first
+            .inner()
+            .iter()
+            .find(|(k, _)| k.as_str() == name)
+            .and_then(|(_, v)| match v {
+                AMQPValue::LongString(s) => {
+                    Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
+                }
+                AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+                _ => None,
+            })
+            .unwrap_or_default()
+    };
+    let field = |name: &str| {
+        first
+            .inner()
+            .iter()
+            .find(|(k, _)| k.as_str() == name)
+            .map(|(_, v)| v.clone())
+    };
+    let count = match field("count") {
+        Some(AMQPValue::LongLongInt(n)) => n,
+        Some(AMQPValue::LongInt(n)) => i64::from(n),
+        Some(AMQPValue::LongUInt(n)) => i64::from(n),
+        _ => 0,
+    };
+    let time_ms = match field("time") {
+        Some(AMQPValue::Timestamp(t)) => i64::try_from(t).ok().map(|s| s * 1000),
+        _ => None,
+    };
+    Some(Death {
+        reason: text("reason"),
+        queue: text("queue"),
+        count,
+        time_ms,
+    })
 }
 
 /// A connection to the broker.
@@ -310,6 +393,19 @@ impl Link {
             .collect()
     }
 
+    /// Opens a [`Browser`] on `queue` (its own channel).
+    pub async fn browse(&self, queue: &str) -> Result<Browser, AmqpError> {
+        let channel = self
+            .conn
+            .create_channel()
+            .await
+            .map_err(|e| AmqpError::broker("channel.open", e))?;
+        Ok(Browser {
+            channel,
+            queue: queue.to_owned(),
+        })
+    }
+
     /// Removes every ready message of `queue`; returns how many.
     pub async fn purge(&self, queue: &str) -> Result<u32, AmqpError> {
         self.publisher
@@ -367,6 +463,54 @@ impl Subscription {
     pub fn settler(&self) -> Settler {
         Settler {
             channel: self.channel.clone(),
+        }
+    }
+}
+
+impl Browser {
+    /// Takes the next message (unacked), or `None` when the queue is empty.
+    /// A message taken and then rejected with `requeue=true` comes back
+    /// with the `redelivered` flag set.
+    pub async fn get(&self) -> Result<Option<Got>, AmqpError> {
+        let got = self
+            .channel
+            .basic_get(
+                ShortString::from(self.queue.as_str()),
+                BasicGetOptions { no_ack: false },
+            )
+            .await
+            .map_err(|e| classify("basic.get", &self.queue, e))?;
+        Ok(got.map(|g| {
+            let death = death_of(&g.delivery.properties);
+            Got {
+                remaining: g.message_count,
+                death,
+                inbound: convert::inbound(g.delivery),
+            }
+        }))
+    }
+
+    /// Acknowledges (removes) one message taken by [`Browser::get`].
+    pub async fn ack(&self, delivery_tag: u64) -> Result<(), AmqpError> {
+        self.channel
+            .basic_ack(delivery_tag, BasicAckOptions::default())
+            .await
+            .map_err(|e| AmqpError::broker("basic.ack", e))
+    }
+
+    /// Returns one message to the queue (`requeue=true`) or drops it to the
+    /// queue's dead-letter exchange (`requeue=false`).
+    pub async fn reject(&self, delivery_tag: u64, requeue: bool) -> Result<(), AmqpError> {
+        self.channel
+            .basic_reject(delivery_tag, BasicRejectOptions { requeue })
+            .await
+            .map_err(|e| AmqpError::broker("basic.reject", e))
+    }
+
+    /// Closes the channel; the broker requeues every message still unacked.
+    pub async fn close(self) {
+        if self.channel.status().connected() {
+            let _ = self.channel.close(200, ShortString::from("done")).await;
         }
     }
 }

@@ -12,7 +12,7 @@
 mod convert;
 mod link;
 
-pub use link::{Link, QueueInfo, Settler, Subscription};
+pub use link::{Browser, Death, Got, Link, QueueInfo, Settler, Subscription};
 
 /// AMQP errors.
 #[derive(Debug, thiserror::Error)]

@@ -282,7 +282,7 @@ impl Drop for TestHub {
                 let buckets = truc::scheduler::BUCKETS
                     .iter()
                     .map(|(n, _)| format!("delay.{n}"));
-                for q in ["ingress", "dead", "release", "rejected"]
+                for q in ["ingress", "dead", "release", "rejected", "undelivered"]
                     .into_iter()
                     .map(String::from)
                     .chain(buckets)

@@ -608,6 +608,13 @@ impl Router {
         let defer_until = fields.not_before_ms.filter(|nb| {
             crate::scheduler::bucket_for(Duration::from_millis((nb - now).max(0) as u64)).is_some()
         });
+        // Due within the bucket slack: wait it out here rather than deliver early.
+        if let Some(nb) = fields
+            .not_before_ms
+            .filter(|nb| *nb > now && defer_until.is_none())
+        {
+            tokio::time::sleep(Duration::from_millis((nb - now) as u64)).await;
+        }
         let deliveries: Vec<Message> = deliver
             .iter()
             .map(|dest| {

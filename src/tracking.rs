@@ -54,9 +54,26 @@ impl DestTrack {
         t
     }
 
-    /// True once nothing more will be delivered: bounced, expired or recalled.
+    /// True once nothing more will be delivered: expired, recalled, or
+    /// bounced for good. A bounce while the destination is offline (or was
+    /// disabled while the envelope waited) leaves the delivery in its inbox,
+    /// so it is not final. Decided from every event, not only the last one,
+    /// so a late status does not reopen it.
     pub fn is_final(&self) -> bool {
-        matches!(self.state.as_str(), "bounced" | "expired" | "recalled")
+        let mut queued = false;
+        for e in &self.events {
+            match e.state.as_str() {
+                "queued" => queued = true,
+                "expired" | "recalled" => return true,
+                "bounced" => match e.reason {
+                    Some(Reason::DestinationOffline) => {}
+                    Some(Reason::DestinationDisabled) if queued => {}
+                    _ => return true,
+                },
+                _ => {}
+            }
+        }
+        false
     }
 
     /// True once the destination confirmed receipt (status `01` or later).
@@ -417,5 +434,25 @@ impl Tracking {
             Some(e) => Err(e.into()),
             None => Ok(found),
         }
+    }
+}
+
+#[cfg(test)]
+mod final_tests {
+    use super::*;
+
+    #[test]
+    fn offline_bounces_are_not_final_and_late_statuses_do_not_reopen() {
+        let c = AgencyCode::parse("A").unwrap();
+        let mut t = DestTrack::new(c.clone(), 0, "accepted", None, "");
+        t.push(1, "queued", None, "");
+        t.push(2, "bounced", Some(Reason::DestinationOffline), "");
+        assert!(!t.is_final(), "still in the inbox");
+        t.push(3, "bounced", Some(Reason::MaxAttempts), "");
+        t.push(4, "status-03", None, "");
+        assert!(t.is_final(), "a later status does not reopen it");
+        let mut d = DestTrack::new(c, 0, "accepted", None, "");
+        d.push(0, "bounced", Some(Reason::DestinationDisabled), "");
+        assert!(d.is_final(), "refused at acceptance: never queued");
     }
 }

@@ -86,6 +86,9 @@ struct Args {
     /// RUST_LOG of the started truc (its default is `info`).
     #[arg(long, default_value = "info")]
     truc_log: String,
+    /// Ingress prefetch of the started truc (its `prefetch` setting; default: truc's own, 512).
+    #[arg(long)]
+    truc_prefetch: Option<u16>,
     /// Use a running truc: its admin API address (no child is started).
     #[arg(long, requires = "token")]
     hub_addr: Option<String>,
@@ -119,6 +122,10 @@ struct Args {
     /// Load points as fractions of truc's maximum.
     #[arg(long, value_delimiter = ',', default_value = "0.5,0.9")]
     loads: Vec<f64>,
+    /// Also measure the raw one hop into priority queues (x-max-priority 5,
+    /// like truc's ingress and inboxes); on by default except in quick mode.
+    #[arg(long)]
+    raw_priority: Option<bool>,
     /// Fixed rates (msg/s) to use instead of the load points.
     #[arg(long, value_delimiter = ',')]
     rate: Vec<f64>,
@@ -143,7 +150,7 @@ struct Args {
     /// HMAC sources, RSA sources and destinations (rsa; each).
     #[arg(long, default_value_t = 10)]
     rsa_agencies: usize,
-    /// Pre-signed envelopes per algorithm (rsa; default 40000, quick 6000).
+    /// Pre-signed envelopes per algorithm (rsa; default 20000, quick 1500); RSA-2048 signing costs the benchmark several ms each.
     #[arg(long)]
     rsa_pool: Option<usize>,
     /// Longest wait for a phase to drain, s (default 60; quick 15).
@@ -175,6 +182,7 @@ impl Args {
             measure_s: self.duration.unwrap_or(if q { 2.0 } else { 20.0 }),
             window: self.window.max(1),
             loads: self.loads.clone(),
+            raw_priority: self.raw_priority.unwrap_or(!q),
             rates: self.rate.clone(),
             mix: self.priority_mix.clone(),
             prefetch: self.prefetch.max(1),
@@ -183,7 +191,7 @@ impl Args {
             backlog: self.backlog.unwrap_or(if q { 5_000 } else { 100_000 }),
             flash_rate: self.flash_rate,
             rsa_agencies: self.rsa_agencies.max(1),
-            rsa_pool: self.rsa_pool.unwrap_or(if q { 6_000 } else { 40_000 }),
+            rsa_pool: self.rsa_pool.unwrap_or(if q { 1_500 } else { 20_000 }),
             drain_timeout_s: self.drain_timeout.unwrap_or(if q { 15.0 } else { 60.0 }),
             max_inflight: 8192,
         }
@@ -246,7 +254,7 @@ async fn run_scenarios(ctx: &mut Ctx) {
 
 /// Deletes every queue the run created (agency inboxes and notify queues,
 /// raw queues, and the fixed queues of a truc the run started).
-async fn cleanup_queues(ctl: &Link, ctx: &Ctx) -> (usize, usize) {
+async fn cleanup_queues(ctl: &Link, url: &str, ctx: &Ctx) -> (usize, usize) {
     let mut names: Vec<String> = ctx.queues.clone();
     for a in &ctx.agencies {
         names.push(a.inbox.clone());
@@ -265,12 +273,49 @@ async fn cleanup_queues(ctl: &Link, ctx: &Ctx) -> (usize, usize) {
     }
     names.sort();
     names.dedup();
-    let (mut ok, mut failed) = (0, 0);
+    // A queue deleted is gone; a failure (the control link may have died while
+    // the broker was at a limit) is retried once on a fresh connection.
+    let mut ok = 0;
+    let mut left = Vec::new();
     for q in &names {
         match tokio::time::timeout(Duration::from_secs(10), ctl.delete_queue(q)).await {
             Ok(Ok(_)) => ok += 1,
-            _ => failed += 1,
+            _ => left.push(q.clone()),
         }
+        if !left.is_empty() && !ctl.is_connected() {
+            left.extend(names.iter().skip_while(|n| *n != q).skip(1).cloned());
+            break;
+        }
+    }
+    if !left.is_empty() {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let fresh =
+            tokio::time::timeout(Duration::from_secs(15), Link::connect(url, "bench cleanup"))
+                .await;
+        if let Ok(Ok(link)) = fresh {
+            let mut still = Vec::new();
+            for q in left {
+                match tokio::time::timeout(Duration::from_secs(10), link.delete_queue(&q)).await {
+                    Ok(Ok(_)) => ok += 1,
+                    // Already gone (deleted before the first attempt failed) counts as done.
+                    Ok(Err(truc::amqp::AmqpError::NoSuchQueue(_))) => ok += 1,
+                    _ => still.push(q),
+                }
+                if !link.is_connected() {
+                    break;
+                }
+            }
+            link.close().await;
+            left = still;
+        }
+    }
+    let failed = names.len() - ok;
+    if failed > 0 {
+        eprintln!(
+            "warning: {failed} queues of this run could not be deleted (prefix {}; e.g. {})",
+            ctx.hub.prefix,
+            left.first().map(String::as_str).unwrap_or("?")
+        );
     }
     (ok, failed)
 }
@@ -431,6 +476,7 @@ async fn main() -> ExitCode {
             &s.amqp_url,
             &format!("bench{run_pid}."),
             &args.truc_log,
+            args.truc_prefetch,
         )
         .await
         {
@@ -518,7 +564,7 @@ async fn main() -> ExitCode {
         .map(|s| round1(s.hwm_kib as f64 / 1024.0));
     let (log_warn, log_error, log_examples) = ctx.hub.log_problems();
     let stop_note = ctx.hub.stop(Duration::from_secs(30)).await;
-    let (deleted, not_deleted) = cleanup_queues(&ctl, &ctx).await;
+    let (deleted, not_deleted) = cleanup_queues(&ctl, &s.amqp_url, &ctx).await;
     ctl.close().await;
     shared.cancel.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(3), monitor_task).await;
@@ -581,6 +627,7 @@ async fn main() -> ExitCode {
             "prefix": ctx.hub.prefix,
             "pid": ctx.hub.pid,
             "log_level": args.truc_log,
+            "prefetch": args.truc_prefetch.unwrap_or(512),
             "log_warn_lines": log_warn,
             "log_error_lines": log_error,
             "log_examples": log_examples,

@@ -74,10 +74,11 @@ pub fn sweep_envelopes_step(
     }
     for (k, rec) in &doomed {
         for d in &rec.dests {
-            let mut ik = d.code.as_str().as_bytes().to_vec();
-            ik.push(0);
-            ik.extend_from_slice(k);
-            store.by_dest.remove(ik)?;
+            store.by_dest.remove(crate::tracking::dest_index_key(
+                &d.code,
+                &rec.message_id,
+                &rec.from,
+            ))?;
         }
         store.envelopes.remove(k)?;
     }

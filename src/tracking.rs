@@ -166,6 +166,18 @@ impl EnvelopeRecord {
     }
 }
 
+/// Key of the destination index: `dest \0 message_id \0 from`.
+pub fn dest_index_key(dest: &AgencyCode, message_id: &str, from: &AgencyCode) -> Vec<u8> {
+    let mut k =
+        Vec::with_capacity(dest.as_str().len() + message_id.len() + from.as_str().len() + 2);
+    k.extend_from_slice(dest.as_str().as_bytes());
+    k.push(0);
+    k.extend_from_slice(message_id.as_bytes());
+    k.push(0);
+    k.extend_from_slice(from.as_str().as_bytes());
+    k
+}
+
 fn record_key(from: &AgencyCode, message_id: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(from.as_str().len() + 1 + message_id.len());
     k.extend_from_slice(from.as_str().as_bytes());
@@ -207,11 +219,9 @@ impl Tracking {
         dests: &[AgencyCode],
     ) -> Result<(), StoreError> {
         for d in dests {
-            let mut k = Vec::new();
-            k.extend_from_slice(d.as_str().as_bytes());
-            k.push(0);
-            k.extend_from_slice(&record_key(from, message_id));
-            self.store.by_dest.insert(k, &[])?;
+            self.store
+                .by_dest
+                .insert(dest_index_key(d, message_id, from), &[])?;
         }
         Ok(())
     }
@@ -306,22 +316,21 @@ impl Tracking {
         dest: &AgencyCode,
         message_id: &str,
     ) -> Result<Vec<AgencyCode>, StoreError> {
-        let mut prefix = dest.as_str().as_bytes().to_vec();
+        // Keyed dest \0 message_id \0 from: one short prefix scan, however
+        // much the destination received before.
+        let mut prefix = Vec::with_capacity(dest.as_str().len() + message_id.len() + 2);
+        prefix.extend_from_slice(dest.as_str().as_bytes());
+        prefix.push(0);
+        prefix.extend_from_slice(message_id.as_bytes());
         prefix.push(0);
         let mut out = Vec::new();
         for item in self.store.by_dest.scan_prefix(&prefix) {
             let (k, _) = item?;
-            let rest = &k[prefix.len()..];
-            let Some(sep) = rest.iter().position(|b| *b == 0) else {
-                continue;
-            };
-            if &rest[sep + 1..] == message_id.as_bytes() {
-                if let Some(code) = std::str::from_utf8(&rest[..sep])
-                    .ok()
-                    .and_then(|s| AgencyCode::parse(s).ok())
-                {
-                    out.push(code);
-                }
+            if let Some(code) = std::str::from_utf8(&k[prefix.len()..])
+                .ok()
+                .and_then(|s| AgencyCode::parse(s).ok())
+            {
+                out.push(code);
             }
         }
         Ok(out)

@@ -1,0 +1,292 @@
+//! The truc under test: a `truc serve` child with its own prefix, data
+//! directory, admin port and token, or a running truc reached through its
+//! admin API; agency registration through `POST /v1/agencies`.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use serde_json::json;
+use tokio::process::{Child, Command};
+use truc::client::Credentials;
+
+/// An agency registered for the run.
+#[derive(Debug, Clone)]
+pub struct Registered {
+    /// Credentials issued by the hub.
+    pub creds: Credentials,
+    /// Its inbox queue.
+    pub inbox: String,
+    /// Its notify queue.
+    pub notify: String,
+}
+
+/// The hub under test.
+pub struct Hub {
+    /// Admin API address.
+    pub admin_addr: String,
+    /// Admin bearer token.
+    pub token: String,
+    /// Exchange and queue prefix.
+    pub prefix: String,
+    /// The child process, when the benchmark started it.
+    child: Option<Child>,
+    /// Process id to sample (child or `--truc-pid`).
+    pub pid: Option<u32>,
+    /// Temporary directory of the child (data and log).
+    pub work_dir: Option<PathBuf>,
+}
+
+/// A free loopback port (bound then released).
+fn free_port() -> std::io::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+impl Hub {
+    /// Starts `bin serve` with a fresh prefix, data dir, admin port and token
+    /// (and an ingress `prefetch` when given).
+    pub async fn spawn(
+        bin: &Path,
+        amqp_url: &str,
+        prefix: &str,
+        log_level: &str,
+        prefetch: Option<u16>,
+    ) -> Result<Self, String> {
+        if !bin.exists() {
+            return Err(format!(
+                "{} not found: build it first with `cargo build --release --bin truc --bin truc-bench`",
+                bin.display()
+            ));
+        }
+        let work_dir = std::env::temp_dir().join(format!("truc-bench-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&work_dir);
+        std::fs::create_dir_all(&work_dir).map_err(|e| format!("{}: {e}", work_dir.display()))?;
+        let port = free_port().map_err(|e| format!("no free port: {e}"))?;
+        let admin_addr = format!("127.0.0.1:{port}");
+        let token = hex::encode(rand::thread_rng().gen::<[u8; 16]>());
+        let log = std::fs::File::create(work_dir.join("truc.log")).map_err(|e| e.to_string())?;
+        let mut cmd = Command::new(bin);
+        if let Some(p) = prefetch {
+            // Everything else comes from the defaults and the environment below.
+            let path = work_dir.join("truc.toml");
+            std::fs::write(&path, format!("prefetch = {p}\n")).map_err(|e| e.to_string())?;
+            cmd.arg("--config").arg(path);
+        }
+        let child = cmd
+            .arg("serve")
+            .env("TRUC_PREFIX", prefix)
+            .env("TRUC_DATA_DIR", work_dir.join("data"))
+            .env("TRUC_ADMIN_ADDR", &admin_addr)
+            .env("TRUC_ADMIN_TOKEN", &token)
+            .env("TRUC_AMQP_URL", amqp_url)
+            .env("RUST_LOG", log_level)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+        let pid = child.id();
+        let hub = Self {
+            admin_addr,
+            token,
+            prefix: prefix.to_owned(),
+            child: Some(child),
+            pid,
+            work_dir: Some(work_dir),
+        };
+        Ok(hub)
+    }
+
+    /// A truc that already runs.
+    pub fn external(admin_addr: &str, token: &str, prefix: &str, pid: Option<u32>) -> Self {
+        Self {
+            admin_addr: admin_addr.to_owned(),
+            token: token.to_owned(),
+            prefix: prefix.to_owned(),
+            child: None,
+            pid,
+            work_dir: None,
+        }
+    }
+
+    /// True when the benchmark started the hub.
+    pub fn spawned(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Waits until `/healthz` says the broker is connected.
+    pub async fn wait_ready(&mut self, within: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + within;
+        let mut last = String::from("no answer");
+        while Instant::now() < deadline {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(format!(
+                        "truc exited with {status} at start-up:\n{}",
+                        self.log_tail(20)
+                    ));
+                }
+            }
+            match tokio::time::timeout(
+                Duration::from_secs(2),
+                truc::http::request(&self.admin_addr, "GET", "/healthz", &self.token, None),
+            )
+            .await
+            {
+                Ok(Ok(r)) if r.status == 200 => {
+                    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+                    if v["broker_connected"] == json!(true) {
+                        return Ok(());
+                    }
+                    last = String::from_utf8_lossy(&r.body).into_owned();
+                }
+                Ok(Ok(r)) => last = format!("HTTP {}", r.status),
+                Ok(Err(e)) => last = e.to_string(),
+                Err(_) => last = "timeout".into(),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(format!(
+            "truc not ready within {within:?}: {last}\n{}",
+            self.log_tail(20)
+        ))
+    }
+
+    /// Registers agency `code` (with an RSA public key when given).
+    pub async fn register(
+        &self,
+        code: &str,
+        name: &str,
+        public_key_pem: Option<&str>,
+    ) -> Result<Registered, String> {
+        let mut body = json!({ "code": code, "name": name });
+        if let Some(pem) = public_key_pem {
+            body["public_key_pem"] = json!(pem);
+        }
+        let body = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
+        let r = tokio::time::timeout(
+            Duration::from_secs(30),
+            truc::http::request(
+                &self.admin_addr,
+                "POST",
+                "/v1/agencies",
+                &self.token,
+                Some(&body),
+            ),
+        )
+        .await
+        .map_err(|_| format!("registering {code}: admin API timeout"))?
+        .map_err(|e| format!("registering {code}: {e}"))?;
+        if r.status != 201 {
+            return Err(format!(
+                "registering {code}: HTTP {}: {}",
+                r.status,
+                String::from_utf8_lossy(&r.body)
+            ));
+        }
+        let creds: Credentials = serde_json::from_slice(&r.body)
+            .map_err(|e| format!("registering {code}: bad answer: {e}"))?;
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+        if v["queues_declared"] == json!(false) {
+            return Err(format!(
+                "registering {code}: the hub did not declare its queues"
+            ));
+        }
+        let queue = |k: &str, default: String| v[k].as_str().map(str::to_owned).unwrap_or(default);
+        Ok(Registered {
+            inbox: queue("inbox", format!("{}inbox.{code}", self.prefix)),
+            notify: queue("notify", format!("{}notify.{code}", self.prefix)),
+            creds,
+        })
+    }
+
+    /// Unlabelled samples of `/metrics` (Prometheus text), by name.
+    pub async fn metrics(&self) -> std::collections::HashMap<String, f64> {
+        let mut out = std::collections::HashMap::new();
+        let Ok(Ok(r)) = tokio::time::timeout(
+            Duration::from_secs(3),
+            truc::http::request(&self.admin_addr, "GET", "/metrics", &self.token, None),
+        )
+        .await
+        else {
+            return out;
+        };
+        for line in String::from_utf8_lossy(&r.body).lines() {
+            if line.starts_with('#') || line.contains('{') {
+                continue;
+            }
+            if let Some((k, v)) = line.rsplit_once(' ') {
+                if let Ok(v) = v.trim().parse::<f64>() {
+                    out.insert(k.trim().to_owned(), v);
+                }
+            }
+        }
+        out
+    }
+
+    /// Stops the child: SIGTERM, then SIGKILL after `grace`. Returns a note on how it went.
+    pub async fn stop(&mut self, grace: Duration) -> String {
+        let Some(mut child) = self.child.take() else {
+            return "external truc left running".into();
+        };
+        if let Some(pid) = child.id() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status()
+                .await;
+        }
+        match tokio::time::timeout(grace, child.wait()).await {
+            Ok(Ok(s)) => format!("truc stopped ({s})"),
+            Ok(Err(e)) => format!("truc wait failed: {e}"),
+            Err(_) => {
+                let _ = child.kill().await;
+                format!("truc did not stop within {grace:?} after SIGTERM; killed")
+            }
+        }
+    }
+
+    /// The last `n` lines of the child's log.
+    pub fn log_tail(&self, n: usize) -> String {
+        let Some(dir) = &self.work_dir else {
+            return String::new();
+        };
+        let text = std::fs::read_to_string(dir.join("truc.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// Counts log lines at WARN and ERROR level in the child's log.
+    pub fn log_problems(&self) -> (u64, u64, Vec<String>) {
+        let Some(dir) = &self.work_dir else {
+            return (0, 0, Vec::new());
+        };
+        let text = std::fs::read_to_string(dir.join("truc.log")).unwrap_or_default();
+        let (mut warn, mut error) = (0, 0);
+        let mut examples = Vec::new();
+        for l in text.lines() {
+            let is_warn = l.contains(" WARN ");
+            let is_error = l.contains(" ERROR ");
+            if is_warn {
+                warn += 1;
+            }
+            if is_error {
+                error += 1;
+            }
+            if (is_warn || is_error) && examples.len() < 5 {
+                examples.push(l.chars().take(300).collect());
+            }
+        }
+        (warn, error, examples)
+    }
+
+    /// Removes the child's temporary directory.
+    pub fn remove_work_dir(&self) {
+        if let Some(dir) = &self.work_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}

@@ -625,14 +625,6 @@ impl Router {
                 }
             })
             .collect();
-        let publishes = deliveries
-            .iter()
-            .zip(&deliver)
-            .map(|(m, dest)| self.publish_declaring(&dest.agency.code, m, outbox));
-        for r in futures_util::future::join_all(publishes).await {
-            r?;
-            metrics::delivery_published();
-        }
         if let Some(d) = fields.deliver_by_ms {
             self.tracking.add_deadline(d, from, mid)?;
         }
@@ -649,11 +641,22 @@ impl Router {
             b.detail = detail.clone();
             notices.push(b);
         }
-        for r in futures_util::future::join_all(
-            notices.iter().map(|n| self.notify(&auth.sender, n, outbox)),
+        // Deliveries and notices go out together: one round of confirms.
+        let publishes = deliveries
+            .iter()
+            .zip(&deliver)
+            .map(|(m, dest)| self.publish_declaring(&dest.agency.code, m, outbox));
+        let notifies = notices.iter().map(|n| self.notify(&auth.sender, n, outbox));
+        let (published, notified) = futures_util::future::join(
+            futures_util::future::join_all(publishes),
+            futures_util::future::join_all(notifies),
         )
-        .await
-        {
+        .await;
+        for r in published {
+            r?;
+            metrics::delivery_published();
+        }
+        for r in notified {
             r?;
         }
         let mut dests: Vec<DestTrack> = deliver

@@ -62,6 +62,9 @@ impl ServiceError {
     }
 }
 
+/// Publishing channels of the router's link.
+pub const ROUTER_PUBLISH_CHANNELS: usize = 4;
+
 /// The broker link currently in use, shared with the admin API.
 pub type LinkSlot = watch::Receiver<Option<Arc<Link>>>;
 
@@ -245,9 +248,10 @@ async fn connect(hub: &Hub, shutdown: &CancellationToken) -> Option<Arc<Link>> {
     let mut backoff = Duration::from_millis(200);
     loop {
         let attempt = async {
-            let link = Link::connect(
+            let link = Link::connect_with(
                 &hub.config.amqp_url,
                 &format!("truc router {}", hub.config.prefix),
+                ROUTER_PUBLISH_CHANNELS,
             )
             .await?;
             link.declare_topology(&hub.topology).await?;

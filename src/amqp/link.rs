@@ -111,6 +111,9 @@ fn death_of(props: &lapin::BasicProperties) -> Option<Death> {
 pub struct Link {
     conn: Connection,
     publisher: Channel,
+    /// Publishing channels (the first is `publisher`), used round-robin.
+    publishers: Vec<Channel>,
+    next: std::sync::atomic::AtomicUsize,
     /// Channel for declarations: a refused declaration closes it (and only
     /// it), so it is reopened on the next one.
     declarer: tokio::sync::Mutex<Option<Channel>>,
@@ -146,21 +149,35 @@ fn classify(op: &'static str, name: &str, e: lapin::Error) -> AmqpError {
 impl Link {
     /// Connects to `url`, naming the connection `name` in the broker's UI.
     pub async fn connect(url: &str, name: &str) -> Result<Self, AmqpError> {
+        Self::connect_with(url, name, 1).await
+    }
+
+    /// Connects with `channels` publishing channels (confirms on each), used
+    /// in turn: the broker serves each channel in its own process, so several
+    /// spread the confirm work of a busy publisher.
+    pub async fn connect_with(url: &str, name: &str, channels: usize) -> Result<Self, AmqpError> {
         let props = ConnectionProperties::default().with_connection_name(LongString::from(name));
         let conn = Connection::connect(url, props)
             .await
             .map_err(|e| AmqpError::Connect(e.to_string()))?;
-        let publisher = conn
-            .create_channel()
-            .await
-            .map_err(|e| AmqpError::broker("channel.open", e))?;
-        publisher
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(|e| AmqpError::broker("confirm.select", e))?;
+        let mut publishers = Vec::with_capacity(channels.max(1));
+        for _ in 0..channels.max(1) {
+            let publisher = conn
+                .create_channel()
+                .await
+                .map_err(|e| AmqpError::broker("channel.open", e))?;
+            publisher
+                .confirm_select(ConfirmSelectOptions::default())
+                .await
+                .map_err(|e| AmqpError::broker("confirm.select", e))?;
+            publishers.push(publisher);
+        }
+        let publisher = publishers[0].clone();
         Ok(Self {
             conn,
             publisher,
+            publishers,
+            next: std::sync::atomic::AtomicUsize::new(0),
             declarer: tokio::sync::Mutex::new(None),
             probes: tokio::sync::Mutex::new(Vec::new()),
         })
@@ -168,7 +185,7 @@ impl Link {
 
     /// True while the connection is usable.
     pub fn is_connected(&self) -> bool {
-        self.conn.status().connected() && self.publisher.status().connected()
+        self.conn.status().connected() && self.publishers.iter().all(|p| p.status().connected())
     }
 
     /// Declares every exchange and fixed queue of `topo`.
@@ -242,8 +259,9 @@ impl Link {
     /// Publishes `msg` to `msg.exchange` with `msg.routing_key`, persistent
     /// and mandatory, and waits for the broker's confirm.
     pub async fn publish(&self, msg: &Message) -> Result<(), AmqpError> {
-        let confirm = self
-            .publisher
+        let i =
+            self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.publishers.len();
+        let confirm = self.publishers[i]
             .basic_publish(
                 ShortString::from(msg.exchange.as_str()),
                 ShortString::from(msg.routing_key.as_str()),

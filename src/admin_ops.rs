@@ -475,7 +475,32 @@ async fn report(
     .map_err(internal)?;
     let mut out = json!(report);
     out["connections_now"] = json!(connections_now(&hub).await);
+    out["connections"] = json!(connection_history(&hub, q.since_ms, q.until_ms).map_err(internal)?);
     Ok(Json(out))
+}
+
+/// Each agency's connects and disconnects in `[since, until)`, from the
+/// presence tracker's history, oldest first per agency.
+fn connection_history(
+    hub: &Hub,
+    since: Option<i64>,
+    until: Option<i64>,
+) -> Result<Vec<Value>, crate::presence_task::PresenceError> {
+    let mut out = Vec::new();
+    for a in hub.registry.list() {
+        for e in hub.presence.history_view(&a.code, since.unwrap_or(0))? {
+            if until.is_some_and(|u| e.at_ms >= u) {
+                break;
+            }
+            out.push(json!({
+                "agency": a.code,
+                "at": e.at,
+                "event": e.event,
+                "cause": e.cause,
+            }));
+        }
+    }
+    Ok(out)
 }
 
 /// What the broker says about each agency's inbox at this moment (the

@@ -154,7 +154,7 @@ pub enum QueueCmd {
 pub enum WhichArg {
     /// Both.
     All,
-    /// `<prefix>dead`: deliveries rejected by destinations or expired.
+    /// `<prefix>undelivered`: deliveries the hub gave up on (max-attempts, expired).
     Dead,
     /// `<prefix>rejected`: unauthenticated input.
     Rejected,
@@ -172,7 +172,7 @@ pub struct DeadFilterArgs {
     /// Source code.
     #[arg(long)]
     pub source: Option<String>,
-    /// Reason: rejected, expired, maxlen (dead); unknown-key, bad-signature,
+    /// Reason: max-attempts, expired (dead); unknown-key, bad-signature,
     /// unsupported-version, malformed (rejected).
     #[arg(long)]
     pub reason: Option<String>,
@@ -1066,11 +1066,20 @@ pub async fn report(cfg: &Config, a: ReportArgs) -> Result<(), CliError> {
                     ]
                 })
                 .collect();
+            let history: Vec<Vec<String>> = v["connections"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|c| vec![s(&c["agency"]), s(&c["at"]), s(&c["event"]), s(&c["cause"])])
+                .collect();
+            if !history.is_empty() {
+                println!();
+                println!("Connects and disconnects in the period:");
+                table(&["AGENCY", "AT", "EVENT", "CAUSE"], &history);
+            }
             if !now.is_empty() {
                 println!();
-                println!(
-                    "Connections now (the connection history comes from the presence tracker):"
-                );
+                println!("Connections now:");
                 table(&["AGENCY", "CONSUMERS", "STATE"], &now);
             }
         }

@@ -1,6 +1,6 @@
 //! Configuration of `truc serve` and of the CLI: a TOML file with working
 //! defaults, then environment overrides (`TRUC_AMQP_URL`, `TRUC_DATA_DIR`,
-//! `TRUC_ADMIN_ADDR`, `TRUC_ADMIN_TOKEN`, `TRUC_PREFIX`).
+//! `TRUC_ADMIN_ADDR`, `TRUC_ADMIN_TOKEN`, `TRUC_PREFIX`, `TRUC_MASTER_KEY`).
 //!
 //! Invariant: a [`Config`] returned by [`Config::load`] is validated.
 

@@ -59,7 +59,7 @@ pub enum Which {
     /// Both.
     #[default]
     All,
-    /// `<prefix>dead`.
+    /// `<prefix>undelivered` (shown as `dead`).
     Dead,
     /// `<prefix>rejected`.
     Rejected,
@@ -96,7 +96,7 @@ pub struct Filter {
     /// Source code (`lgsp-from`).
     #[serde(default)]
     pub source: Option<String>,
-    /// Reason (`rejected`, `expired`, `maxlen` for dead; a reason code such
+    /// Reason (`max-attempts`, `expired` for dead; a reason code such
     /// as `unknown-key` for rejected).
     #[serde(default)]
     pub reason: Option<String>,

@@ -54,7 +54,7 @@ impl DestTrack {
         t
     }
 
-    /// True once nothing more will be delivered: expired, recalled, or
+    /// True once nothing more will be delivered: expired, recalled, purged, or
     /// bounced for good. A bounce while the destination is offline (or was
     /// disabled while the envelope waited) leaves the delivery in its inbox,
     /// so it is not final. Decided from every event, not only the last one,
@@ -64,7 +64,7 @@ impl DestTrack {
         for e in &self.events {
             match e.state.as_str() {
                 "queued" => queued = true,
-                "expired" | "recalled" => return true,
+                "expired" | "recalled" | "purged" => return true,
                 "bounced" => match e.reason {
                     Some(Reason::DestinationOffline) => {}
                     Some(Reason::DestinationDisabled) if queued => {}

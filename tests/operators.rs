@@ -673,7 +673,11 @@ async fn audit_verify_finds_an_edited_record() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn report_metrics_and_store_stats() {
-    let mut hub = TestHub::start().await;
+    let mut hub = TestHub::start_with_policies(&[(
+        "presence.toml",
+        "[presence]\nheartbeat_window = \"90s\"\npoll_interval = \"1s\"\nreturn_on_bounce = false\n",
+    )])
+    .await;
     let s = hub.register("R1.01").await;
     let d = hub.register("R1.02").await;
     let source = hub.client(&s).await;
@@ -728,6 +732,22 @@ async fn report_metrics_and_store_stats() {
     );
     let r1 = now.iter().find(|c| c["agency"] == "R1.01").unwrap();
     assert_eq!(r1["online"], false);
+    // The connection history of the period comes from the presence tracker.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let v = json(&hub, &["report", "--format", "json"]);
+        let hist = v["connections"].as_array().unwrap();
+        if hist.iter().any(|c| {
+            c["agency"] == "R1.02"
+                && (c["event"] == "connected" || c["event"] == "first-seen-online")
+                && c["at"].is_string()
+        }) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no connect of R1.02 in {hist:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(run(&hub, &["report"], 0).contains("Connects and disconnects in the period"));
     let csv = run(&hub, &["report", "--by", "month", "--format", "csv"], 0);
     assert_eq!(
         csv.lines().next().unwrap(),

@@ -365,7 +365,8 @@ async fn queues_list_peek_shape_and_purge_with_bounces() {
     let items = v.as_array().unwrap();
     assert_eq!(items.len(), 2);
     assert_eq!(items[0]["from"], "000.00.31.H41");
-    assert_eq!(items[0]["message_id"], ids[0].as_str());
+    // Envelopes are routed concurrently: the inbox holds them in some order.
+    assert!(ids.iter().any(|id| items[0]["message_id"] == id.as_str()));
     assert_eq!(items[0]["subject"], "Báo cáo tuần");
     assert!(items[0]["accepted_at"].is_string());
     assert_eq!(

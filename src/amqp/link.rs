@@ -111,9 +111,8 @@ fn death_of(props: &lapin::BasicProperties) -> Option<Death> {
 pub struct Link {
     conn: Connection,
     publisher: Channel,
-    /// Publishing channels (the first is `publisher`), used round-robin.
+    /// Publishing channels (the first is `publisher`), chosen by routing key.
     publishers: Vec<Channel>,
-    next: std::sync::atomic::AtomicUsize,
     /// Channel for declarations: a refused declaration closes it (and only
     /// it), so it is reopened on the next one.
     declarer: tokio::sync::Mutex<Option<Channel>>,
@@ -152,9 +151,10 @@ impl Link {
         Self::connect_with(url, name, 1).await
     }
 
-    /// Connects with `channels` publishing channels (confirms on each), used
-    /// in turn: the broker serves each channel in its own process, so several
-    /// spread the confirm work of a busy publisher.
+    /// Connects with `channels` publishing channels (confirms on each): the
+    /// broker serves each channel in its own process, so several spread the
+    /// confirm work of a busy publisher. A message goes out on the channel of
+    /// its routing key, so order per destination queue is kept.
     pub async fn connect_with(url: &str, name: &str, channels: usize) -> Result<Self, AmqpError> {
         let props = ConnectionProperties::default().with_connection_name(LongString::from(name));
         let conn = Connection::connect(url, props)
@@ -177,7 +177,6 @@ impl Link {
             conn,
             publisher,
             publishers,
-            next: std::sync::atomic::AtomicUsize::new(0),
             declarer: tokio::sync::Mutex::new(None),
             probes: tokio::sync::Mutex::new(Vec::new()),
         })
@@ -259,8 +258,14 @@ impl Link {
     /// Publishes `msg` to `msg.exchange` with `msg.routing_key`, persistent
     /// and mandatory, and waits for the broker's confirm.
     pub async fn publish(&self, msg: &Message) -> Result<(), AmqpError> {
-        let i =
-            self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.publishers.len();
+        // One channel per routing key: messages to the same queue keep the
+        // order they were published in (a source's notices, an inbox's deliveries).
+        let i = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (&msg.exchange, &msg.routing_key).hash(&mut h);
+            (h.finish() as usize) % self.publishers.len()
+        };
         let confirm = self.publishers[i]
             .basic_publish(
                 ShortString::from(msg.exchange.as_str()),

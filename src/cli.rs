@@ -295,6 +295,30 @@ pub(crate) fn config(path: &Option<PathBuf>) -> Result<Config, CliError> {
     Config::load(path.as_deref()).map_err(|e| CliError::new(2, e.to_string()))
 }
 
+/// GETs a JSON array from `path` and prints it: as JSON with `json`, else
+/// as a table of `(header, field)` columns. Returns the value.
+pub(crate) async fn listing(
+    cfg: &Config,
+    path: &str,
+    json: bool,
+    columns: &[(&str, &str)],
+) -> Result<Value, CliError> {
+    let v = api(cfg, "GET", path, None).await?;
+    if json {
+        print_json(&v);
+        return Ok(v);
+    }
+    let rows: Vec<Vec<String>> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|item| columns.iter().map(|(_, f)| s(&item[*f])).collect())
+        .collect();
+    let headers: Vec<&str> = columns.iter().map(|(h, _)| *h).collect();
+    table(&headers, &rows);
+    Ok(v)
+}
+
 pub(crate) async fn api(
     cfg: &Config,
     method: &str,
@@ -493,39 +517,21 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
 async fn presence(cfg: &Config, a: PresenceArgs) -> Result<(), CliError> {
     match a.command {
         None => {
-            let v = api(cfg, "GET", "/v1/presence", None).await?;
-            if a.json {
-                print_json(&v);
-                return Ok(());
-            }
-            let rows: Vec<Vec<String>> = v
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|p| {
-                    vec![
-                        s(&p["code"]),
-                        s(&p["name"]),
-                        s(&p["state"]),
-                        s(&p["since"]),
-                        s(&p["cause"]),
-                        s(&p["consumers"]),
-                        s(&p["last_heartbeat"]),
-                    ]
-                })
-                .collect();
-            table(
+            listing(
+                cfg,
+                "/v1/presence",
+                a.json,
                 &[
-                    "CODE",
-                    "NAME",
-                    "STATE",
-                    "SINCE",
-                    "CAUSE",
-                    "CONSUMERS",
-                    "LAST HEARTBEAT",
+                    ("CODE", "code"),
+                    ("NAME", "name"),
+                    ("STATE", "state"),
+                    ("SINCE", "since"),
+                    ("CAUSE", "cause"),
+                    ("CONSUMERS", "consumers"),
+                    ("LAST HEARTBEAT", "last_heartbeat"),
                 ],
-                &rows,
-            );
+            )
+            .await?;
             Ok(())
         }
         Some(PresenceCmd::History { code, since, json }) => {

@@ -15,7 +15,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{json, Value};
 
-use crate::cli::{api, duration, parse_code, print_json, s, table, CliError};
+use crate::cli::{api, duration, listing, parse_code, print_json, s, table, CliError};
 use crate::config::Config;
 
 /// `truc agency …` lifecycle commands.
@@ -634,39 +634,24 @@ pub async fn queue(cfg: &Config, cmd: QueueCmd) -> Result<(), CliError> {
         }
         QueueCmd::Peek { code, n, json } => {
             let code = parse_code(&code)?;
-            let v = api(cfg, "GET", &format!("/v1/queues/{code}/peek?n={n}"), None).await?;
+            listing(
+                cfg,
+                &format!("/v1/queues/{code}/peek?n={n}"),
+                json,
+                &[
+                    ("MESSAGE ID", "message_id"),
+                    ("FROM", "from"),
+                    ("PRIO", "priority"),
+                    ("SIZE", "size"),
+                    ("ACCEPTED", "accepted_at"),
+                    ("ATTEMPT", "attempt"),
+                    ("SUBJECT", "subject"),
+                ],
+            )
+            .await?;
             if json {
-                print_json(&v);
                 return Ok(());
             }
-            let rows: Vec<Vec<String>> = v
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|m| {
-                    vec![
-                        s(&m["message_id"]),
-                        s(&m["from"]),
-                        s(&m["priority"]),
-                        s(&m["size"]),
-                        s(&m["accepted_at"]),
-                        s(&m["attempt"]),
-                        s(&m["subject"]),
-                    ]
-                })
-                .collect();
-            table(
-                &[
-                    "MESSAGE ID",
-                    "FROM",
-                    "PRIO",
-                    "SIZE",
-                    "ACCEPTED",
-                    "ATTEMPT",
-                    "SUBJECT",
-                ],
-                &rows,
-            );
             eprintln!(
                 "(peeked messages were returned to the queue and are now marked redelivered)"
             );

@@ -211,14 +211,14 @@ async fn show_agency(
         )
     })?;
     let mut v = view(&hub, &entry.agency);
-    // A passive declare of a missing queue upsets the connection it runs on:
-    // ask on a short-lived connection of its own, never the router's.
-    if let Ok(link) = crate::amqp::Link::connect(&hub.config.amqp_url, "truc admin").await {
+    let link = hub.link.borrow().clone();
+    if let Some(link) = link {
+        // Passive declares run on the link's own probe channels; a missing
+        // queue closes only such a channel.
         if let Ok(info) = link.queue_info(&v.inbox).await {
             v.inbox_messages = Some(info.messages);
             v.inbox_consumers = Some(info.consumers);
         }
-        link.close().await;
     }
     Ok(Json(v))
 }

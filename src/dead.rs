@@ -261,12 +261,7 @@ pub fn republication(hub: &Hub, queue: &str, g: &Got) -> Result<crate::message::
         m
     };
     let mut m = target;
-    m.headers.retain(|k, _| {
-        !(k.starts_with("x-truc-")
-            || k == "x-death"
-            || k.starts_with("x-first-death-")
-            || k.starts_with("x-last-death-"))
-    });
+    m.strip_bookkeeping();
     Ok(m)
 }
 

@@ -29,12 +29,7 @@ pub const DUE_HEADER: &str = "x-truc-due";
 
 /// Removes what the broker added when dead-lettering, and the due marker.
 fn clean(mut m: Message) -> Message {
-    m.headers.retain(|k, _| {
-        !(k == "x-death"
-            || k.starts_with("x-first-death")
-            || k.starts_with("x-last-death")
-            || k == DUE_HEADER)
-    });
+    m.strip_bookkeeping();
     m
 }
 

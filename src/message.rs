@@ -54,6 +54,18 @@ impl Message {
         self.headers.get(name).and_then(HeaderValue::as_text)
     }
 
+    /// Removes the broker's dead-letter bookkeeping (`x-death`,
+    /// `x-first-death-*`, `x-last-death-*`) and truc's own `x-truc-*`
+    /// headers, before a message is published again.
+    pub fn strip_bookkeeping(&mut self) {
+        self.headers.retain(|k, _| {
+            !(k == "x-death"
+                || k.starts_with("x-first-death-")
+                || k.starts_with("x-last-death-")
+                || k.starts_with("x-truc-"))
+        });
+    }
+
     /// Sets a text header.
     pub fn set_header(&mut self, name: &str, value: impl Into<String>) {
         self.headers

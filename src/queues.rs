@@ -67,18 +67,14 @@ pub fn is_online(hub: &Hub, code: &AgencyCode, inbox: &QueueInfo) -> bool {
 /// Queue facts of `names`, [`INFO_CONCURRENCY`] at a time, in order; `None`
 /// where the broker did not answer (e.g. the queue does not exist).
 pub async fn infos(link: Arc<Link>, names: Vec<String>) -> Vec<Option<QueueInfo>> {
-    use futures_util::StreamExt;
-    let calls = names.into_iter().map(move |n| {
-        let link = link.clone();
-        async move { link.queue_info(&n).await.ok() }
-    });
-    futures_util::stream::iter(calls)
-        .buffered(INFO_CONCURRENCY)
-        .collect()
+    link.probe_queues(&names, INFO_CONCURRENCY)
         .await
+        .into_iter()
+        .map(Result::ok)
+        .collect()
 }
 
-/// Passive declarations in flight at once (each on its own channel).
+/// Channels asking at once (the link caps it at its own probe-channel limit).
 pub const INFO_CONCURRENCY: usize = 16;
 
 /// The current broker link, or [`QueueError::NoBroker`].

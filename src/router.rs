@@ -546,7 +546,8 @@ impl Router {
             self.notify(&auth.sender, &n, outbox).await?;
             return Ok(Outcome::Duplicate);
         }
-        let rate = self.policies().rate_of(from);
+        let policies = self.policies();
+        let rate = policies.rate_of(from);
         let allowed = self
             .limiter
             .lock()
@@ -570,7 +571,6 @@ impl Router {
                 )
                 .await;
         }
-        let policies = self.policies();
         let expired = fields.deliver_by_ms.is_some_and(|d| d <= now);
         let mut deliver: Vec<Arc<Entry>> = Vec::new();
         let mut bounced: Vec<(AgencyCode, Reason, String)> = Vec::new();

@@ -131,10 +131,6 @@ pub struct EnvelopeRecord {
     pub bounce_after_ms: Option<u64>,
 }
 
-fn decode_record(bytes: &[u8]) -> Result<EnvelopeRecord, codec::CodecError> {
-    codec::decode::<EnvelopeRecord>(bytes)
-}
-
 /// An undelivered envelope waiting on one destination (the `pending` index):
 /// what presence needs to decide on warnings and bounces without reading the
 /// envelope record.
@@ -206,7 +202,7 @@ impl Tracking {
     ) -> Result<Option<EnvelopeRecord>, StoreError> {
         match self.store.envelopes.get(record_key(from, message_id))? {
             None => Ok(None),
-            Some(v) => Ok(Some(decode_record(&v)?)),
+            Some(v) => Ok(Some(codec::decode::<EnvelopeRecord>(&v)?)),
         }
     }
 
@@ -395,7 +391,7 @@ impl Tracking {
         let mut out = Vec::new();
         for item in self.store.envelopes.iter() {
             let (_, v) = item?;
-            let rec = decode_record(&v)?;
+            let rec = codec::decode::<EnvelopeRecord>(&v)?;
             if keep(&rec) {
                 out.push(rec);
             }
@@ -421,7 +417,7 @@ impl Tracking {
             .envelopes
             .fetch_and_update(record_key(from, message_id), |old| {
                 let old = old?;
-                match decode_record(old) {
+                match codec::decode::<EnvelopeRecord>(old) {
                     Ok(mut rec) => {
                         edit(&mut rec);
                         found = true;

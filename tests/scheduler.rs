@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{code, drain_notices, next_within, notices, TestHub};
-use truc::client::{envelope_message, status_message, Credentials, Outgoing, ReceivedKind};
+use truc::client::{status_message, Credentials, Outgoing, ReceivedKind};
 use truc::envelope::Priority;
 use truc::notice::{Notice, NoticeKind};
 use truc::reason::Reason;
@@ -569,5 +569,4 @@ async fn sighup_reloads_policies_and_rates_are_enforced() {
         5,
         "{ns:?}"
     );
-    let _ = envelope_message;
 }

@@ -132,7 +132,7 @@ impl Hub {
             }
             match tokio::time::timeout(
                 Duration::from_secs(2),
-                truc::http::request(&self.admin_addr, "GET", "/healthz", &self.token, None),
+                truc::cli::http::request(&self.admin_addr, "GET", "/healthz", &self.token, None),
             )
             .await
             {
@@ -169,7 +169,7 @@ impl Hub {
         let body = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
         let r = tokio::time::timeout(
             Duration::from_secs(30),
-            truc::http::request(
+            truc::cli::http::request(
                 &self.admin_addr,
                 "POST",
                 "/v1/agencies",
@@ -208,7 +208,7 @@ impl Hub {
         let mut out = std::collections::HashMap::new();
         let Ok(Ok(r)) = tokio::time::timeout(
             Duration::from_secs(3),
-            truc::http::request(&self.admin_addr, "GET", "/metrics", &self.token, None),
+            truc::cli::http::request(&self.admin_addr, "GET", "/metrics", &self.token, None),
         )
         .await
         else {

@@ -28,7 +28,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
-use truc::amqp::Link;
+use truc::broker::Link;
 
 use crate::hub::Hub;
 use crate::load::Shared;
@@ -298,7 +298,7 @@ async fn cleanup_queues(ctl: &Link, url: &str, ctx: &Ctx) -> (usize, usize) {
                 match tokio::time::timeout(Duration::from_secs(10), link.delete_queue(&q)).await {
                     Ok(Ok(_)) => ok += 1,
                     // Already gone (deleted before the first attempt failed) counts as done.
-                    Ok(Err(truc::amqp::AmqpError::NoSuchQueue(_))) => ok += 1,
+                    Ok(Err(truc::broker::AmqpError::NoSuchQueue(_))) => ok += 1,
                     _ => still.push(q),
                 }
                 if !link.is_connected() {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
-use truc::amqp::Link;
+use truc::broker::Link;
 
 use crate::hub::{Hub, Registered};
 use crate::load::{self, Driven, Route, Shared, Stop, RELEASE_ON_ACCEPT, RELEASE_ON_RECEIVE};

@@ -2,80 +2,49 @@
 //! store-and-forward router for signed envelopes on RabbitMQ.
 //!
 //! # Layout
-//! - [`code`] — agency codes (QCVN 102), validated once at the edge.
-//! - [`time`] — RFC 3339 times and human durations.
-//! - [`message`] — the transport-neutral AMQP message.
-//! - [`canonical`] — the canonical form every signature covers.
-//! - [`auth`] — HMAC-SHA256/SHA1 and RSA-SHA256 verification, hub signing.
-//! - [`reason`] — the contract's reason codes.
-//! - [`envelope`] — parsing envelopes, status messages and heartbeats.
-//! - [`codec`] — the one codec for sled values (version byte + bincode).
-//! - [`store`] — the sled database and group-committed durability.
-//! - [`registry`] — agencies, keys, public keys.
-//! - [`replay`] — nonce replay defence.
-//! - [`tracking`] — per-envelope, per-destination timelines; dedupe records.
-//! - [`presence`] — online/offline state machine, due warnings and bounces (pure).
-//! - [`presence_task`] — presence I/O: broker polls, history in sled, notices.
-//! - [`notice`] — notices to sources and the hub signature.
-//! - [`policy`] — policies from `policies/`.
-//! - [`topology`] — the RabbitMQ topology from `queues/`.
-//! - [`config`] — configuration file and environment.
-//! - [`amqp`] — the only module that imports lapin.
-//! - [`router`] — the ingress pipeline (broker behind a trait).
-//! - [`holding`] — deferral, retries, deadlines and recall of deliveries.
-//! - [`scheduler`] — pure scheduling decisions: backoff, buckets, deadlines, rates.
-//! - [`service`] — `truc serve`: link supervision, workers, shutdown.
-//! - [`admin`] — the admin HTTP API and `/metrics`.
-//! - [`metrics`] — every metric, emitted from one place each.
-//! - [`client`] — a Rust adapter library.
-//! - [`http`], [`cli`], [`adapter`] — the command line.
-//! - [`secrets`] — sealing agency secrets at rest with the master key.
-//! - [`audit`] — the hash-chained audit log.
-//! - [`queues`] — operator views and actions over agency queues.
-//! - [`dead`] — dead letters: list, retry, drop.
-//! - [`report`] — statistics per agency and period.
-//! - [`retention`] — retention sweeps and store statistics.
-//! - [`admin_ops`], [`cli_ops`] — the operator API and commands over them.
+//! The crate is built in layers; **a layer uses only the layers above it in
+//! this list** (never one below), so there is no dependency cycle between
+//! folders. Each folder's `mod.rs` says what it owns.
+//!
+//! 1. [`core`](crate::core) — pure code: agency codes, times, reasons, the
+//!    message, the canonical form, signatures, envelope parsing, notices,
+//!    policies, scheduling decisions, the presence model, topology as data,
+//!    configuration, sealing of secrets, the metrics facade.
+//! 2. [`state`](crate::state) — the sled store and everything persisted:
+//!    registry, nonces, timelines, presence history, audit log, retention.
+//! 3. [`broker`] — the only code that imports lapin: links, topology
+//!    declaration, publishing with confirms, consuming, the outbox.
+//! 4. [`router`](crate::router) — the ingress pipeline, status handling,
+//!    holding (deferral, retries, deadlines, recall) and the one signed-delivery
+//!    builder.
+//! 5. [`operator`](crate::operator) — queues, dead letters, reports, agency
+//!    lifecycle: what an operator can do, with no HTTP or CLI types.
+//! 6. [`api`](crate::api) — the admin HTTP API and `/metrics`.
+//! 7. [`serve`] — `truc serve`: wiring, consumers, housekeeping, the presence
+//!    task, shutdown.
+//! 8. [`client`] — the Rust adapter library (uses `core` and `broker`).
+//! 9. [`cli`] — the `truc` command line: one file per subcommand and the admin
+//!    client.
+//!
+//! The public surface is what adapter authors, tests and the benchmark use;
+//! everything else is crate-private.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod adapter;
-pub mod admin;
-pub mod admin_ops;
-pub mod amqp;
-pub mod audit;
-pub mod auth;
-pub mod canonical;
+pub(crate) mod api;
+pub mod broker;
 pub mod cli;
-pub mod cli_ops;
 pub mod client;
-pub mod code;
-pub mod codec;
-pub mod config;
-pub mod dead;
-pub mod envelope;
-pub mod holding;
-pub mod http;
-pub mod message;
-pub mod metrics;
-pub mod notice;
-pub mod policy;
-pub mod presence;
-pub mod presence_task;
-pub mod queues;
-pub mod reason;
-pub mod registry;
-pub mod replay;
-pub mod report;
-pub mod retention;
-pub mod router;
-#[cfg(test)]
-mod router_tests;
-pub mod scheduler;
-pub mod secrets;
-pub mod service;
-pub mod store;
-pub mod time;
-pub mod topology;
-pub mod tracking;
+pub(crate) mod core;
+pub(crate) mod operator;
+pub(crate) mod router;
+pub mod serve;
+pub(crate) mod state;
+
+pub use crate::core::{
+    auth, canonical, code, config, envelope, message, notice, policy, reason, scheduler, time,
+    topology,
+};
+pub use crate::operator::report;
+pub use crate::state::store;

@@ -35,7 +35,7 @@ async fn serve(cli: &Cli) -> anyhow::Result<()> {
         }
         signals.cancel();
     });
-    truc::service::serve(config, shutdown).await?;
+    truc::serve::serve(config, shutdown).await?;
     Ok(())
 }
 

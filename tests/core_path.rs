@@ -422,7 +422,7 @@ async fn asking_about_a_missing_queue_leaves_the_link_usable() {
         let missing = format!("{}missing.{i}", hub.prefix);
         assert!(matches!(
             link.queue_info(&missing).await,
-            Err(truc::amqp::AmqpError::NoSuchQueue(_))
+            Err(truc::broker::AmqpError::NoSuchQueue(_))
         ));
     }
     let q = truc::topology::QueueSpec {

@@ -798,7 +798,7 @@ async fn report_metrics_and_store_stats() {
     // Metrics: delivered and latency at once; inbox gauges within one sampling interval.
     let deadline = Instant::now() + Duration::from_secs(25);
     loop {
-        let r = truc::http::request(&hub.admin_addr, "GET", "/metrics", "", None)
+        let r = truc::cli::http::request(&hub.admin_addr, "GET", "/metrics", "", None)
             .await
             .unwrap();
         let text = String::from_utf8_lossy(&r.body).into_owned();

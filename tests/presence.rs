@@ -438,7 +438,7 @@ fn broker_cpu_s() -> Option<f64> {
 #[ignore]
 async fn polling_cost_at_2000_agencies() {
     const N: usize = 2000;
-    let link = truc::amqp::Link::connect(&common::amqp_url(), "truc poll cost")
+    let link = truc::broker::Link::connect(&common::amqp_url(), "truc poll cost")
         .await
         .unwrap();
     let prefix = format!("pcost{}.", std::process::id());
@@ -476,8 +476,8 @@ async fn polling_cost_at_2000_agencies() {
         println!("{label}: {per:?} per poll of {N} queues; broker CPU {cpu} s per poll");
     }
     let r = link.probe_queues(&missing, 4).await;
-    assert!(matches!(r[0], Err(truc::amqp::AmqpError::NoSuchQueue(_))));
-    let link = truc::amqp::Link::connect(&common::amqp_url(), "truc poll cost")
+    assert!(matches!(r[0], Err(truc::broker::AmqpError::NoSuchQueue(_))));
+    let link = truc::broker::Link::connect(&common::amqp_url(), "truc poll cost")
         .await
         .unwrap();
     // One-at-a-time queue_info (also pooled now), for comparison with the admin path.

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use truc::amqp::{Link, Subscription};
+use truc::broker::{Link, Subscription};
 use truc::client::{Client, Credentials};
 use truc::code::AgencyCode;
 use truc::message::Inbound;
@@ -117,7 +117,8 @@ impl TestHub {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(r) =
-                truc::http::request(&self.admin_addr, "GET", "/healthz", &self.token, None).await
+                truc::cli::http::request(&self.admin_addr, "GET", "/healthz", &self.token, None)
+                    .await
             {
                 let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
                 if v["broker_connected"] == true {
@@ -193,9 +194,10 @@ impl TestHub {
         body: Option<serde_json::Value>,
     ) -> (u16, serde_json::Value) {
         let body = body.map(|b| serde_json::to_vec(&b).unwrap());
-        let r = truc::http::request(&self.admin_addr, method, path, &self.token, body.as_deref())
-            .await
-            .unwrap();
+        let r =
+            truc::cli::http::request(&self.admin_addr, method, path, &self.token, body.as_deref())
+                .await
+                .unwrap();
         (
             r.status,
             serde_json::from_slice(&r.body).unwrap_or_default(),

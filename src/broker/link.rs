@@ -1,0 +1,563 @@
+//! One broker connection with a publishing channel (confirms on) and
+//! consuming channels.
+
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions,
+    BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+
+use super::convert;
+use super::AmqpError;
+use crate::core::message::{Inbound, Message};
+use crate::core::topology::{self, QueueSpec, Topology};
+
+/// A queue's depth and consumer count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct QueueInfo {
+    /// Messages ready.
+    pub messages: u32,
+    /// Consumers attached.
+    pub consumers: u32,
+}
+
+/// The first `x-death` record of a dead-lettered message.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Death {
+    /// Why: `rejected`, `expired`, `maxlen`, `delivery_limit`.
+    pub reason: String,
+    /// The queue it died in.
+    pub queue: String,
+    /// How many times it died there.
+    pub count: i64,
+    /// When it died (ms since the epoch), when the broker said.
+    pub time_ms: Option<i64>,
+}
+
+/// A message taken with `basic.get` and not yet settled.
+#[derive(Debug, Clone)]
+pub struct Got {
+    /// The message and its delivery tag on the browser's channel.
+    pub inbound: Inbound,
+    /// The most recent `x-death` record, if it was dead-lettered.
+    pub death: Option<Death>,
+    /// Messages left in the queue after this one.
+    pub remaining: u32,
+}
+
+/// A channel for pulling messages from one queue one at a time
+/// (`basic.get`); whatever is not acked is requeued when it closes.
+pub struct Browser {
+    channel: Channel,
+    queue: String,
+}
+
+fn death_of(props: &lapin::BasicProperties) -> Option<Death> {
+    let headers = props.headers().as_ref()?;
+    let deaths = headers
+        .inner()
+        .iter()
+        .find(|(k, _)| k.as_str() == "x-death")?
+        .1;
+    let AMQPValue::FieldArray(arr) = deaths else {
+        return None;
+    };
+    let AMQPValue::FieldTable(first) = arr.as_slice().first()? else {
+        return None;
+    };
+    let text = |name: &str| {
+        first
+            .inner()
+            .iter()
+            .find(|(k, _)| k.as_str() == name)
+            .and_then(|(_, v)| match v {
+                AMQPValue::LongString(s) => {
+                    Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
+                }
+                AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+                _ => None,
+            })
+            .unwrap_or_default()
+    };
+    let field = |name: &str| {
+        first
+            .inner()
+            .iter()
+            .find(|(k, _)| k.as_str() == name)
+            .map(|(_, v)| v.clone())
+    };
+    let count = match field("count") {
+        Some(AMQPValue::LongLongInt(n)) => n,
+        Some(AMQPValue::LongInt(n)) => i64::from(n),
+        Some(AMQPValue::LongUInt(n)) => i64::from(n),
+        _ => 0,
+    };
+    let time_ms = match field("time") {
+        Some(AMQPValue::Timestamp(t)) => i64::try_from(t).ok().map(|s| s * 1000),
+        _ => None,
+    };
+    Some(Death {
+        reason: text("reason"),
+        queue: text("queue"),
+        count,
+        time_ms,
+    })
+}
+
+/// A connection to the broker.
+pub struct Link {
+    conn: Connection,
+    publisher: Channel,
+    /// Publishing channels (the first is `publisher`), chosen by routing key.
+    publishers: Vec<Channel>,
+    /// Channel for declarations: a refused declaration closes it (and only
+    /// it), so it is reopened on the next one.
+    declarer: tokio::sync::Mutex<Option<Channel>>,
+    /// Long-lived channels for passive declares, reused across polls. A
+    /// passive declare of a missing queue makes the broker close its channel
+    /// (404); such a channel is dropped and a new one opened.
+    probes: tokio::sync::Mutex<Vec<Channel>>,
+}
+
+/// Most channels [`Link::probe_queues`] uses at once.
+pub const MAX_PROBE_CHANNELS: usize = 16;
+
+/// A consumer on its own channel; settle its deliveries through it.
+pub struct Subscription {
+    channel: Channel,
+    consumer: lapin::Consumer,
+}
+
+fn classify(op: &'static str, name: &str, e: lapin::Error) -> AmqpError {
+    let text = e.to_string();
+    if text.contains("NOT_FOUND") {
+        AmqpError::NoSuchQueue(name.to_owned())
+    } else if text.contains("PRECONDITION_FAILED") {
+        AmqpError::Conflict {
+            name: name.to_owned(),
+            message: text,
+        }
+    } else {
+        AmqpError::broker(op, e)
+    }
+}
+
+impl Link {
+    /// Connects to `url`, naming the connection `name` in the broker's UI.
+    pub async fn connect(url: &str, name: &str) -> Result<Self, AmqpError> {
+        Self::connect_with(url, name, 1).await
+    }
+
+    /// Connects with `channels` publishing channels (confirms on each): the
+    /// broker serves each channel in its own process, so several spread the
+    /// confirm work of a busy publisher. A message goes out on the channel of
+    /// its routing key, so order per destination queue is kept.
+    pub async fn connect_with(url: &str, name: &str, channels: usize) -> Result<Self, AmqpError> {
+        let props = ConnectionProperties::default().with_connection_name(LongString::from(name));
+        let conn = Connection::connect(url, props)
+            .await
+            .map_err(|e| AmqpError::Connect(e.to_string()))?;
+        let mut publishers = Vec::with_capacity(channels.max(1));
+        for _ in 0..channels.max(1) {
+            let publisher = conn
+                .create_channel()
+                .await
+                .map_err(|e| AmqpError::broker("channel.open", e))?;
+            publisher
+                .confirm_select(ConfirmSelectOptions::default())
+                .await
+                .map_err(|e| AmqpError::broker("confirm.select", e))?;
+            publishers.push(publisher);
+        }
+        let publisher = publishers[0].clone();
+        Ok(Self {
+            conn,
+            publisher,
+            publishers,
+            declarer: tokio::sync::Mutex::new(None),
+            probes: tokio::sync::Mutex::new(Vec::new()),
+        })
+    }
+
+    /// True while the connection is usable.
+    pub fn is_connected(&self) -> bool {
+        self.conn.status().connected() && self.publishers.iter().all(|p| p.status().connected())
+    }
+
+    /// Declares every exchange and fixed queue of `topo`.
+    pub async fn declare_topology(&self, topo: &Topology) -> Result<(), AmqpError> {
+        for ex in &topo.exchanges {
+            let kind = match ex.kind {
+                topology::ExchangeKind::Topic => ExchangeKind::Topic,
+                topology::ExchangeKind::Direct => ExchangeKind::Direct,
+                topology::ExchangeKind::Fanout => ExchangeKind::Fanout,
+            };
+            self.publisher
+                .exchange_declare(
+                    ShortString::from(ex.name.as_str()),
+                    kind,
+                    ExchangeDeclareOptions {
+                        durable: true,
+                        ..ExchangeDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| classify("exchange.declare", &ex.name, e))?;
+        }
+        for q in &topo.queues {
+            self.declare_queue(q).await?;
+        }
+        Ok(())
+    }
+
+    /// Declares one durable queue and its bindings.
+    pub async fn declare_queue(&self, q: &QueueSpec) -> Result<(), AmqpError> {
+        let mut slot = self.declarer.lock().await;
+        let channel = match slot.as_ref().filter(|c| c.status().connected()) {
+            Some(c) => c.clone(),
+            None => {
+                let c = self
+                    .conn
+                    .create_channel()
+                    .await
+                    .map_err(|e| AmqpError::broker("channel.open", e))?;
+                *slot = Some(c.clone());
+                c
+            }
+        };
+        channel
+            .queue_declare(
+                ShortString::from(q.name.as_str()),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                convert::arguments(&q.arguments),
+            )
+            .await
+            .map_err(|e| classify("queue.declare", &q.name, e))?;
+        for b in &q.bind {
+            channel
+                .queue_bind(
+                    ShortString::from(q.name.as_str()),
+                    ShortString::from(b.exchange.as_str()),
+                    ShortString::from(b.key.as_str()),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| classify("queue.bind", &q.name, e))?;
+        }
+        Ok(())
+    }
+
+    /// Publishes `msg` to `msg.exchange` with `msg.routing_key`, persistent
+    /// and mandatory, and waits for the broker's confirm.
+    pub async fn publish(&self, msg: &Message) -> Result<(), AmqpError> {
+        // One channel per routing key: messages to the same queue keep the
+        // order they were published in (a source's notices, an inbox's deliveries).
+        let i = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (&msg.exchange, &msg.routing_key).hash(&mut h);
+            (h.finish() as usize) % self.publishers.len()
+        };
+        let confirm = self.publishers[i]
+            .basic_publish(
+                ShortString::from(msg.exchange.as_str()),
+                ShortString::from(msg.routing_key.as_str()),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                &msg.body,
+                convert::properties(msg),
+            )
+            .await
+            .map_err(|e| AmqpError::broker("basic.publish", e))?;
+        match confirm
+            .await
+            .map_err(|e| AmqpError::broker("publisher confirm", e))?
+        {
+            Confirmation::Ack(None) => Ok(()),
+            Confirmation::Ack(Some(_)) => Err(AmqpError::Unroutable {
+                exchange: msg.exchange.clone(),
+                routing_key: msg.routing_key.clone(),
+            }),
+            Confirmation::Nack(_) => Err(AmqpError::Nack(msg.exchange.clone())),
+            Confirmation::NotRequested => Err(AmqpError::Broker {
+                op: "publisher confirm",
+                message: "confirms are not enabled on the channel".into(),
+            }),
+        }
+    }
+
+    /// Starts consuming `queue` on a new channel with `prefetch` unacked deliveries.
+    pub async fn subscribe(
+        &self,
+        queue: &str,
+        prefetch: u16,
+        tag: &str,
+    ) -> Result<Subscription, AmqpError> {
+        let channel = self
+            .conn
+            .create_channel()
+            .await
+            .map_err(|e| AmqpError::broker("channel.open", e))?;
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await
+            .map_err(|e| AmqpError::broker("basic.qos", e))?;
+        let consumer = channel
+            .basic_consume(
+                ShortString::from(queue),
+                ShortString::from(tag),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| classify("basic.consume", queue, e))?;
+        Ok(Subscription { channel, consumer })
+    }
+
+    /// Depth and consumers of `queue` (passive declare on a pooled channel).
+    pub async fn queue_info(&self, queue: &str) -> Result<QueueInfo, AmqpError> {
+        self.probe_queues(&[queue.to_owned()], 1)
+            .await
+            .pop()
+            .unwrap_or_else(|| {
+                Err(AmqpError::Broker {
+                    op: "queue.declare passive",
+                    message: "no answer".into(),
+                })
+            })
+    }
+
+    async fn probe_channel(&self) -> Result<Channel, AmqpError> {
+        while let Some(ch) = self.probes.lock().await.pop() {
+            if ch.status().connected() {
+                return Ok(ch);
+            }
+        }
+        // Measured with lapin 4.12: after the broker closed a channel with a
+        // 404, every later channel.open on the connection fails with that same
+        // error. Callers that may probe missing queues use a connection of
+        // their own and replace it when channel.open fails.
+        self.conn
+            .create_channel()
+            .await
+            .map_err(|e| AmqpError::broker("channel.open", e))
+    }
+
+    /// Depth and consumers of every queue in `names`, in order, by passive
+    /// declares on at most `concurrency` channels at once (each sequential).
+    /// The channels are kept for the next call; one closed by a 404 is
+    /// replaced. Cost to the broker: one `queue.declare` round trip per queue,
+    /// plus one `channel.open` per missing queue.
+    pub async fn probe_queues(
+        &self,
+        names: &[String],
+        concurrency: usize,
+    ) -> Vec<Result<QueueInfo, AmqpError>> {
+        if names.is_empty() {
+            return Vec::new();
+        }
+        let workers = concurrency.clamp(1, MAX_PROBE_CHANNELS).min(names.len());
+        let per = names.len().div_ceil(workers);
+        let runs = names.chunks(per).map(|chunk| async move {
+            let mut out = Vec::with_capacity(chunk.len());
+            let mut channel: Option<Channel> = None;
+            for name in chunk {
+                let ch = match channel.take() {
+                    Some(ch) if ch.status().connected() => ch,
+                    _ => match self.probe_channel().await {
+                        Ok(ch) => ch,
+                        Err(e) => {
+                            out.push(Err(e));
+                            continue;
+                        }
+                    },
+                };
+                let res = ch
+                    .queue_declare(
+                        ShortString::from(name.as_str()),
+                        QueueDeclareOptions {
+                            passive: true,
+                            ..QueueDeclareOptions::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await;
+                match res {
+                    Ok(q) => {
+                        out.push(Ok(QueueInfo {
+                            messages: q.message_count(),
+                            consumers: q.consumer_count(),
+                        }));
+                        channel = Some(ch);
+                    }
+                    // Any error closes the channel (a 404 does, broker side): drop it.
+                    Err(e) => out.push(Err(classify("queue.declare passive", name, e))),
+                }
+            }
+            if let Some(ch) = channel {
+                self.probes.lock().await.push(ch);
+            }
+            out
+        });
+        futures_util::future::join_all(runs)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// Opens a [`Browser`] on `queue` (its own channel).
+    pub async fn browse(&self, queue: &str) -> Result<Browser, AmqpError> {
+        let channel = self
+            .conn
+            .create_channel()
+            .await
+            .map_err(|e| AmqpError::broker("channel.open", e))?;
+        Ok(Browser {
+            channel,
+            queue: queue.to_owned(),
+        })
+    }
+
+    /// Removes every ready message of `queue`; returns how many.
+    pub async fn purge(&self, queue: &str) -> Result<u32, AmqpError> {
+        self.publisher
+            .queue_purge(ShortString::from(queue), QueuePurgeOptions::default())
+            .await
+            .map_err(|e| classify("queue.purge", queue, e))
+    }
+
+    /// Deletes `queue`; returns how many messages it held.
+    pub async fn delete_queue(&self, queue: &str) -> Result<u32, AmqpError> {
+        self.publisher
+            .queue_delete(ShortString::from(queue), QueueDeleteOptions::default())
+            .await
+            .map_err(|e| classify("queue.delete", queue, e))
+    }
+
+    /// Closes the connection.
+    pub async fn close(&self) {
+        let _ = self.conn.close(200, ShortString::from("bye")).await;
+    }
+}
+
+impl Subscription {
+    /// Asks the broker to stop sending; deliveries already sent still come
+    /// out of [`Subscription::next`], which then returns `None`.
+    pub async fn cancel(&self) -> Result<(), AmqpError> {
+        self.channel
+            .basic_cancel(
+                self.consumer.tag(),
+                lapin::options::BasicCancelOptions::default(),
+            )
+            .await
+            .map_err(|e| AmqpError::broker("basic.cancel", e))
+    }
+
+    /// The next delivery; `None` when the consumer was cancelled.
+    pub async fn next(&mut self) -> Option<Result<Inbound, AmqpError>> {
+        match self.consumer.next().await? {
+            Ok(d) => Some(Ok(convert::inbound(d))),
+            Err(e) => Some(Err(AmqpError::broker("basic.deliver", e))),
+        }
+    }
+
+    /// Acknowledges one delivery.
+    pub async fn ack(&self, delivery_tag: u64) -> Result<(), AmqpError> {
+        self.settler().ack(delivery_tag).await
+    }
+
+    /// Rejects one delivery (`requeue=false` dead-letters it).
+    pub async fn reject(&self, delivery_tag: u64, requeue: bool) -> Result<(), AmqpError> {
+        self.settler().reject(delivery_tag, requeue).await
+    }
+
+    /// A handle that settles deliveries of this subscription from other tasks.
+    pub fn settler(&self) -> Settler {
+        Settler {
+            channel: self.channel.clone(),
+        }
+    }
+}
+
+impl Browser {
+    /// Takes the next message (unacked), or `None` when the queue is empty.
+    /// A message taken and then rejected with `requeue=true` comes back
+    /// with the `redelivered` flag set.
+    pub async fn get(&self) -> Result<Option<Got>, AmqpError> {
+        let got = self
+            .channel
+            .basic_get(
+                ShortString::from(self.queue.as_str()),
+                BasicGetOptions { no_ack: false },
+            )
+            .await
+            .map_err(|e| classify("basic.get", &self.queue, e))?;
+        Ok(got.map(|g| {
+            let death = death_of(&g.delivery.properties);
+            Got {
+                remaining: g.message_count,
+                death,
+                inbound: convert::inbound(g.delivery),
+            }
+        }))
+    }
+
+    /// Acknowledges (removes) one message taken by [`Browser::get`].
+    pub async fn ack(&self, delivery_tag: u64) -> Result<(), AmqpError> {
+        self.channel
+            .basic_ack(delivery_tag, BasicAckOptions::default())
+            .await
+            .map_err(|e| AmqpError::broker("basic.ack", e))
+    }
+
+    /// Returns one message to the queue (`requeue=true`) or drops it to the
+    /// queue's dead-letter exchange (`requeue=false`).
+    pub async fn reject(&self, delivery_tag: u64, requeue: bool) -> Result<(), AmqpError> {
+        self.channel
+            .basic_reject(delivery_tag, BasicRejectOptions { requeue })
+            .await
+            .map_err(|e| AmqpError::broker("basic.reject", e))
+    }
+
+    /// Closes the channel; the broker requeues every message still unacked.
+    pub async fn close(self) {
+        if self.channel.status().connected() {
+            let _ = self.channel.close(200, ShortString::from("done")).await;
+        }
+    }
+}
+
+/// Settles deliveries of one subscription (cloneable, for worker tasks).
+#[derive(Clone)]
+pub struct Settler {
+    channel: Channel,
+}
+
+impl Settler {
+    /// Acknowledges one delivery.
+    pub async fn ack(&self, delivery_tag: u64) -> Result<(), AmqpError> {
+        self.channel
+            .basic_ack(delivery_tag, BasicAckOptions::default())
+            .await
+            .map_err(|e| AmqpError::broker("basic.ack", e))
+    }
+
+    /// Rejects one delivery.
+    pub async fn reject(&self, delivery_tag: u64, requeue: bool) -> Result<(), AmqpError> {
+        self.channel
+            .basic_reject(delivery_tag, BasicRejectOptions { requeue })
+            .await
+            .map_err(|e| AmqpError::broker("basic.reject", e))
+    }
+}

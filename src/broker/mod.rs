@@ -1,0 +1,72 @@
+//! The only module that speaks lapin: connections, topology declaration,
+//! publishing with confirms, and consuming.
+//!
+//! Everything outside this module sees [`crate::core::message::Message`] and
+//! [`crate::core::message::Inbound`]. Invariants: every publish is persistent and
+//! mandatory and awaits its publisher confirm; a nack or a return is an error
+//! ([`AmqpError::Nack`], [`AmqpError::Unroutable`]); acks go through
+//! `channel.basic_ack` on the consuming channel. There is no automatic
+//! recovery: after any error the caller drops the [`Link`], reconnects, and
+//! treats in-flight work as unknown (the broker redelivers what was not acked).
+
+mod convert;
+mod link;
+mod outbox;
+
+pub use link::{Browser, Death, Got, Link, QueueInfo, Settler, Subscription};
+pub use outbox::{declare_agency, LinkOutbox, LinkSlot, Outbox, PublishError};
+
+/// AMQP errors.
+#[derive(Debug, thiserror::Error)]
+pub enum AmqpError {
+    /// Connecting failed.
+    #[error("cannot connect to the broker: {0}")]
+    Connect(String),
+    /// A channel or connection operation failed (the link is unusable).
+    #[error("broker operation {op} failed: {message}")]
+    Broker {
+        /// The operation.
+        op: &'static str,
+        /// lapin's message.
+        message: String,
+    },
+    /// The broker nacked a publish.
+    #[error("broker nacked the publish to {0}")]
+    Nack(String),
+    /// A mandatory publish had no queue to go to.
+    #[error("no queue bound for {exchange}/{routing_key}")]
+    Unroutable {
+        /// Exchange.
+        exchange: String,
+        /// Routing key.
+        routing_key: String,
+    },
+    /// The queue does not exist.
+    #[error("queue {0} does not exist")]
+    NoSuchQueue(String),
+    /// A declaration conflicts with what the broker has (different arguments).
+    #[error("declaration of {name} conflicts with the broker: {message}")]
+    Conflict {
+        /// The object.
+        name: String,
+        /// The broker's words.
+        message: String,
+    },
+}
+
+impl AmqpError {
+    /// Whether reconnecting and trying again may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Connect(_) | Self::Broker { .. } | Self::Nack(_) => true,
+            Self::Unroutable { .. } | Self::NoSuchQueue(_) | Self::Conflict { .. } => false,
+        }
+    }
+
+    pub(crate) fn broker(op: &'static str, e: lapin::Error) -> Self {
+        Self::Broker {
+            op,
+            message: e.to_string(),
+        }
+    }
+}

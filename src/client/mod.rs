@@ -1,0 +1,317 @@
+//! A Rust adapter library: sign and publish envelopes and status messages,
+//! receive deliveries (hub signature checked, repeats dropped) and notices.
+//! The `truc send` / `truc recv` commands are built on it.
+//!
+//! Invariant: everything this module publishes is signed over the canonical
+//! form of [`crate::core::canonical`], exactly as an adapter in another language
+//! must do it from `docs/PROTOCOL.md`.
+
+use std::collections::{HashSet, VecDeque};
+
+use crate::broker::{AmqpError, Link, Subscription};
+use crate::core::auth::body_digest;
+use crate::core::code::AgencyCode;
+use crate::core::message::{Inbound, Message};
+use crate::core::notice::Notice;
+use crate::core::time::now_ms;
+
+pub use crate::core::outgoing::{
+    envelope_message, new_message_id, new_nonce, presence_message, sign, status_message,
+    verify_hub_signature, Credentials, Outgoing,
+};
+
+/// Client errors.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The broker failed.
+    #[error(transparent)]
+    Amqp(#[from] AmqpError),
+    /// A delivery or notice failed verification.
+    #[error("refused {what}: {why}")]
+    Verify {
+        /// What was received.
+        what: &'static str,
+        /// Why it was refused.
+        why: String,
+    },
+    /// Credentials file problem.
+    #[error("credentials: {0}")]
+    Credentials(String),
+}
+
+impl Credentials {
+    /// Reads a JSON credentials file as printed by `truc agency add --json`.
+    pub fn from_file(path: &std::path::Path) -> Result<Self, ClientError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ClientError::Credentials(format!("{}: {e}", path.display())))?;
+        serde_json::from_str(&text)
+            .map_err(|e| ClientError::Credentials(format!("{}: {e}", path.display())))
+    }
+}
+
+/// What arrived in an inbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReceivedKind {
+    /// An envelope.
+    Envelope,
+    /// The source recalls the envelope `message_id` (answer status `15`, or
+    /// `16` when it was already taken in).
+    Recall {
+        /// The envelope had already been received.
+        already_received: bool,
+    },
+}
+
+/// A delivery, verified.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// Envelope or recall request.
+    pub kind: ReceivedKind,
+    /// `lgsp-deliver-by` has passed: the envelope is stale, drop it
+    /// (reject without requeue; the hub has told the source).
+    pub stale: bool,
+    /// Source agency.
+    pub from: AgencyCode,
+    /// The source's message id.
+    pub message_id: String,
+    /// Subject.
+    pub subject: String,
+    /// Priority code.
+    pub priority: u8,
+    /// `lgsp-attempt` (> 1: possibly delivered before).
+    pub attempt: u32,
+    /// Already received before (by `(from, message_id)`): drop it.
+    pub repeat: bool,
+    /// The message as received.
+    pub message: Message,
+    /// Delivery tag to settle.
+    pub delivery_tag: u64,
+}
+
+/// Remembers the last `capacity` `(from, message_id)` pairs seen.
+#[derive(Debug)]
+pub struct Dedupe {
+    seen: HashSet<(String, String)>,
+    order: VecDeque<(String, String)>,
+    capacity: usize,
+}
+
+impl Dedupe {
+    /// Remembers up to `capacity` pairs.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            seen: HashSet::new(),
+            order: VecDeque::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// True when the pair was seen before; remembers it otherwise.
+    pub fn seen(&mut self, from: &str, message_id: &str) -> bool {
+        let k = (from.to_owned(), message_id.to_owned());
+        if self.seen.contains(&k) {
+            return true;
+        }
+        if self.order.len() == self.capacity {
+            if let Some(old) = self.order.pop_front() {
+                self.seen.remove(&old);
+            }
+        }
+        self.seen.insert(k.clone());
+        self.order.push_back(k);
+        false
+    }
+}
+
+/// A connected adapter.
+pub struct Client {
+    link: Link,
+    creds: Credentials,
+    prefix: String,
+    dedupe: Dedupe,
+}
+
+impl Client {
+    /// Connects to `url` as `creds`.
+    pub async fn connect(url: &str, prefix: &str, creds: Credentials) -> Result<Self, ClientError> {
+        let link = Link::connect(url, &format!("adapter {}", creds.code)).await?;
+        Ok(Self {
+            link,
+            creds,
+            prefix: prefix.to_owned(),
+            dedupe: Dedupe::new(100_000),
+        })
+    }
+
+    /// The credentials in use.
+    pub fn credentials(&self) -> &Credentials {
+        &self.creds
+    }
+
+    /// Signs and publishes an envelope (confirmed); returns its message id.
+    pub async fn send(&self, out: &Outgoing) -> Result<String, ClientError> {
+        let m = envelope_message(&self.prefix, &self.creds, out);
+        self.link.publish(&m).await?;
+        Ok(m.message_id.unwrap_or_default())
+    }
+
+    /// Publishes an already built message (confirmed).
+    pub async fn publish(&self, m: &Message) -> Result<(), ClientError> {
+        Ok(self.link.publish(m).await?)
+    }
+
+    /// Signs and publishes a status message (confirmed).
+    pub async fn send_status(
+        &self,
+        reference: &str,
+        status: &str,
+        source: Option<&AgencyCode>,
+        reason: Option<&str>,
+    ) -> Result<(), ClientError> {
+        let m = status_message(&self.prefix, &self.creds, reference, status, source, reason);
+        Ok(self.link.publish(&m).await?)
+    }
+
+    /// Signs and publishes a presence heartbeat (confirmed).
+    pub async fn heartbeat(&self, online: bool) -> Result<(), ClientError> {
+        let m = presence_message(&self.prefix, &self.creds, online);
+        Ok(self.link.publish(&m).await?)
+    }
+
+    /// Starts consuming this agency's inbox.
+    pub async fn inbox(&self, prefetch: u16) -> Result<Subscription, ClientError> {
+        Ok(self
+            .link
+            .subscribe(
+                &format!("{}inbox.{}", self.prefix, self.creds.code),
+                prefetch,
+                "",
+            )
+            .await?)
+    }
+
+    /// Starts consuming this agency's notices.
+    pub async fn notices(&self, prefetch: u16) -> Result<Subscription, ClientError> {
+        Ok(self
+            .link
+            .subscribe(
+                &format!("{}notify.{}", self.prefix, self.creds.code),
+                prefetch,
+                "",
+            )
+            .await?)
+    }
+
+    /// Verifies one inbox delivery and marks repeats.
+    pub fn receive(&mut self, inbound: Inbound) -> Result<Received, ClientError> {
+        let refuse = |why: String| ClientError::Verify {
+            what: "delivery",
+            why,
+        };
+        let m = inbound.message;
+        verify_hub_signature(
+            &m,
+            &format!("deliver.{}", self.creds.code),
+            &self.creds.secret,
+        )
+        .map_err(refuse)?;
+        let from = m
+            .header("lgsp-from")
+            .and_then(|f| AgencyCode::parse(f).ok())
+            .ok_or_else(|| refuse("no valid lgsp-from".into()))?;
+        let digest = m.header("lgsp-digest").unwrap_or("");
+        if digest != body_digest(&m.body) {
+            return Err(refuse("body does not match lgsp-digest".into()));
+        }
+        if m.header("lgsp-kind") == Some("recall") {
+            let reference = m
+                .header("lgsp-ref")
+                .filter(|r| crate::core::envelope::valid_message_id(r))
+                .ok_or_else(|| refuse("recall without a valid lgsp-ref".into()))?
+                .to_owned();
+            // Remembering it as seen makes a later copy of the envelope a repeat.
+            let already_received = self.dedupe.seen(from.as_str(), &reference);
+            return Ok(Received {
+                kind: ReceivedKind::Recall { already_received },
+                stale: false,
+                from,
+                message_id: reference,
+                subject: String::new(),
+                priority: 5,
+                attempt: 1,
+                repeat: false,
+                message: m,
+                delivery_tag: inbound.delivery_tag,
+            });
+        }
+        let stale = m
+            .header("lgsp-deliver-by")
+            .and_then(|d| crate::core::time::parse_rfc3339(d).ok())
+            .is_some_and(|d| d <= now_ms());
+        let message_id = m.message_id.clone().unwrap_or_default();
+        let repeat = !stale && self.dedupe.seen(from.as_str(), &message_id);
+        Ok(Received {
+            kind: ReceivedKind::Envelope,
+            stale,
+            from,
+            subject: m.header("lgsp-subject").unwrap_or("").to_owned(),
+            priority: m
+                .header("lgsp-priority")
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0),
+            attempt: m
+                .header("lgsp-attempt")
+                .and_then(|a| a.parse().ok())
+                .unwrap_or(1),
+            repeat,
+            message_id,
+            message: m,
+            delivery_tag: inbound.delivery_tag,
+        })
+    }
+
+    /// Verifies one notice.
+    pub fn notice(&self, inbound: &Inbound) -> Result<Notice, ClientError> {
+        let refuse = |why: String| ClientError::Verify {
+            what: "notice",
+            why,
+        };
+        verify_hub_signature(
+            &inbound.message,
+            &format!("notice.{}", self.creds.code),
+            &self.creds.secret,
+        )
+        .map_err(refuse)?;
+        serde_json::from_slice(&inbound.message.body).map_err(|e| refuse(e.to_string()))
+    }
+
+    /// Closes the connection.
+    pub async fn close(self) {
+        self.link.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dedupe_forgets_the_oldest() {
+        let mut d = Dedupe::new(2);
+        assert!(!d.seen("A", "1"));
+        assert!(d.seen("A", "1"));
+        assert!(!d.seen("B", "1"));
+        assert!(!d.seen("A", "2"));
+        assert!(!d.seen("A", "1"), "evicted");
+    }
+
+    #[test]
+    fn message_ids_are_valid_and_distinct() {
+        let a = new_message_id();
+        let b = new_message_id();
+        assert_eq!(a.len(), 26);
+        assert!(crate::core::envelope::valid_message_id(&a));
+        assert_ne!(a, b);
+        assert!(crate::core::envelope::valid_nonce(&new_nonce()));
+    }
+}

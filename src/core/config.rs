@@ -1,0 +1,434 @@
+//! Configuration of `truc serve` and of the CLI: a TOML file with working
+//! defaults, then environment overrides (`TRUC_AMQP_URL`, `TRUC_DATA_DIR`,
+//! `TRUC_ADMIN_ADDR`, `TRUC_ADMIN_TOKEN`, `TRUC_PREFIX`, `TRUC_MASTER_KEY`).
+//!
+//! Invariant: a [`Config`] returned by [`Config::load`] is validated.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+const DAY: std::time::Duration = std::time::Duration::from_secs(86_400);
+
+/// Configuration errors.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// I/O error.
+        source: std::io::Error,
+    },
+    /// The file does not parse.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A value is invalid.
+    #[error("config {key}: {problem}")]
+    Invalid {
+        /// The key (or environment variable).
+        key: &'static str,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+/// Default broker URL.
+pub fn default_amqp_url() -> String {
+    "amqp://guest:guest@127.0.0.1:5672/%2f".into()
+}
+/// Default sled directory.
+pub fn default_data_dir() -> PathBuf {
+    PathBuf::from("./data")
+}
+/// Default admin API address.
+pub fn default_admin_addr() -> String {
+    "127.0.0.1:7070".into()
+}
+/// Default name prefix.
+pub fn default_prefix() -> String {
+    "lgsp.".into()
+}
+/// Default topology directory.
+pub fn default_queues_dir() -> PathBuf {
+    PathBuf::from("queues")
+}
+/// Default policy directory.
+pub fn default_policies_dir() -> PathBuf {
+    PathBuf::from("policies")
+}
+/// Default ingress prefetch (messages in flight in the router).
+pub fn default_prefetch() -> u16 {
+    128
+}
+/// Default retention of audit entries (the regulations ask for two months).
+pub fn default_audit_retention() -> String {
+    "60d".into()
+}
+/// Default retention of envelope metadata (timelines).
+pub fn default_envelope_retention() -> String {
+    "180d".into()
+}
+/// Default interval between samples of inbox depths for `/metrics`.
+pub fn default_depth_sample_interval() -> String {
+    "15s".into()
+}
+
+/// `truc serve` configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// RabbitMQ URL (`TRUC_AMQP_URL`).
+    #[serde(default = "default_amqp_url")]
+    pub amqp_url: String,
+    /// sled directory (`TRUC_DATA_DIR`).
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Admin API listen address, loopback (`TRUC_ADMIN_ADDR`).
+    #[serde(default = "default_admin_addr")]
+    pub admin_addr: String,
+    /// Admin bearer token (`TRUC_ADMIN_TOKEN`); when unset one is generated
+    /// into `<data_dir>/admin.token` at first start.
+    #[serde(default)]
+    pub admin_token: Option<String>,
+    /// Prefix of every exchange and queue name (`TRUC_PREFIX`).
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// Directory holding `topology.toml` (built-in when absent).
+    #[serde(default = "default_queues_dir")]
+    pub queues_dir: PathBuf,
+    /// Directory holding the policy files (built-in when absent).
+    #[serde(default = "default_policies_dir")]
+    pub policies_dir: PathBuf,
+    /// Ingress messages the router works on at once (AMQP prefetch).
+    #[serde(default = "default_prefetch")]
+    pub prefetch: u16,
+    /// Master key sealing the agencies' secrets at rest, 32 bytes as base64
+    /// or hex (`TRUC_MASTER_KEY`); when unset one is generated into
+    /// `<data_dir>/master.key` (mode 0600) at first start.
+    #[serde(default)]
+    pub master_key: Option<String>,
+    /// How long audit entries are kept (at least `1d`), e.g. `60d`.
+    #[serde(default = "default_audit_retention")]
+    pub audit_retention: String,
+    /// How long envelope metadata is kept (at least `1d`), e.g. `180d`.
+    #[serde(default = "default_envelope_retention")]
+    pub envelope_retention: String,
+    /// How often inbox depths are sampled for `/metrics` (`1s`–`1h`).
+    #[serde(default = "default_depth_sample_interval")]
+    pub depth_sample_interval: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        toml::from_str("").expect("empty config takes every default")
+    }
+}
+
+impl Config {
+    /// Reads `path` (if given) then applies the environment, then validates.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut cfg = match path {
+            None => Self::default(),
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_owned(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                    path: p.to_owned(),
+                    message: e.to_string(),
+                })?
+            }
+        };
+        cfg.apply_env(|k| std::env::var(k).ok());
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Applies environment overrides read through `get`.
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) {
+        if let Some(v) = get("TRUC_AMQP_URL") {
+            self.amqp_url = v;
+        }
+        if let Some(v) = get("TRUC_DATA_DIR") {
+            self.data_dir = v.into();
+        }
+        if let Some(v) = get("TRUC_ADMIN_ADDR") {
+            self.admin_addr = v;
+        }
+        if let Some(v) = get("TRUC_ADMIN_TOKEN").filter(|v| !v.is_empty()) {
+            self.admin_token = Some(v);
+        }
+        if let Some(v) = get("TRUC_PREFIX") {
+            self.prefix = v;
+        }
+        if let Some(v) = get("TRUC_MASTER_KEY").filter(|v| !v.is_empty()) {
+            self.master_key = Some(v);
+        }
+    }
+
+    /// `audit_retention` as a duration (validated).
+    pub fn audit_retention(&self) -> std::time::Duration {
+        crate::core::time::parse_duration(&self.audit_retention).unwrap_or(DAY * 60)
+    }
+
+    /// `envelope_retention` as a duration (validated).
+    pub fn envelope_retention(&self) -> std::time::Duration {
+        crate::core::time::parse_duration(&self.envelope_retention).unwrap_or(DAY * 180)
+    }
+
+    /// `depth_sample_interval` as a duration (validated).
+    pub fn depth_sample_interval(&self) -> std::time::Duration {
+        crate::core::time::parse_duration(&self.depth_sample_interval)
+            .unwrap_or(std::time::Duration::from_secs(15))
+    }
+
+    /// Path of the generated master key.
+    pub fn master_key_path(&self) -> PathBuf {
+        self.data_dir.join("master.key")
+    }
+
+    /// The master key text: configured, else the one in the data dir
+    /// (generated, 32 random bytes as hex, when absent).
+    pub fn resolve_master_key(&self) -> std::io::Result<String> {
+        if let Some(k) = &self.master_key {
+            return Ok(k.clone());
+        }
+        let path = self.master_key_path();
+        match std::fs::read_to_string(&path) {
+            Ok(t) => Ok(t.trim().to_owned()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                use rand::Rng;
+                std::fs::create_dir_all(&self.data_dir)?;
+                let bytes: [u8; 32] = rand::thread_rng().gen();
+                let key = hex::encode(bytes);
+                write_private(&path, &key)?;
+                Ok(key)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Checks every field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(self.amqp_url.starts_with("amqp://") || self.amqp_url.starts_with("amqps://")) {
+            return Err(ConfigError::Invalid {
+                key: "amqp_url",
+                problem: "must start with amqp:// or amqps://".into(),
+            });
+        }
+        self.admin_socket()?;
+        if self.prefix.len() > 64
+            || !self
+                .prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        {
+            return Err(ConfigError::Invalid {
+                key: "prefix",
+                problem: "must be up to 64 of A-Z a-z 0-9 . _ -".into(),
+            });
+        }
+        if self.prefetch == 0 {
+            return Err(ConfigError::Invalid {
+                key: "prefetch",
+                problem: "must be at least 1".into(),
+            });
+        }
+        for (key, text) in [
+            ("audit_retention", &self.audit_retention),
+            ("envelope_retention", &self.envelope_retention),
+        ] {
+            match crate::core::time::parse_duration(text) {
+                Ok(d) if d >= DAY => {}
+                Ok(_) => {
+                    return Err(ConfigError::Invalid {
+                        key,
+                        problem: "must be at least 1d".into(),
+                    })
+                }
+                Err(e) => {
+                    return Err(ConfigError::Invalid {
+                        key,
+                        problem: e.to_string(),
+                    })
+                }
+            }
+        }
+        match crate::core::time::parse_duration(&self.depth_sample_interval) {
+            Ok(d) if d >= std::time::Duration::from_secs(1) && d <= DAY / 24 => {}
+            _ => {
+                return Err(ConfigError::Invalid {
+                    key: "depth_sample_interval",
+                    problem: "must be a duration from 1s to 1h".into(),
+                })
+            }
+        }
+        if let Some(k) = &self.master_key {
+            if let Err(e) = crate::core::secrets::MasterKey::parse(k) {
+                return Err(ConfigError::Invalid {
+                    key: "master_key",
+                    problem: e.to_string(),
+                });
+            }
+        }
+        if let Some(t) = &self.admin_token {
+            if t.len() < 16 {
+                return Err(ConfigError::Invalid {
+                    key: "admin_token",
+                    problem: "must be at least 16 characters".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The admin address as a socket address.
+    pub fn admin_socket(&self) -> Result<SocketAddr, ConfigError> {
+        self.admin_addr.parse().map_err(|e| ConfigError::Invalid {
+            key: "admin_addr",
+            problem: format!("{e}"),
+        })
+    }
+
+    /// Path of the generated admin token.
+    pub fn token_path(&self) -> PathBuf {
+        self.data_dir.join("admin.token")
+    }
+
+    /// The admin token: configured, else the one in the data dir (generated
+    /// when `create` and absent).
+    pub fn resolve_admin_token(&self, create: bool) -> std::io::Result<String> {
+        if let Some(t) = &self.admin_token {
+            return Ok(t.clone());
+        }
+        let path = self.token_path();
+        match std::fs::read_to_string(&path) {
+            Ok(t) => Ok(t.trim().to_owned()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
+                use rand::Rng;
+                std::fs::create_dir_all(&self.data_dir)?;
+                let bytes: [u8; 24] = rand::thread_rng().gen();
+                let token = hex::encode(bytes);
+                write_private(&path, &token)?;
+                Ok(token)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_env_and_validation() {
+        let mut c = Config::default();
+        assert_eq!(c.prefix, "lgsp.");
+        assert_eq!(c.admin_addr, "127.0.0.1:7070");
+        c.apply_env(|k| match k {
+            "TRUC_PREFIX" => Some("t1.".into()),
+            "TRUC_ADMIN_ADDR" => Some("127.0.0.1:7171".into()),
+            _ => None,
+        });
+        assert_eq!(c.prefix, "t1.");
+        c.validate().unwrap();
+        c.prefix = "bad prefix".into();
+        assert!(c.validate().is_err());
+        let c2: Result<Config, _> = toml::from_str("amqp_urll = 'x'");
+        assert!(c2.is_err());
+    }
+
+    #[test]
+    fn operator_keys_are_validated() {
+        let mut c = Config::default();
+        assert_eq!(
+            c.audit_retention(),
+            std::time::Duration::from_secs(60 * 86_400)
+        );
+        assert_eq!(
+            c.envelope_retention(),
+            std::time::Duration::from_secs(180 * 86_400)
+        );
+        c.audit_retention = "12h".into();
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("audit_retention"));
+        c.audit_retention = "90d".into();
+        c.envelope_retention = "forever".into();
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("envelope_retention"));
+        c.envelope_retention = "1d".into();
+        c.depth_sample_interval = "2h".into();
+        assert!(c.validate().is_err());
+        c.depth_sample_interval = "5s".into();
+        c.validate().unwrap();
+        c.apply_env(|k| (k == "TRUC_MASTER_KEY").then(|| "short".to_owned()));
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("master_key") && !e.contains("short"), "{e}");
+        c.master_key = Some("ab".repeat(32));
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn master_key_is_generated_once_and_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Config {
+            data_dir: dir.path().to_owned(),
+            ..Config::default()
+        };
+        let k1 = c.resolve_master_key().unwrap();
+        assert_eq!(k1, c.resolve_master_key().unwrap());
+        crate::core::secrets::MasterKey::parse(&k1).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(c.master_key_path())
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    #[test]
+    fn token_is_generated_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Config {
+            data_dir: dir.path().to_owned(),
+            ..Config::default()
+        };
+        let t1 = c.resolve_admin_token(true).unwrap();
+        let t2 = c.resolve_admin_token(false).unwrap();
+        assert_eq!(t1, t2);
+        assert_eq!(t1.len(), 48);
+    }
+}

@@ -1,0 +1,173 @@
+//! Every metric truc emits, each from exactly one function here.
+//!
+//! Names are Prometheus-style with the `truc_` prefix; the admin API serves
+//! them on `/metrics`.
+
+use std::time::Duration;
+
+use crate::core::reason::Reason;
+
+/// An envelope was accepted.
+pub fn envelope_accepted(priority: u8) {
+    metrics::counter!("truc_envelopes_accepted_total", "priority" => priority.to_string())
+        .increment(1);
+}
+
+/// A message was refused (with or without a notice).
+pub fn message_rejected(reason: Reason) {
+    metrics::counter!("truc_messages_rejected_total", "reason" => reason.as_str()).increment(1);
+}
+
+/// A delivery was published and confirmed.
+pub fn delivery_published() {
+    metrics::counter!("truc_deliveries_published_total").increment(1);
+}
+
+/// A destination was bounced.
+pub fn bounced(reason: Reason) {
+    metrics::counter!("truc_bounced_total", "reason" => reason.as_str()).increment(1);
+}
+
+/// A duplicate envelope was absorbed.
+pub fn duplicate() {
+    metrics::counter!("truc_duplicates_total").increment(1);
+}
+
+/// A status message was relayed.
+pub fn status_relayed(status: &str) {
+    metrics::counter!("truc_status_relayed_total", "status" => status.to_owned()).increment(1);
+}
+
+/// A presence heartbeat was taken.
+pub fn heartbeat(online: bool) {
+    metrics::counter!("truc_heartbeats_total", "state" => if online { "online" } else { "offline" }).increment(1);
+}
+
+/// Time from ingress delivery to ack.
+pub fn ingress_latency(d: Duration) {
+    metrics::histogram!("truc_ingress_seconds").record(d.as_secs_f64());
+}
+
+/// Time for one publish to be confirmed.
+pub fn publish_confirm_latency(d: Duration) {
+    metrics::histogram!("truc_publish_confirm_seconds").record(d.as_secs_f64());
+}
+
+/// A broker (re)connection happened.
+pub fn broker_connected() {
+    metrics::counter!("truc_broker_connections_total").increment(1);
+}
+
+/// Registered agencies.
+pub fn agencies(n: usize) {
+    metrics::gauge!("truc_agencies").set(n as f64);
+}
+
+/// Bytes of the sled store on disk.
+pub fn store_bytes(n: u64) {
+    metrics::gauge!("truc_store_bytes").set(n as f64);
+}
+
+/// A retry of a rejected delivery was scheduled.
+pub fn retry_scheduled() {
+    metrics::counter!("truc_retries_scheduled_total").increment(1);
+}
+
+/// Deadlines that passed before delivery were swept.
+pub fn deadlines_swept(n: usize) {
+    metrics::counter!("truc_deadlines_swept_total").increment(n as u64);
+}
+
+/// A delay warning was sent to a source.
+pub fn delay_warning() {
+    metrics::counter!("truc_delay_warnings_total").increment(1);
+}
+
+/// Agencies online now.
+pub fn agencies_online(n: usize) {
+    metrics::gauge!("truc_agencies_online").set(n as f64);
+}
+
+/// An agency's presence changed (`to`: online, offline, disabled).
+pub fn presence_transition(to: &'static str) {
+    metrics::counter!("truc_presence_transitions_total", "to" => to).increment(1);
+}
+
+/// One presence poll of every inbox: how long it took and how many queues it asked about.
+pub fn presence_poll(d: Duration, queues: usize) {
+    metrics::histogram!("truc_presence_poll_seconds").record(d.as_secs_f64());
+    metrics::gauge!("truc_presence_polled_queues").set(queues as f64);
+}
+
+/// A destination confirmed receipt (status `01`); `latency` is accepted → delivered.
+pub fn delivered(priority: u8, latency: Duration) {
+    metrics::counter!("truc_envelopes_delivered_total", "priority" => priority.to_string())
+        .increment(1);
+    metrics::histogram!("truc_delivery_latency_seconds", "priority" => priority.to_string())
+        .record(latency.as_secs_f64());
+}
+
+/// Depth of one agency's inbox (sampled).
+pub fn inbox_depth(code: &str, messages: u32) {
+    metrics::gauge!("truc_inbox_messages", "agency" => code.to_owned()).set(f64::from(messages));
+}
+
+/// Consumers on one agency's inbox (sampled).
+pub fn inbox_consumers(code: &str, consumers: u32) {
+    metrics::gauge!("truc_inbox_consumers", "agency" => code.to_owned()).set(f64::from(consumers));
+}
+
+/// Depth of the dead-letter and rejected queues (sampled).
+pub fn dead_depth(queue: &'static str, messages: u32) {
+    metrics::gauge!("truc_dead_messages", "queue" => queue).set(f64::from(messages));
+}
+
+/// An audit entry could not be written.
+pub fn audit_failure() {
+    metrics::counter!("truc_audit_failures_total").increment(1);
+}
+
+/// Audit entries appended since start.
+pub fn audit_entries(n: usize) {
+    metrics::gauge!("truc_audit_entries").set(n as f64);
+}
+
+/// Records removed by a retention sweep.
+pub fn swept(what: &'static str, n: usize) {
+    metrics::counter!("truc_retention_swept_total", "what" => what).increment(n as u64);
+}
+
+/// An operator action on queues (purge, retry, drop).
+pub fn operator_action(action: &'static str, n: usize) {
+    metrics::counter!("truc_operator_messages_total", "action" => action).increment(n as u64);
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every metric the Grafana dashboard queries is emitted here.
+    #[test]
+    fn dashboard_uses_only_emitted_metrics() {
+        let dash = include_str!("../../ops/grafana-truc.json");
+        let src = include_str!("metrics.rs");
+        let mut seen = 0;
+        for (i, _) in dash.match_indices("truc_") {
+            let name: String = dash[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect();
+            let base = name
+                .trim_end_matches("_sum")
+                .trim_end_matches("_count")
+                .trim_end_matches("_bucket");
+            if base == "truc_" || base.starts_with("truc_lgsp") || base == "truc_overview" {
+                continue;
+            }
+            assert!(
+                src.contains(&format!("\"{base}\"")),
+                "{base} is not emitted"
+            );
+            seen += 1;
+        }
+        assert!(seen > 15, "{seen}");
+    }
+}

@@ -1,0 +1,26 @@
+//! Layer 1 — **core**: pure code with no broker, no store and no network.
+//!
+//! Owns the wire contract's vocabulary (agency codes, times, reasons, status
+//! codes, the transport-neutral message, the canonical form and signatures),
+//! envelope parsing, notices, policies, scheduling decisions, the presence
+//! model, the topology as data, configuration and sealing of secrets.
+//!
+//! May use: nothing else in the crate. The only I/O here is reading the
+//! operator's data files (configuration, policies, topology) at start-up.
+
+pub mod auth;
+pub mod canonical;
+pub mod code;
+pub mod config;
+pub mod envelope;
+pub mod message;
+pub mod metrics;
+pub mod notice;
+pub mod outgoing;
+pub mod policy;
+pub mod presence;
+pub mod reason;
+pub mod scheduler;
+pub mod secrets;
+pub mod time;
+pub mod topology;

@@ -1,0 +1,322 @@
+//! The RabbitMQ topology as data (`queues/topology.toml`): exchanges, fixed
+//! queues and the per-agency queue templates. Pure: the `amqp` module declares
+//! what this module describes.
+//!
+//! Invariant: every name is prefixed; every declared object is durable.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::core::code::AgencyCode;
+
+/// The built-in topology, used when no `queues/` directory is found.
+pub const DEFAULT_TOPOLOGY: &str = include_str!("../../queues/topology.toml");
+
+/// Topology errors.
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    /// The file cannot be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file does not parse or is inconsistent.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Exchange type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExchangeKind {
+    /// Topic.
+    Topic,
+    /// Direct.
+    Direct,
+    /// Fanout.
+    Fanout,
+}
+
+/// A queue argument value.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum ArgValue {
+    /// An integer (`x-max-priority`, `x-max-length`, `x-message-ttl`).
+    Int(i64),
+    /// A string (`x-dead-letter-exchange`, `x-queue-type`).
+    Str(String),
+}
+
+/// An exchange to declare.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExchangeSpec {
+    /// Name (prefixed once loaded).
+    pub name: String,
+    /// Type.
+    #[serde(rename = "type")]
+    pub kind: ExchangeKind,
+}
+
+/// A binding of a queue to an exchange.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BindSpec {
+    /// Exchange name (prefixed once loaded).
+    pub exchange: String,
+    /// Routing key.
+    pub key: String,
+}
+
+/// A queue to declare.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSpec {
+    /// Name (prefixed once loaded).
+    pub name: String,
+    /// Bindings.
+    #[serde(default)]
+    pub bind: Vec<BindSpec>,
+    /// `x-` arguments.
+    #[serde(default)]
+    pub arguments: BTreeMap<String, ArgValue>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AgencyTemplates {
+    inbox: QueueSpec,
+    notify: QueueSpec,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TopologyFile {
+    #[serde(default)]
+    exchange: Vec<ExchangeSpec>,
+    #[serde(default)]
+    queue: Vec<QueueSpec>,
+    agency: AgencyTemplates,
+}
+
+/// The loaded topology, names prefixed.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    /// Name prefix (`lgsp.`).
+    pub prefix: String,
+    /// Exchanges.
+    pub exchanges: Vec<ExchangeSpec>,
+    /// Fixed queues.
+    pub queues: Vec<QueueSpec>,
+    inbox: QueueSpec,
+    notify: QueueSpec,
+}
+
+fn subst(s: &str, prefix: &str, code: &str) -> String {
+    s.replace("{prefix}", prefix).replace("{code}", code)
+}
+
+fn resolve(q: &QueueSpec, prefix: &str, code: &str) -> QueueSpec {
+    QueueSpec {
+        name: format!("{prefix}{}", subst(&q.name, prefix, code)),
+        bind: q
+            .bind
+            .iter()
+            .map(|b| BindSpec {
+                exchange: format!("{prefix}{}", subst(&b.exchange, prefix, code)),
+                key: subst(&b.key, prefix, code),
+            })
+            .collect(),
+        arguments: q
+            .arguments
+            .iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    ArgValue::Str(s) => ArgValue::Str(subst(s, prefix, code)),
+                    ArgValue::Int(i) => ArgValue::Int(*i),
+                };
+                (k.clone(), v)
+            })
+            .collect(),
+    }
+}
+
+impl Topology {
+    /// Parses topology text for `prefix`; `path` names it in errors.
+    pub fn from_toml(text: &str, path: &Path, prefix: &str) -> Result<Self, TopologyError> {
+        let invalid = |message: String| TopologyError::Invalid {
+            path: path.to_owned(),
+            message,
+        };
+        let file: TopologyFile = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        let exchanges: Vec<ExchangeSpec> = file
+            .exchange
+            .iter()
+            .map(|e| ExchangeSpec {
+                name: format!("{prefix}{}", e.name),
+                kind: e.kind,
+            })
+            .collect();
+        let queues: Vec<QueueSpec> = file.queue.iter().map(|q| resolve(q, prefix, "")).collect();
+        let topo = Self {
+            prefix: prefix.to_owned(),
+            exchanges,
+            queues,
+            inbox: file.agency.inbox,
+            notify: file.agency.notify,
+        };
+        for needed in ["ingress", "deliver", "notify", "dlx", "release"] {
+            if !topo
+                .exchanges
+                .iter()
+                .any(|e| e.name == format!("{prefix}{needed}"))
+            {
+                return Err(invalid(format!("exchange {needed:?} is missing")));
+            }
+        }
+        for needed in ["ingress", "dead", "release", "rejected", "undelivered"] {
+            if !topo
+                .queues
+                .iter()
+                .any(|q| q.name == format!("{prefix}{needed}"))
+            {
+                return Err(invalid(format!("queue {needed:?} is missing")));
+            }
+        }
+        for (name, ttl) in crate::core::scheduler::BUCKETS {
+            let qname = format!("{prefix}delay.{name}");
+            let q = topo
+                .queues
+                .iter()
+                .find(|q| q.name == qname)
+                .ok_or_else(|| {
+                    invalid(format!("delay bucket queue \"delay.{name}\" is missing"))
+                })?;
+            if q.arguments.get("x-message-ttl") != Some(&ArgValue::Int(ttl.as_millis() as i64)) {
+                return Err(invalid(format!(
+                    "delay.{name} must have x-message-ttl = {}",
+                    ttl.as_millis()
+                )));
+            }
+            if q.arguments.get("x-dead-letter-exchange")
+                != Some(&ArgValue::Str(format!("{prefix}release")))
+            {
+                return Err(invalid(format!(
+                    "delay.{name} must dead-letter to the release exchange"
+                )));
+            }
+        }
+        let probe = AgencyCode::parse("PROBE").expect("valid code");
+        for q in topo.queues.iter().chain(topo.agency_queues(&probe).iter()) {
+            for b in &q.bind {
+                if !topo.exchanges.iter().any(|e| e.name == b.exchange) {
+                    return Err(invalid(format!(
+                        "queue {:?} binds to undeclared exchange {:?}",
+                        q.name, b.exchange
+                    )));
+                }
+            }
+        }
+        Ok(topo)
+    }
+
+    /// Loads `dir/topology.toml`, or the built-in topology when absent.
+    pub fn load(dir: &Path, prefix: &str) -> Result<Self, TopologyError> {
+        let path = dir.join("topology.toml");
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Self::from_toml(&text, &path, prefix),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Self::from_toml(
+                DEFAULT_TOPOLOGY,
+                Path::new("(built-in topology.toml)"),
+                prefix,
+            ),
+            Err(source) => Err(TopologyError::Read { path, source }),
+        }
+    }
+
+    /// The built-in topology under `prefix`.
+    pub fn builtin(prefix: &str) -> Self {
+        Self::from_toml(
+            DEFAULT_TOPOLOGY,
+            Path::new("(built-in topology.toml)"),
+            prefix,
+        )
+        .expect("the built-in topology is valid")
+    }
+
+    /// Full name of a fixed exchange or queue (`ingress` → `lgsp.ingress`).
+    pub fn name(&self, short: &str) -> String {
+        format!("{}{short}", self.prefix)
+    }
+
+    /// The inbox and notify queues of `code`.
+    pub fn agency_queues(&self, code: &AgencyCode) -> [QueueSpec; 2] {
+        [
+            resolve(&self.inbox, &self.prefix, code.as_str()),
+            resolve(&self.notify, &self.prefix, code.as_str()),
+        ]
+    }
+
+    /// Name of the inbox queue of `code`.
+    pub fn inbox(&self, code: &AgencyCode) -> String {
+        self.agency_queues(code)[0].name.clone()
+    }
+
+    /// Name of the notify queue of `code`.
+    pub fn notify(&self, code: &AgencyCode) -> String {
+        self.agency_queues(code)[1].name.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_topology_matches_the_contract() {
+        let t = Topology::builtin("lgsp.");
+        let code = AgencyCode::parse("000.00.32.H41").unwrap();
+        let [inbox, notify] = t.agency_queues(&code);
+        assert_eq!(inbox.name, "lgsp.inbox.000.00.32.H41");
+        assert_eq!(
+            inbox.bind,
+            vec![BindSpec {
+                exchange: "lgsp.deliver".into(),
+                key: "000.00.32.H41".into()
+            }]
+        );
+        assert_eq!(inbox.arguments["x-max-priority"], ArgValue::Int(5));
+        assert_eq!(
+            inbox.arguments["x-dead-letter-exchange"],
+            ArgValue::Str("lgsp.dlx".into())
+        );
+        assert_eq!(notify.name, "lgsp.notify.000.00.32.H41");
+        let ingress = t.queues.iter().find(|q| q.name == "lgsp.ingress").unwrap();
+        assert_eq!(ingress.bind[0].key, "#");
+        assert!(t
+            .exchanges
+            .iter()
+            .any(|e| e.name == "lgsp.ingress" && e.kind == ExchangeKind::Topic));
+    }
+
+    #[test]
+    fn refuses_incomplete_topology() {
+        let e = Topology::from_toml(
+            "[agency.inbox]\nname='i'\n[agency.notify]\nname='n'\n",
+            Path::new("t.toml"),
+            "p.",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("t.toml"), "{e}");
+    }
+}

@@ -1,0 +1,438 @@
+//! Deliveries the hub holds or takes back: deferral (`lgsp-not-before`)
+//! through the delay buckets, retries of deliveries a destination rejected,
+//! deadlines (`lgsp-deliver-by`), and recall (status `13`).
+//!
+//! Invariants: a held delivery lives only in the broker (a delay bucket), never
+//! in truc's memory or store, so a restart loses nothing; a destination's
+//! timeline decides whether a held copy may still go out (a copy whose
+//! destination is bounced, expired, recalled or already delivered is dropped);
+//! each bounce is recorded in the timeline before it is acknowledged, so a
+//! redelivered copy does not bounce twice.
+
+use std::time::Duration;
+
+use crate::core::code::AgencyCode;
+use crate::core::envelope::StatusFields;
+use crate::core::message::{Inbound, Message};
+use crate::core::metrics;
+use crate::core::notice::{hub_sign, Notice, NoticeKind};
+use crate::core::reason::Reason;
+use crate::core::scheduler::{backoff, bucket_for, expired, BUCKETS};
+use crate::core::time::{format_duration, format_rfc3339, now_ms};
+use crate::router::{Outbox, Outcome, Router, RouterError};
+use crate::state::tracking::EnvelopeRecord;
+
+const EXPIRED_DETAIL: &str = "lgsp-deliver-by passed before delivery";
+
+/// Header carrying the due time (ms) of a held delivery.
+pub const DUE_HEADER: &str = "x-truc-due";
+
+/// Removes what the broker added when dead-lettering, and the due marker.
+fn clean(mut m: Message) -> Message {
+    m.strip_bookkeeping();
+    m
+}
+
+/// `(from, dest, message_id)` of a delivery copy.
+fn delivery_key(m: &Message) -> Option<(AgencyCode, AgencyCode, String)> {
+    let from = AgencyCode::parse(m.header("lgsp-from")?).ok()?;
+    let dest = AgencyCode::parse(m.header("lgsp-dest")?).ok()?;
+    Some((from, dest, m.message_id.clone()?))
+}
+
+impl Router {
+    /// Turns delivery `d` into a copy held in the right delay bucket until `due_ms`.
+    pub(crate) fn held(&self, mut d: Message, due_ms: i64, now: i64) -> Message {
+        let remaining = Duration::from_millis((due_ms - now).max(0) as u64);
+        let i = bucket_for(remaining).unwrap_or(0);
+        d.exchange = String::new();
+        d.routing_key = self.topology.name(&format!("delay.{}", BUCKETS[i].0));
+        d.set_header(DUE_HEADER, due_ms.to_string());
+        d
+    }
+
+    /// Records `state` for `dest` and tells the source it bounced for `reason`.
+    async fn bounce<O: Outbox>(
+        &self,
+        rec: &EnvelopeRecord,
+        dest: &AgencyCode,
+        (state, reason, detail): (&str, Reason, &str),
+        outbox: &O,
+        now: i64,
+    ) -> Result<(), RouterError> {
+        self.tracking.update(&rec.from, &rec.message_id, |r| {
+            if let Some(t) = r.dest_mut(dest) {
+                t.push(now, state, Some(reason), detail);
+            }
+        })?;
+        if let Some(src) = self.registry.get(&rec.from) {
+            let mut n = Notice::new(NoticeKind::Bounced, rec.from.clone(), &rec.message_id, now);
+            n.dest = Some(dest.clone());
+            n.reason = Some(reason);
+            n.detail = detail.to_owned();
+            self.notify(&src, &n, outbox).await?;
+        }
+        metrics::bounced(reason);
+        tracing::info!(from = %rec.from, message_id = %rec.message_id, dest = %dest, reason = %reason, "delivery bounced");
+        Ok(())
+    }
+
+    /// The envelope's record when `dest` still waits for it, else why not.
+    /// The caller holds the envelope's lock.
+    fn waiting(
+        &self,
+        from: &AgencyCode,
+        dest: &AgencyCode,
+        mid: &str,
+    ) -> Result<Result<EnvelopeRecord, &'static str>, RouterError> {
+        let Some(rec) = self.tracking.get(from, mid)? else {
+            return Ok(Err("no record"));
+        };
+        match rec.dests.iter().find(|d| &d.code == dest) {
+            None => Ok(Err("not a destination of the envelope")),
+            Some(t) if t.is_final() || t.is_delivered() => {
+                Ok(Err("destination no longer waits for it"))
+            }
+            Some(_) => Ok(Ok(rec)),
+        }
+    }
+
+    /// Bounces `dest` as expired, parks the copy for operators, durably.
+    async fn expire<O: Outbox>(
+        &self,
+        rec: &EnvelopeRecord,
+        dest: &AgencyCode,
+        copy: &Message,
+        outbox: &O,
+        now: i64,
+    ) -> Result<Outcome, RouterError> {
+        self.park(copy, Reason::Expired, EXPIRED_DETAIL, outbox, now)
+            .await?;
+        self.bounce(
+            rec,
+            dest,
+            ("expired", Reason::Expired, EXPIRED_DETAIL),
+            outbox,
+            now,
+        )
+        .await?;
+        self.store.durable().await?;
+        Ok(Outcome::Dropped("expired"))
+    }
+
+    /// Keeps a delivery the hub gave up on in the bounded `undelivered`
+    /// queue, where operators list, retry or drop it (`truc dead`).
+    async fn park<O: Outbox>(
+        &self,
+        copy: &Message,
+        reason: Reason,
+        detail: &str,
+        outbox: &O,
+        now: i64,
+    ) -> Result<(), RouterError> {
+        let deaths = copy.header("lgsp-attempt").unwrap_or("1").to_owned();
+        let mut p = clean(copy.clone());
+        p.exchange = String::new();
+        p.routing_key = self.topology.name("undelivered");
+        p.expiration = None;
+        p.set_header("x-truc-reason", reason.as_str());
+        p.set_header("x-truc-detail", detail);
+        p.set_header("x-truc-died-at", format_rfc3339(now));
+        p.set_header("x-truc-deaths", deaths);
+        outbox.publish(&p).await?;
+        Ok(())
+    }
+
+    /// A held delivery came back from a delay bucket.
+    pub async fn release<O: Outbox>(
+        &self,
+        inbound: &Inbound,
+        outbox: &O,
+    ) -> Result<Outcome, RouterError> {
+        let now = now_ms();
+        let m = &inbound.message;
+        let Some((from, dest, mid)) = delivery_key(m) else {
+            tracing::warn!(routing_key = %m.routing_key, "release queue: not a delivery copy; dropped");
+            return Ok(Outcome::Dropped("not a delivery copy"));
+        };
+        let due = m
+            .header(DUE_HEADER)
+            .and_then(|d| d.parse::<i64>().ok())
+            .unwrap_or(now);
+        let _g = self.locks.lock(from.as_str(), &mid).await;
+        let rec = match self.waiting(&from, &dest, &mid)? {
+            Ok(rec) => rec,
+            Err(why) => return Ok(Outcome::Dropped(why)),
+        };
+        if expired(rec.deliver_by_ms, now) {
+            return self.expire(&rec, &dest, m, outbox, now).await;
+        }
+        let mut out = clean(m.clone());
+        if bucket_for(Duration::from_millis((due - now).max(0) as u64)).is_some() {
+            let again = self.held(out, due, now);
+            outbox.publish(&again).await?;
+            return Ok(Outcome::Held);
+        }
+        // Never early: the last fraction of a second is waited here.
+        if due > now {
+            tokio::time::sleep(Duration::from_millis((due - now) as u64)).await;
+        }
+        let now = now_ms();
+        out.exchange = self.topology.name("deliver");
+        out.routing_key = dest.to_string();
+        out.expiration = rec.deliver_by_ms.map(|t| (t - now).max(1).to_string());
+        // Signed again with the destination's current secret (a key may have
+        // been rotated while the copy was held).
+        if let Some(d) = self.registry.get(&dest) {
+            hub_sign(
+                &mut out,
+                &format!("deliver.{dest}"),
+                d.agency.current_secret(),
+            );
+        }
+        self.publish_declaring(&dest, &out, outbox).await?;
+        metrics::delivery_published();
+        let attempt = out.header("lgsp-attempt").unwrap_or("1").to_owned();
+        self.tracking.update(&from, &mid, |r| {
+            if let Some(t) = r.dest_mut(&dest) {
+                t.push(now, "queued", None, &format!("attempt {attempt}"));
+            }
+        })?;
+        self.tracking.pend(
+            &from,
+            &mid,
+            std::slice::from_ref(&dest),
+            &crate::state::tracking::Pending {
+                queued_at_ms: now,
+                priority: rec.priority,
+                bounce_after_ms: rec.bounce_after_ms,
+                warned: false,
+                bounced: false,
+            },
+        )?;
+        self.store.durable().await?;
+        tracing::info!(from = %from, message_id = %mid, dest = %dest, late_ms = now - due, "held delivery released");
+        Ok(Outcome::Released)
+    }
+
+    /// A delivery came back dead-lettered from an inbox (rejected or expired).
+    pub async fn dead<O: Outbox>(
+        &self,
+        inbound: &Inbound,
+        outbox: &O,
+    ) -> Result<Outcome, RouterError> {
+        let now = now_ms();
+        let m = &inbound.message;
+        if m.header("lgsp-kind") == Some("recall") {
+            return Ok(Outcome::Dropped(
+                "recall request refused by the destination",
+            ));
+        }
+        let Some((from, dest, mid)) = delivery_key(m) else {
+            // Not something the hub delivered (published into an inbox by
+            // someone else): keep it for operators in the rejected queue.
+            tracing::warn!(routing_key = %m.routing_key, "dead letter is not a delivery copy; moved to the rejected queue");
+            let mut q = clean(m.clone());
+            q.exchange = String::new();
+            q.routing_key = self.topology.name("rejected");
+            q.expiration = None;
+            q.set_header("x-truc-reason", "not-a-delivery");
+            q.set_header("x-truc-rejected-at", format_rfc3339(now));
+            outbox.publish(&q).await?;
+            return Ok(Outcome::Dropped("not a delivery copy"));
+        };
+        let death = m
+            .header("x-first-death-reason")
+            .unwrap_or("rejected")
+            .to_owned();
+        let _g = self.locks.lock(from.as_str(), &mid).await;
+        let rec = match self.waiting(&from, &dest, &mid)? {
+            Ok(rec) => rec,
+            Err(why) => return Ok(Outcome::Dropped(why)),
+        };
+        if death == "expired" || expired(rec.deliver_by_ms, now) {
+            return self.expire(&rec, &dest, m, outbox, now).await;
+        }
+        let track = rec
+            .dests
+            .iter()
+            .find(|d| d.code == dest)
+            .expect("waiting() found it");
+        let rejections = track.rejections() + 1;
+        self.tracking.update(&from, &mid, |r| {
+            if let Some(t) = r.dest_mut(&dest) {
+                t.push(
+                    now,
+                    "rejected",
+                    None,
+                    &format!(
+                        "{death} by the destination ({rejections} of {})",
+                        rec.max_attempts
+                    ),
+                );
+            }
+        })?;
+        if rejections >= rec.max_attempts {
+            let detail = format!("{dest} rejected the delivery {rejections} times");
+            self.park(m, Reason::MaxAttempts, &detail, outbox, now)
+                .await?;
+            self.bounce(
+                &rec,
+                &dest,
+                ("bounced", Reason::MaxAttempts, &detail),
+                outbox,
+                now,
+            )
+            .await?;
+            self.store.durable().await?;
+            return Ok(Outcome::Dropped("max attempts"));
+        }
+        let Some(dest_entry) = self.registry.get(&dest) else {
+            return Ok(Outcome::Dropped("destination no longer registered"));
+        };
+        let delay = backoff(
+            &self.policies().backoff,
+            rejections,
+            &mut rand::thread_rng(),
+        );
+        let mut again = clean(m.clone());
+        again.set_header("lgsp-attempt", (rejections + 1).to_string());
+        again.exchange = self.topology.name("deliver");
+        again.routing_key = dest.to_string();
+        hub_sign(
+            &mut again,
+            &format!("deliver.{dest}"),
+            dest_entry.agency.current_secret(),
+        );
+        let due = now + delay.as_millis() as i64;
+        let held = self.held(again, due, now);
+        outbox.publish(&held).await?;
+        self.tracking.update(&from, &mid, |r| {
+            if let Some(t) = r.dest_mut(&dest) {
+                t.push(
+                    now,
+                    "retry",
+                    None,
+                    &format!("attempt {} at {}", rejections + 1, format_rfc3339(due)),
+                );
+            }
+        })?;
+        self.store.durable().await?;
+        metrics::retry_scheduled();
+        tracing::info!(from = %from, message_id = %mid, dest = %dest, attempt = rejections + 1, delay = %format_duration(delay), "retry scheduled");
+        Ok(Outcome::Held)
+    }
+
+    /// Status `13` from the source: recall the envelope `st.reference`.
+    pub(crate) async fn recall<O: Outbox>(
+        &self,
+        source: &AgencyCode,
+        st: &StatusFields,
+        outbox: &O,
+        now: i64,
+    ) -> Result<Result<Outcome, String>, RouterError> {
+        let _g = self.locks.lock(source.as_str(), &st.reference).await;
+        let Some(rec) = self.tracking.get(source, &st.reference)? else {
+            return Ok(Err(format!("{source} sent no envelope {}", st.reference)));
+        };
+        for track in &rec.dests {
+            if track.is_final() {
+                continue;
+            }
+            if matches!(track.state.as_str(), "deferred" | "retry") {
+                // Held by the hub: the copy will be dropped when it comes back.
+                self.bounce(
+                    &rec,
+                    &track.code,
+                    (
+                        "recalled",
+                        Reason::Recalled,
+                        "recalled by the source before delivery",
+                    ),
+                    outbox,
+                    now,
+                )
+                .await?;
+                continue;
+            }
+            // In the inbox or already received: ask the destination (it answers 15 or 16).
+            let Some(dest) = self.registry.get(&track.code) else {
+                continue;
+            };
+            let mut r = Message {
+                exchange: self.topology.name("deliver"),
+                routing_key: track.code.to_string(),
+                message_id: Some(crate::core::notice::fresh_message_id('r')),
+                content_type: Some("application/json".into()),
+                priority: Some(5),
+                body: serde_json::to_vec(&serde_json::json!({
+                    "recall": st.reference, "from": source, "reason": st.reason,
+                }))
+                .unwrap_or_default()
+                .into(),
+                ..Message::default()
+            };
+            r.set_header("lgsp-version", "1");
+            r.set_header("lgsp-kind", "recall");
+            r.set_header("lgsp-from", source.as_str());
+            r.set_header("lgsp-ref", &st.reference);
+            r.set_header("lgsp-dest", track.code.as_str());
+            r.set_header("lgsp-time", format_rfc3339(now));
+            r.set_header("lgsp-digest", crate::core::auth::body_digest(&r.body));
+            if let Some(reason) = &st.reason {
+                r.set_header("lgsp-reason", reason);
+            }
+            hub_sign(
+                &mut r,
+                &format!("deliver.{}", track.code),
+                dest.agency.current_secret(),
+            );
+            self.publish_declaring(&track.code, &r, outbox).await?;
+            self.tracking.update(source, &st.reference, |rec| {
+                if let Some(t) = rec.dest_mut(&track.code) {
+                    t.push(
+                        now,
+                        "recall-requested",
+                        None,
+                        "asked the destination to drop it",
+                    );
+                }
+            })?;
+        }
+        self.store.durable().await?;
+        tracing::info!(from = %source, message_id = %st.reference, "recall handled");
+        Ok(Ok(Outcome::StatusRelayed))
+    }
+
+    /// Expires every destination whose deadline passed before delivery;
+    /// returns how many envelopes were looked at.
+    pub async fn sweep_deadlines<O: Outbox>(
+        &self,
+        outbox: &O,
+        now: i64,
+    ) -> Result<usize, RouterError> {
+        let due = self.tracking.due_deadlines(now, 500)?;
+        for (key, from, mid) in &due {
+            let _g = self.locks.lock(from.as_str(), mid).await;
+            if let Some(rec) = self.tracking.get(from, mid)? {
+                for track in &rec.dests {
+                    if !track.is_final() && !track.is_delivered() {
+                        self.bounce(
+                            &rec,
+                            &track.code,
+                            ("expired", Reason::Expired, EXPIRED_DETAIL),
+                            outbox,
+                            now,
+                        )
+                        .await?;
+                    }
+                }
+            }
+            self.tracking.remove_deadline(key)?;
+        }
+        if !due.is_empty() {
+            self.store.durable().await?;
+        }
+        Ok(due.len())
+    }
+}

@@ -1,0 +1,385 @@
+//! `truc serve`: wires the store, registry, router and admin API together,
+//! keeps a broker link alive, and drains on shutdown.
+//!
+//! Invariants: shutdown is one [`CancellationToken`] that every loop selects
+//! on; in-flight ingress work is tracked by a [`TaskTracker`] and awaited
+//! before the link closes; after any broker error the link is dropped and
+//! rebuilt (the broker redelivers whatever was not acked).
+
+pub mod presence;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::broker::{declare_agency, AmqpError, Link, LinkOutbox};
+use crate::core::config::Config;
+use crate::core::metrics;
+use crate::core::policy::Policies;
+use crate::core::topology::Topology;
+use crate::operator::Hub;
+use crate::router::Router;
+use crate::state::registry::Registry;
+use crate::state::store::Store;
+
+/// Service start-up errors.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// Configuration.
+    #[error(transparent)]
+    Config(#[from] crate::core::config::ConfigError),
+    /// Policies.
+    #[error(transparent)]
+    Policy(#[from] crate::core::policy::PolicyError),
+    /// Topology.
+    #[error(transparent)]
+    Topology(#[from] crate::core::topology::TopologyError),
+    /// Store.
+    #[error(transparent)]
+    Store(#[from] crate::state::store::StoreError),
+    /// Registry.
+    #[error(transparent)]
+    Registry(#[from] crate::state::registry::RegistryError),
+    /// Admin API.
+    #[error("admin API: {0}")]
+    Admin(std::io::Error),
+    /// The master key cannot be read or generated, or is invalid.
+    #[error("master key: {0}")]
+    MasterKey(String),
+}
+
+impl ServiceError {
+    /// Whether starting again may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Config(_) | Self::Policy(_) | Self::Topology(_) | Self::MasterKey(_) => false,
+            Self::Store(e) => e.is_retryable(),
+            Self::Registry(e) => e.is_retryable(),
+            Self::Admin(_) => true,
+        }
+    }
+}
+
+/// Publishing channels of the router's link.
+pub const ROUTER_PUBLISH_CHANNELS: usize = 4;
+
+/// Runs the hub until `shutdown` is cancelled.
+pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), ServiceError> {
+    config.validate()?;
+    let policies = Policies::load(&config.policies_dir)?;
+    let topology = Arc::new(Topology::load(&config.queues_dir, &config.prefix)?);
+    let store = Store::open(&config.data_dir)?;
+    let flusher = store.start_flusher();
+    let master = config
+        .resolve_master_key()
+        .map_err(|e| ServiceError::MasterKey(e.to_string()))
+        .and_then(|k| {
+            crate::core::secrets::MasterKey::parse(&k)
+                .map_err(|e| ServiceError::MasterKey(e.to_string()))
+        })?;
+    let registry = Registry::open(store.clone(), master)?;
+    let admin_token = config
+        .resolve_admin_token(true)
+        .map_err(ServiceError::Admin)?;
+    let router = Arc::new(Router::new(
+        store.clone(),
+        registry.clone(),
+        topology.clone(),
+        policies,
+    ));
+    let heartbeats = crate::serve::presence::heartbeat_channel(&router);
+    let (link_tx, link_rx) = watch::channel(None);
+    let hub = Arc::new(Hub {
+        presence: crate::state::presence::PresenceBook::new(store.clone()),
+        config: config.clone(),
+        store: store.clone(),
+        registry,
+        topology,
+        router,
+        link: link_rx,
+        admin_token,
+    });
+    let tracker = TaskTracker::new();
+    let listener = tokio::net::TcpListener::bind(config.admin_socket()?)
+        .await
+        .map_err(ServiceError::Admin)?;
+    tracing::info!(addr = %config.admin_addr, data_dir = %config.data_dir.display(), prefix = %config.prefix, "truc serving");
+    tracker.spawn(crate::api::serve(hub.clone(), listener, shutdown.clone()));
+    tracker.spawn(housekeeping(hub.clone(), shutdown.clone()));
+    tracker.spawn(reload_on_sighup(hub.clone(), shutdown.clone()));
+    tracker.spawn(crate::serve::presence::run(
+        hub.clone(),
+        heartbeats,
+        shutdown.clone(),
+    ));
+    run_ingress(hub.clone(), link_tx, shutdown.clone()).await;
+    tracker.close();
+    tracker.wait().await;
+    store.flush()?;
+    flusher.abort();
+    tracing::info!("truc stopped");
+    Ok(())
+}
+
+async fn reload_on_sighup(hub: Arc<Hub>, shutdown: CancellationToken) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = hup.recv() => match Policies::load(&hub.config.policies_dir) {
+                Ok(p) => {
+                    hub.router.set_policies(p);
+                    tracing::info!(dir = %hub.config.policies_dir.display(), "policies reloaded");
+                }
+                Err(e) => tracing::error!(error = %e, "policies not reloaded; keeping the old ones"),
+            },
+        }
+    }
+}
+
+async fn housekeeping(hub: Arc<Hub>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    let mut sample = tokio::time::interval(hub.config.depth_sample_interval());
+    let mut retention = tokio::time::interval(Duration::from_secs(600));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = sample.tick() => crate::operator::queues::sample(&hub).await,
+            _ = retention.tick() => {
+                match crate::state::retention::sweep(
+                    &hub.store,
+                    hub.router.audit(),
+                    crate::core::time::now_ms(),
+                    hub.config.envelope_retention(),
+                    hub.config.audit_retention(),
+                )
+                .await
+                {
+                    Ok((e, a)) if e + a > 0 => tracing::info!(envelopes = e, audit_entries = a, "retention sweep"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, retryable = e.is_retryable(), "retention sweep failed"),
+                }
+                metrics::audit_entries(hub.router.audit().len());
+            }
+            _ = tick.tick() => {
+                match hub.router.nonces().sweep(crate::core::time::now_ms()) {
+                    Ok(n) if n > 0 => tracing::debug!(swept = n, "expired nonces removed"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "nonce sweep failed"),
+                }
+                metrics::agencies(hub.registry.len());
+                metrics::store_bytes(hub.store.size_on_disk());
+            }
+        }
+    }
+}
+
+async fn connect(hub: &Hub, shutdown: &CancellationToken) -> Option<Arc<Link>> {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let attempt = async {
+            let link = Link::connect_with(
+                &hub.config.amqp_url,
+                &format!("truc router {}", hub.config.prefix),
+                ROUTER_PUBLISH_CHANNELS,
+            )
+            .await?;
+            link.declare_topology(&hub.topology).await?;
+            for a in hub.registry.list() {
+                match declare_agency(&link, &hub.topology, &a.code).await {
+                    Ok(()) => {}
+                    // One agency's queue declared differently by someone else
+                    // must not keep the whole hub off the broker.
+                    Err(e @ (AmqpError::Conflict { .. } | AmqpError::NoSuchQueue(_))) => {
+                        tracing::error!(agency = %a.code, error = %e, "agency queues not declared")
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok::<_, AmqpError>(link)
+        };
+        let res = tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            r = attempt => r,
+        };
+        match res {
+            Ok(link) => {
+                metrics::broker_connected();
+                tracing::info!(url = %redact(&hub.config.amqp_url), "broker connected, topology declared");
+                return Some(Arc::new(link));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "broker not reachable");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return None,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// The URL without its password, for logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
+/// Which queue a consumer reads, and so which router entry point handles it.
+#[derive(Debug, Clone, Copy)]
+enum Feed {
+    /// What adapters publish.
+    Ingress,
+    /// Held deliveries coming out of the delay buckets.
+    Release,
+    /// Deliveries dead-lettered from inboxes.
+    Dead,
+}
+
+impl Feed {
+    fn queue(self) -> &'static str {
+        match self {
+            Self::Ingress => "ingress",
+            Self::Release => "release",
+            Self::Dead => "dead",
+        }
+    }
+}
+
+/// Consumes one queue until shutdown or a broker error; every delivery is
+/// handled in its own task on `work` and acked only after success.
+async fn consume(
+    hub: Arc<Hub>,
+    link: Arc<Link>,
+    outbox: Arc<LinkOutbox>,
+    feed: Feed,
+    work: TaskTracker,
+    stop: CancellationToken,
+) -> Result<(), AmqpError> {
+    let queue = hub.topology.name(feed.queue());
+    let prefetch = match feed {
+        Feed::Ingress => hub.config.prefetch,
+        Feed::Release | Feed::Dead => 64,
+    };
+    let mut sub = link
+        .subscribe(&queue, prefetch, &format!("truc-{}", feed.queue()))
+        .await?;
+    let settler = sub.settler();
+    let mut draining = false;
+    let drain_limit = tokio::time::sleep(Duration::from_secs(3600));
+    tokio::pin!(drain_limit);
+    loop {
+        tokio::select! {
+            _ = &mut drain_limit, if draining => return Ok(()),
+            _ = stop.cancelled(), if !draining => {
+                // Stop the flow, then handle what the broker already sent, so
+                // a clean stop leaves nothing to redeliver as a possible repeat.
+                draining = true;
+                drain_limit.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(10));
+                if sub.cancel().await.is_err() {
+                    return Ok(());
+                }
+            }
+            next = sub.next() => match next {
+                None if draining => return Ok(()),
+                Some(Ok(inbound)) => {
+                    let (router, outbox, settler) = (hub.router.clone(), outbox.clone(), settler.clone());
+                    work.spawn(async move {
+                        let res = match feed {
+                            Feed::Ingress => router.handle(&inbound, outbox.as_ref()).await,
+                            Feed::Release => router.release(&inbound, outbox.as_ref()).await,
+                            Feed::Dead => router.dead(&inbound, outbox.as_ref()).await,
+                        };
+                        match res {
+                            Ok(_) => {
+                                if let Err(e) = settler.ack(inbound.delivery_tag).await {
+                                    tracing::warn!(error = %e, "ack failed; the broker will redeliver");
+                                }
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, feed = feed.queue(), retryable = e.is_retryable(), "message not handled; it will come again");
+                                tokio::time::sleep(Duration::from_millis(500)).await;
+                                let _ = settler.reject(inbound.delivery_tag, true).await;
+                            }
+                        }
+                    });
+                }
+                Some(Err(e)) => return Err(e),
+                None => return Err(AmqpError::Broker { op: "basic.consume", message: format!("consumer of {queue} cancelled") }),
+            },
+        }
+    }
+}
+
+async fn run_ingress(
+    hub: Arc<Hub>,
+    link_tx: watch::Sender<Option<Arc<Link>>>,
+    shutdown: CancellationToken,
+) {
+    while let Some(link) = connect(&hub, &shutdown).await {
+        link_tx.send_replace(Some(link.clone()));
+        let outbox = Arc::new(LinkOutbox::new(link.clone(), hub.topology.clone()));
+        let work = TaskTracker::new();
+        // Cancelled on shutdown or when any consumer fails (the link is then gone).
+        let stop = shutdown.child_token();
+        let mut consumers = tokio::task::JoinSet::new();
+        for feed in [Feed::Ingress, Feed::Release, Feed::Dead] {
+            consumers.spawn(consume(
+                hub.clone(),
+                link.clone(),
+                outbox.clone(),
+                feed,
+                work.clone(),
+                stop.clone(),
+            ));
+        }
+        consumers.spawn(deadlines(hub.clone(), outbox.clone(), stop.clone()));
+        while let Some(res) = consumers.join_next().await {
+            if let Ok(Err(e)) = res {
+                tracing::warn!(error = %e, "broker link lost");
+                stop.cancel();
+            }
+        }
+        // Drain: finish (or fail) everything in flight before closing.
+        work.close();
+        if tokio::time::timeout(Duration::from_secs(30), work.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("in-flight work did not finish in 30s; the broker will redeliver it");
+        }
+        link_tx.send_replace(None);
+        link.close().await;
+        if shutdown.is_cancelled() {
+            break;
+        }
+    }
+}
+
+/// Expires destinations whose `lgsp-deliver-by` passed, once a second.
+async fn deadlines(
+    hub: Arc<Hub>,
+    outbox: Arc<LinkOutbox>,
+    stop: CancellationToken,
+) -> Result<(), AmqpError> {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            _ = tick.tick() => match hub.router.sweep_deadlines(outbox.as_ref(), crate::core::time::now_ms()).await {
+                Ok(0) => {}
+                Ok(n) => metrics::deadlines_swept(n),
+                Err(e) => tracing::warn!(error = %e, "deadline sweep failed; will retry"),
+            },
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! Layer 2 — **state**: everything truc persists, in the embedded sled store.
+//!
+//! Owns the store and its group-committed durability, the one value codec,
+//! the agency registry, nonce replay defence, per-envelope timelines and
+//! dedupe records, presence history, the hash-chained audit log and the
+//! retention sweeps.
+//!
+//! May use: [`crate::core`]. Invariant: every value goes through
+//! [`codec`]; nothing here holds message content.
+
+pub mod audit;
+pub mod codec;
+pub mod presence;
+pub mod registry;
+pub mod replay;
+pub mod retention;
+pub mod store;
+pub mod tracking;

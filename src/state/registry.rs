@@ -1,0 +1,614 @@
+//! The directory of agencies: codes, names, access keys, secrets and RSA
+//! public keys, persisted in sled and cached in memory for the ingress path.
+//!
+//! Invariants: an access key belongs to exactly one agency; the cache is
+//! updated in the same call that writes sled, so lookups never see a key the
+//! store does not hold. Secrets are returned once, by [`Registry::add`] and
+//! [`Registry::rotate_key`]. Secrets are sealed with the master key before
+//! they reach sled ([`crate::core::secrets`]); the cache holds them in the clear
+//! for the ingress path. Plaintext secrets of older stores are sealed by
+//! [`Registry::open`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use rand::Rng;
+use rsa::RsaPublicKey;
+use serde::{Deserialize, Serialize};
+
+use crate::core::auth::{parse_public_key, AuthError};
+use crate::core::code::AgencyCode;
+use crate::core::secrets::{MasterKey, SecretsError};
+use crate::core::time::now_ms;
+use crate::state::codec;
+use crate::state::store::{Store, StoreError};
+
+/// Registry errors.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The code is registered already.
+    #[error("agency {0} is already registered")]
+    Exists(AgencyCode),
+    /// No such agency.
+    #[error("agency {0} is not registered")]
+    NotFound(AgencyCode),
+    /// The name is empty or too long.
+    #[error("agency name must be 1-300 characters without control characters")]
+    BadName,
+    /// The RSA public key does not parse.
+    #[error(transparent)]
+    BadKey(#[from] AuthError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A stored secret does not open with the master key.
+    #[error("agency {code}: {source}")]
+    Sealed {
+        /// The agency.
+        code: String,
+        /// Why.
+        source: SecretsError,
+    },
+    /// A row of an import is invalid; nothing was imported.
+    #[error("row {row}: {problem}")]
+    BadRow {
+        /// 1-based row (the caller maps it to a file line).
+        row: usize,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+impl RegistryError {
+    /// Whether trying again may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Exists(_) | Self::NotFound(_) | Self::BadName | Self::BadKey(_) => false,
+            Self::Store(e) => e.is_retryable(),
+            Self::Sealed { source, .. } => source.is_retryable(),
+            Self::BadRow { .. } => false,
+        }
+    }
+}
+
+impl From<sled::Error> for RegistryError {
+    fn from(e: sled::Error) -> Self {
+        Self::Store(e.into())
+    }
+}
+
+impl From<codec::CodecError> for RegistryError {
+    fn from(e: codec::CodecError) -> Self {
+        Self::Store(e.into())
+    }
+}
+
+/// One access key of an agency.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AccessKey {
+    /// The public identifier sent as `lgsp-key`.
+    pub access_key: String,
+    /// The shared HMAC secret.
+    pub secret: String,
+    /// When it was issued (ms).
+    pub created_at_ms: i64,
+    /// When it stops being accepted (ms), if ever.
+    pub expires_at_ms: Option<i64>,
+}
+
+/// An agency as stored.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Agency {
+    /// Its code.
+    pub code: AgencyCode,
+    /// Its name.
+    pub name: String,
+    /// False when an operator disabled it.
+    pub enabled: bool,
+    /// Registration time (ms).
+    pub created_at_ms: i64,
+    /// PEM public key for `rsa-sha256`.
+    pub public_key_pem: Option<String>,
+    /// Its keys, newest last. The newest signs what the hub sends it.
+    pub keys: Vec<AccessKey>,
+}
+
+impl Agency {
+    /// The key the hub signs with (the newest).
+    pub fn current_secret(&self) -> &str {
+        self.keys.last().map(|k| k.secret.as_str()).unwrap_or("")
+    }
+}
+
+/// What the ingress path needs about an agency, with its parsed RSA key.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// The stored record.
+    pub agency: Agency,
+    /// Parsed public key.
+    pub public_key: Option<RsaPublicKey>,
+}
+
+/// What [`Registry::add`] returns: the secret, shown once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Issued {
+    /// The agency code.
+    pub code: AgencyCode,
+    /// Its name.
+    pub name: String,
+    /// The access key.
+    pub access_key: String,
+    /// The secret.
+    pub secret: String,
+}
+
+#[derive(Default)]
+struct Cache {
+    by_code: HashMap<AgencyCode, Arc<Entry>>,
+    by_key: HashMap<String, AgencyCode>,
+}
+
+/// The agency directory.
+#[derive(Clone)]
+pub struct Registry {
+    store: Store,
+    cache: Arc<RwLock<Cache>>,
+    master: MasterKey,
+}
+
+const KEY_ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+
+fn new_access_key() -> String {
+    let mut rng = rand::thread_rng();
+    let tail: String = (0..10)
+        .map(|_| KEY_ALPHABET[rng.gen_range(0..KEY_ALPHABET.len())] as char)
+        .collect();
+    format!("AK{tail}")
+}
+
+fn new_secret() -> String {
+    use base64::Engine as _;
+    let bytes: [u8; 32] = rand::thread_rng().gen();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// A copy of `agency` with every secret sealed, for sled.
+fn sealed(master: &MasterKey, agency: &Agency) -> Agency {
+    let mut a = agency.clone();
+    for k in &mut a.keys {
+        k.secret = master.seal(&k.access_key, &k.secret);
+    }
+    a
+}
+
+fn entry(agency: Agency) -> Result<Entry, RegistryError> {
+    let public_key = agency
+        .public_key_pem
+        .as_deref()
+        .map(parse_public_key)
+        .transpose()?;
+    Ok(Entry { agency, public_key })
+}
+
+fn check_name(name: &str) -> Result<&str, RegistryError> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 300 || name.chars().any(char::is_control) {
+        return Err(RegistryError::BadName);
+    }
+    Ok(name)
+}
+
+impl Registry {
+    /// Loads every agency from `store`, opening secrets with `master`;
+    /// plaintext secrets left by older versions are sealed and rewritten.
+    pub fn open(store: Store, master: MasterKey) -> Result<Self, RegistryError> {
+        let mut cache = Cache::default();
+        let mut migrated = 0usize;
+        for item in store.agencies.iter() {
+            let (k, v) = item?;
+            let mut agency: Agency = codec::decode(&v)?;
+            let mut plain = false;
+            for key in &mut agency.keys {
+                if MasterKey::is_sealed(&key.secret) {
+                    key.secret = master
+                        .open(&key.access_key, &key.secret)
+                        .map_err(|source| RegistryError::Sealed {
+                            code: agency.code.to_string(),
+                            source,
+                        })?;
+                } else {
+                    plain = true;
+                }
+            }
+            if plain {
+                store
+                    .agencies
+                    .insert(k, codec::encode(&sealed(&master, &agency))?)?;
+                migrated += 1;
+            }
+            for k in &agency.keys {
+                cache
+                    .by_key
+                    .insert(k.access_key.clone(), agency.code.clone());
+            }
+            let e = entry(agency)?;
+            cache.by_code.insert(e.agency.code.clone(), Arc::new(e));
+        }
+        if migrated > 0 {
+            store.flush()?;
+            tracing::info!(
+                agencies = migrated,
+                "plaintext secrets sealed with the master key"
+            );
+        }
+        Ok(Self {
+            store,
+            cache: Arc::new(RwLock::new(cache)),
+            master,
+        })
+    }
+
+    fn cache(&self) -> std::sync::RwLockReadGuard<'_, Cache> {
+        self.cache.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn cache_mut(&self) -> std::sync::RwLockWriteGuard<'_, Cache> {
+        self.cache.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers an agency and issues its first key.
+    pub fn add(
+        &self,
+        code: AgencyCode,
+        name: &str,
+        public_key_pem: Option<String>,
+    ) -> Result<Issued, RegistryError> {
+        let issued = self.add_unflushed(code, name, public_key_pem)?;
+        self.store.flush()?;
+        Ok(issued)
+    }
+
+    /// [`Registry::add`] without the flush (the caller flushes once for many).
+    fn add_unflushed(
+        &self,
+        code: AgencyCode,
+        name: &str,
+        public_key_pem: Option<String>,
+    ) -> Result<Issued, RegistryError> {
+        let name = check_name(name)?;
+        if let Some(pem) = &public_key_pem {
+            parse_public_key(pem)?;
+        }
+        let key = AccessKey {
+            access_key: new_access_key(),
+            secret: new_secret(),
+            created_at_ms: now_ms(),
+            expires_at_ms: None,
+        };
+        let agency = Agency {
+            code: code.clone(),
+            name: name.to_owned(),
+            enabled: true,
+            created_at_ms: now_ms(),
+            public_key_pem,
+            keys: vec![key.clone()],
+        };
+        let mut cache = self.cache_mut();
+        let inserted = self.store.agencies.compare_and_swap(
+            code.as_str(),
+            None as Option<&[u8]>,
+            Some(codec::encode(&sealed(&self.master, &agency))?),
+        )?;
+        if inserted.is_err() {
+            return Err(RegistryError::Exists(code));
+        }
+        self.store
+            .keys
+            .insert(key.access_key.as_bytes(), code.as_str().as_bytes())?;
+        cache.by_key.insert(key.access_key.clone(), code.clone());
+        cache.by_code.insert(code.clone(), Arc::new(entry(agency)?));
+        Ok(Issued {
+            code,
+            name: name.to_owned(),
+            access_key: key.access_key,
+            secret: key.secret,
+        })
+    }
+
+    /// The agency with `code`.
+    pub fn get(&self, code: &AgencyCode) -> Option<Arc<Entry>> {
+        self.cache().by_code.get(code).cloned()
+    }
+
+    /// The agency owning `access_key` and that key, if it is still valid at `now_ms`.
+    pub fn by_key(&self, access_key: &str, now_ms: i64) -> Option<(Arc<Entry>, AccessKey)> {
+        let cache = self.cache();
+        let code = cache.by_key.get(access_key)?;
+        let entry = cache.by_code.get(code)?.clone();
+        let key = entry
+            .agency
+            .keys
+            .iter()
+            .find(|k| k.access_key == access_key)?
+            .clone();
+        if key.expires_at_ms.is_some_and(|t| t <= now_ms) {
+            return None;
+        }
+        Some((entry, key))
+    }
+
+    /// Every agency, sorted by code.
+    pub fn list(&self) -> Vec<Agency> {
+        let mut all: Vec<Agency> = self
+            .cache()
+            .by_code
+            .values()
+            .map(|e| e.agency.clone())
+            .collect();
+        all.sort_by(|a, b| a.code.cmp(&b.code));
+        all
+    }
+
+    /// Number of agencies.
+    pub fn len(&self) -> usize {
+        self.cache().by_code.len()
+    }
+
+    /// True when no agency is registered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Writes `agency` (sealed) and refreshes the cache; the caller holds the cache lock.
+    fn write(&self, cache: &mut Cache, agency: Agency) -> Result<Arc<Entry>, RegistryError> {
+        self.store.agencies.insert(
+            agency.code.as_str(),
+            codec::encode(&sealed(&self.master, &agency))?,
+        )?;
+        self.store.flush()?;
+        let e = Arc::new(entry(agency)?);
+        cache.by_code.insert(e.agency.code.clone(), e.clone());
+        Ok(e)
+    }
+
+    /// Enables or disables `code`; returns the updated agency.
+    pub fn set_enabled(&self, code: &AgencyCode, enabled: bool) -> Result<Agency, RegistryError> {
+        let mut cache = self.cache_mut();
+        let mut agency = cache
+            .by_code
+            .get(code)
+            .ok_or_else(|| RegistryError::NotFound(code.clone()))?
+            .agency
+            .clone();
+        agency.enabled = enabled;
+        Ok(self.write(&mut cache, agency)?.agency.clone())
+    }
+
+    /// Issues a new key for `code`; every older key still valid stays
+    /// valid until `now + grace` (or its own earlier expiry).
+    pub fn rotate_key(
+        &self,
+        code: &AgencyCode,
+        grace: std::time::Duration,
+    ) -> Result<(Issued, Agency), RegistryError> {
+        let now = now_ms();
+        let until = now.saturating_add(grace.as_millis() as i64);
+        let mut cache = self.cache_mut();
+        let mut agency = cache
+            .by_code
+            .get(code)
+            .ok_or_else(|| RegistryError::NotFound(code.clone()))?
+            .agency
+            .clone();
+        for k in &mut agency.keys {
+            k.expires_at_ms = Some(k.expires_at_ms.map_or(until, |t| t.min(until)));
+        }
+        let key = AccessKey {
+            access_key: new_access_key(),
+            secret: new_secret(),
+            created_at_ms: now,
+            expires_at_ms: None,
+        };
+        agency.keys.push(key.clone());
+        self.store
+            .keys
+            .insert(key.access_key.as_bytes(), code.as_str().as_bytes())?;
+        cache.by_key.insert(key.access_key.clone(), code.clone());
+        let agency = self.write(&mut cache, agency)?.agency.clone();
+        Ok((
+            Issued {
+                code: code.clone(),
+                name: agency.name.clone(),
+                access_key: key.access_key,
+                secret: key.secret,
+            },
+            agency,
+        ))
+    }
+
+    /// Removes `code` and its keys; returns what was removed.
+    pub fn remove(&self, code: &AgencyCode) -> Result<Agency, RegistryError> {
+        let mut cache = self.cache_mut();
+        let entry = cache
+            .by_code
+            .remove(code)
+            .ok_or_else(|| RegistryError::NotFound(code.clone()))?;
+        for k in &entry.agency.keys {
+            cache.by_key.remove(&k.access_key);
+            self.store.keys.remove(k.access_key.as_bytes())?;
+        }
+        self.store.agencies.remove(code.as_str())?;
+        self.store.flush()?;
+        Ok(entry.agency.clone())
+    }
+
+    /// Checks rows `(code, name)` for an import without changing anything:
+    /// the first problem is returned with its 1-based row.
+    pub fn check_import(&self, rows: &[(String, String)]) -> Result<(), RegistryError> {
+        let mut seen = std::collections::HashSet::new();
+        for (i, (code, name)) in rows.iter().enumerate() {
+            let bad = |problem: String| RegistryError::BadRow {
+                row: i + 1,
+                problem,
+            };
+            let c = AgencyCode::parse(code).map_err(|e| bad(format!("code {code:?}: {e}")))?;
+            check_name(name).map_err(|e| bad(e.to_string()))?;
+            if !seen.insert(c.clone()) {
+                return Err(bad(format!("code {c} appears twice in the file")));
+            }
+            if self.get(&c).is_some() {
+                return Err(bad(format!("agency {c} is already registered")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Registers every row after [`Registry::check_import`] passed for all of them.
+    pub fn import(&self, rows: &[(String, String)]) -> Result<Vec<Issued>, RegistryError> {
+        self.check_import(rows)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (i, (code, name)) in rows.iter().enumerate() {
+            let c = AgencyCode::parse(code).map_err(|e| RegistryError::BadRow {
+                row: i + 1,
+                problem: e.to_string(),
+            })?;
+            out.push(self.add_unflushed(c, name, None)?);
+        }
+        self.store.flush()?;
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mk() -> MasterKey {
+        MasterKey::parse(&"5a".repeat(32)).unwrap()
+    }
+
+    #[test]
+    fn secrets_are_sealed_on_disk_and_plaintext_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let code = AgencyCode::parse("H37.DN.001").unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        // A record as an older version wrote it: plaintext secret.
+        let legacy = Agency {
+            code: code.clone(),
+            name: "Sở".into(),
+            enabled: true,
+            created_at_ms: 1,
+            public_key_pem: None,
+            keys: vec![AccessKey {
+                access_key: "AKLEGACY0001".into(),
+                secret: "plain-secret-xyz".into(),
+                created_at_ms: 1,
+                expires_at_ms: None,
+            }],
+        };
+        store
+            .agencies
+            .insert(code.as_str(), codec::encode(&legacy).unwrap())
+            .unwrap();
+        store.keys.insert("AKLEGACY0001", code.as_str()).unwrap();
+        let reg = Registry::open(store.clone(), mk()).unwrap();
+        let raw = store.agencies.get(code.as_str()).unwrap().unwrap();
+        let on_disk: Agency = codec::decode(&raw).unwrap();
+        assert!(MasterKey::is_sealed(&on_disk.keys[0].secret));
+        assert!(!String::from_utf8_lossy(&raw).contains("plain-secret-xyz"));
+        let (_, key) = reg.by_key("AKLEGACY0001", now_ms()).unwrap();
+        assert_eq!(key.secret, "plain-secret-xyz");
+        drop(reg);
+        // Wrong master key: refused, not silently garbage.
+        let wrong = MasterKey::parse(&"77".repeat(32)).unwrap();
+        assert!(matches!(
+            Registry::open(store.clone(), wrong),
+            Err(RegistryError::Sealed { .. })
+        ));
+        let reg = Registry::open(store, mk()).unwrap();
+        assert_eq!(
+            reg.by_key("AKLEGACY0001", now_ms()).unwrap().1.secret,
+            "plain-secret-xyz"
+        );
+    }
+
+    #[test]
+    fn lifecycle_rotate_disable_remove_import() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Registry::open(Store::open(dir.path()).unwrap(), mk()).unwrap();
+        let a = AgencyCode::parse("A1").unwrap();
+        let first = reg.add(a.clone(), "A", None).unwrap();
+        let (second, agency) = reg
+            .rotate_key(&a, std::time::Duration::from_secs(3600))
+            .unwrap();
+        assert_eq!(agency.keys.len(), 2);
+        let now = now_ms();
+        assert!(reg.by_key(&first.access_key, now).is_some());
+        assert!(reg.by_key(&first.access_key, now + 3_601_000).is_none());
+        assert!(reg.by_key(&second.access_key, now + 3_601_000).is_some());
+        assert_eq!(reg.get(&a).unwrap().agency.current_secret(), second.secret);
+        assert!(!reg.set_enabled(&a, false).unwrap().enabled);
+        assert!(!reg.get(&a).unwrap().agency.enabled);
+        let rows = vec![
+            ("B1".to_string(), "B".to_string()),
+            ("bad code".to_string(), "C".to_string()),
+        ];
+        match reg.import(&rows) {
+            Err(RegistryError::BadRow { row: 2, .. }) => {}
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            reg.get(&AgencyCode::parse("B1").unwrap()).is_none(),
+            "nothing imported"
+        );
+        let dup = vec![("B1".into(), "B".into()), ("B1".into(), "B again".into())];
+        assert!(matches!(
+            reg.import(&dup),
+            Err(RegistryError::BadRow { row: 2, .. })
+        ));
+        let exists = vec![("A1".into(), "A".into())];
+        assert!(matches!(
+            reg.import(&exists),
+            Err(RegistryError::BadRow { row: 1, .. })
+        ));
+        let issued = reg.import(&[("B1".into(), "B".into())]).unwrap();
+        assert_eq!(issued.len(), 1);
+        reg.remove(&a).unwrap();
+        assert!(reg.get(&a).is_none());
+        assert!(reg.by_key(&second.access_key, now).is_none());
+        assert!(matches!(reg.remove(&a), Err(RegistryError::NotFound(_))));
+        drop(reg);
+        let reg = Registry::open(Store::open(dir.path()).unwrap(), mk()).unwrap();
+        assert_eq!(reg.len(), 1);
+    }
+
+    #[test]
+    fn add_lookup_and_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let code = AgencyCode::parse("000.00.31.H41").unwrap();
+        let issued = {
+            let reg = Registry::open(Store::open(dir.path()).unwrap(), mk()).unwrap();
+            let issued = reg.add(code.clone(), "Sở Y tế", None).unwrap();
+            assert!(issued.access_key.starts_with("AK") && issued.access_key.len() == 12);
+            assert!(issued.secret.len() >= 40);
+            assert!(matches!(
+                reg.add(code.clone(), "again", None),
+                Err(RegistryError::Exists(_))
+            ));
+            assert!(matches!(
+                reg.add(AgencyCode::parse("B").unwrap(), " ", None),
+                Err(RegistryError::BadName)
+            ));
+            assert!(reg
+                .add(AgencyCode::parse("B").unwrap(), "b", Some("junk".into()))
+                .is_err());
+            issued
+        };
+        let reg = Registry::open(Store::open(dir.path()).unwrap(), mk()).unwrap();
+        let (entry, key) = reg.by_key(&issued.access_key, now_ms()).unwrap();
+        assert_eq!(entry.agency.code, code);
+        assert_eq!(key.secret, issued.secret);
+        assert!(reg.by_key("AKNOPE", now_ms()).is_none());
+        assert_eq!(reg.list().len(), 1);
+    }
+}

@@ -1,0 +1,126 @@
+//! Replay defence: a nonce may be used once per access key within the
+//! clock-skew window.
+//!
+//! Invariants: a nonce is remembered with the `message_id` it came with, so
+//! the broker redelivering the *same* message (after a crash or a lost
+//! connection) is not mistaken for a replay; entries live in sled so a
+//! restart does not open a replay window, and are swept once expired.
+
+use crate::state::store::{Store, StoreError};
+
+/// The outcome of [`Nonces::check_and_remember`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NonceCheck {
+    /// First use.
+    Fresh,
+    /// Seen before with this same message (a broker redelivery).
+    SameMessage,
+    /// Seen before with another message: a replay.
+    Replay,
+}
+
+/// The nonce table.
+#[derive(Clone)]
+pub struct Nonces {
+    store: Store,
+}
+
+fn nonce_key(key: &str, nonce: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(key.len() + nonce.len() + 1);
+    k.extend_from_slice(key.as_bytes());
+    k.push(0);
+    k.extend_from_slice(nonce.as_bytes());
+    k
+}
+
+impl Nonces {
+    /// Over `store`.
+    pub fn new(store: Store) -> Self {
+        Self { store }
+    }
+
+    /// Checks `nonce` for `key`; remembers it until `expires_ms` when fresh.
+    pub fn check_and_remember(
+        &self,
+        key: &str,
+        nonce: &str,
+        message_id: &str,
+        expires_ms: i64,
+        now_ms: i64,
+    ) -> Result<NonceCheck, StoreError> {
+        let k = nonce_key(key, nonce);
+        let mut value = expires_ms.to_be_bytes().to_vec();
+        value.extend_from_slice(message_id.as_bytes());
+        match self
+            .store
+            .nonces
+            .compare_and_swap(&k, None as Option<&[u8]>, Some(value.clone()))?
+        {
+            Ok(()) => Ok(NonceCheck::Fresh),
+            Err(cas) => {
+                let old = cas.current.unwrap_or_default();
+                let (exp, mid) = old.split_at(8.min(old.len()));
+                let exp = i64::from_be_bytes(exp.try_into().unwrap_or([0; 8]));
+                if mid == message_id.as_bytes() {
+                    Ok(NonceCheck::SameMessage)
+                } else if exp <= now_ms {
+                    // Expired entry not swept yet: the nonce is free again.
+                    self.store.nonces.insert(&k, value)?;
+                    Ok(NonceCheck::Fresh)
+                } else {
+                    Ok(NonceCheck::Replay)
+                }
+            }
+        }
+    }
+
+    /// Removes expired entries; returns how many.
+    pub fn sweep(&self, now_ms: i64) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for item in self.store.nonces.iter() {
+            let (k, v) = item?;
+            if v.len() >= 8 && i64::from_be_bytes(v[..8].try_into().unwrap_or([0; 8])) <= now_ms {
+                self.store.nonces.remove(k)?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fresh_same_replay_and_expiry() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = Nonces::new(Store::open(dir.path()).unwrap());
+        assert_eq!(
+            n.check_and_remember("K", "nonce-0000000001", "m1", 1000, 0)
+                .unwrap(),
+            NonceCheck::Fresh
+        );
+        assert_eq!(
+            n.check_and_remember("K", "nonce-0000000001", "m1", 1000, 10)
+                .unwrap(),
+            NonceCheck::SameMessage
+        );
+        assert_eq!(
+            n.check_and_remember("K", "nonce-0000000001", "m2", 1000, 10)
+                .unwrap(),
+            NonceCheck::Replay
+        );
+        assert_eq!(
+            n.check_and_remember("K2", "nonce-0000000001", "m2", 1000, 10)
+                .unwrap(),
+            NonceCheck::Fresh
+        );
+        assert_eq!(
+            n.check_and_remember("K", "nonce-0000000001", "m3", 3000, 2000)
+                .unwrap(),
+            NonceCheck::Fresh
+        );
+        assert_eq!(n.sweep(5000).unwrap(), 2);
+    }
+}

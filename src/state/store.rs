@@ -1,0 +1,228 @@
+//! The embedded sled database: trees for the registry, tracking and replay
+//! defence, and group-committed durability.
+//!
+//! Invariants: sled holds metadata only, never an envelope body; a caller that
+//! must not lose a write awaits [`Store::durable`] before acknowledging
+//! anything to the broker. Many concurrent callers share one `flush`.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+
+use tokio::sync::{watch, Notify};
+
+/// Store errors.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// sled failed (I/O, corruption).
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+    /// A stored value does not decode.
+    #[error(transparent)]
+    Codec(#[from] crate::state::codec::CodecError),
+    /// The store was closed while waiting for durability.
+    #[error("store closed")]
+    Closed,
+}
+
+impl StoreError {
+    /// Whether trying again may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Sled(sled::Error::Io(_)) => true,
+            Self::Sled(
+                sled::Error::CollectionNotFound(_)
+                | sled::Error::Unsupported(_)
+                | sled::Error::ReportableBug(_)
+                | sled::Error::Corruption { .. },
+            ) => false,
+            Self::Codec(_) => false,
+            Self::Closed => false,
+        }
+    }
+}
+
+struct Inner {
+    db: sled::Db,
+    requested: AtomicU64,
+    wake: Arc<Notify>,
+    done: watch::Sender<u64>,
+}
+
+/// Handle to the database; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+    /// Agencies by code.
+    pub agencies: sled::Tree,
+    /// Access key → agency code.
+    pub keys: sled::Tree,
+    /// Envelope records by `from \0 message_id`.
+    pub envelopes: sled::Tree,
+    /// Index `dest \0 message_id \0 from` → empty.
+    pub by_dest: sled::Tree,
+    /// Deadlines: `deliver_by ms (BE) from \0 message_id` → empty.
+    pub deadlines: sled::Tree,
+    /// Seen nonces: `key \0 nonce` → (expiry ms, message id).
+    pub nonces: sled::Tree,
+    /// Small settings (`name` → value).
+    pub meta: sled::Tree,
+    /// Undelivered envelopes: `dest \0 from \0 message_id` → pending entry.
+    pub pending: sled::Tree,
+    /// Current presence per agency: `code` → presence record.
+    pub presence: sled::Tree,
+    /// Presence transitions: `code \0 at_ms (8 bytes BE) seq (4 bytes BE)` → transition.
+    pub presence_log: sled::Tree,
+    /// Audit entries by big-endian sequence number ([`crate::state::audit`]).
+    pub audit: sled::Tree,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating) the database under `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
+        let path = dir.join("db");
+        let config = sled::Config::new()
+            .path(&path)
+            .cache_capacity(64 * 1024 * 1024)
+            .flush_every_ms(Some(1000));
+        // sled's background thread may hold the file lock of a handle just
+        // dropped in this process for a moment: retry briefly before failing.
+        let mut tries = 0;
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e))
+                    if e.kind() == std::io::ErrorKind::WouldBlock && tries < 40 =>
+                {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let (done, _) = watch::channel(0);
+        Ok(Self {
+            agencies: db.open_tree("agencies")?,
+            keys: db.open_tree("keys")?,
+            envelopes: db.open_tree("envelopes")?,
+            by_dest: db.open_tree("by_dest")?,
+            deadlines: db.open_tree("deadlines")?,
+            nonces: db.open_tree("nonces")?,
+            meta: db.open_tree("meta")?,
+            pending: db.open_tree("pending")?,
+            presence: db.open_tree("presence")?,
+            presence_log: db.open_tree("presence_log")?,
+            audit: db.open_tree("audit")?,
+            inner: Arc::new(Inner {
+                db,
+                requested: AtomicU64::new(0),
+                wake: Arc::new(Notify::new()),
+                done,
+            }),
+            path,
+        })
+    }
+
+    /// Where the database lives.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Bytes on disk.
+    pub fn size_on_disk(&self) -> u64 {
+        self.inner.db.size_on_disk().unwrap_or(0)
+    }
+
+    /// Starts the group-commit flusher. Call once, inside a runtime.
+    pub fn start_flusher(&self) -> tokio::task::JoinHandle<()> {
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        let wake = self.inner.wake.clone();
+        tokio::spawn(async move {
+            loop {
+                let notified = wake.notified();
+                let Some(inner) = weak.upgrade() else { return };
+                let target = inner.requested.load(Ordering::Acquire);
+                if *inner.done.borrow() >= target {
+                    drop(inner);
+                    // Wake on the next request, or re-check the weak handle now and then.
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), notified).await;
+                    continue;
+                }
+                let db = inner.db.clone();
+                drop(inner);
+                match tokio::task::spawn_blocking(move || db.flush()).await {
+                    Ok(Ok(_)) => {
+                        if let Some(inner) = weak.upgrade() {
+                            inner.done.send_replace(target);
+                        }
+                    }
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "sled flush failed; retrying");
+                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "sled flush task failed");
+                        return;
+                    }
+                }
+            }
+        })
+    }
+
+    /// Resolves once everything written before the call is on disk.
+    /// Concurrent callers share one flush (group commit).
+    pub async fn durable(&self) -> Result<(), StoreError> {
+        let ticket = self.inner.requested.fetch_add(1, Ordering::AcqRel) + 1;
+        let mut rx = self.inner.done.subscribe();
+        self.inner.wake.notify_one();
+        rx.wait_for(|done| *done >= ticket)
+            .await
+            .map(|_| ())
+            .map_err(|_| StoreError::Closed)
+    }
+
+    /// Every tree with its name (for `truc store stats`).
+    pub fn trees(&self) -> Vec<(&'static str, &sled::Tree)> {
+        vec![
+            ("agencies", &self.agencies),
+            ("keys", &self.keys),
+            ("envelopes", &self.envelopes),
+            ("by_dest", &self.by_dest),
+            ("nonces", &self.nonces),
+            ("meta", &self.meta),
+            ("audit", &self.audit),
+        ]
+    }
+
+    /// Flushes synchronously (shutdown, CLI tools).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.inner.db.flush()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn durable_resolves_for_many_concurrent_writers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.start_flusher();
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..200u32 {
+            let s = store.clone();
+            set.spawn(async move {
+                s.meta.insert(i.to_be_bytes(), b"x".to_vec()).unwrap();
+                s.durable().await.unwrap();
+            });
+        }
+        while let Some(r) = set.join_next().await {
+            r.unwrap();
+        }
+        assert_eq!(store.meta.len(), 200);
+    }
+}

@@ -1,0 +1,463 @@
+//! Per-envelope, per-destination timelines and the dedupe record.
+//!
+//! Invariants: an envelope record exists only once every delivery of the
+//! envelope was confirmed by the broker, so its presence means "accepted and
+//! handed over"; records hold metadata (ids, codes, digest, size, times,
+//! states), never the body.
+
+use serde::{Deserialize, Serialize};
+
+use crate::core::code::AgencyCode;
+use crate::core::reason::Reason;
+use crate::state::codec;
+use crate::state::store::{Store, StoreError};
+
+/// One timestamped transition.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Event {
+    /// When (ms since the epoch).
+    pub at_ms: i64,
+    /// The state entered (`accepted`, `queued`, `bounced`…).
+    pub state: String,
+    /// Reason code, when there is one.
+    pub reason: Option<Reason>,
+    /// Human detail.
+    pub detail: String,
+}
+
+/// The timeline of one destination of one envelope.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DestTrack {
+    /// Destination code.
+    pub code: AgencyCode,
+    /// Current state (the last event's state).
+    pub state: String,
+    /// Every transition, oldest first.
+    pub events: Vec<Event>,
+}
+
+impl DestTrack {
+    /// A timeline starting with `state` at `at_ms`.
+    pub fn new(
+        code: AgencyCode,
+        at_ms: i64,
+        state: &str,
+        reason: Option<Reason>,
+        detail: &str,
+    ) -> Self {
+        let mut t = Self {
+            code,
+            state: String::new(),
+            events: Vec::new(),
+        };
+        t.push(at_ms, state, reason, detail);
+        t
+    }
+
+    /// True once nothing more will be delivered: expired, recalled, purged, or
+    /// bounced for good. A bounce while the destination is offline (or was
+    /// disabled while the envelope waited) leaves the delivery in its inbox,
+    /// so it is not final. Decided from every event, not only the last one,
+    /// so a late status does not reopen it.
+    pub fn is_final(&self) -> bool {
+        let mut queued = false;
+        for e in &self.events {
+            match e.state.as_str() {
+                "queued" => queued = true,
+                "expired" | "recalled" | "purged" => return true,
+                "bounced" => match e.reason {
+                    Some(Reason::DestinationOffline) => {}
+                    Some(Reason::DestinationDisabled) if queued => {}
+                    _ => return true,
+                },
+                _ => {}
+            }
+        }
+        false
+    }
+
+    /// True once the destination confirmed receipt (status `01` or later).
+    pub fn is_delivered(&self) -> bool {
+        self.events.iter().any(|e| e.state == "delivered")
+    }
+
+    /// How many deliveries the destination rejected.
+    pub fn rejections(&self) -> u32 {
+        self.events.iter().filter(|e| e.state == "rejected").count() as u32
+    }
+
+    /// Records a transition.
+    pub fn push(&mut self, at_ms: i64, state: &str, reason: Option<Reason>, detail: &str) {
+        self.state = state.to_owned();
+        self.events.push(Event {
+            at_ms,
+            state: state.to_owned(),
+            reason,
+            detail: detail.to_owned(),
+        });
+    }
+}
+
+/// What truc remembers about an accepted envelope.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EnvelopeRecord {
+    /// Source agency.
+    pub from: AgencyCode,
+    /// The source's `message_id`.
+    pub message_id: String,
+    /// `lgsp-subject`.
+    pub subject: String,
+    /// `lgsp-type`.
+    pub data_type: String,
+    /// Priority code 0–4.
+    pub priority: u8,
+    /// `lgsp-digest`.
+    pub digest: String,
+    /// Body size in bytes.
+    pub size: u64,
+    /// AMQP content type.
+    pub content_type: Option<String>,
+    /// When truc accepted it (ms).
+    pub accepted_at_ms: i64,
+    /// `lgsp-deliver-by` (ms).
+    pub deliver_by_ms: Option<i64>,
+    /// `lgsp-not-before` (ms).
+    pub not_before_ms: Option<i64>,
+    /// Deliveries a destination may reject before bounce (header, else policy).
+    pub max_attempts: u32,
+    /// Per-destination timelines.
+    pub dests: Vec<DestTrack>,
+    /// `lgsp-bounce-after` (ms), when the envelope set one.
+    pub bounce_after_ms: Option<u64>,
+}
+
+/// An undelivered envelope waiting on one destination (the `pending` index):
+/// what presence needs to decide on warnings and bounces without reading the
+/// envelope record.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Pending {
+    /// When it was queued for the destination (ms).
+    pub queued_at_ms: i64,
+    /// Priority code 0–4.
+    pub priority: u8,
+    /// `lgsp-bounce-after` (ms), when the envelope set one.
+    pub bounce_after_ms: Option<u64>,
+    /// A delay warning was sent (a cache of the timeline, which is authoritative).
+    pub warned: bool,
+    /// A bounce was sent (idem).
+    pub bounced: bool,
+}
+
+fn pending_key(dest: &AgencyCode, from: &AgencyCode, message_id: &str) -> Vec<u8> {
+    let mut k = dest.as_str().as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(&record_key(from, message_id));
+    k
+}
+
+impl EnvelopeRecord {
+    /// The timeline of `dest`.
+    pub fn dest_mut(&mut self, dest: &AgencyCode) -> Option<&mut DestTrack> {
+        self.dests.iter_mut().find(|d| &d.code == dest)
+    }
+}
+
+/// Key of the destination index: `dest \0 message_id \0 from`.
+pub fn dest_index_key(dest: &AgencyCode, message_id: &str, from: &AgencyCode) -> Vec<u8> {
+    let mut k =
+        Vec::with_capacity(dest.as_str().len() + message_id.len() + from.as_str().len() + 2);
+    k.extend_from_slice(dest.as_str().as_bytes());
+    k.push(0);
+    k.extend_from_slice(message_id.as_bytes());
+    k.push(0);
+    k.extend_from_slice(from.as_str().as_bytes());
+    k
+}
+
+fn record_key(from: &AgencyCode, message_id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(from.as_str().len() + 1 + message_id.len());
+    k.extend_from_slice(from.as_str().as_bytes());
+    k.push(0);
+    k.extend_from_slice(message_id.as_bytes());
+    k
+}
+
+/// Reads and writes envelope records.
+#[derive(Clone)]
+pub struct Tracking {
+    store: Store,
+}
+
+impl Tracking {
+    /// Over `store`.
+    pub fn new(store: Store) -> Self {
+        Self { store }
+    }
+
+    /// The record of `(from, message_id)`, if accepted before.
+    pub fn get(
+        &self,
+        from: &AgencyCode,
+        message_id: &str,
+    ) -> Result<Option<EnvelopeRecord>, StoreError> {
+        match self.store.envelopes.get(record_key(from, message_id))? {
+            None => Ok(None),
+            Some(v) => Ok(Some(codec::decode::<EnvelopeRecord>(&v)?)),
+        }
+    }
+
+    /// Indexes `(from, message_id)` under each of `dests`, so a status from a
+    /// destination finds its source. Written *before* deliveries are published.
+    pub fn index(
+        &self,
+        from: &AgencyCode,
+        message_id: &str,
+        dests: &[AgencyCode],
+    ) -> Result<(), StoreError> {
+        for d in dests {
+            self.store
+                .by_dest
+                .insert(dest_index_key(d, message_id, from), &[])?;
+        }
+        Ok(())
+    }
+
+    /// Marks `(from, message_id)` as waiting on each of `dests`. Written with
+    /// the record, under the envelope's lock; removed by [`Self::unpend`].
+    pub fn pend(
+        &self,
+        from: &AgencyCode,
+        message_id: &str,
+        dests: &[AgencyCode],
+        p: &Pending,
+    ) -> Result<(), StoreError> {
+        let v = codec::encode(p)?;
+        for d in dests {
+            self.store
+                .pending
+                .insert(pending_key(d, from, message_id), v.clone())?;
+        }
+        Ok(())
+    }
+
+    /// `dest` answered about `(from, message_id)`: it is no longer waiting.
+    pub fn unpend(
+        &self,
+        dest: &AgencyCode,
+        from: &AgencyCode,
+        message_id: &str,
+    ) -> Result<(), StoreError> {
+        self.store
+            .pending
+            .remove(pending_key(dest, from, message_id))?;
+        Ok(())
+    }
+
+    /// Replaces the pending entry of `(from, message_id)` for `dest`, if it
+    /// is still there.
+    pub fn repend(
+        &self,
+        dest: &AgencyCode,
+        from: &AgencyCode,
+        message_id: &str,
+        p: &Pending,
+    ) -> Result<(), StoreError> {
+        let v = codec::encode(p)?;
+        self.store
+            .pending
+            .fetch_and_update(pending_key(dest, from, message_id), |old| {
+                old.map(|_| v.clone())
+            })?;
+        Ok(())
+    }
+
+    /// Envelopes still waiting on `dest`: `(from, message_id, entry)`.
+    pub fn pending_for(
+        &self,
+        dest: &AgencyCode,
+    ) -> Result<Vec<(AgencyCode, String, Pending)>, StoreError> {
+        let mut prefix = dest.as_str().as_bytes().to_vec();
+        prefix.push(0);
+        let mut out = Vec::new();
+        for item in self.store.pending.scan_prefix(&prefix) {
+            let (k, v) = item?;
+            let rest = &k[prefix.len()..];
+            let Some(sep) = rest.iter().position(|b| *b == 0) else {
+                continue;
+            };
+            let from = std::str::from_utf8(&rest[..sep])
+                .ok()
+                .and_then(|s| AgencyCode::parse(s).ok());
+            let mid = std::str::from_utf8(&rest[sep + 1..]).ok();
+            if let (Some(from), Some(mid)) = (from, mid) {
+                out.push((from, mid.to_owned(), codec::decode(&v)?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes `rec` (the dedupe marker). Not durable until
+    /// [`Store::durable`] resolves.
+    pub fn put(&self, rec: &EnvelopeRecord) -> Result<(), StoreError> {
+        self.store
+            .envelopes
+            .insert(record_key(&rec.from, &rec.message_id), codec::encode(rec)?)?;
+        Ok(())
+    }
+
+    /// Records sent to `dest` with `message_id` (status messages name the
+    /// envelope by its id; the source is found here).
+    pub fn sources_of(
+        &self,
+        dest: &AgencyCode,
+        message_id: &str,
+    ) -> Result<Vec<AgencyCode>, StoreError> {
+        // Keyed dest \0 message_id \0 from: one short prefix scan, however
+        // much the destination received before.
+        let mut prefix = Vec::with_capacity(dest.as_str().len() + message_id.len() + 2);
+        prefix.extend_from_slice(dest.as_str().as_bytes());
+        prefix.push(0);
+        prefix.extend_from_slice(message_id.as_bytes());
+        prefix.push(0);
+        let mut out = Vec::new();
+        for item in self.store.by_dest.scan_prefix(&prefix) {
+            let (k, _) = item?;
+            if let Some(code) = std::str::from_utf8(&k[prefix.len()..])
+                .ok()
+                .and_then(|s| AgencyCode::parse(s).ok())
+            {
+                out.push(code);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Remembers that `(from, message_id)` must be delivered by `deliver_by_ms`.
+    pub fn add_deadline(
+        &self,
+        deliver_by_ms: i64,
+        from: &AgencyCode,
+        message_id: &str,
+    ) -> Result<(), StoreError> {
+        let mut k = deliver_by_ms.to_be_bytes().to_vec();
+        k.extend_from_slice(&record_key(from, message_id));
+        self.store.deadlines.insert(k, &[])?;
+        Ok(())
+    }
+
+    /// Deadlines at or before `now_ms`, oldest first: (index key, from, message_id).
+    pub fn due_deadlines(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, AgencyCode, String)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self
+            .store
+            .deadlines
+            .range(..(now_ms + 1).to_be_bytes().to_vec())
+        {
+            let (k, _) = item?;
+            let rest = &k[8.min(k.len())..];
+            let Some(sep) = rest.iter().position(|b| *b == 0) else {
+                continue;
+            };
+            let from = std::str::from_utf8(&rest[..sep])
+                .ok()
+                .and_then(|s| AgencyCode::parse(s).ok());
+            let mid = std::str::from_utf8(&rest[sep + 1..]).ok();
+            if let (Some(from), Some(mid)) = (from, mid) {
+                out.push((k.to_vec(), from, mid.to_owned()));
+            }
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Forgets a deadline returned by [`Tracking::due_deadlines`].
+    pub fn remove_deadline(&self, key: &[u8]) -> Result<(), StoreError> {
+        self.store.deadlines.remove(key)?;
+        Ok(())
+    }
+
+    /// Every record, newest first, up to `limit`, filtered by `keep`.
+    pub fn list(
+        &self,
+        limit: usize,
+        keep: impl Fn(&EnvelopeRecord) -> bool,
+    ) -> Result<Vec<EnvelopeRecord>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.store.envelopes.iter() {
+            let (_, v) = item?;
+            let rec = codec::decode::<EnvelopeRecord>(&v)?;
+            if keep(&rec) {
+                out.push(rec);
+            }
+        }
+        out.sort_by_key(|r| std::cmp::Reverse(r.accepted_at_ms));
+        out.truncate(limit);
+        Ok(out)
+    }
+}
+
+impl Tracking {
+    /// Applies `edit` to the record of `(from, message_id)` atomically.
+    /// Returns false when there is no such record.
+    pub fn update(
+        &self,
+        from: &AgencyCode,
+        message_id: &str,
+        edit: impl Fn(&mut EnvelopeRecord),
+    ) -> Result<bool, StoreError> {
+        let mut found = false;
+        let mut failure = None;
+        self.store
+            .envelopes
+            .fetch_and_update(record_key(from, message_id), |old| {
+                let old = old?;
+                match codec::decode::<EnvelopeRecord>(old) {
+                    Ok(mut rec) => {
+                        edit(&mut rec);
+                        found = true;
+                        match codec::encode(&rec) {
+                            Ok(v) => Some(v),
+                            Err(e) => {
+                                failure = Some(e);
+                                Some(old.to_vec())
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        failure = Some(e);
+                        Some(old.to_vec())
+                    }
+                }
+            })?;
+        match failure {
+            Some(e) => Err(e.into()),
+            None => Ok(found),
+        }
+    }
+}
+
+#[cfg(test)]
+mod final_tests {
+    use super::*;
+
+    #[test]
+    fn offline_bounces_are_not_final_and_late_statuses_do_not_reopen() {
+        let c = AgencyCode::parse("A").unwrap();
+        let mut t = DestTrack::new(c.clone(), 0, "accepted", None, "");
+        t.push(1, "queued", None, "");
+        t.push(2, "bounced", Some(Reason::DestinationOffline), "");
+        assert!(!t.is_final(), "still in the inbox");
+        t.push(3, "bounced", Some(Reason::MaxAttempts), "");
+        t.push(4, "status-03", None, "");
+        assert!(t.is_final(), "a later status does not reopen it");
+        let mut d = DestTrack::new(c, 0, "accepted", None, "");
+        d.push(0, "bounced", Some(Reason::DestinationDisabled), "");
+        assert!(d.is_final(), "refused at acceptance: never queued");
+    }
+}

@@ -15,6 +15,7 @@
 //! runs in unit tests without one.
 
 mod holding;
+pub(crate) mod order;
 #[cfg(test)]
 mod tests;
 

@@ -21,6 +21,7 @@ use crate::core::metrics;
 use crate::core::policy::Policies;
 use crate::core::topology::Topology;
 use crate::operator::Hub;
+use crate::router::order::Sequencer;
 use crate::router::Router;
 use crate::state::registry::Registry;
 use crate::state::store::Store;
@@ -273,6 +274,9 @@ async fn consume(
         .subscribe(&queue, prefetch, &format!("truc-{}", feed.queue()))
         .await?;
     let settler = sub.settler();
+    // Ingress messages that depend on an earlier one (a recall after its
+    // envelope, a repeat of an envelope) wait for it; nothing else waits.
+    let sequencer = Sequencer::new();
     let mut draining = false;
     let drain_limit = tokio::time::sleep(Duration::from_secs(3600));
     tokio::pin!(drain_limit);
@@ -292,7 +296,22 @@ async fn consume(
                 None if draining => return Ok(()),
                 Some(Ok(inbound)) => {
                     let (router, outbox, settler) = (hub.router.clone(), outbox.clone(), settler.clone());
+                    let mut ticket = match feed {
+                        Feed::Ingress => Some(sequencer.admit(&inbound.message)),
+                        Feed::Release | Feed::Dead => None,
+                    };
                     work.spawn(async move {
+                        let ready = match ticket.as_mut() {
+                            Some(t) => t.ready().await,
+                            None => true,
+                        };
+                        if !ready {
+                            // What it depends on failed and comes again: so
+                            // does this, behind it (and its own dependants after).
+                            let _ = settler.reject(inbound.delivery_tag, true).await;
+                            drop(ticket);
+                            return;
+                        }
                         let res = match feed {
                             Feed::Ingress => router.handle(&inbound, outbox.as_ref()).await,
                             Feed::Release => router.release(&inbound, outbox.as_ref()).await,
@@ -300,6 +319,9 @@ async fn consume(
                         };
                         match res {
                             Ok(_) => {
+                                if let Some(t) = ticket {
+                                    t.finish(true);
+                                }
                                 if let Err(e) = settler.ack(inbound.delivery_tag).await {
                                     tracing::warn!(error = %e, "ack failed; the broker will redeliver");
                                 }
@@ -308,6 +330,11 @@ async fn consume(
                                 tracing::warn!(error = %e, feed = feed.queue(), retryable = e.is_retryable(), "message not handled; it will come again");
                                 tokio::time::sleep(Duration::from_millis(500)).await;
                                 let _ = settler.reject(inbound.delivery_tag, true).await;
+                                // Released only now, so what depends on it is
+                                // requeued behind it, never ahead.
+                                if let Some(t) = ticket {
+                                    t.finish(false);
+                                }
                             }
                         }
                     });

@@ -160,6 +160,46 @@ impl Link {
         let conn = Connection::connect(url, props)
             .await
             .map_err(|e| AmqpError::Connect(e.to_string()))?;
+        Self::over(conn, channels).await
+    }
+
+    /// Like [`Link::connect_with`], but everything the broker sends passes the
+    /// [frame guard](super::guard) first: a message lapin could not parse
+    /// arrives with its properties replaced instead of closing the link. For
+    /// links that read what agencies published.
+    pub async fn connect_guarded(
+        url: &str,
+        name: &str,
+        channels: usize,
+    ) -> Result<Self, AmqpError> {
+        let mut uri: lapin::uri::AMQPUri = url
+            .parse()
+            .map_err(|e: String| AmqpError::Connect(format!("broker URL: {e}")))?;
+        if uri.scheme != lapin::uri::AMQPScheme::AMQP {
+            return Err(AmqpError::Connect(
+                "the frame guard relays plain amqp:// only; amqps:// is not supported here".into(),
+            ));
+        }
+        let broker = tokio::net::lookup_host((uri.authority.host.as_str(), uri.authority.port))
+            .await
+            .ok()
+            .and_then(|mut a| a.next())
+            .ok_or_else(|| {
+                AmqpError::Connect(format!("cannot resolve broker host {}", uri.authority.host))
+            })?;
+        let local = super::guard::relay(broker)
+            .await
+            .map_err(|e| AmqpError::Connect(format!("frame guard: {e}")))?;
+        uri.authority.host = local.ip().to_string();
+        uri.authority.port = local.port();
+        let props = ConnectionProperties::default().with_connection_name(LongString::from(name));
+        let conn = Connection::connect_uri(uri, props)
+            .await
+            .map_err(|e| AmqpError::Connect(e.to_string()))?;
+        Self::over(conn, channels).await
+    }
+
+    async fn over(conn: Connection, channels: usize) -> Result<Self, AmqpError> {
         let mut publishers = Vec::with_capacity(channels.max(1));
         for _ in 0..channels.max(1) {
             let publisher = conn

@@ -10,6 +10,7 @@
 //! treats in-flight work as unknown (the broker redelivers what was not acked).
 
 mod convert;
+pub(crate) mod guard;
 mod link;
 mod outbox;
 

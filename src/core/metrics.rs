@@ -142,6 +142,12 @@ pub fn operator_action(action: &'static str, n: usize) {
     metrics::counter!("truc_operator_messages_total", "action" => action).increment(n as u64);
 }
 
+/// A frame from the broker that lapin could not have parsed was rewritten
+/// (`what`: `properties` or `routing-key`).
+pub fn malformed_frame(what: &'static str) {
+    metrics::counter!("truc_malformed_frames_total", "what" => what).increment(1);
+}
+
 #[cfg(test)]
 mod tests {
     /// Every metric the Grafana dashboard queries is emitted here.

@@ -261,6 +261,13 @@ impl Router {
         let started = Instant::now();
         let now = now_ms();
         let msg = &inbound.message;
+        if let Some(why) = msg.header(crate::broker::guard::MALFORMED_HEADER) {
+            let refusal = Refusal::new(
+                Reason::Malformed,
+                format!("unreadable AMQP properties ({why})"),
+            );
+            return self.quarantine(msg, refusal, outbox).await;
+        }
         let auth = match self.authenticate(msg, now)? {
             Ok(a) => a,
             Err(refusal) => return self.quarantine(msg, refusal, outbox).await,

@@ -184,7 +184,7 @@ async fn connect(hub: &Hub, shutdown: &CancellationToken) -> Option<Arc<Link>> {
     let mut backoff = Duration::from_millis(200);
     loop {
         let attempt = async {
-            let link = Link::connect_with(
+            let link = Link::connect_guarded(
                 &hub.config.amqp_url,
                 &format!("truc router {}", hub.config.prefix),
                 ROUTER_PUBLISH_CHANNELS,

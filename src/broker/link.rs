@@ -243,7 +243,7 @@ impl Link {
                         durable: true,
                         ..ExchangeDeclareOptions::default()
                     },
-                    FieldTable::default(),
+                    convert::arguments(&ex.arguments),
                 )
                 .await
                 .map_err(|e| classify("exchange.declare", &ex.name, e))?;

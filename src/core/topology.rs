@@ -66,6 +66,9 @@ pub struct ExchangeSpec {
     /// Type.
     #[serde(rename = "type")]
     pub kind: ExchangeKind,
+    /// Arguments (`alternate-exchange`).
+    #[serde(default)]
+    pub arguments: BTreeMap<String, ArgValue>,
 }
 
 /// A binding of a queue to an exchange.
@@ -95,6 +98,7 @@ pub struct QueueSpec {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AgencyTemplates {
+    ingress: QueueSpec,
     inbox: QueueSpec,
     notify: QueueSpec,
 }
@@ -118,6 +122,7 @@ pub struct Topology {
     pub exchanges: Vec<ExchangeSpec>,
     /// Fixed queues.
     pub queues: Vec<QueueSpec>,
+    ingress: QueueSpec,
     inbox: QueueSpec,
     notify: QueueSpec,
 }
@@ -140,14 +145,15 @@ fn resolve(q: &QueueSpec, prefix: &str, code: &str) -> QueueSpec {
         arguments: q
             .arguments
             .iter()
-            .map(|(k, v)| {
-                let v = match v {
-                    ArgValue::Str(s) => ArgValue::Str(subst(s, prefix, code)),
-                    ArgValue::Int(i) => ArgValue::Int(*i),
-                };
-                (k.clone(), v)
-            })
+            .map(|(k, v)| (k.clone(), subst_arg(v, prefix, code)))
             .collect(),
+    }
+}
+
+fn subst_arg(v: &ArgValue, prefix: &str, code: &str) -> ArgValue {
+    match v {
+        ArgValue::Str(s) => ArgValue::Str(subst(s, prefix, code)),
+        ArgValue::Int(i) => ArgValue::Int(*i),
     }
 }
 
@@ -165,6 +171,11 @@ impl Topology {
             .map(|e| ExchangeSpec {
                 name: format!("{prefix}{}", e.name),
                 kind: e.kind,
+                arguments: e
+                    .arguments
+                    .iter()
+                    .map(|(k, v)| (k.clone(), subst_arg(v, prefix, "")))
+                    .collect(),
             })
             .collect();
         let queues: Vec<QueueSpec> = file.queue.iter().map(|q| resolve(q, prefix, "")).collect();
@@ -172,6 +183,7 @@ impl Topology {
             prefix: prefix.to_owned(),
             exchanges,
             queues,
+            ingress: file.agency.ingress,
             inbox: file.agency.inbox,
             notify: file.agency.notify,
         };
@@ -259,22 +271,29 @@ impl Topology {
         format!("{}{short}", self.prefix)
     }
 
-    /// The inbox and notify queues of `code`.
-    pub fn agency_queues(&self, code: &AgencyCode) -> [QueueSpec; 2] {
+    /// The queues of `code`: its ingress (what it publishes), inbox and
+    /// notify queues.
+    pub fn agency_queues(&self, code: &AgencyCode) -> [QueueSpec; 3] {
         [
+            resolve(&self.ingress, &self.prefix, code.as_str()),
             resolve(&self.inbox, &self.prefix, code.as_str()),
             resolve(&self.notify, &self.prefix, code.as_str()),
         ]
     }
 
+    /// Name of the ingress queue of `code`: what it publishes waits there.
+    pub fn ingress(&self, code: &AgencyCode) -> String {
+        self.agency_queues(code)[0].name.clone()
+    }
+
     /// Name of the inbox queue of `code`.
     pub fn inbox(&self, code: &AgencyCode) -> String {
-        self.agency_queues(code)[0].name.clone()
+        self.agency_queues(code)[1].name.clone()
     }
 
     /// Name of the notify queue of `code`.
     pub fn notify(&self, code: &AgencyCode) -> String {
-        self.agency_queues(code)[1].name.clone()
+        self.agency_queues(code)[2].name.clone()
     }
 }
 
@@ -286,7 +305,23 @@ mod tests {
     fn builtin_topology_matches_the_contract() {
         let t = Topology::builtin("lgsp.");
         let code = AgencyCode::parse("000.00.32.H41").unwrap();
-        let [inbox, notify] = t.agency_queues(&code);
+        let [ingress_q, inbox, notify] = t.agency_queues(&code);
+        assert_eq!(ingress_q.name, "lgsp.ingress.000.00.32.H41");
+        assert_eq!(
+            ingress_q.bind,
+            vec![BindSpec {
+                exchange: "lgsp.ingress".into(),
+                key: "*.000.00.32.H41".into()
+            }]
+        );
+        assert_eq!(
+            ingress_q.arguments["x-queue-type"],
+            ArgValue::Str("quorum".into())
+        );
+        assert_eq!(
+            ingress_q.arguments["x-overflow"],
+            ArgValue::Str("reject-publish".into())
+        );
         assert_eq!(inbox.name, "lgsp.inbox.000.00.32.H41");
         assert_eq!(
             inbox.bind,
@@ -302,17 +337,23 @@ mod tests {
         );
         assert_eq!(notify.name, "lgsp.notify.000.00.32.H41");
         let ingress = t.queues.iter().find(|q| q.name == "lgsp.ingress").unwrap();
-        assert_eq!(ingress.bind[0].key, "#");
-        assert!(t
+        assert_eq!(ingress.bind[0].exchange, "lgsp.ingress.unrouted");
+        let ex = t
             .exchanges
             .iter()
-            .any(|e| e.name == "lgsp.ingress" && e.kind == ExchangeKind::Topic));
+            .find(|e| e.name == "lgsp.ingress")
+            .unwrap();
+        assert_eq!(ex.kind, ExchangeKind::Topic);
+        assert_eq!(
+            ex.arguments["alternate-exchange"],
+            ArgValue::Str("lgsp.ingress.unrouted".into())
+        );
     }
 
     #[test]
     fn refuses_incomplete_topology() {
         let e = Topology::from_toml(
-            "[agency.inbox]\nname='i'\n[agency.notify]\nname='n'\n",
+            "[agency.ingress]\nname='g'\n[agency.inbox]\nname='i'\n[agency.notify]\nname='n'\n",
             Path::new("t.toml"),
             "p.",
         )

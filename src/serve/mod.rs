@@ -8,6 +8,7 @@
 
 pub mod presence;
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,8 +16,10 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::broker::{declare_agency, AmqpError, Link, LinkOutbox};
+use crate::broker::{declare_agency, AmqpError, Link, LinkOutbox, Settler};
+use crate::core::code::AgencyCode;
 use crate::core::config::Config;
+use crate::core::message::{Inbound, Message};
 use crate::core::metrics;
 use crate::core::policy::Policies;
 use crate::core::topology::Topology;
@@ -235,10 +238,12 @@ pub fn redact(url: &str) -> String {
 }
 
 /// Which queue a consumer reads, and so which router entry point handles it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Feed {
-    /// What adapters publish.
-    Ingress,
+    /// What one agency publishes (its own ingress queue).
+    Source(AgencyCode),
+    /// What the ingress exchange routed to no agency's queue.
+    Unrouted,
     /// Held deliveries coming out of the delay buckets.
     Release,
     /// Deliveries dead-lettered from inboxes.
@@ -246,103 +251,201 @@ enum Feed {
 }
 
 impl Feed {
-    fn queue(self) -> &'static str {
+    fn queue(&self, topology: &Topology) -> String {
         match self {
-            Self::Ingress => "ingress",
+            Self::Source(code) => topology.ingress(code),
+            Self::Unrouted => topology.name("ingress"),
+            Self::Release => topology.name("release"),
+            Self::Dead => topology.name("dead"),
+        }
+    }
+
+    fn label(&self) -> &'static str {
+        match self {
+            Self::Source(_) => "source",
+            Self::Unrouted => "ingress",
             Self::Release => "release",
             Self::Dead => "dead",
         }
     }
+
+    fn is_ingress(&self) -> bool {
+        match self {
+            Self::Source(_) | Self::Unrouted => true,
+            Self::Release | Self::Dead => false,
+        }
+    }
 }
 
-/// Consumes one queue until shutdown or a broker error; every delivery is
-/// handled in its own task on `work` and acked only after success.
-async fn consume(
+/// What every consumer of one broker link shares.
+#[derive(Clone)]
+struct Consumers {
     hub: Arc<Hub>,
     link: Arc<Link>,
     outbox: Arc<LinkOutbox>,
-    feed: Feed,
+    /// In-flight handling, awaited before the link closes.
     work: TaskTracker,
-    stop: CancellationToken,
-) -> Result<(), AmqpError> {
-    let queue = hub.topology.name(feed.queue());
-    let prefetch = match feed {
-        Feed::Ingress => hub.config.prefetch,
-        Feed::Release | Feed::Dead => 64,
-    };
-    let mut sub = link
-        .subscribe(&queue, prefetch, &format!("truc-{}", feed.queue()))
-        .await?;
-    let settler = sub.settler();
-    // Ingress messages that depend on an earlier one (a recall after its
-    // envelope, a repeat of an envelope) wait for it; nothing else waits.
-    let sequencer = Sequencer::new();
-    let mut draining = false;
-    let drain_limit = tokio::time::sleep(Duration::from_secs(3600));
-    tokio::pin!(drain_limit);
-    loop {
-        tokio::select! {
-            _ = &mut drain_limit, if draining => return Ok(()),
-            _ = stop.cancelled(), if !draining => {
-                // Stop the flow, then handle what the broker already sent, so
-                // a clean stop leaves nothing to redeliver as a possible repeat.
-                draining = true;
-                drain_limit.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(10));
-                if sub.cancel().await.is_err() {
-                    return Ok(());
+    /// Ingress messages that depend on an earlier one (a recall after its
+    /// envelope, a repeat of an envelope) wait for it, across every source.
+    sequencer: Sequencer,
+}
+
+/// How long a message that failed waits before it goes back to its queue:
+/// longer each time the broker redelivered it (quorum queues count).
+fn requeue_delay(m: &Message) -> Duration {
+    let count = m
+        .header("x-delivery-count")
+        .and_then(|c| c.parse::<u64>().ok())
+        .unwrap_or(0);
+    Duration::from_millis(500 * (count + 1)).min(Duration::from_secs(5))
+}
+
+impl Consumers {
+    /// Consumes one queue until `stop` or a broker error; every delivery is
+    /// handled in its own task on `work` and acked only after success.
+    async fn consume(self, feed: Feed, stop: CancellationToken) -> Result<(), AmqpError> {
+        let queue = feed.queue(&self.hub.topology);
+        let prefetch = match feed {
+            Feed::Source(_) | Feed::Unrouted => self.hub.config.prefetch,
+            Feed::Release | Feed::Dead => 64,
+        };
+        let mut sub = self
+            .link
+            .subscribe(&queue, prefetch, &format!("truc-{}", feed.label()))
+            .await?;
+        let settler = sub.settler();
+        let mut draining = false;
+        let drain_limit = tokio::time::sleep(Duration::from_secs(3600));
+        tokio::pin!(drain_limit);
+        loop {
+            tokio::select! {
+                _ = &mut drain_limit, if draining => return Ok(()),
+                _ = stop.cancelled(), if !draining => {
+                    // Stop the flow, then handle what the broker already sent, so
+                    // a clean stop leaves nothing to redeliver as a possible repeat.
+                    draining = true;
+                    drain_limit.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(10));
+                    if sub.cancel().await.is_err() {
+                        return Ok(());
+                    }
+                }
+                next = sub.next() => match next {
+                    None if draining => return Ok(()),
+                    Some(Ok(inbound)) => self.dispatch(&feed, inbound, settler.clone()),
+                    Some(Err(e)) => return Err(e),
+                    None => return Err(AmqpError::Broker { op: "basic.consume", message: format!("consumer of {queue} cancelled") }),
+                },
+            }
+        }
+    }
+
+    /// Hands one delivery to the router in a task of its own.
+    fn dispatch(&self, feed: &Feed, inbound: Inbound, settler: Settler) {
+        let router = self.hub.router.clone();
+        let outbox = self.outbox.clone();
+        let label = feed.label();
+        let kind = feed.clone();
+        let mut ticket = feed
+            .is_ingress()
+            .then(|| self.sequencer.admit(&inbound.message));
+        self.work.spawn(async move {
+            let ready = match ticket.as_mut() {
+                Some(t) => t.ready().await,
+                None => true,
+            };
+            if !ready {
+                // What it depends on failed and comes again: so does this,
+                // behind it (and its own dependants after).
+                let _ = settler.reject(inbound.delivery_tag, true).await;
+                drop(ticket);
+                return;
+            }
+            let res = match kind {
+                Feed::Source(_) | Feed::Unrouted => router.handle(&inbound, outbox.as_ref()).await,
+                Feed::Release => router.release(&inbound, outbox.as_ref()).await,
+                Feed::Dead => router.dead(&inbound, outbox.as_ref()).await,
+            };
+            match res {
+                Ok(_) => {
+                    if let Some(t) = ticket {
+                        t.finish(true);
+                    }
+                    if let Err(e) = settler.ack(inbound.delivery_tag).await {
+                        tracing::warn!(error = %e, "ack failed; the broker will redeliver");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, feed = label, retryable = e.is_retryable(), "message not handled; it will come again");
+                    tokio::time::sleep(requeue_delay(&inbound.message)).await;
+                    let _ = settler.reject(inbound.delivery_tag, true).await;
+                    // Released only now, so what depends on it is requeued
+                    // behind it, never ahead.
+                    if let Some(t) = ticket {
+                        t.finish(false);
+                    }
                 }
             }
-            next = sub.next() => match next {
-                None if draining => return Ok(()),
-                Some(Ok(inbound)) => {
-                    let (router, outbox, settler) = (hub.router.clone(), outbox.clone(), settler.clone());
-                    let mut ticket = match feed {
-                        Feed::Ingress => Some(sequencer.admit(&inbound.message)),
-                        Feed::Release | Feed::Dead => None,
-                    };
-                    work.spawn(async move {
-                        let ready = match ticket.as_mut() {
-                            Some(t) => t.ready().await,
-                            None => true,
-                        };
-                        if !ready {
-                            // What it depends on failed and comes again: so
-                            // does this, behind it (and its own dependants after).
-                            let _ = settler.reject(inbound.delivery_tag, true).await;
-                            drop(ticket);
-                            return;
-                        }
-                        let res = match feed {
-                            Feed::Ingress => router.handle(&inbound, outbox.as_ref()).await,
-                            Feed::Release => router.release(&inbound, outbox.as_ref()).await,
-                            Feed::Dead => router.dead(&inbound, outbox.as_ref()).await,
-                        };
-                        match res {
-                            Ok(_) => {
-                                if let Some(t) = ticket {
-                                    t.finish(true);
-                                }
-                                if let Err(e) = settler.ack(inbound.delivery_tag).await {
-                                    tracing::warn!(error = %e, "ack failed; the broker will redeliver");
-                                }
+        });
+    }
+
+    /// Keeps one consumer on the ingress queue of every registered agency:
+    /// agencies added (on any instance) are picked up within a second, the
+    /// consumers of removed ones are stopped. Ends with the first consumer
+    /// that fails (the link is then gone).
+    async fn sources(self, stop: CancellationToken) -> Result<(), AmqpError> {
+        let mut running: HashMap<AgencyCode, CancellationToken> = HashMap::new();
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                Some(done) = tasks.join_next() => {
+                    if let Ok((code, Err(e))) = done {
+                        match e {
+                            // Its queue is gone or declared differently: retried
+                            // at the next tick, the other sources keep flowing.
+                            AmqpError::NoSuchQueue(_) | AmqpError::Conflict { .. } => {
+                                tracing::error!(agency = %code, error = %e, "ingress queue not consumed");
+                                running.remove(&code);
                             }
-                            Err(e) => {
-                                tracing::warn!(error = %e, feed = feed.queue(), retryable = e.is_retryable(), "message not handled; it will come again");
-                                tokio::time::sleep(Duration::from_millis(500)).await;
-                                let _ = settler.reject(inbound.delivery_tag, true).await;
-                                // Released only now, so what depends on it is
-                                // requeued behind it, never ahead.
-                                if let Some(t) = ticket {
-                                    t.finish(false);
+                            other => {
+                                for t in running.values() {
+                                    t.cancel();
                                 }
+                                while tasks.join_next().await.is_some() {}
+                                return Err(other);
                             }
                         }
-                    });
+                    }
                 }
-                Some(Err(e)) => return Err(e),
-                None => return Err(AmqpError::Broker { op: "basic.consume", message: format!("consumer of {queue} cancelled") }),
-            },
+                _ = tick.tick() => {
+                    let now: HashSet<AgencyCode> =
+                        self.hub.registry.list().into_iter().map(|a| a.code).collect();
+                    running.retain(|code, token| {
+                        let keep = now.contains(code);
+                        if !keep {
+                            token.cancel();
+                        }
+                        keep
+                    });
+                    for code in now {
+                        if running.contains_key(&code) {
+                            continue;
+                        }
+                        let token = stop.child_token();
+                        running.insert(code.clone(), token.clone());
+                        let me = self.clone();
+                        tasks.spawn(async move {
+                            let r = me.consume(Feed::Source(code.clone()), token).await;
+                            (code, r)
+                        });
+                    }
+                }
+            }
         }
+        while tasks.join_next().await.is_some() {}
+        Ok(())
     }
 }
 
@@ -354,20 +457,20 @@ async fn run_ingress(
     while let Some(link) = connect(&hub, &shutdown).await {
         link_tx.send_replace(Some(link.clone()));
         let outbox = Arc::new(LinkOutbox::new(link.clone(), hub.topology.clone()));
-        let work = TaskTracker::new();
+        let c = Consumers {
+            hub: hub.clone(),
+            link: link.clone(),
+            outbox: outbox.clone(),
+            work: TaskTracker::new(),
+            sequencer: Sequencer::new(),
+        };
         // Cancelled on shutdown or when any consumer fails (the link is then gone).
         let stop = shutdown.child_token();
         let mut consumers = tokio::task::JoinSet::new();
-        for feed in [Feed::Ingress, Feed::Release, Feed::Dead] {
-            consumers.spawn(consume(
-                hub.clone(),
-                link.clone(),
-                outbox.clone(),
-                feed,
-                work.clone(),
-                stop.clone(),
-            ));
+        for feed in [Feed::Unrouted, Feed::Release, Feed::Dead] {
+            consumers.spawn(c.clone().consume(feed, stop.clone()));
         }
+        consumers.spawn(c.clone().sources(stop.clone()));
         consumers.spawn(deadlines(hub.clone(), outbox.clone(), stop.clone()));
         while let Some(res) = consumers.join_next().await {
             if let Ok(Err(e)) = res {
@@ -376,8 +479,8 @@ async fn run_ingress(
             }
         }
         // Drain: finish (or fail) everything in flight before closing.
-        work.close();
-        if tokio::time::timeout(Duration::from_secs(30), work.wait())
+        c.work.close();
+        if tokio::time::timeout(Duration::from_secs(30), c.work.wait())
             .await
             .is_err()
         {

@@ -25,7 +25,7 @@ pub enum AuditCmd {
     /// The last entries.
     Tail {
         /// How many (1-10000).
-        #[arg(short = 'n', long = "limit", visible_alias = "n", default_value_t = 20)]
+        #[arg(short = 'n', long = "limit", alias = "n", default_value_t = 20)]
         n: usize,
         /// Keep printing new entries (poll every second) until interrupted.
         #[arg(long)]

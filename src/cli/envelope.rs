@@ -36,7 +36,7 @@ pub enum EnvelopeCmd {
         /// day included) or an RFC 3339 time.
         #[arg(long)]
         until: Option<String>,
-        /// Most envelopes to list.
+        /// Most envelopes to list (1-10000).
         #[arg(short = 'n', long, default_value_t = 100)]
         limit: usize,
         /// Print JSON.
@@ -78,6 +78,9 @@ pub async fn run(cfg: &Config, cmd: EnvelopeCmd) -> Result<(), CliError> {
         } => {
             if let Some(st) = &state {
                 check_state(st)?;
+            }
+            if limit == 0 || limit > 10_000 {
+                return Err(CliError::new(2, "-n/--limit must be 1-10000"));
             }
             let q = ListQuery {
                 from: from

@@ -41,7 +41,7 @@ pub enum QueueCmd {
         /// Agency code.
         code: String,
         /// How many (1-1000).
-        #[arg(short = 'n', long = "limit", visible_alias = "n", default_value_t = 10)]
+        #[arg(short = 'n', long = "limit", alias = "n", default_value_t = 10)]
         n: usize,
         /// Print JSON.
         #[arg(long)]

@@ -3,9 +3,10 @@
 //! views, agency queues, dead letters, reports, the audit log, and the
 //! shared [`Hub`] context every operator action runs against.
 //!
-//! Invariants: every function returns a typed result (Serialize +
-//! Deserialize, shared with the admin API) or its module's `thiserror`
-//! error; every action that changes something appends an audit entry.
+//! Invariants: what an operator asks for comes back as a typed result
+//! (Serialize + Deserialize, re-exported by the admin API's types rather
+//! than duplicated) or its module's `thiserror` error; every action that
+//! changes something appends an audit entry.
 //!
 //! May use: [`crate::core`], [`crate::state`], [`crate::broker`],
 //! [`crate::router`].

@@ -19,7 +19,8 @@
 //!    builder.
 //! 5. [`operator`](crate::operator) — queues, dead letters, reports, agency
 //!    lifecycle: what an operator can do, with no HTTP or CLI types.
-//! 6. [`api`](crate::api) — the admin HTTP API and `/metrics`.
+//! 6. [`api`](crate::api) — the admin HTTP API and `/metrics`; its request
+//!    and response bodies are public as [`admin_types`].
 //! 7. [`serve`] — `truc serve`: wiring, consumers, housekeeping, the presence
 //!    task, shutdown.
 //! 8. [`client`] — the Rust adapter library (uses `core` and `broker`).
@@ -42,6 +43,7 @@ pub(crate) mod router;
 pub mod serve;
 pub(crate) mod state;
 
+pub use crate::api::types as admin_types;
 pub use crate::core::{
     auth, canonical, code, config, envelope, message, notice, policy, reason, scheduler, time,
     topology,

@@ -84,6 +84,23 @@ fn physical(label: &str) -> &str {
     }
 }
 
+/// Reasons a dead letter may carry besides the wire reason codes: why the
+/// router parked it, or why the broker dead-lettered it.
+pub const EXTRA_REASONS: [&str; 4] = ["not-a-delivery", "rejected", "maxlen", "delivery_limit"];
+
+/// Every `reason` a filter accepts, sorted: the wire reason codes and
+/// [`EXTRA_REASONS`].
+pub fn reasons() -> Vec<&'static str> {
+    let mut v: Vec<&'static str> = crate::core::reason::Reason::ALL
+        .iter()
+        .map(|r| r.as_str())
+        .chain(EXTRA_REASONS)
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
 /// Selection of dead letters.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Filter {
@@ -278,6 +295,14 @@ pub async fn run(hub: &Hub, f: &Filter, action: Action) -> Result<Outcome, DeadE
             ));
         }
     }
+    if let Some(r) = &f.reason {
+        if !reasons().contains(&r.as_str()) {
+            return Err(DeadError::BadFilter(format!(
+                "reason {r:?} is not one of {}",
+                reasons().join(", ")
+            )));
+        }
+    }
     let link = link(hub)?;
     let limit = f.limit.unwrap_or(usize::MAX);
     let mut out = Outcome {
@@ -357,6 +382,20 @@ pub async fn run(hub: &Hub, f: &Filter, action: Action) -> Result<Outcome, DeadE
         Action::List => {}
         Action::Retry { .. } => crate::core::metrics::operator_action("retry", out.items.len()),
         Action::Drop => crate::core::metrics::operator_action("drop", out.items.len()),
+    }
+    let target = format!("{:?}", f.queue).to_lowercase();
+    match action {
+        Action::List => {}
+        Action::Retry { rate } => hub.router.audit().record(AuditEvent::admin(
+            "dead-retry",
+            target,
+            format!("{} messages at {rate}/s", out.items.len()),
+        )),
+        Action::Drop => hub.router.audit().record(AuditEvent::admin(
+            "dead-drop",
+            target,
+            format!("{} messages", out.items.len()),
+        )),
     }
     if action != Action::List {
         hub.store.durable().await.map_err(QueueError::from)?;

@@ -1,12 +1,23 @@
 //! Layer 5 — **operator**: what an operator can see and do, with no HTTP or
-//! command-line types: agency queues, dead letters, reports, and the shared
-//! [`Hub`] context every operator action runs against.
+//! command-line types: the agency lifecycle, envelope timelines, presence
+//! views, agency queues, dead letters, reports, the audit log, and the
+//! shared [`Hub`] context every operator action runs against.
+//!
+//! Invariants: what an operator asks for comes back as a typed result
+//! (Serialize + Deserialize, re-exported by the admin API's types rather
+//! than duplicated) or its module's `thiserror` error; every action that
+//! changes something appends an audit entry.
 //!
 //! May use: [`crate::core`], [`crate::state`], [`crate::broker`],
 //! [`crate::router`].
 
+pub mod agency;
+pub mod audit;
 pub mod dead;
+pub mod envelopes;
 mod hub;
 pub use hub::Hub;
+pub mod presence;
 pub mod queues;
 pub mod report;
+pub mod reporting;

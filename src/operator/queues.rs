@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::broker::{AmqpError, Link, QueueInfo};
 use crate::core::code::AgencyCode;
@@ -146,7 +146,7 @@ async fn all_waiting(hub: &Hub, now: i64) -> Result<BTreeMap<AgencyCode, Waiting
 }
 
 /// One row of `truc queue list`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct QueueRow {
     /// Agency code.
     pub code: String,
@@ -227,7 +227,7 @@ async fn peek_head_accepted_at(link: &Link, queue: &str) -> Option<i64> {
 }
 
 /// One destination's row of `truc queue shape`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ShapeRow {
     /// Destination code.
     pub code: String,
@@ -256,7 +256,7 @@ pub async fn shape(hub: &Hub) -> Result<(Vec<&'static str>, Vec<ShapeRow>), Queu
 }
 
 /// Envelope metadata as `peek` and `dead list` show it (never the body).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MessageView {
     /// AMQP message id.
     pub message_id: Option<String>,
@@ -331,7 +331,7 @@ pub async fn peek(hub: &Hub, code: &AgencyCode, n: usize) -> Result<Vec<MessageV
 }
 
 /// What `purge` did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PurgeReport {
     /// The agency.
     pub code: String,
@@ -420,6 +420,13 @@ pub async fn purge(hub: &Hub, code: &AgencyCode) -> Result<PurgeReport, QueueErr
     }
     .await;
     b.close().await;
+    if res.is_ok() {
+        hub.router.audit().record(AuditEvent::admin(
+            "queue-purge",
+            code.to_string(),
+            format!("{} envelopes, reason {}", report.purged, report.reason),
+        ));
+    }
     crate::core::metrics::operator_action("purge", report.purged as usize);
     tracing::info!(agency = %code, purged = report.purged, notices = report.notices, "inbox purged by operator");
     res.map(|_| report)

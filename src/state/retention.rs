@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::state::audit::{Audit, AuditError};
 use crate::state::codec;
@@ -132,7 +132,7 @@ pub async fn sweep(
 }
 
 /// One tree's size.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TreeStats {
     /// Tree name.
     pub name: String,
@@ -141,7 +141,7 @@ pub struct TreeStats {
 }
 
 /// `truc store stats`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StoreStats {
     /// Database path.
     pub path: String,

@@ -1,0 +1,197 @@
+//! Every request and response body of the admin API, as typed serde
+//! structures shared by the server ([`crate::api`]) and the CLI's admin
+//! client. Result types the operator layer already defines are re-exported
+//! here rather than duplicated. Exported publicly as `truc::admin_types`.
+//!
+//! Invariants: field names are the wire contract (tests and adapters read
+//! them); JSON times are RFC 3339 (fields ending `_ms` are extra); no type
+//! carries a secret except [`Added`], [`Rotated`] and [`Issued`].
+
+use serde::{Deserialize, Serialize};
+
+pub use crate::operator::agency::{
+    Added, AgencyView, DeletedQueue, KeyView, OldKey, RabbitDefinitions, RabbitPermission,
+    RabbitTopicPermission, RabbitUser, Removed, Rotated,
+};
+pub use crate::operator::dead::{
+    Filter as DeadFilter, Item as DeadItem, Outcome as DeadOutcome, Which,
+};
+pub use crate::operator::envelopes::{DestView, EnvelopeView, EventView, STATES};
+pub use crate::operator::presence::{
+    ConnectionEvent, ConnectionNow, History as PresenceHistory, PresenceView,
+};
+pub use crate::operator::queues::{MessageView, PurgeReport, QueueRow, ShapeRow};
+pub use crate::operator::report::{By, Report, Row as ReportRow};
+pub use crate::operator::reporting::FullReport;
+pub use crate::state::audit::{Broken, EntryView as AuditEntry, VerifyReport};
+pub use crate::state::presence::HistoryEntry;
+pub use crate::state::registry::Issued;
+pub use crate::state::retention::{StoreStats, TreeStats};
+
+/// Every error response: `{"error": …}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: String,
+}
+
+/// `GET /healthz`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// Always `ok` when it answers.
+    pub status: String,
+    /// Whether the hub is connected to the broker.
+    pub broker_connected: bool,
+    /// Registered agencies.
+    pub agencies: usize,
+}
+
+/// Body of `POST /v1/agencies`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AddAgency {
+    /// Code.
+    pub code: String,
+    /// Name.
+    pub name: String,
+    /// PEM RSA public key.
+    #[serde(default)]
+    pub public_key_pem: Option<String>,
+}
+
+/// Body of `POST /v1/agencies/{code}/rotate-key`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Rotate {
+    /// Seconds the older keys stay valid.
+    pub grace_s: u64,
+}
+
+/// Query of `DELETE /v1/agencies/{code}`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RemoveQuery {
+    /// Remove even when the inbox holds messages (they are deleted with it).
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// One row of an import.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImportRow {
+    /// Code.
+    pub code: String,
+    /// Name.
+    pub name: String,
+}
+
+/// Body of `POST /v1/agencies/import`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Import {
+    /// Rows, in file order.
+    pub rows: Vec<ImportRow>,
+}
+
+/// Query of `GET /v1/envelopes`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct EnvelopeQuery {
+    /// Source code; without it the id must be unambiguous.
+    #[serde(default)]
+    pub from: Option<String>,
+    /// Message id.
+    pub id: String,
+}
+
+/// Query of `GET /v1/envelopes/list`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ListQuery {
+    /// Source code.
+    #[serde(default)]
+    pub from: Option<String>,
+    /// Destination code.
+    #[serde(default)]
+    pub to: Option<String>,
+    /// A destination in this state (`queued`, `delivered`, `bounced`…).
+    #[serde(default)]
+    pub state: Option<String>,
+    /// Accepted within this duration (`2h`).
+    #[serde(default)]
+    pub since: Option<String>,
+    /// Accepted at or after this time, ms since the epoch.
+    #[serde(default)]
+    pub since_ms: Option<i64>,
+    /// Accepted before this time, ms since the epoch.
+    #[serde(default)]
+    pub until_ms: Option<i64>,
+    /// Most records (default 100, at most 10000).
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+/// Query of `GET /v1/presence/{code}/history`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct HistoryQuery {
+    /// Only transitions younger than this duration (e.g. `24h`, `7d`).
+    #[serde(default)]
+    pub since: Option<String>,
+    /// Only transitions at or after this time, ms since the epoch.
+    #[serde(default)]
+    pub since_ms: Option<i64>,
+    /// Only transitions before this time, ms since the epoch.
+    #[serde(default)]
+    pub until_ms: Option<i64>,
+}
+
+/// `GET /v1/queues/shape`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Shape {
+    /// Age bucket labels, youngest first.
+    pub buckets: Vec<String>,
+    /// Per destination.
+    pub destinations: Vec<ShapeRow>,
+}
+
+/// Query of `GET /v1/queues/{code}/peek`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeekQuery {
+    /// How many.
+    #[serde(default = "default_n")]
+    pub n: usize,
+}
+
+fn default_n() -> usize {
+    10
+}
+
+/// Body of `POST /v1/dead/retry` and `/v1/dead/drop`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DeadBody {
+    /// Selection.
+    #[serde(flatten)]
+    pub filter: DeadFilter,
+    /// Retry rate, messages per second (default 10).
+    #[serde(default)]
+    pub rate: Option<f64>,
+}
+
+/// Query of `GET /v1/audit`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditQuery {
+    /// How many.
+    #[serde(default = "default_n")]
+    pub n: usize,
+    /// Only entries after this sequence number (oldest first).
+    #[serde(default)]
+    pub after: Option<u64>,
+}
+
+/// Query of `GET /v1/report`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ReportQuery {
+    /// Start, ms since the epoch (inclusive).
+    #[serde(default)]
+    pub since_ms: Option<i64>,
+    /// End, ms since the epoch (exclusive).
+    #[serde(default)]
+    pub until_ms: Option<i64>,
+    /// Period.
+    #[serde(default)]
+    pub by: By,
+}

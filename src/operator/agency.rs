@@ -1,0 +1,501 @@
+//! The agency lifecycle as an operator sees it: register, list, show,
+//! disable, enable, rotate a key, remove, import, and the RabbitMQ
+//! definitions confining each agency. No HTTP or command-line types.
+//!
+//! Invariants: every action that changes something appends an audit entry;
+//! no view carries a secret except the [`Added`], [`Rotated`] and imported
+//! [`Issued`] results that issue one; a removal is refused while the inbox
+//! holds messages unless forced.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::broker::{declare_agency, AmqpError};
+use crate::core::code::AgencyCode;
+use crate::core::time::format_rfc3339;
+use crate::operator::queues::{link, QueueError};
+use crate::operator::Hub;
+use crate::state::audit::AuditEvent;
+use crate::state::registry::{Agency, Issued, RegistryError};
+
+/// Agency lifecycle errors.
+#[derive(Debug, thiserror::Error)]
+pub enum AgencyError {
+    /// The text is not an agency code.
+    #[error("{0}")]
+    BadCode(String),
+    /// No such agency.
+    #[error("agency {0} is not registered")]
+    NotRegistered(AgencyCode),
+    /// The inbox still holds messages and the removal was not forced.
+    #[error("inbox {inbox} holds {depth} messages: purge it first, or remove with --force (they are lost)")]
+    InboxNotEmpty {
+        /// Inbox queue.
+        inbox: String,
+        /// Messages waiting.
+        depth: u32,
+    },
+    /// The registry refused or failed.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// A queue operation failed.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+}
+
+impl AgencyError {
+    /// Whether trying again may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::BadCode(_) | Self::NotRegistered(_) | Self::InboxNotEmpty { .. } => false,
+            Self::Registry(e) => e.is_retryable(),
+            Self::Queue(e) => e.is_retryable(),
+        }
+    }
+}
+
+/// Parses an agency code given by an operator.
+pub fn code_of(text: &str) -> Result<AgencyCode, AgencyError> {
+    AgencyCode::parse(text).map_err(|e| AgencyError::BadCode(format!("{text:?}: {e}")))
+}
+
+/// An access key as shown (no secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyView {
+    /// The access key.
+    pub access_key: String,
+    /// Issued at (RFC 3339).
+    pub created_at: String,
+    /// Expires at (RFC 3339).
+    pub expires_at: Option<String>,
+}
+
+/// An agency as shown (no secrets).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgencyView {
+    /// Code.
+    pub code: String,
+    /// Name.
+    pub name: String,
+    /// Enabled.
+    pub enabled: bool,
+    /// Registered at (RFC 3339).
+    pub created_at: String,
+    /// Has an RSA public key.
+    pub rsa_public_key: bool,
+    /// Access keys.
+    pub access_keys: Vec<KeyView>,
+    /// Inbox queue name.
+    pub inbox: String,
+    /// Notify queue name.
+    pub notify: String,
+    /// Inbox depth, when the broker answered.
+    #[serde(default)]
+    pub inbox_messages: Option<u32>,
+    /// Inbox consumers, when the broker answered.
+    #[serde(default)]
+    pub inbox_consumers: Option<u32>,
+}
+
+/// The view of `a`, without queue facts.
+pub fn view(hub: &Hub, a: &Agency) -> AgencyView {
+    AgencyView {
+        code: a.code.to_string(),
+        name: a.name.clone(),
+        enabled: a.enabled,
+        created_at: format_rfc3339(a.created_at_ms),
+        rsa_public_key: a.public_key_pem.is_some(),
+        access_keys: a
+            .keys
+            .iter()
+            .map(|k| KeyView {
+                access_key: k.access_key.clone(),
+                created_at: format_rfc3339(k.created_at_ms),
+                expires_at: k.expires_at_ms.map(format_rfc3339),
+            })
+            .collect(),
+        inbox: hub.topology.inbox(&a.code),
+        notify: hub.topology.notify(&a.code),
+        inbox_messages: None,
+        inbox_consumers: None,
+    }
+}
+
+/// A registered agency with its first key (the secret, shown once).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Added {
+    /// Code, name, access key and secret.
+    #[serde(flatten)]
+    pub issued: Issued,
+    /// Whether its queues were declared now (else at the next connection).
+    pub queues_declared: bool,
+    /// Inbox queue name.
+    pub inbox: String,
+    /// Notify queue name.
+    pub notify: String,
+}
+
+fn audit(hub: &Hub, action: &str, target: impl Into<String>, detail: impl Into<String>) {
+    hub.router
+        .audit()
+        .record(AuditEvent::admin(action, target, detail));
+}
+
+/// Registers `code` and declares its queues when the broker is there.
+pub async fn add(
+    hub: &Hub,
+    code: &str,
+    name: &str,
+    public_key_pem: Option<String>,
+) -> Result<Added, AgencyError> {
+    let code = code_of(code)?;
+    let issued = hub.registry.add(code.clone(), name, public_key_pem)?;
+    let link = hub.link.borrow().clone();
+    let queues_declared = match link {
+        Some(link) => match declare_agency(&link, &hub.topology, &code).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(agency = %code, error = %e, "queues not declared now; they will be at the next connection");
+                false
+            }
+        },
+        None => false,
+    };
+    tracing::info!(agency = %code, access_key = %issued.access_key, "agency registered");
+    audit(
+        hub,
+        "agency-add",
+        code.to_string(),
+        format!("access key {}", issued.access_key),
+    );
+    Ok(Added {
+        issued,
+        queues_declared,
+        inbox: hub.topology.inbox(&code),
+        notify: hub.topology.notify(&code),
+    })
+}
+
+/// Every agency.
+pub fn list(hub: &Hub) -> Vec<AgencyView> {
+    hub.registry.list().iter().map(|a| view(hub, a)).collect()
+}
+
+/// One agency, with its inbox depth and consumers when the broker answers.
+pub async fn show(hub: &Hub, code: &str) -> Result<AgencyView, AgencyError> {
+    let code = code_of(code)?;
+    let entry = hub
+        .registry
+        .get(&code)
+        .ok_or_else(|| AgencyError::NotRegistered(code.clone()))?;
+    let mut v = view(hub, &entry.agency);
+    let link = hub.link.borrow().clone();
+    if let Some(link) = link {
+        // Passive declares run on the link's own probe channels; a missing
+        // queue closes only such a channel.
+        if let Ok(info) = link.queue_info(&v.inbox).await {
+            v.inbox_messages = Some(info.messages);
+            v.inbox_consumers = Some(info.consumers);
+        }
+    }
+    Ok(v)
+}
+
+/// Enables or disables `code`.
+pub fn set_enabled(hub: &Hub, code: &str, enabled: bool) -> Result<AgencyView, AgencyError> {
+    let code = code_of(code)?;
+    let a = hub.registry.set_enabled(&code, enabled)?;
+    let action = if enabled {
+        "agency-enable"
+    } else {
+        "agency-disable"
+    };
+    audit(hub, action, code.to_string(), "");
+    tracing::info!(agency = %code, enabled, "agency state changed");
+    Ok(view(hub, &a))
+}
+
+/// An older key and until when it stays valid.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OldKey {
+    /// The access key.
+    pub access_key: String,
+    /// Valid until (RFC 3339); `None`: no expiry.
+    pub expires_at: Option<String>,
+}
+
+/// A new key (the secret, shown once) and the older keys' expiries.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Rotated {
+    /// Code.
+    pub code: AgencyCode,
+    /// Name.
+    pub name: String,
+    /// The new access key.
+    pub access_key: String,
+    /// The new secret.
+    pub secret: String,
+    /// The older keys.
+    pub old_keys: Vec<OldKey>,
+}
+
+/// Issues a new key for `code`; older keys stay valid for `grace`.
+pub fn rotate_key(hub: &Hub, code: &str, grace: Duration) -> Result<Rotated, AgencyError> {
+    let code = code_of(code)?;
+    let (issued, agency) = hub.registry.rotate_key(&code, grace)?;
+    let old_keys = agency
+        .keys
+        .iter()
+        .filter(|k| k.access_key != issued.access_key)
+        .map(|k| OldKey {
+            access_key: k.access_key.clone(),
+            expires_at: k.expires_at_ms.map(format_rfc3339),
+        })
+        .collect();
+    audit(
+        hub,
+        "rotate-key",
+        code.to_string(),
+        format!(
+            "new access key {}, grace {}s",
+            issued.access_key,
+            grace.as_secs()
+        ),
+    );
+    tracing::info!(agency = %code, access_key = %issued.access_key, grace_s = grace.as_secs(), "key rotated");
+    Ok(Rotated {
+        code: issued.code,
+        name: issued.name,
+        access_key: issued.access_key,
+        secret: issued.secret,
+        old_keys,
+    })
+}
+
+/// A queue deleted with its agency.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletedQueue {
+    /// Queue name.
+    pub queue: String,
+    /// Messages it held.
+    pub messages: u32,
+}
+
+/// A removed agency.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Removed {
+    /// Code.
+    pub code: AgencyCode,
+    /// Name.
+    pub name: String,
+    /// Its queues that were deleted.
+    pub deleted_queues: Vec<DeletedQueue>,
+}
+
+/// Removes `code` and deletes its queues; refused while the inbox holds
+/// messages unless `force`.
+pub async fn remove(hub: &Hub, code: &str, force: bool) -> Result<Removed, AgencyError> {
+    let code = code_of(code)?;
+    if hub.registry.get(&code).is_none() {
+        return Err(AgencyError::NotRegistered(code));
+    }
+    let link = link(hub)?;
+    let inbox = hub.topology.inbox(&code);
+    let depth = match link.queue_info(&inbox).await {
+        Ok(i) => i.messages,
+        Err(AmqpError::NoSuchQueue(_)) => 0,
+        Err(e) => return Err(QueueError::from(e).into()),
+    };
+    if depth > 0 && !force {
+        return Err(AgencyError::InboxNotEmpty { inbox, depth });
+    }
+    let removed = hub.registry.remove(&code)?;
+    let mut deleted_queues = Vec::new();
+    for queue in [inbox, hub.topology.notify(&code)] {
+        match link.delete_queue(&queue).await {
+            Ok(messages) => deleted_queues.push(DeletedQueue { queue, messages }),
+            Err(e) => tracing::warn!(queue = %queue, error = %e, "queue not deleted"),
+        }
+    }
+    audit(
+        hub,
+        "agency-remove",
+        code.to_string(),
+        format!("force={force}, inbox depth {depth}"),
+    );
+    tracing::info!(agency = %code, force, depth, "agency removed");
+    Ok(Removed {
+        code: removed.code,
+        name: removed.name,
+        deleted_queues,
+    })
+}
+
+/// Registers every `(code, name)` row, or none; declares their queues when
+/// the broker is there.
+pub async fn import(hub: &Hub, rows: &[(String, String)]) -> Result<Vec<Issued>, AgencyError> {
+    let issued = hub.registry.import(rows)?;
+    if let Ok(link) = link(hub) {
+        for i in &issued {
+            if let Err(e) = declare_agency(&link, &hub.topology, &i.code).await {
+                tracing::warn!(agency = %i.code, error = %e, "queues not declared now; they will be at the next connection");
+            }
+        }
+    }
+    audit(
+        hub,
+        "agency-import",
+        format!("{} agencies", issued.len()),
+        issued
+            .iter()
+            .map(|i| i.code.to_string())
+            .collect::<Vec<_>>()
+            .join(","),
+    );
+    tracing::info!(agencies = issued.len(), "agencies imported");
+    Ok(issued)
+}
+
+/// A RabbitMQ user (no password: set one with `rabbitmqctl change_password`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RabbitUser {
+    /// User name: the agency code.
+    pub name: String,
+    /// Empty.
+    pub password_hash: String,
+    /// Hashing algorithm.
+    pub hashing_algorithm: String,
+    /// Tags (none).
+    pub tags: Vec<String>,
+}
+
+/// A RabbitMQ permission.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RabbitPermission {
+    /// User.
+    pub user: String,
+    /// Virtual host.
+    pub vhost: String,
+    /// Configure regex.
+    pub configure: String,
+    /// Write regex.
+    pub write: String,
+    /// Read regex.
+    pub read: String,
+}
+
+/// A RabbitMQ topic permission.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RabbitTopicPermission {
+    /// User.
+    pub user: String,
+    /// Virtual host.
+    pub vhost: String,
+    /// Exchange.
+    pub exchange: String,
+    /// Write (routing key) regex.
+    pub write: String,
+    /// Read regex.
+    pub read: String,
+}
+
+/// RabbitMQ definitions, importable with `rabbitmqctl import_definitions`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RabbitDefinitions {
+    /// Users.
+    pub users: Vec<RabbitUser>,
+    /// Permissions.
+    pub permissions: Vec<RabbitPermission>,
+    /// Topic permissions.
+    pub topic_permissions: Vec<RabbitTopicPermission>,
+}
+
+fn regex_escape(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| if c == '.' { vec!['\\', '.'] } else { vec![c] })
+        .collect()
+}
+
+/// The virtual host of an AMQP URL.
+pub fn vhost(url: &str) -> String {
+    let path = url.rsplit_once('/').map(|(_, p)| p).unwrap_or("");
+    let path = path.split('?').next().unwrap_or("");
+    if path.is_empty() {
+        "/".into()
+    } else {
+        path.replace("%2f", "/").replace("%2F", "/")
+    }
+}
+
+/// RabbitMQ definitions (users, permissions, topic permissions) letting each
+/// agency publish only `<kind>.<its code>` to the ingress exchange and read
+/// only its own inbox and notify queues. Users have no password: set one
+/// with `rabbitmqctl change_password`.
+pub fn rabbitmq_definitions(prefix: &str, vhost: &str, codes: &[AgencyCode]) -> RabbitDefinitions {
+    let p = regex_escape(prefix);
+    RabbitDefinitions {
+        users: codes
+            .iter()
+            .map(|c| RabbitUser {
+                name: c.to_string(),
+                password_hash: String::new(),
+                hashing_algorithm: "rabbit_password_hashing_sha256".into(),
+                tags: Vec::new(),
+            })
+            .collect(),
+        permissions: codes
+            .iter()
+            .map(|c| RabbitPermission {
+                user: c.to_string(),
+                vhost: vhost.to_owned(),
+                configure: "^$".into(),
+                write: format!("^{p}ingress$"),
+                read: format!("^{p}(inbox|notify)\\.{}$", regex_escape(c.as_str())),
+            })
+            .collect(),
+        topic_permissions: codes
+            .iter()
+            .map(|c| RabbitTopicPermission {
+                user: c.to_string(),
+                vhost: vhost.to_owned(),
+                exchange: format!("{prefix}ingress"),
+                write: format!(
+                    "^(envelope|status|presence)\\.{}$",
+                    regex_escape(c.as_str())
+                ),
+                read: "^$".into(),
+            })
+            .collect(),
+    }
+}
+
+/// The definitions for every registered agency of `hub`.
+pub fn definitions(hub: &Hub) -> RabbitDefinitions {
+    let codes: Vec<AgencyCode> = hub.registry.list().into_iter().map(|a| a.code).collect();
+    rabbitmq_definitions(&hub.topology.prefix, &vhost(&hub.config.amqp_url), &codes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn definitions_confine_each_agency() {
+        let codes = vec![AgencyCode::parse("000.00.31.H41").unwrap()];
+        let d = serde_json::to_value(rabbitmq_definitions("lgsp.", "/", &codes)).unwrap();
+        assert_eq!(d["users"][0]["name"], "000.00.31.H41");
+        assert_eq!(
+            d["permissions"][0]["read"],
+            "^lgsp\\.(inbox|notify)\\.000\\.00\\.31\\.H41$"
+        );
+        assert_eq!(d["permissions"][0]["write"], "^lgsp\\.ingress$");
+        assert_eq!(d["permissions"][0]["configure"], "^$");
+        assert_eq!(
+            d["topic_permissions"][0]["write"],
+            "^(envelope|status|presence)\\.000\\.00\\.31\\.H41$"
+        );
+        assert_eq!(vhost("amqp://g:g@h:5672/%2f"), "/");
+        assert_eq!(vhost("amqp://g:g@h:5672/prod"), "prod");
+    }
+}

@@ -8,10 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{code, next_within, TestHub};
+use common::{envelope, next_within, TestHub};
 use tokio::sync::Mutex;
 use truc::client::{Client, Credentials, Outgoing};
-use truc::envelope::Priority;
 
 struct Tally {
     distinct: Mutex<HashSet<String>>,
@@ -19,17 +18,14 @@ struct Tally {
     marked_repeats: AtomicU64,
 }
 
-fn envelope(i: usize) -> Outgoing {
-    Outgoing {
-        to: vec![code("000.00.32.H41")],
-        subject: format!("stream {i}"),
-        priority: Priority::NORMAL,
-        data_type: "data".into(),
-        content_type: "text/plain".into(),
-        body: format!("envelope number {i}").into_bytes(),
-        message_id: Some(format!("STREAM-{i:06}")),
-        extra: Vec::new(),
-    }
+/// Envelope number `i` of the stream.
+fn numbered(i: usize) -> Outgoing {
+    envelope("000.00.32.H41")
+        .subject(format!("stream {i}"))
+        .data_type("data")
+        .body(format!("envelope number {i}"))
+        .id(format!("STREAM-{i:06}"))
+        .build()
 }
 
 /// Publishes `n` envelopes at about `per_s` a second.
@@ -39,7 +35,7 @@ fn spawn_sender(client: Client, n: usize, per_s: u64) -> tokio::task::JoinHandle
         let start = Instant::now();
         for i in 0..n {
             client
-                .send(&envelope(i))
+                .send(&numbered(i))
                 .await
                 .expect("broker takes the envelope");
             let due = start + gap * (i as u32 + 1);

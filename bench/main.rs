@@ -224,7 +224,7 @@ async fn run_scenarios(ctx: &mut Ctx) {
             let (m, k) = (ctx.s.sources, ctx.s.dests);
             match scenarios::raw_baseline(ctx, "baseline", 1024, m, k).await {
                 Ok(p) => {
-                    ctx.baseline = Some(p.msgs_per_s);
+                    ctx.baseline = Some(p.rate());
                     ctx.results
                         .insert("baseline".into(), json!({ "raw_1kib_max": p }));
                 }
@@ -405,13 +405,15 @@ fn headline(ctx: &Ctx) -> (Value, String) {
                     "raw_msgs_per_s": s["raw_msgs_per_s"],
                     "truc_msgs_per_s": s["truc_msgs_per_s"],
                     "ratio": s["ratio"],
+                    "raw_window_msgs_per_s": s["raw_window_msgs_per_s"],
+                    "truc_window_msgs_per_s": s["truc_window_msgs_per_s"],
                     "p50_ms": first_load["p50_ms"],
                     "p95_ms": first_load["p95_ms"],
                     "p99_ms": first_load["p99_ms"],
                     "max_ms": first_load["max_ms"],
                 }),
                 format!(
-                    "throughput scenario, {} B bodies: flat-out rates; latency at the first load point ({})",
+                    "throughput scenario, {} B bodies: sustained flat-out rates (until every delivery and notice of the phase arrived); latency at the first load point ({})",
                     s["body_bytes"], s["loads"][0]["load"]
                 ),
             );
@@ -591,9 +593,12 @@ async fn main() -> ExitCode {
     let shared = Shared::new(&hub.prefix, cancel.clone());
     let pids = Pids {
         truc: hub.pid,
-        broker: procstat::find_broker_pid(),
+        broker: procstat::find_broker_pid(&s.amqp_url),
         me: run_pid,
     };
+    if let Some(pid) = pids.broker {
+        eprintln!("broker CPU read from pid {pid}");
+    }
     let monitor = Arc::new(Monitor {
         label: Mutex::new("setup".into()),
         points: Mutex::new(Vec::new()),

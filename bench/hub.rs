@@ -36,6 +36,10 @@ pub struct Hub {
     pub pid: Option<u32>,
     /// Temporary directory of the child (data and log).
     pub work_dir: Option<PathBuf>,
+    /// The benchmark started this truc (still true after [`Hub::stop`]).
+    pub started: bool,
+    /// Configuration file given to the child (`--config`), if any.
+    config: Option<PathBuf>,
 }
 
 /// A free loopback port (bound then released).
@@ -68,11 +72,13 @@ impl Hub {
         let token = hex::encode(rand::thread_rng().gen::<[u8; 16]>());
         let log = std::fs::File::create(work_dir.join("truc.log")).map_err(|e| e.to_string())?;
         let mut cmd = Command::new(bin);
+        let mut config = None;
         if let Some(p) = prefetch {
             // Everything else comes from the defaults and the environment below.
             let path = work_dir.join("truc.toml");
             std::fs::write(&path, format!("prefetch = {p}\n")).map_err(|e| e.to_string())?;
-            cmd.arg("--config").arg(path);
+            cmd.arg("--config").arg(&path);
+            config = Some(path);
         }
         let child = cmd
             .arg("serve")
@@ -96,6 +102,8 @@ impl Hub {
             child: Some(child),
             pid,
             work_dir: Some(work_dir),
+            started: true,
+            config,
         };
         Ok(hub)
     }
@@ -109,12 +117,54 @@ impl Hub {
             child: None,
             pid,
             work_dir: None,
+            started: false,
+            config: None,
         }
     }
 
     /// True when the benchmark started the hub.
     pub fn spawned(&self) -> bool {
         self.child.is_some()
+    }
+
+    /// The topology the child declares: its configuration (`--config`, else
+    /// `TRUC_CONFIG`, else the defaults) names the `queues/` directory; the
+    /// built-in topology when that cannot be read.
+    pub fn topology(&self) -> truc::topology::Topology {
+        let path = self
+            .config
+            .clone()
+            .or_else(|| std::env::var_os("TRUC_CONFIG").map(PathBuf::from));
+        let dir = match truc::config::Config::load(path.as_deref()) {
+            Ok(c) => c.queues_dir,
+            Err(e) => {
+                eprintln!("warning: {e}; assuming queues/");
+                PathBuf::from("queues")
+            }
+        };
+        truc::topology::Topology::load(&dir, &self.prefix).unwrap_or_else(|e| {
+            eprintln!("warning: {e}; using the built-in topology for the cleanup");
+            truc::topology::Topology::builtin(&self.prefix)
+        })
+    }
+
+    /// Codes of every agency the hub has registered (`GET /v1/agencies`);
+    /// empty when it does not answer.
+    pub async fn list_agencies(&self) -> Vec<truc::code::AgencyCode> {
+        let Ok(Ok(r)) = tokio::time::timeout(
+            Duration::from_secs(10),
+            truc::cli::http::request(&self.admin_addr, "GET", "/v1/agencies", &self.token, None),
+        )
+        .await
+        else {
+            return Vec::new();
+        };
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| truc::code::AgencyCode::parse(a["code"].as_str()?).ok())
+            .collect()
     }
 
     /// Waits until `/healthz` says the broker is connected.

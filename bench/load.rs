@@ -111,6 +111,17 @@ pub struct Totals {
     pub status_notices: AtomicU64,
     /// Status `01` messages published (confirmed).
     pub statuses_sent: AtomicU64,
+    /// When the last piece of work arrived (a delivery, or an `accepted`,
+    /// `delivered` or `status` notice), ns on the run clock: once a phase has
+    /// drained, when its work was done.
+    pub last_work_ns: AtomicU64,
+}
+
+impl Totals {
+    /// Records that a piece of work arrived at `ns`.
+    pub fn worked(&self, ns: u64) {
+        self.last_work_ns.fetch_max(ns, Ordering::Relaxed);
+    }
 }
 
 /// State shared by every task of the run.
@@ -204,6 +215,7 @@ fn record_receive(shared: &Shared, m: &Message, prio: u8) {
             lat_ns: now.saturating_sub(sent),
         });
     shared.totals.received.fetch_add(1, Ordering::Relaxed);
+    shared.totals.worked(now);
     let slot = shared.slot(phase);
     slot.received.fetch_add(1, Ordering::Relaxed);
     slot.give_back(RELEASE_ON_RECEIVE);
@@ -384,6 +396,7 @@ async fn notice_loop(shared: Arc<Shared>, me: Arc<Agency>, mut sub: Subscription
         match m.header("lgsp-notice").unwrap_or("") {
             "accepted" => {
                 shared.totals.accepted.fetch_add(1, Ordering::Relaxed);
+                shared.totals.worked(now);
                 let pending = me
                     .pending
                     .lock()
@@ -410,9 +423,11 @@ async fn notice_loop(shared: Arc<Shared>, me: Arc<Agency>, mut sub: Subscription
                     .totals
                     .delivered_notices
                     .fetch_add(1, Ordering::Relaxed);
+                shared.totals.worked(now);
             }
             "status" => {
                 shared.totals.status_notices.fetch_add(1, Ordering::Relaxed);
+                shared.totals.worked(now);
             }
             kind => {
                 let reason = m.header("lgsp-reason").unwrap_or("");

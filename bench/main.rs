@@ -30,7 +30,9 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 use truc::broker::Link;
 
-use crate::hub::Hub;
+use truc::code::AgencyCode;
+
+use crate::hub::{Hub, Registered};
 use crate::load::Shared;
 use crate::run::{Ctx, Monitor, Pids, Settings};
 use crate::stats::round1;
@@ -222,7 +224,7 @@ async fn run_scenarios(ctx: &mut Ctx) {
             let (m, k) = (ctx.s.sources, ctx.s.dests);
             match scenarios::raw_baseline(ctx, "baseline", 1024, m, k).await {
                 Ok(p) => {
-                    ctx.baseline = Some(p.msgs_per_s);
+                    ctx.baseline = Some(p.rate());
                     ctx.results
                         .insert("baseline".into(), json!({ "raw_1kib_max": p }));
                 }
@@ -252,72 +254,138 @@ async fn run_scenarios(ctx: &mut Ctx) {
     }
 }
 
-/// Deletes every queue the run created (agency inboxes and notify queues,
-/// raw queues, and the fixed queues of a truc the run started).
-async fn cleanup_queues(ctl: &Link, url: &str, ctx: &Ctx) -> (usize, usize) {
-    let mut names: Vec<String> = ctx.queues.clone();
-    for a in &ctx.agencies {
-        names.push(a.inbox.clone());
-        names.push(a.notify.clone());
+/// What the run created on the broker, to delete at the end.
+struct Leftovers {
+    queues: Vec<String>,
+    exchanges: Vec<String>,
+}
+
+/// Everything the run created on the broker: the raw queues (`raw`), the
+/// inbox and notify queues of the agencies it registered, and, for a truc it
+/// started, every exchange and queue of that truc's topology under the run's
+/// prefix (fixed queues, delay buckets, the queues of every agency the hub
+/// knows: `listed`). A running truc (`--hub-addr`) keeps its own.
+fn leftovers(
+    hub: &Hub,
+    agencies: &[Registered],
+    listed: &[AgencyCode],
+    raw: &[String],
+) -> Leftovers {
+    let mut queues: Vec<String> = raw.to_vec();
+    let mut exchanges = Vec::new();
+    for a in agencies {
+        queues.push(a.inbox.clone());
+        queues.push(a.notify.clone());
     }
-    if ctx.hub.spawned() {
-        // The fixed queues of the topology the child loaded (`queues/` or the built-in one).
-        match truc::topology::Topology::load(std::path::Path::new("queues"), &ctx.hub.prefix) {
-            Ok(t) => names.extend(t.queues.iter().map(|q| q.name.clone())),
-            Err(_) => names.extend(
-                ["ingress", "dead", "release", "rejected"]
-                    .iter()
-                    .map(|q| format!("{}{q}", ctx.hub.prefix)),
-            ),
-        }
+    if hub.started {
+        let topo = hub.topology();
+        let codes: Vec<AgencyCode> = agencies
+            .iter()
+            .map(|a| a.creds.code.clone())
+            .chain(listed.iter().cloned())
+            .collect();
+        queues.extend(topo.queue_names(&codes));
+        exchanges = topo.exchange_names();
     }
-    names.sort();
-    names.dedup();
-    // A queue deleted is gone; a failure (the control link may have died while
-    // the broker was at a limit) is retried once on a fresh connection.
+    queues.sort();
+    queues.dedup();
+    exchanges.sort();
+    exchanges.dedup();
+    Leftovers { queues, exchanges }
+}
+
+/// Deletes one queue or exchange, bounded in time; a missing one counts as deleted.
+async fn delete_one(link: &Link, name: &str, is_queue: bool) -> bool {
+    let step = Duration::from_secs(10);
+    let r = if is_queue {
+        tokio::time::timeout(step, async { link.delete_queue(name).await.map(drop) }).await
+    } else {
+        tokio::time::timeout(step, link.delete_exchange(name)).await
+    };
+    matches!(
+        r,
+        Ok(Ok(())) | Ok(Err(truc::broker::AmqpError::NoSuchQueue(_)))
+    )
+}
+
+/// Deletes the queues, then the exchanges, of `l`: over `ctl` while it is
+/// connected, then what is left once more on a fresh connection (the control
+/// link may have died while the broker was at a limit). Returns how many were
+/// deleted and the names that were not.
+async fn delete_leftovers(ctl: Option<&Link>, url: &str, l: &Leftovers) -> (usize, Vec<String>) {
+    let all: Vec<(&String, bool)> = l
+        .queues
+        .iter()
+        .map(|q| (q, true))
+        .chain(l.exchanges.iter().map(|e| (e, false)))
+        .collect();
     let mut ok = 0;
-    let mut left = Vec::new();
-    for q in &names {
-        match tokio::time::timeout(Duration::from_secs(10), ctl.delete_queue(q)).await {
-            Ok(Ok(_)) => ok += 1,
-            _ => left.push(q.clone()),
-        }
-        if !left.is_empty() && !ctl.is_connected() {
-            left.extend(names.iter().skip_while(|n| *n != q).skip(1).cloned());
-            break;
+    let mut left: Vec<(&String, bool)> = Vec::new();
+    for (name, is_queue) in all {
+        match ctl.filter(|c| c.is_connected()) {
+            Some(c) if delete_one(c, name, is_queue).await => ok += 1,
+            _ => left.push((name, is_queue)),
         }
     }
     if !left.is_empty() {
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let fresh =
-            tokio::time::timeout(Duration::from_secs(15), Link::connect(url, "bench cleanup"))
-                .await;
-        if let Ok(Ok(link)) = fresh {
-            let mut still = Vec::new();
-            for q in left {
-                match tokio::time::timeout(Duration::from_secs(10), link.delete_queue(&q)).await {
-                    Ok(Ok(_)) => ok += 1,
-                    // Already gone (deleted before the first attempt failed) counts as done.
-                    Ok(Err(truc::broker::AmqpError::NoSuchQueue(_))) => ok += 1,
-                    _ => still.push(q),
-                }
-                if !link.is_connected() {
-                    break;
-                }
-            }
-            link.close().await;
-            left = still;
+        if ctl.is_some() {
+            tokio::time::sleep(Duration::from_secs(2)).await;
         }
+        let mut link = None;
+        let mut still = Vec::new();
+        for (name, is_queue) in left {
+            if !link.as_ref().is_some_and(Link::is_connected) {
+                link = match tokio::time::timeout(
+                    Duration::from_secs(15),
+                    Link::connect(url, "bench cleanup"),
+                )
+                .await
+                {
+                    Ok(Ok(l)) => Some(l),
+                    _ => None,
+                };
+            }
+            match &link {
+                Some(l) if delete_one(l, name, is_queue).await => ok += 1,
+                _ => still.push(name.clone()),
+            }
+        }
+        if let Some(l) = link {
+            l.close().await;
+        }
+        return (ok, still);
     }
-    let failed = names.len() - ok;
-    if failed > 0 {
+    (ok, Vec::new())
+}
+
+/// Ends the run on the broker: asks the truc it started for every agency it
+/// knows, stops it (so it declares nothing again), then deletes everything
+/// the run created. Returns the stop note, how many queues and exchanges were
+/// deleted and which were not (also warned about on stderr).
+async fn teardown(
+    hub: &mut Hub,
+    ctl: Option<&Link>,
+    url: &str,
+    agencies: &[Registered],
+    raw: &[String],
+) -> (String, usize, Vec<String>) {
+    let listed = if hub.spawned() {
+        hub.list_agencies().await
+    } else {
+        Vec::new()
+    };
+    let stop_note = hub.stop(Duration::from_secs(30)).await;
+    let l = leftovers(hub, agencies, &listed, raw);
+    let (deleted, failed) = delete_leftovers(ctl, url, &l).await;
+    if !failed.is_empty() {
         eprintln!(
-            "warning: {failed} queues of this run could not be deleted (prefix {}; e.g. {})",
-            ctx.hub.prefix,
-            left.first().map(String::as_str).unwrap_or("?")
+            "warning: {} queues or exchanges of this run could not be deleted (prefix {}; e.g. {})",
+            failed.len(),
+            hub.prefix,
+            failed[0]
         );
     }
-    (ok, failed)
+    (stop_note, deleted, failed)
 }
 
 /// The headline: the throughput scenario's 1 KiB figures when it ran, else
@@ -337,13 +405,15 @@ fn headline(ctx: &Ctx) -> (Value, String) {
                     "raw_msgs_per_s": s["raw_msgs_per_s"],
                     "truc_msgs_per_s": s["truc_msgs_per_s"],
                     "ratio": s["ratio"],
+                    "raw_window_msgs_per_s": s["raw_window_msgs_per_s"],
+                    "truc_window_msgs_per_s": s["truc_window_msgs_per_s"],
                     "p50_ms": first_load["p50_ms"],
                     "p95_ms": first_load["p95_ms"],
                     "p99_ms": first_load["p99_ms"],
                     "max_ms": first_load["max_ms"],
                 }),
                 format!(
-                    "throughput scenario, {} B bodies: flat-out rates; latency at the first load point ({})",
+                    "throughput scenario, {} B bodies: sustained flat-out rates (until every delivery and notice of the phase arrived); latency at the first load point ({})",
                     s["body_bytes"], s["loads"][0]["load"]
                 ),
             );
@@ -489,7 +559,8 @@ async fn main() -> ExitCode {
     };
     if let Err(e) = hub.wait_ready(Duration::from_secs(30)).await {
         eprintln!("error: {e}");
-        hub.stop(Duration::from_secs(10)).await;
+        // It may have declared its topology before failing.
+        teardown(&mut hub, None, &s.amqp_url, &[], &[]).await;
         hub.remove_work_dir();
         return ExitCode::FAILURE;
     }
@@ -514,7 +585,7 @@ async fn main() -> ExitCode {
                 _ => "timeout".into(),
             };
             eprintln!("error: cannot connect to the broker: {e}");
-            hub.stop(Duration::from_secs(10)).await;
+            teardown(&mut hub, None, &s.amqp_url, &[], &[]).await;
             hub.remove_work_dir();
             return ExitCode::FAILURE;
         }
@@ -522,9 +593,12 @@ async fn main() -> ExitCode {
     let shared = Shared::new(&hub.prefix, cancel.clone());
     let pids = Pids {
         truc: hub.pid,
-        broker: procstat::find_broker_pid(),
+        broker: procstat::find_broker_pid(&s.amqp_url),
         me: run_pid,
     };
+    if let Some(pid) = pids.broker {
+        eprintln!("broker CPU read from pid {pid}");
+    }
     let monitor = Arc::new(Monitor {
         label: Mutex::new("setup".into()),
         points: Mutex::new(Vec::new()),
@@ -555,7 +629,9 @@ async fn main() -> ExitCode {
     run_scenarios(&mut ctx).await;
     monitor_stop.cancel();
 
-    // Stop truc first (so it does not declare queues again), then delete the queues.
+    // Stop truc first (so it does not declare queues again), then delete
+    // every queue and exchange of the run; also after an error or Ctrl-C
+    // (both cancel the scenarios, which then end here).
     monitor.set_label("cleanup");
     let truc_peak_rss = ctx
         .hub
@@ -563,18 +639,28 @@ async fn main() -> ExitCode {
         .and_then(procstat::read)
         .map(|s| round1(s.hwm_kib as f64 / 1024.0));
     let (log_warn, log_error, log_examples) = ctx.hub.log_problems();
-    let stop_note = ctx.hub.stop(Duration::from_secs(30)).await;
-    let (deleted, not_deleted) = cleanup_queues(&ctl, &s.amqp_url, &ctx).await;
+    let (stop_note, deleted, not_deleted) = teardown(
+        &mut ctx.hub,
+        Some(&ctl),
+        &s.amqp_url,
+        &ctx.agencies,
+        &ctx.queues,
+    )
+    .await;
     ctl.close().await;
     shared.cancel.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(3), monitor_task).await;
     ctx.hub.remove_work_dir();
-    if ctx.hub.spawned() || ctx.hub.work_dir.is_some() {
+    if ctx.hub.started {
         ctx.notes.push(format!(
-            "{deleted} queues deleted at the end ({not_deleted} not)"
+            "{deleted} queues and exchanges deleted at the end ({} not{})",
+            not_deleted.len(),
+            not_deleted
+                .first()
+                .map(|n| format!(", e.g. {n}"))
+                .unwrap_or_default()
         ));
-    }
-    if !ctx.hub.spawned() && ctx.hub.work_dir.is_none() {
+    } else {
         ctx.notes.push(format!(
             "external truc: {deleted} queues deleted; the {} agencies registered by this run stay in its registry (codes {}.*) and its exchanges are kept",
             ctx.agencies.len(),

@@ -420,7 +420,7 @@ pre{background:#f6f6f6;padding:8px;overflow:auto;font-size:12px}
     h.push_str("<h2>Latency</h2>");
     h.push_str(&latency);
     h.push_str(
-        "<h2>Phases</h2><p>Bands in the charts carry the phase numbers below. Latencies in ms; CPU in % of one core; µs/msg is CPU time per message received.</p><table><tr><th>#</th><th class=l>phase</th><th>body</th><th>mode</th><th>msg/s</th>\
+        "<h2>Phases</h2><p>Bands in the charts carry the phase numbers below. Latencies in ms; CPU in % of one core; µs/msg is CPU time per message received. msg/s window: received per second inside the measured window; msg/s sustained: messages sent in the window divided by the time until their last delivery or notice (status work and drain included).</p><table><tr><th>#</th><th class=l>phase</th><th>body</th><th>mode</th><th>msg/s window</th><th>msg/s sustained</th>\
          <th>e2e p50</th><th>p95</th><th>p99</th><th>max</th><th>accepted p50</th><th>p99</th>\
          <th>truc CPU %</th><th>truc µs/msg</th><th>truc RSS MiB</th><th>broker CPU %</th><th>broker µs/msg</th>\
          <th>bench CPU %</th><th>sent</th><th>recv</th><th>lost</th></tr>",
@@ -430,7 +430,7 @@ pre{background:#f6f6f6;padding:8px;overflow:auto;font-size:12px}
         let a = p.accept.as_ref();
         let _ = write!(
             h,
-            "<tr><td>{}</td><td class=l>{}</td><td>{}</td><td>{}</td><td>{:.0}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+            "<tr><td>{}</td><td class=l>{}</td><td>{}</td><td>{}</td><td>{:.0}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
              <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             p.id,
             esc(&p.name),
@@ -441,6 +441,7 @@ pre{background:#f6f6f6;padding:8px;overflow:auto;font-size:12px}
                 _ => p.mode.clone(),
             }),
             p.msgs_per_s,
+            num(p.sustained_msgs_per_s, 0),
             num(e.map(|e| e.p50_ms), 2),
             num(e.map(|e| e.p95_ms), 2),
             num(e.map(|e| e.p99_ms), 2),

@@ -335,8 +335,19 @@ pub struct PhaseResult {
     pub behind_schedule: u64,
     /// A pre-signed pool ran out before the time was up.
     pub pool_exhausted: bool,
-    /// Sustained end-to-end throughput in the measured window, msg/s.
+    /// Messages received by destinations per second inside the measured
+    /// window (the driver's own window; truc's status work is still running
+    /// when it ends), msg/s.
     pub msgs_per_s: f64,
+    /// Sustained rate with the drain included: the messages sent in the
+    /// measured window (and received), divided by the time from the start of
+    /// the window until the phase's last piece of work arrived (the last
+    /// delivery, or for truc the last `accepted`, `delivered` or `status`
+    /// notice, i.e. every status `01` of the phase answered); `None` when the
+    /// phase did not drain or nothing was received.
+    pub sustained_msgs_per_s: Option<f64>,
+    /// Seconds from the end of the driver to that last piece of work.
+    pub work_done_after_s: Option<f64>,
     /// `accepted` notices per second in the measured window.
     pub accepted_per_s: f64,
     /// End-to-end latency of messages sent in the measured window.
@@ -363,6 +374,14 @@ pub struct PhaseResult {
     pub drained: bool,
     /// Seconds the drain took.
     pub drain_s: f64,
+}
+
+impl PhaseResult {
+    /// The rate to compare phases by: the sustained rate (drain included)
+    /// when known, else the in-window rate.
+    pub fn rate(&self) -> f64 {
+        self.sustained_msgs_per_s.unwrap_or(self.msgs_per_s)
+    }
 }
 
 /// Where truc's router spends a message's time, from its `/metrics`
@@ -511,10 +530,12 @@ impl Ctx {
                 .ok()
                 .and_then(Result::ok)
                 .map(|i| i.messages);
-            // Every status 01 confirmed has come back to its source as a `status` notice.
+            // Every status 01 confirmed has come back to its source as a
+            // `delivered` and a `status` notice.
             let t = &self.shared.totals;
-            let statuses_done =
-                t.status_notices.load(Ordering::Relaxed) >= t.statuses_sent.load(Ordering::Relaxed);
+            let answered = t.statuses_sent.load(Ordering::Relaxed);
+            let statuses_done = t.status_notices.load(Ordering::Relaxed) >= answered
+                && t.delivered_notices.load(Ordering::Relaxed) >= answered;
             if depth == Some(0) && self.shared.statuses_in_flight() == 0 && statuses_done {
                 quiet += 1;
             } else {
@@ -653,6 +674,24 @@ impl Ctx {
         let failed = slot.failed.load(Ordering::Relaxed);
         let received = slot.received.load(Ordering::Relaxed);
         let msgs_per_s = round1(received_in_window as f64 / window_s);
+        // Everything of the phase has arrived once it drained: its last piece
+        // of work marks when the work the window started was done.
+        let sent_in_window_received = lat.len() as u64;
+        let t_done = shared
+            .totals
+            .last_work_ns
+            .load(Ordering::Relaxed)
+            .max(t_end);
+        let (sustained_msgs_per_s, work_done_after_s) = if drained && sent_in_window_received > 0 {
+            (
+                Some(round1(
+                    sent_in_window_received as f64 / ns_to_s(t_done - t_measure),
+                )),
+                Some(round3(ns_to_s(t_done - t_end))),
+            )
+        } else {
+            (None, None)
+        };
         let accepted_per_s = round1(accepted_in_window as f64 / window_s);
         let per_msg = |a: Option<Snap>, b: Option<Snap>| {
             let (a, b) = (a?, b?);
@@ -709,6 +748,8 @@ impl Ctx {
             behind_schedule: driven.behind,
             pool_exhausted: driven.exhausted,
             msgs_per_s,
+            sustained_msgs_per_s,
+            work_done_after_s,
             accepted_per_s,
             e2e: percentiles(&mut lat),
             accept: percentiles(&mut acc),
@@ -756,10 +797,14 @@ impl Ctx {
             })
             .unwrap_or_default();
         eprintln!(
-            "== {}: {:.0} msg/s over {:.1}s (sent {sent}, received {received}, failed {failed}) {e2e}; truc cpu {}%{router}",
+            "== {}: {:.0} msg/s over {:.1}s, sustained {} msg/s with the drain (sent {sent}, received {received}, failed {failed}) {e2e}; truc cpu {}%{router}",
             result.name,
             result.msgs_per_s,
             result.measured_s,
+            result
+                .sustained_msgs_per_s
+                .map(|r| format!("{r:.0}"))
+                .unwrap_or_else(|| "-".into()),
             result.truc_cpu_pct.map(|c| format!("{c:.0}")).unwrap_or_else(|| "-".into()),
         );
         self.phases.push(result.clone());

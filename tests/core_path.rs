@@ -5,27 +5,28 @@ mod common;
 
 use std::time::Duration;
 
-use common::{code, drain_notices, next_within, notices, TestHub};
-use truc::auth::{body_digest, Alg};
-use truc::client::{envelope_message, sign, status_message, verify_hub_signature, Outgoing};
-use truc::envelope::Priority;
+use common::{
+    code, drain_notices, envelope, next_within, notices, resign, status, BrokerGuard, Envelope,
+    TestHub,
+};
+use truc::auth::body_digest;
+use truc::client::{verify_hub_signature, Credentials};
 use truc::message::Message;
 use truc::notice::NoticeKind;
 use truc::reason::Reason;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-fn outgoing(to: &[&str], body: &[u8]) -> Outgoing {
-    Outgoing {
-        to: to.iter().map(|c| code(c)).collect(),
-        subject: "Công văn số 12/SYT-VP".into(),
-        priority: Priority::new(1).unwrap(),
-        data_type: "edoc".into(),
-        content_type: "application/edxml+xml".into(),
-        body: body.to_vec(),
-        message_id: None,
-        extra: vec![("lgsp-bounce-after".into(), "4h".into())],
-    }
+/// The envelope these tests send: a Khẩn EDXML document.
+fn outgoing(to: &[&str], body: &[u8]) -> Envelope {
+    to[1..]
+        .iter()
+        .fold(envelope(to[0]), |e, c| e.also_to(c))
+        .subject("Công văn số 12/SYT-VP")
+        .priority(1)
+        .content_type("application/edxml+xml")
+        .body(body)
+        .header("lgsp-bounce-after", "4h")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -39,7 +40,7 @@ async fn round_trip_keeps_body_and_headers_and_is_hub_signed() {
     let mut notify = source.notices(16).await.unwrap();
 
     let body = "Xin chào, Sở Tư pháp! — nội dung công văn".as_bytes();
-    let mut sent = envelope_message(&hub.prefix, &src, &outgoing(&["000.00.32.H41"], body));
+    let mut sent = outgoing(&["000.00.32.H41"], body).signed(&hub.prefix, &src);
     sent.set_header("x-adapter-trace", "abc");
     // Re-sign after adding the extra (non-lgsp, unsigned) header: the signature does not cover it.
     source.publish(&sent).await.unwrap();
@@ -83,23 +84,9 @@ async fn round_trip_keeps_body_and_headers_and_is_hub_signed() {
     assert_eq!(ns[2].status.as_deref(), Some("01"));
 
     // The timeline shows the delivery.
-    let (status, rec) = hub
-        .api(
-            "GET",
-            &format!(
-                "/v1/envelopes?from=000.00.31.H41&id={}",
-                sent.message_id.as_ref().unwrap()
-            ),
-            None,
-        )
+    let states = hub
+        .dest_states("000.00.31.H41", sent.message_id.as_ref().unwrap())
         .await;
-    assert_eq!(status, 200);
-    let states: Vec<&str> = rec["dests"][0]["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["state"].as_str().unwrap())
-        .collect();
     assert_eq!(states, vec!["accepted", "queued", "delivered"]);
 }
 
@@ -112,8 +99,9 @@ async fn duplicates_are_not_delivered_again_but_accepted_again() {
     let dest = hub.client(&dst).await;
     let mut inbox = dest.inbox(16).await.unwrap();
     let mut notify = source.notices(16).await.unwrap();
-    let mut out = outgoing(&["H37.DN.002"], b"once only");
-    out.message_id = Some("DUP-0001".into());
+    let out = outgoing(&["H37.DN.002"], b"once only")
+        .id("DUP-0001")
+        .build();
     for _ in 0..3 {
         // Fresh nonce and time each time: a resend, not a replay.
         source.send(&out).await.unwrap();
@@ -145,15 +133,18 @@ async fn fan_out_delivers_to_known_and_bounces_unknown() {
     let source = hub.client(&src).await;
     let mut notify = source.notices(16).await.unwrap();
     let id = source
-        .send(&outgoing(
-            &[
-                "000.00.32.H41",
-                "000.00.99.H41",
-                "000.00.33.H41",
-                "000.00.34.H41",
-            ],
-            b"fan",
-        ))
+        .send(
+            &outgoing(
+                &[
+                    "000.00.32.H41",
+                    "000.00.99.H41",
+                    "000.00.33.H41",
+                    "000.00.34.H41",
+                ],
+                b"fan",
+            )
+            .build(),
+        )
         .await
         .unwrap();
     for d in &dests {
@@ -175,23 +166,12 @@ async fn fan_out_delivers_to_known_and_bounces_unknown() {
 }
 
 /// A correctly signed envelope from `creds`, edited by `edit` before signing.
-fn signed_with(
-    prefix: &str,
-    creds: &truc::client::Credentials,
-    edit: impl FnOnce(&mut Message),
-) -> Message {
-    let mut m = envelope_message(prefix, creds, &outgoing(&["000.00.32.H41"], b"payload"));
-    edit(&mut m);
-    sign(&mut m, creds, Alg::HmacSha256);
-    m
+fn signed_with(prefix: &str, creds: &Credentials, edit: impl FnOnce(&mut Message)) -> Message {
+    outgoing(&["000.00.32.H41"], b"payload").signed_with(prefix, creds, edit)
 }
 
 /// A correctly signed envelope, edited after signing.
-fn tampered(
-    prefix: &str,
-    creds: &truc::client::Credentials,
-    edit: impl FnOnce(&mut Message),
-) -> Message {
+fn tampered(prefix: &str, creds: &Credentials, edit: impl FnOnce(&mut Message)) -> Message {
     let mut m = signed_with(prefix, creds, |_| {});
     edit(&mut m);
     m
@@ -212,28 +192,17 @@ async fn every_authenticated_rejection_reaches_the_notify_queue() {
 
     let mut cases: Vec<(Message, Reason)> = Vec::new();
     // forbidden: signed with another agency's key while claiming to be the source.
-    let mut m = envelope_message(&p, &src, &outgoing(&["000.00.32.H41"], b"x"));
-    sign(&mut m, &src, Alg::HmacSha256);
+    let mut m = outgoing(&["000.00.32.H41"], b"x").signed(&p, &src);
     m.set_header("lgsp-key", &other.access_key);
-    m.headers.remove("lgsp-signature");
-    let canon = truc::canonical::canonical_form(&m, &m.routing_key).unwrap();
-    m.set_header(
-        "lgsp-signature",
-        truc::auth::sign_hmac(Alg::HmacSha256, &other.secret, canon.as_bytes()),
-    );
+    resign(&mut m, &other.secret);
     cases.push((m, Reason::Forbidden));
     // clock-skew: signed ten minutes ago.
-    let mut m = envelope_message(&p, &src, &outgoing(&["000.00.32.H41"], b"x"));
+    let mut m = outgoing(&["000.00.32.H41"], b"x").signed(&p, &src);
     m.set_header(
         "lgsp-time",
         truc::time::format_rfc3339(truc::time::now_ms() - 600_000),
     );
-    m.headers.remove("lgsp-signature");
-    let canon = truc::canonical::canonical_form(&m, &m.routing_key).unwrap();
-    m.set_header(
-        "lgsp-signature",
-        truc::auth::sign_hmac(Alg::HmacSha256, &src.secret, canon.as_bytes()),
-    );
+    resign(&mut m, &src.secret);
     cases.push((m, Reason::ClockSkew));
     // digest-mismatch
     cases.push((
@@ -265,15 +234,11 @@ async fn every_authenticated_rejection_reaches_the_notify_queue() {
     source.publish(&first).await.unwrap();
     let mut replay = first.clone();
     replay.message_id = Some("REPLAYED-ID".into());
-    let canon = truc::canonical::canonical_form(&replay, &replay.routing_key).unwrap();
-    replay.set_header(
-        "lgsp-signature",
-        truc::auth::sign_hmac(Alg::HmacSha256, &src.secret, canon.as_bytes()),
-    );
+    resign(&mut replay, &src.secret);
     source.publish(&replay).await.unwrap();
     // A status about an envelope the sender never received.
     source
-        .publish(&status_message(&p, &src, "NEVER-SEEN", "01", None, None))
+        .publish(&status("NEVER-SEEN", "01").signed(&p, &src))
         .await
         .unwrap();
 
@@ -380,9 +345,10 @@ async fn unauthenticated_input_gets_no_notice_and_is_quarantined() {
 async fn a_conflicting_queue_does_not_keep_the_hub_off_the_broker() {
     let mut hub = TestHub::start().await;
     // Someone declared an inbox by hand, without the contract's arguments.
+    let mut declared = BrokerGuard::new();
     let link = hub.link().await;
     let squatted = truc::topology::QueueSpec {
-        name: format!("{}inbox.000.00.50.H41", hub.prefix),
+        name: declared.queue(format!("{}inbox.000.00.50.H41", hub.prefix)),
         bind: Vec::new(),
         arguments: Default::default(),
     };
@@ -407,7 +373,7 @@ async fn a_conflicting_queue_does_not_keep_the_hub_off_the_broker() {
     let dest = hub.client(&dst).await;
     let mut inbox = dest.inbox(4).await.unwrap();
     source
-        .send(&outgoing(&["000.00.32.H41"], b"still works"))
+        .send(&outgoing(&["000.00.32.H41"], b"still works").build())
         .await
         .unwrap();
     assert!(next_within(&mut inbox, WAIT).await.is_some());
@@ -417,6 +383,7 @@ async fn a_conflicting_queue_does_not_keep_the_hub_off_the_broker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn asking_about_a_missing_queue_leaves_the_link_usable() {
     let hub = TestHub::start().await;
+    let mut declared = BrokerGuard::new();
     let link = hub.link().await;
     for i in 0..3 {
         let missing = format!("{}missing.{i}", hub.prefix);
@@ -426,7 +393,7 @@ async fn asking_about_a_missing_queue_leaves_the_link_usable() {
         ));
     }
     let q = truc::topology::QueueSpec {
-        name: format!("{}probe", hub.prefix),
+        name: declared.queue(format!("{}probe", hub.prefix)),
         bind: Vec::new(),
         arguments: Default::default(),
     };

@@ -7,26 +7,17 @@ mod common;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{amqp_url, code, next_within, notices, TestHub};
+use common::{code, envelope, next_within, notices, walk, TestHub};
 use truc::client::{Credentials, Outgoing};
-use truc::envelope::Priority;
 use truc::message::Message;
 use truc::notice::NoticeKind;
 use truc::reason::Reason;
 
 const WAIT: Duration = Duration::from_secs(10);
 
+/// The envelope these tests send: a weekly report.
 fn out(to: &str, body: &[u8]) -> Outgoing {
-    Outgoing {
-        to: vec![code(to)],
-        subject: "Báo cáo tuần".into(),
-        priority: Priority::new(0).unwrap(),
-        data_type: "edoc".into(),
-        content_type: "text/plain".into(),
-        body: body.to_vec(),
-        message_id: None,
-        extra: vec![],
-    }
+    envelope(to).subject("Báo cáo tuần").body(body).build()
 }
 
 fn stdout(o: &Output) -> String {
@@ -55,47 +46,6 @@ fn json(hub: &TestHub, args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{args:?}: {e}: {text}"))
 }
 
-/// The CLI with another admin token.
-fn cli_with_token(hub: &TestHub, token: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_truc"))
-        .args(args)
-        .env("TRUC_AMQP_URL", amqp_url())
-        .env("TRUC_DATA_DIR", hub.data.path().join("data"))
-        .env("TRUC_ADMIN_ADDR", &hub.admin_addr)
-        .env("TRUC_ADMIN_TOKEN", token)
-        .env("TRUC_PREFIX", &hub.prefix)
-        .env_remove("TRUC_CONFIG")
-        .output()
-        .unwrap()
-}
-
-async fn depth(hub: &TestHub, queue: &str) -> u32 {
-    let link = hub.link().await;
-    let n = link
-        .queue_info(&format!("{}{queue}", hub.prefix))
-        .await
-        .unwrap()
-        .messages;
-    link.close().await;
-    n
-}
-
-async fn wait_depth(hub: &TestHub, queue: &str, want: u32) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let d = depth(hub, queue).await;
-        if d == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{queue} has {d}, want {want}; log:\n{}",
-            hub.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agency_lifecycle_disable_rotate_remove_import_and_sealed_secrets() {
     let mut hub = TestHub::start().await;
@@ -103,7 +53,7 @@ async fn agency_lifecycle_disable_rotate_remove_import_and_sealed_secrets() {
     let b = hub.register("H37.DN.002").await;
 
     // Wrong token: 5. Unknown code: 3. Bad code: 2.
-    let o = cli_with_token(&hub, "not-the-token-0123456789", &["agency", "list"]);
+    let o = hub.cli_with_token("not-the-token-0123456789", &["agency", "list"]);
     assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
     run(&hub, &["agency", "disable", "H37.DN.999"], 3);
     run(&hub, &["agency", "disable", "not a code"], 2);
@@ -153,7 +103,7 @@ async fn agency_lifecycle_disable_rotate_remove_import_and_sealed_secrets() {
         NoticeKind::Accepted,
         "new key accepted, notice signed with the new secret"
     );
-    wait_depth(&hub, "rejected", 1).await;
+    hub.wait_depth("rejected", 1).await;
     // Grace: a second rotation keeps the previous key for the grace period.
     let v = json(&hub, &["agency", "rotate-key", "H37.DN.001", "--json"]);
     let third = Credentials {
@@ -178,7 +128,7 @@ async fn agency_lifecycle_disable_rotate_remove_import_and_sealed_secrets() {
         "{}",
         stderr(&o)
     );
-    assert!(depth(&hub, "inbox.H37.DN.002").await >= 1);
+    assert!(hub.depth("inbox.H37.DN.002").await >= 1);
     let o = hub.cli(&["agency", "remove", "H37.DN.002", "--yes"]);
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     assert!(stderr(&o).contains("purge it first"), "{}", stderr(&o));
@@ -251,10 +201,7 @@ async fn agency_lifecycle_disable_rotate_remove_import_and_sealed_secrets() {
     hub.agencies.push(code("H37.DN.012"));
     assert_eq!(v[0]["code"], "H37.DN.012");
     assert!(v[0]["secret"].as_str().unwrap().len() >= 40);
-    assert!(
-        depth(&hub, "inbox.H37.DN.012").await == 0,
-        "queues declared"
-    );
+    assert!(hub.depth("inbox.H37.DN.012").await == 0, "queues declared");
 
     let v = json(&hub, &["agency", "rabbitmq-definitions"]);
     let users: Vec<&str> = v["users"]
@@ -302,19 +249,6 @@ async fn agency_lifecycle_disable_rotate_remove_import_and_sealed_secrets() {
         .unwrap();
     let ns = notices(&newest, &mut notify, 1, WAIT).await;
     assert_eq!(ns[0].notice, NoticeKind::Accepted);
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -370,7 +304,7 @@ async fn queues_list_peek_shape_and_purge_with_bounces() {
     assert_eq!(items[0]["subject"], "Báo cáo tuần");
     assert!(items[0]["accepted_at"].is_string());
     assert_eq!(
-        depth(&hub, "inbox.000.00.32.H41").await,
+        hub.depth("inbox.000.00.32.H41").await,
         3,
         "peek consumes nothing"
     );
@@ -397,7 +331,7 @@ async fn queues_list_peek_shape_and_purge_with_bounces() {
         "{}",
         stderr(&o)
     );
-    assert_eq!(depth(&hub, "inbox.000.00.32.H41").await, 3);
+    assert_eq!(hub.depth("inbox.000.00.32.H41").await, 3);
     run(&hub, &["queue", "purge", "000.00.99.H41", "--yes"], 3);
     let v = json(
         &hub,
@@ -406,7 +340,7 @@ async fn queues_list_peek_shape_and_purge_with_bounces() {
     assert_eq!(v["purged"], 3);
     assert_eq!(v["notices"], 3);
     assert_eq!(v["reason"], "rejected-by-destination");
-    assert_eq!(depth(&hub, "inbox.000.00.32.H41").await, 0);
+    assert_eq!(hub.depth("inbox.000.00.32.H41").await, 0);
     let ns = notices(&source, &mut notify, 3, WAIT).await;
     assert_eq!(ns.len(), 3);
     for n in &ns {
@@ -471,8 +405,8 @@ async fn dead_letters_list_filter_drop_and_rate_limited_retry() {
         ..Message::default()
     };
     source.publish(&raw).await.unwrap();
-    wait_depth(&hub, "undelivered", 2).await;
-    wait_depth(&hub, "rejected", 1).await;
+    hub.wait_depth("undelivered", 2).await;
+    hub.wait_depth("rejected", 1).await;
 
     let v = json(&hub, &["dead", "list", "--json"]);
     assert_eq!(v["action"], "list");
@@ -489,7 +423,7 @@ async fn dead_letters_list_filter_drop_and_rate_limited_retry() {
     let rej = items.iter().find(|i| i["queue"] == "rejected").unwrap();
     assert_eq!(rej["reason"], "malformed");
     assert_eq!(rej["routing_key"], "envelope.H41.001");
-    assert_eq!(depth(&hub, "undelivered").await, 2, "listing takes nothing");
+    assert_eq!(hub.depth("undelivered").await, 2, "listing takes nothing");
     let n = |args: &[&str]| json(&hub, args)["items"].as_array().unwrap().len();
     assert_eq!(
         n(&[
@@ -518,15 +452,15 @@ async fn dead_letters_list_filter_drop_and_rate_limited_retry() {
         "{}",
         stderr(&o)
     );
-    assert_eq!(depth(&hub, "rejected").await, 1);
+    assert_eq!(hub.depth("rejected").await, 1);
     let v = json(
         &hub,
         &["dead", "drop", "--queue", "rejected", "--yes", "--json"],
     );
     assert_eq!(v["items"].as_array().unwrap().len(), 1);
-    assert_eq!(depth(&hub, "rejected").await, 0);
+    assert_eq!(hub.depth("rejected").await, 0);
     assert_eq!(
-        depth(&hub, "undelivered").await,
+        hub.depth("undelivered").await,
         2,
         "drop touched only its selection"
     );
@@ -546,7 +480,7 @@ async fn dead_letters_list_filter_drop_and_rate_limited_retry() {
         took >= Duration::from_millis(250),
         "rate limit: took {took:?}"
     );
-    assert_eq!(depth(&hub, "undelivered").await, 0);
+    assert_eq!(hub.depth("undelivered").await, 0);
     for _ in 0..2 {
         let got = next_within(&mut inbox, WAIT)
             .await
@@ -644,7 +578,7 @@ async fn audit_verify_finds_an_edited_record() {
     assert_eq!(v[0]["fields"]["action"], "agency-disable");
     assert_eq!(v[1]["fields"]["target"], "A1.02");
     assert_eq!(v[1]["hash"].as_str().unwrap().len(), 64);
-    let o = cli_with_token(&hub, "wrong-token-000000000000", &["audit", "verify"]);
+    let o = hub.cli_with_token("wrong-token-000000000000", &["audit", "verify"]);
     assert_eq!(o.status.code(), Some(5));
 
     // Edit entry 2 offline (sled needs exclusive access).

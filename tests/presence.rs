@@ -6,9 +6,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{code, drain_notices, notices, TestHub};
+use common::{code, drain_notices, envelope, notices, BrokerGuard, TestHub};
 use truc::client::{presence_message, Client, Credentials, Outgoing};
-use truc::envelope::Priority;
 use truc::notice::{Notice, NoticeKind};
 use truc::reason::Reason;
 
@@ -36,19 +35,14 @@ async fn hub_with(warn: &str) -> TestHub {
     .await
 }
 
-fn envelope(to: &str, bounce_after: Option<&str>) -> Outgoing {
-    Outgoing {
-        to: vec![code(to)],
-        subject: "Giấy mời họp".into(),
-        priority: Priority::new(1).unwrap(),
-        data_type: "edoc".into(),
-        content_type: "text/plain".into(),
-        body: b"noi dung".to_vec(),
-        message_id: None,
-        extra: bounce_after
-            .map(|b| vec![("lgsp-bounce-after".to_owned(), b.to_owned())])
-            .unwrap_or_default(),
+/// A Khẩn invitation to `to`, bounced after `bounce_after` when given.
+fn invitation(to: &str, bounce_after: Option<&str>) -> Outgoing {
+    let e = envelope(to).subject("Giấy mời họp").priority(1);
+    match bounce_after {
+        Some(b) => e.header("lgsp-bounce-after", b),
+        None => e,
     }
+    .build()
 }
 
 fn kinds(ns: &[Notice]) -> Vec<NoticeKind> {
@@ -108,19 +102,6 @@ async fn events(hub: &TestHub, c: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-async fn dest_states(hub: &TestHub, from: &str, id: &str) -> Vec<String> {
-    let (status, rec) = hub
-        .api("GET", &format!("/v1/envelopes?from={from}&id={id}"), None)
-        .await;
-    assert_eq!(status, 200, "{rec}");
-    rec["dests"][0]["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["state"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn never_connected_destination_is_warned_then_bounced_once_and_stays_queued() {
     let mut hub = hub_with("1s").await;
@@ -129,7 +110,7 @@ async fn never_connected_destination_is_warned_then_bounced_once_and_stays_queue
     let source = hub.client(&src).await;
     let mut notify = source.notices(16).await.unwrap();
     let id = source
-        .send(&envelope("000.00.32.H41", Some("3s")))
+        .send(&invitation("000.00.32.H41", Some("3s")))
         .await
         .unwrap();
 
@@ -152,7 +133,7 @@ async fn never_connected_destination_is_warned_then_bounced_once_and_stays_queue
     let more = drain_notices(&source, &mut notify, Duration::from_millis(2500)).await;
     assert!(more.is_empty(), "nothing more: {more:?}");
     assert_eq!(
-        dest_states(&hub, "000.00.31.H41", &id).await,
+        hub.dest_states("000.00.31.H41", &id).await,
         ["accepted", "queued", "delay-warning", "bounced"]
     );
 
@@ -209,7 +190,7 @@ async fn restarts_do_not_repeat_notices() {
     let source = hub.client(&src).await;
     let mut notify = source.notices(16).await.unwrap();
     let id = source
-        .send(&envelope("H37.DN.002", Some("6s")))
+        .send(&invitation("H37.DN.002", Some("6s")))
         .await
         .unwrap();
     let ns = notices(&source, &mut notify, 2, WAIT).await;
@@ -232,7 +213,7 @@ async fn restarts_do_not_repeat_notices() {
     let more = drain_notices(&source, &mut notify, Duration::from_secs(3)).await;
     assert!(more.is_empty(), "{more:?}");
     assert_eq!(
-        dest_states(&hub, "H37.DN.001", &id).await,
+        hub.dest_states("H37.DN.001", &id).await,
         ["accepted", "queued", "delay-warning", "bounced"]
     );
     // The presence state survived the restarts.
@@ -253,7 +234,7 @@ async fn destination_that_returns_in_time_causes_no_notice() {
     wait_state(&hub, "000.00.42.H41", "online", Some("consumer")).await;
 
     let first = source
-        .send(&envelope("000.00.42.H41", Some("5s")))
+        .send(&invitation("000.00.42.H41", Some("5s")))
         .await
         .unwrap();
     let got = common::next_within(&mut inbox, WAIT)
@@ -268,7 +249,7 @@ async fn destination_that_returns_in_time_causes_no_notice() {
     dest.close().await;
     wait_state(&hub, "000.00.42.H41", "offline", Some("no-consumer")).await;
     let second = source
-        .send(&envelope("000.00.42.H41", Some("5s")))
+        .send(&invitation("000.00.42.H41", Some("5s")))
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -313,7 +294,10 @@ async fn flapping_destination_is_warned_once() {
     let dst = hub.register("000.00.52.H41").await;
     let source = hub.client(&src).await;
     let mut notify = source.notices(64).await.unwrap();
-    let id = source.send(&envelope("000.00.52.H41", None)).await.unwrap();
+    let id = source
+        .send(&invitation("000.00.52.H41", None))
+        .await
+        .unwrap();
     let mut seen = 0;
     for _ in 0..3 {
         // Offline longer than the 2 s warning, then online without answering.
@@ -363,7 +347,7 @@ async fn heartbeat_only_agencies() {
 
     // Online by heartbeats alone: an envelope to it waits without a warning.
     let id = source
-        .send(&envelope("H37.HB.002", Some("2s")))
+        .send(&invitation("H37.HB.002", Some("2s")))
         .await
         .unwrap();
     for _ in 0..4 {
@@ -442,7 +426,10 @@ async fn polling_cost_at_2000_agencies() {
         .await
         .unwrap();
     let prefix = format!("pcost{}.", std::process::id());
-    let names: Vec<String> = (0..N).map(|i| format!("{prefix}inbox.A{i:04}")).collect();
+    let mut declared = BrokerGuard::new();
+    let names: Vec<String> = (0..N)
+        .map(|i| declared.queue(format!("{prefix}inbox.A{i:04}")))
+        .collect();
     let topo = truc::topology::Topology::load(
         std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/queues")),
         &prefix,
@@ -486,7 +473,6 @@ async fn polling_cost_at_2000_agencies() {
         link.queue_info(n).await.unwrap();
     }
     println!("queue_info x200 sequential: {:?}", t.elapsed());
-    for n in &names {
-        let _ = link.delete_queue(n).await;
-    }
+    link.close().await;
+    // `declared` deletes the queues.
 }

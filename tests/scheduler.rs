@@ -7,29 +7,26 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{code, drain_notices, next_within, notices, TestHub};
-use truc::client::{status_message, Credentials, Outgoing, ReceivedKind};
-use truc::envelope::Priority;
+use common::{code, drain_notices, envelope, next_within, notices, status, walk, TestHub};
+use truc::client::{Credentials, Outgoing, ReceivedKind};
 use truc::notice::{Notice, NoticeKind};
 use truc::reason::Reason;
 use truc::time::{format_rfc3339, now_ms};
 
 const WAIT: Duration = Duration::from_secs(15);
 
+/// An envelope of `priority` to `to`, with further `extra` headers.
 fn env(to: &str, priority: u8, body: &[u8], extra: &[(&str, String)]) -> Outgoing {
-    Outgoing {
-        to: vec![code(to)],
-        subject: format!("priority {priority}"),
-        priority: Priority::new(priority).unwrap(),
-        data_type: "edoc".into(),
-        content_type: "text/plain".into(),
-        body: body.to_vec(),
-        message_id: None,
-        extra: extra
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.clone()))
-            .collect(),
-    }
+    extra
+        .iter()
+        .fold(
+            envelope(to)
+                .subject(format!("priority {priority}"))
+                .priority(priority)
+                .body(body),
+            |e, (k, v)| e.header(k, v.clone()),
+        )
+        .build()
 }
 
 const FAST_RETRY: &str = "[retry]\nmin = \"1s\"\nmax = \"2s\"\nfactor = 2.0\njitter = 0.2\n\
@@ -126,13 +123,7 @@ async fn deadline_bounces_expired_on_time_and_the_destination_never_gets_it() {
         assert!(r.stale, "a stale copy is marked for its adapter to drop");
         assert_eq!(r.message_id, id);
     }
-    let (_, rec) = hub
-        .api(
-            "GET",
-            &format!("/v1/envelopes?from={}&id={id}", src.code),
-            None,
-        )
-        .await;
+    let rec = hub.envelope_record(src.code.as_str(), &id).await;
     assert_eq!(rec["dests"][0]["state"], "expired");
 }
 
@@ -159,13 +150,7 @@ async fn deferred_delivery_survives_a_restart_and_arrives_on_time() {
             .is_none(),
         "not before its time"
     );
-    let (_, rec) = hub
-        .api(
-            "GET",
-            &format!("/v1/envelopes?from={}&id={id}", src.code),
-            None,
-        )
-        .await;
+    let rec = hub.envelope_record(src.code.as_str(), &id).await;
     assert_eq!(rec["dests"][0]["state"], "deferred");
     assert!(hub.terminate().success());
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -222,19 +207,7 @@ async fn rejected_deliveries_are_retried_then_bounced_max_attempts() {
     let ns = notices(&source, &mut notify, 2, WAIT).await;
     assert_eq!(ns[1].notice, NoticeKind::Bounced);
     assert_eq!(ns[1].reason, Some(Reason::MaxAttempts));
-    let (_, rec) = hub
-        .api(
-            "GET",
-            &format!("/v1/envelopes?from={}&id={id}", src.code),
-            None,
-        )
-        .await;
-    let states: Vec<String> = rec["dests"][0]["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["state"].as_str().unwrap().to_owned())
-        .collect();
+    let states = hub.dest_states(src.code.as_str(), &id).await;
     assert_eq!(
         states,
         [
@@ -330,14 +303,7 @@ async fn status_receipts_recall_and_refusal() {
         .await
         .unwrap();
     source
-        .publish(&status_message(
-            &p,
-            &src,
-            &later,
-            "13",
-            None,
-            Some("gửi nhầm"),
-        ))
+        .publish(&status(&later, "13").reason("gửi nhầm").signed(&p, &src))
         .await
         .unwrap();
     let ns = notices(&source, &mut notify, 2, WAIT).await;
@@ -364,7 +330,7 @@ async fn status_receipts_recall_and_refusal() {
     assert_eq!(r.message_id, taken);
     inbox.ack(d.delivery_tag).await.unwrap();
     source
-        .publish(&status_message(&p, &src, &taken, "13", None, None))
+        .publish(&status(&taken, "13").signed(&p, &src))
         .await
         .unwrap();
     let d = next_within(&mut inbox, WAIT)
@@ -394,7 +360,7 @@ async fn status_receipts_recall_and_refusal() {
     let outsider = hub.register("000.00.40.H41").await;
     let o = hub.client(&outsider).await;
     let mut onotify = o.notices(4).await.unwrap();
-    o.publish(&status_message(&p, &outsider, &taken, "01", None, None))
+    o.publish(&status(&taken, "01").signed(&p, &outsider))
         .await
         .unwrap();
     let ns = notices(&o, &mut onotify, 1, WAIT).await;
@@ -430,13 +396,7 @@ async fn timeline_cli_and_no_content_kept_after_receipt() {
     // Wait for the receipt to be recorded.
     let deadline = Instant::now() + WAIT;
     loop {
-        let (_, rec) = hub
-            .api(
-                "GET",
-                &format!("/v1/envelopes?from={}&id={id}", src.code),
-                None,
-            )
-            .await;
+        let rec = hub.envelope_record(src.code.as_str(), &id).await;
         if rec["dests"][0]["state"] == "delivered" {
             break;
         }
@@ -483,19 +443,6 @@ async fn timeline_cli_and_no_content_kept_after_receipt() {
     for (name, _) in truc::scheduler::BUCKETS {
         assert_eq!(hub.depth(&format!("delay.{name}")).await, 0);
     }
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

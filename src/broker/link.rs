@@ -4,8 +4,8 @@
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions,
-    BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions,
+    BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
+    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
@@ -483,6 +483,19 @@ impl Link {
             .queue_delete(ShortString::from(queue), QueueDeleteOptions::default())
             .await
             .map_err(|e| classify("queue.delete", queue, e))
+    }
+
+    /// Deletes `exchange` (and every binding from it), used or not. The
+    /// broker treats an exchange that does not exist as deleted. For tearing
+    /// down a prefix (tests, the benchmark); `truc serve` never deletes one.
+    pub async fn delete_exchange(&self, exchange: &str) -> Result<(), AmqpError> {
+        self.publisher
+            .exchange_delete(
+                ShortString::from(exchange),
+                ExchangeDeleteOptions::default(),
+            )
+            .await
+            .map_err(|e| classify("exchange.delete", exchange, e))
     }
 
     /// Closes the connection.

@@ -295,6 +295,25 @@ impl Topology {
     pub fn notify(&self, code: &AgencyCode) -> String {
         self.agency_queues(code)[2].name.clone()
     }
+
+    /// Names of every exchange of the topology.
+    pub fn exchange_names(&self) -> Vec<String> {
+        self.exchanges.iter().map(|e| e.name.clone()).collect()
+    }
+
+    /// Names of every fixed queue (delay buckets included), then of the
+    /// inbox and notify queues of each of `agencies`: everything to delete
+    /// when a prefix is torn down (tests, the benchmark).
+    pub fn queue_names<'a>(
+        &self,
+        agencies: impl IntoIterator<Item = &'a AgencyCode>,
+    ) -> Vec<String> {
+        let mut names: Vec<String> = self.queues.iter().map(|q| q.name.clone()).collect();
+        for code in agencies {
+            names.extend(self.agency_queues(code).map(|q| q.name));
+        }
+        names
+    }
 }
 
 #[cfg(test)]
@@ -336,6 +355,11 @@ mod tests {
             ArgValue::Str("lgsp.dlx".into())
         );
         assert_eq!(notify.name, "lgsp.notify.000.00.32.H41");
+        let names = t.queue_names([&code]);
+        assert_eq!(names.len(), t.queues.len() + 2);
+        assert!(names.contains(&"lgsp.delay.1d".to_owned()));
+        assert!(names.ends_with(&[inbox.name.clone(), notify.name.clone()]));
+        assert_eq!(t.exchange_names().len(), 5);
         let ingress = t.queues.iter().find(|q| q.name == "lgsp.ingress").unwrap();
         assert_eq!(ingress.bind[0].exchange, "lgsp.ingress.unrouted");
         let ex = t

@@ -1,18 +1,28 @@
 //! Test helpers: each test gets its own hub process, queue prefix, data
-//! directory and admin port, and everything is removed on `Drop`.
+//! directory and admin port, and everything is removed on `Drop`: the data
+//! directory, and on the broker every exchange and queue of the hub's
+//! topology (fixed queues, delay buckets, the queues of every agency it knows).
+//! Queues and exchanges a test declares itself go into a [`BrokerGuard`].
+//!
+//! Signed messages are built in one way: [`envelope`] and [`status`] (on top of
+//! `truc::client::{envelope_message, status_message}`), [`resign`] after an edit.
 
 #![allow(dead_code)]
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use truc::broker::{Link, Subscription};
-use truc::client::{Client, Credentials};
+use truc::auth::{sign_hmac, Alg};
+use truc::broker::{AmqpError, Link, Subscription};
+use truc::client::{envelope_message, sign, status_message, Client, Credentials, Outgoing};
 use truc::code::AgencyCode;
-use truc::message::Inbound;
+use truc::envelope::Priority;
+use truc::message::{Inbound, Message};
 use truc::notice::Notice;
+use truc::topology::Topology;
 
 /// The broker the tests use.
 pub fn amqp_url() -> String {
@@ -81,6 +91,15 @@ impl TestHub {
             ingress.unwrap_or(truc::policy::DEFAULT_POLICY),
         )
         .unwrap();
+        std::fs::write(
+            data.path().join("truc.toml"),
+            format!(
+                "policies_dir = {:?}\nqueues_dir = {:?}\n",
+                policies.display().to_string(),
+                concat!(env!("CARGO_MANIFEST_DIR"), "/queues")
+            ),
+        )
+        .unwrap();
         Self {
             prefix: format!("t{}x{n}.", std::process::id()),
             data,
@@ -134,18 +153,27 @@ impl TestHub {
         }
     }
 
-    fn config_file(&self) -> PathBuf {
-        let path = self.data.path().join("truc.toml");
-        std::fs::write(
-            &path,
-            format!(
-                "policies_dir = {:?}\nqueues_dir = {:?}\n",
-                self.policies.display().to_string(),
-                concat!(env!("CARGO_MANIFEST_DIR"), "/queues")
-            ),
-        )
-        .unwrap();
-        path
+    /// The configuration file the hub runs with (`TRUC_CONFIG`).
+    pub fn config_file(&self) -> PathBuf {
+        self.data.path().join("truc.toml")
+    }
+
+    /// The hub's configuration, read as `truc serve` reads it (file, then
+    /// environment) with the test's prefix.
+    pub fn config(&self) -> truc::config::Config {
+        let mut c = truc::config::Config::load(Some(&self.config_file())).expect("test config");
+        c.prefix = self.prefix.clone();
+        c
+    }
+
+    /// The router's ingress prefetch (config key `prefetch`).
+    pub fn prefetch(&self) -> u16 {
+        self.config().prefetch
+    }
+
+    /// The topology the hub declares, under the test's prefix.
+    pub fn topology(&self) -> Topology {
+        Topology::load(&self.config().queues_dir, &self.prefix).expect("the hub's topology")
     }
 
     /// The hub's log so far.
@@ -239,66 +267,226 @@ impl TestHub {
             .status();
     }
 
-    /// Depth of a queue of this hub (`short` without the prefix).
+    /// Depth of a queue of this hub (`short` without the prefix); the queue must exist.
     pub async fn depth(&self, short: &str) -> u32 {
         let link = self.link().await;
         let n = link
             .queue_info(&format!("{}{short}", self.prefix))
             .await
-            .map(|i| i.messages)
-            .unwrap_or(0);
+            .unwrap_or_else(|e| panic!("{short}: {e}"))
+            .messages;
         link.close().await;
         n
     }
 
+    /// Waits (up to 10 s) until queue `short` holds `want` messages.
+    pub async fn wait_depth(&self, short: &str, want: u32) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let d = self.depth(short).await;
+            if d == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{short} has {d}, want {want}; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Runs a `truc` CLI command against this hub.
-    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.cli_with_token(&self.token, args)
+    }
+
+    /// Runs a `truc` CLI command against this hub with admin token `token`.
+    pub fn cli_with_token(&self, token: &str, args: &[&str]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_truc"))
             .args(args)
             .env("TRUC_AMQP_URL", amqp_url())
             .env("TRUC_DATA_DIR", self.data.path().join("data"))
             .env("TRUC_ADMIN_ADDR", &self.admin_addr)
-            .env("TRUC_ADMIN_TOKEN", &self.token)
+            .env("TRUC_ADMIN_TOKEN", token)
             .env("TRUC_PREFIX", &self.prefix)
             .env_remove("TRUC_CONFIG")
             .output()
             .unwrap()
     }
+
+    /// The timeline record of envelope `id` from `from` (`GET /v1/envelopes`).
+    pub async fn envelope_record(&self, from: &str, id: &str) -> serde_json::Value {
+        let (status, rec) = self
+            .api("GET", &format!("/v1/envelopes?from={from}&id={id}"), None)
+            .await;
+        assert_eq!(status, 200, "{rec}");
+        rec
+    }
+
+    /// The states of the first destination of envelope `id` from `from`, in order.
+    pub async fn dest_states(&self, from: &str, id: &str) -> Vec<String> {
+        self.envelope_record(from, id).await["dests"][0]["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["state"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// Codes of the agencies the running hub has registered (its admin API).
+    fn listed_agencies(&self) -> Vec<AgencyCode> {
+        if self.child.is_none() {
+            return Vec::new();
+        }
+        let (addr, token) = (self.admin_addr.clone(), self.token.clone());
+        block_on_thread(async move {
+            let r = tokio::time::timeout(
+                Duration::from_secs(5),
+                truc::cli::http::request(&addr, "GET", "/v1/agencies", &token, None),
+            )
+            .await;
+            let Ok(Ok(r)) = r else {
+                return Vec::new();
+            };
+            let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+            v.as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|a| AgencyCode::parse(a["code"].as_str()?).ok())
+                .collect()
+        })
+    }
 }
 
 impl Drop for TestHub {
+    /// Stops the hub, then deletes every exchange and queue of its topology:
+    /// fixed queues, delay buckets, and the inbox and notify queues of every
+    /// agency it registered (asked from the hub while it runs, plus
+    /// [`TestHub::agencies`]). Runs when a test panics too.
     fn drop(&mut self) {
+        let mut agencies = self.listed_agencies();
         self.kill9();
-        let prefix = self.prefix.clone();
-        let agencies = self.agencies.clone();
-        // Remove this test's queues; a thread with its own runtime, since Drop is sync.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let Ok(link) = Link::connect(&amqp_url(), "truc test cleanup").await else {
-                    return;
+        agencies.extend(self.agencies.iter().cloned());
+        agencies.sort();
+        agencies.dedup();
+        let topo = self.topology();
+        delete_on_broker(topo.queue_names(&agencies), topo.exchange_names());
+    }
+}
+
+/// Runs `f` to completion on a runtime of its own in a thread of its own (for
+/// `Drop`, which is synchronous and may run inside a test's runtime).
+fn block_on_thread<F>(f: F) -> F::Output
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    })
+    .join()
+    .expect("cleanup thread")
+}
+
+/// Deletes `queues`, then `exchanges` (missing ones count as deleted); each
+/// step is bounded in time, and a failure reconnects for the next one.
+pub fn delete_on_broker(queues: Vec<String>, exchanges: Vec<String>) {
+    if queues.is_empty() && exchanges.is_empty() {
+        return;
+    }
+    block_on_thread(async move {
+        let step = Duration::from_secs(5);
+        let url = amqp_url();
+        let mut link: Option<Link> = None;
+        let names = queues
+            .iter()
+            .map(|q| (q, true))
+            .chain(exchanges.iter().map(|e| (e, false)));
+        let mut failed = Vec::new();
+        'names: for (name, is_queue) in names {
+            let mut why = String::new();
+            for _ in 0..2 {
+                if !link.as_ref().is_some_and(Link::is_connected) {
+                    if let Some(old) = link.take() {
+                        old.close().await;
+                    }
+                    match tokio::time::timeout(step, Link::connect(&url, "truc test cleanup")).await
+                    {
+                        Ok(Ok(l)) => link = Some(l),
+                        Ok(Err(e)) => {
+                            why = e.to_string();
+                            continue;
+                        }
+                        Err(_) => {
+                            why = "connect timeout".into();
+                            continue;
+                        }
+                    }
+                }
+                let l = link.as_ref().expect("connected");
+                let done = if is_queue {
+                    tokio::time::timeout(step, async { l.delete_queue(name).await.map(drop) }).await
+                } else {
+                    tokio::time::timeout(step, l.delete_exchange(name)).await
                 };
-                let buckets = truc::scheduler::BUCKETS
-                    .iter()
-                    .map(|(n, _)| format!("delay.{n}"));
-                for q in ["ingress", "dead", "release", "rejected", "undelivered"]
-                    .into_iter()
-                    .map(String::from)
-                    .chain(buckets)
-                {
-                    let _ = link.delete_queue(&format!("{prefix}{q}")).await;
+                match done {
+                    Ok(Ok(())) | Ok(Err(AmqpError::NoSuchQueue(_))) => continue 'names,
+                    Ok(Err(e)) => why = e.to_string(),
+                    Err(_) => why = "timeout".into(),
                 }
-                for a in agencies {
-                    let _ = link.delete_queue(&format!("{prefix}inbox.{a}")).await;
-                    let _ = link.delete_queue(&format!("{prefix}notify.{a}")).await;
-                }
-                link.close().await;
-            })
-        })
-        .join();
+            }
+            failed.push(format!("{name} ({why})"));
+        }
+        if !failed.is_empty() {
+            eprintln!("cleanup: not deleted: {}", failed.join(", "));
+        }
+        if let Some(l) = link {
+            l.close().await;
+        }
+    });
+}
+
+/// Queues and exchanges a test declares itself, deleted on `Drop` (also when
+/// the test panics).
+#[derive(Debug, Default)]
+#[must_use = "dropping the guard deletes what it holds"]
+pub struct BrokerGuard {
+    queues: Vec<String>,
+    exchanges: Vec<String>,
+}
+
+impl BrokerGuard {
+    /// An empty guard.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Deletes queue `name` on drop; returns `name`.
+    pub fn queue(&mut self, name: impl Into<String>) -> String {
+        let name = name.into();
+        self.queues.push(name.clone());
+        name
+    }
+
+    /// Deletes exchange `name` on drop; returns `name`.
+    pub fn exchange(&mut self, name: impl Into<String>) -> String {
+        let name = name.into();
+        self.exchanges.push(name.clone());
+        name
+    }
+}
+
+impl Drop for BrokerGuard {
+    fn drop(&mut self) {
+        delete_on_broker(
+            std::mem::take(&mut self.queues),
+            std::mem::take(&mut self.exchanges),
+        );
     }
 }
 
@@ -338,4 +526,167 @@ pub async fn drain_notices(client: &Client, sub: &mut Subscription, wait: Durati
 /// Codes for tests.
 pub fn code(s: &str) -> AgencyCode {
     AgencyCode::parse(s).unwrap()
+}
+
+/// Every file under `dir`, recursively.
+pub fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// An envelope under construction: one destination, subject "Công văn thử",
+/// priority 0 (Thường), type `edoc`, `text/plain`, body "noi dung", a fresh
+/// message id, no further header.
+#[derive(Debug, Clone)]
+pub struct Envelope(Outgoing);
+
+/// An envelope to `to` (see [`Envelope`] for the defaults).
+pub fn envelope(to: &str) -> Envelope {
+    Envelope(Outgoing {
+        to: vec![code(to)],
+        subject: "Công văn thử".into(),
+        priority: Priority::NORMAL,
+        data_type: "edoc".into(),
+        content_type: "text/plain".into(),
+        body: b"noi dung".to_vec(),
+        message_id: None,
+        extra: Vec::new(),
+    })
+}
+
+impl Envelope {
+    /// Adds a destination.
+    pub fn also_to(mut self, to: &str) -> Self {
+        self.0.to.push(code(to));
+        self
+    }
+
+    /// `lgsp-subject`.
+    pub fn subject(mut self, s: impl Into<String>) -> Self {
+        self.0.subject = s.into();
+        self
+    }
+
+    /// QCVN 102 priority code (0–4).
+    pub fn priority(mut self, p: u8) -> Self {
+        self.0.priority = Priority::new(p).unwrap();
+        self
+    }
+
+    /// `lgsp-type`.
+    pub fn data_type(mut self, t: &str) -> Self {
+        self.0.data_type = t.into();
+        self
+    }
+
+    /// AMQP content type.
+    pub fn content_type(mut self, t: &str) -> Self {
+        self.0.content_type = t.into();
+        self
+    }
+
+    /// Body.
+    pub fn body(mut self, b: impl AsRef<[u8]>) -> Self {
+        self.0.body = b.as_ref().to_vec();
+        self
+    }
+
+    /// Message id (instead of a fresh one).
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.0.message_id = Some(id.into());
+        self
+    }
+
+    /// A further `lgsp-` header (`lgsp-bounce-after`, `lgsp-not-before`…).
+    pub fn header(mut self, k: &str, v: impl Into<String>) -> Self {
+        self.0.extra.push((k.into(), v.into()));
+        self
+    }
+
+    /// What `Client::send` takes.
+    pub fn build(&self) -> Outgoing {
+        self.0.clone()
+    }
+
+    /// The signed message from `creds` under hub prefix `prefix`.
+    pub fn signed(&self, prefix: &str, creds: &Credentials) -> Message {
+        envelope_message(prefix, creds, &self.0)
+    }
+
+    /// The signed message, edited by `edit` before it is signed (fresh time and nonce).
+    pub fn signed_with(
+        &self,
+        prefix: &str,
+        creds: &Credentials,
+        edit: impl FnOnce(&mut Message),
+    ) -> Message {
+        let mut m = self.signed(prefix, creds);
+        edit(&mut m);
+        sign(&mut m, creds, Alg::HmacSha256);
+        m
+    }
+}
+
+/// Signs `m` again with `secret` over its canonical form as it is now (time,
+/// nonce and key kept): a message edited after signing that still verifies.
+pub fn resign(m: &mut Message, secret: &str) {
+    m.headers.remove("lgsp-signature");
+    let canon = truc::canonical::canonical_form(m, &m.routing_key).unwrap();
+    m.set_header(
+        "lgsp-signature",
+        sign_hmac(Alg::HmacSha256, secret, canon.as_bytes()),
+    );
+}
+
+/// A status message under construction.
+#[derive(Debug, Clone)]
+pub struct Status {
+    reference: String,
+    status: String,
+    source: Option<AgencyCode>,
+    reason: Option<String>,
+}
+
+/// Status `status` (`01`, `13`…) about envelope `reference`.
+pub fn status(reference: &str, status: &str) -> Status {
+    Status {
+        reference: reference.into(),
+        status: status.into(),
+        source: None,
+        reason: None,
+    }
+}
+
+impl Status {
+    /// The envelope's source (`lgsp-to`).
+    pub fn source(mut self, c: &AgencyCode) -> Self {
+        self.source = Some(c.clone());
+        self
+    }
+
+    /// `lgsp-reason`.
+    pub fn reason(mut self, r: &str) -> Self {
+        self.reason = Some(r.into());
+        self
+    }
+
+    /// The signed message from `creds` under hub prefix `prefix`.
+    pub fn signed(&self, prefix: &str, creds: &Credentials) -> Message {
+        status_message(
+            prefix,
+            creds,
+            &self.reference,
+            &self.status,
+            self.source.as_ref(),
+            self.reason.as_deref(),
+        )
+    }
 }

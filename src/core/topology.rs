@@ -302,7 +302,7 @@ impl Topology {
     }
 
     /// Names of every fixed queue (delay buckets included), then of the
-    /// inbox and notify queues of each of `agencies`: everything to delete
+    /// queues of each of `agencies` (ingress, inbox, notify): everything to delete
     /// when a prefix is torn down (tests, the benchmark).
     pub fn queue_names<'a>(
         &self,

@@ -21,6 +21,7 @@ use crate::core::message::Message;
 use crate::core::notice::{Notice, NoticeKind};
 use crate::core::reason::Reason;
 use crate::core::time::{format_rfc3339, now_ms, parse_rfc3339};
+use crate::core::timeline::DeliveryState;
 use crate::operator::Hub;
 use crate::state::audit::AuditEvent;
 use crate::state::store::StoreError;
@@ -121,7 +122,7 @@ pub fn waiting<'a>(
     let mut out: BTreeMap<AgencyCode, Waiting> = BTreeMap::new();
     for rec in records {
         for d in &rec.dests {
-            if d.state != "queued" {
+            if d.state != DeliveryState::Queued {
                 continue;
             }
             let since = d.events.last().map_or(rec.accepted_at_ms, |e| e.at_ms);
@@ -138,7 +139,9 @@ async fn all_waiting(hub: &Hub, now: i64) -> Result<BTreeMap<AgencyCode, Waiting
     let tracking = hub.router.tracking().clone();
     // A full scan of the timelines: off the async workers.
     tokio::task::spawn_blocking(move || {
-        let records = tracking.list(usize::MAX, |r| r.dests.iter().any(|d| d.state == "queued"))?;
+        let records = tracking.list(usize::MAX, |r| {
+            r.dests.iter().any(|d| d.state == DeliveryState::Queued)
+        })?;
         Ok(waiting(&records, now))
     })
     .await
@@ -398,7 +401,7 @@ pub async fn purge(hub: &Hub, code: &AgencyCode) -> Result<PurgeReport, QueueErr
                         .tracking()
                         .update(&src.agency.code, &mid, |rec| {
                             if let Some(d) = rec.dests.iter_mut().find(|d| &d.code == code) {
-                                d.push(now, "purged", Some(reason), &detail);
+                                d.push(now, DeliveryState::Purged, Some(reason), &detail);
                             }
                         })?;
                 }
@@ -506,23 +509,35 @@ mod tests {
             dests,
         };
         let now = 10_000_000;
-        let mut delivered = DestTrack::new(code("A"), 0, "queued", None, "");
-        delivered.push(1, "delivered", None, "");
+        let mut delivered = DestTrack::new(code("A"), 0, DeliveryState::Queued, None, "");
+        delivered.push(1, DeliveryState::Delivered, None, "");
         let records = vec![
             rec(
                 now - 1_000,
-                vec![DestTrack::new(code("A"), now - 1_000, "queued", None, "")],
+                vec![DestTrack::new(
+                    code("A"),
+                    now - 1_000,
+                    DeliveryState::Queued,
+                    None,
+                    "",
+                )],
             ),
             rec(
                 now - 4_000_000,
                 vec![
-                    DestTrack::new(code("A"), now - 4_000_000, "queued", None, ""),
+                    DestTrack::new(code("A"), now - 4_000_000, DeliveryState::Queued, None, ""),
                     delivered,
                 ],
             ),
             rec(
                 now - 20,
-                vec![DestTrack::new(code("B"), now - 20, "queued", None, "")],
+                vec![DestTrack::new(
+                    code("B"),
+                    now - 20,
+                    DeliveryState::Queued,
+                    None,
+                    "",
+                )],
             ),
         ];
         let w = waiting(&records, now);

@@ -19,6 +19,7 @@ use crate::core::notice::{hub_sign, Notice, NoticeKind};
 use crate::core::reason::Reason;
 use crate::core::scheduler::{backoff, bucket_for, expired, BUCKETS};
 use crate::core::time::{format_duration, format_rfc3339, now_ms};
+use crate::core::timeline::DeliveryState;
 use crate::router::{Outbox, Outcome, Router, RouterError};
 use crate::state::tracking::EnvelopeRecord;
 
@@ -56,7 +57,7 @@ impl Router {
         &self,
         rec: &EnvelopeRecord,
         dest: &AgencyCode,
-        (state, reason, detail): (&str, Reason, &str),
+        (state, reason, detail): (DeliveryState, Reason, &str),
         outbox: &O,
         now: i64,
     ) -> Result<(), RouterError> {
@@ -111,7 +112,7 @@ impl Router {
         self.bounce(
             rec,
             dest,
-            ("expired", Reason::Expired, EXPIRED_DETAIL),
+            (DeliveryState::Expired, Reason::Expired, EXPIRED_DETAIL),
             outbox,
             now,
         )
@@ -195,7 +196,12 @@ impl Router {
         let attempt = out.header("lgsp-attempt").unwrap_or("1").to_owned();
         self.tracking.update(&from, &mid, |r| {
             if let Some(t) = r.dest_mut(&dest) {
-                t.push(now, "queued", None, &format!("attempt {attempt}"));
+                t.push(
+                    now,
+                    DeliveryState::Queued,
+                    None,
+                    &format!("attempt {attempt}"),
+                );
             }
         })?;
         self.tracking.pend(
@@ -263,7 +269,7 @@ impl Router {
             if let Some(t) = r.dest_mut(&dest) {
                 t.push(
                     now,
-                    "rejected",
+                    DeliveryState::Rejected,
                     None,
                     &format!(
                         "{death} by the destination ({rejections} of {})",
@@ -279,7 +285,7 @@ impl Router {
             self.bounce(
                 &rec,
                 &dest,
-                ("bounced", Reason::MaxAttempts, &detail),
+                (DeliveryState::Bounced, Reason::MaxAttempts, &detail),
                 outbox,
                 now,
             )
@@ -311,7 +317,7 @@ impl Router {
             if let Some(t) = r.dest_mut(&dest) {
                 t.push(
                     now,
-                    "retry",
+                    DeliveryState::Retry,
                     None,
                     &format!("attempt {} at {}", rejections + 1, format_rfc3339(due)),
                 );
@@ -339,13 +345,13 @@ impl Router {
             if track.is_final() {
                 continue;
             }
-            if matches!(track.state.as_str(), "deferred" | "retry") {
+            if matches!(track.state, DeliveryState::Deferred | DeliveryState::Retry) {
                 // Held by the hub: the copy will be dropped when it comes back.
                 self.bounce(
                     &rec,
                     &track.code,
                     (
-                        "recalled",
+                        DeliveryState::Recalled,
                         Reason::Recalled,
                         "recalled by the source before delivery",
                     ),
@@ -392,7 +398,7 @@ impl Router {
                 if let Some(t) = rec.dest_mut(&track.code) {
                     t.push(
                         now,
-                        "recall-requested",
+                        DeliveryState::RecallRequested,
                         None,
                         "asked the destination to drop it",
                     );
@@ -420,7 +426,7 @@ impl Router {
                         self.bounce(
                             &rec,
                             &track.code,
-                            ("expired", Reason::Expired, EXPIRED_DETAIL),
+                            (DeliveryState::Expired, Reason::Expired, EXPIRED_DETAIL),
                             outbox,
                             now,
                         )

@@ -31,6 +31,7 @@ use crate::core::notice::{hub_sign, Notice, NoticeKind};
 use crate::core::policy::Policies;
 use crate::core::reason::Reason;
 use crate::core::time::{format_rfc3339, now_ms};
+use crate::core::timeline::{DeliveryState, StatusCode};
 use crate::core::topology::Topology;
 use crate::state::audit::{Audit, AuditEvent};
 use crate::state::registry::{Entry, Registry};
@@ -646,22 +647,33 @@ impl Router {
         let mut dests: Vec<DestTrack> = deliver
             .iter()
             .map(|d| {
-                let mut t = DestTrack::new(d.agency.code.clone(), now, "accepted", None, "");
+                let mut t = DestTrack::new(
+                    d.agency.code.clone(),
+                    now,
+                    DeliveryState::Accepted,
+                    None,
+                    "",
+                );
                 match defer_until {
                     Some(due) => t.push(
                         now,
-                        "deferred",
+                        DeliveryState::Deferred,
                         None,
                         &format!("until {}", format_rfc3339(due)),
                     ),
-                    None => t.push(now, "queued", None, &format!("attempt {attempt}")),
+                    None => t.push(
+                        now,
+                        DeliveryState::Queued,
+                        None,
+                        &format!("attempt {attempt}"),
+                    ),
                 }
                 t
             })
             .collect();
         for (code, reason, detail) in &bounced {
-            let mut t = DestTrack::new(code.clone(), now, "accepted", None, "");
-            t.push(now, "bounced", Some(*reason), detail);
+            let mut t = DestTrack::new(code.clone(), now, DeliveryState::Accepted, None, "");
+            t.push(now, DeliveryState::Bounced, Some(*reason), detail);
             dests.push(t);
         }
         let rec = EnvelopeRecord {
@@ -758,7 +770,7 @@ impl Router {
         now: i64,
     ) -> Result<Outcome, RouterError> {
         let sender = &auth.signed.from;
-        if st.status == "13" {
+        if st.status == StatusCode::RecallRequest {
             return match self.recall(sender, &st, outbox, now).await? {
                 Ok(o) => Ok(o),
                 Err(why) => {
@@ -804,18 +816,24 @@ impl Router {
             }
         };
         let detail = st.reason.clone().unwrap_or_default();
-        let (state, reason) = match st.status.as_str() {
-            "01" => ("delivered".to_owned(), None),
-            "02" => ("bounced".to_owned(), Some(Reason::RejectedByDestination)),
-            "15" => ("recalled".to_owned(), Some(Reason::Recalled)),
-            other => (format!("status-{other}"), None),
+        let state = DeliveryState::of_status(st.status);
+        let reason = match st.status {
+            StatusCode::Rejected => Some(Reason::RejectedByDestination),
+            StatusCode::RecallAgreed => Some(Reason::Recalled),
+            StatusCode::Received
+            | StatusCode::Accepted
+            | StatusCode::Assigned
+            | StatusCode::Processing
+            | StatusCode::Completed
+            | StatusCode::RecallRequest
+            | StatusCode::Refused => None,
         };
         // Wait for the envelope's acceptance to finish (the destination may
         // answer before truc has written the record).
         let guard = self.locks.lock(source.as_str(), &st.reference).await;
         let found = self.tracking.update(&source, &st.reference, |rec| {
             if let Some(d) = rec.dests.iter_mut().find(|d| &d.code == sender) {
-                d.push(now, &state, reason, &detail);
+                d.push(now, state, reason, &detail);
             }
         })?;
         if found {
@@ -825,12 +843,12 @@ impl Router {
         }
         drop(guard);
         if found {
-            observe_status(&self.tracking, &source, &st.reference, sender, &st.status);
+            observe_status(&self.tracking, &source, &st.reference, sender, st.status);
             self.audit.record(AuditEvent::Status {
                 from: sender.to_string(),
                 source: source.to_string(),
                 reference: st.reference.clone(),
-                status: st.status.clone(),
+                status: st.status.to_string(),
             });
         }
         if !found {
@@ -842,16 +860,16 @@ impl Router {
         let Some(src_entry) = self.registry.get(&source) else {
             return Ok(Outcome::StatusRelayed);
         };
-        if st.status == "01" {
+        if st.status == StatusCode::Received {
             let mut n = Notice::new(NoticeKind::Delivered, source.clone(), &st.reference, now);
             n.dest = Some(sender.clone());
-            n.status = Some(st.status.clone());
+            n.status = Some(st.status.to_string());
             self.notify(&src_entry, &n, outbox).await?;
         }
-        if st.status == "02" {
+        if st.status == StatusCode::Rejected {
             let mut n = Notice::new(NoticeKind::Bounced, source.clone(), &st.reference, now);
             n.dest = Some(sender.clone());
-            n.status = Some(st.status.clone());
+            n.status = Some(st.status.to_string());
             n.reason = Some(Reason::RejectedByDestination);
             n.detail = detail.clone();
             self.notify(&src_entry, &n, outbox).await?;
@@ -859,11 +877,11 @@ impl Router {
         }
         let mut n = Notice::new(NoticeKind::Status, source.clone(), &st.reference, now);
         n.dest = Some(sender.clone());
-        n.status = Some(st.status.clone());
+        n.status = Some(st.status.to_string());
         n.detail = detail;
         self.notify(&src_entry, &n, outbox).await?;
         self.store.durable().await?;
-        metrics::status_relayed(&st.status);
+        metrics::status_relayed(st.status.as_str());
         tracing::info!(from = %sender, source = %source, reference = %st.reference, status = %st.status, "status relayed");
         Ok(Outcome::StatusRelayed)
     }
@@ -888,7 +906,15 @@ impl Router {
             reason,
             detail,
         } = what;
-        let state = kind.as_str();
+        // Only these two are presence notices; no other kind is sent here.
+        let state = match kind {
+            NoticeKind::DelayWarning => DeliveryState::DelayWarning,
+            NoticeKind::Bounced => DeliveryState::Bounced,
+            NoticeKind::Accepted
+            | NoticeKind::Rejected
+            | NoticeKind::Delivered
+            | NoticeKind::Status => return Ok(OfflineNotice::NotWaiting),
+        };
         let _guard = self.locks.lock(from.as_str(), message_id).await;
         let Some(rec) = self.tracking.get(from, message_id)? else {
             return Ok(OfflineNotice::NotWaiting);
@@ -897,11 +923,11 @@ impl Router {
             return Ok(OfflineNotice::NotWaiting);
         };
         // One notice of each kind per envelope and destination, whatever the reason.
-        let sent = |st: &str| track.events.iter().any(|e| e.state == st);
-        if sent(state) || (kind == NoticeKind::DelayWarning && sent("bounced")) {
+        let sent = |st: DeliveryState| track.events.iter().any(|e| e.state == st);
+        if sent(state) || (kind == NoticeKind::DelayWarning && sent(DeliveryState::Bounced)) {
             return Ok(OfflineNotice::AlreadySent);
         }
-        if !matches!(track.state.as_str(), "queued" | "delay-warning") {
+        if !track.state.is_waiting() {
             return Ok(OfflineNotice::NotWaiting);
         }
         let Some(src) = self.registry.get(from) else {
@@ -924,7 +950,7 @@ impl Router {
         } else {
             metrics::delay_warning();
         }
-        tracing::info!(source = %from, message_id, dest = %dest, notice = state, reason = %reason, "presence notice sent");
+        tracing::info!(source = %from, message_id, dest = %dest, notice = %state, reason = %reason, "presence notice sent");
         Ok(OfflineNotice::Sent)
     }
 }
@@ -936,9 +962,9 @@ fn observe_status(
     source: &AgencyCode,
     reference: &str,
     dest: &AgencyCode,
-    status: &str,
+    status: StatusCode,
 ) {
-    if status != "01" {
+    if status != StatusCode::Received {
         return;
     }
     let Ok(Some(rec)) = tracking.get(source, reference) else {
@@ -947,7 +973,10 @@ fn observe_status(
     let Some(d) = rec.dests.iter().find(|d| &d.code == dest) else {
         return;
     };
-    let mut delivered = d.events.iter().filter(|e| e.state == "delivered");
+    let mut delivered = d
+        .events
+        .iter()
+        .filter(|e| e.state == DeliveryState::Delivered);
     if let (Some(first), None) = (delivered.next(), delivered.next()) {
         let ms = (first.at_ms - rec.accepted_at_ms).max(0) as u64;
         metrics::delivered(rec.priority, Duration::from_millis(ms));

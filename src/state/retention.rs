@@ -177,6 +177,7 @@ pub fn stats(store: &Store, envelope_retention: &str, audit_retention: &str) -> 
 mod tests {
     use super::*;
     use crate::core::code::AgencyCode;
+    use crate::core::timeline::DeliveryState;
     use crate::state::tracking::{DestTrack, Tracking};
 
     #[tokio::test]
@@ -201,7 +202,13 @@ mod tests {
                 not_before_ms: None,
                 max_attempts: 5,
                 bounce_after_ms: None,
-                dests: vec![DestTrack::new(dest.clone(), 1_000, "queued", None, "")],
+                dests: vec![DestTrack::new(
+                    dest.clone(),
+                    1_000,
+                    DeliveryState::Queued,
+                    None,
+                    "",
+                )],
             };
             tracking
                 .index(&from, &rec.message_id, std::slice::from_ref(&dest))

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::core::code::AgencyCode;
 use crate::core::reason::Reason;
+use crate::core::timeline::DeliveryState;
 use crate::state::codec;
 use crate::state::store::{Store, StoreError};
 
@@ -17,8 +18,8 @@ use crate::state::store::{Store, StoreError};
 pub struct Event {
     /// When (ms since the epoch).
     pub at_ms: i64,
-    /// The state entered (`accepted`, `queued`, `bounced`…).
-    pub state: String,
+    /// The state entered (`accepted`, `queued`, `bounced`…), stored by name.
+    pub state: DeliveryState,
     /// Reason code, when there is one.
     pub reason: Option<Reason>,
     /// Human detail.
@@ -30,8 +31,8 @@ pub struct Event {
 pub struct DestTrack {
     /// Destination code.
     pub code: AgencyCode,
-    /// Current state (the last event's state).
-    pub state: String,
+    /// Current state (the last event's state), stored by name.
+    pub state: DeliveryState,
     /// Every transition, oldest first.
     pub events: Vec<Event>,
 }
@@ -41,13 +42,13 @@ impl DestTrack {
     pub fn new(
         code: AgencyCode,
         at_ms: i64,
-        state: &str,
+        state: DeliveryState,
         reason: Option<Reason>,
         detail: &str,
     ) -> Self {
         let mut t = Self {
             code,
-            state: String::new(),
+            state,
             events: Vec::new(),
         };
         t.push(at_ms, state, reason, detail);
@@ -62,15 +63,24 @@ impl DestTrack {
     pub fn is_final(&self) -> bool {
         let mut queued = false;
         for e in &self.events {
-            match e.state.as_str() {
-                "queued" => queued = true,
-                "expired" | "recalled" | "purged" => return true,
-                "bounced" => match e.reason {
+            match e.state {
+                DeliveryState::Queued => queued = true,
+                DeliveryState::Expired | DeliveryState::Recalled | DeliveryState::Purged => {
+                    return true
+                }
+                DeliveryState::Bounced => match e.reason {
                     Some(Reason::DestinationOffline) => {}
                     Some(Reason::DestinationDisabled) if queued => {}
                     _ => return true,
                 },
-                _ => {}
+                DeliveryState::Accepted
+                | DeliveryState::Deferred
+                | DeliveryState::Rejected
+                | DeliveryState::Retry
+                | DeliveryState::Delivered
+                | DeliveryState::Status(_)
+                | DeliveryState::DelayWarning
+                | DeliveryState::RecallRequested => {}
             }
         }
         false
@@ -78,20 +88,25 @@ impl DestTrack {
 
     /// True once the destination confirmed receipt (status `01` or later).
     pub fn is_delivered(&self) -> bool {
-        self.events.iter().any(|e| e.state == "delivered")
+        self.events
+            .iter()
+            .any(|e| e.state == DeliveryState::Delivered)
     }
 
     /// How many deliveries the destination rejected.
     pub fn rejections(&self) -> u32 {
-        self.events.iter().filter(|e| e.state == "rejected").count() as u32
+        self.events
+            .iter()
+            .filter(|e| e.state == DeliveryState::Rejected)
+            .count() as u32
     }
 
     /// Records a transition.
-    pub fn push(&mut self, at_ms: i64, state: &str, reason: Option<Reason>, detail: &str) {
-        self.state = state.to_owned();
+    pub fn push(&mut self, at_ms: i64, state: DeliveryState, reason: Option<Reason>, detail: &str) {
+        self.state = state;
         self.events.push(Event {
             at_ms,
-            state: state.to_owned(),
+            state,
             reason,
             detail: detail.to_owned(),
         });
@@ -446,18 +461,114 @@ impl Tracking {
 mod final_tests {
     use super::*;
 
+    use crate::core::timeline::StatusCode;
+    use DeliveryState as S;
+
     #[test]
     fn offline_bounces_are_not_final_and_late_statuses_do_not_reopen() {
         let c = AgencyCode::parse("A").unwrap();
-        let mut t = DestTrack::new(c.clone(), 0, "accepted", None, "");
-        t.push(1, "queued", None, "");
-        t.push(2, "bounced", Some(Reason::DestinationOffline), "");
+        let mut t = DestTrack::new(c.clone(), 0, S::Accepted, None, "");
+        t.push(1, S::Queued, None, "");
+        t.push(2, S::Bounced, Some(Reason::DestinationOffline), "");
         assert!(!t.is_final(), "still in the inbox");
-        t.push(3, "bounced", Some(Reason::MaxAttempts), "");
-        t.push(4, "status-03", None, "");
+        t.push(3, S::Bounced, Some(Reason::MaxAttempts), "");
+        t.push(4, S::Status(StatusCode::Accepted), None, "");
         assert!(t.is_final(), "a later status does not reopen it");
-        let mut d = DestTrack::new(c, 0, "accepted", None, "");
-        d.push(0, "bounced", Some(Reason::DestinationDisabled), "");
+        let mut d = DestTrack::new(c, 0, S::Accepted, None, "");
+        d.push(0, S::Bounced, Some(Reason::DestinationDisabled), "");
         assert!(d.is_final(), "refused at acceptance: never queued");
+    }
+
+    /// The record as it was stored when states were plain strings.
+    #[derive(Serialize)]
+    struct OldEvent {
+        at_ms: i64,
+        state: String,
+        reason: Option<Reason>,
+        detail: String,
+    }
+
+    #[derive(Serialize)]
+    struct OldDestTrack {
+        code: AgencyCode,
+        state: String,
+        events: Vec<OldEvent>,
+    }
+
+    #[derive(Serialize)]
+    struct OldRecord {
+        from: AgencyCode,
+        message_id: String,
+        subject: String,
+        data_type: String,
+        priority: u8,
+        digest: String,
+        size: u64,
+        content_type: Option<String>,
+        accepted_at_ms: i64,
+        deliver_by_ms: Option<i64>,
+        not_before_ms: Option<i64>,
+        max_attempts: u32,
+        dests: Vec<OldDestTrack>,
+        bounce_after_ms: Option<u64>,
+    }
+
+    #[test]
+    fn records_written_with_string_states_still_decode_to_the_same_bytes() {
+        let c = AgencyCode::parse("000.00.32.H41").unwrap();
+        let names = [
+            "accepted",
+            "queued",
+            "delay-warning",
+            "status-16",
+            "bounced",
+        ];
+        let old = OldRecord {
+            from: AgencyCode::parse("000.00.31.H41").unwrap(),
+            message_id: "M1".into(),
+            subject: "s".into(),
+            data_type: "edoc".into(),
+            priority: 1,
+            digest: "sha256=00".into(),
+            size: 4,
+            content_type: Some("text/plain".into()),
+            accepted_at_ms: 1_000,
+            deliver_by_ms: Some(9_000),
+            not_before_ms: None,
+            max_attempts: 5,
+            dests: vec![OldDestTrack {
+                code: c.clone(),
+                state: "bounced".into(),
+                events: names
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| OldEvent {
+                        at_ms: 1_000 + i as i64,
+                        state: (*n).into(),
+                        reason: (*n == "bounced").then_some(Reason::DestinationOffline),
+                        detail: format!("d{i}"),
+                    })
+                    .collect(),
+            }],
+            bounce_after_ms: Some(60_000),
+        };
+        let bytes = codec::encode(&old).unwrap();
+        let rec: EnvelopeRecord = codec::decode(&bytes).unwrap();
+        let d = &rec.dests[0];
+        assert_eq!(d.state, S::Bounced);
+        assert_eq!(
+            d.events.iter().map(|e| e.state).collect::<Vec<_>>(),
+            [
+                S::Accepted,
+                S::Queued,
+                S::DelayWarning,
+                S::Status(StatusCode::Refused),
+                S::Bounced
+            ]
+        );
+        assert_eq!(d.events[4].reason, Some(Reason::DestinationOffline));
+        assert_eq!(rec.bounce_after_ms, Some(60_000));
+        // Written again, the record is byte for byte what the old code wrote.
+        assert_eq!(codec::encode(&rec).unwrap(), bytes);
     }
 }

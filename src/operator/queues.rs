@@ -106,7 +106,7 @@ pub fn bucket(age_ms: i64) -> usize {
 /// What the tracking records say is waiting for one destination.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Waiting {
-    /// Envelopes in state `queued`.
+    /// Envelopes waiting in the inbox ([`crate::state::tracking::DestTrack::is_waiting`]).
     pub count: u64,
     /// When the oldest of them was queued (ms).
     pub oldest_ms: Option<i64>,
@@ -114,7 +114,9 @@ pub struct Waiting {
     pub buckets: [u64; 7],
 }
 
-/// Scans `records` for destinations in state `queued`, as of `now`.
+/// Scans `records` for destinations still waiting for them
+/// ([`crate::state::tracking::DestTrack::is_waiting`]: queued, perhaps delay-warned since), as of
+/// `now`; each counts from when it was queued.
 pub fn waiting<'a>(
     records: impl IntoIterator<Item = &'a EnvelopeRecord>,
     now: i64,
@@ -122,10 +124,10 @@ pub fn waiting<'a>(
     let mut out: BTreeMap<AgencyCode, Waiting> = BTreeMap::new();
     for rec in records {
         for d in &rec.dests {
-            if d.state != DeliveryState::Queued {
+            if !d.is_waiting() {
                 continue;
             }
-            let since = d.events.last().map_or(rec.accepted_at_ms, |e| e.at_ms);
+            let since = d.waiting_since().unwrap_or(rec.accepted_at_ms);
             let w = out.entry(d.code.clone()).or_default();
             w.count += 1;
             w.oldest_ms = Some(w.oldest_ms.map_or(since, |o| o.min(since)));
@@ -139,9 +141,7 @@ async fn all_waiting(hub: &Hub, now: i64) -> Result<BTreeMap<AgencyCode, Waiting
     let tracking = hub.router.tracking().clone();
     // A full scan of the timelines: off the async workers.
     tokio::task::spawn_blocking(move || {
-        let records = tracking.list(usize::MAX, |r| {
-            r.dests.iter().any(|d| d.state == DeliveryState::Queued)
-        })?;
+        let records = tracking.list(usize::MAX, |r| r.dests.iter().any(|d| d.is_waiting()))?;
         Ok(waiting(&records, now))
     })
     .await
@@ -545,5 +545,51 @@ mod tests {
         assert_eq!(w[&code("A")].oldest_ms, Some(now - 4_000_000));
         assert_eq!(w[&code("A")].buckets, [1, 0, 1, 0, 0, 0, 0]);
         assert_eq!(w[&code("B")].count, 1);
+    }
+
+    #[test]
+    fn a_delay_warned_envelope_still_counts_as_waiting() {
+        let code = |s: &str| AgencyCode::parse(s).unwrap();
+        let now = 10_000_000;
+        let mut warned = DestTrack::new(
+            code("A"),
+            now - 5_000_000,
+            DeliveryState::Accepted,
+            None,
+            "",
+        );
+        warned.push(now - 5_000_000, DeliveryState::Queued, None, "attempt 1");
+        warned.push(
+            now - 10,
+            DeliveryState::DelayWarning,
+            Some(Reason::DestinationOffline),
+            "offline",
+        );
+        let mut held = DestTrack::new(code("A"), now - 100, DeliveryState::Accepted, None, "");
+        held.push(now - 100, DeliveryState::Deferred, None, "until later");
+        let rec = EnvelopeRecord {
+            from: code("S"),
+            message_id: "m1".into(),
+            subject: String::new(),
+            data_type: "edoc".into(),
+            priority: 0,
+            digest: String::new(),
+            size: 1,
+            content_type: None,
+            accepted_at_ms: now - 5_000_000,
+            deliver_by_ms: None,
+            not_before_ms: None,
+            max_attempts: 5,
+            bounce_after_ms: None,
+            dests: vec![warned, held],
+        };
+        let w = waiting([&rec], now);
+        assert_eq!(w[&code("A")].count, 1, "warned counts, deferred does not");
+        assert_eq!(
+            w[&code("A")].oldest_ms,
+            Some(now - 5_000_000),
+            "counted from when it was queued, not from the warning"
+        );
+        assert_eq!(w[&code("A")].buckets, [0, 0, 1, 0, 0, 0, 0]);
     }
 }

@@ -78,9 +78,10 @@ impl Router {
         Ok(())
     }
 
-    /// The envelope's record when `dest` still waits for it, else why not.
+    /// The envelope's record when a copy may still go out to `dest`
+    /// ([`crate::state::tracking::DestTrack::may_deliver`]), else why not.
     /// The caller holds the envelope's lock.
-    fn waiting(
+    fn deliverable(
         &self,
         from: &AgencyCode,
         dest: &AgencyCode,
@@ -91,9 +92,7 @@ impl Router {
         };
         match rec.dests.iter().find(|d| &d.code == dest) {
             None => Ok(Err("not a destination of the envelope")),
-            Some(t) if t.is_final() || t.is_delivered() => {
-                Ok(Err("destination no longer waits for it"))
-            }
+            Some(t) if !t.may_deliver() => Ok(Err("destination no longer waits for it")),
             Some(_) => Ok(Ok(rec)),
         }
     }
@@ -161,7 +160,7 @@ impl Router {
             .and_then(|d| d.parse::<i64>().ok())
             .unwrap_or(now);
         let _g = self.locks.lock(from.as_str(), &mid).await;
-        let rec = match self.waiting(&from, &dest, &mid)? {
+        let rec = match self.deliverable(&from, &dest, &mid)? {
             Ok(rec) => rec,
             Err(why) => return Ok(Outcome::Dropped(why)),
         };
@@ -252,7 +251,7 @@ impl Router {
             .unwrap_or("rejected")
             .to_owned();
         let _g = self.locks.lock(from.as_str(), &mid).await;
-        let rec = match self.waiting(&from, &dest, &mid)? {
+        let rec = match self.deliverable(&from, &dest, &mid)? {
             Ok(rec) => rec,
             Err(why) => return Ok(Outcome::Dropped(why)),
         };
@@ -263,7 +262,7 @@ impl Router {
             .dests
             .iter()
             .find(|d| d.code == dest)
-            .expect("waiting() found it");
+            .expect("deliverable() found it");
         let rejections = track.rejections() + 1;
         self.tracking.update(&from, &mid, |r| {
             if let Some(t) = r.dest_mut(&dest) {
@@ -422,7 +421,7 @@ impl Router {
             let _g = self.locks.lock(from.as_str(), mid).await;
             if let Some(rec) = self.tracking.get(from, mid)? {
                 for track in &rec.dests {
-                    if !track.is_final() && !track.is_delivered() {
+                    if track.may_deliver() {
                         self.bounce(
                             &rec,
                             &track.code,

@@ -927,7 +927,7 @@ impl Router {
         if sent(state) || (kind == NoticeKind::DelayWarning && sent(DeliveryState::Bounced)) {
             return Ok(OfflineNotice::AlreadySent);
         }
-        if !track.state.is_waiting() {
+        if !track.is_waiting() {
             return Ok(OfflineNotice::NotWaiting);
         }
         let Some(src) = self.registry.get(from) else {

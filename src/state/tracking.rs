@@ -86,6 +86,33 @@ impl DestTrack {
         false
     }
 
+    /// Whether the delivery still waits in the destination's inbox, unanswered
+    /// (its current state is `queued` or `delay-warning`): the one definition
+    /// of "waiting" ([`DeliveryState::is_waiting`]) behind presence notices,
+    /// the router and `truc queue list`.
+    pub fn is_waiting(&self) -> bool {
+        self.state.is_waiting()
+    }
+
+    /// When the waiting delivery was put in the inbox (its last `queued`
+    /// event), or `None` when it is not waiting.
+    pub fn waiting_since(&self) -> Option<i64> {
+        if !self.is_waiting() {
+            return None;
+        }
+        self.events
+            .iter()
+            .rev()
+            .find(|e| e.state == DeliveryState::Queued)
+            .map(|e| e.at_ms)
+    }
+
+    /// Whether a copy of the delivery may still go out to the destination:
+    /// not final and not confirmed received (held copies, retries, deadlines).
+    pub fn may_deliver(&self) -> bool {
+        !self.is_final() && !self.is_delivered()
+    }
+
     /// True once the destination confirmed receipt (status `01` or later).
     pub fn is_delivered(&self) -> bool {
         self.events
@@ -477,6 +504,21 @@ mod final_tests {
         let mut d = DestTrack::new(c, 0, S::Accepted, None, "");
         d.push(0, S::Bounced, Some(Reason::DestinationDisabled), "");
         assert!(d.is_final(), "refused at acceptance: never queued");
+    }
+
+    #[test]
+    fn a_delay_warned_delivery_still_waits_since_it_was_queued() {
+        let c = AgencyCode::parse("A").unwrap();
+        let mut t = DestTrack::new(c, 0, S::Accepted, None, "");
+        assert!(!t.is_waiting());
+        t.push(5, S::Queued, None, "attempt 1");
+        assert_eq!(t.waiting_since(), Some(5));
+        t.push(9, S::DelayWarning, Some(Reason::DestinationOffline), "");
+        assert!(t.is_waiting());
+        assert_eq!(t.waiting_since(), Some(5));
+        t.push(12, S::Status(StatusCode::Accepted), None, "");
+        assert!(!t.is_waiting());
+        assert_eq!(t.waiting_since(), None);
     }
 
     /// The record as it was stored when states were plain strings.

@@ -11,6 +11,7 @@ use crate::core::code::AgencyCode;
 use crate::core::reason::Reason;
 use crate::core::timeline::DeliveryState;
 use crate::state::codec;
+use crate::state::keys::{Fields, Key};
 use crate::state::store::{Store, StoreError};
 
 /// One timestamped transition.
@@ -190,11 +191,13 @@ pub struct Pending {
     pub bounced: bool,
 }
 
+/// Key of the pending index: `dest \0 from \0 message_id`.
 fn pending_key(dest: &AgencyCode, from: &AgencyCode, message_id: &str) -> Vec<u8> {
-    let mut k = dest.as_str().as_bytes().to_vec();
-    k.push(0);
-    k.extend_from_slice(&record_key(from, message_id));
-    k
+    Key::new()
+        .code(dest)
+        .code(from)
+        .str(message_id)
+        .into_bytes()
 }
 
 impl EnvelopeRecord {
@@ -206,22 +209,25 @@ impl EnvelopeRecord {
 
 /// Key of the destination index: `dest \0 message_id \0 from`.
 pub fn dest_index_key(dest: &AgencyCode, message_id: &str, from: &AgencyCode) -> Vec<u8> {
-    let mut k =
-        Vec::with_capacity(dest.as_str().len() + message_id.len() + from.as_str().len() + 2);
-    k.extend_from_slice(dest.as_str().as_bytes());
-    k.push(0);
-    k.extend_from_slice(message_id.as_bytes());
-    k.push(0);
-    k.extend_from_slice(from.as_str().as_bytes());
-    k
+    Key::new()
+        .code(dest)
+        .str(message_id)
+        .code(from)
+        .into_bytes()
 }
 
+/// Key of an envelope record: `from \0 message_id`.
 fn record_key(from: &AgencyCode, message_id: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(from.as_str().len() + 1 + message_id.len());
-    k.extend_from_slice(from.as_str().as_bytes());
-    k.push(0);
-    k.extend_from_slice(message_id.as_bytes());
-    k
+    Key::new().code(from).str(message_id).into_bytes()
+}
+
+/// Key of a deadline: `deliver_by (i64 BE) from \0 message_id`.
+fn deadline_key(deliver_by_ms: i64, from: &AgencyCode, message_id: &str) -> Vec<u8> {
+    Key::new()
+        .i64(deliver_by_ms)
+        .code(from)
+        .str(message_id)
+        .into_bytes()
 }
 
 /// Reads and writes envelope records.
@@ -318,20 +324,14 @@ impl Tracking {
         &self,
         dest: &AgencyCode,
     ) -> Result<Vec<(AgencyCode, String, Pending)>, StoreError> {
-        let mut prefix = dest.as_str().as_bytes().to_vec();
-        prefix.push(0);
+        let prefix = Key::new().code(dest).prefix();
         let mut out = Vec::new();
         for item in self.store.pending.scan_prefix(&prefix) {
             let (k, v) = item?;
-            let rest = &k[prefix.len()..];
-            let Some(sep) = rest.iter().position(|b| *b == 0) else {
+            let Some(mut f) = Fields::after(&k, &prefix) else {
                 continue;
             };
-            let from = std::str::from_utf8(&rest[..sep])
-                .ok()
-                .and_then(|s| AgencyCode::parse(s).ok());
-            let mid = std::str::from_utf8(&rest[sep + 1..]).ok();
-            if let (Some(from), Some(mid)) = (from, mid) {
+            if let (Some(from), Some(mid)) = (f.code(), f.str()) {
                 out.push((from, mid.to_owned(), codec::decode(&v)?));
             }
         }
@@ -356,18 +356,11 @@ impl Tracking {
     ) -> Result<Vec<AgencyCode>, StoreError> {
         // Keyed dest \0 message_id \0 from: one short prefix scan, however
         // much the destination received before.
-        let mut prefix = Vec::with_capacity(dest.as_str().len() + message_id.len() + 2);
-        prefix.extend_from_slice(dest.as_str().as_bytes());
-        prefix.push(0);
-        prefix.extend_from_slice(message_id.as_bytes());
-        prefix.push(0);
+        let prefix = Key::new().code(dest).str(message_id).prefix();
         let mut out = Vec::new();
         for item in self.store.by_dest.scan_prefix(&prefix) {
             let (k, _) = item?;
-            if let Some(code) = std::str::from_utf8(&k[prefix.len()..])
-                .ok()
-                .and_then(|s| AgencyCode::parse(s).ok())
-            {
+            if let Some(code) = Fields::after(&k, &prefix).and_then(|mut f| f.code()) {
                 out.push(code);
             }
         }
@@ -381,9 +374,9 @@ impl Tracking {
         from: &AgencyCode,
         message_id: &str,
     ) -> Result<(), StoreError> {
-        let mut k = deliver_by_ms.to_be_bytes().to_vec();
-        k.extend_from_slice(&record_key(from, message_id));
-        self.store.deadlines.insert(k, &[])?;
+        self.store
+            .deadlines
+            .insert(deadline_key(deliver_by_ms, from, message_id), &[])?;
         Ok(())
     }
 
@@ -397,18 +390,11 @@ impl Tracking {
         for item in self
             .store
             .deadlines
-            .range(..(now_ms + 1).to_be_bytes().to_vec())
+            .range(..Key::new().i64(now_ms + 1).into_bytes())
         {
             let (k, _) = item?;
-            let rest = &k[8.min(k.len())..];
-            let Some(sep) = rest.iter().position(|b| *b == 0) else {
-                continue;
-            };
-            let from = std::str::from_utf8(&rest[..sep])
-                .ok()
-                .and_then(|s| AgencyCode::parse(s).ok());
-            let mid = std::str::from_utf8(&rest[sep + 1..]).ok();
-            if let (Some(from), Some(mid)) = (from, mid) {
+            let mut f = Fields::of(&k);
+            if let (Some(_), Some(from), Some(mid)) = (f.i64(), f.code(), f.str()) {
                 out.push((k.to_vec(), from, mid.to_owned()));
             }
             if out.len() >= limit {

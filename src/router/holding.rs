@@ -15,11 +15,12 @@ use crate::core::code::AgencyCode;
 use crate::core::envelope::StatusFields;
 use crate::core::message::{Inbound, Message};
 use crate::core::metrics;
-use crate::core::notice::{hub_sign, Notice, NoticeKind};
+use crate::core::notice::{Notice, NoticeKind};
 use crate::core::reason::Reason;
 use crate::core::scheduler::{backoff, bucket_for, expired, BUCKETS};
 use crate::core::time::{format_duration, format_rfc3339, now_ms};
 use crate::core::timeline::DeliveryState;
+use crate::router::delivery::Delivery;
 use crate::router::{Outbox, Outcome, Router, RouterError};
 use crate::state::tracking::EnvelopeRecord;
 
@@ -167,9 +168,8 @@ impl Router {
         if expired(rec.deliver_by_ms, now) {
             return self.expire(&rec, &dest, m, outbox, now).await;
         }
-        let mut out = clean(m.clone());
         if bucket_for(Duration::from_millis((due - now).max(0) as u64)).is_some() {
-            let again = self.held(out, due, now);
+            let again = self.held(clean(m.clone()), due, now);
             outbox.publish(&again).await?;
             return Ok(Outcome::Held);
         }
@@ -178,18 +178,9 @@ impl Router {
             tokio::time::sleep(Duration::from_millis((due - now) as u64)).await;
         }
         let now = now_ms();
-        out.exchange = self.topology.name("deliver");
-        out.routing_key = dest.to_string();
-        out.expiration = rec.deliver_by_ms.map(|t| (t - now).max(1).to_string());
         // Signed again with the destination's current secret (a key may have
         // been rotated while the copy was held).
-        if let Some(d) = self.registry.get(&dest) {
-            hub_sign(
-                &mut out,
-                &format!("deliver.{dest}"),
-                d.agency.current_secret(),
-            );
-        }
+        let out = self.deliver_to(Delivery::again(m).expires(rec.deliver_by_ms, now), &dest);
         self.publish_declaring(&dest, &out, outbox).await?;
         metrics::delivery_published();
         let attempt = out.header("lgsp-attempt").unwrap_or("1").to_owned();
@@ -292,23 +283,15 @@ impl Router {
             self.store.durable().await?;
             return Ok(Outcome::Dropped("max attempts"));
         }
-        let Some(dest_entry) = self.registry.get(&dest) else {
+        if self.registry.get(&dest).is_none() {
             return Ok(Outcome::Dropped("destination no longer registered"));
-        };
+        }
         let delay = backoff(
             &self.policies().backoff,
             rejections,
             &mut rand::thread_rng(),
         );
-        let mut again = clean(m.clone());
-        again.set_header("lgsp-attempt", (rejections + 1).to_string());
-        again.exchange = self.topology.name("deliver");
-        again.routing_key = dest.to_string();
-        hub_sign(
-            &mut again,
-            &format!("deliver.{dest}"),
-            dest_entry.agency.current_secret(),
-        );
+        let again = self.deliver_to(Delivery::again(m).attempt(rejections + 1), &dest);
         let due = now + delay.as_millis() as i64;
         let held = self.held(again, due, now);
         outbox.publish(&held).await?;
@@ -361,12 +344,10 @@ impl Router {
                 continue;
             }
             // In the inbox or already received: ask the destination (it answers 15 or 16).
-            let Some(dest) = self.registry.get(&track.code) else {
+            if self.registry.get(&track.code).is_none() {
                 continue;
-            };
+            }
             let mut r = Message {
-                exchange: self.topology.name("deliver"),
-                routing_key: track.code.to_string(),
                 message_id: Some(crate::core::notice::fresh_message_id('r')),
                 content_type: Some("application/json".into()),
                 priority: Some(5),
@@ -381,17 +362,12 @@ impl Router {
             r.set_header("lgsp-kind", "recall");
             r.set_header("lgsp-from", source.as_str());
             r.set_header("lgsp-ref", &st.reference);
-            r.set_header("lgsp-dest", track.code.as_str());
             r.set_header("lgsp-time", format_rfc3339(now));
             r.set_header("lgsp-digest", crate::core::auth::body_digest(&r.body));
             if let Some(reason) = &st.reason {
                 r.set_header("lgsp-reason", reason);
             }
-            hub_sign(
-                &mut r,
-                &format!("deliver.{}", track.code),
-                dest.agency.current_secret(),
-            );
+            let r = self.deliver_to(Delivery::request(r), &track.code);
             self.publish_declaring(&track.code, &r, outbox).await?;
             self.tracking.update(source, &st.reference, |rec| {
                 if let Some(t) = rec.dest_mut(&track.code) {

@@ -14,6 +14,7 @@
 //! The broker is reached through the [`Outbox`] trait, so the whole pipeline
 //! runs in unit tests without one.
 
+mod delivery;
 mod holding;
 #[cfg(test)]
 mod tests;
@@ -27,12 +28,13 @@ use crate::core::code::AgencyCode;
 use crate::core::envelope::{EnvelopeFields, Kind, Payload, Refusal, Signed, StatusFields};
 use crate::core::message::{Inbound, Message};
 use crate::core::metrics;
-use crate::core::notice::{hub_sign, Notice, NoticeKind};
+use crate::core::notice::{Notice, NoticeKind};
 use crate::core::policy::Policies;
 use crate::core::reason::Reason;
 use crate::core::time::{format_rfc3339, now_ms};
 use crate::core::timeline::{DeliveryState, StatusCode};
 use crate::core::topology::Topology;
+use crate::router::delivery::Delivery;
 use crate::state::audit::{Audit, AuditEvent};
 use crate::state::registry::{Entry, Registry};
 use crate::state::replay::{NonceCheck, Nonces};
@@ -603,7 +605,10 @@ impl Router {
         let deliveries: Vec<Message> = deliver
             .iter()
             .map(|dest| {
-                let d = self.delivery(msg, dest, &fields, &accepted_at, attempt, now);
+                let d = self.deliver_to(
+                    Delivery::first(msg, &fields, &accepted_at, attempt, now),
+                    &dest.agency.code,
+                );
                 match defer_until {
                     Some(due) => self.held(d, due, now),
                     None => d,
@@ -731,34 +736,6 @@ impl Router {
             delivered: deliver.iter().map(|d| d.agency.code.clone()).collect(),
             bounced: bounced.into_iter().map(|(c, r, _)| (c, r)).collect(),
         })
-    }
-
-    /// The delivery of `msg` to `dest`: the source's headers kept, plus
-    /// `lgsp-dest`, `lgsp-accepted-at`, `lgsp-attempt` and the hub signature.
-    fn delivery(
-        &self,
-        msg: &Message,
-        dest: &Entry,
-        fields: &EnvelopeFields,
-        accepted_at: &str,
-        attempt: &str,
-        now: i64,
-    ) -> Message {
-        let code = &dest.agency.code;
-        let mut d = msg.clone();
-        d.exchange = self.topology.name("deliver");
-        d.routing_key = code.to_string();
-        d.priority = Some(fields.priority.amqp_priority());
-        d.expiration = fields.deliver_by_ms.map(|t| (t - now).max(1).to_string());
-        d.set_header("lgsp-dest", code.as_str());
-        d.set_header("lgsp-accepted-at", accepted_at);
-        d.set_header("lgsp-attempt", attempt);
-        hub_sign(
-            &mut d,
-            &format!("deliver.{code}"),
-            dest.agency.current_secret(),
-        );
-        d
     }
 
     /// A status message from a destination about an envelope it received.

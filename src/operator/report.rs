@@ -1,13 +1,14 @@
 //! Statistics (R11) from the envelope timelines: per agency and period
 //! (day, ISO week, month; UTC), envelopes sent, received, delivered,
 //! bounced and expired, with median and p95 delivery latency (accepted →
-//! status `01`); and the delivered metrics observed when a status arrives.
+//! status `01`). (The delivered metrics observed when a status arrives are
+//! counted by the router's status step.)
 //!
-//! Invariants: pure over the records given (no I/O but the tracking read in
-//! [`observe_status`]); an event is counted in the period of its own time;
-//! `sent`, `bounced` and `expired` count against the source, `received`,
-//! `delivered` and latencies against the destination. Connection history is
-//! not here: it comes from the presence tracker.
+//! Invariants: pure over the records given (no I/O); an event is counted in
+//! the period of its own time; `sent`, `bounced` and `expired` count against
+//! the source, `received`, `delivered` and latencies against the
+//! destination. Connection history is not here: it comes from the presence
+//! tracker.
 
 use std::collections::BTreeMap;
 

@@ -21,7 +21,7 @@ use crate::router::Router;
 
 /// A delivery being built; finished by [`Delivery::signed_for`].
 #[derive(Debug, Clone)]
-pub(crate) struct Delivery(Message);
+pub(super) struct Delivery(Message);
 
 /// The AMQP expiration (ms, as text) of a delivery due by `deliver_by_ms`.
 fn expiration(deliver_by_ms: Option<i64>, now: i64) -> Option<String> {
@@ -32,7 +32,7 @@ impl Delivery {
     /// The first delivery of the source's envelope `msg`: its body and
     /// headers, plus `lgsp-accepted-at`, `lgsp-attempt`, the AMQP priority of
     /// its `lgsp-priority` and an expiration at its deadline.
-    pub(crate) fn first(
+    pub(super) fn first(
         msg: &Message,
         fields: &EnvelopeFields,
         accepted_at: &str,
@@ -50,31 +50,31 @@ impl Delivery {
     /// A delivery copy that came back from the broker (a delay bucket, an
     /// inbox's dead letters, the `undelivered` queue), without the broker's
     /// and truc's bookkeeping headers.
-    pub(crate) fn again(copy: &Message) -> Self {
+    pub(super) fn again(copy: &Message) -> Self {
         let mut d = copy.clone();
         d.strip_bookkeeping();
         Self(d)
     }
 
     /// A message the hub wrote itself for the destination (a recall request).
-    pub(crate) fn request(m: Message) -> Self {
+    pub(super) fn request(m: Message) -> Self {
         Self(m)
     }
 
     /// Sets `lgsp-attempt`.
-    pub(crate) fn attempt(mut self, n: u32) -> Self {
+    pub(super) fn attempt(mut self, n: u32) -> Self {
         self.0.set_header("lgsp-attempt", n.to_string());
         self
     }
 
     /// Expires in the inbox at `deliver_by_ms` (none without a deadline).
-    pub(crate) fn expires(mut self, deliver_by_ms: Option<i64>, now: i64) -> Self {
+    pub(super) fn expires(mut self, deliver_by_ms: Option<i64>, now: i64) -> Self {
         self.0.expiration = expiration(deliver_by_ms, now);
         self
     }
 
     /// No AMQP expiration.
-    pub(crate) fn never_expires(mut self) -> Self {
+    pub(super) fn never_expires(mut self) -> Self {
         self.0.expiration = None;
         self
     }
@@ -83,7 +83,7 @@ impl Delivery {
     /// key `dest`, `lgsp-dest`) and signed with `secret` over routing key
     /// `deliver.<dest>`. Without a secret (the destination is no longer
     /// registered) the copy keeps the signature it had.
-    pub(crate) fn signed_for(
+    pub(super) fn signed_for(
         self,
         topology: &Topology,
         dest: &str,
@@ -103,7 +103,7 @@ impl Delivery {
 impl Router {
     /// Finishes `d` for `dest`, signed with the destination's current secret
     /// from the registry.
-    pub(crate) fn deliver_to(&self, d: Delivery, dest: &AgencyCode) -> Message {
+    pub(super) fn deliver_to(&self, d: Delivery, dest: &AgencyCode) -> Message {
         let entry = self.registry.get(dest);
         d.signed_for(
             &self.topology,

@@ -44,7 +44,7 @@ fn delivery_key(m: &Message) -> Option<(AgencyCode, AgencyCode, String)> {
 
 impl Router {
     /// Turns delivery `d` into a copy held in the right delay bucket until `due_ms`.
-    pub(crate) fn held(&self, mut d: Message, due_ms: i64, now: i64) -> Message {
+    pub(super) fn held(&self, mut d: Message, due_ms: i64, now: i64) -> Message {
         let remaining = Duration::from_millis((due_ms - now).max(0) as u64);
         let i = bucket_for(remaining).unwrap_or(0);
         d.exchange = String::new();
@@ -312,7 +312,7 @@ impl Router {
     }
 
     /// Status `13` from the source: recall the envelope `st.reference`.
-    pub(crate) async fn recall<O: Outbox>(
+    pub(super) async fn recall<O: Outbox>(
         &self,
         source: &AgencyCode,
         st: &StatusFields,

@@ -196,18 +196,7 @@ impl fmt::Display for DeliveryState {
     }
 }
 
-impl PartialEq<str> for DeliveryState {
-    fn eq(&self, other: &str) -> bool {
-        self.name() == other
-    }
-}
-
-impl PartialEq<&str> for DeliveryState {
-    fn eq(&self, other: &&str) -> bool {
-        self.name() == *other
-    }
-}
-
+/// Compares with a state named in text (the admin API's `state` filter).
 impl PartialEq<String> for DeliveryState {
     fn eq(&self, other: &String) -> bool {
         self.name() == other.as_str()
@@ -270,6 +259,7 @@ mod tests {
         for n in names {
             let s = DeliveryState::parse(n).unwrap();
             assert_eq!(s.name(), n);
+            assert!(s == n.to_owned());
             assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{n}\""));
             let back: DeliveryState = serde_json::from_str(&format!("\"{n}\"")).unwrap();
             assert_eq!(back, s);

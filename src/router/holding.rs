@@ -7,7 +7,10 @@
 //! timeline decides whether a held copy may still go out (a copy whose
 //! destination is bounced, expired, recalled or already delivered is dropped);
 //! each bounce is recorded in the timeline before it is acknowledged, so a
-//! redelivered copy does not bounce twice.
+//! redelivered copy does not bounce twice; every copy that goes (back) to an
+//! inbox — released, retried, or a recall request — is finished by the one
+//! delivery builder ([`super::delivery`]), signed with the destination's
+//! current key.
 
 use std::time::Duration;
 

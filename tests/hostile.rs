@@ -109,7 +109,7 @@ impl RawPublisher {
                     return payload;
                 }
                 assert!(
-                    !(c == 10 && m == 50) && !(c == 20 && m == 40),
+                    !(c == 10 && m == 50 || c == 20 && m == 40),
                     "broker closed: {}",
                     String::from_utf8_lossy(&payload)
                 );

@@ -117,7 +117,7 @@ pub async fn run(cfg: &Config, cmd: EnvelopeCmd) -> Result<(), CliError> {
                         e.message_id.clone(),
                         e.from.to_string(),
                         d.code.to_string(),
-                        d.state.clone(),
+                        d.state.to_string(),
                         e.priority.to_string(),
                         e.accepted_at.clone(),
                         e.subject.clone(),
@@ -154,7 +154,7 @@ pub async fn run(cfg: &Config, cmd: EnvelopeCmd) -> Result<(), CliError> {
                     rows.push(vec![
                         d.code.to_string(),
                         e.at.clone(),
-                        e.state.clone(),
+                        e.state.to_string(),
                         opt(&e.reason),
                         e.detail.clone(),
                     ]);

@@ -256,7 +256,9 @@ pub struct EnvelopeFields {
     pub max_attempts: Option<u32>,
 }
 
-/// QCVN 102 status codes a status message may carry.
+pub use crate::core::timeline::StatusCode;
+
+/// QCVN 102 status codes a status message may carry, as written on the wire.
 pub const STATUS_CODES: [&str; 9] = ["01", "02", "03", "04", "05", "06", "13", "15", "16"];
 
 /// The fields of a status message (kind `status`).
@@ -265,7 +267,7 @@ pub struct StatusFields {
     /// `lgsp-ref`: the envelope's `message_id`.
     pub reference: String,
     /// `lgsp-status`.
-    pub status: String,
+    pub status: StatusCode,
     /// `lgsp-reason`.
     pub reason: Option<String>,
     /// `lgsp-digest`.
@@ -438,18 +440,18 @@ impl Payload {
             return Err(malformed("lgsp-ref must be a message_id"));
         }
         let status = required(msg, "lgsp-status")?;
-        if !STATUS_CODES.contains(&status) {
+        let Some(status) = StatusCode::parse(status) else {
             return Err(malformed(format!(
                 "lgsp-status {status:?} is not one of {}",
                 STATUS_CODES.join(", ")
             )));
-        }
+        };
         let to = optional(msg, "lgsp-to")?
             .map(|t| AgencyCode::parse(t).map_err(|e| malformed(format!("lgsp-to: {e}"))))
             .transpose()?;
         Ok(StatusFields {
             reference: reference.to_owned(),
-            status: status.to_owned(),
+            status,
             reason: optional(msg, "lgsp-reason")?.map(str::to_owned),
             digest: parse_digest(msg)?,
             to,
@@ -562,7 +564,7 @@ mod tests {
         let Payload::Status(s) = Payload::parse(Kind::Status, &m, Priority::NORMAL).unwrap() else {
             panic!()
         };
-        assert_eq!(s.status, "01");
+        assert_eq!(s.status.as_str(), "01");
         m.set_header("lgsp-status", "07");
         assert!(Payload::parse(Kind::Status, &m, Priority::NORMAL).is_err());
     }

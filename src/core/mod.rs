@@ -2,8 +2,9 @@
 //!
 //! Owns the wire contract's vocabulary (agency codes, times, reasons, status
 //! codes, the transport-neutral message, the canonical form and signatures),
-//! envelope parsing, notices, policies, scheduling decisions, the presence
-//! model, the topology as data, configuration and sealing of secrets.
+//! envelope parsing, the states of a delivery's timeline, notices, policies,
+//! scheduling decisions, the presence model, the topology as data,
+//! configuration and sealing of secrets.
 //!
 //! May use: nothing else in the crate. The only I/O here is reading the
 //! operator's data files (configuration, policies, topology) at start-up.
@@ -23,4 +24,5 @@ pub mod reason;
 pub mod scheduler;
 pub mod secrets;
 pub mod time;
+pub mod timeline;
 pub mod topology;

@@ -12,7 +12,9 @@
 //! going (dead: `<prefix>deliver` with routing key `lgsp-dest`; rejected:
 //! `<prefix>ingress` with the original routing key from
 //! `x-truc-routing-key`) without the broker's and truc's `x-` bookkeeping
-//! headers, so nothing the source signed changes.
+//! headers, so nothing the source signed changes; a delivery is finished by
+//! the router's delivery builder, so its hub signature is made with the
+//! destination's current key.
 
 use std::time::Duration;
 
@@ -260,30 +262,24 @@ pub fn republication(
     queue: &str,
     g: &Got,
 ) -> Result<crate::core::message::Message, String> {
-    let mut m = g.inbound.message.clone();
-    let target = if queue == "rejected" {
+    let m = &g.inbound.message;
+    if queue == "rejected" {
         let rk = m
             .header("x-truc-routing-key")
             .ok_or("no x-truc-routing-key header: cannot tell where it was going")?
             .to_owned();
+        let mut m = m.clone();
         m.exchange = hub.topology.name("ingress");
         m.routing_key = rk;
-        m
-    } else {
-        let dest = m
-            .header("lgsp-dest")
-            .ok_or("no lgsp-dest header: cannot tell its destination")?
-            .to_owned();
-        m.exchange = hub.topology.name("deliver");
-        m.routing_key = dest;
-        // A fresh TTL would expire it again at once if the deadline passed;
-        // the operator's retry is explicit, the router's timers still apply.
-        m.expiration = None;
-        m
-    };
-    let mut m = target;
-    m.strip_bookkeeping();
-    Ok(m)
+        m.strip_bookkeeping();
+        return Ok(m);
+    }
+    let dest = m
+        .header("lgsp-dest")
+        .ok_or("no lgsp-dest header: cannot tell its destination")?;
+    // The router's one delivery builder: signed again with the destination's
+    // current key (it may have been rotated since the copy was parked).
+    Ok(hub.router.parked_retry(m, dest))
 }
 
 /// Lists, retries or drops the dead letters selected by `f`.

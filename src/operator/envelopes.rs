@@ -11,31 +11,18 @@ use serde::{Deserialize, Serialize};
 use crate::core::code::AgencyCode;
 use crate::core::reason::Reason;
 use crate::core::time::format_rfc3339;
+use crate::core::timeline::DeliveryState;
 use crate::operator::Hub;
 use crate::state::store::StoreError;
 use crate::state::tracking::{DestTrack, EnvelopeRecord, Event};
 
 /// The destination states the router writes; `status-NN` (any other
 /// status code from the destination) comes on top.
-pub const STATES: [&str; 11] = [
-    "accepted",
-    "queued",
-    "deferred",
-    "retry",
-    "delivered",
-    "delay-warning",
-    "bounced",
-    "expired",
-    "recalled",
-    "purged",
-    "rejected",
-];
+pub const STATES: [&str; 12] = DeliveryState::NAMES;
 
 /// Whether `s` is a destination state: one of [`STATES`] or `status-NN`.
 pub fn is_state(s: &str) -> bool {
-    STATES.contains(&s)
-        || s.strip_prefix("status-")
-            .is_some_and(|n| n.len() == 2 && n.bytes().all(|b| b.is_ascii_digit()))
+    DeliveryState::parse(s).is_some()
 }
 
 /// Envelope lookup errors.
@@ -83,7 +70,7 @@ pub struct EventView {
     /// When (ms since the epoch).
     pub at_ms: i64,
     /// The state entered.
-    pub state: String,
+    pub state: DeliveryState,
     /// Reason code, when there is one.
     pub reason: Option<Reason>,
     /// Human detail.
@@ -96,7 +83,7 @@ pub struct DestView {
     /// Destination code.
     pub code: AgencyCode,
     /// Current state.
-    pub state: String,
+    pub state: DeliveryState,
     /// Transitions, oldest first.
     pub events: Vec<EventView>,
 }
@@ -144,7 +131,7 @@ fn event_view(e: &Event) -> EventView {
     EventView {
         at: format_rfc3339(e.at_ms),
         at_ms: e.at_ms,
-        state: e.state.clone(),
+        state: e.state,
         reason: e.reason,
         detail: e.detail.clone(),
     }
@@ -153,7 +140,7 @@ fn event_view(e: &Event) -> EventView {
 fn dest_view(d: &DestTrack) -> DestView {
     DestView {
         code: d.code.clone(),
-        state: d.state.clone(),
+        state: d.state,
         events: d.events.iter().map(event_view).collect(),
     }
 }
@@ -239,21 +226,21 @@ pub struct Selection {
 pub fn list(hub: &Hub, s: &Selection) -> Result<Vec<EnvelopeView>, EnvelopeError> {
     let from = s.from.as_deref().map(|c| code_of("from", c)).transpose()?;
     let to = s.to.as_deref().map(|c| code_of("to", c)).transpose()?;
-    if let Some(st) = &s.state {
-        if !is_state(st) {
-            return Err(EnvelopeError::BadQuery(format!(
+    let state = match s.state.as_deref() {
+        None => None,
+        Some(st) => Some(DeliveryState::parse(st).ok_or_else(|| {
+            EnvelopeError::BadQuery(format!(
                 "state {st:?} is not one of {}, status-NN",
                 STATES.join(", ")
-            )));
-        }
-    }
+            ))
+        })?),
+    };
     let recs = hub.router.tracking().list(s.limit, |r| {
         from.as_ref().is_none_or(|f| &r.from == f)
             && s.since_ms.is_none_or(|t| r.accepted_at_ms >= t)
             && s.until_ms.is_none_or(|t| r.accepted_at_ms < t)
             && r.dests.iter().any(|d| {
-                to.as_ref().is_none_or(|t| &d.code == t)
-                    && s.state.as_ref().is_none_or(|st| &d.state == st)
+                to.as_ref().is_none_or(|t| &d.code == t) && state.is_none_or(|st| d.state == st)
             })
     })?;
     Ok(recs.iter().map(view).collect())

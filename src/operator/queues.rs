@@ -21,6 +21,7 @@ use crate::core::message::Message;
 use crate::core::notice::{Notice, NoticeKind};
 use crate::core::reason::Reason;
 use crate::core::time::{format_rfc3339, now_ms, parse_rfc3339};
+use crate::core::timeline::DeliveryState;
 use crate::operator::Hub;
 use crate::state::audit::AuditEvent;
 use crate::state::store::StoreError;
@@ -105,7 +106,7 @@ pub fn bucket(age_ms: i64) -> usize {
 /// What the tracking records say is waiting for one destination.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Waiting {
-    /// Envelopes in state `queued`.
+    /// Envelopes waiting in the inbox ([`crate::state::tracking::DestTrack::is_waiting`]).
     pub count: u64,
     /// When the oldest of them was queued (ms).
     pub oldest_ms: Option<i64>,
@@ -113,7 +114,9 @@ pub struct Waiting {
     pub buckets: [u64; 7],
 }
 
-/// Scans `records` for destinations in state `queued`, as of `now`.
+/// Scans `records` for destinations still waiting for them
+/// ([`crate::state::tracking::DestTrack::is_waiting`]: queued, perhaps delay-warned since), as of
+/// `now`; each counts from when it was queued.
 pub fn waiting<'a>(
     records: impl IntoIterator<Item = &'a EnvelopeRecord>,
     now: i64,
@@ -121,10 +124,10 @@ pub fn waiting<'a>(
     let mut out: BTreeMap<AgencyCode, Waiting> = BTreeMap::new();
     for rec in records {
         for d in &rec.dests {
-            if d.state != "queued" {
+            if !d.is_waiting() {
                 continue;
             }
-            let since = d.events.last().map_or(rec.accepted_at_ms, |e| e.at_ms);
+            let since = d.waiting_since().unwrap_or(rec.accepted_at_ms);
             let w = out.entry(d.code.clone()).or_default();
             w.count += 1;
             w.oldest_ms = Some(w.oldest_ms.map_or(since, |o| o.min(since)));
@@ -138,7 +141,7 @@ async fn all_waiting(hub: &Hub, now: i64) -> Result<BTreeMap<AgencyCode, Waiting
     let tracking = hub.router.tracking().clone();
     // A full scan of the timelines: off the async workers.
     tokio::task::spawn_blocking(move || {
-        let records = tracking.list(usize::MAX, |r| r.dests.iter().any(|d| d.state == "queued"))?;
+        let records = tracking.list(usize::MAX, |r| r.dests.iter().any(|d| d.is_waiting()))?;
         Ok(waiting(&records, now))
     })
     .await
@@ -398,7 +401,7 @@ pub async fn purge(hub: &Hub, code: &AgencyCode) -> Result<PurgeReport, QueueErr
                         .tracking()
                         .update(&src.agency.code, &mid, |rec| {
                             if let Some(d) = rec.dests.iter_mut().find(|d| &d.code == code) {
-                                d.push(now, "purged", Some(reason), &detail);
+                                d.push(now, DeliveryState::Purged, Some(reason), &detail);
                             }
                         })?;
                 }
@@ -513,23 +516,35 @@ mod tests {
             dests,
         };
         let now = 10_000_000;
-        let mut delivered = DestTrack::new(code("A"), 0, "queued", None, "");
-        delivered.push(1, "delivered", None, "");
+        let mut delivered = DestTrack::new(code("A"), 0, DeliveryState::Queued, None, "");
+        delivered.push(1, DeliveryState::Delivered, None, "");
         let records = vec![
             rec(
                 now - 1_000,
-                vec![DestTrack::new(code("A"), now - 1_000, "queued", None, "")],
+                vec![DestTrack::new(
+                    code("A"),
+                    now - 1_000,
+                    DeliveryState::Queued,
+                    None,
+                    "",
+                )],
             ),
             rec(
                 now - 4_000_000,
                 vec![
-                    DestTrack::new(code("A"), now - 4_000_000, "queued", None, ""),
+                    DestTrack::new(code("A"), now - 4_000_000, DeliveryState::Queued, None, ""),
                     delivered,
                 ],
             ),
             rec(
                 now - 20,
-                vec![DestTrack::new(code("B"), now - 20, "queued", None, "")],
+                vec![DestTrack::new(
+                    code("B"),
+                    now - 20,
+                    DeliveryState::Queued,
+                    None,
+                    "",
+                )],
             ),
         ];
         let w = waiting(&records, now);
@@ -537,5 +552,51 @@ mod tests {
         assert_eq!(w[&code("A")].oldest_ms, Some(now - 4_000_000));
         assert_eq!(w[&code("A")].buckets, [1, 0, 1, 0, 0, 0, 0]);
         assert_eq!(w[&code("B")].count, 1);
+    }
+
+    #[test]
+    fn a_delay_warned_envelope_still_counts_as_waiting() {
+        let code = |s: &str| AgencyCode::parse(s).unwrap();
+        let now = 10_000_000;
+        let mut warned = DestTrack::new(
+            code("A"),
+            now - 5_000_000,
+            DeliveryState::Accepted,
+            None,
+            "",
+        );
+        warned.push(now - 5_000_000, DeliveryState::Queued, None, "attempt 1");
+        warned.push(
+            now - 10,
+            DeliveryState::DelayWarning,
+            Some(Reason::DestinationOffline),
+            "offline",
+        );
+        let mut held = DestTrack::new(code("A"), now - 100, DeliveryState::Accepted, None, "");
+        held.push(now - 100, DeliveryState::Deferred, None, "until later");
+        let rec = EnvelopeRecord {
+            from: code("S"),
+            message_id: "m1".into(),
+            subject: String::new(),
+            data_type: "edoc".into(),
+            priority: 0,
+            digest: String::new(),
+            size: 1,
+            content_type: None,
+            accepted_at_ms: now - 5_000_000,
+            deliver_by_ms: None,
+            not_before_ms: None,
+            max_attempts: 5,
+            bounce_after_ms: None,
+            dests: vec![warned, held],
+        };
+        let w = waiting([&rec], now);
+        assert_eq!(w[&code("A")].count, 1, "warned counts, deferred does not");
+        assert_eq!(
+            w[&code("A")].oldest_ms,
+            Some(now - 5_000_000),
+            "counted from when it was queued, not from the warning"
+        );
+        assert_eq!(w[&code("A")].buckets, [0, 0, 1, 0, 0, 0, 0]);
     }
 }

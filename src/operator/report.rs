@@ -1,13 +1,14 @@
 //! Statistics (R11) from the envelope timelines: per agency and period
 //! (day, ISO week, month; UTC), envelopes sent, received, delivered,
 //! bounced and expired, with median and p95 delivery latency (accepted →
-//! status `01`); and the delivered metrics observed when a status arrives.
+//! status `01`). (The delivered metrics observed when a status arrives are
+//! counted by the router's status step.)
 //!
-//! Invariants: pure over the records given (no I/O but the tracking read in
-//! [`observe_status`]); an event is counted in the period of its own time;
-//! `sent`, `bounced` and `expired` count against the source, `received`,
-//! `delivered` and latencies against the destination. Connection history is
-//! not here: it comes from the presence tracker.
+//! Invariants: pure over the records given (no I/O); an event is counted in
+//! the period of its own time; `sent`, `bounced` and `expired` count against
+//! the source, `received`, `delivered` and latencies against the
+//! destination. Connection history is not here: it comes from the presence
+//! tracker.
 
 use std::collections::BTreeMap;
 
@@ -15,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::core::code::AgencyCode;
 use crate::core::reason::Reason;
+use crate::core::timeline::DeliveryState;
 use crate::state::tracking::EnvelopeRecord;
 
 /// Report period.
@@ -147,9 +149,9 @@ pub fn build<'a>(
                 if !inside(e.at_ms) {
                     continue;
                 }
-                match e.state.as_str() {
-                    "queued" => bump(e.at_ms, &d.code, &|r| r.received += 1),
-                    "delivered" if !delivered_once => {
+                match e.state {
+                    DeliveryState::Queued => bump(e.at_ms, &d.code, &|r| r.received += 1),
+                    DeliveryState::Delivered if !delivered_once => {
                         delivered_once = true;
                         bump(e.at_ms, &d.code, &|r| r.delivered += 1);
                         let secs = (e.at_ms - rec.accepted_at_ms).max(0) as f64 / 1000.0;
@@ -157,12 +159,24 @@ pub fn build<'a>(
                             .or_default()
                             .push(secs);
                     }
-                    "bounced" | "purged" if e.reason == Some(Reason::Expired) => {
+                    DeliveryState::Bounced | DeliveryState::Purged
+                        if e.reason == Some(Reason::Expired) =>
+                    {
                         bump(e.at_ms, &rec.from, &|r| r.expired += 1)
                     }
-                    "expired" => bump(e.at_ms, &rec.from, &|r| r.expired += 1),
-                    "bounced" | "purged" => bump(e.at_ms, &rec.from, &|r| r.bounced += 1),
-                    _ => {}
+                    DeliveryState::Expired => bump(e.at_ms, &rec.from, &|r| r.expired += 1),
+                    DeliveryState::Bounced | DeliveryState::Purged => {
+                        bump(e.at_ms, &rec.from, &|r| r.bounced += 1)
+                    }
+                    DeliveryState::Accepted
+                    | DeliveryState::Deferred
+                    | DeliveryState::Rejected
+                    | DeliveryState::Retry
+                    | DeliveryState::Delivered
+                    | DeliveryState::Status(_)
+                    | DeliveryState::DelayWarning
+                    | DeliveryState::Recalled
+                    | DeliveryState::RecallRequested => {}
                 }
             }
         }
@@ -239,17 +253,22 @@ mod tests {
             bounce_after_ms: None,
             dests,
         };
-        let mut a = DestTrack::new(c("A"), day1, "accepted", None, "");
-        a.push(day1, "queued", None, "");
-        a.push(day1 + 2_000, "delivered", None, "");
-        a.push(day1 + 3_000, "delivered", None, "dup");
-        let mut b = DestTrack::new(c("B"), day1, "accepted", None, "");
-        b.push(day1, "bounced", Some(Reason::UnknownDestination), "");
-        let mut a2 = DestTrack::new(c("A"), day2, "accepted", None, "");
-        a2.push(day2, "queued", None, "");
-        a2.push(day2 + 10_000, "delivered", None, "");
-        let mut x = DestTrack::new(c("A"), day2, "accepted", None, "");
-        x.push(day2, "bounced", Some(Reason::Expired), "");
+        let mut a = DestTrack::new(c("A"), day1, DeliveryState::Accepted, None, "");
+        a.push(day1, DeliveryState::Queued, None, "");
+        a.push(day1 + 2_000, DeliveryState::Delivered, None, "");
+        a.push(day1 + 3_000, DeliveryState::Delivered, None, "dup");
+        let mut b = DestTrack::new(c("B"), day1, DeliveryState::Accepted, None, "");
+        b.push(
+            day1,
+            DeliveryState::Bounced,
+            Some(Reason::UnknownDestination),
+            "",
+        );
+        let mut a2 = DestTrack::new(c("A"), day2, DeliveryState::Accepted, None, "");
+        a2.push(day2, DeliveryState::Queued, None, "");
+        a2.push(day2 + 10_000, DeliveryState::Delivered, None, "");
+        let mut x = DestTrack::new(c("A"), day2, DeliveryState::Accepted, None, "");
+        x.push(day2, DeliveryState::Bounced, Some(Reason::Expired), "");
         let recs = vec![mk(day1, "1", vec![a, b]), mk(day2, "2", vec![a2, x])];
         let r = build(&recs, None, None, By::Day);
         let get = |p: &str, ag: &str| {

@@ -7,7 +7,10 @@
 //! timeline decides whether a held copy may still go out (a copy whose
 //! destination is bounced, expired, recalled or already delivered is dropped);
 //! each bounce is recorded in the timeline before it is acknowledged, so a
-//! redelivered copy does not bounce twice.
+//! redelivered copy does not bounce twice; every copy that goes (back) to an
+//! inbox — released, retried, or a recall request — is finished by the one
+//! delivery builder ([`super::delivery`]), signed with the destination's
+//! current key.
 
 use std::time::Duration;
 
@@ -15,10 +18,12 @@ use crate::core::code::AgencyCode;
 use crate::core::envelope::StatusFields;
 use crate::core::message::{Inbound, Message};
 use crate::core::metrics;
-use crate::core::notice::{hub_sign, Notice, NoticeKind};
+use crate::core::notice::{Notice, NoticeKind};
 use crate::core::reason::Reason;
 use crate::core::scheduler::{backoff, bucket_for, expired, BUCKETS};
 use crate::core::time::{format_duration, format_rfc3339, now_ms};
+use crate::core::timeline::DeliveryState;
+use crate::router::delivery::Delivery;
 use crate::router::{Outbox, Outcome, Router, RouterError};
 use crate::state::tracking::EnvelopeRecord;
 
@@ -42,7 +47,7 @@ fn delivery_key(m: &Message) -> Option<(AgencyCode, AgencyCode, String)> {
 
 impl Router {
     /// Turns delivery `d` into a copy held in the right delay bucket until `due_ms`.
-    pub(crate) fn held(&self, mut d: Message, due_ms: i64, now: i64) -> Message {
+    pub(super) fn held(&self, mut d: Message, due_ms: i64, now: i64) -> Message {
         let remaining = Duration::from_millis((due_ms - now).max(0) as u64);
         let i = bucket_for(remaining).unwrap_or(0);
         d.exchange = String::new();
@@ -56,7 +61,7 @@ impl Router {
         &self,
         rec: &EnvelopeRecord,
         dest: &AgencyCode,
-        (state, reason, detail): (&str, Reason, &str),
+        (state, reason, detail): (DeliveryState, Reason, &str),
         outbox: &O,
         now: i64,
     ) -> Result<(), RouterError> {
@@ -77,9 +82,10 @@ impl Router {
         Ok(())
     }
 
-    /// The envelope's record when `dest` still waits for it, else why not.
+    /// The envelope's record when a copy may still go out to `dest`
+    /// ([`crate::state::tracking::DestTrack::may_deliver`]), else why not.
     /// The caller holds the envelope's lock.
-    fn waiting(
+    fn deliverable(
         &self,
         from: &AgencyCode,
         dest: &AgencyCode,
@@ -90,9 +96,7 @@ impl Router {
         };
         match rec.dests.iter().find(|d| &d.code == dest) {
             None => Ok(Err("not a destination of the envelope")),
-            Some(t) if t.is_final() || t.is_delivered() => {
-                Ok(Err("destination no longer waits for it"))
-            }
+            Some(t) if !t.may_deliver() => Ok(Err("destination no longer waits for it")),
             Some(_) => Ok(Ok(rec)),
         }
     }
@@ -111,7 +115,7 @@ impl Router {
         self.bounce(
             rec,
             dest,
-            ("expired", Reason::Expired, EXPIRED_DETAIL),
+            (DeliveryState::Expired, Reason::Expired, EXPIRED_DETAIL),
             outbox,
             now,
         )
@@ -160,16 +164,15 @@ impl Router {
             .and_then(|d| d.parse::<i64>().ok())
             .unwrap_or(now);
         let _g = self.locks.lock(from.as_str(), &mid).await;
-        let rec = match self.waiting(&from, &dest, &mid)? {
+        let rec = match self.deliverable(&from, &dest, &mid)? {
             Ok(rec) => rec,
             Err(why) => return Ok(Outcome::Dropped(why)),
         };
         if expired(rec.deliver_by_ms, now) {
             return self.expire(&rec, &dest, m, outbox, now).await;
         }
-        let mut out = clean(m.clone());
         if bucket_for(Duration::from_millis((due - now).max(0) as u64)).is_some() {
-            let again = self.held(out, due, now);
+            let again = self.held(clean(m.clone()), due, now);
             outbox.publish(&again).await?;
             return Ok(Outcome::Held);
         }
@@ -178,24 +181,20 @@ impl Router {
             tokio::time::sleep(Duration::from_millis((due - now) as u64)).await;
         }
         let now = now_ms();
-        out.exchange = self.topology.name("deliver");
-        out.routing_key = dest.to_string();
-        out.expiration = rec.deliver_by_ms.map(|t| (t - now).max(1).to_string());
         // Signed again with the destination's current secret (a key may have
         // been rotated while the copy was held).
-        if let Some(d) = self.registry.get(&dest) {
-            hub_sign(
-                &mut out,
-                &format!("deliver.{dest}"),
-                d.agency.current_secret(),
-            );
-        }
+        let out = self.deliver_to(Delivery::again(m).expires(rec.deliver_by_ms, now), &dest);
         self.publish_declaring(&dest, &out, outbox).await?;
         metrics::delivery_published();
         let attempt = out.header("lgsp-attempt").unwrap_or("1").to_owned();
         self.tracking.update(&from, &mid, |r| {
             if let Some(t) = r.dest_mut(&dest) {
-                t.push(now, "queued", None, &format!("attempt {attempt}"));
+                t.push(
+                    now,
+                    DeliveryState::Queued,
+                    None,
+                    &format!("attempt {attempt}"),
+                );
             }
         })?;
         self.tracking.pend(
@@ -246,7 +245,7 @@ impl Router {
             .unwrap_or("rejected")
             .to_owned();
         let _g = self.locks.lock(from.as_str(), &mid).await;
-        let rec = match self.waiting(&from, &dest, &mid)? {
+        let rec = match self.deliverable(&from, &dest, &mid)? {
             Ok(rec) => rec,
             Err(why) => return Ok(Outcome::Dropped(why)),
         };
@@ -257,13 +256,13 @@ impl Router {
             .dests
             .iter()
             .find(|d| d.code == dest)
-            .expect("waiting() found it");
+            .expect("deliverable() found it");
         let rejections = track.rejections() + 1;
         self.tracking.update(&from, &mid, |r| {
             if let Some(t) = r.dest_mut(&dest) {
                 t.push(
                     now,
-                    "rejected",
+                    DeliveryState::Rejected,
                     None,
                     &format!(
                         "{death} by the destination ({rejections} of {})",
@@ -279,7 +278,7 @@ impl Router {
             self.bounce(
                 &rec,
                 &dest,
-                ("bounced", Reason::MaxAttempts, &detail),
+                (DeliveryState::Bounced, Reason::MaxAttempts, &detail),
                 outbox,
                 now,
             )
@@ -287,23 +286,15 @@ impl Router {
             self.store.durable().await?;
             return Ok(Outcome::Dropped("max attempts"));
         }
-        let Some(dest_entry) = self.registry.get(&dest) else {
+        if self.registry.get(&dest).is_none() {
             return Ok(Outcome::Dropped("destination no longer registered"));
-        };
+        }
         let delay = backoff(
             &self.policies().backoff,
             rejections,
             &mut rand::thread_rng(),
         );
-        let mut again = clean(m.clone());
-        again.set_header("lgsp-attempt", (rejections + 1).to_string());
-        again.exchange = self.topology.name("deliver");
-        again.routing_key = dest.to_string();
-        hub_sign(
-            &mut again,
-            &format!("deliver.{dest}"),
-            dest_entry.agency.current_secret(),
-        );
+        let again = self.deliver_to(Delivery::again(m).attempt(rejections + 1), &dest);
         let due = now + delay.as_millis() as i64;
         let held = self.held(again, due, now);
         outbox.publish(&held).await?;
@@ -311,7 +302,7 @@ impl Router {
             if let Some(t) = r.dest_mut(&dest) {
                 t.push(
                     now,
-                    "retry",
+                    DeliveryState::Retry,
                     None,
                     &format!("attempt {} at {}", rejections + 1, format_rfc3339(due)),
                 );
@@ -324,7 +315,7 @@ impl Router {
     }
 
     /// Status `13` from the source: recall the envelope `st.reference`.
-    pub(crate) async fn recall<O: Outbox>(
+    pub(super) async fn recall<O: Outbox>(
         &self,
         source: &AgencyCode,
         st: &StatusFields,
@@ -339,13 +330,13 @@ impl Router {
             if track.is_final() {
                 continue;
             }
-            if matches!(track.state.as_str(), "deferred" | "retry") {
+            if matches!(track.state, DeliveryState::Deferred | DeliveryState::Retry) {
                 // Held by the hub: the copy will be dropped when it comes back.
                 self.bounce(
                     &rec,
                     &track.code,
                     (
-                        "recalled",
+                        DeliveryState::Recalled,
                         Reason::Recalled,
                         "recalled by the source before delivery",
                     ),
@@ -356,12 +347,10 @@ impl Router {
                 continue;
             }
             // In the inbox or already received: ask the destination (it answers 15 or 16).
-            let Some(dest) = self.registry.get(&track.code) else {
+            if self.registry.get(&track.code).is_none() {
                 continue;
-            };
+            }
             let mut r = Message {
-                exchange: self.topology.name("deliver"),
-                routing_key: track.code.to_string(),
                 message_id: Some(crate::core::notice::fresh_message_id('r')),
                 content_type: Some("application/json".into()),
                 priority: Some(5),
@@ -376,23 +365,18 @@ impl Router {
             r.set_header("lgsp-kind", "recall");
             r.set_header("lgsp-from", source.as_str());
             r.set_header("lgsp-ref", &st.reference);
-            r.set_header("lgsp-dest", track.code.as_str());
             r.set_header("lgsp-time", format_rfc3339(now));
             r.set_header("lgsp-digest", crate::core::auth::body_digest(&r.body));
             if let Some(reason) = &st.reason {
                 r.set_header("lgsp-reason", reason);
             }
-            hub_sign(
-                &mut r,
-                &format!("deliver.{}", track.code),
-                dest.agency.current_secret(),
-            );
+            let r = self.deliver_to(Delivery::request(r), &track.code);
             self.publish_declaring(&track.code, &r, outbox).await?;
             self.tracking.update(source, &st.reference, |rec| {
                 if let Some(t) = rec.dest_mut(&track.code) {
                     t.push(
                         now,
-                        "recall-requested",
+                        DeliveryState::RecallRequested,
                         None,
                         "asked the destination to drop it",
                     );
@@ -416,11 +400,11 @@ impl Router {
             let _g = self.locks.lock(from.as_str(), mid).await;
             if let Some(rec) = self.tracking.get(from, mid)? {
                 for track in &rec.dests {
-                    if !track.is_final() && !track.is_delivered() {
+                    if track.may_deliver() {
                         self.bounce(
                             &rec,
                             &track.code,
-                            ("expired", Reason::Expired, EXPIRED_DETAIL),
+                            (DeliveryState::Expired, Reason::Expired, EXPIRED_DETAIL),
                             outbox,
                             now,
                         )

@@ -434,3 +434,73 @@ async fn status_receipts_and_recall() {
         Outcome::Rejected(Reason::Forbidden)
     );
 }
+
+#[tokio::test]
+async fn copies_are_signed_with_the_destination_key_in_force_after_a_rotation() {
+    let f = fixture(Policies::default());
+    let o = Recorder::default();
+    let dest = AgencyCode::parse("000.00.32.H41").unwrap();
+    let m = envelope_message("u.", &f.src, &out(&["000.00.32.H41"], vec![]));
+    f.router.handle(&inbound(m), &o).await.unwrap();
+    let delivery = o
+        .take()
+        .into_iter()
+        .find(|m| m.exchange == "u.deliver")
+        .unwrap();
+    let (new, _) = f
+        .router
+        .registry
+        .rotate_key(&dest, std::time::Duration::from_secs(3600))
+        .unwrap();
+    assert_ne!(new.secret, f.dst.secret);
+    let verifies = |m: &Message, secret: &str| {
+        crate::core::outgoing::verify_hub_signature(m, "deliver.000.00.32.H41", secret).is_ok()
+    };
+    assert!(
+        verifies(&delivery, &f.dst.secret),
+        "signed before the rotation"
+    );
+
+    // An operator's retry of the copy parked in `undelivered`.
+    let mut parked = delivery.clone();
+    parked.exchange = String::new();
+    parked.routing_key = "u.undelivered".into();
+    parked.expiration = Some("1000".into());
+    parked.set_header("x-truc-reason", "max-attempts");
+    parked.set_header("x-truc-deaths", "5");
+    let retried = f.router.parked_retry(&parked, "000.00.32.H41");
+    assert_eq!(
+        (retried.exchange.as_str(), retried.routing_key.as_str()),
+        ("u.deliver", "000.00.32.H41")
+    );
+    assert!(retried.expiration.is_none());
+    assert!(retried.header("x-truc-reason").is_none());
+    assert_eq!(retried.body, delivery.body);
+    assert!(verifies(&retried, &new.secret), "signed with the new key");
+    assert!(!verifies(&retried, &f.dst.secret), "not with the old one");
+
+    // A held copy released after the rotation.
+    let mut held = delivery.clone();
+    held.set_header(
+        crate::router::holding::DUE_HEADER,
+        (now_ms() - 1).to_string(),
+    );
+    assert_eq!(
+        f.router.release(&inbound(held), &o).await.unwrap(),
+        Outcome::Released
+    );
+    let released = o.take();
+    assert!(verifies(&released[0], &new.secret));
+    assert!(!verifies(&released[0], &f.dst.secret));
+
+    // A retry after a rejection.
+    let mut dead = delivery;
+    dead.set_header("x-first-death-reason", "rejected");
+    assert_eq!(
+        f.router.dead(&inbound(dead), &o).await.unwrap(),
+        Outcome::Held
+    );
+    let retry = o.take();
+    assert_eq!(retry[0].header("lgsp-attempt"), Some("2"));
+    assert!(verifies(&retry[0], &new.secret));
+}

@@ -243,6 +243,10 @@ impl Task {
     }
 
     /// Sends every due delay warning and bounce for destinations not online.
+    /// The `pending` index only proposes candidates: whether the delivery
+    /// still waits is decided by the router against the timeline
+    /// ([`crate::state::tracking::DestTrack::is_waiting`]), and an entry that
+    /// no longer waits is dropped from the index.
     async fn notices(&self, outbox: &LinkOutbox) -> Result<(), PresenceError> {
         let policies = self.hub.router.policies();
         let router: &Router = &self.hub.router;

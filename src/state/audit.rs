@@ -24,6 +24,7 @@ use sha2::{Digest, Sha256};
 
 use crate::core::time::{format_rfc3339, now_ms};
 use crate::state::codec;
+use crate::state::keys::{Fields, Key};
 use crate::state::store::{Store, StoreError};
 
 const ANCHOR_KEY: &[u8] = b"audit_anchor";
@@ -266,8 +267,17 @@ fn pack(seq: u64, hash: &[u8; 32]) -> Vec<u8> {
     v
 }
 
+/// Key of an entry: its sequence number (u64 BE).
+fn seq_key(seq: u64) -> Vec<u8> {
+    Key::new().u64(seq).into_bytes()
+}
+
 fn key_seq(k: &[u8]) -> u64 {
-    k.try_into().map(u64::from_be_bytes).unwrap_or(0)
+    let mut f = Fields::of(k);
+    match f.u64() {
+        Some(seq) if f.is_empty() => seq,
+        _ => 0,
+    }
 }
 
 impl Audit {
@@ -326,7 +336,7 @@ impl Audit {
         let body = codec::encode(&entry)?;
         let hash = sha(&body);
         let stored = codec::encode(&Sealed { body, hash })?;
-        self.store.audit.insert(entry.seq.to_be_bytes(), stored)?;
+        self.store.audit.insert(seq_key(entry.seq), stored)?;
         self.store.meta.insert(HEAD_KEY, pack(entry.seq, &hash))?;
         head.next_seq += 1;
         head.last_hash = hash;
@@ -347,7 +357,7 @@ impl Audit {
         let mut raw = Vec::new();
         match after {
             Some(a) => {
-                for item in self.store.audit.range((a + 1).to_be_bytes()..).take(n) {
+                for item in self.store.audit.range(seq_key(a + 1)..).take(n) {
                     raw.push(item?);
                 }
             }

@@ -5,11 +5,13 @@
 //! dedupe records, presence history, the hash-chained audit log and the
 //! retention sweeps.
 //!
-//! May use: [`crate::core`]. Invariant: every value goes through
-//! [`codec`]; nothing here holds message content.
+//! May use: [`crate::core`]. Invariants: every value goes through
+//! [`codec`] and every key of several fields through [`keys`]; nothing here
+//! holds message content.
 
 pub mod audit;
 pub mod codec;
+pub mod keys;
 pub mod presence;
 pub mod registry;
 pub mod replay;

@@ -14,6 +14,7 @@ use crate::core::code::AgencyCode;
 use crate::core::presence::{AgencyPresence, Transition};
 use crate::core::time::format_rfc3339;
 use crate::state::codec;
+use crate::state::keys::Key;
 use crate::state::store::{Store, StoreError};
 
 /// Presence store errors.
@@ -91,10 +92,13 @@ impl HistoryEntry {
     }
 }
 
-fn log_prefix(code: &AgencyCode) -> Vec<u8> {
-    let mut k = code.as_str().as_bytes().to_vec();
-    k.push(0);
-    k
+/// Key of a transition: `code \0 at_ms (u64 BE) seq (u32 BE)`.
+fn log_key(code: &AgencyCode, at_ms: i64, seq: u32) -> Vec<u8> {
+    Key::new()
+        .code(code)
+        .u64(at_ms.max(0) as u64)
+        .u32(seq)
+        .into_bytes()
 }
 
 impl PresenceBook {
@@ -139,9 +143,7 @@ impl PresenceBook {
 
     /// Appends a transition to the history.
     pub fn append(&self, t: &Transition) -> Result<(), PresenceError> {
-        let mut k = log_prefix(&t.code);
-        k.extend_from_slice(&(t.at_ms.max(0) as u64).to_be_bytes());
-        k.extend_from_slice(&self.seq.fetch_add(1, Ordering::Relaxed).to_be_bytes());
+        let k = log_key(&t.code, t.at_ms, self.seq.fetch_add(1, Ordering::Relaxed));
         self.store.presence_log.insert(k, codec::encode(t)?)?;
         Ok(())
     }
@@ -152,12 +154,15 @@ impl PresenceBook {
         code: &AgencyCode,
         since_ms: i64,
     ) -> Result<Vec<Transition>, PresenceError> {
-        let prefix = log_prefix(code);
-        let mut start = prefix.clone();
-        start.extend_from_slice(&(since_ms.max(0) as u64).to_be_bytes());
-        let mut end = prefix;
-        end.extend_from_slice(&u64::MAX.to_be_bytes());
-        end.extend_from_slice(&u32::MAX.to_be_bytes());
+        let start = Key::new()
+            .code(code)
+            .u64(since_ms.max(0) as u64)
+            .into_bytes();
+        let end = Key::new()
+            .code(code)
+            .u64(u64::MAX)
+            .u32(u32::MAX)
+            .into_bytes();
         let mut out = Vec::new();
         for item in self.store.presence_log.range(start..=end) {
             let (_, v) = item?;

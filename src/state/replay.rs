@@ -6,6 +6,7 @@
 //! connection) is not mistaken for a replay; entries live in sled so a
 //! restart does not open a replay window, and are swept once expired.
 
+use crate::state::keys::Key;
 use crate::state::store::{Store, StoreError};
 
 /// The outcome of [`Nonces::check_and_remember`].
@@ -25,12 +26,9 @@ pub struct Nonces {
     store: Store,
 }
 
+/// Key of a nonce: `access_key \0 nonce`.
 fn nonce_key(key: &str, nonce: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(key.len() + nonce.len() + 1);
-    k.extend_from_slice(key.as_bytes());
-    k.push(0);
-    k.extend_from_slice(nonce.as_bytes());
-    k
+    Key::new().str(key).str(nonce).into_bytes()
 }
 
 impl Nonces {

@@ -138,6 +138,21 @@ pub struct TreeStats {
     pub name: String,
     /// Entries.
     pub entries: usize,
+    /// Bytes of keys and values (logical, without sled's own overhead).
+    pub bytes: u64,
+}
+
+fn tree_stats(name: &str, t: &sled::Tree) -> TreeStats {
+    let (mut entries, mut bytes) = (0, 0);
+    for (k, v) in t.iter().flatten() {
+        entries += 1;
+        bytes += (k.len() + v.len()) as u64;
+    }
+    TreeStats {
+        name: name.to_owned(),
+        entries,
+        bytes,
+    }
 }
 
 /// `truc store stats`.
@@ -163,10 +178,7 @@ pub fn stats(store: &Store, envelope_retention: &str, audit_retention: &str) -> 
         trees: store
             .trees()
             .into_iter()
-            .map(|(name, t)| TreeStats {
-                name: name.to_owned(),
-                entries: t.len(),
-            })
+            .map(|(name, t)| tree_stats(name, t))
             .collect(),
         envelope_retention: envelope_retention.to_owned(),
         audit_retention: audit_retention.to_owned(),
@@ -177,6 +189,7 @@ pub fn stats(store: &Store, envelope_retention: &str, audit_retention: &str) -> 
 mod tests {
     use super::*;
     use crate::core::code::AgencyCode;
+    use crate::core::timeline::DeliveryState;
     use crate::state::tracking::{DestTrack, Tracking};
 
     #[tokio::test]
@@ -201,7 +214,13 @@ mod tests {
                 not_before_ms: None,
                 max_attempts: 5,
                 bounce_after_ms: None,
-                dests: vec![DestTrack::new(dest.clone(), 1_000, "queued", None, "")],
+                dests: vec![DestTrack::new(
+                    dest.clone(),
+                    1_000,
+                    DeliveryState::Queued,
+                    None,
+                    "",
+                )],
             };
             tracking
                 .index(&from, &rec.message_id, std::slice::from_ref(&dest))
@@ -244,5 +263,12 @@ mod tests {
             s.trees.iter().find(|t| t.name == "audit").unwrap().entries,
             1
         );
+        let by_dest = s.trees.iter().find(|t| t.name == "by_dest").unwrap();
+        assert_eq!(by_dest.entries, 50);
+        // dest "D" \0 "m0550".."m0599" \0 from "S", empty values.
+        assert_eq!(by_dest.bytes, 50 * 9);
+        for name in ["deadlines", "pending", "presence", "presence_log"] {
+            assert!(s.trees.iter().any(|t| t.name == name), "{name} reported");
+        }
     }
 }

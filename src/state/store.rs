@@ -183,16 +183,36 @@ impl Store {
             .map_err(|_| StoreError::Closed)
     }
 
-    /// Every tree with its name (for `truc store stats`).
+    /// Every tree the store opens, with its name (for `truc store stats`).
     pub fn trees(&self) -> Vec<(&'static str, &sled::Tree)> {
+        // Destructured so that a tree added to the store cannot be left out.
+        let Self {
+            inner: _,
+            agencies,
+            keys,
+            envelopes,
+            by_dest,
+            deadlines,
+            nonces,
+            meta,
+            pending,
+            presence,
+            presence_log,
+            audit,
+            path: _,
+        } = self;
         vec![
-            ("agencies", &self.agencies),
-            ("keys", &self.keys),
-            ("envelopes", &self.envelopes),
-            ("by_dest", &self.by_dest),
-            ("nonces", &self.nonces),
-            ("meta", &self.meta),
-            ("audit", &self.audit),
+            ("agencies", agencies),
+            ("keys", keys),
+            ("envelopes", envelopes),
+            ("by_dest", by_dest),
+            ("deadlines", deadlines),
+            ("nonces", nonces),
+            ("meta", meta),
+            ("pending", pending),
+            ("presence", presence),
+            ("presence_log", presence_log),
+            ("audit", audit),
         ]
     }
 
@@ -224,5 +244,24 @@ mod tests {
             r.unwrap();
         }
         assert_eq!(store.meta.len(), 200);
+    }
+
+    #[test]
+    fn trees_lists_every_tree_the_store_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let names: Vec<&str> = store.trees().iter().map(|(n, _)| *n).collect();
+        let mut opened: Vec<String> = store
+            .inner
+            .db
+            .tree_names()
+            .iter()
+            .map(|n| String::from_utf8_lossy(n).into_owned())
+            .filter(|n| n != "__sled__default")
+            .collect();
+        opened.sort();
+        let mut listed: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        listed.sort();
+        assert_eq!(listed, opened);
     }
 }

@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::core::code::AgencyCode;
 use crate::core::reason::Reason;
+use crate::core::timeline::DeliveryState;
 use crate::state::codec;
+use crate::state::keys::{Fields, Key};
 use crate::state::store::{Store, StoreError};
 
 /// One timestamped transition.
@@ -17,8 +19,8 @@ use crate::state::store::{Store, StoreError};
 pub struct Event {
     /// When (ms since the epoch).
     pub at_ms: i64,
-    /// The state entered (`accepted`, `queued`, `bounced`…).
-    pub state: String,
+    /// The state entered (`accepted`, `queued`, `bounced`…), stored by name.
+    pub state: DeliveryState,
     /// Reason code, when there is one.
     pub reason: Option<Reason>,
     /// Human detail.
@@ -30,8 +32,8 @@ pub struct Event {
 pub struct DestTrack {
     /// Destination code.
     pub code: AgencyCode,
-    /// Current state (the last event's state).
-    pub state: String,
+    /// Current state (the last event's state), stored by name.
+    pub state: DeliveryState,
     /// Every transition, oldest first.
     pub events: Vec<Event>,
 }
@@ -41,13 +43,13 @@ impl DestTrack {
     pub fn new(
         code: AgencyCode,
         at_ms: i64,
-        state: &str,
+        state: DeliveryState,
         reason: Option<Reason>,
         detail: &str,
     ) -> Self {
         let mut t = Self {
             code,
-            state: String::new(),
+            state,
             events: Vec::new(),
         };
         t.push(at_ms, state, reason, detail);
@@ -62,36 +64,77 @@ impl DestTrack {
     pub fn is_final(&self) -> bool {
         let mut queued = false;
         for e in &self.events {
-            match e.state.as_str() {
-                "queued" => queued = true,
-                "expired" | "recalled" | "purged" => return true,
-                "bounced" => match e.reason {
+            match e.state {
+                DeliveryState::Queued => queued = true,
+                DeliveryState::Expired | DeliveryState::Recalled | DeliveryState::Purged => {
+                    return true
+                }
+                DeliveryState::Bounced => match e.reason {
                     Some(Reason::DestinationOffline) => {}
                     Some(Reason::DestinationDisabled) if queued => {}
                     _ => return true,
                 },
-                _ => {}
+                DeliveryState::Accepted
+                | DeliveryState::Deferred
+                | DeliveryState::Rejected
+                | DeliveryState::Retry
+                | DeliveryState::Delivered
+                | DeliveryState::Status(_)
+                | DeliveryState::DelayWarning
+                | DeliveryState::RecallRequested => {}
             }
         }
         false
     }
 
+    /// Whether the delivery still waits in the destination's inbox, unanswered
+    /// (its current state is `queued` or `delay-warning`): the one definition
+    /// of "waiting" ([`DeliveryState::is_waiting`]) behind presence notices,
+    /// the router and `truc queue list`.
+    pub fn is_waiting(&self) -> bool {
+        self.state.is_waiting()
+    }
+
+    /// When the waiting delivery was put in the inbox (its last `queued`
+    /// event), or `None` when it is not waiting.
+    pub fn waiting_since(&self) -> Option<i64> {
+        if !self.is_waiting() {
+            return None;
+        }
+        self.events
+            .iter()
+            .rev()
+            .find(|e| e.state == DeliveryState::Queued)
+            .map(|e| e.at_ms)
+    }
+
+    /// Whether a copy of the delivery may still go out to the destination:
+    /// not final and not confirmed received (held copies, retries, deadlines).
+    pub fn may_deliver(&self) -> bool {
+        !self.is_final() && !self.is_delivered()
+    }
+
     /// True once the destination confirmed receipt (status `01` or later).
     pub fn is_delivered(&self) -> bool {
-        self.events.iter().any(|e| e.state == "delivered")
+        self.events
+            .iter()
+            .any(|e| e.state == DeliveryState::Delivered)
     }
 
     /// How many deliveries the destination rejected.
     pub fn rejections(&self) -> u32 {
-        self.events.iter().filter(|e| e.state == "rejected").count() as u32
+        self.events
+            .iter()
+            .filter(|e| e.state == DeliveryState::Rejected)
+            .count() as u32
     }
 
     /// Records a transition.
-    pub fn push(&mut self, at_ms: i64, state: &str, reason: Option<Reason>, detail: &str) {
-        self.state = state.to_owned();
+    pub fn push(&mut self, at_ms: i64, state: DeliveryState, reason: Option<Reason>, detail: &str) {
+        self.state = state;
         self.events.push(Event {
             at_ms,
-            state: state.to_owned(),
+            state,
             reason,
             detail: detail.to_owned(),
         });
@@ -148,11 +191,13 @@ pub struct Pending {
     pub bounced: bool,
 }
 
+/// Key of the pending index: `dest \0 from \0 message_id`.
 fn pending_key(dest: &AgencyCode, from: &AgencyCode, message_id: &str) -> Vec<u8> {
-    let mut k = dest.as_str().as_bytes().to_vec();
-    k.push(0);
-    k.extend_from_slice(&record_key(from, message_id));
-    k
+    Key::new()
+        .code(dest)
+        .code(from)
+        .str(message_id)
+        .into_bytes()
 }
 
 impl EnvelopeRecord {
@@ -164,22 +209,25 @@ impl EnvelopeRecord {
 
 /// Key of the destination index: `dest \0 message_id \0 from`.
 pub fn dest_index_key(dest: &AgencyCode, message_id: &str, from: &AgencyCode) -> Vec<u8> {
-    let mut k =
-        Vec::with_capacity(dest.as_str().len() + message_id.len() + from.as_str().len() + 2);
-    k.extend_from_slice(dest.as_str().as_bytes());
-    k.push(0);
-    k.extend_from_slice(message_id.as_bytes());
-    k.push(0);
-    k.extend_from_slice(from.as_str().as_bytes());
-    k
+    Key::new()
+        .code(dest)
+        .str(message_id)
+        .code(from)
+        .into_bytes()
 }
 
+/// Key of an envelope record: `from \0 message_id`.
 fn record_key(from: &AgencyCode, message_id: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(from.as_str().len() + 1 + message_id.len());
-    k.extend_from_slice(from.as_str().as_bytes());
-    k.push(0);
-    k.extend_from_slice(message_id.as_bytes());
-    k
+    Key::new().code(from).str(message_id).into_bytes()
+}
+
+/// Key of a deadline: `deliver_by (i64 BE) from \0 message_id`.
+fn deadline_key(deliver_by_ms: i64, from: &AgencyCode, message_id: &str) -> Vec<u8> {
+    Key::new()
+        .i64(deliver_by_ms)
+        .code(from)
+        .str(message_id)
+        .into_bytes()
 }
 
 /// Reads and writes envelope records.
@@ -276,20 +324,14 @@ impl Tracking {
         &self,
         dest: &AgencyCode,
     ) -> Result<Vec<(AgencyCode, String, Pending)>, StoreError> {
-        let mut prefix = dest.as_str().as_bytes().to_vec();
-        prefix.push(0);
+        let prefix = Key::new().code(dest).prefix();
         let mut out = Vec::new();
         for item in self.store.pending.scan_prefix(&prefix) {
             let (k, v) = item?;
-            let rest = &k[prefix.len()..];
-            let Some(sep) = rest.iter().position(|b| *b == 0) else {
+            let Some(mut f) = Fields::after(&k, &prefix) else {
                 continue;
             };
-            let from = std::str::from_utf8(&rest[..sep])
-                .ok()
-                .and_then(|s| AgencyCode::parse(s).ok());
-            let mid = std::str::from_utf8(&rest[sep + 1..]).ok();
-            if let (Some(from), Some(mid)) = (from, mid) {
+            if let (Some(from), Some(mid)) = (f.code(), f.str()) {
                 out.push((from, mid.to_owned(), codec::decode(&v)?));
             }
         }
@@ -314,18 +356,11 @@ impl Tracking {
     ) -> Result<Vec<AgencyCode>, StoreError> {
         // Keyed dest \0 message_id \0 from: one short prefix scan, however
         // much the destination received before.
-        let mut prefix = Vec::with_capacity(dest.as_str().len() + message_id.len() + 2);
-        prefix.extend_from_slice(dest.as_str().as_bytes());
-        prefix.push(0);
-        prefix.extend_from_slice(message_id.as_bytes());
-        prefix.push(0);
+        let prefix = Key::new().code(dest).str(message_id).prefix();
         let mut out = Vec::new();
         for item in self.store.by_dest.scan_prefix(&prefix) {
             let (k, _) = item?;
-            if let Some(code) = std::str::from_utf8(&k[prefix.len()..])
-                .ok()
-                .and_then(|s| AgencyCode::parse(s).ok())
-            {
+            if let Some(code) = Fields::after(&k, &prefix).and_then(|mut f| f.code()) {
                 out.push(code);
             }
         }
@@ -339,9 +374,9 @@ impl Tracking {
         from: &AgencyCode,
         message_id: &str,
     ) -> Result<(), StoreError> {
-        let mut k = deliver_by_ms.to_be_bytes().to_vec();
-        k.extend_from_slice(&record_key(from, message_id));
-        self.store.deadlines.insert(k, &[])?;
+        self.store
+            .deadlines
+            .insert(deadline_key(deliver_by_ms, from, message_id), &[])?;
         Ok(())
     }
 
@@ -355,18 +390,11 @@ impl Tracking {
         for item in self
             .store
             .deadlines
-            .range(..(now_ms + 1).to_be_bytes().to_vec())
+            .range(..Key::new().i64(now_ms + 1).into_bytes())
         {
             let (k, _) = item?;
-            let rest = &k[8.min(k.len())..];
-            let Some(sep) = rest.iter().position(|b| *b == 0) else {
-                continue;
-            };
-            let from = std::str::from_utf8(&rest[..sep])
-                .ok()
-                .and_then(|s| AgencyCode::parse(s).ok());
-            let mid = std::str::from_utf8(&rest[sep + 1..]).ok();
-            if let (Some(from), Some(mid)) = (from, mid) {
+            let mut f = Fields::of(&k);
+            if let (Some(_), Some(from), Some(mid)) = (f.i64(), f.code(), f.str()) {
                 out.push((k.to_vec(), from, mid.to_owned()));
             }
             if out.len() >= limit {
@@ -446,18 +474,129 @@ impl Tracking {
 mod final_tests {
     use super::*;
 
+    use crate::core::timeline::StatusCode;
+    use DeliveryState as S;
+
     #[test]
     fn offline_bounces_are_not_final_and_late_statuses_do_not_reopen() {
         let c = AgencyCode::parse("A").unwrap();
-        let mut t = DestTrack::new(c.clone(), 0, "accepted", None, "");
-        t.push(1, "queued", None, "");
-        t.push(2, "bounced", Some(Reason::DestinationOffline), "");
+        let mut t = DestTrack::new(c.clone(), 0, S::Accepted, None, "");
+        t.push(1, S::Queued, None, "");
+        t.push(2, S::Bounced, Some(Reason::DestinationOffline), "");
         assert!(!t.is_final(), "still in the inbox");
-        t.push(3, "bounced", Some(Reason::MaxAttempts), "");
-        t.push(4, "status-03", None, "");
+        t.push(3, S::Bounced, Some(Reason::MaxAttempts), "");
+        t.push(4, S::Status(StatusCode::Accepted), None, "");
         assert!(t.is_final(), "a later status does not reopen it");
-        let mut d = DestTrack::new(c, 0, "accepted", None, "");
-        d.push(0, "bounced", Some(Reason::DestinationDisabled), "");
+        let mut d = DestTrack::new(c, 0, S::Accepted, None, "");
+        d.push(0, S::Bounced, Some(Reason::DestinationDisabled), "");
         assert!(d.is_final(), "refused at acceptance: never queued");
+    }
+
+    #[test]
+    fn a_delay_warned_delivery_still_waits_since_it_was_queued() {
+        let c = AgencyCode::parse("A").unwrap();
+        let mut t = DestTrack::new(c, 0, S::Accepted, None, "");
+        assert!(!t.is_waiting());
+        t.push(5, S::Queued, None, "attempt 1");
+        assert_eq!(t.waiting_since(), Some(5));
+        t.push(9, S::DelayWarning, Some(Reason::DestinationOffline), "");
+        assert!(t.is_waiting());
+        assert_eq!(t.waiting_since(), Some(5));
+        t.push(12, S::Status(StatusCode::Accepted), None, "");
+        assert!(!t.is_waiting());
+        assert_eq!(t.waiting_since(), None);
+    }
+
+    /// The record as it was stored when states were plain strings.
+    #[derive(Serialize)]
+    struct OldEvent {
+        at_ms: i64,
+        state: String,
+        reason: Option<Reason>,
+        detail: String,
+    }
+
+    #[derive(Serialize)]
+    struct OldDestTrack {
+        code: AgencyCode,
+        state: String,
+        events: Vec<OldEvent>,
+    }
+
+    #[derive(Serialize)]
+    struct OldRecord {
+        from: AgencyCode,
+        message_id: String,
+        subject: String,
+        data_type: String,
+        priority: u8,
+        digest: String,
+        size: u64,
+        content_type: Option<String>,
+        accepted_at_ms: i64,
+        deliver_by_ms: Option<i64>,
+        not_before_ms: Option<i64>,
+        max_attempts: u32,
+        dests: Vec<OldDestTrack>,
+        bounce_after_ms: Option<u64>,
+    }
+
+    #[test]
+    fn records_written_with_string_states_still_decode_to_the_same_bytes() {
+        let c = AgencyCode::parse("000.00.32.H41").unwrap();
+        let names = [
+            "accepted",
+            "queued",
+            "delay-warning",
+            "status-16",
+            "bounced",
+        ];
+        let old = OldRecord {
+            from: AgencyCode::parse("000.00.31.H41").unwrap(),
+            message_id: "M1".into(),
+            subject: "s".into(),
+            data_type: "edoc".into(),
+            priority: 1,
+            digest: "sha256=00".into(),
+            size: 4,
+            content_type: Some("text/plain".into()),
+            accepted_at_ms: 1_000,
+            deliver_by_ms: Some(9_000),
+            not_before_ms: None,
+            max_attempts: 5,
+            dests: vec![OldDestTrack {
+                code: c.clone(),
+                state: "bounced".into(),
+                events: names
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| OldEvent {
+                        at_ms: 1_000 + i as i64,
+                        state: (*n).into(),
+                        reason: (*n == "bounced").then_some(Reason::DestinationOffline),
+                        detail: format!("d{i}"),
+                    })
+                    .collect(),
+            }],
+            bounce_after_ms: Some(60_000),
+        };
+        let bytes = codec::encode(&old).unwrap();
+        let rec: EnvelopeRecord = codec::decode(&bytes).unwrap();
+        let d = &rec.dests[0];
+        assert_eq!(d.state, S::Bounced);
+        assert_eq!(
+            d.events.iter().map(|e| e.state).collect::<Vec<_>>(),
+            [
+                S::Accepted,
+                S::Queued,
+                S::DelayWarning,
+                S::Status(StatusCode::Refused),
+                S::Bounced
+            ]
+        );
+        assert_eq!(d.events[4].reason, Some(Reason::DestinationOffline));
+        assert_eq!(rec.bounce_after_ms, Some(60_000));
+        // Written again, the record is byte for byte what the old code wrote.
+        assert_eq!(codec::encode(&rec).unwrap(), bytes);
     }
 }

@@ -1,0 +1,517 @@
+//! Step 1 — an ingress message, end to end: decode → authenticate →
+//! authorise (sender, clock, nonce, kind's fields, size, digest) → dedupe →
+//! rate limit → route → publish deliveries and notices (one round of
+//! confirms) → record (durable) → ack. Statuses go on to [`super::status`],
+//! heartbeats to the presence task.
+//!
+//! Invariants: the dedupe check and the record write happen under the
+//! envelope's lock, and the record is written only after every delivery of
+//! the envelope was confirmed; a sender that cannot be authenticated gets no
+//! notice (its message is kept in the bounded `rejected` queue); a refusal of
+//! an authenticated sender is a `rejected` notice to the key's owner.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::core::auth::{body_digest, verify};
+use crate::core::canonical::canonical_form;
+use crate::core::code::AgencyCode;
+use crate::core::envelope::{EnvelopeFields, Kind, Payload, Refusal, Signed};
+use crate::core::message::{Inbound, Message};
+use crate::core::metrics;
+use crate::core::notice::{Notice, NoticeKind};
+use crate::core::reason::Reason;
+use crate::core::time::{format_rfc3339, now_ms};
+use crate::core::timeline::DeliveryState;
+use crate::router::delivery::Delivery;
+use crate::router::{Heartbeat, Outbox, Outcome, Router, RouterError};
+use crate::state::audit::AuditEvent;
+use crate::state::registry::Entry;
+use crate::state::replay::NonceCheck;
+use crate::state::tracking::{DestTrack, EnvelopeRecord, Pending};
+
+/// An ingress message whose signature is its sender's.
+pub(super) struct Authenticated {
+    pub(super) signed: Signed,
+    pub(super) sender: Arc<Entry>,
+}
+
+impl Router {
+    /// Handles one ingress message end to end. On `Ok` the caller acks it; on
+    /// `Err` it must not.
+    pub async fn handle<O: Outbox>(
+        &self,
+        inbound: &Inbound,
+        outbox: &O,
+    ) -> Result<Outcome, RouterError> {
+        let started = Instant::now();
+        let now = now_ms();
+        let msg = &inbound.message;
+        if let Some(why) = msg.header(crate::broker::guard::MALFORMED_HEADER) {
+            let refusal = Refusal::new(
+                Reason::Malformed,
+                format!("unreadable AMQP properties ({why})"),
+            );
+            return self.quarantine(msg, refusal, outbox).await;
+        }
+        let auth = match self.authenticate(msg, now)? {
+            Ok(a) => a,
+            Err(refusal) => return self.quarantine(msg, refusal, outbox).await,
+        };
+        let outcome = match self.check(&auth, msg, now)? {
+            Err(refusal) => self.reject(&auth, refusal, outbox, now).await?,
+            Ok(Payload::Envelope(fields)) => {
+                self.route(&auth, msg, fields, inbound.redelivered, outbox, now)
+                    .await?
+            }
+            Ok(Payload::Status(fields)) => self.status(&auth, fields, outbox, now).await?,
+            Ok(Payload::Presence(p)) => {
+                self.heartbeat(&auth.signed.from, p.online, now);
+                Outcome::Heartbeat
+            }
+        };
+        metrics::ingress_latency(started.elapsed());
+        Ok(outcome)
+    }
+
+    /// Step 1: who sent it, and is the signature theirs.
+    fn authenticate(
+        &self,
+        msg: &Message,
+        now: i64,
+    ) -> Result<Result<Authenticated, Refusal>, RouterError> {
+        let signed = match Signed::parse(msg) {
+            Ok(s) => s,
+            Err(r) => return Ok(Err(r)),
+        };
+        let Some((sender, _key)) = self.registry.by_key(&signed.key, now) else {
+            return Ok(Err(Refusal::new(
+                Reason::UnknownKey,
+                format!(
+                    "access key {:?} is not registered or has expired",
+                    signed.key
+                ),
+            )));
+        };
+        let canonical = match canonical_form(msg, &msg.routing_key) {
+            Ok(c) => c,
+            Err(e) => return Ok(Err(Refusal::new(Reason::Malformed, e.to_string()))),
+        };
+        let secret = sender
+            .agency
+            .keys
+            .iter()
+            .find(|k| k.access_key == signed.key)
+            .map(|k| k.secret.as_str())
+            .unwrap_or("");
+        if let Err(e) = verify(
+            signed.alg,
+            secret,
+            sender.public_key.as_ref(),
+            canonical.as_bytes(),
+            &signed.signature,
+        ) {
+            return Ok(Err(Refusal::new(Reason::BadSignature, e.to_string())));
+        }
+        Ok(Ok(Authenticated { signed, sender }))
+    }
+
+    /// Step 2: the authenticated sender's message is checked in full.
+    fn check(
+        &self,
+        auth: &Authenticated,
+        msg: &Message,
+        now: i64,
+    ) -> Result<Result<Payload, Refusal>, RouterError> {
+        let policies = self.policies();
+        let s = &auth.signed;
+        if s.from != auth.sender.agency.code {
+            return Ok(Err(Refusal::new(
+                Reason::Forbidden,
+                format!(
+                    "key {} belongs to {}, not {}",
+                    s.key, auth.sender.agency.code, s.from
+                ),
+            )));
+        }
+        if !auth.sender.agency.enabled {
+            return Ok(Err(Refusal::new(
+                Reason::Forbidden,
+                format!("agency {} is disabled", s.from),
+            )));
+        }
+        let skew_ms = policies.clock_skew.as_millis() as i64;
+        if (s.time_ms - now).abs() > skew_ms {
+            return Ok(Err(Refusal::new(
+                Reason::ClockSkew,
+                format!(
+                    "lgsp-time {} is more than {}s from hub time {}",
+                    format_rfc3339(s.time_ms),
+                    skew_ms / 1000,
+                    format_rfc3339(now)
+                ),
+            )));
+        }
+        match self.nonces.check_and_remember(
+            &s.key,
+            &s.nonce,
+            &s.message_id,
+            s.time_ms + skew_ms * 2,
+            now,
+        )? {
+            NonceCheck::Fresh | NonceCheck::SameMessage => {}
+            NonceCheck::Replay => {
+                return Ok(Err(Refusal::new(
+                    Reason::Replay,
+                    format!("nonce {} was already used with key {}", s.nonce, s.key),
+                )))
+            }
+        }
+        let payload = match Payload::parse(s.kind, msg, policies.default_priority) {
+            Ok(p) => p,
+            Err(r) => return Ok(Err(r)),
+        };
+        if s.kind == Kind::Envelope && msg.body.len() as u64 > policies.max_body_bytes {
+            return Ok(Err(Refusal::new(
+                Reason::TooLarge,
+                format!(
+                    "body is {} bytes, the limit is {}",
+                    msg.body.len(),
+                    policies.max_body_bytes
+                ),
+            )));
+        }
+        let digest = match &payload {
+            Payload::Envelope(e) => Some(&e.digest),
+            Payload::Status(st) => Some(&st.digest),
+            Payload::Presence(_) => None,
+        };
+        if let Some(d) = digest {
+            if *d != body_digest(&msg.body) {
+                return Ok(Err(Refusal::new(
+                    Reason::DigestMismatch,
+                    "the body does not match lgsp-digest",
+                )));
+            }
+        }
+        Ok(Ok(payload))
+    }
+
+    async fn quarantine<O: Outbox>(
+        &self,
+        msg: &Message,
+        refusal: Refusal,
+        outbox: &O,
+    ) -> Result<Outcome, RouterError> {
+        metrics::message_rejected(refusal.reason);
+        tracing::warn!(
+            routing_key = %msg.routing_key,
+            message_id = msg.message_id.as_deref().unwrap_or(""),
+            reason = %refusal.reason,
+            detail = %refusal.detail,
+            "unauthenticated input quarantined"
+        );
+        let mut q = msg.clone();
+        q.exchange = String::new();
+        q.routing_key = self.topology.name("rejected");
+        q.priority = None;
+        q.expiration = None;
+        q.set_header("x-truc-reason", refusal.reason.as_str());
+        q.set_header("x-truc-detail", refusal.detail.clone());
+        q.set_header("x-truc-routing-key", msg.routing_key.clone());
+        q.set_header("x-truc-rejected-at", format_rfc3339(now_ms()));
+        outbox.publish(&q).await?;
+        self.audit.record(AuditEvent::Quarantined {
+            routing_key: msg.routing_key.clone(),
+            message_id: msg.message_id.clone().unwrap_or_default(),
+            reason: refusal.reason.to_string(),
+        });
+        Ok(Outcome::Quarantined(refusal.reason))
+    }
+
+    pub(super) async fn reject<O: Outbox>(
+        &self,
+        auth: &Authenticated,
+        refusal: Refusal,
+        outbox: &O,
+        now: i64,
+    ) -> Result<Outcome, RouterError> {
+        metrics::message_rejected(refusal.reason);
+        tracing::info!(
+            from = %auth.signed.from,
+            message_id = %auth.signed.message_id,
+            reason = %refusal.reason,
+            detail = %refusal.detail,
+            "message rejected"
+        );
+        // The notice goes to the agency whose key signed the message: the only
+        // party authenticated (it may differ from lgsp-from when forbidden).
+        let mut n = Notice::new(
+            NoticeKind::Rejected,
+            auth.sender.agency.code.clone(),
+            &auth.signed.message_id,
+            now,
+        );
+        n.reason = Some(refusal.reason);
+        n.detail = refusal.detail;
+        self.notify(&auth.sender, &n, outbox).await?;
+        self.audit.record(AuditEvent::Rejected {
+            from: auth.signed.from.to_string(),
+            message_id: auth.signed.message_id.clone(),
+            reason: refusal.reason.to_string(),
+            detail: n.detail.clone(),
+        });
+        Ok(Outcome::Rejected(refusal.reason))
+    }
+
+    async fn route<O: Outbox>(
+        &self,
+        auth: &Authenticated,
+        msg: &Message,
+        fields: EnvelopeFields,
+        redelivered: bool,
+        outbox: &O,
+        now: i64,
+    ) -> Result<Outcome, RouterError> {
+        let from = &auth.signed.from;
+        let mid = &auth.signed.message_id;
+        // Copies of one envelope handled at once must not both deliver: the
+        // dedupe check and the record write happen under the key's lock.
+        let _guard = self.locks.lock(from.as_str(), mid).await;
+        if let Some(rec) = self.tracking.get(from, mid)? {
+            metrics::duplicate();
+            tracing::info!(from = %from, message_id = %mid, "duplicate envelope absorbed");
+            let mut n = Notice::new(NoticeKind::Accepted, from.clone(), mid, now);
+            n.destinations = rec
+                .dests
+                .iter()
+                .filter(|d| !d.is_final())
+                .map(|d| d.code.clone())
+                .collect();
+            n.detail = "already accepted; not delivered again".into();
+            self.notify(&auth.sender, &n, outbox).await?;
+            return Ok(Outcome::Duplicate);
+        }
+        let policies = self.policies();
+        let rate = policies.rate_of(from);
+        let allowed = self
+            .limiter
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            // Measured on signing times, so a backlog that waited in the broker
+            // (hub restart, outage) is not refused for arriving all at once.
+            .allow(from, rate, auth.signed.time_ms);
+        if !allowed {
+            return self
+                .reject(
+                    auth,
+                    Refusal::new(
+                        Reason::RateLimited,
+                        format!(
+                            "more than {} envelopes/s (burst {}) from {from}",
+                            rate.per_s, rate.burst
+                        ),
+                    ),
+                    outbox,
+                    now,
+                )
+                .await;
+        }
+        let expired = fields.deliver_by_ms.is_some_and(|d| d <= now);
+        let mut deliver: Vec<Arc<Entry>> = Vec::new();
+        let mut bounced: Vec<(AgencyCode, Reason, String)> = Vec::new();
+        for code in &fields.to {
+            match self.registry.get(code) {
+                None => bounced.push((
+                    code.clone(),
+                    Reason::UnknownDestination,
+                    format!("no agency {code} is registered"),
+                )),
+                Some(e) if !e.agency.enabled => bounced.push((
+                    code.clone(),
+                    Reason::DestinationDisabled,
+                    format!("agency {code} is disabled"),
+                )),
+                Some(_) if expired => bounced.push((
+                    code.clone(),
+                    Reason::Expired,
+                    "lgsp-deliver-by has already passed".into(),
+                )),
+                Some(_) if !policies.allowed(from, code) => bounced.push((
+                    code.clone(),
+                    Reason::Forbidden,
+                    format!("{from} may not send to {code} (access policy)"),
+                )),
+                Some(e) => deliver.push(e),
+            }
+        }
+        let codes: Vec<AgencyCode> = deliver.iter().map(|d| d.agency.code.clone()).collect();
+        self.tracking.index(from, mid, &codes)?;
+        let attempt = if redelivered { "2" } else { "1" };
+        let accepted_at = format_rfc3339(now);
+        // Deferred (lgsp-not-before in the future): each delivery waits in a
+        // delay bucket, in the broker, and comes back through the release queue.
+        let defer_until = fields.not_before_ms.filter(|nb| {
+            crate::core::scheduler::bucket_for(Duration::from_millis((nb - now).max(0) as u64))
+                .is_some()
+        });
+        // Due within the bucket slack: wait it out here rather than deliver early.
+        if let Some(nb) = fields
+            .not_before_ms
+            .filter(|nb| *nb > now && defer_until.is_none())
+        {
+            tokio::time::sleep(Duration::from_millis((nb - now) as u64)).await;
+        }
+        let deliveries: Vec<Message> = deliver
+            .iter()
+            .map(|dest| {
+                let d = self.deliver_to(
+                    Delivery::first(msg, &fields, &accepted_at, attempt, now),
+                    &dest.agency.code,
+                );
+                match defer_until {
+                    Some(due) => self.held(d, due, now),
+                    None => d,
+                }
+            })
+            .collect();
+        if let Some(d) = fields.deliver_by_ms {
+            self.tracking.add_deadline(d, from, mid)?;
+        }
+        // Notices: accepted, then one bounce per refused destination.
+        let mut notices = Vec::with_capacity(1 + bounced.len());
+        let mut acc = Notice::new(NoticeKind::Accepted, from.clone(), mid, now);
+        acc.destinations = deliver.iter().map(|d| d.agency.code.clone()).collect();
+        notices.push(acc);
+        for (code, reason, detail) in &bounced {
+            metrics::bounced(*reason);
+            let mut b = Notice::new(NoticeKind::Bounced, from.clone(), mid, now);
+            b.dest = Some(code.clone());
+            b.reason = Some(*reason);
+            b.detail = detail.clone();
+            notices.push(b);
+        }
+        // Deliveries and notices go out together: one round of confirms.
+        let publishes = deliveries
+            .iter()
+            .zip(&deliver)
+            .map(|(m, dest)| self.publish_declaring(&dest.agency.code, m, outbox));
+        let notifies = notices.iter().map(|n| self.notify(&auth.sender, n, outbox));
+        let (published, notified) = futures_util::future::join(
+            futures_util::future::join_all(publishes),
+            futures_util::future::join_all(notifies),
+        )
+        .await;
+        for r in published {
+            r?;
+            metrics::delivery_published();
+        }
+        for r in notified {
+            r?;
+        }
+        let mut dests: Vec<DestTrack> = deliver
+            .iter()
+            .map(|d| {
+                let mut t = DestTrack::new(
+                    d.agency.code.clone(),
+                    now,
+                    DeliveryState::Accepted,
+                    None,
+                    "",
+                );
+                match defer_until {
+                    Some(due) => t.push(
+                        now,
+                        DeliveryState::Deferred,
+                        None,
+                        &format!("until {}", format_rfc3339(due)),
+                    ),
+                    None => t.push(
+                        now,
+                        DeliveryState::Queued,
+                        None,
+                        &format!("attempt {attempt}"),
+                    ),
+                }
+                t
+            })
+            .collect();
+        for (code, reason, detail) in &bounced {
+            let mut t = DestTrack::new(code.clone(), now, DeliveryState::Accepted, None, "");
+            t.push(now, DeliveryState::Bounced, Some(*reason), detail);
+            dests.push(t);
+        }
+        let rec = EnvelopeRecord {
+            from: from.clone(),
+            message_id: mid.clone(),
+            subject: fields.subject.clone(),
+            data_type: fields.data_type.clone(),
+            priority: fields.priority.code(),
+            digest: fields.digest.clone(),
+            size: msg.body.len() as u64,
+            content_type: msg.content_type.clone(),
+            accepted_at_ms: now,
+            deliver_by_ms: fields.deliver_by_ms,
+            not_before_ms: fields.not_before_ms,
+            max_attempts: fields
+                .max_attempts
+                .unwrap_or_else(|| policies.delivery(fields.priority, from).max_attempts),
+            dests,
+            bounce_after_ms: fields.bounce_after.map(|d| d.as_millis() as u64),
+        };
+        self.tracking.put(&rec)?;
+        // Presence watches what waits in an inbox; a deferred delivery is
+        // pended when it is released.
+        if defer_until.is_none() {
+            self.tracking.pend(
+                from,
+                mid,
+                &codes,
+                &Pending {
+                    queued_at_ms: now,
+                    priority: fields.priority.code(),
+                    bounce_after_ms: rec.bounce_after_ms,
+                    warned: false,
+                    bounced: false,
+                },
+            )?;
+        }
+        self.audit.record(AuditEvent::Accepted {
+            from: from.to_string(),
+            message_id: mid.clone(),
+            delivered: codes.iter().map(|c| c.to_string()).collect(),
+            bounced: bounced.iter().map(|(c, r, _)| format!("{c}:{r}")).collect(),
+        });
+        self.store.durable().await?;
+        metrics::envelope_accepted(fields.priority.code());
+        tracing::info!(
+            from = %from,
+            message_id = %mid,
+            delivered = deliver.len(),
+            bounced = bounced.len(),
+            attempt,
+            "envelope accepted"
+        );
+        Ok(Outcome::Accepted {
+            delivered: deliver.iter().map(|d| d.agency.code.clone()).collect(),
+            bounced: bounced.into_iter().map(|(c, r, _)| (c, r)).collect(),
+        })
+    }
+
+    fn heartbeat(&self, code: &AgencyCode, online: bool, now: i64) {
+        metrics::heartbeat(online);
+        tracing::debug!(from = %code, online, "heartbeat");
+        let Some(tx) = self.heartbeats.get() else {
+            return;
+        };
+        let hb = Heartbeat {
+            code: code.clone(),
+            online,
+            at_ms: now,
+        };
+        if let Err(e) = tx.try_send(hb) {
+            // Heartbeats repeat: one lost under overload costs nothing lasting.
+            tracing::warn!(from = %code, error = %e, "heartbeat dropped: presence task busy or stopped");
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! Step 2 — a status message from a destination about an envelope it
+//! received: find the envelope's source, record the status in that
+//! destination's timeline (`01` → `delivered`, `02` → `bounced`, `15` →
+//! `recalled`, other `NN` → `status-NN`), relay it to the source as notices,
+//! and count deliveries. A recall (`13`, from the source) is handed to
+//! [`super::holding`].
+//!
+//! Invariants: a status is recorded under the envelope's lock, after the
+//! envelope's acceptance finished (a status about an envelope not recorded
+//! yet is retried, not refused); any status ends the destination's wait on
+//! presence (its `pending` entry is removed); statuses are not de-duplicated.
+
+use std::time::Duration;
+
+use crate::core::code::AgencyCode;
+use crate::core::envelope::{Refusal, StatusFields};
+use crate::core::metrics;
+use crate::core::notice::{Notice, NoticeKind};
+use crate::core::reason::Reason;
+use crate::core::timeline::{DeliveryState, StatusCode};
+use crate::router::ingress::Authenticated;
+use crate::router::{Outbox, Outcome, Router, RouterError};
+use crate::state::audit::AuditEvent;
+use crate::state::tracking::Tracking;
+
+impl Router {
+    /// A status message from a destination about an envelope it received.
+    pub(super) async fn status<O: Outbox>(
+        &self,
+        auth: &Authenticated,
+        st: StatusFields,
+        outbox: &O,
+        now: i64,
+    ) -> Result<Outcome, RouterError> {
+        let sender = &auth.signed.from;
+        if st.status == StatusCode::RecallRequest {
+            return match self.recall(sender, &st, outbox, now).await? {
+                Ok(o) => Ok(o),
+                Err(why) => {
+                    self.reject(auth, Refusal::new(Reason::Forbidden, why), outbox, now)
+                        .await
+                }
+            };
+        }
+        let mut sources = self.tracking.sources_of(sender, &st.reference)?;
+        if let Some(to) = &st.to {
+            sources.retain(|s| s == to);
+        }
+        let source = match sources.as_slice() {
+            [one] => one.clone(),
+            [] => {
+                return self
+                    .reject(
+                        auth,
+                        Refusal::new(
+                            Reason::Forbidden,
+                            format!("{sender} never received an envelope {}", st.reference),
+                        ),
+                        outbox,
+                        now,
+                    )
+                    .await
+            }
+            _ => {
+                return self
+                    .reject(
+                        auth,
+                        Refusal::new(
+                            Reason::Malformed,
+                            format!(
+                                "several sources sent {} to {sender}: name the source in lgsp-to",
+                                st.reference
+                            ),
+                        ),
+                        outbox,
+                        now,
+                    )
+                    .await
+            }
+        };
+        let detail = st.reason.clone().unwrap_or_default();
+        let state = DeliveryState::of_status(st.status);
+        let reason = match st.status {
+            StatusCode::Rejected => Some(Reason::RejectedByDestination),
+            StatusCode::RecallAgreed => Some(Reason::Recalled),
+            StatusCode::Received
+            | StatusCode::Accepted
+            | StatusCode::Assigned
+            | StatusCode::Processing
+            | StatusCode::Completed
+            | StatusCode::RecallRequest
+            | StatusCode::Refused => None,
+        };
+        // Wait for the envelope's acceptance to finish (the destination may
+        // answer before truc has written the record).
+        let guard = self.locks.lock(source.as_str(), &st.reference).await;
+        let found = self.tracking.update(&source, &st.reference, |rec| {
+            if let Some(d) = rec.dests.iter_mut().find(|d| &d.code == sender) {
+                d.push(now, state, reason, &detail);
+            }
+        })?;
+        if found {
+            // Any status means the destination has the envelope: it no longer
+            // waits on presence (no delay warning or bounce from now on).
+            self.tracking.unpend(sender, &source, &st.reference)?;
+        }
+        drop(guard);
+        if found {
+            observe_status(&self.tracking, &source, &st.reference, sender, st.status);
+            self.audit.record(AuditEvent::Status {
+                from: sender.to_string(),
+                source: source.to_string(),
+                reference: st.reference.clone(),
+                status: st.status.to_string(),
+            });
+        }
+        if !found {
+            return Err(RouterError::Pending(format!(
+                "status {} from {sender} about {} {}: envelope not recorded yet",
+                st.status, source, st.reference
+            )));
+        }
+        let Some(src_entry) = self.registry.get(&source) else {
+            return Ok(Outcome::StatusRelayed);
+        };
+        if st.status == StatusCode::Received {
+            let mut n = Notice::new(NoticeKind::Delivered, source.clone(), &st.reference, now);
+            n.dest = Some(sender.clone());
+            n.status = Some(st.status.to_string());
+            self.notify(&src_entry, &n, outbox).await?;
+        }
+        if st.status == StatusCode::Rejected {
+            let mut n = Notice::new(NoticeKind::Bounced, source.clone(), &st.reference, now);
+            n.dest = Some(sender.clone());
+            n.status = Some(st.status.to_string());
+            n.reason = Some(Reason::RejectedByDestination);
+            n.detail = detail.clone();
+            self.notify(&src_entry, &n, outbox).await?;
+            metrics::bounced(Reason::RejectedByDestination);
+        }
+        let mut n = Notice::new(NoticeKind::Status, source.clone(), &st.reference, now);
+        n.dest = Some(sender.clone());
+        n.status = Some(st.status.to_string());
+        n.detail = detail;
+        self.notify(&src_entry, &n, outbox).await?;
+        self.store.durable().await?;
+        metrics::status_relayed(st.status.as_str());
+        tracing::info!(from = %sender, source = %source, reference = %st.reference, status = %st.status, "status relayed");
+        Ok(Outcome::StatusRelayed)
+    }
+}
+
+/// Called by the router after a status was recorded: on the first status
+/// `01` of a destination, counts the delivery and its end-to-end latency.
+fn observe_status(
+    tracking: &Tracking,
+    source: &AgencyCode,
+    reference: &str,
+    dest: &AgencyCode,
+    status: StatusCode,
+) {
+    if status != StatusCode::Received {
+        return;
+    }
+    let Ok(Some(rec)) = tracking.get(source, reference) else {
+        return;
+    };
+    let Some(d) = rec.dests.iter().find(|d| &d.code == dest) else {
+        return;
+    };
+    let mut delivered = d
+        .events
+        .iter()
+        .filter(|e| e.state == DeliveryState::Delivered);
+    if let (Some(first), None) = (delivered.next(), delivered.next()) {
+        let ms = (first.at_ms - rec.accepted_at_ms).max(0) as u64;
+        metrics::delivered(rec.priority, Duration::from_millis(ms));
+    }
+}

@@ -11,6 +11,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
 
 use super::convert;
+use super::tls::BrokerTls;
 use super::AmqpError;
 use crate::core::message::{Inbound, Message};
 use crate::core::topology::{self, QueueSpec, Topology};
@@ -147,6 +148,8 @@ fn classify(op: &'static str, name: &str, e: lapin::Error) -> AmqpError {
 
 impl Link {
     /// Connects to `url`, naming the connection `name` in the broker's UI.
+    /// An `amqps://` URL trusts the CA file named by `TRUC_AMQP_CA_FILE`
+    /// (see [`BrokerTls::from_env`]).
     pub async fn connect(url: &str, name: &str) -> Result<Self, AmqpError> {
         Self::connect_with(url, name, 1).await
     }
@@ -156,10 +159,24 @@ impl Link {
     /// confirm work of a busy publisher. A message goes out on the channel of
     /// its routing key, so order per destination queue is kept.
     pub async fn connect_with(url: &str, name: &str, channels: usize) -> Result<Self, AmqpError> {
+        Self::connect_tls(url, name, channels, &BrokerTls::from_env()).await
+    }
+
+    /// [`Link::connect_with`] with explicit TLS trust settings: an `amqps://`
+    /// URL is verified against `tls`, never downgraded to plaintext.
+    pub async fn connect_tls(
+        url: &str,
+        name: &str,
+        channels: usize,
+        tls: &BrokerTls,
+    ) -> Result<Self, AmqpError> {
+        let tls_config = tls.for_url(url)?;
         let props = ConnectionProperties::default().with_connection_name(LongString::from(name));
-        let conn = Connection::connect(url, props)
+        let runtime =
+            lapin::runtime::default_runtime().map_err(|e| AmqpError::Connect(e.to_string()))?;
+        let conn = Connection::connect_with_config(url, props, tls_config, runtime)
             .await
-            .map_err(|e| AmqpError::Connect(e.to_string()))?;
+            .map_err(|e| super::tls::connect_error(url, &e))?;
         let mut publishers = Vec::with_capacity(channels.max(1));
         for _ in 0..channels.max(1) {
             let publisher = conn

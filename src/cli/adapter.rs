@@ -44,7 +44,8 @@ fn credentials(code: &AgencyCode, a: &CredArgs) -> Result<Credentials, Error> {
 }
 
 async fn connect(cfg: &Config, creds: Credentials) -> Result<Client, Error> {
-    Client::connect(&cfg.amqp_url, &cfg.prefix, creds)
+    let tls = crate::broker::BrokerTls::new(cfg.amqp_ca_file.clone());
+    Client::connect_tls(&cfg.amqp_url, &cfg.prefix, creds, &tls)
         .await
         .map_err(|e| Error {
             code: 4,

@@ -1,8 +1,11 @@
 //! Configuration of `truc serve` and of the CLI: a TOML file with working
-//! defaults, then environment overrides (`TRUC_AMQP_URL`, `TRUC_DATA_DIR`,
-//! `TRUC_ADMIN_ADDR`, `TRUC_ADMIN_TOKEN`, `TRUC_PREFIX`, `TRUC_MASTER_KEY`).
+//! defaults, then environment overrides (`TRUC_AMQP_URL`, `TRUC_AMQP_CA_FILE`,
+//! `TRUC_DATA_DIR`, `TRUC_ADMIN_ADDR`, `TRUC_ADMIN_TOKEN`, `TRUC_PREFIX`,
+//! `TRUC_MASTER_KEY`).
 //!
-//! Invariant: a [`Config`] returned by [`Config::load`] is validated.
+//! Invariants: a [`Config`] returned by [`Config::load`] is validated; a CA
+//! file named for `amqps://` holds at least one PEM certificate, and one named
+//! with a plaintext `amqp://` URL is refused (it would otherwise be ignored).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -88,6 +91,10 @@ pub struct Config {
     /// RabbitMQ URL (`TRUC_AMQP_URL`).
     #[serde(default = "default_amqp_url")]
     pub amqp_url: String,
+    /// PEM file of CA certificates trusted for an `amqps://` broker, in
+    /// addition to the bundled web PKI roots (`TRUC_AMQP_CA_FILE`).
+    #[serde(default)]
+    pub amqp_ca_file: Option<PathBuf>,
     /// sled directory (`TRUC_DATA_DIR`).
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
@@ -158,6 +165,9 @@ impl Config {
         if let Some(v) = get("TRUC_AMQP_URL") {
             self.amqp_url = v;
         }
+        if let Some(v) = get("TRUC_AMQP_CA_FILE").filter(|v| !v.is_empty()) {
+            self.amqp_ca_file = Some(v.into());
+        }
         if let Some(v) = get("TRUC_DATA_DIR") {
             self.data_dir = v.into();
         }
@@ -224,6 +234,20 @@ impl Config {
                 key: "amqp_url",
                 problem: "must start with amqp:// or amqps://".into(),
             });
+        }
+        if let Some(ca) = &self.amqp_ca_file {
+            if !self.amqp_url.starts_with("amqps://") {
+                return Err(ConfigError::Invalid {
+                    key: "amqp_ca_file",
+                    problem: "is set but amqp_url is plaintext amqp://; use amqps:// (TLS, usually port 5671)".into(),
+                });
+            }
+            if let Err(problem) = crate::core::pem::read_ca_text(ca) {
+                return Err(ConfigError::Invalid {
+                    key: "amqp_ca_file",
+                    problem,
+                });
+            }
         }
         self.admin_socket()?;
         if self.prefix.len() > 64
@@ -360,6 +384,24 @@ mod tests {
         assert!(c.validate().is_err());
         let c2: Result<Config, _> = toml::from_str("amqp_urll = 'x'");
         assert!(c2.is_err());
+    }
+
+    #[test]
+    fn a_broker_ca_file_needs_amqps_and_a_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Config::default();
+        c.apply_env(|k| (k == "TRUC_AMQP_CA_FILE").then(|| "/nonexistent/ca.pem".to_owned()));
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("amqp_ca_file") && e.contains("amqps://"), "{e}");
+        c.amqp_url = "amqps://u:p@broker.example:5671/%2f".into();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/ca.pem"), "{e}");
+        let empty = dir.path().join("ca.pem");
+        std::fs::write(&empty, "").unwrap();
+        c.amqp_ca_file = Some(empty);
+        assert!(c.validate().is_err());
+        c.amqp_ca_file = None;
+        c.validate().unwrap();
     }
 
     #[test]

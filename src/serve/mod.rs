@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::broker::{declare_agency, AmqpError, Link, LinkOutbox};
+use crate::broker::{declare_agency, AmqpError, BrokerTls, Link, LinkOutbox};
 use crate::core::config::Config;
 use crate::core::metrics;
 use crate::core::policy::Policies;
@@ -184,10 +184,11 @@ async fn connect(hub: &Hub, shutdown: &CancellationToken) -> Option<Arc<Link>> {
     let mut backoff = Duration::from_millis(200);
     loop {
         let attempt = async {
-            let link = Link::connect_with(
+            let link = Link::connect_tls(
                 &hub.config.amqp_url,
                 &format!("truc router {}", hub.config.prefix),
                 ROUTER_PUBLISH_CHANNELS,
+                &BrokerTls::new(hub.config.amqp_ca_file.clone()),
             )
             .await?;
             link.declare_topology(&hub.topology).await?;

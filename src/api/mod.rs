@@ -1,11 +1,13 @@
-//! The admin HTTP API on the loopback address, used by the `truc` CLI:
-//! bearer-token protected, JSON in and out; `/metrics` for Prometheus and
-//! `/healthz` are open.
+//! The admin HTTP API, used by the `truc` CLI: bearer-token protected, JSON
+//! in and out; `/healthz` is open, `/metrics` (Prometheus) is open only when
+//! `metrics_require_token` is off (the default on loopback). Plain HTTP on
+//! loopback, HTTPS anywhere else ([`tls`]).
 //!
 //! Invariant: no response ever carries a secret except the one `POST
 //! /v1/agencies` that issues it.
 
 mod ops;
+pub(crate) mod tls;
 
 use std::sync::{Arc, OnceLock};
 
@@ -72,7 +74,9 @@ pub(crate) fn check_token(hub: &Hub, headers: &HeaderMap) -> Result<(), ApiError
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    if bool::from(given.as_bytes().ct_eq(hub.admin_token.as_bytes())) {
+    // An empty or short token never opens the API, whatever was configured.
+    let usable = hub.admin_token.len() >= crate::core::config::MIN_ADMIN_TOKEN_LEN;
+    if usable && bool::from(given.as_bytes().ct_eq(hub.admin_token.as_bytes())) {
         Ok(())
     } else {
         Err(ApiError(
@@ -406,8 +410,11 @@ async fn healthz(State(hub): State<Arc<Hub>>) -> Json<serde_json::Value> {
     Json(json!({ "status": "ok", "broker_connected": broker, "agencies": hub.registry.len() }))
 }
 
-async fn metrics_text() -> String {
-    prometheus().render()
+async fn metrics_text(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Result<String, ApiError> {
+    if hub.config.metrics_token_required() {
+        check_token(&hub, &headers)?;
+    }
+    Ok(prometheus().render())
 }
 
 /// The API routes over `hub`.
@@ -429,13 +436,14 @@ pub fn routes(hub: Arc<Hub>) -> Router {
 }
 
 /// Serves the API on `listener` until `shutdown`.
-pub async fn serve(hub: Arc<Hub>, listener: tokio::net::TcpListener, shutdown: CancellationToken) {
+/// Serves HTTPS when `tls` is given, with the timeouts of [`tls`].
+pub async fn serve(
+    hub: Arc<Hub>,
+    listener: tokio::net::TcpListener,
+    tls: Option<tls::AdminTls>,
+    shutdown: CancellationToken,
+) {
     prometheus();
-    let app = routes(hub);
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
-    {
-        tracing::error!(error = %e, "admin API stopped");
-    }
+    let header_timeout = hub.config.admin_header_timeout();
+    tls::serve_connections(routes(hub), listener, tls, header_timeout, shutdown).await;
 }

@@ -8,6 +8,7 @@
 mod adapter;
 pub mod http;
 mod ops;
+pub mod tls;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -339,9 +340,17 @@ pub(crate) async fn api(
         )
     })?;
     let body = body.map(|b| serde_json::to_vec(b).unwrap_or_default());
-    let resp = crate::cli::http::request(&cfg.admin_addr, method, path, &token, body.as_deref())
-        .await
-        .map_err(|e| CliError::new(4, e.to_string()))?;
+    let tls = crate::cli::tls::admin_client(cfg).map_err(|e| CliError::new(2, e))?;
+    let resp = crate::cli::http::request_tls(
+        tls.as_ref(),
+        &cfg.admin_addr,
+        method,
+        path,
+        &token,
+        body.as_deref(),
+    )
+    .await
+    .map_err(|e| CliError::new(4, e.to_string()))?;
     let value: Value = serde_json::from_slice(&resp.body).unwrap_or(Value::Null);
     match resp.status {
         200..=299 => Ok(value),

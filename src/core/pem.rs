@@ -9,7 +9,7 @@
 use std::path::Path;
 
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 /// Reads the certificates of a PEM file (at least one).
 pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
@@ -34,6 +34,17 @@ pub fn read_ca_text(path: &Path) -> Result<String, String> {
     std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// Reads the first private key (PKCS#8, PKCS#1 or SEC1) of a PEM file.
+pub fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
+        format!(
+            "{}: no usable PEM private key (PKCS#8, RSA or EC): {e}",
+            path.display()
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -45,6 +56,7 @@ mod tests {
         std::fs::write(&p, "not pem\n").unwrap();
         assert!(read_certificates(&p).unwrap_err().contains("x.pem"));
         assert!(read_ca_text(&p).unwrap_err().contains("no PEM certificate"));
+        assert!(read_private_key(&p).unwrap_err().contains("x.pem"));
         let absent = dir.path().join("absent.pem");
         assert!(read_certificates(&absent)
             .unwrap_err()

@@ -1,7 +1,8 @@
 //! Configuration of `truc serve` and of the CLI: a TOML file with working
 //! defaults, then environment overrides (`TRUC_AMQP_URL`, `TRUC_AMQP_CA_FILE`,
-//! `TRUC_DATA_DIR`, `TRUC_ADMIN_ADDR`, `TRUC_ADMIN_TOKEN`, `TRUC_PREFIX`,
-//! `TRUC_MASTER_KEY`).
+//! `TRUC_DATA_DIR`, `TRUC_ADMIN_ADDR`, `TRUC_ADMIN_TOKEN`, `TRUC_ADMIN_TLS_CERT`,
+//! `TRUC_ADMIN_TLS_KEY`, `TRUC_ADMIN_CA_FILE`, `TRUC_METRICS_REQUIRE_TOKEN`,
+//! `TRUC_PREFIX`, `TRUC_MASTER_KEY`).
 //!
 //! Invariants: a [`Config`] returned by [`Config::load`] is validated; a CA
 //! file named for `amqps://` holds at least one PEM certificate, and one named

@@ -126,7 +126,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
     let listener = tokio::net::TcpListener::bind(config.admin_socket()?)
         .await
         .map_err(ServiceError::Admin)?;
-    tracing::info!(addr = %config.admin_addr, data_dir = %config.data_dir.display(), prefix = %config.prefix, "truc serving");
+    tracing::info!(addr = %config.admin_addr, https = admin_tls.is_some(), data_dir = %config.data_dir.display(), prefix = %config.prefix, "truc serving");
     tracker.spawn(crate::api::serve(
         hub.clone(),
         listener,

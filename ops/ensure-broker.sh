@@ -85,6 +85,15 @@ if ! have rabbitmqctl || ! have rabbitmq-server; then
     have rabbitmqctl || die "rabbitmqctl still missing after apt-get install"
 fi
 
+# openssl makes the certificates of the TLS listener (ops/tls-broker.sh, tests/tls.rs).
+if ! have openssl; then
+    say "openssl not installed; installing with apt-get"
+    need_root "install openssl"
+    have apt-get || die "apt-get not found; install openssl by hand"
+    as_root apt-get update
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y openssl
+fi
+
 # 2. Already running?
 if port_open; then
     if as_root_t 30 rabbitmqctl -q status >/dev/null 2>&1; then

@@ -10,5 +10,16 @@ if ! command -v cargo >/dev/null 2>&1; then
     exit 1
 fi
 
+# tests/tls.rs makes certificates with the openssl command.
+if ! command -v openssl >/dev/null 2>&1; then
+    if [[ "$(id -u)" -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        echo "openssl not installed; installing with apt-get" >&2
+        apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssl
+    else
+        echo "openssl not found: install it (Debian: sudo apt-get install openssl)" >&2
+        exit 1
+    fi
+fi
+
 bash ops/ensure-broker.sh
 exec cargo test --all-targets "$@" -- --test-threads=4

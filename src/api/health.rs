@@ -1,4 +1,5 @@
-//! `/healthz` and `/metrics`: open (no token), for probes and Prometheus.
+//! `/healthz` (open, for probes) and `/metrics` (Prometheus; behind the
+//! token when `metrics_require_token` is on).
 //!
 //! Invariants: neither says anything an agency could not learn otherwise
 //! (broker connected, number of agencies, counters).
@@ -6,11 +7,12 @@
 use std::sync::OnceLock;
 
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::Json;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::api::types::Health;
-use crate::api::Hs;
+use crate::api::{check_token, ApiError, Hs};
 
 pub(super) fn prometheus() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -32,6 +34,9 @@ pub(super) async fn healthz(State(hub): Hs) -> Json<Health> {
     })
 }
 
-pub(super) async fn metrics_text() -> String {
-    prometheus().render()
+pub(super) async fn metrics_text(State(hub): Hs, headers: HeaderMap) -> Result<String, ApiError> {
+    if hub.config.metrics_token_required() {
+        check_token(&hub, &headers)?;
+    }
+    Ok(prometheus().render())
 }

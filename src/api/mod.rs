@@ -1,6 +1,8 @@
-//! Layer 6 — **api**: the admin HTTP API on the loopback address, used by
-//! the `truc` CLI: bearer-token protected, JSON in and out; `/metrics` for
-//! Prometheus and `/healthz` are open. One file per resource; this file
+//! Layer 6 — **api**: the admin HTTP API, used by the `truc` CLI:
+//! bearer-token protected, JSON in and out; `/healthz` is open, `/metrics`
+//! (Prometheus) is open only when `metrics_require_token` is off (the default
+//! on loopback). Plain HTTP on loopback, HTTPS anywhere else ([`tls`]).
+//! One file per resource; this file
 //! holds the routes, the token check, the error mapping and [`serve`].
 //! Every body is a type of [`types`]; the work is done by
 //! [`crate::operator`].
@@ -22,6 +24,7 @@ mod presence;
 mod queues;
 mod reports;
 mod store;
+pub(crate) mod tls;
 pub mod types;
 
 use std::sync::Arc;
@@ -172,7 +175,9 @@ pub(crate) fn check_token(hub: &Hub, headers: &HeaderMap) -> Result<(), ApiError
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    if bool::from(given.as_bytes().ct_eq(hub.admin_token.as_bytes())) {
+    // An empty or short token never opens the API, whatever was configured.
+    let usable = hub.admin_token.len() >= crate::core::config::MIN_ADMIN_TOKEN_LEN;
+    if usable && bool::from(given.as_bytes().ct_eq(hub.admin_token.as_bytes())) {
         Ok(())
     } else {
         Err(ApiError(
@@ -221,14 +226,15 @@ pub fn routes(hub: Arc<Hub>) -> Router {
         .with_state(hub)
 }
 
-/// Serves the API on `listener` until `shutdown`.
-pub async fn serve(hub: Arc<Hub>, listener: tokio::net::TcpListener, shutdown: CancellationToken) {
+/// Serves the API on `listener` until `shutdown`: HTTPS when `tls` is
+/// given, with the timeouts of [`tls`].
+pub async fn serve(
+    hub: Arc<Hub>,
+    listener: tokio::net::TcpListener,
+    tls: Option<tls::AdminTls>,
+    shutdown: CancellationToken,
+) {
     health::prometheus();
-    let app = routes(hub);
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
-    {
-        tracing::error!(error = %e, "admin API stopped");
-    }
+    let header_timeout = hub.config.admin_header_timeout();
+    tls::serve_connections(routes(hub), listener, tls, header_timeout, shutdown).await;
 }

@@ -23,8 +23,15 @@
 
 use std::net::SocketAddr;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::sync::Arc;
+
+use lapin::uri::{AMQPScheme, AMQPUri};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsConnector;
+
+use super::{AmqpError, BrokerTls};
 
 use crate::core::metrics;
 
@@ -287,7 +294,7 @@ fn bad_routing_key(payload: &[u8]) -> Option<(usize, usize)> {
 
 /// Checks one whole frame (`type`, channel, size, payload, end marker) and
 /// returns it unchanged, or rewritten when lapin could not parse it.
-pub(crate) fn check_frame(frame: &[u8]) -> Result<Vec<u8>, Problem> {
+pub(crate) fn check_frame(frame: &[u8]) -> Vec<u8> {
     let payload = &frame[7..frame.len() - 1];
     let rebuilt = |payload: &[u8]| {
         let mut out = Vec::with_capacity(payload.len() + 8);
@@ -299,15 +306,15 @@ pub(crate) fn check_frame(frame: &[u8]) -> Result<Vec<u8>, Problem> {
     };
     match frame[0] {
         FRAME_HEADER => match content_header(payload) {
-            Ok(()) => Ok(frame.to_vec()),
+            Ok(()) => frame.to_vec(),
             Err(why) => {
                 tracing::debug!(problem = ?why.0, "malformed message properties rewritten");
                 metrics::malformed_frame("properties");
-                Ok(rebuilt(&rewritten_header(payload, &why)))
+                rebuilt(&rewritten_header(payload, &why))
             }
         },
         FRAME_METHOD => match bad_routing_key(payload) {
-            None => Ok(frame.to_vec()),
+            None => frame.to_vec(),
             Some((start, end)) => {
                 tracing::debug!("non-UTF-8 exchange or routing key rewritten");
                 metrics::malformed_frame("routing-key");
@@ -315,10 +322,10 @@ pub(crate) fn check_frame(frame: &[u8]) -> Result<Vec<u8>, Problem> {
                 p.push(MALFORMED_ROUTING_KEY.len() as u8);
                 p.extend_from_slice(MALFORMED_ROUTING_KEY.as_bytes());
                 p.extend_from_slice(&payload[end..]);
-                Ok(rebuilt(&p))
+                rebuilt(&p)
             }
         },
-        _ => Ok(frame.to_vec()),
+        _ => frame.to_vec(),
     }
 }
 
@@ -347,10 +354,11 @@ fn next_frame(buf: &[u8]) -> Result<Option<usize>, Problem> {
 }
 
 /// Copies broker → truc, frame by frame through [`check_frame`].
-async fn guard_stream(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-) -> std::io::Result<()> {
+async fn guard_stream<R, W>(mut from: R, mut to: W) -> std::io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut chunk = vec![0u8; 64 * 1024];
     loop {
@@ -368,14 +376,12 @@ async fn guard_stream(
                     if frame.starts_with(b"AMQP") {
                         out.extend_from_slice(frame);
                     } else {
-                        // check_frame never fails on a whole frame today; a
-                        // failure closes the link (the broker redelivers).
-                        let ok = check_frame(frame).map_err(|p| std::io::Error::other(p.0))?;
-                        out.extend_from_slice(&ok);
+                        out.extend_from_slice(&check_frame(frame));
                     }
                     used += len;
                 }
                 Ok(None) => break,
+                // Not AMQP framing: close the link (the broker redelivers).
                 Err(p) => return Err(std::io::Error::other(p.0)),
             }
         }
@@ -386,10 +392,83 @@ async fn guard_stream(
     }
 }
 
-/// Starts a one-connection relay on a loopback port to `broker`: lapin
+/// Where the guard connects: the broker's address, and TLS for `amqps://`.
+pub(crate) struct Upstream {
+    addr: SocketAddr,
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+}
+
+impl Upstream {
+    /// The broker of `uri`; for `amqps://` a TLS client that verifies the
+    /// broker's certificate against `trust` and the URL's host name.
+    pub(crate) async fn for_uri(uri: &AMQPUri, trust: &BrokerTls) -> Result<Self, AmqpError> {
+        let host = uri.authority.host.as_str();
+        let addr = tokio::net::lookup_host((host, uri.authority.port))
+            .await
+            .ok()
+            .and_then(|mut a| a.next())
+            .ok_or_else(|| AmqpError::Connect(format!("cannot resolve broker host {host}")))?;
+        let tls = match uri.scheme {
+            AMQPScheme::AMQP => {
+                if let Some(ca) = trust.ca_file() {
+                    return Err(AmqpError::Tls(format!(
+                        "a CA file ({}) is set for a plaintext amqp:// URL; use amqps:// (TLS, usually port 5671) or unset the CA file",
+                        ca.display()
+                    )));
+                }
+                None
+            }
+            AMQPScheme::AMQPS => {
+                let mut roots = rustls::RootCertStore::empty();
+                for cert in webpki_root_certs::TLS_SERVER_ROOT_CERTS {
+                    // A bundled root rustls cannot use is skipped, not fatal.
+                    let _ = roots.add(cert.clone());
+                }
+                if let Some(ca) = trust.ca_file() {
+                    for cert in crate::core::pem::read_certificates(ca)
+                        .map_err(|e| AmqpError::Tls(format!("CA file {e}")))?
+                    {
+                        roots
+                            .add(cert)
+                            .map_err(|e| AmqpError::Tls(format!("{}: {e}", ca.display())))?;
+                    }
+                }
+                let provider = Arc::new(rustls::crypto::ring::default_provider());
+                let config = rustls::ClientConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()
+                    .map_err(|e| AmqpError::Tls(e.to_string()))?
+                    .with_root_certificates(roots)
+                    .with_no_client_auth();
+                let name = ServerName::try_from(host.to_owned())
+                    .map_err(|e| AmqpError::Tls(format!("broker host {host:?}: {e}")))?;
+                Some((TlsConnector::from(Arc::new(config)), name))
+            }
+        };
+        Ok(Self { addr, tls })
+    }
+}
+
+/// Joins `client` to the broker: truc's bytes go up unchanged, the broker's
+/// come back through [`guard_stream`].
+async fn join<S>(client: TcpStream, upstream: S)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut client_rd, client_wr) = client.into_split();
+    let (up_rd, mut up_wr) = tokio::io::split(upstream);
+    let outbound = async move {
+        let r = tokio::io::copy(&mut client_rd, &mut up_wr).await;
+        let _ = up_wr.shutdown().await;
+        r
+    };
+    let inbound = guard_stream(up_rd, client_wr);
+    let _ = tokio::join!(outbound, inbound);
+}
+
+/// Starts a one-connection relay on a loopback port to `upstream`: lapin
 /// connects to the returned address, and the first connection accepted is
 /// joined to a fresh connection to the broker, guarded on the way back.
-pub(crate) async fn relay(broker: SocketAddr) -> std::io::Result<SocketAddr> {
+pub(crate) async fn relay(upstream: Upstream) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
     let local = listener.local_addr()?;
     tokio::spawn(async move {
@@ -399,24 +478,23 @@ pub(crate) async fn relay(broker: SocketAddr) -> std::io::Result<SocketAddr> {
         let Ok(Ok((client, _))) = accepted else {
             return;
         };
-        let upstream = match TcpStream::connect(broker).await {
+        let _ = client.set_nodelay(true);
+        let tcp = match TcpStream::connect(upstream.addr).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "guarded broker connection failed");
                 return;
             }
         };
-        let _ = client.set_nodelay(true);
-        let _ = upstream.set_nodelay(true);
-        let (mut client_rd, client_wr) = client.into_split();
-        let (up_rd, mut up_wr) = upstream.into_split();
-        let outbound = async move {
-            let r = tokio::io::copy(&mut client_rd, &mut up_wr).await;
-            let _ = up_wr.shutdown().await;
-            r
-        };
-        let inbound = guard_stream(up_rd, client_wr);
-        let _ = tokio::join!(outbound, inbound);
+        let _ = tcp.set_nodelay(true);
+        match upstream.tls {
+            None => join(client, tcp).await,
+            Some((connector, name)) => match connector.connect(name, tcp).await {
+                Ok(tls) => join(client, tls).await,
+                // lapin sees the connection close and reports the failure.
+                Err(e) => tracing::warn!(error = %e, "TLS to the broker failed"),
+            },
+        }
     });
     Ok(local)
 }
@@ -487,7 +565,7 @@ mod tests {
         props.extend(short(b"01JD0000000000000000000001"));
         let flags = (1 << 15) | (1 << 13) | (1 << 12) | (1 << 7);
         let f = header(flags, &props);
-        assert_eq!(check_frame(&f).unwrap(), f);
+        assert_eq!(check_frame(&f), f);
     }
 
     #[test]
@@ -509,8 +587,7 @@ mod tests {
                     p.push(2);
                 }
                 p
-            }))
-            .unwrap();
+            }));
             let why = marker(&out).expect("rewritten");
             assert!(why.contains("not UTF-8"), "{why}");
             // delivery mode 2 (persistent) is kept, body size is kept
@@ -531,7 +608,7 @@ mod tests {
         }
         let f = header(1 << 13, &inner);
         assert!(f.len() > 30_000);
-        let out = check_frame(&f).unwrap();
+        let out = check_frame(&f);
         let why = marker(&out).unwrap();
         assert!(why.contains("nested deeper than 8"), "{why}");
         assert!(out.len() < 200);
@@ -545,7 +622,7 @@ mod tests {
             header(1, &[]),
             header(1 << 6, &[1, 2, 3]),
         ] {
-            assert!(marker(&check_frame(&f).unwrap()).is_some());
+            assert!(marker(&check_frame(&f)).is_some());
         }
     }
 
@@ -558,7 +635,7 @@ mod tests {
         p.push(0);
         p.extend(short(b"lgsp.ingress"));
         p.extend(short(b"envelope.\xff"));
-        let out = check_frame(&frame(FRAME_METHOD, &p)).unwrap();
+        let out = check_frame(&frame(FRAME_METHOD, &p));
         let text = String::from_utf8_lossy(&out);
         assert!(text.contains(MALFORMED_ROUTING_KEY), "{text}");
         assert!(text.contains("lgsp.ingress"));
@@ -571,7 +648,7 @@ mod tests {
             p.extend(short(b"envelope.A"));
             frame(FRAME_METHOD, &p)
         };
-        assert_eq!(check_frame(&good).unwrap(), good);
+        assert_eq!(check_frame(&good), good);
     }
 
     #[test]

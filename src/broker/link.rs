@@ -11,6 +11,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
 
 use super::convert;
+use super::tls::BrokerTls;
 use super::AmqpError;
 use crate::core::message::{Inbound, Message};
 use crate::core::topology::{self, QueueSpec, Topology};
@@ -147,6 +148,8 @@ fn classify(op: &'static str, name: &str, e: lapin::Error) -> AmqpError {
 
 impl Link {
     /// Connects to `url`, naming the connection `name` in the broker's UI.
+    /// An `amqps://` URL trusts the CA file named by `TRUC_AMQP_CA_FILE`
+    /// (see [`BrokerTls::from_env`]).
     pub async fn connect(url: &str, name: &str) -> Result<Self, AmqpError> {
         Self::connect_with(url, name, 1).await
     }
@@ -156,46 +159,53 @@ impl Link {
     /// confirm work of a busy publisher. A message goes out on the channel of
     /// its routing key, so order per destination queue is kept.
     pub async fn connect_with(url: &str, name: &str, channels: usize) -> Result<Self, AmqpError> {
+        Self::connect_tls(url, name, channels, &BrokerTls::from_env()).await
+    }
+
+    /// [`Link::connect_with`] with explicit TLS trust settings: an `amqps://`
+    /// URL is verified against `tls`, never downgraded to plaintext.
+    pub async fn connect_tls(
+        url: &str,
+        name: &str,
+        channels: usize,
+        tls: &BrokerTls,
+    ) -> Result<Self, AmqpError> {
+        let tls_config = tls.for_url(url)?;
         let props = ConnectionProperties::default().with_connection_name(LongString::from(name));
-        let conn = Connection::connect(url, props)
+        let runtime =
+            lapin::runtime::default_runtime().map_err(|e| AmqpError::Connect(e.to_string()))?;
+        let conn = Connection::connect_with_config(url, props, tls_config, runtime)
             .await
-            .map_err(|e| AmqpError::Connect(e.to_string()))?;
+            .map_err(|e| super::tls::connect_error(url, &e))?;
         Self::over(conn, channels).await
     }
 
-    /// Like [`Link::connect_with`], but everything the broker sends passes the
+    /// Like [`Link::connect_tls`], but everything the broker sends passes the
     /// [frame guard](super::guard) first: a message lapin could not parse
     /// arrives with its properties replaced instead of closing the link. For
-    /// links that read what agencies published.
+    /// links that read what agencies published. With `amqps://` the guard
+    /// makes the TLS connection (verified against `tls`) and lapin speaks to
+    /// the guard over loopback.
     pub async fn connect_guarded(
         url: &str,
         name: &str,
         channels: usize,
+        tls: &BrokerTls,
     ) -> Result<Self, AmqpError> {
         let mut uri: lapin::uri::AMQPUri = url
             .parse()
             .map_err(|e: String| AmqpError::Connect(format!("broker URL: {e}")))?;
-        if uri.scheme != lapin::uri::AMQPScheme::AMQP {
-            return Err(AmqpError::Connect(
-                "the frame guard relays plain amqp:// only; amqps:// is not supported here".into(),
-            ));
-        }
-        let broker = tokio::net::lookup_host((uri.authority.host.as_str(), uri.authority.port))
-            .await
-            .ok()
-            .and_then(|mut a| a.next())
-            .ok_or_else(|| {
-                AmqpError::Connect(format!("cannot resolve broker host {}", uri.authority.host))
-            })?;
-        let local = super::guard::relay(broker)
+        let upstream = super::guard::Upstream::for_uri(&uri, tls).await?;
+        let local = super::guard::relay(upstream)
             .await
             .map_err(|e| AmqpError::Connect(format!("frame guard: {e}")))?;
+        uri.scheme = lapin::uri::AMQPScheme::AMQP;
         uri.authority.host = local.ip().to_string();
         uri.authority.port = local.port();
         let props = ConnectionProperties::default().with_connection_name(LongString::from(name));
         let conn = Connection::connect_uri(uri, props)
             .await
-            .map_err(|e| AmqpError::Connect(e.to_string()))?;
+            .map_err(|e| super::tls::connect_error(url, &e))?;
         Self::over(conn, channels).await
     }
 

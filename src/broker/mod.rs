@@ -13,9 +13,11 @@ mod convert;
 pub(crate) mod guard;
 mod link;
 mod outbox;
+mod tls;
 
 pub use link::{Browser, Death, Got, Link, QueueInfo, Settler, Subscription};
 pub use outbox::{declare_agency, LinkOutbox, LinkSlot, Outbox, PublishError};
+pub use tls::{is_amqps, BrokerTls, CA_FILE_ENV};
 
 /// AMQP errors.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +25,10 @@ pub enum AmqpError {
     /// Connecting failed.
     #[error("cannot connect to the broker: {0}")]
     Connect(String),
+    /// The TLS settings cannot be used (CA file unreadable or without a
+    /// certificate, CA file with a plaintext URL, unknown scheme).
+    #[error("broker TLS settings: {0}")]
+    Tls(String),
     /// A channel or connection operation failed (the link is unusable).
     #[error("broker operation {op} failed: {message}")]
     Broker {
@@ -60,7 +66,10 @@ impl AmqpError {
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Connect(_) | Self::Broker { .. } | Self::Nack(_) => true,
-            Self::Unroutable { .. } | Self::NoSuchQueue(_) | Self::Conflict { .. } => false,
+            Self::Tls(_)
+            | Self::Unroutable { .. }
+            | Self::NoSuchQueue(_)
+            | Self::Conflict { .. } => false,
         }
     }
 

@@ -60,6 +60,8 @@ fn with_query<Q: Serialize>(path: &str, q: &Q) -> String {
 pub struct Admin {
     addr: String,
     token: String,
+    /// HTTPS settings when the admin API is served over TLS.
+    tls: Option<crate::cli::tls::AdminClientTls>,
 }
 
 impl Admin {
@@ -74,9 +76,11 @@ impl Admin {
                 ),
             )
         })?;
+        let tls = crate::cli::tls::admin_client(cfg).map_err(|e| CliError::new(2, e))?;
         Ok(Self {
             addr: cfg.admin_addr.clone(),
             token,
+            tls,
         })
     }
 
@@ -87,10 +91,16 @@ impl Admin {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<T, CliError> {
-        let resp =
-            crate::cli::http::request(&self.addr, method, path, &self.token, body.as_deref())
-                .await
-                .map_err(|e| CliError::new(4, e.to_string()))?;
+        let resp = crate::cli::http::request_tls(
+            self.tls.as_ref(),
+            &self.addr,
+            method,
+            path,
+            &self.token,
+            body.as_deref(),
+        )
+        .await
+        .map_err(|e| CliError::new(4, e.to_string()))?;
         let message = || {
             serde_json::from_slice::<ErrorBody>(&resp.body)
                 .map(|b| b.error)

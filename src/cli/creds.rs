@@ -60,7 +60,8 @@ pub(crate) fn credentials(code: &AgencyCode, a: &CredArgs) -> Result<Credentials
 
 /// A connected adapter.
 pub(crate) async fn connect(cfg: &Config, creds: Credentials) -> Result<Client, CliError> {
-    Client::connect(&cfg.amqp_url, &cfg.prefix, creds)
+    let tls = crate::broker::BrokerTls::new(cfg.amqp_ca_file.clone());
+    Client::connect_tls(&cfg.amqp_url, &cfg.prefix, creds, &tls)
         .await
         .map_err(|e| CliError::new(4, e.to_string()))
 }

@@ -1,6 +1,7 @@
-//! A minimal HTTP/1.1 client for the CLI's calls to the loopback admin API.
+//! A minimal HTTP/1.1 client for the CLI's calls to the admin API: plain on
+//! loopback, HTTPS through [`crate::cli::tls`] otherwise.
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// HTTP client errors.
@@ -20,6 +21,24 @@ pub enum HttpError {
     /// The response is not HTTP.
     #[error("admin API answered something that is not HTTP")]
     BadResponse,
+    /// The TLS handshake failed (certificate not trusted, not HTTPS, ...).
+    #[error("admin API at {addr}: TLS: {source}")]
+    Tls {
+        /// Address.
+        addr: String,
+        /// What failed.
+        source: std::io::Error,
+    },
+}
+
+impl HttpError {
+    /// Whether trying again may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Connect { .. } | Self::Io(_) => true,
+            Self::BadResponse | Self::Tls { .. } => false,
+        }
+    }
 }
 
 /// A response: status and body.
@@ -54,12 +73,47 @@ pub async fn request(
     token: &str,
     body: Option<&[u8]>,
 ) -> Result<Response, HttpError> {
-    let mut s = TcpStream::connect(addr)
+    request_tls(None, addr, method, path, token, body).await
+}
+
+/// [`request`], over HTTPS when `tls` is given.
+pub async fn request_tls(
+    tls: Option<&crate::cli::tls::AdminClientTls>,
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<&[u8]>,
+) -> Result<Response, HttpError> {
+    let s = TcpStream::connect(crate::cli::tls::dial_addr(addr))
         .await
         .map_err(|source| HttpError::Connect {
             addr: addr.to_owned(),
             source,
         })?;
+    match tls {
+        None => exchange(s, addr, method, path, token, body).await,
+        Some(tls) => {
+            let s = tls
+                .connect(s, addr)
+                .await
+                .map_err(|source| HttpError::Tls {
+                    addr: addr.to_owned(),
+                    source,
+                })?;
+            exchange(s, addr, method, path, token, body).await
+        }
+    }
+}
+
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<&[u8]>,
+) -> Result<Response, HttpError> {
     let body = body.unwrap_or(b"");
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nAccept: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",

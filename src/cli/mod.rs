@@ -30,6 +30,7 @@ mod recv;
 mod report;
 mod send;
 mod store;
+pub mod tls;
 
 use std::fmt::Display;
 use std::path::PathBuf;

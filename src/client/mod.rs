@@ -8,7 +8,7 @@
 
 use std::collections::{HashSet, VecDeque};
 
-use crate::broker::{AmqpError, Link, Subscription};
+use crate::broker::{AmqpError, BrokerTls, Link, Subscription};
 use crate::core::auth::body_digest;
 use crate::core::code::AgencyCode;
 use crate::core::message::{Inbound, Message};
@@ -132,9 +132,21 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to `url` as `creds`.
+    /// Connects to `url` as `creds`; an `amqps://` URL trusts the CA file
+    /// named by `TRUC_AMQP_CA_FILE` besides the web PKI roots.
     pub async fn connect(url: &str, prefix: &str, creds: Credentials) -> Result<Self, ClientError> {
-        let link = Link::connect(url, &format!("adapter {}", creds.code)).await?;
+        Self::connect_tls(url, prefix, creds, &BrokerTls::from_env()).await
+    }
+
+    /// Connects to `url` as `creds`, verifying an `amqps://` broker against
+    /// `tls` (never falling back to plaintext).
+    pub async fn connect_tls(
+        url: &str,
+        prefix: &str,
+        creds: Credentials,
+        tls: &BrokerTls,
+    ) -> Result<Self, ClientError> {
+        let link = Link::connect_tls(url, &format!("adapter {}", creds.code), 1, tls).await?;
         Ok(Self {
             link,
             creds,

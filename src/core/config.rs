@@ -1,8 +1,18 @@
 //! Configuration of `truc serve` and of the CLI: a TOML file with working
-//! defaults, then environment overrides (`TRUC_AMQP_URL`, `TRUC_DATA_DIR`,
-//! `TRUC_ADMIN_ADDR`, `TRUC_ADMIN_TOKEN`, `TRUC_PREFIX`, `TRUC_MASTER_KEY`).
+//! defaults, then environment overrides (`TRUC_AMQP_URL`, `TRUC_AMQP_CA_FILE`,
+//! `TRUC_DATA_DIR`, `TRUC_ADMIN_ADDR`, `TRUC_ADMIN_TOKEN`, `TRUC_ADMIN_TLS_CERT`,
+//! `TRUC_ADMIN_TLS_KEY`, `TRUC_ADMIN_CA_FILE`, `TRUC_METRICS_REQUIRE_TOKEN`,
+//! `TRUC_PREFIX`, `TRUC_MASTER_KEY`).
 //!
-//! Invariant: a [`Config`] returned by [`Config::load`] is validated.
+//! Invariants: a [`Config`] returned by [`Config::load`] is validated; a CA
+//! file named for `amqps://` holds at least one PEM certificate, and one named
+//! with a plaintext `amqp://` URL is refused (it would otherwise be ignored);
+//! an admin token, configured or read from `admin.token`, is at least 16
+//! characters without whitespace (an empty or short one is an error, never
+//! "no token"); a non-loopback `admin_addr` needs HTTPS (`admin_tls_cert` and
+//! `admin_tls_key` to serve it, or `admin_ca_file` for the CLI to call it).
+//! Files truc writes into `data_dir` are created whole (written to a temporary
+//! name, synced, then renamed) and mode 0600, in a directory of mode 0700.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -76,6 +86,13 @@ pub fn default_audit_retention() -> String {
 pub fn default_envelope_retention() -> String {
     "180d".into()
 }
+/// Default time a client has to send a request head to the admin API (also
+/// the idle time after which a keep-alive connection is closed).
+pub fn default_admin_header_timeout() -> String {
+    "10s".into()
+}
+/// Shortest admin token accepted.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
 /// Default interval between samples of inbox depths for `/metrics`.
 pub fn default_depth_sample_interval() -> String {
     "15s".into()
@@ -88,12 +105,37 @@ pub struct Config {
     /// RabbitMQ URL (`TRUC_AMQP_URL`).
     #[serde(default = "default_amqp_url")]
     pub amqp_url: String,
+    /// PEM file of CA certificates trusted for an `amqps://` broker, in
+    /// addition to the bundled web PKI roots (`TRUC_AMQP_CA_FILE`).
+    #[serde(default)]
+    pub amqp_ca_file: Option<PathBuf>,
     /// sled directory (`TRUC_DATA_DIR`).
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
-    /// Admin API listen address, loopback (`TRUC_ADMIN_ADDR`).
+    /// Admin API listen address (`TRUC_ADMIN_ADDR`); anything but loopback
+    /// needs HTTPS.
     #[serde(default = "default_admin_addr")]
     pub admin_addr: String,
+    /// PEM certificate chain the admin API serves HTTPS with
+    /// (`TRUC_ADMIN_TLS_CERT`); needs `admin_tls_key`.
+    #[serde(default)]
+    pub admin_tls_cert: Option<PathBuf>,
+    /// PEM private key of `admin_tls_cert` (`TRUC_ADMIN_TLS_KEY`).
+    #[serde(default)]
+    pub admin_tls_key: Option<PathBuf>,
+    /// For the CLI: PEM CA certificate(s) the admin API's HTTPS certificate
+    /// is verified against; when set the CLI calls the admin API over HTTPS
+    /// (`TRUC_ADMIN_CA_FILE`).
+    #[serde(default)]
+    pub admin_ca_file: Option<PathBuf>,
+    /// Time a client has to send a request head (and idle time of a
+    /// keep-alive connection) before the admin API closes it.
+    #[serde(default = "default_admin_header_timeout")]
+    pub admin_header_timeout: String,
+    /// Whether `/metrics` needs the admin token; default: yes unless
+    /// `admin_addr` is loopback (`TRUC_METRICS_REQUIRE_TOKEN`).
+    #[serde(default)]
+    pub metrics_require_token: Option<bool>,
     /// Admin bearer token (`TRUC_ADMIN_TOKEN`); when unset one is generated
     /// into `<data_dir>/admin.token` at first start.
     #[serde(default)]
@@ -158,14 +200,36 @@ impl Config {
         if let Some(v) = get("TRUC_AMQP_URL") {
             self.amqp_url = v;
         }
+        if let Some(v) = get("TRUC_AMQP_CA_FILE").filter(|v| !v.is_empty()) {
+            self.amqp_ca_file = Some(v.into());
+        }
         if let Some(v) = get("TRUC_DATA_DIR") {
             self.data_dir = v.into();
         }
         if let Some(v) = get("TRUC_ADMIN_ADDR") {
             self.admin_addr = v;
         }
-        if let Some(v) = get("TRUC_ADMIN_TOKEN").filter(|v| !v.is_empty()) {
+        // Set but empty is kept (and refused by `validate`): an empty token
+        // must never mean "no token".
+        if let Some(v) = get("TRUC_ADMIN_TOKEN") {
             self.admin_token = Some(v);
+        }
+        for (var, slot) in [
+            ("TRUC_ADMIN_TLS_CERT", &mut self.admin_tls_cert),
+            ("TRUC_ADMIN_TLS_KEY", &mut self.admin_tls_key),
+            ("TRUC_ADMIN_CA_FILE", &mut self.admin_ca_file),
+        ] {
+            if let Some(v) = get(var).filter(|v| !v.is_empty()) {
+                *slot = Some(v.into());
+            }
+        }
+        if let Some(v) = get("TRUC_METRICS_REQUIRE_TOKEN").filter(|v| !v.is_empty()) {
+            self.metrics_require_token = match v.as_str() {
+                "1" | "true" | "yes" => Some(true),
+                "0" | "false" | "no" => Some(false),
+                // Anything else: the safe side.
+                _ => Some(true),
+            };
         }
         if let Some(v) = get("TRUC_PREFIX") {
             self.prefix = v;
@@ -191,6 +255,42 @@ impl Config {
             .unwrap_or(std::time::Duration::from_secs(15))
     }
 
+    /// `admin_header_timeout` as a duration (validated).
+    pub fn admin_header_timeout(&self) -> std::time::Duration {
+        crate::core::time::parse_duration(&self.admin_header_timeout)
+            .unwrap_or(std::time::Duration::from_secs(10))
+    }
+
+    /// True when `admin_addr` is a loopback address.
+    pub fn admin_is_loopback(&self) -> bool {
+        self.admin_socket().is_ok_and(|a| a.ip().is_loopback())
+    }
+
+    /// Whether `/metrics` needs the admin token.
+    pub fn metrics_token_required(&self) -> bool {
+        self.metrics_require_token
+            .unwrap_or_else(|| !self.admin_is_loopback())
+    }
+
+    /// Creates `data_dir` (mode 0700) if needed and tightens it to 0700.
+    pub fn prepare_data_dir(&self) -> std::io::Result<()> {
+        let mut b = std::fs::DirBuilder::new();
+        b.recursive(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            b.mode(0o700);
+        }
+        b.create(&self.data_dir)?;
+        secure_tree(&self.data_dir)
+    }
+
+    /// Sets every directory under `data_dir` to 0700 and every file to 0600
+    /// (sled creates its files with the process umask).
+    pub fn secure_data_dir(&self) -> std::io::Result<()> {
+        secure_tree(&self.data_dir)
+    }
+
     /// Path of the generated master key.
     pub fn master_key_path(&self) -> PathBuf {
         self.data_dir.join("master.key")
@@ -207,7 +307,7 @@ impl Config {
             Ok(t) => Ok(t.trim().to_owned()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 use rand::Rng;
-                std::fs::create_dir_all(&self.data_dir)?;
+                self.prepare_data_dir()?;
                 let bytes: [u8; 32] = rand::thread_rng().gen();
                 let key = hex::encode(bytes);
                 write_private(&path, &key)?;
@@ -224,6 +324,20 @@ impl Config {
                 key: "amqp_url",
                 problem: "must start with amqp:// or amqps://".into(),
             });
+        }
+        if let Some(ca) = &self.amqp_ca_file {
+            if !self.amqp_url.starts_with("amqps://") {
+                return Err(ConfigError::Invalid {
+                    key: "amqp_ca_file",
+                    problem: "is set but amqp_url is plaintext amqp://; use amqps:// (TLS, usually port 5671)".into(),
+                });
+            }
+            if let Err(problem) = crate::core::pem::read_ca_text(ca) {
+                return Err(ConfigError::Invalid {
+                    key: "amqp_ca_file",
+                    problem,
+                });
+            }
         }
         self.admin_socket()?;
         if self.prefix.len() > 64
@@ -281,12 +395,58 @@ impl Config {
             }
         }
         if let Some(t) = &self.admin_token {
-            if t.len() < 16 {
+            if let Err(problem) = check_admin_token(t) {
                 return Err(ConfigError::Invalid {
                     key: "admin_token",
-                    problem: "must be at least 16 characters".into(),
+                    problem: format!("(or TRUC_ADMIN_TOKEN) {problem}"),
                 });
             }
+        }
+        match crate::core::time::parse_duration(&self.admin_header_timeout) {
+            Ok(d) if d >= std::time::Duration::from_millis(100) && d <= DAY / 144 => {}
+            _ => {
+                return Err(ConfigError::Invalid {
+                    key: "admin_header_timeout",
+                    problem: "must be a duration from 100ms to 10m".into(),
+                })
+            }
+        }
+        match (&self.admin_tls_cert, &self.admin_tls_key) {
+            (Some(cert), Some(_)) => {
+                if let Err(problem) = crate::core::pem::read_certificates(cert) {
+                    return Err(ConfigError::Invalid {
+                        key: "admin_tls_cert",
+                        problem,
+                    });
+                }
+            }
+            (None, None) => {}
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(ConfigError::Invalid {
+                    key: "admin_tls_key",
+                    problem: "admin_tls_cert and admin_tls_key go together".into(),
+                })
+            }
+        }
+        if let Some(ca) = &self.admin_ca_file {
+            if let Err(problem) = crate::core::pem::read_certificates(ca) {
+                return Err(ConfigError::Invalid {
+                    key: "admin_ca_file",
+                    problem,
+                });
+            }
+        }
+        if !self.admin_is_loopback()
+            && self.admin_tls_cert.is_none()
+            && self.admin_ca_file.is_none()
+        {
+            return Err(ConfigError::Invalid {
+                key: "admin_addr",
+                problem: format!(
+                    "{} is not loopback: the admin API then needs HTTPS (admin_tls_cert and admin_tls_key to serve it, admin_ca_file / TRUC_ADMIN_CA_FILE for the CLI to call it), or listen on 127.0.0.1",
+                    self.admin_addr
+                ),
+            });
         }
         Ok(())
     }
@@ -308,14 +468,32 @@ impl Config {
     /// when `create` and absent).
     pub fn resolve_admin_token(&self, create: bool) -> std::io::Result<String> {
         if let Some(t) = &self.admin_token {
+            check_admin_token(t).map_err(|problem| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("admin_token (or TRUC_ADMIN_TOKEN) {problem}"),
+                )
+            })?;
             return Ok(t.clone());
         }
         let path = self.token_path();
         match std::fs::read_to_string(&path) {
-            Ok(t) => Ok(t.trim().to_owned()),
+            Ok(t) => {
+                let t = t.trim();
+                check_admin_token(t).map_err(|problem| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!(
+                            "admin token file {}: {problem}; write a token of at least {MIN_ADMIN_TOKEN_LEN} characters into it, or delete it to have one generated",
+                            path.display()
+                        ),
+                    )
+                })?;
+                Ok(t.to_owned())
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
                 use rand::Rng;
-                std::fs::create_dir_all(&self.data_dir)?;
+                self.prepare_data_dir()?;
                 let bytes: [u8; 24] = rand::thread_rng().gen();
                 let token = hex::encode(bytes);
                 write_private(&path, &token)?;
@@ -326,18 +504,85 @@ impl Config {
     }
 }
 
+/// Why `t` cannot be the admin token, if it cannot.
+pub fn check_admin_token(t: &str) -> Result<(), String> {
+    if t.trim().is_empty() {
+        return Err("is empty".into());
+    }
+    if t.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("must not contain whitespace or control characters".into());
+    }
+    if t.chars().count() < MIN_ADMIN_TOKEN_LEN {
+        return Err(format!("is shorter than {MIN_ADMIN_TOKEN_LEN} characters"));
+    }
+    Ok(())
+}
+
+/// Writes `text` to a new file `path`, mode 0600, whole or not at all: it is
+/// written to a temporary name, synced and renamed, so a full disk leaves no
+/// empty or partial file behind. Fails if `path` exists.
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+        std::process::id()
+    ));
+    let write = || -> std::io::Result<()> {
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut f = opts.open(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        if path.exists() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!("{} appeared meanwhile", path.display()),
+            ));
+        }
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    };
+    let res = write();
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res
+}
+
+/// Directories 0700, files 0600, under and including `root`.
+fn secure_tree(root: &Path) -> std::io::Result<()> {
     #[cfg(unix)]
     {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::symlink_metadata(root)?;
+        if meta.file_type().is_symlink() {
+            return Ok(());
+        }
+        let want = if meta.is_dir() { 0o700 } else { 0o600 };
+        if meta.permissions().mode() & 0o777 != want {
+            std::fs::set_permissions(root, std::fs::Permissions::from_mode(want))?;
+        }
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(root)? {
+                match secure_tree(&entry?.path()) {
+                    Ok(()) => {}
+                    // A file sled removed meanwhile.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
     }
-    let mut f = opts.open(path)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()
+    #[cfg(not(unix))]
+    let _ = root;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -360,6 +605,119 @@ mod tests {
         assert!(c.validate().is_err());
         let c2: Result<Config, _> = toml::from_str("amqp_urll = 'x'");
         assert!(c2.is_err());
+    }
+
+    #[test]
+    fn admin_token_addr_and_metrics_rules() {
+        let mut c = Config::default();
+        for bad in ["", "   ", "short-token", "a token with spaces 0123"] {
+            c.admin_token = Some(bad.into());
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("admin_token"), "{bad:?}: {e}");
+            assert!(c.resolve_admin_token(false).is_err(), "{bad:?}");
+        }
+        c.admin_token = None;
+        c.apply_env(|k| (k == "TRUC_ADMIN_TOKEN").then(String::new));
+        assert!(
+            c.validate().is_err(),
+            "a set but empty TRUC_ADMIN_TOKEN is refused"
+        );
+        c.admin_token = Some("x".repeat(16));
+        c.validate().unwrap();
+        assert!(!c.metrics_token_required());
+        c.admin_addr = "0.0.0.0:7443".into();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("not loopback"), "{e}");
+        assert!(c.metrics_token_required());
+        c.admin_addr = "[::1]:7070".into();
+        c.validate().unwrap();
+        c.apply_env(|k| (k == "TRUC_METRICS_REQUIRE_TOKEN").then(|| "true".to_owned()));
+        assert!(c.metrics_token_required());
+        c.admin_tls_cert = Some("/etc/truc/admin.pem".into());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("go together"), "{e}");
+        c.admin_tls_cert = None;
+        c.admin_header_timeout = "0s".into();
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn an_empty_or_short_token_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Config {
+            data_dir: dir.path().to_owned(),
+            ..Config::default()
+        };
+        for (text, why) in [("", "empty"), (" \n\t\n", "empty"), ("abc\n", "shorter")] {
+            std::fs::write(c.token_path(), text).unwrap();
+            for create in [true, false] {
+                let e = c.resolve_admin_token(create).unwrap_err().to_string();
+                assert!(
+                    e.contains("admin.token") && e.contains(why),
+                    "{text:?}: {e}"
+                );
+            }
+        }
+        std::fs::remove_file(c.token_path()).unwrap();
+        let t = c.resolve_admin_token(true).unwrap();
+        assert_eq!(std::fs::read_to_string(c.token_path()).unwrap(), t);
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| n.to_string_lossy().contains(".tmp-"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn data_dir_is_created_and_kept_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let c = Config {
+            data_dir: dir.path().join("a/data"),
+            ..Config::default()
+        };
+        c.prepare_data_dir().unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&c.data_dir), 0o700);
+        std::fs::create_dir(c.data_dir.join("blobs")).unwrap();
+        std::fs::set_permissions(
+            c.data_dir.join("blobs"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        std::fs::write(c.data_dir.join("blobs/1"), "x").unwrap();
+        std::fs::set_permissions(
+            c.data_dir.join("blobs/1"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        std::fs::set_permissions(&c.data_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        c.secure_data_dir().unwrap();
+        assert_eq!(mode(&c.data_dir), 0o700);
+        assert_eq!(mode(&c.data_dir.join("blobs")), 0o700);
+        assert_eq!(mode(&c.data_dir.join("blobs/1")), 0o600);
+        c.resolve_admin_token(true).unwrap();
+        assert_eq!(mode(&c.token_path()), 0o600);
+    }
+
+    #[test]
+    fn a_broker_ca_file_needs_amqps_and_a_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Config::default();
+        c.apply_env(|k| (k == "TRUC_AMQP_CA_FILE").then(|| "/nonexistent/ca.pem".to_owned()));
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("amqp_ca_file") && e.contains("amqps://"), "{e}");
+        c.amqp_url = "amqps://u:p@broker.example:5671/%2f".into();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/ca.pem"), "{e}");
+        let empty = dir.path().join("ca.pem");
+        std::fs::write(&empty, "").unwrap();
+        c.amqp_ca_file = Some(empty);
+        assert!(c.validate().is_err());
+        c.amqp_ca_file = None;
+        c.validate().unwrap();
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod message;
 pub mod metrics;
 pub mod notice;
 pub mod outgoing;
+pub mod pem;
 pub mod policy;
 pub mod presence;
 pub mod reason;

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::broker::{declare_agency, AmqpError, Link, LinkOutbox, Settler};
+use crate::broker::{declare_agency, AmqpError, BrokerTls, Link, LinkOutbox, Settler};
 use crate::core::code::AgencyCode;
 use crate::core::config::Config;
 use crate::core::message::{Inbound, Message};
@@ -53,13 +53,29 @@ pub enum ServiceError {
     /// The master key cannot be read or generated, or is invalid.
     #[error("master key: {0}")]
     MasterKey(String),
+    /// The admin token is empty, short, or cannot be read or generated.
+    #[error("admin token: {0}")]
+    AdminToken(String),
+    /// The admin API cannot be served as configured (TLS files, or a
+    /// non-loopback address without TLS).
+    #[error("admin API: {0}")]
+    AdminTls(String),
+    /// The data directory cannot be created or made private.
+    #[error("data dir: {0}")]
+    DataDir(std::io::Error),
 }
 
 impl ServiceError {
     /// Whether starting again may succeed.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::Config(_) | Self::Policy(_) | Self::Topology(_) | Self::MasterKey(_) => false,
+            Self::Config(_)
+            | Self::Policy(_)
+            | Self::Topology(_)
+            | Self::MasterKey(_)
+            | Self::AdminToken(_)
+            | Self::AdminTls(_)
+            | Self::DataDir(_) => false,
             Self::Store(e) => e.is_retryable(),
             Self::Registry(e) => e.is_retryable(),
             Self::Admin(_) => true,
@@ -75,6 +91,8 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
     config.validate()?;
     let policies = Policies::load(&config.policies_dir)?;
     let topology = Arc::new(Topology::load(&config.queues_dir, &config.prefix)?);
+    let admin_tls = crate::api::tls::load(&config).map_err(ServiceError::AdminTls)?;
+    config.prepare_data_dir().map_err(ServiceError::DataDir)?;
     let store = Store::open(&config.data_dir)?;
     let flusher = store.start_flusher();
     let master = config
@@ -87,7 +105,8 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
     let registry = Registry::open(store.clone(), master)?;
     let admin_token = config
         .resolve_admin_token(true)
-        .map_err(ServiceError::Admin)?;
+        .map_err(|e| ServiceError::AdminToken(e.to_string()))?;
+    config.secure_data_dir().map_err(ServiceError::DataDir)?;
     let router = Arc::new(Router::new(
         store.clone(),
         registry.clone(),
@@ -110,8 +129,13 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
     let listener = tokio::net::TcpListener::bind(config.admin_socket()?)
         .await
         .map_err(ServiceError::Admin)?;
-    tracing::info!(addr = %config.admin_addr, data_dir = %config.data_dir.display(), prefix = %config.prefix, "truc serving");
-    tracker.spawn(crate::api::serve(hub.clone(), listener, shutdown.clone()));
+    tracing::info!(addr = %config.admin_addr, https = admin_tls.is_some(), data_dir = %config.data_dir.display(), prefix = %config.prefix, "truc serving");
+    tracker.spawn(crate::api::serve(
+        hub.clone(),
+        listener,
+        admin_tls,
+        shutdown.clone(),
+    ));
     tracker.spawn(housekeeping(hub.clone(), shutdown.clone()));
     tracker.spawn(reload_on_sighup(hub.clone(), shutdown.clone()));
     tracker.spawn(crate::serve::presence::run(
@@ -178,6 +202,10 @@ async fn housekeeping(hub: Arc<Hub>, shutdown: CancellationToken) {
                 }
                 metrics::agencies(hub.registry.len());
                 metrics::store_bytes(hub.store.size_on_disk());
+                // Files sled created since (it uses the process umask).
+                if let Err(e) = hub.config.secure_data_dir() {
+                    tracing::warn!(error = %e, "cannot make the data dir private");
+                }
             }
         }
     }
@@ -191,6 +219,7 @@ async fn connect(hub: &Hub, shutdown: &CancellationToken) -> Option<Arc<Link>> {
                 &hub.config.amqp_url,
                 &format!("truc router {}", hub.config.prefix),
                 ROUTER_PUBLISH_CHANNELS,
+                &BrokerTls::new(hub.config.amqp_ca_file.clone()),
             )
             .await?;
             link.declare_topology(&hub.topology).await?;

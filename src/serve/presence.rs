@@ -178,7 +178,9 @@ impl Task {
             .collect();
         if self.probe.is_none() {
             let name = format!("truc presence {}", self.hub.config.prefix);
-            match crate::broker::Link::connect(&self.hub.config.amqp_url, &name).await {
+            let tls = crate::broker::BrokerTls::new(self.hub.config.amqp_ca_file.clone());
+            match crate::broker::Link::connect_tls(&self.hub.config.amqp_url, &name, 1, &tls).await
+            {
                 Ok(l) => self.probe = Some(l),
                 Err(e) => {
                     tracing::warn!(error = %e, "presence poll connection failed; next round retries");

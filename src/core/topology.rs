@@ -356,10 +356,14 @@ mod tests {
         );
         assert_eq!(notify.name, "lgsp.notify.000.00.32.H41");
         let names = t.queue_names([&code]);
-        assert_eq!(names.len(), t.queues.len() + 2);
+        assert_eq!(names.len(), t.queues.len() + 3);
         assert!(names.contains(&"lgsp.delay.1d".to_owned()));
-        assert!(names.ends_with(&[inbox.name.clone(), notify.name.clone()]));
-        assert_eq!(t.exchange_names().len(), 5);
+        assert!(names.ends_with(&[
+            ingress_q.name.clone(),
+            inbox.name.clone(),
+            notify.name.clone()
+        ]));
+        assert_eq!(t.exchange_names().len(), 7);
         let ingress = t.queues.iter().find(|q| q.name == "lgsp.ingress").unwrap();
         assert_eq!(ingress.bind[0].exchange, "lgsp.ingress.unrouted");
         let ex = t

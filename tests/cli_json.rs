@@ -134,7 +134,7 @@ async fn every_json_output_parses_into_its_type() {
         &hub,
         &["agency", "remove", "000.00.33.H41", "--yes", "--json"],
     );
-    assert_eq!(removed.deleted_queues.len(), 2);
+    assert_eq!(removed.deleted_queues.len(), 3);
     let csv = hub.data.path().join("import.csv");
     std::fs::write(&csv, "code,name\nH37.DN.020,Sở A\n").unwrap();
     let issued: Vec<t::Issued> =

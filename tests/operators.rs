@@ -143,7 +143,7 @@ async fn agency_lifecycle_disable_rotate_remove_import_and_sealed_secrets() {
             "--json",
         ],
     );
-    assert_eq!(v["deleted_queues"].as_array().unwrap().len(), 2);
+    assert_eq!(v["deleted_queues"].as_array().unwrap().len(), 3);
     run(&hub, &["agency", "show", "H37.DN.002"], 3);
     let link = hub.link().await;
     assert!(link

@@ -76,7 +76,7 @@ pub fn default_policies_dir() -> PathBuf {
 }
 /// Default ingress prefetch (messages in flight in the router).
 pub fn default_prefetch() -> u16 {
-    128
+    32
 }
 /// Default retention of audit entries (the regulations ask for two months).
 pub fn default_audit_retention() -> String {

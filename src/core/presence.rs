@@ -214,6 +214,10 @@ impl Tracker {
                 (self.agencies.entry(code.clone()).or_insert(fresh), None)
             }
         };
+        // Observations can arrive out of time order (a heartbeat stamped by
+        // the router while a slow poll round was running): the state machine's
+        // clock never goes back, so history stays in the order it happened.
+        let now_ms = now_ms.max(p.since_ms);
         match obs {
             Observation::Poll { enabled, consumers } => {
                 p.enabled = enabled;
@@ -245,7 +249,7 @@ impl Tracker {
             .iter_mut()
             .filter_map(|(code, p)| {
                 let from = Some(p.state);
-                settle(code, p, from, window_ms, now_ms)
+                settle(code, p, from, window_ms, now_ms.max(p.since_ms))
             })
             .collect()
     }
@@ -591,5 +595,28 @@ mod tests {
         let w = waiting(0, 5, Some(10));
         assert!(due(t2.get(&a), &w, 8 * S).is_empty());
         assert_eq!(due(t2.get(&a), &w, 9 * S).len(), 1);
+    }
+
+    #[test]
+    fn a_late_stamped_heartbeat_never_goes_back_in_time() {
+        let mut t = Tracker::new(Duration::from_secs(90));
+        let a = AgencyCode::parse("000.00.32.H41").unwrap();
+        // A poll round at 10 s sees no consumer...
+        let first = t
+            .observe(
+                &a,
+                Observation::Poll {
+                    enabled: true,
+                    consumers: Some(0),
+                },
+                10 * S,
+            )
+            .unwrap();
+        // ...then a heartbeat the router stamped at 9 s is applied.
+        let second = t
+            .observe(&a, Observation::Heartbeat { online: true }, 9 * S)
+            .unwrap();
+        assert_eq!((first.to, second.to), (State::Offline, State::Online));
+        assert!(second.at_ms >= first.at_ms, "{second:?} before {first:?}");
     }
 }

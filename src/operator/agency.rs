@@ -312,7 +312,11 @@ pub async fn remove(hub: &Hub, code: &str, force: bool) -> Result<Removed, Agenc
     }
     let removed = hub.registry.remove(&code)?;
     let mut deleted_queues = Vec::new();
-    for queue in [inbox, hub.topology.notify(&code)] {
+    for queue in [
+        inbox,
+        hub.topology.notify(&code),
+        hub.topology.ingress(&code),
+    ] {
         match link.delete_queue(&queue).await {
             Ok(messages) => deleted_queues.push(DeletedQueue { queue, messages }),
             Err(e) => tracing::warn!(queue = %queue, error = %e, "queue not deleted"),

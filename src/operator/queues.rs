@@ -56,13 +56,16 @@ impl QueueError {
     }
 }
 
-/// Whether an agency is online: the presence tracker's state (consumers or
-/// heartbeats); the inbox's consumers when the tracker has not seen it yet.
+/// Whether an agency is online: a consumer on its inbox now, or the presence
+/// tracker's state (consumers or heartbeats seen by its last poll).
 pub fn is_online(hub: &Hub, code: &AgencyCode, inbox: &QueueInfo) -> bool {
-    match hub.presence.get(code) {
-        Ok(Some(p)) => p.state == crate::core::presence::State::Online,
-        Ok(None) | Err(_) => inbox.consumers > 0,
-    }
+    // A consumer on the inbox right now is online by definition (PROTOCOL
+    // §6), even before the tracker's next poll has seen it.
+    inbox.consumers > 0
+        || match hub.presence.get(code) {
+            Ok(Some(p)) => p.state == crate::core::presence::State::Online,
+            Ok(None) | Err(_) => false,
+        }
 }
 
 /// Queue facts of `names`, [`INFO_CONCURRENCY`] at a time, in order; `None`

@@ -246,6 +246,17 @@ async fn connect(hub: &Hub, shutdown: &CancellationToken) -> Option<Arc<Link>> {
                 tracing::info!(url = %redact(&hub.config.amqp_url), "broker connected, topology declared");
                 return Some(Arc::new(link));
             }
+            Err(e @ AmqpError::Conflict { .. }) => {
+                // An exchange or fixed queue exists with other arguments (an
+                // older topology): retrying cannot help until an operator acts.
+                tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64,
+                    "topology conflict: the broker holds this exchange or queue with other arguments; see docs/OPERATIONS.md, \"Upgrading a broker from the single ingress queue\"");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return None,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
             Err(e) => {
                 tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "broker not reachable");
                 tokio::select! {
@@ -431,6 +442,11 @@ impl Consumers {
                 _ = stop.cancelled() => break,
                 Some(done) = tasks.join_next() => {
                     if let Ok((code, Err(e))) = done {
+                        if self.hub.registry.get(&code).is_none() {
+                            // Removed: its queue went with it.
+                            running.remove(&code);
+                            continue;
+                        }
                         match e {
                             // Its queue is gone or declared differently: retried
                             // at the next tick, the other sources keep flowing.

@@ -4,31 +4,43 @@
 //! # Layout
 //! The crate is built in layers; **a layer uses only the layers above it in
 //! this list** (never one below), so there is no dependency cycle between
-//! folders. Each folder's `mod.rs` says what it owns.
+//! folders. Each folder's `mod.rs` says what it owns and may use.
 //!
-//! 1. [`core`](crate::core) — pure code: agency codes, times, reasons, the
-//!    message, the canonical form, signatures, envelope parsing, notices,
-//!    policies, scheduling decisions, the presence model, topology as data,
-//!    configuration, sealing of secrets, the metrics facade.
-//! 2. [`state`](crate::state) — the sled store and everything persisted:
-//!    registry, nonces, timelines, presence history, audit log, retention.
-//! 3. [`broker`] — the only code that imports lapin: links, topology
-//!    declaration, publishing with confirms, consuming, the outbox.
-//! 4. [`router`](crate::router) — the ingress pipeline, status handling,
-//!    holding (deferral, retries, deadlines, recall) and the one signed-delivery
-//!    builder.
-//! 5. [`operator`](crate::operator) — queues, dead letters, reports, agency
-//!    lifecycle: what an operator can do, with no HTTP or CLI types.
-//! 6. [`api`](crate::api) — the admin HTTP API and `/metrics`; its request
-//!    and response bodies are public as [`admin_types`].
-//! 7. [`serve`] — `truc serve`: wiring, consumers, housekeeping, the presence
-//!    task, shutdown.
+//! 1. `core/` — pure code, no broker, store or network:
+//!    `code` (QCVN 102 agency codes), `time`, `reason` (reason codes),
+//!    `message` (the transport-neutral message), `canonical` (the signed form),
+//!    `auth` (HMAC/RSA signatures), `envelope` (parsing what adapters send),
+//!    `timeline` (delivery states and status codes, and the one definition of
+//!    "still waiting"), `notice`, `outgoing` (building signed messages as an
+//!    adapter does), `policy`, `scheduler` (backoff, delay buckets, rates),
+//!    `presence` (the online/offline state machine), `topology` (queues as
+//!    data), `config`, `secrets` (sealing at rest), `pem`, `metrics` (every
+//!    metric, emitted from one function each).
+//! 2. `state/` — everything persisted, in sled: `store`, `codec` (the one
+//!    value codec), `keys` (the one key encoder), `registry` (agencies and
+//!    keys), `replay` (nonces), `tracking` (timelines, dedupe), `presence`
+//!    (presence history), `audit` (hash-chained log), `retention`.
+//! 3. [`broker`] — the only code that imports lapin: `link` (connect,
+//!    declare, publish with confirms, consume), `guard` (the frame guard that
+//!    keeps unparseable messages from stopping the hub), `tls`, `outbox` (the
+//!    router's way out), `convert`.
+//! 4. `router/` — what happens to each message, one step per file: `ingress`,
+//!    `status`, `delivery` (the one signed-delivery builder), `notify`,
+//!    `holding` (deferral, retries, deadlines, recall), `order` (a message
+//!    waits for the earlier one it depends on).
+//! 5. `operator/` — what an operator can see and do, without HTTP or CLI
+//!    types: `agency` (lifecycle), `envelopes`, `presence`, `queues`, `dead`,
+//!    `report`/`reporting`, `audit`, and `Hub`, the context they share.
+//! 6. `api/` — the admin HTTP API: one file per resource, `types` (every
+//!    request and response body, shared with the CLI), `tls`.
+//! 7. [`serve`] — `truc serve`: wiring, one consumer per agency's ingress
+//!    queue, housekeeping, the presence task, shutdown.
 //! 8. [`client`] — the Rust adapter library (uses `core` and `broker`).
-//! 9. [`cli`] — the `truc` command line: one file per subcommand and the admin
-//!    client.
+//! 9. [`cli`] — the `truc` command line: one file per subcommand, `admin`
+//!    (the typed admin client), `http`, `tls`.
 //!
-//! The public surface is what adapter authors, tests and the benchmark use;
-//! everything else is crate-private.
+//! The public surface is what adapter authors, tests and the benchmark use
+//! (re-exported below); everything else is crate-private.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

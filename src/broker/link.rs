@@ -578,19 +578,19 @@ impl Browser {
 
     /// Acknowledges (removes) one message taken by [`Browser::get`].
     pub async fn ack(&self, delivery_tag: u64) -> Result<(), AmqpError> {
-        self.channel
-            .basic_ack(delivery_tag, BasicAckOptions::default())
-            .await
-            .map_err(|e| AmqpError::broker("basic.ack", e))
+        self.settler().ack(delivery_tag).await
     }
 
     /// Returns one message to the queue (`requeue=true`) or drops it to the
     /// queue's dead-letter exchange (`requeue=false`).
     pub async fn reject(&self, delivery_tag: u64, requeue: bool) -> Result<(), AmqpError> {
-        self.channel
-            .basic_reject(delivery_tag, BasicRejectOptions { requeue })
-            .await
-            .map_err(|e| AmqpError::broker("basic.reject", e))
+        self.settler().reject(delivery_tag, requeue).await
+    }
+
+    fn settler(&self) -> Settler {
+        Settler {
+            channel: self.channel.clone(),
+        }
     }
 
     /// Closes the channel; the broker requeues every message still unacked.

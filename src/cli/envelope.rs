@@ -9,7 +9,7 @@ use clap::Subcommand;
 
 use crate::api::types::{EnvelopeQuery, ListQuery, STATES};
 use crate::cli::admin::Admin;
-use crate::cli::{one_of, opt, parse_code, parse_when, print_json, table, CliError};
+use crate::cli::{one_of, opt, parse_code, print_json, table, window, CliError};
 use crate::core::config::Config;
 
 /// `truc envelope …`
@@ -82,6 +82,7 @@ pub async fn run(cfg: &Config, cmd: EnvelopeCmd) -> Result<(), CliError> {
             if limit == 0 || limit > 10_000 {
                 return Err(CliError::new(2, "-n/--limit must be 1-10000"));
             }
+            let (since_ms, until_ms) = window(since.as_deref(), until.as_deref())?;
             let q = ListQuery {
                 from: from
                     .as_deref()
@@ -95,14 +96,8 @@ pub async fn run(cfg: &Config, cmd: EnvelopeCmd) -> Result<(), CliError> {
                     .map(|c| c.to_string()),
                 state,
                 since: None,
-                since_ms: since
-                    .as_deref()
-                    .map(|t| parse_when("--since", t, false))
-                    .transpose()?,
-                until_ms: until
-                    .as_deref()
-                    .map(|t| parse_when("--until", t, true))
-                    .transpose()?,
+                since_ms,
+                until_ms,
                 limit: Some(limit),
             };
             let list = Admin::new(cfg)?.envelopes(&q).await?;

@@ -215,6 +215,18 @@ pub(crate) fn refuse_without_yes(what: String) -> CliError {
 
 /// Parses a `--since`/`--until` value: a duration back from now (`7d`,
 /// `2h`), a date `YYYY-MM-DD` (UTC midnight; `end_of_day` moves to the next
+/// The `--since` / `--until` window in ms (each a duration back from now,
+/// or a date or time; `--until` of a date means the end of that day).
+pub(crate) fn window(
+    since: Option<&str>,
+    until: Option<&str>,
+) -> Result<(Option<i64>, Option<i64>), CliError> {
+    Ok((
+        since.map(|t| parse_when("--since", t, false)).transpose()?,
+        until.map(|t| parse_when("--until", t, true)).transpose()?,
+    ))
+}
+
 /// midnight) or an RFC 3339 time. Milliseconds since the epoch.
 pub fn parse_when(flag: &str, text: &str, end_of_day: bool) -> Result<i64, CliError> {
     if let Ok(d) = crate::core::time::parse_duration(text) {

@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 
 use crate::api::types::HistoryQuery;
 use crate::cli::admin::Admin;
-use crate::cli::{opt, parse_code, parse_when, print_json, table, CliError};
+use crate::cli::{opt, parse_code, print_json, table, window, CliError};
 use crate::core::config::Config;
 
 /// `truc presence [history CODE]`
@@ -87,16 +87,11 @@ pub async fn run(cfg: &Config, a: PresenceArgs) -> Result<(), CliError> {
             json,
         }) => {
             let code = parse_code(&code)?;
+            let (since_ms, until_ms) = window(since.as_deref(), until.as_deref())?;
             let q = HistoryQuery {
                 since: None,
-                since_ms: since
-                    .as_deref()
-                    .map(|t| parse_when("--since", t, false))
-                    .transpose()?,
-                until_ms: until
-                    .as_deref()
-                    .map(|t| parse_when("--until", t, true))
-                    .transpose()?,
+                since_ms,
+                until_ms,
             };
             let h = Admin::new(cfg)?.presence_history(&code, &q).await?;
             if json || a.json {

@@ -10,7 +10,7 @@ use clap::{Args, ValueEnum};
 use crate::api::types::{By, ReportQuery, ReportRow};
 use crate::cli::admin::Admin;
 use crate::cli::agency::csv_cell;
-use crate::cli::{parse_when, print_json, table, CliError};
+use crate::cli::{print_json, table, window, CliError};
 use crate::core::config::Config;
 
 /// Report output.
@@ -86,17 +86,10 @@ fn cells(r: &ReportRow) -> Vec<String> {
 
 /// Runs `truc report`.
 pub async fn run(cfg: &Config, a: ReportArgs) -> Result<(), CliError> {
+    let (since_ms, until_ms) = window(a.since.as_deref(), a.until.as_deref())?;
     let q = ReportQuery {
-        since_ms: a
-            .since
-            .as_deref()
-            .map(|t| parse_when("--since", t, false))
-            .transpose()?,
-        until_ms: a
-            .until
-            .as_deref()
-            .map(|t| parse_when("--until", t, true))
-            .transpose()?,
+        since_ms,
+        until_ms,
         by: match a.by {
             ByArg::Day => By::Day,
             ByArg::Week => By::Week,

@@ -45,8 +45,8 @@ pub(crate) mod state;
 
 pub use crate::api::types as admin_types;
 pub use crate::core::{
-    auth, canonical, code, config, envelope, message, notice, policy, reason, scheduler, time,
-    topology,
+    auth, broker_password, canonical, code, config, envelope, message, notice, policy, reason,
+    scheduler, time, topology,
 };
 pub use crate::operator::report;
 pub use crate::state::store;

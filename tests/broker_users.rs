@@ -74,18 +74,17 @@ async fn add(hub: &mut TestHub, code: &str) -> (Credentials, String) {
     assert_eq!(v["broker_user"], code, "{v}");
     let password = v["broker_password"].as_str().expect("broker password");
     assert!(password.len() >= 40, "{v}");
-    (serde_json::from_value(v.clone()).unwrap(), password.to_owned())
+    (
+        serde_json::from_value(v.clone()).unwrap(),
+        password.to_owned(),
+    )
 }
 
 /// Exports the definitions with the CLI into `file`, records their users in
 /// `users` (before the import creates them) and returns them as JSON.
 fn export(hub: &TestHub, file: &Path, users: &mut BrokerUsers) -> serde_json::Value {
     let o = hub.cli(&["agency", "rabbitmq-definitions"]);
-    assert!(
-        o.status.success(),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     for u in v["users"].as_array().unwrap() {
         assert!(!u["password_hash"].as_str().unwrap().is_empty(), "{u}");

@@ -3,7 +3,8 @@
 //! `truc agency rabbitmq-definitions` and imported with
 //! `rabbitmqctl import_definitions`, the confinement they give (publish only
 //! its own routing keys on the ingress exchange, read only its own queues),
-//! and that importing again after adding agencies keeps every password.
+//! that importing again after adding agencies keeps every password, and that
+//! `rotate-broker-password` changes only the password it issues.
 //!
 //! Every RabbitMQ user the test imports is deleted on `Drop` (also when the
 //! test fails); the hub's queues and exchanges go with the [`TestHub`].
@@ -231,5 +232,33 @@ async fn agencies_log_in_as_their_own_confined_users_and_keep_their_passwords() 
         .await
         .expect("Z still logs in");
     z_client.close().await;
+
+    // A new broker password for B (CLI): the old one stops working once
+    // the definitions are imported again, A's stays.
+    let o = hub.cli(&[
+        "agency",
+        "rotate-broker-password",
+        b.code.as_str(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["broker_user"], b.code.as_str());
+    let b_new = r["broker_password"].as_str().unwrap().to_owned();
+    assert_ne!(&b_new, b_password);
+    let third = export(&hub, &file, &mut users);
+    assert_eq!(hash_of(&first, &a_code), hash_of(&third, &a_code));
+    import(&file);
+    connect_as(&hub, b, &b_new).await.close().await;
+    assert!(
+        Link::connect(&url_as(b.code.as_str(), b_password), "truc test")
+            .await
+            .is_err()
+    );
+    Client::connect(&url_as(&a_code, &a_password), &hub.prefix, a.clone())
+        .await
+        .expect("A still logs in")
+        .close()
+        .await;
     client.close().await;
 }

@@ -4,7 +4,8 @@
 //! `rabbitmqctl import_definitions`, the confinement they give (publish only
 //! its own routing keys on the ingress exchange, read only its own queues),
 //! that importing again after adding agencies keeps every password, and that
-//! `rotate-broker-password` changes only the password it issues.
+//! `rotate-broker-password` changes only the password it issues, and that an
+//! agency without a stored hash is left out rather than reset.
 //!
 //! Every RabbitMQ user the test imports is deleted on `Drop` (also when the
 //! test fails); the hub's queues and exchanges go with the [`TestHub`].
@@ -228,7 +229,7 @@ async fn agencies_log_in_as_their_own_confined_users_and_keep_their_passwords() 
     let ns = notices(&client, &mut notify, 1, WAIT).await;
     assert_eq!(ns.len(), 1);
     again.close().await;
-    let z_client = Client::connect(&url_as(&z_code, &z_password), &hub.prefix, z)
+    let z_client = Client::connect(&url_as(&z_code, &z_password), &hub.prefix, z.clone())
         .await
         .expect("Z still logs in");
     z_client.close().await;
@@ -261,4 +262,36 @@ async fn agencies_log_in_as_their_own_confined_users_and_keep_their_passwords() 
         .close()
         .await;
     client.close().await;
+
+    // Z as an agency registered before broker passwords existed (no stored
+    // hash): left out with a warning, and its broker user is not touched.
+    hub.terminate();
+    {
+        let store = truc::store::Store::open(&hub.data.path().join("data")).unwrap();
+        store.broker_users.remove(z_code.as_str()).unwrap();
+        store.flush().unwrap();
+    }
+    hub.spawn().await;
+    let o = hub.cli(&["agency", "rabbitmq-definitions"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains(&format!("rotate-broker-password {z_code}")),
+        "{stderr}"
+    );
+    let legacy: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(legacy["users"].as_array().unwrap().len(), 10, "{legacy}");
+    assert!(legacy["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|u| u["name"] != z_code.as_str() && u["password_hash"] != ""));
+    assert_eq!(legacy["warnings"].as_array().unwrap().len(), 1);
+    std::fs::write(&file, &o.stdout).unwrap();
+    import(&file);
+    Client::connect(&url_as(&z_code, &z_password), &hub.prefix, z)
+        .await
+        .expect("Z's user is not touched")
+        .close()
+        .await;
 }

@@ -9,7 +9,8 @@
 //! 1. [`core`](crate::core) — pure code: agency codes, times, reasons, the
 //!    message, the canonical form, signatures, envelope parsing, notices,
 //!    policies, scheduling decisions, the presence model, topology as data,
-//!    configuration, sealing of secrets, the metrics facade.
+//!    configuration, sealing of secrets, broker password hashes, the metrics
+//!    facade.
 //! 2. [`state`](crate::state) — the sled store and everything persisted:
 //!    registry, nonces, timelines, presence history, audit log, retention.
 //! 3. [`broker`] — the only code that imports lapin: links, topology

@@ -14,7 +14,8 @@
 //!    "still waiting"), `notice`, `outgoing` (building signed messages as an
 //!    adapter does), `policy`, `scheduler` (backoff, delay buckets, rates),
 //!    `presence` (the online/offline state machine), `topology` (queues as
-//!    data), `config`, `secrets` (sealing at rest), `pem`, `metrics` (every
+//!    data), `config`, `secrets` (sealing at rest), `broker_password`
+//!    (RabbitMQ password hashes), `pem`, `metrics` (every
 //!    metric, emitted from one function each).
 //! 2. `state/` — everything persisted, in sled: `store`, `codec` (the one
 //!    value codec), `keys` (the one key encoder), `registry` (agencies and
@@ -32,7 +33,8 @@
 //!    types: `agency` (lifecycle), `envelopes`, `presence`, `queues`, `dead`,
 //!    `report`/`reporting`, `audit`, and `Hub`, the context they share.
 //! 6. `api/` — the admin HTTP API: one file per resource, `types` (every
-//!    request and response body, shared with the CLI), `tls`.
+//!    request and response body, shared with the CLI; public as
+//!    [`admin_types`]), `tls`.
 //! 7. [`serve`] — `truc serve`: wiring, one consumer per agency's ingress
 //!    queue, housekeeping, the presence task, shutdown.
 //! 8. [`client`] — the Rust adapter library (uses `core` and `broker`).
@@ -57,8 +59,8 @@ pub(crate) mod state;
 
 pub use crate::api::types as admin_types;
 pub use crate::core::{
-    auth, canonical, code, config, envelope, message, notice, policy, reason, scheduler, time,
-    topology,
+    auth, broker_password, canonical, code, config, envelope, message, notice, policy, reason,
+    scheduler, time, topology,
 };
 pub use crate::operator::report;
 pub use crate::state::store;

@@ -106,6 +106,8 @@ async fn every_json_output_parses_into_its_type() {
     hub.agencies.push(code("000.00.33.H41"));
     assert_eq!(added.issued.code, code("000.00.33.H41"));
     assert!(added.inbox.ends_with("inbox.000.00.33.H41"));
+    assert_eq!(added.issued.broker_user, "000.00.33.H41");
+    assert!(added.issued.broker_password.len() >= 40);
     let list: Vec<t::AgencyView> = typed(&hub, &["agency", "list", "--json"]);
     assert_eq!(list.len(), 3);
     for a in &list {
@@ -130,6 +132,17 @@ async fn every_json_output_parses_into_its_type() {
     );
     assert_eq!(rotated.old_keys.len(), 1);
     rfc3339(rotated.old_keys[0].expires_at.as_deref().unwrap());
+    let broker: t::BrokerIssued = typed(
+        &hub,
+        &[
+            "agency",
+            "rotate-broker-password",
+            "000.00.33.H41",
+            "--json",
+        ],
+    );
+    assert_eq!(broker.broker_user, "000.00.33.H41");
+    assert_ne!(broker.broker_password, added.issued.broker_password);
     let removed: t::Removed = typed(
         &hub,
         &["agency", "remove", "000.00.33.H41", "--yes", "--json"],

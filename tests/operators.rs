@@ -179,7 +179,10 @@ async fn agency_lifecycle_disable_rotate_remove_import_and_sealed_secrets() {
     .unwrap();
     let text = run(&hub, &["agency", "import", csv.to_str().unwrap()], 0);
     let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines[0], "code,name,access_key,secret");
+    assert_eq!(
+        lines[0],
+        "code,name,access_key,secret,broker_user,broker_password"
+    );
     assert!(
         lines[1].starts_with("H37.DN.010,\"UBND xã A, huyện B\",AK"),
         "{text}"

@@ -2,7 +2,7 @@
 //! over HTTP, done by [`crate::operator::agency`].
 //!
 //! Invariants: the token is checked first; only `POST /v1/agencies`,
-//! `rotate-key` and `import` return a secret.
+//! `rotate-key`, `rotate-broker-password` and `import` return a secret.
 
 use std::time::Duration;
 
@@ -11,8 +11,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 
 use crate::api::types::{
-    AddAgency, Added, AgencyView, Import, Issued, RabbitDefinitions, RemoveQuery, Removed, Rotate,
-    Rotated,
+    AddAgency, Added, AgencyView, BrokerIssued, Import, Issued, RabbitDefinitions, RemoveQuery,
+    Removed, Rotate, Rotated,
 };
 use crate::api::{check_token, ApiError, Hs};
 use crate::operator::agency;
@@ -95,10 +95,19 @@ pub(super) async fn import(
     Ok(Json(agency::import(&hub, &rows).await?))
 }
 
+pub(super) async fn rotate_broker_password(
+    State(hub): Hs,
+    h: HeaderMap,
+    Path(code): Path<String>,
+) -> Result<Json<BrokerIssued>, ApiError> {
+    check_token(&hub, &h)?;
+    Ok(Json(agency::rotate_broker_password(&hub, &code)?))
+}
+
 pub(super) async fn definitions(
     State(hub): Hs,
     h: HeaderMap,
 ) -> Result<Json<RabbitDefinitions>, ApiError> {
     check_token(&hub, &h)?;
-    Ok(Json(agency::definitions(&hub)))
+    Ok(Json(agency::definitions(&hub)?))
 }

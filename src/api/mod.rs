@@ -9,7 +9,7 @@
 //!
 //! Invariants: every `/v1` handler checks the token first; no response ever
 //! carries a secret except those issuing one (`POST /v1/agencies`,
-//! `rotate-key`, `import`); every error is `{"error": …}` with a status
+//! `rotate-key`, `rotate-broker-password`, `import`); every error is `{"error": …}` with a status
 //! derived from the operator error, never from its text (503 when the
 //! error says trying again may succeed).
 //!
@@ -207,6 +207,10 @@ pub fn routes(hub: Arc<Hub>) -> Router {
         .route("/v1/agencies/{code}/disable", post(agencies::disable))
         .route("/v1/agencies/{code}/enable", post(agencies::enable))
         .route("/v1/agencies/{code}/rotate-key", post(agencies::rotate))
+        .route(
+            "/v1/agencies/{code}/rotate-broker-password",
+            post(agencies::rotate_broker_password),
+        )
         .route("/v1/rabbitmq-definitions", get(agencies::definitions))
         .route("/v1/envelopes", get(envelopes::show))
         .route("/v1/envelopes/list", get(envelopes::list))

@@ -5,13 +5,14 @@
 //!
 //! Invariants: field names are the wire contract (tests and adapters read
 //! them); JSON times are RFC 3339 (fields ending `_ms` are extra); no type
-//! carries a secret except [`Added`], [`Rotated`] and [`Issued`].
+//! carries a secret except [`Added`], [`Rotated`], [`BrokerIssued`] and
+//! [`Issued`].
 
 use serde::{Deserialize, Serialize};
 
 pub use crate::operator::agency::{
-    Added, AgencyView, DeletedQueue, KeyView, OldKey, RabbitDefinitions, RabbitPermission,
-    RabbitTopicPermission, RabbitUser, Removed, Rotated,
+    Added, AgencyView, BrokerIssued, DeletedQueue, KeyView, OldKey, RabbitDefinitions,
+    RabbitPermission, RabbitTopicPermission, RabbitUser, Removed, Rotated,
 };
 pub use crate::operator::dead::{
     Filter as DeadFilter, Item as DeadItem, Outcome as DeadOutcome, Which,

@@ -11,10 +11,10 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::api::types::{
-    AddAgency, Added, AgencyView, AuditEntry, DeadBody, DeadFilter, DeadOutcome, EnvelopeQuery,
-    EnvelopeView, ErrorBody, FullReport, HistoryQuery, Import, Issued, ListQuery, MessageView,
-    PresenceHistory, PresenceView, PurgeReport, QueueRow, RabbitDefinitions, RemoveQuery, Removed,
-    ReportQuery, Rotate, Rotated, Shape, StoreStats, VerifyReport,
+    AddAgency, Added, AgencyView, AuditEntry, BrokerIssued, DeadBody, DeadFilter, DeadOutcome,
+    EnvelopeQuery, EnvelopeView, ErrorBody, FullReport, HistoryQuery, Import, Issued, ListQuery,
+    MessageView, PresenceHistory, PresenceView, PurgeReport, QueueRow, RabbitDefinitions,
+    RemoveQuery, Removed, ReportQuery, Rotate, Rotated, Shape, StoreStats, VerifyReport,
 };
 use crate::cli::CliError;
 use crate::core::code::AgencyCode;
@@ -159,6 +159,19 @@ impl Admin {
     pub async fn rotate_key(&self, code: &AgencyCode, body: &Rotate) -> Result<Rotated, CliError> {
         self.post(&format!("/v1/agencies/{code}/rotate-key"), body)
             .await
+    }
+
+    /// `POST /v1/agencies/{code}/rotate-broker-password`.
+    pub async fn rotate_broker_password(
+        &self,
+        code: &AgencyCode,
+    ) -> Result<BrokerIssued, CliError> {
+        self.call(
+            "POST",
+            &format!("/v1/agencies/{code}/rotate-broker-password"),
+            None,
+        )
+        .await
     }
 
     /// `DELETE /v1/agencies/{code}`.

@@ -1,8 +1,11 @@
 //! `truc agency …`: register, list, show, disable, enable, rotate-key,
-//! remove, import and rabbitmq-definitions, over the typed admin client.
+//! rotate-broker-password, remove, import and rabbitmq-definitions, over the
+//! typed admin client.
 //!
-//! Invariants: a secret is printed only by `add`, `rotate-key` and
-//! `import`, once; `remove` without `--yes` says what it would do and
+//! Invariants: a secret or broker password is printed only by `add`,
+//! `rotate-key`, `rotate-broker-password` and `import`, once;
+//! `rabbitmq-definitions` prints importable JSON on stdout and every agency
+//! it left out on stderr; `remove` without `--yes` says what it would do and
 //! changes nothing (exit 2); an import file is validated in full (and
 //! against the registered codes) before anything is sent.
 
@@ -18,7 +21,8 @@ use crate::core::config::Config;
 /// `truc agency …`
 #[derive(Debug, Subcommand)]
 pub enum AgencyCmd {
-    /// Register an agency; prints its access key and secret once.
+    /// Register an agency; prints its access key, secret and broker
+    /// password once.
     Add {
         /// Agency code (QCVN 102), e.g. 000.00.31.H41.
         code: String,
@@ -75,6 +79,15 @@ pub enum AgencyCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Issue a new password for the agency's RabbitMQ user; prints it once.
+    /// It takes effect when the definitions are exported and imported again.
+    RotateBrokerPassword {
+        /// Agency code.
+        code: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove an agency and delete its queues (needs --yes; refused while
     /// its inbox holds messages unless --force).
     Remove {
@@ -92,7 +105,7 @@ pub enum AgencyCmd {
     },
     /// Register agencies from a CSV file with columns code,name (optional
     /// header line); every row is checked first and any bad row refuses the
-    /// whole file. Prints the issued keys once.
+    /// whole file. Prints the issued keys and broker passwords once.
     Import {
         /// The CSV file.
         file: PathBuf,
@@ -103,8 +116,10 @@ pub enum AgencyCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Print RabbitMQ definitions (users, permissions, topic permissions)
-    /// confining each agency to its own routing keys and queues.
+    /// Print RabbitMQ definitions (users with their password hashes,
+    /// permissions, topic permissions) confining each agency to its own
+    /// routing keys and queues, for `rabbitmqctl import_definitions`.
+    /// Agencies without a broker password are left out (listed on stderr).
     RabbitmqDefinitions {
         /// Print JSON (the only format; accepted for symmetry).
         #[arg(long)]
@@ -115,7 +130,7 @@ pub enum AgencyCmd {
 /// Output format of `agency import`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OutFormat {
-    /// CSV: code,name,access_key,secret.
+    /// CSV: code,name,access_key,secret,broker_user,broker_password.
     Csv,
     /// JSON array.
     Json,
@@ -277,11 +292,14 @@ pub async fn run(cfg: &Config, cmd: AgencyCmd) -> Result<(), CliError> {
                 println!("registered {} ({})", added.issued.code, added.issued.name);
                 println!("access key: {}", added.issued.access_key);
                 println!("secret:     {}", added.issued.secret);
+                println!("broker user:     {}", added.issued.broker_user);
+                println!("broker password: {}", added.issued.broker_password);
                 println!("inbox:      {}", added.inbox);
                 println!("notify:     {}", added.notify);
                 println!(
-                    "The secret is shown only now: hand it to the agency over a safe channel."
+                    "The secret and broker password are shown only now: hand them to the agency over a safe channel."
                 );
+                println!("Export and import the RabbitMQ definitions so its broker user exists.");
             }
             Ok(())
         }
@@ -374,6 +392,21 @@ pub async fn run(cfg: &Config, cmd: AgencyCmd) -> Result<(), CliError> {
             println!("The secret is shown only now: hand it to the agency over a safe channel.");
             Ok(())
         }
+        AgencyCmd::RotateBrokerPassword { code, json } => {
+            let r = admin.rotate_broker_password(&parse_code(&code)?).await?;
+            if json {
+                print_json(&r);
+                return Ok(());
+            }
+            println!("new broker password for {}", r.code);
+            println!("broker user:     {}", r.broker_user);
+            println!("broker password: {}", r.broker_password);
+            println!("The password is shown only now: hand it to the agency over a safe channel.");
+            println!(
+                "It takes effect when the RabbitMQ definitions are exported and imported again."
+            );
+            Ok(())
+        }
         AgencyCmd::Remove {
             code,
             yes,
@@ -409,7 +442,11 @@ pub async fn run(cfg: &Config, cmd: AgencyCmd) -> Result<(), CliError> {
             import(&admin, &file, format).await
         }
         AgencyCmd::RabbitmqDefinitions { json: _ } => {
-            print_json(&admin.definitions().await?);
+            let d = admin.definitions().await?;
+            print_json(&d);
+            for w in &d.warnings {
+                eprintln!("warning: {w}");
+            }
             Ok(())
         }
     }
@@ -471,20 +508,22 @@ async fn import(admin: &Admin, file: &PathBuf, format: OutFormat) -> Result<(), 
     match format {
         OutFormat::Json => print_json(&issued),
         OutFormat::Csv => {
-            println!("code,name,access_key,secret");
+            println!("code,name,access_key,secret,broker_user,broker_password");
             for i in &issued {
                 println!(
-                    "{},{},{},{}",
+                    "{},{},{},{},{},{}",
                     csv_cell(i.code.as_str()),
                     csv_cell(&i.name),
                     csv_cell(&i.access_key),
-                    csv_cell(&i.secret)
+                    csv_cell(&i.secret),
+                    csv_cell(&i.broker_user),
+                    csv_cell(&i.broker_password)
                 );
             }
         }
     }
     eprintln!(
-        "imported {} agencies; the secrets are shown only now",
+        "imported {} agencies; the secrets and broker passwords are shown only now",
         issued.len()
     );
     Ok(())

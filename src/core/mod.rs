@@ -4,12 +4,13 @@
 //! codes, the transport-neutral message, the canonical form and signatures),
 //! envelope parsing, the states of a delivery's timeline, notices, policies,
 //! scheduling decisions, the presence model, the topology as data,
-//! configuration and sealing of secrets.
+//! configuration, sealing of secrets and hashing of broker passwords.
 //!
 //! May use: nothing else in the crate. The only I/O here is reading the
 //! operator's data files (configuration, policies, topology) at start-up.
 
 pub mod auth;
+pub mod broker_password;
 pub mod canonical;
 pub mod code;
 pub mod config;

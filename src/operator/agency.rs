@@ -1,23 +1,31 @@
 //! The agency lifecycle as an operator sees it: register, list, show,
-//! disable, enable, rotate a key, remove, import, and the RabbitMQ
-//! definitions confining each agency. No HTTP or command-line types.
+//! disable, enable, rotate a key or the broker password, remove, import, and
+//! the RabbitMQ definitions confining each agency. No HTTP or command-line
+//! types.
 //!
 //! Invariants: every action that changes something appends an audit entry;
-//! no view carries a secret except the [`Added`], [`Rotated`] and imported
-//! [`Issued`] results that issue one; a removal is refused while the inbox
-//! holds messages unless forced.
+//! no view carries a secret except the [`Added`], [`Rotated`],
+//! [`BrokerIssued`] and imported [`Issued`] results that issue one; a removal
+//! is refused while the inbox holds messages unless forced. The definitions
+//! carry each agency's RabbitMQ user with the password hash truc stored when
+//! it issued the password, so importing them again never changes a password
+//! truc did not just issue; an agency without a stored hash is left out (with
+//! a warning), never written with an empty hash.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::broker::{declare_agency, AmqpError};
+use crate::core::broker_password::HASHING_ALGORITHM;
 use crate::core::code::AgencyCode;
 use crate::core::time::format_rfc3339;
 use crate::operator::queues::{link, QueueError};
 use crate::operator::Hub;
 use crate::state::audit::AuditEvent;
 use crate::state::registry::{Agency, Issued, RegistryError};
+
+pub use crate::state::registry::BrokerIssued;
 
 /// Agency lifecycle errors.
 #[derive(Debug, thiserror::Error)]
@@ -361,17 +369,18 @@ pub async fn import(hub: &Hub, rows: &[(String, String)]) -> Result<Vec<Issued>,
     Ok(issued)
 }
 
-/// A RabbitMQ user (no password: set one with `rabbitmqctl change_password`).
+/// A RabbitMQ user of an agency, with the hash of the broker password truc
+/// issued to it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RabbitUser {
     /// User name: the agency code.
     pub name: String,
-    /// Empty.
+    /// `base64(salt ++ sha256(salt ++ password))`, never empty.
     pub password_hash: String,
-    /// Hashing algorithm.
+    /// Hashing algorithm (`rabbit_password_hashing_sha256`).
     pub hashing_algorithm: String,
-    /// Tags (none).
-    pub tags: Vec<String>,
+    /// Tags: none (no management access).
+    pub tags: String,
 }
 
 /// A RabbitMQ permission.
@@ -413,12 +422,30 @@ pub struct RabbitDefinitions {
     pub permissions: Vec<RabbitPermission>,
     /// Topic permissions.
     pub topic_permissions: Vec<RabbitTopicPermission>,
+    /// Agencies left out, and why (RabbitMQ ignores this key on import).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// An agency's broker account as the definitions need it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerAccount {
+    /// The agency (and user name).
+    pub code: AgencyCode,
+    /// The stored password hash; `None` for an agency registered before
+    /// broker passwords were issued.
+    pub password_hash: Option<String>,
 }
 
 fn regex_escape(s: &str) -> String {
-    s.chars()
-        .flat_map(|c| if c == '.' { vec!['\\', '.'] } else { vec![c] })
-        .collect()
+    let mut out = String::with_capacity(s.len() * 2);
+    for c in s.chars() {
+        if "\\.^$|?*+()[]{}".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// The virtual host of an AMQP URL.
@@ -433,51 +460,86 @@ pub fn vhost(url: &str) -> String {
 }
 
 /// RabbitMQ definitions (users, permissions, topic permissions) letting each
-/// agency publish only `<kind>.<its code>` to the ingress exchange and read
-/// only its own inbox and notify queues. Users have no password: set one
-/// with `rabbitmqctl change_password`.
-pub fn rabbitmq_definitions(prefix: &str, vhost: &str, codes: &[AgencyCode]) -> RabbitDefinitions {
+/// agency log in as its own user, publish only `<kind>.<its code>` to the
+/// ingress exchange and read only its own inbox and notify queues; nothing
+/// else (no configure, no other exchange or queue). Agencies without a
+/// stored password hash are left out entirely, with a warning each.
+pub fn rabbitmq_definitions(
+    prefix: &str,
+    vhost: &str,
+    accounts: &[BrokerAccount],
+) -> RabbitDefinitions {
     let p = regex_escape(prefix);
-    RabbitDefinitions {
-        users: codes
-            .iter()
-            .map(|c| RabbitUser {
-                name: c.to_string(),
-                password_hash: String::new(),
-                hashing_algorithm: "rabbit_password_hashing_sha256".into(),
-                tags: Vec::new(),
-            })
-            .collect(),
-        permissions: codes
-            .iter()
-            .map(|c| RabbitPermission {
-                user: c.to_string(),
-                vhost: vhost.to_owned(),
-                configure: "^$".into(),
-                write: format!("^{p}ingress$"),
-                read: format!("^{p}(inbox|notify)\\.{}$", regex_escape(c.as_str())),
-            })
-            .collect(),
-        topic_permissions: codes
-            .iter()
-            .map(|c| RabbitTopicPermission {
-                user: c.to_string(),
-                vhost: vhost.to_owned(),
-                exchange: format!("{prefix}ingress"),
-                write: format!(
-                    "^(envelope|status|presence)\\.{}$",
-                    regex_escape(c.as_str())
-                ),
-                read: "^$".into(),
-            })
-            .collect(),
+    let mut d = RabbitDefinitions {
+        users: Vec::new(),
+        permissions: Vec::new(),
+        topic_permissions: Vec::new(),
+        warnings: Vec::new(),
+    };
+    for a in accounts {
+        let Some(hash) = a.password_hash.as_deref().filter(|h| !h.is_empty()) else {
+            d.warnings.push(format!(
+                "agency {c} has no broker password and is left out (its RabbitMQ user, if any, is not changed): issue one with `truc agency rotate-broker-password {c}`, hand it over, then export and import again",
+                c = a.code
+            ));
+            continue;
+        };
+        let user = a.code.to_string();
+        let code = regex_escape(a.code.as_str());
+        d.users.push(RabbitUser {
+            name: user.clone(),
+            password_hash: hash.to_owned(),
+            hashing_algorithm: HASHING_ALGORITHM.into(),
+            tags: String::new(),
+        });
+        d.permissions.push(RabbitPermission {
+            user: user.clone(),
+            vhost: vhost.to_owned(),
+            configure: "^$".into(),
+            write: format!("^{p}ingress$"),
+            read: format!("^{p}(inbox|notify)\\.{code}$"),
+        });
+        d.topic_permissions.push(RabbitTopicPermission {
+            user,
+            vhost: vhost.to_owned(),
+            exchange: format!("{prefix}ingress"),
+            write: format!("^(envelope|status|presence)\\.{code}$"),
+            read: "^$".into(),
+        });
     }
+    d
 }
 
 /// The definitions for every registered agency of `hub`.
-pub fn definitions(hub: &Hub) -> RabbitDefinitions {
-    let codes: Vec<AgencyCode> = hub.registry.list().into_iter().map(|a| a.code).collect();
-    rabbitmq_definitions(&hub.topology.prefix, &vhost(&hub.config.amqp_url), &codes)
+pub fn definitions(hub: &Hub) -> Result<RabbitDefinitions, AgencyError> {
+    let mut accounts = Vec::new();
+    for a in hub.registry.list() {
+        let password_hash = hub.registry.broker_user(&a.code)?.map(|u| u.password_hash);
+        accounts.push(BrokerAccount {
+            code: a.code,
+            password_hash,
+        });
+    }
+    Ok(rabbitmq_definitions(
+        &hub.topology.prefix,
+        &vhost(&hub.config.amqp_url),
+        &accounts,
+    ))
+}
+
+/// Issues a new broker password for `code` (shown once); it takes effect
+/// when the definitions are exported and imported again.
+pub fn rotate_broker_password(hub: &Hub, code: &str) -> Result<BrokerIssued, AgencyError> {
+    let code = code_of(code)?;
+    let issued = hub.registry.rotate_broker_password(&code)?;
+    audit(
+        hub,
+        "rotate-broker-password",
+        code.to_string(),
+        format!("broker user {}", issued.broker_user),
+    );
+    tracing::info!(agency = %code, broker_user = %issued.broker_user, "broker password issued");
+    Ok(issued)
 }
 
 #[cfg(test)]
@@ -486,7 +548,10 @@ mod tests {
 
     #[test]
     fn definitions_confine_each_agency() {
-        let codes = vec![AgencyCode::parse("000.00.31.H41").unwrap()];
+        let codes = vec![BrokerAccount {
+            code: AgencyCode::parse("000.00.31.H41").unwrap(),
+            password_hash: Some("AAECAyNg/zJUtKzc71d2sm2DauJx8NMaF6gqGHg3PE7hf4Tt".into()),
+        }];
         let d = serde_json::to_value(rabbitmq_definitions("lgsp.", "/", &codes)).unwrap();
         assert_eq!(d["users"][0]["name"], "000.00.31.H41");
         assert_eq!(
@@ -499,7 +564,51 @@ mod tests {
             d["topic_permissions"][0]["write"],
             "^(envelope|status|presence)\\.000\\.00\\.31\\.H41$"
         );
+        assert_eq!(
+            d["users"][0]["password_hash"],
+            "AAECAyNg/zJUtKzc71d2sm2DauJx8NMaF6gqGHg3PE7hf4Tt"
+        );
+        assert_eq!(
+            d["users"][0]["hashing_algorithm"],
+            "rabbit_password_hashing_sha256"
+        );
+        assert_eq!(d["users"][0]["tags"], "");
+        assert_eq!(
+            d["topic_permissions"][0]["exchange"], "lgsp.ingress",
+            "the configured prefix"
+        );
+        assert!(d.get("warnings").is_none());
         assert_eq!(vhost("amqp://g:g@h:5672/%2f"), "/");
         assert_eq!(vhost("amqp://g:g@h:5672/prod"), "prod");
+    }
+
+    #[test]
+    fn agencies_without_a_broker_password_are_left_out_with_a_warning() {
+        let accounts = vec![
+            BrokerAccount {
+                code: AgencyCode::parse("H1").unwrap(),
+                password_hash: None,
+            },
+            BrokerAccount {
+                code: AgencyCode::parse("H2").unwrap(),
+                password_hash: Some(String::new()),
+            },
+            BrokerAccount {
+                code: AgencyCode::parse("H3").unwrap(),
+                password_hash: Some("AAECAyNg/zJUtKzc71d2sm2DauJx8NMaF6gqGHg3PE7hf4Tt".into()),
+            },
+        ];
+        let d = rabbitmq_definitions("t1x2.", "/", &accounts);
+        let users: Vec<&str> = d.users.iter().map(|u| u.name.as_str()).collect();
+        assert_eq!(users, ["H3"]);
+        assert!(d.users.iter().all(|u| !u.password_hash.is_empty()));
+        assert_eq!(d.permissions.len(), 1);
+        assert_eq!(d.topic_permissions.len(), 1);
+        assert_eq!(d.permissions[0].write, "^t1x2\\.ingress$");
+        assert_eq!(d.permissions[0].read, "^t1x2\\.(inbox|notify)\\.H3$");
+        assert_eq!(d.warnings.len(), 2);
+        assert!(d.warnings[0].contains("rotate-broker-password H1"));
+        assert!(d.warnings[1].contains("H2"));
+        assert_eq!(regex_escape("a.b+c(d)"), "a\\.b\\+c\\(d\\)");
     }
 }

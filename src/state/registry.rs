@@ -8,6 +8,13 @@
 //! they reach sled ([`crate::core::secrets`]); the cache holds them in the clear
 //! for the ingress path. Plaintext secrets of older stores are sealed by
 //! [`Registry::open`].
+//!
+//! Each agency also has a RabbitMQ user of its own, named after its code,
+//! whose password is issued with the agency (and by
+//! [`Registry::rotate_broker_password`]) and returned once; only its RabbitMQ
+//! hash is stored, in the `broker_users` tree (a tree of its own, so the
+//! stored [`Agency`] records keep decoding). Agencies registered before broker
+//! passwords existed have no entry there until one is issued.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -17,6 +24,7 @@ use rsa::RsaPublicKey;
 use serde::{Deserialize, Serialize};
 
 use crate::core::auth::{parse_public_key, AuthError};
+use crate::core::broker_password;
 use crate::core::code::AgencyCode;
 use crate::core::secrets::{MasterKey, SecretsError};
 use crate::core::time::now_ms;
@@ -129,7 +137,8 @@ pub struct Entry {
     pub public_key: Option<RsaPublicKey>,
 }
 
-/// What [`Registry::add`] returns: the secret, shown once.
+/// What [`Registry::add`] returns: the secret and the broker password,
+/// shown once.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Issued {
     /// The agency code.
@@ -140,6 +149,33 @@ pub struct Issued {
     pub access_key: String,
     /// The secret.
     pub secret: String,
+    /// Its RabbitMQ user name (the code); empty when this result did not
+    /// issue a broker password (a key rotation).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub broker_user: String,
+    /// The password of that user; empty as `broker_user`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub broker_password: String,
+}
+
+/// The RabbitMQ user of an agency as stored: the password's hash only.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BrokerUser {
+    /// `rabbit_password_hashing_sha256` hash of the password.
+    pub password_hash: String,
+    /// When the password was issued (ms).
+    pub issued_at_ms: i64,
+}
+
+/// A broker password just issued, shown once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BrokerIssued {
+    /// The agency code.
+    pub code: AgencyCode,
+    /// Its RabbitMQ user name (the code).
+    pub broker_user: String,
+    /// The new password.
+    pub broker_password: String,
 }
 
 #[derive(Default)]
@@ -305,6 +341,7 @@ impl Registry {
         self.store
             .keys
             .insert(key.access_key.as_bytes(), code.as_str().as_bytes())?;
+        let broker = self.issue_broker_password(&code)?;
         cache.by_key.insert(key.access_key.clone(), code.clone());
         cache.by_code.insert(code.clone(), Arc::new(entry(agency)?));
         Ok(Issued {
@@ -312,7 +349,47 @@ impl Registry {
             name: name.to_owned(),
             access_key: key.access_key,
             secret: key.secret,
+            broker_user: broker.broker_user,
+            broker_password: broker.broker_password,
         })
+    }
+
+    /// Stores the hash of a fresh broker password for `code` (unflushed).
+    fn issue_broker_password(&self, code: &AgencyCode) -> Result<BrokerIssued, RegistryError> {
+        let password = broker_password::new_password();
+        let user = BrokerUser {
+            password_hash: broker_password::hash(&password),
+            issued_at_ms: now_ms(),
+        };
+        self.store
+            .broker_users
+            .insert(code.as_str(), codec::encode(&user)?)?;
+        Ok(BrokerIssued {
+            code: code.clone(),
+            broker_user: code.to_string(),
+            broker_password: password,
+        })
+    }
+
+    /// Issues a new broker password for `code`, replacing the stored hash
+    /// (also for an agency registered before broker passwords existed).
+    pub fn rotate_broker_password(&self, code: &AgencyCode) -> Result<BrokerIssued, RegistryError> {
+        // Held so that a concurrent removal cannot leave a hash behind.
+        let cache = self.cache_mut();
+        if !cache.by_code.contains_key(code) {
+            return Err(RegistryError::NotFound(code.clone()));
+        }
+        let issued = self.issue_broker_password(code)?;
+        self.store.flush()?;
+        Ok(issued)
+    }
+
+    /// The stored broker user of `code`, if a password was ever issued.
+    pub fn broker_user(&self, code: &AgencyCode) -> Result<Option<BrokerUser>, RegistryError> {
+        match self.store.broker_users.get(code.as_str())? {
+            Some(v) => Ok(Some(codec::decode(&v)?)),
+            None => Ok(None),
+        }
     }
 
     /// The agency with `code`.
@@ -385,7 +462,8 @@ impl Registry {
     }
 
     /// Issues a new key for `code`; every older key still valid stays
-    /// valid until `now + grace` (or its own earlier expiry).
+    /// valid until `now + grace` (or its own earlier expiry). The broker
+    /// password is not changed (the result's broker fields are empty).
     pub fn rotate_key(
         &self,
         code: &AgencyCode,
@@ -421,6 +499,8 @@ impl Registry {
                 name: agency.name.clone(),
                 access_key: key.access_key,
                 secret: key.secret,
+                broker_user: String::new(),
+                broker_password: String::new(),
             },
             agency,
         ))
@@ -438,6 +518,7 @@ impl Registry {
             self.store.keys.remove(k.access_key.as_bytes())?;
         }
         self.store.agencies.remove(code.as_str())?;
+        self.store.broker_users.remove(code.as_str())?;
         self.store.flush()?;
         Ok(entry.agency.clone())
     }
@@ -580,6 +661,42 @@ mod tests {
         drop(reg);
         let reg = Registry::open(Store::open(dir.path()).unwrap(), mk()).unwrap();
         assert_eq!(reg.len(), 1);
+    }
+
+    #[test]
+    fn broker_passwords_are_stored_as_hashes_only() {
+        use crate::core::broker_password::verify;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let reg = Registry::open(store.clone(), mk()).unwrap();
+        let a = AgencyCode::parse("A1").unwrap();
+        let issued = reg.add(a.clone(), "A", None).unwrap();
+        assert_eq!(issued.broker_user, "A1");
+        assert!(issued.broker_password.len() >= 40);
+        let stored = reg.broker_user(&a).unwrap().unwrap();
+        assert!(verify(&stored.password_hash, &issued.broker_password));
+        let raw = store.broker_users.get("A1").unwrap().unwrap();
+        assert!(!raw
+            .windows(issued.broker_password.len())
+            .any(|w| w == issued.broker_password.as_bytes()));
+        // A key rotation leaves the broker password alone.
+        reg.rotate_key(&a, std::time::Duration::ZERO).unwrap();
+        assert_eq!(reg.broker_user(&a).unwrap().unwrap(), stored);
+        let again = reg.rotate_broker_password(&a).unwrap();
+        let now = reg.broker_user(&a).unwrap().unwrap();
+        assert!(verify(&now.password_hash, &again.broker_password));
+        assert!(!verify(&now.password_hash, &issued.broker_password));
+        // An agency of an older store has no broker user until one is issued.
+        let legacy = AgencyCode::parse("B1").unwrap();
+        reg.add(legacy.clone(), "B", None).unwrap();
+        store.broker_users.remove("B1").unwrap();
+        assert!(reg.broker_user(&legacy).unwrap().is_none());
+        assert!(matches!(
+            reg.rotate_broker_password(&AgencyCode::parse("Z9").unwrap()),
+            Err(RegistryError::NotFound(_))
+        ));
+        reg.remove(&a).unwrap();
+        assert!(reg.broker_user(&a).unwrap().is_none());
     }
 
     #[test]

@@ -75,6 +75,9 @@ pub struct Store {
     pub presence_log: sled::Tree,
     /// Audit entries by big-endian sequence number ([`crate::state::audit`]).
     pub audit: sled::Tree,
+    /// RabbitMQ password hash of each agency's broker user: `code` →
+    /// [`crate::state::registry::BrokerUser`] (never the password).
+    pub broker_users: sled::Tree,
     path: PathBuf,
 }
 
@@ -115,6 +118,7 @@ impl Store {
             presence: db.open_tree("presence")?,
             presence_log: db.open_tree("presence_log")?,
             audit: db.open_tree("audit")?,
+            broker_users: db.open_tree("broker_users")?,
             inner: Arc::new(Inner {
                 db,
                 requested: AtomicU64::new(0),
@@ -199,6 +203,7 @@ impl Store {
             presence,
             presence_log,
             audit,
+            broker_users,
             path: _,
         } = self;
         vec![
@@ -213,6 +218,7 @@ impl Store {
             ("presence", presence),
             ("presence_log", presence_log),
             ("audit", audit),
+            ("broker_users", broker_users),
         ]
     }
 

@@ -21,6 +21,7 @@ use crate::core::message::{Inbound, Message};
 use crate::core::metrics;
 use crate::core::notice::{Notice, NoticeKind};
 use crate::core::reason::Reason;
+use crate::core::text::{escaped, Escaped};
 use crate::core::time::{format_rfc3339, now_ms};
 use crate::core::timeline::DeliveryState;
 use crate::router::delivery::Delivery;
@@ -205,10 +206,10 @@ impl Router {
     ) -> Result<Outcome, RouterError> {
         metrics::message_rejected(refusal.reason);
         tracing::warn!(
-            routing_key = %msg.routing_key,
-            message_id = msg.message_id.as_deref().unwrap_or(""),
+            routing_key = %Escaped(&msg.routing_key),
+            message_id = %Escaped::opt(msg.message_id.as_deref()),
             reason = %refusal.reason,
-            detail = %refusal.detail,
+            detail = %Escaped(&refusal.detail),
             "unauthenticated input quarantined"
         );
         let mut q = msg.clone();
@@ -239,9 +240,9 @@ impl Router {
         metrics::message_rejected(refusal.reason);
         tracing::info!(
             from = %auth.signed.from,
-            message_id = %auth.signed.message_id,
+            message_id = %Escaped(&auth.signed.message_id),
             reason = %refusal.reason,
-            detail = %refusal.detail,
+            detail = %Escaped(&refusal.detail),
             "message rejected"
         );
         // The notice goes to the agency whose key signed the message: the only
@@ -259,7 +260,7 @@ impl Router {
             from: auth.signed.from.to_string(),
             message_id: auth.signed.message_id.clone(),
             reason: refusal.reason.to_string(),
-            detail: n.detail.clone(),
+            detail: escaped(&n.detail),
         });
         Ok(Outcome::Rejected(refusal.reason))
     }
@@ -280,7 +281,7 @@ impl Router {
         let _guard = self.locks.lock(from.as_str(), mid).await;
         if let Some(rec) = self.tracking.get(from, mid)? {
             metrics::duplicate();
-            tracing::info!(from = %from, message_id = %mid, "duplicate envelope absorbed");
+            tracing::info!(from = %from, message_id = %Escaped(mid), "duplicate envelope absorbed");
             let mut n = Notice::new(NoticeKind::Accepted, from.clone(), mid, now);
             n.destinations = rec
                 .dests
@@ -486,7 +487,7 @@ impl Router {
         metrics::envelope_accepted(fields.priority.code());
         tracing::info!(
             from = %from,
-            message_id = %mid,
+            message_id = %Escaped(mid),
             delivered = deliver.len(),
             bounced = bounced.len(),
             attempt,

@@ -404,7 +404,7 @@ impl Consumers {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, feed = label, retryable = e.is_retryable(), "message not handled; it will come again");
+                    tracing::warn!(error = %crate::core::text::Escaped(&e.to_string()), feed = label, retryable = e.is_retryable(), "message not handled; it will come again");
                     tokio::time::sleep(requeue_delay(&inbound.message)).await;
                     let _ = settler.reject(inbound.delivery_tag, true).await;
                     // Released only now, so what depends on it is requeued

@@ -33,6 +33,13 @@ pub fn escaped(s: &str) -> String {
     Escaped(s).to_string()
 }
 
+/// `s` escaped and cut to at most `max` characters (plus the marker).
+pub fn escaped_max(s: &str, max: usize) -> String {
+    let mut out = String::new();
+    write_escaped(&mut out, s, max).expect("writing to a String cannot fail");
+    out
+}
+
 fn needs_escape(c: char) -> bool {
     c.is_control()
         || matches!(c,
@@ -112,5 +119,6 @@ mod tests {
         let out = escaped(&long);
         assert_eq!(out, format!("{}…(+50 chars)", "x".repeat(MAX_CHARS)));
         assert_eq!(escaped(&"x".repeat(MAX_CHARS)), "x".repeat(MAX_CHARS));
+        assert_eq!(escaped_max("ab\ncd", 3), "ab\\n…(+2 chars)");
     }
 }

@@ -7,7 +7,8 @@
 //! Invariants: the dedupe check and the record write happen under the
 //! envelope's lock, and the record is written only after every delivery of
 //! the envelope was confirmed; a sender that cannot be authenticated gets no
-//! notice (its message is kept in the bounded `rejected` queue); a refusal of
+//! notice (its message is kept in the bounded `rejected` queue and tallied in
+//! the audit log per minute and reason); a refusal of
 //! an authenticated sender is a `rejected` notice to the key's owner.
 
 use std::sync::Arc;
@@ -205,6 +206,7 @@ impl Router {
         outbox: &O,
     ) -> Result<Outcome, RouterError> {
         metrics::message_rejected(refusal.reason);
+        metrics::quarantined(refusal.reason);
         tracing::warn!(
             routing_key = %Escaped(&msg.routing_key),
             message_id = %Escaped::opt(msg.message_id.as_deref()),
@@ -222,11 +224,13 @@ impl Router {
         q.set_header("x-truc-routing-key", msg.routing_key.clone());
         q.set_header("x-truc-rejected-at", format_rfc3339(now_ms()));
         outbox.publish(&q).await?;
-        self.audit.record(AuditEvent::Quarantined {
-            routing_key: msg.routing_key.clone(),
-            message_id: msg.message_id.clone().unwrap_or_default(),
-            reason: refusal.reason.to_string(),
-        });
+        // Strangers cost bounded audit space: counted and sampled per minute.
+        self.quarantined.note(
+            now_ms(),
+            refusal.reason.as_str(),
+            &msg.routing_key,
+            msg.message_id.as_deref().unwrap_or(""),
+        );
         Ok(Outcome::Quarantined(refusal.reason))
     }
 

@@ -146,6 +146,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
     run_ingress(hub.clone(), link_tx, shutdown.clone()).await;
     tracker.close();
     tracker.wait().await;
+    hub.router.flush_quarantined(crate::core::time::now_ms());
     store.flush()?;
     flusher.abort();
     tracing::info!("truc stopped");
@@ -195,6 +196,7 @@ async fn housekeeping(hub: Arc<Hub>, shutdown: CancellationToken) {
                 metrics::audit_entries(hub.router.audit().len());
             }
             _ = tick.tick() => {
+                hub.router.roll_quarantined(crate::core::time::now_ms());
                 match hub.router.nonces().sweep(crate::core::time::now_ms()) {
                     Ok(n) if n > 0 => tracing::debug!(swept = n, "expired nonces removed"),
                     Ok(_) => {}

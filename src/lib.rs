@@ -15,7 +15,7 @@
 //!    adapter does), `policy`, `scheduler` (backoff, delay buckets, rates),
 //!    `presence` (the online/offline state machine), `topology` (queues as
 //!    data), `config`, `secrets` (sealing at rest), `broker_password`
-//!    (RabbitMQ password hashes), `pem`, `metrics` (every
+//!    (RabbitMQ password hashes), `pem`, `text` (escaping wire text for logs), `metrics` (every
 //!    metric, emitted from one function each).
 //! 2. `state/` — everything persisted, in sled: `store`, `codec` (the one
 //!    value codec), `keys` (the one key encoder), `registry` (agencies and

@@ -499,6 +499,10 @@ async fn dead_letters_list_filter_drop_and_rate_limited_retry() {
         assert!(String::from_utf8_lossy(&r.message.body).starts_with("refused"));
         inbox.ack(got.delivery_tag).await.unwrap();
     }
+    // Unauthenticated input is audited as one summary per (minute, reason),
+    // written when the minute is over or at shutdown: stop and start the hub.
+    assert!(hub.terminate().success());
+    hub.spawn().await;
     let v = json(&hub, &["audit", "tail", "-n", "20", "--json"]);
     let kinds: Vec<&str> = v
         .as_array()
@@ -516,11 +520,20 @@ async fn dead_letters_list_filter_drop_and_rate_limited_retry() {
         1,
         "{kinds:?}"
     );
+    let summary: Vec<&serde_json::Value> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "quarantine-summary")
+        .collect();
+    assert_eq!(summary.len(), 1, "{kinds:?}");
+    assert_eq!(summary[0]["fields"]["reason"], "malformed");
+    assert_eq!(summary[0]["fields"]["count"], 1);
     assert_eq!(
-        kinds.iter().filter(|k| **k == "quarantined").count(),
-        1,
-        "{kinds:?}"
+        summary[0]["fields"]["samples"][0]["routing_key"],
+        "envelope.H41.001"
     );
+    assert_eq!(summary[0]["fields"]["samples"][0]["message_id"], "RAW-1");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

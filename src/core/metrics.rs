@@ -13,6 +13,11 @@ pub fn envelope_accepted(priority: u8) {
         .increment(1);
 }
 
+/// Unauthenticated input was quarantined (no notice, no per-message audit).
+pub fn quarantined(reason: Reason) {
+    metrics::counter!("truc_quarantined_total", "reason" => reason.as_str()).increment(1);
+}
+
 /// A message was refused (with or without a notice).
 pub fn message_rejected(reason: Reason) {
     metrics::counter!("truc_messages_rejected_total", "reason" => reason.as_str()).increment(1);

@@ -4,7 +4,8 @@
 //! codes, the transport-neutral message, the canonical form and signatures),
 //! envelope parsing, the states of a delivery's timeline, notices, policies,
 //! scheduling decisions, the presence model, the topology as data,
-//! configuration, sealing of secrets and hashing of broker passwords.
+//! configuration, sealing of secrets, hashing of broker passwords and the
+//! escaping of wire text for logs.
 //!
 //! May use: nothing else in the crate. The only I/O here is reading the
 //! operator's data files (configuration, policies, topology) at start-up.
@@ -25,6 +26,7 @@ pub mod presence;
 pub mod reason;
 pub mod scheduler;
 pub mod secrets;
+pub mod text;
 pub mod time;
 pub mod timeline;
 pub mod topology;

@@ -21,6 +21,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::broker::{AmqpError, Got};
+use crate::core::text::Escaped;
 use crate::core::time::{format_rfc3339, now_ms, parse_rfc3339};
 use crate::operator::queues::{link, QueueError};
 use crate::operator::Hub;
@@ -348,7 +349,7 @@ pub async fn run(hub: &Hub, f: &Filter, action: Action) -> Result<Outcome, DeadE
                         let m = match republication(hub, q, &g) {
                             Ok(m) => m,
                             Err(why) => {
-                                tracing::warn!(queue = %name, message_id = %mid, why, "dead letter not retried");
+                                tracing::warn!(queue = %name, message_id = %Escaped(&mid), why = %Escaped(&why), "dead letter not retried");
                                 continue;
                             }
                         };

@@ -21,6 +21,7 @@ use crate::core::metrics;
 use crate::core::notice::{Notice, NoticeKind};
 use crate::core::reason::Reason;
 use crate::core::scheduler::{backoff, bucket_for, expired, BUCKETS};
+use crate::core::text::Escaped;
 use crate::core::time::{format_duration, format_rfc3339, now_ms};
 use crate::core::timeline::DeliveryState;
 use crate::router::delivery::Delivery;
@@ -78,7 +79,7 @@ impl Router {
             self.notify(&src, &n, outbox).await?;
         }
         metrics::bounced(reason);
-        tracing::info!(from = %rec.from, message_id = %rec.message_id, dest = %dest, reason = %reason, "delivery bounced");
+        tracing::info!(from = %rec.from, message_id = %Escaped(&rec.message_id), dest = %dest, reason = %reason, "delivery bounced");
         Ok(())
     }
 
@@ -156,7 +157,7 @@ impl Router {
         let now = now_ms();
         let m = &inbound.message;
         let Some((from, dest, mid)) = delivery_key(m) else {
-            tracing::warn!(routing_key = %m.routing_key, "release queue: not a delivery copy; dropped");
+            tracing::warn!(routing_key = %Escaped(&m.routing_key), "release queue: not a delivery copy; dropped");
             return Ok(Outcome::Dropped("not a delivery copy"));
         };
         let due = m
@@ -210,7 +211,7 @@ impl Router {
             },
         )?;
         self.store.durable().await?;
-        tracing::info!(from = %from, message_id = %mid, dest = %dest, late_ms = now - due, "held delivery released");
+        tracing::info!(from = %from, message_id = %Escaped(&mid), dest = %dest, late_ms = now - due, "held delivery released");
         Ok(Outcome::Released)
     }
 
@@ -230,7 +231,7 @@ impl Router {
         let Some((from, dest, mid)) = delivery_key(m) else {
             // Not something the hub delivered (published into an inbox by
             // someone else): keep it for operators in the rejected queue.
-            tracing::warn!(routing_key = %m.routing_key, "dead letter is not a delivery copy; moved to the rejected queue");
+            tracing::warn!(routing_key = %Escaped(&m.routing_key), "dead letter is not a delivery copy; moved to the rejected queue");
             let mut q = clean(m.clone());
             q.exchange = String::new();
             q.routing_key = self.topology.name("rejected");
@@ -310,7 +311,7 @@ impl Router {
         })?;
         self.store.durable().await?;
         metrics::retry_scheduled();
-        tracing::info!(from = %from, message_id = %mid, dest = %dest, attempt = rejections + 1, delay = %format_duration(delay), "retry scheduled");
+        tracing::info!(from = %from, message_id = %Escaped(&mid), dest = %dest, attempt = rejections + 1, delay = %format_duration(delay), "retry scheduled");
         Ok(Outcome::Held)
     }
 
@@ -384,7 +385,7 @@ impl Router {
             })?;
         }
         self.store.durable().await?;
-        tracing::info!(from = %source, message_id = %st.reference, "recall handled");
+        tracing::info!(from = %source, message_id = %Escaped(&st.reference), "recall handled");
         Ok(Ok(Outcome::StatusRelayed))
     }
 

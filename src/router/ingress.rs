@@ -7,7 +7,8 @@
 //! Invariants: the dedupe check and the record write happen under the
 //! envelope's lock, and the record is written only after every delivery of
 //! the envelope was confirmed; a sender that cannot be authenticated gets no
-//! notice (its message is kept in the bounded `rejected` queue); a refusal of
+//! notice (its message is kept in the bounded `rejected` queue and tallied in
+//! the audit log per minute and reason); a refusal of
 //! an authenticated sender is a `rejected` notice to the key's owner.
 
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use crate::core::message::{Inbound, Message};
 use crate::core::metrics;
 use crate::core::notice::{Notice, NoticeKind};
 use crate::core::reason::Reason;
+use crate::core::text::{escaped, Escaped};
 use crate::core::time::{format_rfc3339, now_ms};
 use crate::core::timeline::DeliveryState;
 use crate::router::delivery::Delivery;
@@ -204,11 +206,12 @@ impl Router {
         outbox: &O,
     ) -> Result<Outcome, RouterError> {
         metrics::message_rejected(refusal.reason);
+        metrics::quarantined(refusal.reason);
         tracing::warn!(
-            routing_key = %msg.routing_key,
-            message_id = msg.message_id.as_deref().unwrap_or(""),
+            routing_key = %Escaped(&msg.routing_key),
+            message_id = %Escaped::opt(msg.message_id.as_deref()),
             reason = %refusal.reason,
-            detail = %refusal.detail,
+            detail = %Escaped(&refusal.detail),
             "unauthenticated input quarantined"
         );
         let mut q = msg.clone();
@@ -221,11 +224,13 @@ impl Router {
         q.set_header("x-truc-routing-key", msg.routing_key.clone());
         q.set_header("x-truc-rejected-at", format_rfc3339(now_ms()));
         outbox.publish(&q).await?;
-        self.audit.record(AuditEvent::Quarantined {
-            routing_key: msg.routing_key.clone(),
-            message_id: msg.message_id.clone().unwrap_or_default(),
-            reason: refusal.reason.to_string(),
-        });
+        // Strangers cost bounded audit space: counted and sampled per minute.
+        self.quarantined.note(
+            now_ms(),
+            refusal.reason.as_str(),
+            &msg.routing_key,
+            msg.message_id.as_deref().unwrap_or(""),
+        );
         Ok(Outcome::Quarantined(refusal.reason))
     }
 
@@ -239,9 +244,9 @@ impl Router {
         metrics::message_rejected(refusal.reason);
         tracing::info!(
             from = %auth.signed.from,
-            message_id = %auth.signed.message_id,
+            message_id = %Escaped(&auth.signed.message_id),
             reason = %refusal.reason,
-            detail = %refusal.detail,
+            detail = %Escaped(&refusal.detail),
             "message rejected"
         );
         // The notice goes to the agency whose key signed the message: the only
@@ -259,7 +264,7 @@ impl Router {
             from: auth.signed.from.to_string(),
             message_id: auth.signed.message_id.clone(),
             reason: refusal.reason.to_string(),
-            detail: n.detail.clone(),
+            detail: escaped(&n.detail),
         });
         Ok(Outcome::Rejected(refusal.reason))
     }
@@ -280,7 +285,7 @@ impl Router {
         let _guard = self.locks.lock(from.as_str(), mid).await;
         if let Some(rec) = self.tracking.get(from, mid)? {
             metrics::duplicate();
-            tracing::info!(from = %from, message_id = %mid, "duplicate envelope absorbed");
+            tracing::info!(from = %from, message_id = %Escaped(mid), "duplicate envelope absorbed");
             let mut n = Notice::new(NoticeKind::Accepted, from.clone(), mid, now);
             n.destinations = rec
                 .dests
@@ -486,7 +491,7 @@ impl Router {
         metrics::envelope_accepted(fields.priority.code());
         tracing::info!(
             from = %from,
-            message_id = %mid,
+            message_id = %Escaped(mid),
             delivered = deliver.len(),
             bounced = bounced.len(),
             attempt,

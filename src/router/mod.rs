@@ -23,7 +23,8 @@
 //!   crash in between makes the broker redeliver it and truc publish again,
 //!   marked `lgsp-attempt: 2` (a possible repeat the client library drops);
 //! - a sender that cannot be authenticated gets no notice: its message goes
-//!   to the bounded `rejected` queue;
+//!   to the bounded `rejected` queue, and is counted and sampled in the audit
+//!   log once per (minute, reason), never one entry per message;
 //! - the router never holds a body anywhere but in the message being handled;
 //! - copies of one envelope are handled one at a time ([`KeyLocks`]).
 //!
@@ -46,7 +47,7 @@ use crate::core::code::AgencyCode;
 use crate::core::policy::Policies;
 use crate::core::reason::Reason;
 use crate::core::topology::Topology;
-use crate::state::audit::Audit;
+use crate::state::audit::{Audit, QuarantineTally};
 use crate::state::registry::Registry;
 use crate::state::replay::Nonces;
 use crate::state::store::{Store, StoreError};
@@ -132,6 +133,7 @@ pub struct Router {
     pub(crate) topology: Arc<Topology>,
     policies: RwLock<Arc<Policies>>,
     audit: Audit,
+    quarantined: QuarantineTally,
 }
 
 /// Striped async locks by `(from, message_id)`.
@@ -183,6 +185,7 @@ impl Router {
             store,
             topology,
             policies: RwLock::new(Arc::new(policies)),
+            quarantined: QuarantineTally::new(audit.clone()),
             audit,
         }
     }
@@ -208,6 +211,16 @@ impl Router {
     /// The audit log.
     pub fn audit(&self) -> &Audit {
         &self.audit
+    }
+
+    /// Writes the quarantine summaries of minutes that are over (housekeeping).
+    pub fn roll_quarantined(&self, now_ms: i64) -> usize {
+        self.quarantined.roll(now_ms)
+    }
+
+    /// Writes every pending quarantine summary (shutdown).
+    pub fn flush_quarantined(&self, now_ms: i64) -> usize {
+        self.quarantined.flush(now_ms)
     }
 
     /// The nonce table.

@@ -15,6 +15,7 @@ use crate::core::message::Message;
 use crate::core::metrics;
 use crate::core::notice::{Notice, NoticeKind};
 use crate::core::reason::Reason;
+use crate::core::text::Escaped;
 use crate::core::time::now_ms;
 use crate::core::timeline::DeliveryState;
 use crate::router::{Outbox, PublishError, Router, RouterError};
@@ -138,7 +139,7 @@ impl Router {
         } else {
             metrics::delay_warning();
         }
-        tracing::info!(source = %from, message_id, dest = %dest, notice = %state, reason = %reason, "presence notice sent");
+        tracing::info!(source = %from, message_id = %Escaped(message_id), dest = %dest, notice = %state, reason = %reason, "presence notice sent");
         Ok(OfflineNotice::Sent)
     }
 }

@@ -17,6 +17,7 @@ use crate::core::envelope::{Refusal, StatusFields};
 use crate::core::metrics;
 use crate::core::notice::{Notice, NoticeKind};
 use crate::core::reason::Reason;
+use crate::core::text::Escaped;
 use crate::core::timeline::{DeliveryState, StatusCode};
 use crate::router::ingress::Authenticated;
 use crate::router::{Outbox, Outcome, Router, RouterError};
@@ -145,7 +146,7 @@ impl Router {
         self.notify(&src_entry, &n, outbox).await?;
         self.store.durable().await?;
         metrics::status_relayed(st.status.as_str());
-        tracing::info!(from = %sender, source = %source, reference = %st.reference, status = %st.status, "status relayed");
+        tracing::info!(from = %sender, source = %source, reference = %Escaped(&st.reference), status = %st.status, "status relayed");
         Ok(Outcome::StatusRelayed)
     }
 }

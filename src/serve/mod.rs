@@ -146,6 +146,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
     run_ingress(hub.clone(), link_tx, shutdown.clone()).await;
     tracker.close();
     tracker.wait().await;
+    hub.router.flush_quarantined(crate::core::time::now_ms());
     store.flush()?;
     flusher.abort();
     tracing::info!("truc stopped");
@@ -195,6 +196,7 @@ async fn housekeeping(hub: Arc<Hub>, shutdown: CancellationToken) {
                 metrics::audit_entries(hub.router.audit().len());
             }
             _ = tick.tick() => {
+                hub.router.roll_quarantined(crate::core::time::now_ms());
                 match hub.router.nonces().sweep(crate::core::time::now_ms()) {
                     Ok(n) if n > 0 => tracing::debug!(swept = n, "expired nonces removed"),
                     Ok(_) => {}
@@ -415,7 +417,7 @@ impl Consumers {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, feed = label, retryable = e.is_retryable(), "message not handled; it will come again");
+                    tracing::warn!(error = %crate::core::text::Escaped(&e.to_string()), feed = label, retryable = e.is_retryable(), "message not handled; it will come again");
                     tokio::time::sleep(requeue_delay(&inbound.message)).await;
                     let _ = settler.reject(inbound.delivery_tag, true).await;
                     // Released only now, so what depends on it is requeued

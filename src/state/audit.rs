@@ -15,13 +15,21 @@
 //!   their last `(seq, hash)` as the *anchor* in `meta`, so the chain still
 //!   verifies from the first kept entry; `meta` also keeps the head
 //!   `(seq, hash)` so truncation of the newest entries is detected;
-//! - an audit failure is logged and counted but never stops routing.
+//! - an audit failure is logged and counted but never stops routing;
+//! - unauthenticated input costs a bounded amount of audit space: it is not
+//!   recorded one entry per message but tallied by [`QuarantineTally`] into
+//!   one `quarantine-summary` entry per (minute, reason) with the count and
+//!   up to [`QUARANTINE_SAMPLES`] escaped, cut samples, written when the
+//!   minute is over (at the next message or housekeeping tick) and at
+//!   shutdown.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::core::text::escaped_max;
 use crate::core::time::{format_rfc3339, now_ms};
 use crate::state::codec;
 use crate::state::keys::{Fields, Key};
@@ -86,7 +94,8 @@ pub enum AuditEvent {
         /// Human detail.
         detail: String,
     },
-    /// Unauthenticated input went to the rejected queue.
+    /// Unauthenticated input went to the rejected queue (one entry per
+    /// message; written by earlier versions, now [`Self::QuarantineSummary`]).
     Quarantined {
         /// Routing key it came with.
         routing_key: String,
@@ -146,6 +155,27 @@ pub enum AuditEvent {
         /// Detail (never a secret).
         detail: String,
     },
+    /// Unauthenticated input that went to the rejected queue in one minute
+    /// for one reason: counted, with a few samples.
+    QuarantineSummary {
+        /// Reason code.
+        reason: String,
+        /// Start of the minute (RFC 3339).
+        minute: String,
+        /// Messages quarantined for `reason` in that minute.
+        count: u64,
+        /// The first few of them, escaped and cut.
+        samples: Vec<QuarantineSample>,
+    },
+}
+
+/// One quarantined message as kept in a [`AuditEvent::QuarantineSummary`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuarantineSample {
+    /// Its routing key, escaped and cut to [`QUARANTINE_SAMPLE_CHARS`].
+    pub routing_key: String,
+    /// Its message id (empty if none), escaped and cut.
+    pub message_id: String,
 }
 
 impl AuditEvent {
@@ -160,6 +190,7 @@ impl AuditEvent {
             Self::DeadRetried { .. } => "dead-retried",
             Self::DeadDropped { .. } => "dead-dropped",
             Self::Admin { .. } => "admin",
+            Self::QuarantineSummary { .. } => "quarantine-summary",
         }
     }
 
@@ -553,6 +584,120 @@ fn view(seq: u64, v: &[u8]) -> EntryView {
     }
 }
 
+/// Samples kept per (minute, reason) of unauthenticated input.
+pub const QUARANTINE_SAMPLES: usize = 3;
+/// Characters kept of a sample's routing key or message id.
+pub const QUARANTINE_SAMPLE_CHARS: usize = 64;
+const MINUTE_MS: i64 = 60_000;
+
+#[derive(Default)]
+struct Bucket {
+    count: u64,
+    samples: Vec<QuarantineSample>,
+}
+
+#[derive(Default)]
+struct Window {
+    /// The open minute (ms since the epoch / 60 000).
+    minute: Option<i64>,
+    by_reason: BTreeMap<String, Bucket>,
+}
+
+impl Window {
+    /// The open minute's summaries, leaving the window empty.
+    fn take(&mut self) -> Vec<AuditEvent> {
+        let Some(minute) = self.minute.take() else {
+            return Vec::new();
+        };
+        let start = format_rfc3339(minute * MINUTE_MS);
+        std::mem::take(&mut self.by_reason)
+            .into_iter()
+            .map(|(reason, b)| AuditEvent::QuarantineSummary {
+                reason,
+                minute: start.clone(),
+                count: b.count,
+                samples: b.samples,
+            })
+            .collect()
+    }
+}
+
+/// Tallies unauthenticated input per (minute, reason) and writes one
+/// [`AuditEvent::QuarantineSummary`] for each when the minute is over.
+/// Memory is bounded: one bucket per reason code, a few short samples each.
+pub struct QuarantineTally {
+    audit: Audit,
+    window: Mutex<Window>,
+}
+
+impl QuarantineTally {
+    /// Writing into `audit`.
+    pub fn new(audit: Audit) -> Self {
+        Self {
+            audit,
+            window: Mutex::new(Window::default()),
+        }
+    }
+
+    /// Counts one quarantined message at `at_ms`. If the open minute is over,
+    /// it is written first. A time before the open minute (the clock went
+    /// back) counts in the open minute.
+    pub fn note(&self, at_ms: i64, reason: &str, routing_key: &str, message_id: &str) {
+        let minute = at_ms.div_euclid(MINUTE_MS);
+        let done = {
+            let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
+            let done = match w.minute {
+                Some(open) if minute > open => w.take(),
+                _ => Vec::new(),
+            };
+            if w.minute.is_none() {
+                w.minute = Some(minute);
+            }
+            let b = w.by_reason.entry(reason.to_owned()).or_default();
+            b.count += 1;
+            if b.samples.len() < QUARANTINE_SAMPLES {
+                b.samples.push(QuarantineSample {
+                    routing_key: escaped_max(routing_key, QUARANTINE_SAMPLE_CHARS),
+                    message_id: escaped_max(message_id, QUARANTINE_SAMPLE_CHARS),
+                });
+            }
+            done
+        };
+        self.write(done, at_ms);
+    }
+
+    /// Writes the open minute if `now_ms` is past it (housekeeping); returns
+    /// how many summaries were written.
+    pub fn roll(&self, now_ms: i64) -> usize {
+        let done = {
+            let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
+            match w.minute {
+                Some(open) if now_ms.div_euclid(MINUTE_MS) > open => w.take(),
+                _ => Vec::new(),
+            }
+        };
+        self.write(done, now_ms)
+    }
+
+    /// Writes the open minute, over or not (shutdown); returns how many
+    /// summaries were written.
+    pub fn flush(&self, now_ms: i64) -> usize {
+        let done = self.window.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.write(done, now_ms)
+    }
+
+    fn write(&self, events: Vec<AuditEvent>, at_ms: i64) -> usize {
+        let n = events.len();
+        for e in events {
+            if let Err(err) = self.audit.append_at(e, at_ms) {
+                crate::core::metrics::audit_failure();
+                tracing::error!(error = %err, "quarantine summary not written");
+            }
+        }
+        n
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -663,6 +808,63 @@ mod tests {
         let r = audit.verify().unwrap();
         assert_eq!(r.broken.unwrap().seq, 20);
     }
+
+    fn summaries(audit: &Audit) -> Vec<EntryView> {
+        audit
+            .tail(1000, None)
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.kind == "quarantine-summary")
+            .collect()
+    }
+
+    #[test]
+    fn quarantined_input_is_one_entry_per_minute_and_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let audit = Audit::new(store);
+        let tally = QuarantineTally::new(audit.clone());
+        let t0 = 1_780_000_040_000; // 20 s into a minute
+        let forged = format!("envelope.H41\nINFO truc::admin: x{}", "y".repeat(100));
+        for i in 0..10 {
+            tally.note(t0 + i * 1000, "bad-signature", &forged, &format!("M{i}"));
+        }
+        tally.note(t0 + 5000, "unknown-key", "envelope.H41", "");
+        assert_eq!(tally.roll(t0 + 39_000), 0, "the minute is not over");
+        assert!(summaries(&audit).is_empty());
+        // The next minute's first message writes the last minute out.
+        tally.note(t0 + 41_000, "bad-signature", "envelope.H42", "N1");
+        let s = summaries(&audit);
+        assert_eq!(s.len(), 2, "{s:?}");
+        let bad = s
+            .iter()
+            .find(|e| e.fields["reason"] == "bad-signature")
+            .unwrap();
+        assert_eq!(bad.fields["count"], 10);
+        assert_eq!(bad.fields["minute"], format_rfc3339(1_780_000_020_000));
+        let samples = bad.fields["samples"].as_array().unwrap();
+        assert_eq!(samples.len(), QUARANTINE_SAMPLES);
+        let rk = samples[0]["routing_key"].as_str().unwrap();
+        assert!(rk.starts_with("envelope.H41\\nINFO"), "{rk}");
+        assert!(!rk.contains('\n') && rk.ends_with(" chars)"), "{rk}");
+        assert_eq!(samples[2]["message_id"], "M2");
+        let unknown = s
+            .iter()
+            .find(|e| e.fields["reason"] == "unknown-key")
+            .unwrap();
+        assert_eq!(unknown.fields["count"], 1);
+        // A quiet minute after: housekeeping writes it; shutdown writes the rest.
+        assert_eq!(tally.roll(t0 + 100_000), 1);
+        assert_eq!(tally.flush(t0 + 100_000), 0);
+        tally.note(t0 + 200_000, "malformed", "x", "");
+        assert_eq!(
+            tally.flush(t0 + 200_500),
+            1,
+            "shutdown writes the open minute"
+        );
+        assert_eq!(summaries(&audit).len(), 4);
+        assert!(audit.verify().unwrap().ok);
+    }
 }
 
 #[cfg(test)]
@@ -698,5 +900,67 @@ mod measure {
             append.as_secs_f64() * 1e6 / n as f64,
             n as f64 / verify.as_secs_f64()
         );
+    }
+
+    fn audit_bytes(store: &Store) -> u64 {
+        store
+            .audit
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv.unwrap();
+                (k.len() + v.len()) as u64
+            })
+            .sum()
+    }
+
+    /// Audit bytes added by 20,000 unauthenticated messages: one entry each
+    /// (as before) against the per-minute summaries (20,000 in 5 minutes,
+    /// 4 reasons). Prints both; run with `--nocapture` to see them.
+    #[test]
+    fn quarantine_summaries_bound_the_audit_cost_of_strangers() {
+        const N: i64 = 20_000;
+        let reasons = [
+            "bad-signature",
+            "unknown-key",
+            "malformed",
+            "unsupported-version",
+        ];
+        let rk = "envelope.000.00.31.H41";
+        let t0 = 1_780_000_000_000;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let audit = Audit::new(store.clone());
+        for i in 0..N {
+            audit
+                .append_at(
+                    AuditEvent::Quarantined {
+                        routing_key: rk.into(),
+                        message_id: format!("MSG-{i:010}"),
+                        reason: reasons[i as usize % 4].into(),
+                    },
+                    t0 + i * 15,
+                )
+                .unwrap();
+        }
+        let per_message = audit_bytes(&store);
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let tally = QuarantineTally::new(Audit::new(store.clone()));
+        for i in 0..N {
+            tally.note(
+                t0 + i * 15,
+                reasons[i as usize % 4],
+                rk,
+                &format!("MSG-{i:010}"),
+            );
+        }
+        tally.flush(t0 + N * 15);
+        let summarised = audit_bytes(&store);
+        println!(
+            "audit bytes for {N} unauthenticated messages: {per_message} one entry each, \
+             {summarised} as per-minute summaries"
+        );
+        assert!(per_message > 2_000_000, "{per_message}");
+        assert!(summarised < 20_000, "{summarised}");
     }
 }

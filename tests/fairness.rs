@@ -181,8 +181,11 @@ async fn run(kind: Flood) -> Run {
     // Delivered notices B receives, by message id.
     let delivered: Arc<std::sync::Mutex<HashMap<String, Instant>>> = Arc::default();
     let flood_task = tokio::spawn(flood(a.clone(), hub.prefix.clone(), kind, stop.clone()));
-    // Let the flood build up first.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Let the flood build up first (in D's inbox, which nobody reads yet).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while hub.depth(&format!("inbox.{D}")).await < 300 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     let consume_d = if kind == Flood::Priority5 {
         let flash = b.send(&envelope(D).priority(3).build()).await.unwrap();

@@ -4,7 +4,10 @@
 //! Invariants: shutdown is one [`CancellationToken`] that every loop selects
 //! on; in-flight ingress work is tracked by a [`TaskTracker`] and awaited
 //! before the link closes; after any broker error the link is dropped and
-//! rebuilt (the broker redelivers whatever was not acked).
+//! rebuilt (the broker redelivers whatever was not acked); a source's
+//! consumer that had credit to spare and got nothing for half a second tells
+//! the router that source's queue is empty (the floor of its rate limit, see
+//! [`crate::core::scheduler::measured_at`]).
 
 pub mod presence;
 

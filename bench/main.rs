@@ -48,6 +48,8 @@ enum Scenario {
     Flash,
     /// HMAC-SHA256 vs RSA-SHA256 signed load.
     Rsa,
+    /// A quiet source's latency alone and under another source's flood.
+    Fairness,
     /// Every scenario, in that order.
     All,
 }
@@ -167,11 +169,12 @@ impl Args {
     fn settings(&self) -> Settings {
         let q = self.quick;
         let scenarios = match self.scenario {
-            Scenario::All => vec!["throughput", "connections", "flash", "rsa"],
+            Scenario::All => vec!["throughput", "connections", "flash", "rsa", "fairness"],
             Scenario::Throughput => vec!["throughput"],
             Scenario::Connections => vec!["connections"],
             Scenario::Flash => vec!["flash"],
             Scenario::Rsa => vec!["rsa"],
+            Scenario::Fairness => vec!["fairness"],
         };
         Settings {
             scenarios: scenarios.into_iter().map(str::to_owned).collect(),
@@ -236,6 +239,7 @@ async fn run_scenarios(ctx: &mut Ctx) {
             "connections" => scenarios::connections(ctx).await,
             "flash" => scenarios::flash(ctx).await,
             "rsa" => scenarios::rsa(ctx).await,
+            "fairness" => scenarios::fairness(ctx).await,
             _ => Err(format!("unknown scenario {name}")),
         };
         let errors = ctx.shared.error_count() - errors_before;
@@ -452,6 +456,13 @@ fn headline(ctx: &Ctx) -> (Value, String) {
             f["backlog_drain_msgs_per_s"].as_f64(),
             &f["flash_during_backlog"],
             "flash scenario: truc_msgs_per_s is the backlog drain rate; latency of the Hỏa tốc envelopes sent while the backlog lasted",
+        );
+    }
+    if let Some(f) = r.get("fairness") {
+        return from(
+            None,
+            &f["flood"]["quiet_e2e"],
+            "fairness scenario: latency of the quiet source under the flood (see flood_vs_baseline)",
         );
     }
     if let Some(x) = r.get("rsa") {

@@ -1,7 +1,8 @@
-//! The four scenarios: `throughput` (raw one hop vs truc, flat out and at
+//! The five scenarios: `throughput` (raw one hop vs truc, flat out and at
 //! fixed fractions of truc's maximum), `connections` (thousands of agencies
 //! connected at once under a steady load), `flash` (Hỏa tốc behind a backlog
-//! of Thường), and `rsa` (HMAC-SHA256 vs RSA-SHA256 signed load).
+//! of Thường), `rsa` (HMAC-SHA256 vs RSA-SHA256 signed load), and
+//! `fairness` (a quiet source alone and under another source's flood).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -843,6 +844,169 @@ pub async fn rsa(ctx: &mut Ctx) -> Result<Value, String> {
         );
     }
     out.insert("rsa_over_hmac".into(), json!(ratio(rates[1], rates[0])));
+    close_all(&all).await;
+    Ok(Value::Object(out))
+}
+
+/// Floods `to` from `agencies` in turn as fast as 64 publishes in flight
+/// allow, fresh signatures each (AMQP priority 5 on every message when
+/// `priority5`), until `stop`; returns how many were published.
+async fn flood(
+    agencies: Vec<Arc<Agency>>,
+    prefix: String,
+    to: AgencyCode,
+    priority5: bool,
+    stop: tokio_util::sync::CancellationToken,
+) -> u64 {
+    use futures_util::stream::{self, StreamExt};
+    let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let b = body(1024);
+    stream::iter(0u64..)
+        .take_while(|_| std::future::ready(!stop.is_cancelled()))
+        .for_each_concurrent(64, |i| {
+            let agency = agencies[i as usize % agencies.len()].clone();
+            let sent = sent.clone();
+            let m = {
+                let mut m = truc::client::envelope_message(
+                    &prefix,
+                    &agency.creds,
+                    &load::outgoing(vec![to.clone()], Priority::NORMAL, b.clone()),
+                );
+                if priority5 {
+                    // Not covered by the signature: the hub must ignore it.
+                    m.priority = Some(5);
+                }
+                m
+            };
+            async move {
+                if agency.link.publish(&m).await.is_ok() {
+                    sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        })
+        .await;
+    sent.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// (e) `fairness`: a quiet source sends Thường envelopes at a few per second
+/// to a destination that consumes, alone (baseline), then while other
+/// sources flood another destination (not consumed), then while the flood carries AMQP
+/// priority 5; its end-to-end p50/p99 in each, and the flood's over the
+/// baseline's as ratios.
+pub async fn fairness(ctx: &mut Ctx) -> Result<Value, String> {
+    let url = ctx.s.amqp_url.clone();
+    let quiet_regs = register_group(ctx, "QS", 1, None).await?;
+    // Several flooding agencies, so the per-source rate policy (500/s by
+    // default) lets most of the flood through to be routed.
+    let n_flood = 8;
+    let flood_regs = register_group(ctx, "QF", n_flood, None).await?;
+    let dest_regs = register_group(ctx, "QD", 2, None).await?;
+    let (quiet, failed) =
+        load::connect_agencies(&url, &quiet_regs, &ctx.shared, None, 1, 1, secs(15.0)).await;
+    let (flooder, failed2) =
+        load::connect_agencies(&url, &flood_regs, &ctx.shared, None, 4, 1, secs(15.0)).await;
+    let (dests, failed3) =
+        load::connect_agencies(&url, &dest_regs, &ctx.shared, None, 2, 1, secs(15.0)).await;
+    let all: Vec<Arc<Agency>> = quiet
+        .iter()
+        .chain(&flooder)
+        .chain(&dests)
+        .cloned()
+        .collect();
+    if quiet.len() + flooder.len() + dests.len() < 3 + n_flood {
+        close_all(&all).await;
+        return Err(format!(
+            "fairness agencies could not connect: {:?}",
+            failed.iter().chain(&failed2).chain(&failed3).next()
+        ));
+    }
+    // The quiet destination consumes (and sends 01); the flooded one does not.
+    if let Err(e) = dests[0]
+        .start_inbox(&ctx.shared, ctx.s.prefetch, true)
+        .await
+    {
+        close_all(&all).await;
+        return Err(e);
+    }
+    let quiet_to = vec![dests[0].creds.code.clone()];
+    let flood_to = dests[1].creds.code.clone();
+    let rate = 5.0;
+    let measure = secs(if ctx.s.quick { 6.0 } else { 30.0 });
+    let mut out = serde_json::Map::new();
+    let mut p99s = Vec::new();
+    for (key, flood_kind) in [
+        ("baseline", None),
+        ("flood", Some(false)),
+        ("flood_priority5", Some(true)),
+    ] {
+        let stop = ctx.shared.cancel.child_token();
+        let flooding = flood_kind.map(|p5| {
+            tokio::spawn(flood(
+                flooder.clone(),
+                ctx.hub.prefix.clone(),
+                flood_to.clone(),
+                p5,
+                stop.clone(),
+            ))
+        });
+        if flooding.is_some() {
+            // The flood is under way before the quiet source is measured.
+            tokio::time::sleep(secs(1.0)).await;
+        }
+        let p = ctx
+            .phase(
+                PhaseSpec {
+                    scenario: "fairness",
+                    name: format!("fairness: quiet source at {rate}/s, {key}"),
+                    path: "truc",
+                    body_bytes: 1024,
+                    mode: Mode::Rate(rate),
+                    warmup: Duration::ZERO,
+                    measure,
+                    stop_early: None,
+                    drain_timeout_s: None,
+                },
+                Arc::new(Route::Truc {
+                    sources: quiet.clone(),
+                    dests: quiet_to.clone(),
+                    body: body(1024),
+                    mix: Mix::only(0),
+                    pool: None,
+                }),
+            )
+            .await;
+        stop.cancel();
+        let flooded = match flooding {
+            Some(h) => Some(h.await.unwrap_or(0)),
+            None => None,
+        };
+        let e2e = p.e2e.clone();
+        if let Some(e) = &e2e {
+            eprintln!(
+                "== fairness {key}: quiet source p50 {:.1} p99 {:.1} max {:.1} ms ({} samples); flood published {flooded:?}",
+                e.p50_ms, e.p99_ms, e.max_ms, e.count
+            );
+        }
+        p99s.push(e2e.as_ref().map(|e| (e.p50_ms, e.p99_ms)));
+        out.insert(
+            key.to_owned(),
+            json!({
+                "flood_published": flooded,
+                "flood_msgs_per_s": flooded.map(|n| round1(n as f64 / (measure.as_secs_f64() + 1.0))),
+                "quiet_e2e": e2e,
+                "phase": phase_json(&p),
+            }),
+        );
+    }
+    let vs = |i: usize| match (p99s[0], p99s[i]) {
+        (Some((b50, b99)), Some((f50, f99))) => {
+            json!({"p50_ratio": ratio(f50, b50), "p99_ratio": ratio(f99, b99)})
+        }
+        _ => Value::Null,
+    };
+    out.insert("flood_vs_baseline".into(), vs(1));
+    out.insert("flood_priority5_vs_baseline".into(), vs(2));
+    out.insert("quiet_rate".into(), json!(rate));
     close_all(&all).await;
     Ok(Value::Object(out))
 }

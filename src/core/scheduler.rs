@@ -6,7 +6,11 @@
 //! Invariants: a backoff delay lies in `[min, max]` after jitter; a chosen
 //! bucket never overshoots the due time (a message may go round several
 //! buckets, each one shorter than what remains); a rate limiter never grants
-//! more than `burst` at once nor more than `rate × elapsed` over time.
+//! more than `burst` at once nor more than `rate × elapsed` over time, where
+//! time is the hub's: an envelope counts at [`measured_at`], never later than
+//! its arrival, never earlier than the last time its source's queue was seen
+//! empty, so between two such times a source gets at most `burst + rate ×
+//! elapsed` whatever `lgsp-time` it writes.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -77,10 +81,27 @@ struct Bucket {
     at_ms: i64,
 }
 
-/// Per-source token buckets.
+/// When the hub counts an envelope against its source's rate: the earliest
+/// time it can have reached the broker. That is its `lgsp-time`, but never
+/// later than `now_ms` (when the hub handles it: a forward-dated time counts
+/// as now) and never earlier than `drained_ms`, the last time the hub saw the
+/// source's ingress queue empty (nothing waiting behind that can have been
+/// published before it). A backlog that waited in the broker while the hub
+/// was away is so measured on its signing times, and a source whose queue
+/// keeps being drained is measured on arrival.
+pub fn measured_at(signed_ms: i64, now_ms: i64, drained_ms: Option<i64>) -> i64 {
+    let t = signed_ms.min(now_ms);
+    match drained_ms {
+        Some(d) => t.max(d.min(now_ms)),
+        None => t,
+    }
+}
+
+/// Per-source token buckets, each measured at [`measured_at`].
 #[derive(Debug, Default)]
 pub struct RateLimiter {
     buckets: HashMap<AgencyCode, Bucket>,
+    drained: HashMap<AgencyCode, i64>,
 }
 
 impl RateLimiter {
@@ -89,16 +110,30 @@ impl RateLimiter {
         Self::default()
     }
 
-    /// Takes one token for `source` at `now_ms` under `rate`; false when over the rate.
-    pub fn allow(&mut self, source: &AgencyCode, rate: Rate, now_ms: i64) -> bool {
+    /// Records that `source`'s ingress queue was seen empty at `at_ms`
+    /// (hub time): whatever it sends later was published after that.
+    pub fn drained(&mut self, source: &AgencyCode, at_ms: i64) {
+        let d = self.drained.entry(source.clone()).or_insert(at_ms);
+        *d = (*d).max(at_ms);
+    }
+
+    /// Takes one token for `source`'s envelope signed at `signed_ms` and
+    /// handled at `now_ms` under `rate`; false when over the rate.
+    pub fn allow(&mut self, source: &AgencyCode, rate: Rate, signed_ms: i64, now_ms: i64) -> bool {
+        let at = measured_at(signed_ms, now_ms, self.drained.get(source).copied());
+        self.take(source, rate, at)
+    }
+
+    /// Takes one token for `source` at `at_ms` (already measured) under `rate`.
+    fn take(&mut self, source: &AgencyCode, rate: Rate, at_ms: i64) -> bool {
         let burst = f64::from(rate.burst);
         let b = self.buckets.entry(source.clone()).or_insert(Bucket {
             tokens: burst,
-            at_ms: now_ms,
+            at_ms,
         });
-        let elapsed = (now_ms - b.at_ms).max(0) as f64 / 1000.0;
+        let elapsed = (at_ms - b.at_ms).max(0) as f64 / 1000.0;
         b.tokens = (b.tokens + elapsed * rate.per_s).min(burst);
-        b.at_ms = now_ms.max(b.at_ms);
+        b.at_ms = at_ms.max(b.at_ms);
         if b.tokens >= 1.0 {
             b.tokens -= 1.0;
             true
@@ -193,18 +228,102 @@ mod tests {
         };
         let start = tokio::time::Instant::now();
         let now = |s: tokio::time::Instant| (s.elapsed().as_millis()) as i64;
-        let granted = (0..20).filter(|_| l.allow(&a, rate, now(start))).count();
+        let t = now(start);
+        let granted = (0..20).filter(|_| l.allow(&a, rate, t, t)).count();
         assert_eq!(granted, 5, "burst");
         tokio::time::advance(Duration::from_millis(1000)).await;
-        let granted = (0..20).filter(|_| l.allow(&a, rate, now(start))).count();
+        let t = now(start);
+        let granted = (0..20).filter(|_| l.allow(&a, rate, t, t)).count();
         assert_eq!(granted, 5, "refill is capped at burst");
         tokio::time::advance(Duration::from_millis(300)).await;
-        let granted = (0..20).filter(|_| l.allow(&a, rate, now(start))).count();
+        let t = now(start);
+        let granted = (0..20).filter(|_| l.allow(&a, rate, t, t)).count();
         assert_eq!(granted, 3, "10/s for 0.3 s");
         let b = AgencyCode::parse("B").unwrap();
         assert!(
-            l.allow(&b, rate, now(start)),
+            l.allow(&b, rate, t, t),
             "other sources have their own bucket"
         );
+    }
+
+    #[test]
+    fn measured_on_the_earliest_possible_arrival() {
+        // Forward-dated: counts as now.
+        assert_eq!(measured_at(5_000, 1_000, None), 1_000);
+        assert_eq!(measured_at(5_000, 1_000, Some(900)), 1_000);
+        // Signed earlier: its signing time, unless the queue was seen empty since.
+        assert_eq!(measured_at(400, 1_000, None), 400);
+        assert_eq!(measured_at(400, 1_000, Some(300)), 400);
+        assert_eq!(measured_at(400, 1_000, Some(700)), 700);
+        // A drained time after now (clock oddities) never pushes past now.
+        assert_eq!(measured_at(400, 1_000, Some(2_000)), 1_000);
+    }
+
+    const RATE: Rate = Rate {
+        per_s: 50.0,
+        burst: 100,
+    };
+
+    /// The flood: every envelope handled as fast as the hub can (here
+    /// 1,000 a second of hub time), `lgsp-time` moved 1 s forward every 50
+    /// envelopes (the sustained rate), queue kept drained (seen empty half a
+    /// second before each arrival).
+    #[tokio::test(start_paused = true)]
+    async fn a_forward_dated_flood_is_measured_on_arrival() {
+        let mut l = RateLimiter::new();
+        let a = AgencyCode::parse("A").unwrap();
+        let start = tokio::time::Instant::now();
+        let base = 1_700_000_000_000i64;
+        let mut granted = 0;
+        for i in 0..2_000i64 {
+            let now = base + start.elapsed().as_millis() as i64;
+            l.drained(&a, now - 500);
+            if l.allow(&a, RATE, base + (i / 50) * 1_000, now) {
+                granted += 1;
+            }
+            tokio::time::advance(Duration::from_millis(1)).await;
+        }
+        // 2 s of hub time: burst 100 + 50/s × 2 s.
+        assert!((190..=201).contains(&granted), "{granted} of 2000");
+    }
+
+    /// Backdating buys nothing once the queue was seen empty.
+    #[tokio::test(start_paused = true)]
+    async fn a_backdated_flood_is_measured_from_the_drained_time() {
+        let mut l = RateLimiter::new();
+        let a = AgencyCode::parse("A").unwrap();
+        let now = 1_700_000_300_000i64;
+        l.drained(&a, now - 100);
+        // Signing times spread over the 300 s before: 50/s on paper.
+        let granted = (0..15_000i64)
+            .filter(|i| l.allow(&a, RATE, now - 300_000 + i * 20, now))
+            .count();
+        // Burst 100 + 50/s × 0.1 s, not 50/s × 300 s.
+        assert!((100..=105).contains(&granted), "{granted}");
+    }
+
+    /// A backlog signed at the sustained rate while the hub was away (its
+    /// queue not seen empty since) drains at once and is accepted whole; the
+    /// same envelopes measured on arrival would be mostly refused.
+    #[tokio::test(start_paused = true)]
+    async fn a_backlog_drained_fast_is_accepted() {
+        let mut l = RateLimiter::new();
+        let a = AgencyCode::parse("A").unwrap();
+        let now = 1_700_000_300_000i64;
+        l.drained(&a, now - 120_000);
+        // 2 minutes of envelopes at 40/s, signed during the outage.
+        let granted = (0..4_800i64)
+            .filter(|i| l.allow(&a, RATE, now - 120_000 + i * 25, now))
+            .count();
+        assert_eq!(granted, 4_800);
+        let mut strict = RateLimiter::new();
+        let on_arrival = (0..4_800).filter(|_| strict.take(&a, RATE, now)).count();
+        assert_eq!(on_arrival, 100);
+        // Then it is measured on arrival again.
+        l.drained(&a, now);
+        let more = (0..200)
+            .filter(|_| l.allow(&a, RATE, now + 60_000, now))
+            .count();
+        assert!(more <= 101, "{more}");
     }
 }

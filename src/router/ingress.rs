@@ -303,9 +303,9 @@ impl Router {
             .limiter
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            // Measured on signing times, so a backlog that waited in the broker
-            // (hub restart, outage) is not refused for arriving all at once.
-            .allow(from, rate, auth.signed.time_ms);
+            // Measured on hub time: the signing time clamped between the last
+            // time the source's queue was seen empty and now (scheduler::measured_at).
+            .allow(from, rate, auth.signed.time_ms, now);
         if !allowed {
             return self
                 .reject(

@@ -190,6 +190,16 @@ impl Router {
         }
     }
 
+    /// Records that `source`'s ingress queue was seen empty at `at_ms`: its
+    /// later envelopes are rate-limited from then on, whatever their
+    /// `lgsp-time` (see [`crate::core::scheduler::measured_at`]).
+    pub fn source_drained(&self, source: &AgencyCode, at_ms: i64) {
+        self.limiter
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drained(source, at_ms);
+    }
+
     /// The policies in force.
     pub fn policies(&self) -> Arc<Policies> {
         self.policies

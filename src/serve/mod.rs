@@ -4,11 +4,15 @@
 //! Invariants: shutdown is one [`CancellationToken`] that every loop selects
 //! on; in-flight ingress work is tracked by a [`TaskTracker`] and awaited
 //! before the link closes; after any broker error the link is dropped and
-//! rebuilt (the broker redelivers whatever was not acked).
+//! rebuilt (the broker redelivers whatever was not acked); a source's
+//! consumer that had credit to spare and got nothing for half a second tells
+//! the router that source's queue is empty (the floor of its rate limit, see
+//! [`crate::core::scheduler::measured_at`]).
 
 pub mod presence;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -342,6 +346,51 @@ fn requeue_delay(m: &Message) -> Duration {
     Duration::from_millis(500 * (count + 1)).min(Duration::from_secs(5))
 }
 
+/// How long a source's consumer must go without a delivery, with credit to
+/// spare, before its queue counts as empty (far above the broker's round trip).
+const IDLE: Duration = Duration::from_millis(500);
+
+/// The credit window of one consumer: how many of its deliveries are not yet
+/// settled, and when it last stopped being full. A consumer with credit to
+/// spare for [`IDLE`] that got nothing has an empty queue.
+#[derive(Debug, Default)]
+struct Window {
+    unsettled: AtomicUsize,
+    freed_ms: AtomicI64,
+}
+
+/// One delivery's place in a [`Window`], given back when dropped.
+struct Slot {
+    window: Arc<Window>,
+    size: usize,
+}
+
+impl Window {
+    fn take(self: &Arc<Self>, size: usize) -> Slot {
+        self.unsettled.fetch_add(1, Ordering::SeqCst);
+        Slot {
+            window: self.clone(),
+            size,
+        }
+    }
+
+    /// Whether at `now_ms` the window has had room for the last [`IDLE`].
+    fn had_room(&self, size: usize, now_ms: i64) -> bool {
+        self.unsettled.load(Ordering::SeqCst) < size
+            && self.freed_ms.load(Ordering::SeqCst) <= now_ms - IDLE.as_millis() as i64
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if self.window.unsettled.fetch_sub(1, Ordering::SeqCst) >= self.size {
+            self.window
+                .freed_ms
+                .store(crate::core::time::now_ms(), Ordering::SeqCst);
+        }
+    }
+}
+
 impl Consumers {
     /// Consumes one queue until `stop` or a broker error; every delivery is
     /// handled in its own task on `work` and acked only after success.
@@ -356,12 +405,28 @@ impl Consumers {
             .subscribe(&queue, prefetch, &format!("truc-{}", feed.label()))
             .await?;
         let settler = sub.settler();
+        let window = Arc::new(Window::default());
+        let source = match &feed {
+            Feed::Source(code) => Some(code.clone()),
+            _ => None,
+        };
+        // Fires after IDLE without a delivery: the source's queue is empty if
+        // the consumer had room all along, which the rate limiter is told.
+        let idle = tokio::time::sleep(IDLE);
+        tokio::pin!(idle);
         let mut draining = false;
         let drain_limit = tokio::time::sleep(Duration::from_secs(3600));
         tokio::pin!(drain_limit);
         loop {
             tokio::select! {
                 _ = &mut drain_limit, if draining => return Ok(()),
+                _ = &mut idle, if source.is_some() && !draining => {
+                    let now = crate::core::time::now_ms();
+                    if let Some(code) = source.as_ref().filter(|_| window.had_room(usize::from(prefetch), now)) {
+                        self.hub.router.source_drained(code, now - IDLE.as_millis() as i64);
+                    }
+                    idle.as_mut().reset(tokio::time::Instant::now() + IDLE);
+                }
                 _ = stop.cancelled(), if !draining => {
                     // Stop the flow, then handle what the broker already sent, so
                     // a clean stop leaves nothing to redeliver as a possible repeat.
@@ -373,7 +438,11 @@ impl Consumers {
                 }
                 next = sub.next() => match next {
                     None if draining => return Ok(()),
-                    Some(Ok(inbound)) => self.dispatch(&feed, inbound, settler.clone()),
+                    Some(Ok(inbound)) => {
+                        idle.as_mut().reset(tokio::time::Instant::now() + IDLE);
+                        let slot = window.take(usize::from(prefetch));
+                        self.dispatch(&feed, inbound, settler.clone(), slot);
+                    }
                     Some(Err(e)) => return Err(e),
                     None => return Err(AmqpError::Broker { op: "basic.consume", message: format!("consumer of {queue} cancelled") }),
                 },
@@ -382,7 +451,8 @@ impl Consumers {
     }
 
     /// Hands one delivery to the router in a task of its own.
-    fn dispatch(&self, feed: &Feed, inbound: Inbound, settler: Settler) {
+    /// `slot` is held until the delivery is settled.
+    fn dispatch(&self, feed: &Feed, inbound: Inbound, settler: Settler, slot: Slot) {
         let router = self.hub.router.clone();
         let outbox = self.outbox.clone();
         let label = feed.label();
@@ -391,6 +461,7 @@ impl Consumers {
             .is_ingress()
             .then(|| self.sequencer.admit(&inbound.message));
         self.work.spawn(async move {
+            let _slot = slot;
             let ready = match ticket.as_mut() {
                 Some(t) => t.ready().await,
                 None => true,

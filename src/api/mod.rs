@@ -230,6 +230,12 @@ pub fn routes(hub: Arc<Hub>) -> Router {
         .with_state(hub)
 }
 
+/// Installs the Prometheus recorder: before anything emits a metric, so no
+/// early value is lost. Idempotent.
+pub(crate) fn install_metrics() {
+    health::prometheus();
+}
+
 /// Serves the API on `listener` until `shutdown`: HTTPS when `tls` is
 /// given, with the timeouts of [`tls`].
 pub async fn serve(

@@ -92,6 +92,8 @@ pub const ROUTER_PUBLISH_CHANNELS: usize = 4;
 
 /// Runs the hub until `shutdown` is cancelled.
 pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), ServiceError> {
+    // The metrics recorder before anything can emit a metric.
+    crate::api::install_metrics();
     config.validate()?;
     let policies = Policies::load(&config.policies_dir)?;
     let topology = Arc::new(Topology::load(&config.queues_dir, &config.prefix)?);
@@ -129,6 +131,9 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
         link: link_rx,
         admin_token,
     });
+    // The gauges /metrics shows from the start.
+    metrics::agencies(hub.registry.len());
+    metrics::store_bytes(hub.store.size_on_disk());
     let tracker = TaskTracker::new();
     let listener = tokio::net::TcpListener::bind(config.admin_socket()?)
         .await

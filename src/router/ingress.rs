@@ -26,6 +26,7 @@ use crate::core::text::{escaped, Escaped};
 use crate::core::time::{format_rfc3339, now_ms};
 use crate::core::timeline::DeliveryState;
 use crate::router::delivery::Delivery;
+use crate::router::order::Turn;
 use crate::router::{Heartbeat, Outbox, Outcome, Router, RouterError};
 use crate::state::audit::AuditEvent;
 use crate::state::registry::Entry;
@@ -46,6 +47,18 @@ impl Router {
         inbound: &Inbound,
         outbox: &O,
     ) -> Result<Outcome, RouterError> {
+        self.handle_in_turn(inbound, outbox, None).await
+    }
+
+    /// [`Router::handle`] for a message read from its source's own queue:
+    /// `turn` orders the source's envelopes at the rate-limit step, so which
+    /// of them is over the rate follows the order the source published them.
+    pub(crate) async fn handle_in_turn<O: Outbox>(
+        &self,
+        inbound: &Inbound,
+        outbox: &O,
+        turn: Option<&Turn>,
+    ) -> Result<Outcome, RouterError> {
         let started = Instant::now();
         let now = now_ms();
         let msg = &inbound.message;
@@ -60,10 +73,16 @@ impl Router {
             Ok(a) => a,
             Err(refusal) => return self.quarantine(msg, refusal, outbox).await,
         };
-        let outcome = match self.check(&auth, msg, now)? {
+        let checked = self.check(&auth, msg, now)?;
+        if let (Some(t), Err(_) | Ok(Payload::Status(_) | Payload::Presence(_))) = (turn, &checked)
+        {
+            // Refused before the rate step (or not an envelope): its place goes.
+            t.pass();
+        }
+        let outcome = match checked {
             Err(refusal) => self.reject(&auth, refusal, outbox, now).await?,
             Ok(Payload::Envelope(fields)) => {
-                self.route(&auth, msg, fields, inbound.redelivered, outbox, now)
+                self.route(&auth, inbound, fields, turn, outbox, now)
                     .await?
             }
             Ok(Payload::Status(fields)) => self.status(&auth, fields, outbox, now).await?,
@@ -272,18 +291,29 @@ impl Router {
     async fn route<O: Outbox>(
         &self,
         auth: &Authenticated,
-        msg: &Message,
+        inbound: &Inbound,
         fields: EnvelopeFields,
-        redelivered: bool,
+        turn: Option<&Turn>,
         outbox: &O,
         now: i64,
     ) -> Result<Outcome, RouterError> {
+        let (msg, redelivered) = (&inbound.message, inbound.redelivered);
         let from = &auth.signed.from;
         let mid = &auth.signed.message_id;
+        // The source's envelopes take the rate step in the order its queue
+        // delivered them. Waited for before any lock is held (nothing that
+        // holds a lock waits for a turn, so the two cannot deadlock); given
+        // up on return (a duplicate) or passed right after the decision.
+        if let Some(t) = turn {
+            t.wait().await;
+        }
         // Copies of one envelope handled at once must not both deliver: the
         // dedupe check and the record write happen under the key's lock.
         let _guard = self.locks.lock(from.as_str(), mid).await;
         if let Some(rec) = self.tracking.get(from, mid)? {
+            if let Some(t) = turn {
+                t.pass();
+            }
             metrics::duplicate();
             tracing::info!(from = %from, message_id = %Escaped(mid), "duplicate envelope absorbed");
             let mut n = Notice::new(NoticeKind::Accepted, from.clone(), mid, now);
@@ -306,6 +336,9 @@ impl Router {
             // Measured on hub time: the signing time clamped between the last
             // time the source's queue was seen empty and now (scheduler::measured_at).
             .allow(from, rate, auth.signed.time_ms, now);
+        if let Some(t) = turn {
+            t.pass();
+        }
         if !allowed {
             return self
                 .reject(

@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
+use crate::core::code::AgencyCode;
 use crate::core::message::Message;
 
 /// The outcome of a finished message: `None` while running, then whether it
@@ -44,6 +45,7 @@ struct Table {
 #[derive(Clone, Default)]
 pub(crate) struct Sequencer {
     table: Arc<Mutex<Table>>,
+    turnstiles: Arc<Mutex<HashMap<AgencyCode, Arc<Turnstile>>>>,
 }
 
 /// A message's place in line: await [`Ticket::ready`], handle the message,
@@ -51,6 +53,7 @@ pub(crate) struct Sequencer {
 pub(crate) struct Ticket {
     wait: Option<watch::Receiver<Done>>,
     own: Option<Own>,
+    turn: Option<Turn>,
 }
 
 struct Own {
@@ -83,6 +86,7 @@ impl Sequencer {
                 table.inflight.insert(mid.to_owned(), (id, rx));
                 Ticket {
                     wait,
+                    turn: None,
                     own: Some(Own {
                         table: self.table.clone(),
                         key: mid.to_owned(),
@@ -97,9 +101,41 @@ impl Sequencer {
                     .and_then(|r| table.inflight.get(r))
                     .map(|(_, rx)| rx.clone()),
                 own: None,
+                turn: None,
             },
             _ => Ticket::free(),
         }
+    }
+
+    /// [`Sequencer::admit`] for a message read from `source`'s own ingress
+    /// queue: an envelope also gets its [`Turn`] at the rate-limit step.
+    pub(crate) fn admit_from(&self, source: &AgencyCode, m: &Message) -> Ticket {
+        let mut ticket = self.admit(m);
+        if m.routing_key.starts_with("envelope.") {
+            let gate = self
+                .turnstiles
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(source.clone())
+                .or_insert_with(|| {
+                    Arc::new(Turnstile {
+                        turns: Mutex::new(Turns::default()),
+                        tx: watch::channel(0).0,
+                    })
+                })
+                .clone();
+            let seq = {
+                let mut t = gate.turns.lock().unwrap_or_else(|e| e.into_inner());
+                t.issued += 1;
+                t.issued - 1
+            };
+            ticket.turn = Some(Turn {
+                gate,
+                seq,
+                released: std::sync::atomic::AtomicBool::new(false),
+            });
+        }
+        ticket
     }
 
     /// Envelopes in flight (for tests).
@@ -114,7 +150,14 @@ impl Ticket {
         Self {
             wait: None,
             own: None,
+            turn: None,
         }
+    }
+
+    /// Its place at the rate-limit step, for an envelope read from its
+    /// source's own queue.
+    pub(crate) fn turn(&self) -> Option<&Turn> {
+        self.turn.as_ref()
     }
 
     /// Resolves once every earlier message this one depends on has finished:
@@ -150,6 +193,69 @@ impl Own {
         }
         drop(table);
         self.tx.send_replace(Some(ok));
+    }
+}
+
+/// The turns of one source's envelopes at the rate-limit step: positions are
+/// handed out in delivery order and pass in that order.
+#[derive(Default)]
+struct Turns {
+    issued: u64,
+    /// Every position below this one has passed (or was given up).
+    passed: u64,
+    /// Positions given up out of order, waiting for the ones before them.
+    early: std::collections::BTreeSet<u64>,
+}
+
+/// One source's turnstile: the positions and a channel announcing `passed`.
+struct Turnstile {
+    turns: Mutex<Turns>,
+    tx: watch::Sender<u64>,
+}
+
+/// An envelope's place at its source's rate-limit step: the rate decision
+/// of a source's envelopes is taken in the order its queue delivered them,
+/// however many are handled at once. Released by [`Turn::pass`] or on drop
+/// (an envelope refused before the rate step gives its place up).
+pub(crate) struct Turn {
+    gate: Arc<Turnstile>,
+    seq: u64,
+    released: std::sync::atomic::AtomicBool,
+}
+
+impl Turn {
+    /// Resolves when every earlier envelope of the source has passed.
+    pub(crate) async fn wait(&self) {
+        let mut rx = self.gate.tx.subscribe();
+        let _ = rx.wait_for(|passed| *passed >= self.seq).await;
+    }
+
+    /// Passes the rate step, letting the next envelope of the source take it.
+    pub(crate) fn pass(&self) {
+        if self
+            .released
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            return;
+        }
+        let mut t = self.gate.turns.lock().unwrap_or_else(|e| e.into_inner());
+        t.early.insert(self.seq);
+        loop {
+            let next = t.passed;
+            if !t.early.remove(&next) {
+                break;
+            }
+            t.passed += 1;
+        }
+        let passed = t.passed;
+        drop(t);
+        self.gate.tx.send_replace(passed);
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        self.pass();
     }
 }
 
@@ -249,5 +355,31 @@ mod tests {
         let mut hb = s.admit(&msg("presence", "E1", Some("E1")));
         assert_eq!(is_ready(&mut hb).await, Some(true));
         assert_eq!(s.inflight(), 1);
+    }
+
+    async fn waits_turn(t: &Ticket) -> bool {
+        tokio::time::timeout(Duration::from_millis(50), t.turn().unwrap().wait())
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_source_passes_the_rate_step_in_delivery_order() {
+        let s = Sequencer::new();
+        let src = AgencyCode::parse("000.00.31.H41").unwrap();
+        let a = s.admit_from(&src, &msg("envelope", "E1", None));
+        let b = s.admit_from(&src, &msg("envelope", "E2", None));
+        let c = s.admit_from(&src, &msg("envelope", "E3", None));
+        let status = s.admit_from(&src, &msg("status", "S1", Some("E9")));
+        assert!(status.turn().is_none(), "only envelopes take turns");
+        assert!(!waits_turn(&c).await, "the third waits for the first two");
+        assert!(!waits_turn(&b).await);
+        assert!(waits_turn(&a).await);
+        a.turn().unwrap().pass();
+        assert!(waits_turn(&b).await);
+        assert!(!waits_turn(&c).await);
+        // The second gives its place up (refused before the rate step).
+        drop(b);
+        assert!(waits_turn(&c).await);
     }
 }

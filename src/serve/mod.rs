@@ -319,13 +319,6 @@ impl Feed {
             Self::Dead => "dead",
         }
     }
-
-    fn is_ingress(&self) -> bool {
-        match self {
-            Self::Source(_) | Self::Unrouted => true,
-            Self::Release | Self::Dead => false,
-        }
-    }
 }
 
 /// What every consumer of one broker link shares.
@@ -462,9 +455,11 @@ impl Consumers {
         let outbox = self.outbox.clone();
         let label = feed.label();
         let kind = feed.clone();
-        let mut ticket = feed
-            .is_ingress()
-            .then(|| self.sequencer.admit(&inbound.message));
+        let mut ticket = match feed {
+            Feed::Source(code) => Some(self.sequencer.admit_from(code, &inbound.message)),
+            Feed::Unrouted => Some(self.sequencer.admit(&inbound.message)),
+            Feed::Release | Feed::Dead => None,
+        };
         self.work.spawn(async move {
             let _slot = slot;
             let ready = match ticket.as_mut() {
@@ -479,7 +474,10 @@ impl Consumers {
                 return;
             }
             let res = match kind {
-                Feed::Source(_) | Feed::Unrouted => router.handle(&inbound, outbox.as_ref()).await,
+                Feed::Source(_) | Feed::Unrouted => {
+                    let turn = ticket.as_ref().and_then(|t| t.turn());
+                    router.handle_in_turn(&inbound, outbox.as_ref(), turn).await
+                }
                 Feed::Release => router.release(&inbound, outbox.as_ref()).await,
                 Feed::Dead => router.dead(&inbound, outbox.as_ref()).await,
             };

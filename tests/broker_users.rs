@@ -12,55 +12,15 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{amqp_url, envelope, notices, TestHub};
+use common::users::{export, import, url_as, BrokerUsers};
+use common::{envelope, notices, TestHub};
 use truc::broker::Link;
 use truc::client::{Client, Credentials};
 use truc::notice::NoticeKind;
 
 const WAIT: Duration = Duration::from_secs(10);
-
-/// RabbitMQ users created by the test, deleted on drop.
-#[derive(Default)]
-struct BrokerUsers(Vec<String>);
-
-impl BrokerUsers {
-    /// Deletes `name` on drop.
-    fn track(&mut self, name: &str) {
-        if !self.0.iter().any(|n| n == name) {
-            self.0.push(name.to_owned());
-        }
-    }
-}
-
-impl Drop for BrokerUsers {
-    fn drop(&mut self) {
-        for user in &self.0 {
-            match Command::new("rabbitmqctl")
-                .args(["delete_user", user])
-                .output()
-            {
-                Ok(o) if o.status.success() => {}
-                Ok(o) => eprintln!(
-                    "cleanup: user {user} not deleted: {}",
-                    String::from_utf8_lossy(&o.stderr)
-                ),
-                Err(e) => eprintln!("cleanup: rabbitmqctl: {e}"),
-            }
-        }
-    }
-}
-
-/// The test broker's URL with `user:password` instead of the test login.
-fn url_as(user: &str, password: &str) -> String {
-    let url = amqp_url();
-    let (scheme, rest) = url.split_once("://").expect("scheme");
-    let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
-    format!("{scheme}://{user}:{password}@{host}")
-}
 
 /// Registers `code` through the admin API; its credentials and broker password.
 async fn add(hub: &mut TestHub, code: &str) -> (Credentials, String) {
@@ -80,34 +40,6 @@ async fn add(hub: &mut TestHub, code: &str) -> (Credentials, String) {
         serde_json::from_value(v.clone()).unwrap(),
         password.to_owned(),
     )
-}
-
-/// Exports the definitions with the CLI into `file`, records their users in
-/// `users` (before the import creates them) and returns them as JSON.
-fn export(hub: &TestHub, file: &Path, users: &mut BrokerUsers) -> serde_json::Value {
-    let o = hub.cli(&["agency", "rabbitmq-definitions"]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    for u in v["users"].as_array().unwrap() {
-        assert!(!u["password_hash"].as_str().unwrap().is_empty(), "{u}");
-        users.track(u["name"].as_str().unwrap());
-    }
-    std::fs::write(file, &o.stdout).unwrap();
-    v
-}
-
-fn import(file: &Path) {
-    let o = Command::new("rabbitmqctl")
-        .arg("import_definitions")
-        .arg(file)
-        .output()
-        .expect("rabbitmqctl");
-    assert!(
-        o.status.success(),
-        "import_definitions: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
 }
 
 /// Connects as an agency's own broker user; the import is asynchronous, so

@@ -1,13 +1,15 @@
 //! Hostile input at the AMQP level: messages no AMQP library would build
 //! (invalid UTF-8 in properties, a field table nested thousands deep), written
 //! byte by byte to the broker, must not stop the hub: each ends in the
-//! `rejected` queue while good envelopes keep flowing.
+//! `rejected` queue while good envelopes keep flowing. They are published
+//! through the source agency's own confined broker user.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{amqp_url, code, next_within, TestHub};
+use common::users::{export, import, url_as, BrokerUsers};
+use common::{code, next_within, TestHub};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use truc::client::Outgoing;
@@ -38,8 +40,22 @@ fn method(class: u16, id: u16, args: &[u8]) -> Vec<u8> {
 }
 
 impl RawPublisher {
-    async fn connect() -> Self {
-        let url = amqp_url();
+    /// Connects as the login of `url` (an agency's own broker user), retrying
+    /// while an import of definitions is still being applied.
+    async fn connect_as(url: &str) -> Self {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), Self::connect(url)).await {
+                Ok(Some(p)) => return p,
+                _ if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await
+                }
+                _ => panic!("cannot log in as {url}"),
+            }
+        }
+    }
+
+    async fn connect(url: &str) -> Option<Self> {
         let hostport = url
             .split('@')
             .nth(1)
@@ -54,9 +70,9 @@ impl RawPublisher {
             .map(|(u, p)| (u.to_owned(), p.to_owned()))
             .unwrap_or(("guest".into(), "guest".into()));
         let mut p = Self {
-            sock: TcpStream::connect(hostport).await.unwrap(),
+            sock: TcpStream::connect(hostport).await.ok()?,
         };
-        p.sock.write_all(b"AMQP\x00\x00\x09\x01").await.unwrap();
+        p.sock.write_all(b"AMQP\x00\x00\x09\x01").await.ok()?;
         p.expect(10, 10).await; // connection.start
         let mut args = long(b""); // client properties
         args.extend(short(b"PLAIN"));
@@ -67,7 +83,8 @@ impl RawPublisher {
         args.extend(long(&resp));
         args.extend(short(b"en_US"));
         p.send(1, 0, &method(10, 11, &args)).await;
-        let tune = p.expect(10, 30).await; // connection.tune
+        // A refused login closes the socket: no tune comes.
+        let tune = p.try_expect(10, 30).await?; // connection.tune
         let mut args = tune[4..6].to_vec(); // channel max
         args.extend_from_slice(&131072u32.to_be_bytes());
         args.extend_from_slice(&0u16.to_be_bytes());
@@ -81,7 +98,24 @@ impl RawPublisher {
         p.expect(20, 11).await;
         p.send(1, 1, &method(85, 10, &[0])).await; // confirm.select
         p.expect(85, 11).await;
-        p
+        Some(p)
+    }
+
+    /// [`RawPublisher::expect`], or `None` when the broker hangs up.
+    async fn try_expect(&mut self, class: u16, id: u16) -> Option<Vec<u8>> {
+        loop {
+            let mut head = [0u8; 7];
+            self.sock.read_exact(&mut head).await.ok()?;
+            let size = u32::from_be_bytes([head[3], head[4], head[5], head[6]]) as usize;
+            let mut payload = vec![0u8; size + 1];
+            self.sock.read_exact(&mut payload).await.ok()?;
+            payload.pop();
+            if head[0] == 1
+                && payload[..4] == [(class >> 8) as u8, class as u8, (id >> 8) as u8, id as u8]
+            {
+                return Some(payload);
+            }
+        }
     }
 
     async fn send(&mut self, kind: u8, channel: u16, payload: &[u8]) {
@@ -142,7 +176,7 @@ const MESSAGE_ID: u16 = 1 << 7;
 
 fn lgsp_headers(extra: &[u8]) -> Vec<u8> {
     let mut body = Vec::new();
-    for (k, v) in [("lgsp-version", "1"), ("lgsp-from", "000.00.31.H41")] {
+    for (k, v) in [("lgsp-version", "1"), ("lgsp-from", "T.HOS")] {
         body.extend(short(k.as_bytes()));
         body.push(b'S');
         body.extend(long(v.as_bytes()));
@@ -174,8 +208,25 @@ fn alive(pid: u32) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_frames_end_in_rejected_while_good_envelopes_flow() {
+    let mut users = BrokerUsers::default();
     let mut hub = TestHub::start().await;
-    let src = hub.register("000.00.31.H41").await;
+    // The source publishes through its own confined broker user, as a real
+    // agency would (codes of this process: broker users are not prefixed).
+    let src_code = format!("T{}.HOS", std::process::id());
+    let (status, v) = hub
+        .api(
+            "POST",
+            "/v1/agencies",
+            Some(serde_json::json!({"code": src_code, "name": "hostile source"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    hub.agencies.push(code(&src_code));
+    let src: truc::client::Credentials = serde_json::from_value(v.clone()).unwrap();
+    let broker_password = v["broker_password"].as_str().unwrap().to_owned();
+    let file = hub.data.path().join("definitions.json");
+    export(&hub, &file, &mut users);
+    import(&file);
     let dst = hub.register("000.00.32.H41").await;
     let source = hub.client(&src).await;
     let dest = hub.client(&dst).await;
@@ -183,8 +234,9 @@ async fn malformed_frames_end_in_rejected_while_good_envelopes_flow() {
     let pid = hub.pid();
 
     let exchange = format!("{}ingress", hub.prefix);
-    let key = b"envelope.000.00.31.H41";
-    let mut raw = RawPublisher::connect().await;
+    let key = format!("envelope.{src_code}");
+    let key = key.as_bytes();
+    let mut raw = RawPublisher::connect_as(&url_as(&src_code, &broker_password)).await;
     let id = |s: &[u8]| {
         let mut p = vec![2u8];
         p.extend(short(s));
@@ -260,7 +312,7 @@ async fn malformed_frames_end_in_rejected_while_good_envelopes_flow() {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let rejected = hub.depth("rejected").await;
-        let ingress = hub.depth("ingress").await + hub.depth("ingress.000.00.31.H41").await;
+        let ingress = hub.depth("ingress").await + hub.depth(&format!("ingress.{src_code}")).await;
         if rejected as usize == hostile.len() && ingress == 0 {
             break;
         }

@@ -9,6 +9,8 @@
 
 #![allow(dead_code)]
 
+pub mod users;
+
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

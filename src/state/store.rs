@@ -96,8 +96,12 @@ impl Store {
         let db = loop {
             match config.open() {
                 Ok(db) => break db,
+                // sled reports the lock as kind `Other` wrapping the
+                // `WouldBlock` of the lock call, so both forms are matched.
                 Err(sled::Error::Io(e))
-                    if e.kind() == std::io::ErrorKind::WouldBlock && tries < 40 =>
+                    if tries < 40
+                        && (e.kind() == std::io::ErrorKind::WouldBlock
+                            || e.to_string().contains("could not acquire lock")) =>
                 {
                     tries += 1;
                     std::thread::sleep(std::time::Duration::from_millis(50));

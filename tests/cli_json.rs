@@ -9,7 +9,7 @@ mod common;
 use std::process::Output;
 use std::time::Duration;
 
-use common::{code, notices, TestHub};
+use common::{code, notices, stderr, stdout, TestHub};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use truc::admin_types as t;
@@ -32,25 +32,9 @@ fn out(to: &str, message_id: Option<&str>) -> Outgoing {
     }
 }
 
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
 /// Runs the CLI and expects exit `code`.
 fn run(hub: &TestHub, args: &[&str], code: i32) -> Output {
-    let o = hub.cli(args);
-    assert_eq!(
-        o.status.code(),
-        Some(code),
-        "truc {args:?}\nstdout: {}\nstderr: {}",
-        stdout(&o),
-        stderr(&o)
-    );
-    o
+    hub.cli_expect(args, code)
 }
 
 /// Runs the CLI (exit 0), parses stdout into `T`, and checks that `T`

@@ -4,10 +4,10 @@
 
 mod common;
 
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{code, envelope, next_within, notices, walk, TestHub};
+use common::{code, envelope, next_within, notices, stderr, stdout, walk, TestHub};
 use truc::client::{Credentials, Outgoing};
 use truc::message::Message;
 use truc::notice::NoticeKind;
@@ -20,25 +20,9 @@ fn out(to: &str, body: &[u8]) -> Outgoing {
     envelope(to).subject("Báo cáo tuần").body(body).build()
 }
 
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
 /// Runs the CLI and expects exit `code`; returns stdout.
 fn run(hub: &TestHub, args: &[&str], code: i32) -> String {
-    let o = hub.cli(args);
-    assert_eq!(
-        o.status.code(),
-        Some(code),
-        "truc {args:?}\nstdout: {}\nstderr: {}",
-        stdout(&o),
-        stderr(&o)
-    );
-    stdout(&o)
+    stdout(&hub.cli_expect(args, code))
 }
 
 fn json(hub: &TestHub, args: &[&str]) -> serde_json::Value {

@@ -410,12 +410,7 @@ impl Upstream {
             .ok_or_else(|| AmqpError::Connect(format!("cannot resolve broker host {host}")))?;
         let tls = match uri.scheme {
             AMQPScheme::AMQP => {
-                if let Some(ca) = trust.ca_file() {
-                    return Err(AmqpError::Tls(format!(
-                        "a CA file ({}) is set for a plaintext amqp:// URL; use amqps:// (TLS, usually port 5671) or unset the CA file",
-                        ca.display()
-                    )));
-                }
+                trust.check_plaintext()?;
                 None
             }
             AMQPScheme::AMQPS => {

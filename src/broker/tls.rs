@@ -46,6 +46,18 @@ impl BrokerTls {
         self.ca_file.as_deref()
     }
 
+    /// Refuses a CA file given with a plaintext `amqp://` URL: it would be
+    /// silently ignored.
+    pub(crate) fn check_plaintext(&self) -> Result<(), AmqpError> {
+        match &self.ca_file {
+            None => Ok(()),
+            Some(path) => Err(AmqpError::Tls(format!(
+                "a CA file ({}) is set for a plaintext amqp:// URL; use amqps:// (TLS, usually port 5671) or unset the CA file",
+                path.display()
+            ))),
+        }
+    }
+
     /// The lapin TLS settings for `url`, or why `url` cannot be used.
     pub(crate) fn for_url(&self, url: &str) -> Result<OwnedTLSConfig, AmqpError> {
         let secure = is_amqps(url);
@@ -58,10 +70,7 @@ impl BrokerTls {
             return Ok(OwnedTLSConfig::default());
         };
         if !secure {
-            return Err(AmqpError::Tls(format!(
-                "a CA file ({}) is set for a plaintext amqp:// URL; use amqps:// (TLS, usually port 5671) or unset the CA file",
-                path.display()
-            )));
+            self.check_plaintext()?;
         }
         let pem = crate::core::pem::read_ca_text(path)
             .map_err(|e| AmqpError::Tls(format!("CA file {e}")))?;

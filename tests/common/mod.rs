@@ -298,6 +298,20 @@ impl TestHub {
         }
     }
 
+    /// Runs a `truc` CLI command and expects exit `code` (stdout and
+    /// stderr in the failure message).
+    pub fn cli_expect(&self, args: &[&str], code: i32) -> Output {
+        let o = self.cli(args);
+        assert_eq!(
+            o.status.code(),
+            Some(code),
+            "truc {args:?}\nstdout: {}\nstderr: {}",
+            stdout(&o),
+            stderr(&o)
+        );
+        o
+    }
+
     /// Runs a `truc` CLI command against this hub.
     pub fn cli(&self, args: &[&str]) -> Output {
         self.cli_with_token(&self.token, args)
@@ -490,6 +504,16 @@ impl Drop for BrokerGuard {
             std::mem::take(&mut self.exchanges),
         );
     }
+}
+
+/// A command's stdout as text.
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A command's stderr as text.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 /// The next delivery on `sub` within `wait`, or `None`.

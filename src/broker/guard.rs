@@ -420,13 +420,8 @@ impl Upstream {
                     let _ = roots.add(cert.clone());
                 }
                 if let Some(ca) = trust.ca_file() {
-                    for cert in crate::core::pem::read_certificates(ca)
-                        .map_err(|e| AmqpError::Tls(format!("CA file {e}")))?
-                    {
-                        roots
-                            .add(cert)
-                            .map_err(|e| AmqpError::Tls(format!("{}: {e}", ca.display())))?;
-                    }
+                    crate::core::pem::add_ca_file(&mut roots, ca)
+                        .map_err(|e| AmqpError::Tls(format!("CA file {e}")))?;
                 }
                 let provider = Arc::new(rustls::crypto::ring::default_provider());
                 let config = rustls::ClientConfig::builder_with_provider(provider)

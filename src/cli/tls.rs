@@ -30,11 +30,7 @@ impl AdminClientTls {
     /// Trusts the PEM certificates in `ca_file` only.
     pub fn from_ca_file(ca_file: &std::path::Path) -> Result<Self, String> {
         let mut roots = rustls::RootCertStore::empty();
-        for cert in crate::core::pem::read_certificates(ca_file)? {
-            roots
-                .add(cert)
-                .map_err(|e| format!("{}: {e}", ca_file.display()))?;
-        }
+        crate::core::pem::add_ca_file(&mut roots, ca_file)?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()

@@ -27,6 +27,16 @@ pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, St
     Ok(certs)
 }
 
+/// Adds the CA certificates of the PEM file `path` to `roots`.
+pub fn add_ca_file(roots: &mut rustls::RootCertStore, path: &Path) -> Result<(), String> {
+    for cert in read_certificates(path)? {
+        roots
+            .add(cert)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
 /// Reads a PEM file of CA certificates and returns its text (checked to hold
 /// at least one certificate).
 pub fn read_ca_text(path: &Path) -> Result<String, String> {

@@ -589,6 +589,15 @@ fn secure_tree(root: &Path) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
+    /// The sample the systemd unit uses parses and validates.
+    #[test]
+    fn shipped_sample_is_valid() {
+        let text = include_str!("../../ops/truc.toml");
+        let c: Config = toml::from_str(text).expect("ops/truc.toml parses");
+        c.validate().expect("ops/truc.toml validates");
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/truc"));
+    }
+
     #[test]
     fn defaults_env_and_validation() {
         let mut c = Config::default();

@@ -569,3 +569,42 @@ mod tests {
         assert_eq!(AnchorFile::new(path, key()).read().unwrap(), None);
     }
 }
+
+#[cfg(test)]
+mod measure {
+    use super::*;
+    use crate::core::secrets::MasterKey;
+
+    /// `cargo test --lib integrity::measure -- --ignored --nocapture`:
+    /// the cost of the checkpoint on a flush (one small write per flush).
+    #[test]
+    #[ignore = "measurement, run by hand"]
+    fn flush_with_and_without_checkpoint() {
+        let n = 300;
+        let run = |anchor: bool| {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(&dir.path().join("db")).unwrap();
+            if anchor {
+                let key = CheckpointKey::from_master(&MasterKey::parse(&"ab".repeat(32)).unwrap());
+                let (tx, _rx) = watch::channel(None);
+                store.anchor(Anchoring::new(
+                    AnchorFile::new(dir.path().join("store.anchor"), key),
+                    0,
+                    0,
+                    tx,
+                ));
+            }
+            let t = std::time::Instant::now();
+            for i in 0..n {
+                store.keys.insert(format!("k{i}"), vec![0u8; 200]).unwrap();
+                store.flush().unwrap();
+            }
+            t.elapsed().as_secs_f64() * 1e6 / f64::from(n)
+        };
+        let (plain, anchored) = (run(false), run(true));
+        let (plain2, anchored2) = (run(false), run(true));
+        println!(
+            "flush: {plain:.0} / {plain2:.0} us without the checkpoint, {anchored:.0} / {anchored2:.0} us with it ({n} flushes each)"
+        );
+    }
+}

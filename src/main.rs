@@ -16,8 +16,9 @@ fn init_logging() {
         .init();
 }
 
-async fn serve(cli: &Cli) -> anyhow::Result<()> {
-    let config = truc::config::Config::load(cli.config.as_deref())?;
+async fn serve(cli: &Cli, args: &truc::cli::ServeArgs) -> anyhow::Result<()> {
+    let mut config = truc::config::Config::load(cli.config.as_deref())?;
+    config.accept_loss = args.accept_loss;
     let shutdown = CancellationToken::new();
     let signals = shutdown.clone();
     tokio::spawn(async move {
@@ -42,9 +43,9 @@ async fn serve(cli: &Cli) -> anyhow::Result<()> {
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
-    if matches!(cli.command, Command::Serve) {
+    if let Command::Serve(args) = &cli.command {
         init_logging();
-        if let Err(e) = serve(&cli).await {
+        if let Err(e) = serve(&cli, args).await {
             eprintln!("error: {e:#}");
             std::process::exit(1);
         }

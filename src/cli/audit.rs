@@ -1,14 +1,16 @@
 //! `truc audit verify|tail`: the hash-chained audit log over the typed
 //! admin client.
 //!
-//! Invariants: `verify` exits 1 naming the first broken entry; `tail
-//! --follow` prints each entry once, in order, until interrupted.
+//! Invariants: `verify` exits 1 naming the first broken entry (or the
+//! checkpoint the store does not match); `verify --offline` reads the store
+//! itself, never writes it, and never creates a master key; `tail --follow`
+//! prints each entry once, in order, until interrupted.
 
 use std::time::Duration;
 
 use clap::Subcommand;
 
-use crate::api::types::AuditEntry;
+use crate::api::types::{AuditEntry, VerifyReport};
 use crate::cli::admin::Admin;
 use crate::cli::{opt, print_json, CliError};
 use crate::core::config::Config;
@@ -16,11 +18,17 @@ use crate::core::config::Config;
 /// `truc audit …`
 #[derive(Debug, Subcommand)]
 pub enum AuditCmd {
-    /// Check the hash chain; exit 1 and name the first broken entry if any.
+    /// Check the hash chain and the store against its checkpoint; exit 1
+    /// and name the first problem if any.
     Verify {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Read the store directly instead of asking the hub (the hub must be
+        /// stopped, e.g. after it refused to start): needs the data directory
+        /// and the master key.
+        #[arg(long)]
+        offline: bool,
     },
     /// The last entries.
     Tail {
@@ -41,6 +49,42 @@ fn field(v: &serde_json::Value) -> String {
         serde_json::Value::String(t) => t.clone(),
         serde_json::Value::Null => "-".into(),
         other => other.to_string(),
+    }
+}
+
+/// Prints a verification and turns a failure into exit 1.
+fn report(v: VerifyReport, json: bool) -> Result<(), CliError> {
+    if json {
+        print_json(&v);
+    } else if v.ok {
+        println!(
+            "audit chain verifies: {} entries ({} to {}){}{}",
+            v.entries,
+            opt(&v.first_seq),
+            opt(&v.last_seq),
+            v.anchor_seq
+                .map(|a| format!(", anchored after swept entry {a}"))
+                .unwrap_or_default(),
+            v.checkpoint
+                .as_ref()
+                .map(|c| format!(
+                    "; matches the checkpoint in {} (generation {}, entry {}, {})",
+                    c.place, c.generation, c.audit_seq, c.at
+                ))
+                .unwrap_or_default()
+        );
+    }
+    if v.ok {
+        Ok(())
+    } else {
+        Err(CliError::new(
+            1,
+            format!(
+                "audit chain broken at entry {}: {}",
+                opt(&v.broken.as_ref().map(|b| b.seq)),
+                opt(&v.broken.as_ref().map(|b| b.problem.clone()))
+            ),
+        ))
     }
 }
 
@@ -67,38 +111,60 @@ fn print_entries(entries: &[AuditEntry], json: bool) {
     }
 }
 
-/// Runs `truc audit …`.
-pub async fn run(cfg: &Config, cmd: AuditCmd) -> Result<(), CliError> {
-    let admin = Admin::new(cfg)?;
-    match cmd {
-        AuditCmd::Verify { json } => {
-            let v = admin.audit_verify().await?;
-            if json {
-                print_json(&v);
-            } else if v.ok {
-                println!(
-                    "audit chain verifies: {} entries ({} to {}){}",
-                    v.entries,
-                    opt(&v.first_seq),
-                    opt(&v.last_seq),
-                    v.anchor_seq
-                        .map(|a| format!(", anchored after swept entry {a}"))
-                        .unwrap_or_default()
-                );
-            }
-            if v.ok {
-                Ok(())
-            } else {
-                Err(CliError::new(
+/// The chain and checkpoint check on the store itself (the hub stopped).
+fn verify_offline(cfg: &Config) -> Result<VerifyReport, CliError> {
+    use crate::core::checkpoint::CheckpointKey;
+    use crate::state::integrity::{verify_audit, AnchorFile};
+    let key_text = match &cfg.master_key {
+        Some(k) => k.clone(),
+        None => std::fs::read_to_string(cfg.master_key_path())
+            .map(|t| t.trim().to_owned())
+            .map_err(|e| {
+                CliError::new(
                     1,
                     format!(
-                        "audit chain broken at entry {}: {}",
-                        opt(&v.broken.as_ref().map(|b| b.seq)),
-                        opt(&v.broken.as_ref().map(|b| b.problem.clone()))
+                        "master key: {}: {e} (set TRUC_MASTER_KEY or master_key)",
+                        cfg.master_key_path().display()
                     ),
-                ))
-            }
-        }
+                )
+            })?,
+    };
+    let master = crate::core::secrets::MasterKey::parse(&key_text)
+        .map_err(|e| CliError::new(1, format!("master key: {e}")))?;
+    if !cfg.store_dir().exists() {
+        return Err(CliError::new(
+            1,
+            format!("no store at {}", cfg.store_dir().display()),
+        ));
+    }
+    let store = std::panic::catch_unwind(|| crate::state::store::Store::open(&cfg.data_dir))
+        .map_err(|_| CliError::new(1, "the store does not open: sled panicked"))?
+        .map_err(|e| {
+            CliError::new(
+                1,
+                format!(
+                    "the store at {} does not open: {e} (is truc serve running on it?)",
+                    cfg.store_dir().display()
+                ),
+            )
+        })?;
+    let audit = crate::state::audit::Audit::new(store.clone());
+    let file = AnchorFile::new(cfg.anchor_path(), CheckpointKey::from_master(&master));
+    verify_audit(&store, &audit, Some(&file)).map_err(|e| CliError::new(1, e.to_string()))
+}
+
+/// Runs `truc audit …`.
+pub async fn run(cfg: &Config, cmd: AuditCmd) -> Result<(), CliError> {
+    if let AuditCmd::Verify {
+        json,
+        offline: true,
+    } = cmd
+    {
+        return report(verify_offline(cfg)?, json);
+    }
+    let admin = Admin::new(cfg)?;
+    match cmd {
+        AuditCmd::Verify { json, .. } => report(admin.audit_verify().await?, json),
         AuditCmd::Tail { n, follow, json } => {
             if n == 0 || n > crate::operator::audit::MAX_TAIL {
                 return Err(CliError::new(2, "-n/--limit must be 1-10000"));

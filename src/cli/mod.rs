@@ -81,11 +81,22 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// `truc serve` options.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeArgs {
+    /// Start even though the store is damaged, rolled back or rewritten
+    /// (does not match its checkpoint): the loss is recorded in the audit log
+    /// and the store is anchored as it is. A store that does not open is
+    /// moved aside to `<data_dir>/db.damaged-<ms>` and an empty one is used.
+    #[arg(long)]
+    pub accept_loss: bool,
+}
+
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the router and the admin API.
-    Serve,
+    Serve(ServeArgs),
     /// Manage agencies.
     #[command(subcommand)]
     Agency(agency::AgencyCmd),
@@ -122,7 +133,7 @@ pub enum Command {
 pub async fn run(cli: Cli) -> Result<(), CliError> {
     let cfg = config(&cli.config)?;
     match cli.command {
-        Command::Serve => Err(CliError::new(2, "serve is run by main")),
+        Command::Serve(_) => Err(CliError::new(2, "serve is run by main")),
         Command::Agency(c) => agency::run(&cfg, c).await,
         Command::Envelope(c) => envelope::run(&cfg, c).await,
         Command::Send(a) => send::run(&cfg, a).await,

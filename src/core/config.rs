@@ -2,7 +2,7 @@
 //! defaults, then environment overrides (`TRUC_AMQP_URL`, `TRUC_AMQP_CA_FILE`,
 //! `TRUC_DATA_DIR`, `TRUC_ADMIN_ADDR`, `TRUC_ADMIN_TOKEN`, `TRUC_ADMIN_TLS_CERT`,
 //! `TRUC_ADMIN_TLS_KEY`, `TRUC_ADMIN_CA_FILE`, `TRUC_METRICS_REQUIRE_TOKEN`,
-//! `TRUC_PREFIX`, `TRUC_MASTER_KEY`).
+//! `TRUC_PREFIX`, `TRUC_MASTER_KEY`, `TRUC_STORE_ANCHOR_FILE`).
 //!
 //! Invariants: a [`Config`] returned by [`Config::load`] is validated; a CA
 //! file named for `amqps://` holds at least one PEM certificate, and one named
@@ -166,6 +166,16 @@ pub struct Config {
     /// How often inbox depths are sampled for `/metrics` (`1s`–`1h`).
     #[serde(default = "default_depth_sample_interval")]
     pub depth_sample_interval: String,
+    /// The store's checkpoint file (`TRUC_STORE_ANCHOR_FILE`); default
+    /// `<data_dir>/store.anchor`, beside the sled directory `<data_dir>/db`
+    /// and never inside it.
+    #[serde(default)]
+    pub store_anchor_file: Option<PathBuf>,
+    /// Start even if the store does not match its checkpoint, recording the
+    /// loss in the audit log (`truc serve --accept-loss`). Never read from
+    /// the file or the environment: it is a decision for one start.
+    #[serde(skip)]
+    pub accept_loss: bool,
 }
 
 impl Default for Config {
@@ -237,6 +247,22 @@ impl Config {
         if let Some(v) = get("TRUC_MASTER_KEY").filter(|v| !v.is_empty()) {
             self.master_key = Some(v);
         }
+        if let Some(v) = get("TRUC_STORE_ANCHOR_FILE").filter(|v| !v.is_empty()) {
+            self.store_anchor_file = Some(v.into());
+        }
+    }
+
+    /// The sled directory: `<data_dir>/db`.
+    pub fn store_dir(&self) -> PathBuf {
+        self.data_dir.join("db")
+    }
+
+    /// The store's checkpoint file (`store_anchor_file`, default
+    /// `<data_dir>/store.anchor`).
+    pub fn anchor_path(&self) -> PathBuf {
+        self.store_anchor_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("store.anchor"))
     }
 
     /// `audit_retention` as a duration (validated).
@@ -319,6 +345,15 @@ impl Config {
 
     /// Checks every field.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.anchor_path().starts_with(self.store_dir()) {
+            return Err(ConfigError::Invalid {
+                key: "store_anchor_file",
+                problem: format!(
+                    "must not be inside the store directory {} (a copy of the store would carry its anchor)",
+                    self.store_dir().display()
+                ),
+            });
+        }
         if !(self.amqp_url.starts_with("amqp://") || self.amqp_url.starts_with("amqps://")) {
             return Err(ConfigError::Invalid {
                 key: "amqp_url",

@@ -4,7 +4,7 @@
 //! codes, the transport-neutral message, the canonical form and signatures),
 //! envelope parsing, the states of a delivery's timeline, notices, policies,
 //! scheduling decisions, the presence model, the topology as data,
-//! configuration, sealing of secrets, hashing of broker passwords and the
+//! configuration, sealing of secrets, the store checkpoint's sealed form, hashing of broker passwords and the
 //! escaping of wire text for logs.
 //!
 //! May use: nothing else in the crate. The only I/O here is reading the
@@ -13,6 +13,7 @@
 pub mod auth;
 pub mod broker_password;
 pub mod canonical;
+pub mod checkpoint;
 pub mod code;
 pub mod config;
 pub mod envelope;

@@ -6,7 +6,9 @@
 //! fresh 12-byte nonce and the ciphertext with its tag; the access key is the
 //! associated data, so a sealed secret moved to another key does not open;
 //! nothing in this module logs or formats a secret or the master key (the
-//! [`MasterKey`] `Debug` output is redacted).
+//! [`MasterKey`] `Debug` output is redacted); other uses of the master key
+//! (the store checkpoint's HMAC) get a key derived for their purpose by
+//! [`MasterKey::derive`], never the master key itself.
 
 use base64::Engine as _;
 use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
@@ -42,6 +44,7 @@ impl SecretsError {
 #[derive(Clone)]
 pub struct MasterKey {
     cipher: ChaCha20Poly1305,
+    raw: [u8; 32],
 }
 
 impl std::fmt::Debug for MasterKey {
@@ -69,12 +72,25 @@ impl MasterKey {
                 .find_map(|e| e.decode(t).ok())
                 .ok_or(SecretsError::BadMasterKey)?
         };
-        if bytes.len() != 32 {
-            return Err(SecretsError::BadMasterKey);
-        }
+        let raw: [u8; 32] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| SecretsError::BadMasterKey)?;
         Ok(Self {
-            cipher: ChaCha20Poly1305::new(Key::from_slice(&bytes)),
+            cipher: ChaCha20Poly1305::new(Key::from_slice(&raw)),
+            raw,
         })
+    }
+
+    /// A 32-byte key for `purpose` derived from the master key
+    /// (HMAC-SHA256 of `purpose` under the master key), so that one master
+    /// key serves several uses without reusing the key itself.
+    pub fn derive(&self, purpose: &[u8]) -> [u8; 32] {
+        use hmac::{Hmac, Mac};
+        let mut mac =
+            <Hmac<sha2::Sha256> as Mac>::new_from_slice(&self.raw).expect("HMAC takes any key");
+        mac.update(purpose);
+        mac.finalize().into_bytes().into()
     }
 
     /// True when `stored` is sealed (not a legacy plaintext secret).
@@ -154,6 +170,15 @@ mod tests {
         assert_eq!(k.open("AKAAAA", "plain"), Err(SecretsError::Malformed));
         assert_eq!(k.open("AKAAAA", "enc1:!!"), Err(SecretsError::Malformed));
         assert_eq!(format!("{k:?}"), "MasterKey(redacted)");
+    }
+
+    #[test]
+    fn derived_keys_depend_on_purpose_and_master_key() {
+        let k = MasterKey::parse(&"ab".repeat(32)).unwrap();
+        assert_eq!(k.derive(b"a"), k.derive(b"a"));
+        assert_ne!(k.derive(b"a"), k.derive(b"b"));
+        let other = MasterKey::parse(&"cd".repeat(32)).unwrap();
+        assert_ne!(k.derive(b"a"), other.derive(b"a"));
     }
 
     #[test]

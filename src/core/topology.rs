@@ -358,6 +358,8 @@ mod tests {
         let names = t.queue_names([&code]);
         assert_eq!(names.len(), t.queues.len() + 3);
         assert!(names.contains(&"lgsp.delay.1d".to_owned()));
+        let anchor = t.queues.iter().find(|q| q.name == "lgsp.anchor").unwrap();
+        assert_eq!(anchor.arguments["x-max-length"], ArgValue::Int(1));
         assert!(names.ends_with(&[
             ingress_q.name.clone(),
             inbox.name.clone(),

@@ -2,7 +2,8 @@
 //! the chain check, and the store statistics. Read-only.
 //!
 //! Invariants: a tail returns at most 10,000 entries, oldest first; the
-//! chain check reads every entry still kept.
+//! chain check reads every entry still kept and checks the newest against
+//! the checkpoint outside the store.
 
 use crate::operator::Hub;
 use crate::state::audit::{AuditError, EntryView, VerifyReport};
@@ -16,9 +17,14 @@ pub fn tail(hub: &Hub, n: usize, after: Option<u64>) -> Result<Vec<EntryView>, A
     hub.router.audit().tail(n.clamp(1, MAX_TAIL), after)
 }
 
-/// Checks the hash chain.
+/// Checks the hash chain, then the store against its checkpoint file
+/// (rolled back or rewritten since the checkpoint).
 pub fn verify(hub: &Hub) -> Result<VerifyReport, AuditError> {
-    hub.router.audit().verify()
+    crate::state::integrity::verify_audit(
+        &hub.store,
+        hub.router.audit(),
+        hub.store.anchor_file().as_ref(),
+    )
 }
 
 /// Entries per tree, bytes on disk and the configured retentions.

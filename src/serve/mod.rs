@@ -9,6 +9,7 @@
 //! the router that source's queue is empty (the floor of its rate limit, see
 //! [`crate::core::scheduler::measured_at`]).
 
+pub mod integrity;
 pub mod presence;
 
 use std::collections::{HashMap, HashSet};
@@ -31,7 +32,6 @@ use crate::operator::Hub;
 use crate::router::order::Sequencer;
 use crate::router::Router;
 use crate::state::registry::Registry;
-use crate::state::store::Store;
 
 /// Service start-up errors.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +67,9 @@ pub enum ServiceError {
     /// The data directory cannot be created or made private.
     #[error("data dir: {0}")]
     DataDir(std::io::Error),
+    /// The store is damaged, rolled back or rewritten (or its checkpoint is).
+    #[error("store integrity: {0}. truc will not start on it: restore a backup of the data directory, or start once with `truc serve --accept-loss` to go on with what the store holds (the loss is recorded in the audit log); see docs/OPERATIONS.md, \"Store integrity\"")]
+    Integrity(crate::state::integrity::IntegrityError),
 }
 
 impl ServiceError {
@@ -80,6 +83,7 @@ impl ServiceError {
             | Self::AdminToken(_)
             | Self::AdminTls(_)
             | Self::DataDir(_) => false,
+            Self::Integrity(e) => e.is_retryable(),
             Self::Store(e) => e.is_retryable(),
             Self::Registry(e) => e.is_retryable(),
             Self::Admin(_) => true,
@@ -99,8 +103,6 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
     let topology = Arc::new(Topology::load(&config.queues_dir, &config.prefix)?);
     let admin_tls = crate::api::tls::load(&config).map_err(ServiceError::AdminTls)?;
     config.prepare_data_dir().map_err(ServiceError::DataDir)?;
-    let store = Store::open(&config.data_dir)?;
-    let flusher = store.start_flusher();
     let master = config
         .resolve_master_key()
         .map_err(|e| ServiceError::MasterKey(e.to_string()))
@@ -108,6 +110,12 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
             crate::core::secrets::MasterKey::parse(&k)
                 .map_err(|e| ServiceError::MasterKey(e.to_string()))
         })?;
+    let integrity::Opened {
+        store,
+        check: start_check,
+        latest: checkpoints,
+    } = integrity::open_store(&config, &master).map_err(ServiceError::Integrity)?;
+    let flusher = store.start_flusher();
     let registry = Registry::open(store.clone(), master)?;
     let admin_token = config
         .resolve_admin_token(true)
@@ -147,17 +155,29 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
     ));
     tracker.spawn(housekeeping(hub.clone(), shutdown.clone()));
     tracker.spawn(reload_on_sighup(hub.clone(), shutdown.clone()));
+    let anchor_queue = integrity::anchor_queue(&hub.topology).name;
+    tracker.spawn(integrity::keep_broker_copy(
+        hub.link.clone(),
+        checkpoints.clone(),
+        anchor_queue.clone(),
+        (start_check.checked.clone(), start_check.key().clone()),
+        shutdown.clone(),
+    ));
     tracker.spawn(crate::serve::presence::run(
         hub.clone(),
         heartbeats,
         shutdown.clone(),
     ));
-    run_ingress(hub.clone(), link_tx, shutdown.clone()).await;
+    let refused = run_ingress(hub.clone(), link_tx, shutdown.clone(), &start_check).await;
     tracker.close();
     tracker.wait().await;
     hub.router.flush_quarantined(crate::core::time::now_ms());
     store.flush()?;
     flusher.abort();
+    if let Some(e) = refused {
+        return Err(ServiceError::Integrity(e));
+    }
+    integrity::final_broker_copy(&config, &anchor_queue, &checkpoints, &start_check).await;
     tracing::info!("truc stopped");
     Ok(())
 }
@@ -222,7 +242,19 @@ async fn housekeeping(hub: Arc<Hub>, shutdown: CancellationToken) {
     }
 }
 
-async fn connect(hub: &Hub, shutdown: &CancellationToken) -> Option<Arc<Link>> {
+/// How the first connection ended the start: the broker's copy of the store
+/// checkpoint refused it.
+enum Connected {
+    Link(Arc<Link>),
+    Stopped,
+    Refused(crate::state::integrity::IntegrityError),
+}
+
+async fn connect(
+    hub: &Hub,
+    shutdown: &CancellationToken,
+    start_check: &integrity::StartCheck,
+) -> Connected {
     let mut backoff = Duration::from_millis(200);
     loop {
         let attempt = async {
@@ -234,6 +266,24 @@ async fn connect(hub: &Hub, shutdown: &CancellationToken) -> Option<Arc<Link>> {
             )
             .await?;
             link.declare_topology(&hub.topology).await?;
+            if !start_check.checked.load(Ordering::SeqCst) {
+                match integrity::check_broker_copy(
+                    &link,
+                    &hub.topology,
+                    &hub.store,
+                    hub.router.audit(),
+                    start_check,
+                )
+                .await
+                {
+                    Ok(()) => {}
+                    Err(integrity::BrokerCheckError::Amqp(e)) => return Err(e),
+                    Err(integrity::BrokerCheckError::Integrity(e)) => {
+                        link.close().await;
+                        return Ok(Err(e));
+                    }
+                }
+            }
             for a in hub.registry.list() {
                 match declare_agency(&link, &hub.topology, &a.code).await {
                     Ok(()) => {}
@@ -245,17 +295,21 @@ async fn connect(hub: &Hub, shutdown: &CancellationToken) -> Option<Arc<Link>> {
                     Err(e) => return Err(e),
                 }
             }
-            Ok::<_, AmqpError>(link)
+            Ok::<_, AmqpError>(Ok(link))
         };
         let res = tokio::select! {
-            _ = shutdown.cancelled() => return None,
+            _ = shutdown.cancelled() => return Connected::Stopped,
             r = attempt => r,
         };
         match res {
-            Ok(link) => {
+            Ok(Err(refused)) => {
+                tracing::error!(error = %refused, "the store does not match the broker's copy of its checkpoint; stopping");
+                return Connected::Refused(refused);
+            }
+            Ok(Ok(link)) => {
                 metrics::broker_connected();
                 tracing::info!(url = %redact(&hub.config.amqp_url), "broker connected, topology declared");
-                return Some(Arc::new(link));
+                return Connected::Link(Arc::new(link));
             }
             Err(e @ AmqpError::Conflict { .. }) => {
                 // An exchange or fixed queue exists with other arguments (an
@@ -263,7 +317,7 @@ async fn connect(hub: &Hub, shutdown: &CancellationToken) -> Option<Arc<Link>> {
                 tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64,
                     "topology conflict: the broker holds this exchange or queue with other arguments; see docs/OPERATIONS.md, \"Upgrading a broker from the single ingress queue\"");
                 tokio::select! {
-                    _ = shutdown.cancelled() => return None,
+                    _ = shutdown.cancelled() => return Connected::Stopped,
                     _ = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -271,7 +325,7 @@ async fn connect(hub: &Hub, shutdown: &CancellationToken) -> Option<Arc<Link>> {
             Err(e) => {
                 tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "broker not reachable");
                 tokio::select! {
-                    _ = shutdown.cancelled() => return None,
+                    _ = shutdown.cancelled() => return Connected::Stopped,
                     _ = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -570,12 +624,23 @@ impl Consumers {
     }
 }
 
+/// Consumes until shutdown; returns the refusal if the broker's copy of the
+/// store checkpoint refused the start (the hub then stops).
 async fn run_ingress(
     hub: Arc<Hub>,
     link_tx: watch::Sender<Option<Arc<Link>>>,
     shutdown: CancellationToken,
-) {
-    while let Some(link) = connect(&hub, &shutdown).await {
+    start_check: &integrity::StartCheck,
+) -> Option<crate::state::integrity::IntegrityError> {
+    loop {
+        let link = match connect(&hub, &shutdown, start_check).await {
+            Connected::Link(l) => l,
+            Connected::Stopped => return None,
+            Connected::Refused(e) => {
+                shutdown.cancel();
+                return Some(e);
+            }
+        };
         link_tx.send_replace(Some(link.clone()));
         let outbox = Arc::new(LinkOutbox::new(link.clone(), hub.topology.clone()));
         let c = Consumers {
@@ -610,7 +675,7 @@ async fn run_ingress(
         link_tx.send_replace(None);
         link.close().await;
         if shutdown.is_cancelled() {
-            break;
+            return None;
         }
     }
 }

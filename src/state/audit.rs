@@ -36,7 +36,7 @@ use crate::state::keys::{Fields, Key};
 use crate::state::store::{Store, StoreError};
 
 const ANCHOR_KEY: &[u8] = b"audit_anchor";
-const HEAD_KEY: &[u8] = b"audit_head";
+const HEAD_KEY: &[u8] = crate::state::integrity::AUDIT_HEAD_KEY;
 const ZERO: [u8; 32] = [0; 32];
 
 /// Audit errors.
@@ -167,6 +167,16 @@ pub enum AuditEvent {
         /// The first few of them, escaped and cut.
         samples: Vec<QuarantineSample>,
     },
+    /// `truc serve --accept-loss` started on a store its checkpoint did not
+    /// match (or that did not open): what was expected and what was found.
+    StoreLossAccepted {
+        /// The problem found at start.
+        problem: String,
+        /// What the checkpoint anchored.
+        expected: String,
+        /// What the store held.
+        found: String,
+    },
 }
 
 /// One quarantined message as kept in a [`AuditEvent::QuarantineSummary`].
@@ -191,6 +201,7 @@ impl AuditEvent {
             Self::DeadDropped { .. } => "dead-dropped",
             Self::Admin { .. } => "admin",
             Self::QuarantineSummary { .. } => "quarantine-summary",
+            Self::StoreLossAccepted { .. } => "store-loss-accepted",
         }
     }
 
@@ -265,6 +276,25 @@ pub struct VerifyReport {
     pub anchor_seq: Option<u64>,
     /// The first problem.
     pub broken: Option<Broken>,
+    /// The checkpoint outside the store the chain was checked against
+    /// (absent when the store is not anchored).
+    #[serde(default)]
+    pub checkpoint: Option<CheckpointView>,
+}
+
+/// The checkpoint an audit check used.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckpointView {
+    /// Where it was read (file path or broker queue).
+    pub place: String,
+    /// Its serial number.
+    pub serial: u64,
+    /// The store generation it anchors.
+    pub generation: u64,
+    /// The audit entry it anchors.
+    pub audit_seq: u64,
+    /// When it was written (RFC 3339).
+    pub at: String,
 }
 
 struct Head {
@@ -417,6 +447,7 @@ impl Audit {
             last_seq: None,
             anchor_seq: anchor.map(|a| a.0),
             broken: None,
+            checkpoint: None,
         };
         let fail = |report: &mut VerifyReport, seq: u64, problem: String| {
             report.ok = false;

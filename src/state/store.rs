@@ -4,12 +4,21 @@
 //! Invariants: sled holds metadata only, never an envelope body; a caller that
 //! must not lose a write awaits [`Store::durable`] before acknowledging
 //! anything to the broker. Many concurrent callers share one `flush`.
+//! Every flush truc asks for (group commit or [`Store::flush`]) bumps the
+//! store's *generation* (`meta` key `store_generation`) first and, once the
+//! store is anchored ([`Store::anchor`]), writes the checkpoint file after the
+//! flush and before any waiter is released: the file never claims more than
+//! is on disk, and is current when [`Store::durable`] resolves. Flushes are
+//! serialised by one lock.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use tokio::sync::{watch, Notify};
+
+use crate::core::checkpoint::Checkpoint;
+use crate::state::integrity::{self, Anchoring};
 
 /// Store errors.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +32,14 @@ pub enum StoreError {
     /// The store was closed while waiting for durability.
     #[error("store closed")]
     Closed,
+    /// The checkpoint file could not be written.
+    #[error("checkpoint file {path}: {source}")]
+    Anchor {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
 }
 
 impl StoreError {
@@ -38,15 +55,46 @@ impl StoreError {
             ) => false,
             Self::Codec(_) => false,
             Self::Closed => false,
+            Self::Anchor { .. } => true,
         }
     }
 }
 
 struct Inner {
     db: sled::Db,
+    meta: sled::Tree,
     requested: AtomicU64,
     wake: Arc<Notify>,
     done: watch::Sender<u64>,
+    commit: std::sync::Mutex<Commit>,
+}
+
+/// What one flush updates, under one lock.
+struct Commit {
+    generation: u64,
+    anchor: Option<Anchoring>,
+}
+
+impl Inner {
+    /// Bumps the generation, flushes, then writes the checkpoint (if anchored).
+    fn commit(&self) -> Result<Option<Checkpoint>, StoreError> {
+        let mut c = self.commit.lock().unwrap_or_else(|p| p.into_inner());
+        let generation = c.generation + 1;
+        self.meta
+            .insert(integrity::GENERATION_KEY, &generation.to_be_bytes())?;
+        if c.anchor.is_some() {
+            self.meta.insert(integrity::ANCHORED_KEY, &[1u8])?;
+        }
+        let head = integrity::audit_head(&self.meta)?;
+        self.db.flush()?;
+        c.generation = generation;
+        let Some(anchor) = c.anchor.as_mut() else {
+            return Ok(None);
+        };
+        let cp = anchor.next(generation, head);
+        anchor.write(&cp)?;
+        Ok(Some(cp))
+    }
 }
 
 /// Handle to the database; cheap to clone.
@@ -110,6 +158,8 @@ impl Store {
             }
         };
         let (done, _) = watch::channel(0);
+        let meta = db.open_tree("meta")?;
+        let generation = integrity::generation(&meta)?;
         Ok(Self {
             agencies: db.open_tree("agencies")?,
             keys: db.open_tree("keys")?,
@@ -117,7 +167,7 @@ impl Store {
             by_dest: db.open_tree("by_dest")?,
             deadlines: db.open_tree("deadlines")?,
             nonces: db.open_tree("nonces")?,
-            meta: db.open_tree("meta")?,
+            meta: meta.clone(),
             pending: db.open_tree("pending")?,
             presence: db.open_tree("presence")?,
             presence_log: db.open_tree("presence_log")?,
@@ -125,9 +175,14 @@ impl Store {
             broker_users: db.open_tree("broker_users")?,
             inner: Arc::new(Inner {
                 db,
+                meta,
                 requested: AtomicU64::new(0),
                 wake: Arc::new(Notify::new()),
                 done,
+                commit: std::sync::Mutex::new(Commit {
+                    generation,
+                    anchor: None,
+                }),
             }),
             path,
         })
@@ -158,16 +213,14 @@ impl Store {
                     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), notified).await;
                     continue;
                 }
-                let db = inner.db.clone();
-                drop(inner);
-                match tokio::task::spawn_blocking(move || db.flush()).await {
+                match tokio::task::spawn_blocking(move || inner.commit()).await {
                     Ok(Ok(_)) => {
                         if let Some(inner) = weak.upgrade() {
                             inner.done.send_replace(target);
                         }
                     }
                     Ok(Err(e)) => {
-                        tracing::error!(error = %e, "sled flush failed; retrying");
+                        tracing::error!(error = %e, "store flush failed; retrying");
                         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
                     }
                     Err(e) => {
@@ -226,10 +279,79 @@ impl Store {
         ]
     }
 
-    /// Flushes synchronously (shutdown, CLI tools).
+    /// Flushes synchronously (shutdown, CLI tools), like a group commit:
+    /// bumps the generation and writes the checkpoint if anchored.
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.inner.db.flush()?;
+        self.inner.commit()?;
         Ok(())
+    }
+
+    /// The generation of the last flush truc asked for (0: never).
+    pub fn generation(&self) -> u64 {
+        self.inner
+            .commit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .generation
+    }
+
+    /// From now on every flush writes a checkpoint through `anchor`.
+    pub fn anchor(&self, anchor: Anchoring) {
+        self.inner
+            .commit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .anchor = Some(anchor);
+    }
+
+    /// Stops writing checkpoints (a start refused after the store was
+    /// anchored must leave the anchor as it found it).
+    pub fn disarm_anchor(&self) {
+        self.inner
+            .commit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .anchor = None;
+    }
+
+    /// Makes the next checkpoint's serial greater than `serial` (a copy seen
+    /// elsewhere, e.g. the broker's).
+    pub fn raise_serial(&self, serial: u64) {
+        if let Some(a) = self
+            .inner
+            .commit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .anchor
+            .as_mut()
+        {
+            a.raise_serial(serial);
+        }
+    }
+
+    /// Makes the next checkpoint's epoch at least `epoch`.
+    pub fn raise_epoch(&self, epoch: u64) {
+        if let Some(a) = self
+            .inner
+            .commit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .anchor
+            .as_mut()
+        {
+            a.raise_epoch(epoch);
+        }
+    }
+
+    /// Where the checkpoint file is and how it is sealed, once anchored.
+    pub fn anchor_file(&self) -> Option<integrity::AnchorFile> {
+        self.inner
+            .commit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .anchor
+            .as_ref()
+            .map(|a| a.file.clone())
     }
 }
 
@@ -246,14 +368,17 @@ mod tests {
         for i in 0..200u32 {
             let s = store.clone();
             set.spawn(async move {
-                s.meta.insert(i.to_be_bytes(), b"x".to_vec()).unwrap();
+                s.keys.insert(i.to_be_bytes(), b"x".to_vec()).unwrap();
                 s.durable().await.unwrap();
             });
         }
         while let Some(r) = set.join_next().await {
             r.unwrap();
         }
-        assert_eq!(store.meta.len(), 200);
+        assert_eq!(store.keys.len(), 200);
+        // Each shared flush bumped the generation once.
+        let g = store.generation();
+        assert!((1..=200).contains(&g), "{g}");
     }
 
     #[test]

@@ -115,21 +115,70 @@ impl TestHub {
 
     /// Starts the process and waits until it is connected to the broker.
     pub async fn spawn(&mut self) {
-        assert!(self.child.is_none(), "already running");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.data.path().join("serve.log"))
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_truc"))
-            .arg("serve")
+        self.spawn_with(&[]).await
+    }
+
+    /// Starts the process with `truc serve --accept-loss` (it starts on a
+    /// store that does not match its checkpoint, recording the loss in the
+    /// audit log) and waits until it is connected to the broker.
+    pub async fn spawn_accepting_loss(&mut self) {
+        self.spawn_with(&["--accept-loss"]).await
+    }
+
+    /// The `truc serve` command this hub runs, with `args` after `serve`.
+    fn serve_command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_truc"));
+        c.arg("serve")
+            .args(args)
             .env("TRUC_AMQP_URL", amqp_url())
             .env("TRUC_DATA_DIR", self.data.path().join("data"))
             .env("TRUC_ADMIN_ADDR", &self.admin_addr)
             .env("TRUC_ADMIN_TOKEN", &self.token)
             .env("TRUC_PREFIX", &self.prefix)
             .env("TRUC_CONFIG", self.config_file())
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "info");
+        c
+    }
+
+    /// Runs `truc serve` (stopped hub) and expects it to refuse to start:
+    /// it must exit non-zero by itself within 60 s. Returns its stderr.
+    pub fn serve_refused(&self) -> String {
+        assert!(self.child.is_none(), "already running");
+        let mut child = self
+            .serve_command(&[])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn truc serve");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                let mut err = String::new();
+                use std::io::Read;
+                let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+                assert!(!st.success(), "serve exited 0: {err}");
+                return err;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("truc serve did not refuse to start within 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts the process with `truc serve ARGS` and waits until it is
+    /// connected to the broker.
+    pub async fn spawn_with(&mut self, args: &[&str]) {
+        assert!(self.child.is_none(), "already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data.path().join("serve.log"))
+            .unwrap();
+        let child = self
+            .serve_command(args)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -78,6 +78,7 @@ async fn agency_lifecycle_disable_rotate_remove_import_and_sealed_secrets() {
         code: a.code.clone(),
         access_key: new_key.clone(),
         secret: new_secret.clone(),
+        previous_keys: Vec::new(),
     };
     let source2 = hub.client(&rotated).await;
     source2.send(&out("H37.DN.002", b"new key")).await.unwrap();
@@ -94,6 +95,7 @@ async fn agency_lifecycle_disable_rotate_remove_import_and_sealed_secrets() {
         code: a.code.clone(),
         access_key: v["access_key"].as_str().unwrap().to_owned(),
         secret: v["secret"].as_str().unwrap().to_owned(),
+        previous_keys: Vec::new(),
     };
     let old = v["old_keys"].as_array().unwrap();
     let kept = old

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use truc::auth::{body_digest, sign_hmac, Alg};
 use truc::canonical::canonical_form;
 use truc::message::Message;
-use truc::notice::{hub_sign, Notice};
+use truc::notice::{hub_sign, HubKey, Notice, HUB_KEY_HEADER};
 
 /// One object of `tests/vectors.json`.
 #[derive(Debug, Deserialize)]
@@ -128,14 +128,20 @@ fn notice_vectors_are_what_the_hub_sends() {
         );
 
         // The hub's own builder gives the same body, headers and signature
-        // (its message id is fresh, so the vector's is put in its place).
+        // (its message id is fresh, so the vector's is put in its place),
+        // signed with the key the vector names in lgsp-hub-key (vectors from
+        // before lgsp-hub-key name none).
         let prefix = "lgsp.";
-        let mut built = notice.to_message(prefix, &v.secret);
+        let key = HubKey {
+            access_key: m.header(HUB_KEY_HEADER),
+            secret: &v.secret,
+        };
+        let mut built = notice.to_message(prefix, key);
         assert_eq!(&*built.body, body.as_bytes(), "{}: built body", v.name);
         assert_eq!(built.exchange, "lgsp.notify", "{}", v.name);
         assert_eq!(built.routing_key, notice.source.as_str(), "{}", v.name);
         built.message_id = m.message_id.clone();
-        hub_sign(&mut built, &routing_key, &v.secret);
+        hub_sign(&mut built, &routing_key, key);
         assert_eq!(
             canonical_form(&built, &routing_key).expect("canonical form"),
             v.canonical,

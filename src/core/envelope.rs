@@ -18,12 +18,13 @@ use crate::core::reason::Reason;
 use crate::core::time::{parse_duration, parse_rfc3339};
 
 /// Headers only the hub writes; an envelope carrying one is malformed.
-pub const HUB_HEADERS: [&str; 6] = [
+pub const HUB_HEADERS: [&str; 7] = [
     "lgsp-dest",
     "lgsp-accepted-at",
     "lgsp-attempt",
     "lgsp-kind",
     "lgsp-notice",
+    "lgsp-hub-key",
     "lgsp-hub-signature",
 ];
 

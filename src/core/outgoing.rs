@@ -17,7 +17,9 @@ use crate::core::envelope::Priority;
 use crate::core::message::Message;
 use crate::core::time::{format_rfc3339, now_ms};
 
-/// An agency's credentials.
+/// An agency's credentials: the key it signs with and, during a key
+/// rotation, the keys it held before (only to verify what the hub signed
+/// with them, named in `lgsp-hub-key`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Credentials {
     /// The agency code.
@@ -26,6 +28,70 @@ pub struct Credentials {
     pub access_key: String,
     /// Secret.
     pub secret: String,
+    /// Earlier keys still held (optional in the file; absent = none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous_keys: Vec<KeyPair>,
+}
+
+/// An access key with its secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyPair {
+    /// Access key.
+    pub access_key: String,
+    /// Secret.
+    pub secret: String,
+}
+
+impl Credentials {
+    /// Credentials holding the one key `access_key` / `secret`.
+    pub fn new(code: AgencyCode, access_key: String, secret: String) -> Self {
+        Self {
+            code,
+            access_key,
+            secret,
+            previous_keys: Vec::new(),
+        }
+    }
+
+    /// Every access key held: the current one first, then the earlier ones.
+    pub fn held_keys(&self) -> Vec<&str> {
+        std::iter::once(self.access_key.as_str())
+            .chain(self.previous_keys.iter().map(|k| k.access_key.as_str()))
+            .collect()
+    }
+
+    /// The secret of `access_key`, if held.
+    pub fn secret_of(&self, access_key: &str) -> Option<&str> {
+        if access_key == self.access_key {
+            return Some(&self.secret);
+        }
+        self.previous_keys
+            .iter()
+            .find(|k| k.access_key == access_key)
+            .map(|k| k.secret.as_str())
+    }
+
+    /// Checks the hub signature of `m` received on `routing_key`
+    /// (`deliver.<code>` or `notice.<code>`) with the secret of the key
+    /// named in `lgsp-hub-key` (the current secret when the header is
+    /// absent, as from hubs before it existed). The error says which key
+    /// was named and which keys these credentials hold.
+    pub fn verify_hub(&self, m: &Message, routing_key: &str) -> Result<(), String> {
+        let named = m.header(crate::core::notice::HUB_KEY_HEADER);
+        let held = self.held_keys().join(", ");
+        let secret = match named {
+            None => &self.secret,
+            Some(k) => self.secret_of(k).ok_or_else(|| {
+                format!(
+                    "signed with key {k}, which these credentials do not hold (they hold {held})"
+                )
+            })?,
+        };
+        verify_hub_signature(m, routing_key, secret).map_err(|e| {
+            let named = named.unwrap_or("(no lgsp-hub-key; tried the current key)");
+            format!("{e} (signed with key {named}; these credentials hold {held})")
+        })
+    }
 }
 
 /// A fresh, sortable message id (26 characters).

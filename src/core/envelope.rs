@@ -492,6 +492,13 @@ mod tests {
     }
 
     #[test]
+    fn an_envelope_naming_a_hub_key_is_refused() {
+        let r = refusal_of(|m| m.set_header("lgsp-hub-key", "AK3F9Q2ZLMXW"));
+        assert_eq!(r.reason, Reason::Malformed);
+        assert_eq!(r.detail, "lgsp-hub-key is set by the hub, not by a source");
+    }
+
+    #[test]
     fn each_step_one_field_is_checked() {
         let r = refusal_of(|m| m.set_header("lgsp-version", "2"));
         assert_eq!(r.reason, Reason::UnsupportedVersion);

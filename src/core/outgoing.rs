@@ -238,3 +238,79 @@ pub fn verify_hub_signature(m: &Message, routing_key: &str, secret: &str) -> Res
     let canon = canonical_form(m, routing_key).map_err(|e| e.to_string())?;
     verify(Alg::HmacSha256, secret, None, canon.as_bytes(), sig).map_err(|e| e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::notice::{hub_sign, HubKey, Notice, NoticeKind, HUB_KEY_HEADER};
+
+    fn signed_notice(key: HubKey<'_>) -> Message {
+        Notice::new(
+            NoticeKind::Accepted,
+            AgencyCode::parse("A1").unwrap(),
+            "m1",
+            0,
+        )
+        .to_message("lgsp.", key)
+    }
+
+    #[test]
+    fn credentials_file_without_previous_keys_still_reads() {
+        let c: Credentials =
+            serde_json::from_str(r#"{"code":"A1","access_key":"AKNEW","secret":"new"}"#).unwrap();
+        assert!(c.previous_keys.is_empty());
+        assert!(!serde_json::to_string(&c).unwrap().contains("previous_keys"));
+        let c: Credentials = serde_json::from_str(
+            r#"{"code":"A1","access_key":"AKNEW","secret":"new",
+                "previous_keys":[{"access_key":"AKOLD","secret":"old"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(c.held_keys(), vec!["AKNEW", "AKOLD"]);
+        assert_eq!(c.secret_of("AKOLD"), Some("old"));
+        assert_eq!(c.secret_of("AKOTHER"), None);
+    }
+
+    #[test]
+    fn hub_messages_verify_with_the_key_they_name() {
+        let mut both = Credentials::new(
+            AgencyCode::parse("A1").unwrap(),
+            "AKNEW".into(),
+            "new".into(),
+        );
+        both.previous_keys.push(KeyPair {
+            access_key: "AKOLD".into(),
+            secret: "old".into(),
+        });
+        let old_only = Credentials::new(both.code.clone(), "AKOLD".into(), "old".into());
+        let by_old = signed_notice(HubKey::new("AKOLD", "old"));
+        let by_new = signed_notice(HubKey::new("AKNEW", "new"));
+        both.verify_hub(&by_old, "notice.A1").unwrap();
+        both.verify_hub(&by_new, "notice.A1").unwrap();
+        old_only.verify_hub(&by_old, "notice.A1").unwrap();
+        let e = old_only.verify_hub(&by_new, "notice.A1").unwrap_err();
+        assert!(
+            e.contains("signed with key AKNEW") && e.contains("hold AKOLD"),
+            "{e}"
+        );
+        // A key the credentials hold, but the wrong secret: says which key.
+        let wrong = Credentials::new(both.code.clone(), "AKOLD".into(), "not-old".into());
+        let e = wrong.verify_hub(&by_old, "notice.A1").unwrap_err();
+        assert!(e.contains("signed with key AKOLD"), "{e}");
+        // Naming another held key than the one that signed fails: the header is signed.
+        let mut relabelled = by_old.clone();
+        relabelled.set_header(HUB_KEY_HEADER, "AKNEW");
+        assert!(both.verify_hub(&relabelled, "notice.A1").is_err());
+        // No lgsp-hub-key (an older hub): the current secret.
+        let mut legacy = by_new.clone();
+        hub_sign(
+            &mut legacy,
+            "notice.A1",
+            HubKey {
+                access_key: None,
+                secret: "new",
+            },
+        );
+        both.verify_hub(&legacy, "notice.A1").unwrap();
+        assert!(old_only.verify_hub(&legacy, "notice.A1").is_err());
+    }
+}

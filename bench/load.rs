@@ -634,6 +634,7 @@ pub fn raw_template(body_len: usize) -> Message {
         code: AgencyCode::parse("B0.TEMPLATE").expect("valid code"),
         access_key: "AK0000000000".into(),
         secret: "template".into(),
+        previous_keys: Vec::new(),
     };
     let out = outgoing(
         vec![AgencyCode::parse("B0.TEMPLATE2").expect("valid code")],

@@ -11,15 +11,17 @@
 //!    `message` (the transport-neutral message), `canonical` (the signed form),
 //!    `auth` (HMAC/RSA signatures), `envelope` (parsing what adapters send),
 //!    `timeline` (delivery states and status codes, and the one definition of
-//!    "still waiting"), `notice`, `outgoing` (building signed messages as an
-//!    adapter does), `policy`, `scheduler` (backoff, delay buckets, rates),
-//!    `presence` (the online/offline state machine), `topology` (queues as
-//!    data), `config`, `secrets` (sealing at rest), `broker_password`
+//!    "still waiting"), `notice` (and the hub signature with `lgsp-hub-key`),
+//!    `outgoing` (building signed messages as an adapter does, credentials,
+//!    checking a hub signature with the key it names), `policy`, `scheduler`
+//!    (backoff, delay buckets, rates), `presence` (the online/offline state
+//!    machine), `topology` (queues as data), `config`, `secrets` (sealing at rest), `broker_password`
 //!    (RabbitMQ password hashes), `pem`, `text` (escaping wire text for logs), `metrics` (every
 //!    metric, emitted from one function each).
 //! 2. `state/` — everything persisted, in sled: `store`, `codec` (the one
-//!    value codec), `keys` (the one key encoder), `registry` (agencies and
-//!    keys), `replay` (nonces), `tracking` (timelines, dedupe), `presence`
+//!    value codec), `keys` (the one key encoder), `registry` (agencies,
+//!    keys, and the key each agency last used, which the hub signs with),
+//!    `replay` (nonces), `tracking` (timelines, dedupe), `presence`
 //!    (presence history), `audit` (hash-chained log), `retention`.
 //! 3. [`broker`] — the only code that imports lapin: `link` (connect,
 //!    declare, publish with confirms, consume), `guard` (the frame guard that

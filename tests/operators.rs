@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{code, envelope, next_within, notices, stderr, stdout, walk, TestHub};
-use truc::client::{Credentials, Outgoing};
+use truc::client::{Credentials, KeyPair, Outgoing};
 use truc::message::Message;
 use truc::notice::NoticeKind;
 use truc::reason::Reason;
@@ -78,6 +78,7 @@ async fn agency_lifecycle_disable_rotate_remove_import_and_sealed_secrets() {
         code: a.code.clone(),
         access_key: new_key.clone(),
         secret: new_secret.clone(),
+        previous_keys: Vec::new(),
     };
     let source2 = hub.client(&rotated).await;
     source2.send(&out("H37.DN.002", b"new key")).await.unwrap();
@@ -94,6 +95,7 @@ async fn agency_lifecycle_disable_rotate_remove_import_and_sealed_secrets() {
         code: a.code.clone(),
         access_key: v["access_key"].as_str().unwrap().to_owned(),
         secret: v["secret"].as_str().unwrap().to_owned(),
+        previous_keys: Vec::new(),
     };
     let old = v["old_keys"].as_array().unwrap();
     let kept = old
@@ -226,16 +228,27 @@ async fn agency_lifecycle_disable_rotate_remove_import_and_sealed_secrets() {
     }
     hub.spawn().await;
     // The grace key still authenticates after the restart (secrets opened
-    // with the master key); notices are signed with the newest secret.
+    // with the master key); notices are signed with the key the agency last
+    // used (the grace key, named in lgsp-hub-key), so an adapter holding the
+    // newest key and the grace key among its previous keys verifies them.
     let grace = hub.client(&rotated).await;
-    let newest = hub.client(&third).await;
+    let mut both = third.clone();
+    both.previous_keys.push(KeyPair {
+        access_key: rotated.access_key.clone(),
+        secret: rotated.secret.clone(),
+    });
+    let newest = hub.client(&both).await;
     let mut notify = newest.notices(16).await.unwrap();
     grace
         .send(&out("H37.DN.010", b"after restart"))
         .await
         .unwrap();
-    let ns = notices(&newest, &mut notify, 1, WAIT).await;
-    assert_eq!(ns[0].notice, NoticeKind::Accepted);
+    let i = next_within(&mut notify, WAIT).await.expect("a notice");
+    assert_eq!(
+        i.message.header("lgsp-hub-key"),
+        Some(rotated.access_key.as_str())
+    );
+    assert_eq!(newest.notice(&i).unwrap().notice, NoticeKind::Accepted);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use truc::auth::{body_digest, sign_hmac, Alg};
 use truc::canonical::canonical_form;
 use truc::message::Message;
-use truc::notice::{hub_sign, Notice};
+use truc::notice::{hub_sign, HubKey, Notice, HUB_KEY_HEADER};
 
 /// One object of `tests/vectors.json`.
 #[derive(Debug, Deserialize)]
@@ -128,14 +128,20 @@ fn notice_vectors_are_what_the_hub_sends() {
         );
 
         // The hub's own builder gives the same body, headers and signature
-        // (its message id is fresh, so the vector's is put in its place).
+        // (its message id is fresh, so the vector's is put in its place),
+        // signed with the key the vector names in lgsp-hub-key (vectors from
+        // before lgsp-hub-key name none).
         let prefix = "lgsp.";
-        let mut built = notice.to_message(prefix, &v.secret);
+        let key = HubKey {
+            access_key: m.header(HUB_KEY_HEADER),
+            secret: &v.secret,
+        };
+        let mut built = notice.to_message(prefix, key);
         assert_eq!(&*built.body, body.as_bytes(), "{}: built body", v.name);
         assert_eq!(built.exchange, "lgsp.notify", "{}", v.name);
         assert_eq!(built.routing_key, notice.source.as_str(), "{}", v.name);
         built.message_id = m.message_id.clone();
-        hub_sign(&mut built, &routing_key, &v.secret);
+        hub_sign(&mut built, &routing_key, key);
         assert_eq!(
             canonical_form(&built, &routing_key).expect("canonical form"),
             v.canonical,
@@ -182,4 +188,51 @@ fn recall_request_vectors_carry_the_hub_body() {
         );
     }
     assert!(seen > 0, "no recall request vectors");
+}
+
+#[test]
+fn hub_key_vectors_are_signed_as_the_hub_signs() {
+    let mut seen = 0;
+    for v in vectors() {
+        let (m, routing_key) = parse(&v.name, &v.canonical, v.body.as_deref());
+        let Some(named) = m.header(HUB_KEY_HEADER).map(str::to_owned) else {
+            continue;
+        };
+        seen += 1;
+        assert!(
+            routing_key.starts_with("deliver.") || routing_key.starts_with("notice."),
+            "{}: only what the hub sends names lgsp-hub-key",
+            v.name
+        );
+        // The hub's signer sets lgsp-hub-key itself and signs over it.
+        let mut built = m.clone();
+        built.headers.remove(HUB_KEY_HEADER);
+        hub_sign(&mut built, &routing_key, HubKey::new(&named, &v.secret));
+        assert_eq!(
+            built.header(HUB_KEY_HEADER),
+            Some(named.as_str()),
+            "{}",
+            v.name
+        );
+        assert_eq!(
+            built.header("lgsp-hub-signature"),
+            Some(v.signature.as_str()),
+            "{}: built hub signature",
+            v.name
+        );
+        // lgsp-hub-key is covered: naming another key breaks the signature.
+        let mut other = m.clone();
+        other.set_header(HUB_KEY_HEADER, "AKNOTTHEKEY2");
+        let canon = canonical_form(&other, &routing_key).expect("canonical form");
+        assert_ne!(
+            sign_hmac(Alg::HmacSha256, &v.secret, canon.as_bytes()),
+            v.signature,
+            "{}",
+            v.name
+        );
+    }
+    assert!(
+        seen >= 2,
+        "a delivery and a notice vector name lgsp-hub-key"
+    );
 }

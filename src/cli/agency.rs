@@ -352,8 +352,15 @@ pub async fn run(cfg: &Config, cmd: AgencyCmd) -> Result<(), CliError> {
                 println!("{label:<12} {value}");
             }
             for key in &a.access_keys {
+                let mut notes = String::new();
+                if key.last_used {
+                    notes.push_str(", last used by the agency");
+                }
+                if key.hub_signs {
+                    notes.push_str(", the hub signs with it");
+                }
                 println!(
-                    "{:<12} {} (issued {}, expires {})",
+                    "{:<12} {} (issued {}, expires {}{notes})",
                     "access key",
                     key.access_key,
                     key.created_at,
@@ -387,6 +394,12 @@ pub async fn run(cfg: &Config, cmd: AgencyCmd) -> Result<(), CliError> {
                     "old key {} stays valid until {}",
                     k.access_key,
                     opt(&k.expires_at)
+                );
+            }
+            if !r.hub_signs_with.is_empty() && r.hub_signs_with != r.access_key {
+                println!(
+                    "The hub signs what it sends {} with {} (the key it last used) until it sends with the new key or that key expires; adapters verify with the key named in lgsp-hub-key (keep the old one in previous_keys).",
+                    r.code, r.hub_signs_with
                 );
             }
             println!("The secret is shown only now: hand it to the agency over a safe channel.");

@@ -18,7 +18,8 @@ use crate::core::config::Config;
 /// Credentials of the reference adapter.
 #[derive(Debug, Args)]
 pub struct CredArgs {
-    /// Credentials file: the JSON printed by `truc agency add --json`.
+    /// Credentials file: the JSON printed by `truc agency add --json`, with
+    /// an optional `previous_keys` list of `{access_key, secret}` still held.
     #[arg(long)]
     pub credentials: Option<PathBuf>,
     /// Access key (else TRUC_ACCESS_KEY).
@@ -50,6 +51,7 @@ pub(crate) fn credentials(code: &AgencyCode, a: &CredArgs) -> Result<Credentials
             code: code.clone(),
             access_key: k.clone(),
             secret: s.clone(),
+            previous_keys: Vec::new(),
         }),
         _ => Err(CliError::new(
             2,
@@ -69,4 +71,16 @@ pub(crate) async fn connect(cfg: &Config, creds: Credentials) -> Result<Client, 
 /// An adapter failure once connected: the broker went away (exit 4).
 pub(crate) fn lost(e: impl std::fmt::Display) -> CliError {
     CliError::new(4, e.to_string())
+}
+
+/// Exit code of a delivery or notice that does not verify (left queued).
+pub(crate) const EXIT_UNVERIFIED: i32 = 6;
+
+/// The failure for something received that does not verify: it was left
+/// queued (not acknowledged) and the command stops (exit 6).
+pub(crate) fn unverified(e: impl std::fmt::Display) -> CliError {
+    CliError::new(
+        EXIT_UNVERIFIED,
+        format!("{e}; left it queued (not acknowledged) and stopped: give the adapter the secret of that key (previous_keys in the credentials file)"),
+    )
 }

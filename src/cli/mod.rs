@@ -5,8 +5,11 @@
 //! holds the clap definitions, the dispatch and the shared helpers.
 //!
 //! Exit codes: 0 success, 1 failure, 2 usage error, 3 refused by the hub
-//! (unknown code, conflict, bad input), 4 hub or broker unreachable,
-//! 5 wrong admin token.
+//! (unknown code, conflict, bad input; for `truc send`, a `rejected`
+//! notice), 4 hub or broker unreachable, 5 wrong admin token, 6 the
+//! reference adapter received a delivery or notice it cannot verify (left
+//! queued, not acknowledged), 7 `truc send` got no answer from the hub in
+//! time.
 //!
 //! Invariants: every listing prints a table for people and, with `--json`,
 //! the API's typed body for scripts (times RFC 3339); the CLI never looks

@@ -1,14 +1,16 @@
 //! `truc notices`: reads an agency's notices through the reference adapter
 //! (verifying the hub's signature) and prints one line or JSON object each.
 //!
-//! Invariants: every notice read is acked, verified or not; the command
+//! Invariants: a notice is acked only once it verified; one that does not
+//! verify is requeued (nack with requeue), the reason (the key it names, the
+//! keys held) goes to stderr and the command stops with exit 6. Otherwise it
 //! stops after `--count` notices or `--idle` without one.
 
 use std::time::Duration;
 
 use clap::Args;
 
-use crate::cli::creds::{connect, credentials, lost, CredArgs};
+use crate::cli::creds::{connect, credentials, lost, unverified, CredArgs};
 use crate::cli::{duration, parse_code, CliError};
 use crate::core::config::Config;
 
@@ -66,7 +68,11 @@ pub async fn run(cfg: &Config, a: NoticesArgs) -> Result<(), CliError> {
                 }
                 count += 1;
             }
-            Err(e) => eprintln!("refused: {e}"),
+            Err(e) => {
+                sub.reject(inbound.delivery_tag, true).await.map_err(lost)?;
+                client.close().await;
+                return Err(unverified(e));
+            }
         }
         sub.ack(inbound.delivery_tag).await.map_err(lost)?;
     }

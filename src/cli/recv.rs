@@ -3,15 +3,17 @@
 //! `15`/`16`, and prints a line (or a JSON object) per delivery.
 //!
 //! Invariants: a delivery is acked only after its status was sent; a repeat
-//! is acked without a second status; a refused or stale delivery is
-//! rejected without requeue.
+//! is acked without a second status; a stale delivery is rejected without
+//! requeue. A delivery that does not verify is never acked or dropped: it
+//! is requeued (nack with requeue), the reason (the key it names, the keys
+//! held) goes to stderr and the command stops with exit 6.
 
 use std::path::PathBuf;
 
 use clap::Args;
 use serde::Serialize;
 
-use crate::cli::creds::{connect, credentials, lost, CredArgs};
+use crate::cli::creds::{connect, credentials, lost, unverified, CredArgs};
 use crate::cli::{duration, parse_code, CliError};
 use crate::client::ReceivedKind;
 use crate::core::config::Config;
@@ -89,8 +91,12 @@ pub async fn run(cfg: &Config, a: RecvArgs) -> Result<(), CliError> {
         let tag = inbound.delivery_tag;
         match client.receive(inbound) {
             Err(e) => {
-                eprintln!("refused: {e}");
-                sub.reject(tag, false).await.map_err(lost)?;
+                sub.reject(tag, true).await.map_err(lost)?;
+                if !a.json {
+                    eprintln!("received {count}, dropped {repeats} repeats");
+                }
+                client.close().await;
+                return Err(unverified(e));
             }
             Ok(r) if matches!(r.kind, ReceivedKind::Recall { .. }) => {
                 let ReceivedKind::Recall { already_received } = r.kind else {

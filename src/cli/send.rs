@@ -1,17 +1,34 @@
-//! `truc send`: sends a file as an agency through the reference adapter and
-//! prints the message id.
+//! `truc send`: sends a file as an agency through the reference adapter,
+//! prints the message id, then waits for the hub's answer (`accepted` or
+//! `rejected`) and prints it.
 //!
-//! Invariants: every destination code is checked before connecting; the
-//! envelope is signed by [`crate::client`], never here.
+//! Invariants: everything that can be checked locally is checked before
+//! connecting (exit 2): the destination list, the priority, the deadline
+//! (well-formed, not past), the message id, and the envelope's headers as the
+//! hub checks them (B5, [`crate::core::envelope::Payload::parse`]). The
+//! envelope is signed by [`crate::client`], never here. Waiting
+//! ([`crate::client::Client::await_answer`]) acknowledges only the answer
+//! about this message; every other notice stays queued for the agency's
+//! adapter. Exit codes: 0 accepted (or sent, with `--no-wait`), 3 rejected by
+//! the hub, 6 the answer does not verify (left queued), 7 no answer in time.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Args;
 
-use crate::cli::creds::{connect, credentials, CredArgs};
-use crate::cli::{parse_code, priority, CliError};
-use crate::client::Outgoing;
+use crate::cli::creds::{connect, credentials, lost, unverified, CredArgs};
+use crate::cli::{duration, parse_code, priority, CliError};
+use crate::client::{envelope_message, ClientError, Outgoing};
 use crate::core::config::Config;
+use crate::core::envelope::{valid_message_id, Kind, Payload, Priority};
+use crate::core::notice::{Notice, NoticeKind};
+use crate::core::time::{format_duration, now_ms, parse_rfc3339};
+
+/// Exit code when the hub refused the envelope (`rejected` notice).
+const EXIT_REJECTED: i32 = 3;
+/// Exit code when no answer came within `--wait`.
+const EXIT_NO_ANSWER: i32 = 7;
 
 /// `truc send`
 #[derive(Debug, Args)]
@@ -43,20 +60,84 @@ pub struct SendArgs {
     /// Deadline (RFC 3339), required for priority 4.
     #[arg(long)]
     pub deliver_by: Option<String>,
+    /// How long to wait for the hub's accepted/rejected notice (e.g. 30s).
+    #[arg(long, default_value = "30s")]
+    pub wait: String,
+    /// Do not wait for the hub's answer: exit 0 once the broker confirmed.
+    #[arg(long, conflicts_with = "wait")]
+    pub no_wait: bool,
     /// Credentials.
     #[command(flatten)]
     pub creds: CredArgs,
 }
 
+fn usage(message: impl Into<String>) -> CliError {
+    CliError::new(2, message)
+}
+
+/// The checks made before connecting; returns the wait (`None`: do not wait).
+fn check_locally(a: &SendArgs, prio: Priority) -> Result<Option<Duration>, CliError> {
+    let wait = if a.no_wait {
+        None
+    } else {
+        Some(duration("--wait", &a.wait)?)
+    };
+    if let Some(id) = &a.message_id {
+        if !valid_message_id(id) {
+            return Err(usage(format!(
+                "--message-id {id:?}: 1-128 characters of A-Z a-z 0-9 - _ . : (docs/PROTOCOL.md §2.2)"
+            )));
+        }
+    }
+    match &a.deliver_by {
+        None if prio == Priority::FLASH_APPOINTED => {
+            return Err(usage(
+                "--priority 4 (Hỏa tốc hẹn giờ) needs --deliver-by (an RFC 3339 deadline)",
+            ))
+        }
+        None => {}
+        Some(d) => {
+            let t = parse_rfc3339(d).map_err(|e| {
+                usage(format!(
+                    "--deliver-by {d:?}: {e} (expected RFC 3339, e.g. 2026-11-22T17:00:00+07:00)"
+                ))
+            })?;
+            if t <= now_ms() {
+                return Err(usage(format!("--deliver-by {d} is in the past")));
+            }
+        }
+    }
+    Ok(wait)
+}
+
+fn describe(n: &Notice) -> String {
+    let mut line = format!("{}  ref {}", n.notice.as_str(), n.reference);
+    if !n.destinations.is_empty() {
+        let d: Vec<&str> = n.destinations.iter().map(|c| c.as_str()).collect();
+        line.push_str(&format!("  destinations {}", d.join(",")));
+    }
+    if let Some(r) = n.reason {
+        line.push_str(&format!("  reason {r}"));
+    }
+    if !n.detail.is_empty() {
+        line.push_str(&format!("  ({})", n.detail));
+    }
+    line
+}
+
 /// Runs `truc send`.
 pub async fn run(cfg: &Config, a: SendArgs) -> Result<(), CliError> {
     let from = parse_code(&a.from)?;
+    if a.to.split(',').all(|c| c.trim().is_empty()) {
+        return Err(usage("--to names no destination"));
+    }
     let to =
         a.to.split(',')
             .map(parse_code)
             .collect::<Result<Vec<_>, _>>()?;
-    let body = std::fs::read(&a.file)
-        .map_err(|e| CliError::new(2, format!("{}: {e}", a.file.display())))?;
+    let prio = priority(a.priority)?;
+    let wait = check_locally(&a, prio)?;
+    let body = std::fs::read(&a.file).map_err(|e| usage(format!("{}: {e}", a.file.display())))?;
     let mut extra = Vec::new();
     if let Some(d) = &a.deliver_by {
         extra.push(("lgsp-deliver-by".to_owned(), d.clone()));
@@ -64,19 +145,99 @@ pub async fn run(cfg: &Config, a: SendArgs) -> Result<(), CliError> {
     let out = Outgoing {
         to,
         subject: a.subject.clone(),
-        priority: priority(a.priority)?,
+        priority: prio,
         data_type: a.data_type.clone(),
         content_type: a.content_type.clone(),
         body,
         message_id: a.message_id.clone(),
         extra,
     };
-    let client = connect(cfg, credentials(&from, &a.creds)?).await?;
-    let id = client
-        .send(&out)
+    let creds = credentials(&from, &a.creds)?;
+    // The hub's own header checks (B5), before anything leaves this machine.
+    let m = envelope_message(&cfg.prefix, &creds, &out);
+    Payload::parse(Kind::Envelope, &m, prio)
+        .map_err(|r| usage(format!("the hub would refuse this envelope: {r}")))?;
+    let client = connect(cfg, creds).await?;
+    client
+        .publish(&m)
         .await
         .map_err(|e| CliError::new(1, e.to_string()))?;
+    let id = m.message_id.clone().unwrap_or_default();
     println!("{id}");
+    let Some(wait) = wait else {
+        client.close().await;
+        return Ok(());
+    };
+    let answer = client.await_answer(&id, wait).await;
     client.close().await;
-    Ok(())
+    match answer {
+        Ok(Some(n)) if n.notice == NoticeKind::Accepted => {
+            println!("{}", describe(&n));
+            Ok(())
+        }
+        Ok(Some(n)) => Err(CliError::new(
+            EXIT_REJECTED,
+            format!("refused by the hub: {}", describe(&n)),
+        )),
+        Ok(None) => Err(CliError::new(
+            EXIT_NO_ANSWER,
+            format!(
+                "no answer from the hub within {} for {id}. Likely causes: a wrong access key or \
+                 secret, or an expired key (the hub does not answer what it cannot authenticate; \
+                 the operator sees it in the rejected queue); this machine's clock is off; the \
+                 hub is down or has a backlog; or another adapter of {from} took the notice",
+                format_duration(wait)
+            ),
+        )),
+        Err(e @ ClientError::Verify { .. }) => Err(unverified(e)),
+        Err(e) => Err(lost(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> SendArgs {
+        use clap::{FromArgMatches, Parser};
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            send: SendArgs,
+        }
+        let mut argv = vec!["send", "--from", "A1", "--to", "B1", "--file", "x"];
+        argv.extend_from_slice(extra);
+        let m = <Cli as clap::CommandFactory>::command().get_matches_from(argv);
+        Cli::from_arg_matches(&m).unwrap().send
+    }
+
+    fn check(extra: &[&str]) -> Result<Option<Duration>, CliError> {
+        let a = args(extra);
+        check_locally(&a, priority(a.priority).unwrap())
+    }
+
+    #[test]
+    fn local_checks_refuse_before_connecting() {
+        let code = |extra: &[&str]| check(extra).err().map(|e| (e.code, e.message));
+        let (c, m) = code(&["--priority", "4"]).unwrap();
+        assert_eq!(c, 2);
+        assert!(m.contains("--deliver-by"), "{m}");
+        let (c, m) = code(&["--deliver-by", "tomorrow"]).unwrap();
+        assert_eq!(c, 2);
+        assert!(m.contains("RFC 3339"), "{m}");
+        let (c, m) = code(&["--deliver-by", "2020-01-01T00:00:00Z"]).unwrap();
+        assert_eq!(c, 2);
+        assert!(m.contains("in the past"), "{m}");
+        assert_eq!(code(&["--wait", "soon"]).unwrap().0, 2);
+        assert_eq!(code(&["--message-id", "bad id"]).unwrap().0, 2);
+        assert_eq!(
+            check(&["--priority", "4", "--deliver-by", "2999-01-01T00:00:00Z"]).unwrap(),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(check(&["--no-wait"]).unwrap(), None);
+        assert_eq!(
+            check(&["--wait", "2m"]).unwrap(),
+            Some(Duration::from_secs(120))
+        );
+    }
 }

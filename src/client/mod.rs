@@ -1,12 +1,19 @@
 //! A Rust adapter library: sign and publish envelopes and status messages,
-//! receive deliveries (hub signature checked, repeats dropped) and notices.
+//! receive deliveries (hub signature checked, repeats dropped) and notices,
+//! and wait for the hub's answer to one envelope.
 //! The `truc send` / `truc recv` commands are built on it.
 //!
-//! Invariant: everything this module publishes is signed over the canonical
+//! Invariants: everything this module publishes is signed over the canonical
 //! form of [`crate::core::canonical`], exactly as an adapter in another language
-//! must do it from `docs/PROTOCOL.md`.
+//! must do it from `docs/PROTOCOL.md`. What the hub sends is verified with the
+//! secret of the key named in `lgsp-hub-key` (the credentials may hold earlier
+//! keys, [`Credentials::previous_keys`]); a delivery or notice that does not
+//! verify is reported as [`ClientError::Verify`] and must be left queued by
+//! the caller, never acknowledged. [`Client::await_answer`] acknowledges only
+//! the answer it waited for.
 
 use std::collections::{HashSet, VecDeque};
+use std::time::Duration;
 
 use crate::broker::{AmqpError, BrokerTls, Link, Subscription};
 use crate::core::auth::body_digest;
@@ -17,7 +24,7 @@ use crate::core::time::now_ms;
 
 pub use crate::core::outgoing::{
     envelope_message, new_message_id, new_nonce, presence_message, sign, status_message,
-    verify_hub_signature, Credentials, Outgoing,
+    verify_hub_signature, Credentials, KeyPair, Outgoing,
 };
 
 /// Client errors.
@@ -26,8 +33,8 @@ pub enum ClientError {
     /// The broker failed.
     #[error(transparent)]
     Amqp(#[from] AmqpError),
-    /// A delivery or notice failed verification.
-    #[error("refused {what}: {why}")]
+    /// A delivery or notice failed verification (it must stay queued).
+    #[error("cannot verify {what}: {why}")]
     Verify {
         /// What was received.
         what: &'static str,
@@ -221,12 +228,9 @@ impl Client {
             why,
         };
         let m = inbound.message;
-        verify_hub_signature(
-            &m,
-            &format!("deliver.{}", self.creds.code),
-            &self.creds.secret,
-        )
-        .map_err(refuse)?;
+        self.creds
+            .verify_hub(&m, &format!("deliver.{}", self.creds.code))
+            .map_err(refuse)?;
         let from = m
             .header("lgsp-from")
             .and_then(|f| AgencyCode::parse(f).ok())
@@ -288,13 +292,72 @@ impl Client {
             what: "notice",
             why,
         };
-        verify_hub_signature(
-            &inbound.message,
-            &format!("notice.{}", self.creds.code),
-            &self.creds.secret,
-        )
-        .map_err(refuse)?;
-        serde_json::from_slice(&inbound.message.body).map_err(|e| refuse(e.to_string()))
+        let m = &inbound.message;
+        self.creds
+            .verify_hub(m, &format!("notice.{}", self.creds.code))
+            .map_err(refuse)?;
+        if m.header("lgsp-digest") != Some(body_digest(&m.body).as_str()) {
+            return Err(refuse("body does not match lgsp-digest".into()));
+        }
+        serde_json::from_slice(&m.body).map_err(|e| refuse(e.to_string()))
+    }
+
+    /// Waits up to `wait` for the hub's `accepted` or `rejected` notice
+    /// about the envelope `message_id`, on this agency's notify queue.
+    ///
+    /// Only that notice is acknowledged. Every other notice received while
+    /// waiting is held unacknowledged and, once the wait ends, the consumer
+    /// is cancelled and they are all requeued (nack with requeue): they stay
+    /// queued, in their order, for the agency's real adapter (marked
+    /// redelivered). The consumer has no prefetch limit, so notices queued
+    /// ahead of the answer cannot hide it. Returns `Ok(None)` when no answer
+    /// came in time; [`ClientError::Verify`] (the answer is requeued too)
+    /// when the answer does not verify.
+    pub async fn await_answer(
+        &self,
+        message_id: &str,
+        wait: Duration,
+    ) -> Result<Option<Notice>, ClientError> {
+        let mut sub = self
+            .link
+            .subscribe(&format!("{}notify.{}", self.prefix, self.creds.code), 0, "")
+            .await?;
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut held = Vec::new();
+        let outcome = loop {
+            let inbound = match tokio::time::timeout_at(deadline, sub.next()).await {
+                Err(_) | Ok(None) => break Ok(None),
+                Ok(Some(Err(e))) => break Err(ClientError::from(e)),
+                Ok(Some(Ok(i))) => i,
+            };
+            let m = &inbound.message;
+            let answer = m.header("lgsp-ref") == Some(message_id)
+                && matches!(m.header("lgsp-notice"), Some("accepted" | "rejected"));
+            if !answer {
+                held.push(inbound.delivery_tag);
+                continue;
+            }
+            match self.notice(&inbound) {
+                Ok(n) => {
+                    sub.ack(inbound.delivery_tag).await?;
+                    break Ok(Some(n));
+                }
+                Err(e) => {
+                    held.push(inbound.delivery_tag);
+                    break Err(e);
+                }
+            }
+        };
+        // Stop deliveries first, so the requeued notices do not come back here.
+        sub.cancel().await?;
+        // Deliveries already on their way still arrive; the stream then ends.
+        while let Ok(Some(Ok(i))) = tokio::time::timeout(Duration::from_secs(5), sub.next()).await {
+            held.push(i.delivery_tag);
+        }
+        for tag in held {
+            sub.reject(tag, true).await?;
+        }
+        outcome
     }
 
     /// Closes the connection.

@@ -18,12 +18,13 @@ use crate::core::reason::Reason;
 use crate::core::time::{parse_duration, parse_rfc3339};
 
 /// Headers only the hub writes; an envelope carrying one is malformed.
-pub const HUB_HEADERS: [&str; 6] = [
+pub const HUB_HEADERS: [&str; 7] = [
     "lgsp-dest",
     "lgsp-accepted-at",
     "lgsp-attempt",
     "lgsp-kind",
     "lgsp-notice",
+    "lgsp-hub-key",
     "lgsp-hub-signature",
 ];
 
@@ -488,6 +489,13 @@ mod tests {
             Err(r) => r,
             Ok(s) => Payload::parse(s.kind, &m, Priority::NORMAL).unwrap_err(),
         }
+    }
+
+    #[test]
+    fn an_envelope_naming_a_hub_key_is_refused() {
+        let r = refusal_of(|m| m.set_header("lgsp-hub-key", "AK3F9Q2ZLMXW"));
+        assert_eq!(r.reason, Reason::Malformed);
+        assert_eq!(r.detail, "lgsp-hub-key is set by the hub, not by a source");
     }
 
     #[test]

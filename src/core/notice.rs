@@ -2,9 +2,11 @@
 //! rejected, delivered, status relays, delay warnings, bounces), and the
 //! hub signature on everything truc sends.
 //!
-//! Invariant: every notice is hub-signed with the *source's* current secret
-//! over the canonical form with routing key `notice.<source>`; every delivery
-//! with the *destination's* secret and routing key `deliver.<dest>`.
+//! Invariant: every notice is hub-signed with a secret of the *source* over
+//! the canonical form with routing key `notice.<source>`; every delivery
+//! with a secret of the *destination* and routing key `deliver.<dest>`. The
+//! access key whose secret signed is named in `lgsp-hub-key`, which is an
+//! `lgsp-` header and therefore covered by the signature like any other.
 
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -91,14 +93,42 @@ fn clean(s: &str) -> String {
         .collect()
 }
 
-/// Signs `msg` as the hub: `lgsp-hub-signature` over its canonical form under
-/// `routing_key`, with `secret`.
-pub fn hub_sign(msg: &mut Message, routing_key: &str, secret: &str) {
+/// The header naming the access key whose secret made `lgsp-hub-signature`.
+pub const HUB_KEY_HEADER: &str = "lgsp-hub-key";
+
+/// The key the hub signs a message for an agency with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HubKey<'a> {
+    /// The access key named in `lgsp-hub-key`; `None` only to rebuild what
+    /// hubs before `lgsp-hub-key` sent (the published test vectors).
+    pub access_key: Option<&'a str>,
+    /// Its secret (HMAC key: the UTF-8 bytes).
+    pub secret: &'a str,
+}
+
+impl<'a> HubKey<'a> {
+    /// The key `access_key` with `secret`.
+    pub fn new(access_key: &'a str, secret: &'a str) -> Self {
+        Self {
+            access_key: Some(access_key),
+            secret,
+        }
+    }
+}
+
+/// Signs `msg` as the hub: sets `lgsp-hub-key` to the key's access key, then
+/// `lgsp-hub-signature` over the canonical form under `routing_key` (which
+/// covers `lgsp-hub-key`), with the key's secret.
+pub fn hub_sign(msg: &mut Message, routing_key: &str, key: HubKey<'_>) {
     msg.headers.remove("lgsp-hub-signature");
+    msg.headers.remove(HUB_KEY_HEADER);
+    if let Some(k) = key.access_key {
+        msg.set_header(HUB_KEY_HEADER, k);
+    }
     // The hub builds every header itself from checked text, so this cannot fail;
     // an empty signature would be refused by the recipient, never trusted.
     let sig = canonical_form(msg, routing_key)
-        .map(|c| sign_hmac(Alg::HmacSha256, secret, c.as_bytes()))
+        .map(|c| sign_hmac(Alg::HmacSha256, key.secret, c.as_bytes()))
         .unwrap_or_default();
     msg.set_header("lgsp-hub-signature", sig);
 }
@@ -119,8 +149,8 @@ impl Notice {
         }
     }
 
-    /// The message to publish on exchange `<prefix>notify`, signed with `secret`.
-    pub fn to_message(&self, prefix: &str, secret: &str) -> Message {
+    /// The message to publish on exchange `<prefix>notify`, signed with `key`.
+    pub fn to_message(&self, prefix: &str, key: HubKey<'_>) -> Message {
         let mut m = Message {
             exchange: format!("{prefix}notify"),
             routing_key: self.source.to_string(),
@@ -148,7 +178,7 @@ impl Notice {
         if !self.detail.is_empty() {
             m.set_header("lgsp-detail", clean(&self.detail));
         }
-        hub_sign(&mut m, &format!("notice.{}", self.source), secret);
+        hub_sign(&mut m, &format!("notice.{}", self.source), key);
         m
     }
 }
@@ -165,7 +195,8 @@ mod tests {
         n.dest = Some(AgencyCode::parse("X1").unwrap());
         n.reason = Some(Reason::UnknownDestination);
         n.detail = "no agency X1\nregistered".into();
-        let m = n.to_message("lgsp.", "sec");
+        let m = n.to_message("lgsp.", HubKey::new("AKOLD0000001", "sec"));
+        assert_eq!(m.header(HUB_KEY_HEADER), Some("AKOLD0000001"));
         assert_eq!(m.exchange, "lgsp.notify");
         assert_eq!(m.routing_key, "000.00.31.H41");
         assert_eq!(m.header("lgsp-reason"), Some("unknown-destination"));
@@ -181,5 +212,45 @@ mod tests {
         .unwrap();
         let back: Notice = serde_json::from_slice(&m.body).unwrap();
         assert_eq!(back, n);
+        // lgsp-hub-key is signed: naming another key breaks the signature.
+        let mut forged = m.clone();
+        forged.set_header(HUB_KEY_HEADER, "AKNEW0000002");
+        let canon = canonical_form(&forged, "notice.000.00.31.H41").unwrap();
+        assert!(canon.contains("\nlgsp-hub-key:AKNEW0000002\n"));
+        assert!(verify(
+            Alg::HmacSha256,
+            "sec",
+            None,
+            canon.as_bytes(),
+            m.header("lgsp-hub-signature").unwrap(),
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn signing_again_replaces_the_key_and_the_signature() {
+        let mut m = Notice::new(
+            NoticeKind::Accepted,
+            AgencyCode::parse("A1").unwrap(),
+            "m1",
+            0,
+        )
+        .to_message("lgsp.", HubKey::new("AKOLD0000001", "old"));
+        hub_sign(&mut m, "notice.A1", HubKey::new("AKNEW0000002", "new"));
+        assert_eq!(m.header(HUB_KEY_HEADER), Some("AKNEW0000002"));
+        let canon = canonical_form(&m, "notice.A1").unwrap();
+        let sig = m.header("lgsp-hub-signature").unwrap();
+        assert!(verify(Alg::HmacSha256, "new", None, canon.as_bytes(), sig).is_ok());
+        assert!(verify(Alg::HmacSha256, "old", None, canon.as_bytes(), sig).is_err());
+        // Without a key name (as hubs before lgsp-hub-key signed) no header is set.
+        hub_sign(
+            &mut m,
+            "notice.A1",
+            HubKey {
+                access_key: None,
+                secret: "new",
+            },
+        );
+        assert_eq!(m.header(HUB_KEY_HEADER), None);
     }
 }

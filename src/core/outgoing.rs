@@ -17,7 +17,9 @@ use crate::core::envelope::Priority;
 use crate::core::message::Message;
 use crate::core::time::{format_rfc3339, now_ms};
 
-/// An agency's credentials.
+/// An agency's credentials: the key it signs with and, during a key
+/// rotation, the keys it held before (only to verify what the hub signed
+/// with them, named in `lgsp-hub-key`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Credentials {
     /// The agency code.
@@ -26,6 +28,70 @@ pub struct Credentials {
     pub access_key: String,
     /// Secret.
     pub secret: String,
+    /// Earlier keys still held (optional in the file; absent = none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous_keys: Vec<KeyPair>,
+}
+
+/// An access key with its secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyPair {
+    /// Access key.
+    pub access_key: String,
+    /// Secret.
+    pub secret: String,
+}
+
+impl Credentials {
+    /// Credentials holding the one key `access_key` / `secret`.
+    pub fn new(code: AgencyCode, access_key: String, secret: String) -> Self {
+        Self {
+            code,
+            access_key,
+            secret,
+            previous_keys: Vec::new(),
+        }
+    }
+
+    /// Every access key held: the current one first, then the earlier ones.
+    pub fn held_keys(&self) -> Vec<&str> {
+        std::iter::once(self.access_key.as_str())
+            .chain(self.previous_keys.iter().map(|k| k.access_key.as_str()))
+            .collect()
+    }
+
+    /// The secret of `access_key`, if held.
+    pub fn secret_of(&self, access_key: &str) -> Option<&str> {
+        if access_key == self.access_key {
+            return Some(&self.secret);
+        }
+        self.previous_keys
+            .iter()
+            .find(|k| k.access_key == access_key)
+            .map(|k| k.secret.as_str())
+    }
+
+    /// Checks the hub signature of `m` received on `routing_key`
+    /// (`deliver.<code>` or `notice.<code>`) with the secret of the key
+    /// named in `lgsp-hub-key` (the current secret when the header is
+    /// absent, as from hubs before it existed). The error says which key
+    /// was named and which keys these credentials hold.
+    pub fn verify_hub(&self, m: &Message, routing_key: &str) -> Result<(), String> {
+        let named = m.header(crate::core::notice::HUB_KEY_HEADER);
+        let held = self.held_keys().join(", ");
+        let secret = match named {
+            None => &self.secret,
+            Some(k) => self.secret_of(k).ok_or_else(|| {
+                format!(
+                    "signed with key {k}, which these credentials do not hold (they hold {held})"
+                )
+            })?,
+        };
+        verify_hub_signature(m, routing_key, secret).map_err(|e| {
+            let named = named.unwrap_or("(no lgsp-hub-key; tried the current key)");
+            format!("{e} (signed with key {named}; these credentials hold {held})")
+        })
+    }
 }
 
 /// A fresh, sortable message id (26 characters).
@@ -171,4 +237,80 @@ pub fn verify_hub_signature(m: &Message, routing_key: &str, secret: &str) -> Res
         .ok_or("no lgsp-hub-signature")?;
     let canon = canonical_form(m, routing_key).map_err(|e| e.to_string())?;
     verify(Alg::HmacSha256, secret, None, canon.as_bytes(), sig).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::notice::{hub_sign, HubKey, Notice, NoticeKind, HUB_KEY_HEADER};
+
+    fn signed_notice(key: HubKey<'_>) -> Message {
+        Notice::new(
+            NoticeKind::Accepted,
+            AgencyCode::parse("A1").unwrap(),
+            "m1",
+            0,
+        )
+        .to_message("lgsp.", key)
+    }
+
+    #[test]
+    fn credentials_file_without_previous_keys_still_reads() {
+        let c: Credentials =
+            serde_json::from_str(r#"{"code":"A1","access_key":"AKNEW","secret":"new"}"#).unwrap();
+        assert!(c.previous_keys.is_empty());
+        assert!(!serde_json::to_string(&c).unwrap().contains("previous_keys"));
+        let c: Credentials = serde_json::from_str(
+            r#"{"code":"A1","access_key":"AKNEW","secret":"new",
+                "previous_keys":[{"access_key":"AKOLD","secret":"old"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(c.held_keys(), vec!["AKNEW", "AKOLD"]);
+        assert_eq!(c.secret_of("AKOLD"), Some("old"));
+        assert_eq!(c.secret_of("AKOTHER"), None);
+    }
+
+    #[test]
+    fn hub_messages_verify_with_the_key_they_name() {
+        let mut both = Credentials::new(
+            AgencyCode::parse("A1").unwrap(),
+            "AKNEW".into(),
+            "new".into(),
+        );
+        both.previous_keys.push(KeyPair {
+            access_key: "AKOLD".into(),
+            secret: "old".into(),
+        });
+        let old_only = Credentials::new(both.code.clone(), "AKOLD".into(), "old".into());
+        let by_old = signed_notice(HubKey::new("AKOLD", "old"));
+        let by_new = signed_notice(HubKey::new("AKNEW", "new"));
+        both.verify_hub(&by_old, "notice.A1").unwrap();
+        both.verify_hub(&by_new, "notice.A1").unwrap();
+        old_only.verify_hub(&by_old, "notice.A1").unwrap();
+        let e = old_only.verify_hub(&by_new, "notice.A1").unwrap_err();
+        assert!(
+            e.contains("signed with key AKNEW") && e.contains("hold AKOLD"),
+            "{e}"
+        );
+        // A key the credentials hold, but the wrong secret: says which key.
+        let wrong = Credentials::new(both.code.clone(), "AKOLD".into(), "not-old".into());
+        let e = wrong.verify_hub(&by_old, "notice.A1").unwrap_err();
+        assert!(e.contains("signed with key AKOLD"), "{e}");
+        // Naming another held key than the one that signed fails: the header is signed.
+        let mut relabelled = by_old.clone();
+        relabelled.set_header(HUB_KEY_HEADER, "AKNEW");
+        assert!(both.verify_hub(&relabelled, "notice.A1").is_err());
+        // No lgsp-hub-key (an older hub): the current secret.
+        let mut legacy = by_new.clone();
+        hub_sign(
+            &mut legacy,
+            "notice.A1",
+            HubKey {
+                access_key: None,
+                secret: "new",
+            },
+        );
+        both.verify_hub(&legacy, "notice.A1").unwrap();
+        assert!(old_only.verify_hub(&legacy, "notice.A1").is_err());
+    }
 }

@@ -77,6 +77,13 @@ pub struct KeyView {
     pub created_at: String,
     /// Expires at (RFC 3339).
     pub expires_at: Option<String>,
+    /// The agency last authenticated with this key.
+    #[serde(default)]
+    pub last_used: bool,
+    /// The hub signs what it sends the agency with this key now (named in
+    /// `lgsp-hub-key`): the last-used key while valid, else the newest.
+    #[serde(default)]
+    pub hub_signs: bool,
 }
 
 /// An agency as shown (no secrets).
@@ -108,6 +115,10 @@ pub struct AgencyView {
 
 /// The view of `a`, without queue facts.
 pub fn view(hub: &Hub, a: &Agency) -> AgencyView {
+    let last = hub.registry.last_used(&a.code);
+    let signs = a
+        .signing_key(last.as_deref(), crate::core::time::now_ms())
+        .map(|k| k.access_key.clone());
     AgencyView {
         code: a.code.to_string(),
         name: a.name.clone(),
@@ -121,6 +132,8 @@ pub fn view(hub: &Hub, a: &Agency) -> AgencyView {
                 access_key: k.access_key.clone(),
                 created_at: format_rfc3339(k.created_at_ms),
                 expires_at: k.expires_at_ms.map(format_rfc3339),
+                last_used: last.as_deref() == Some(k.access_key.as_str()),
+                hub_signs: signs.as_deref() == Some(k.access_key.as_str()),
             })
             .collect(),
         inbox: hub.topology.inbox(&a.code),
@@ -246,6 +259,11 @@ pub struct Rotated {
     pub secret: String,
     /// The older keys.
     pub old_keys: Vec<OldKey>,
+    /// The key the hub signs what it sends the agency with now: the one it
+    /// last used while that stays valid, so an adapter holding only the old
+    /// secret verifies everything until it switches or the grace ends.
+    #[serde(default)]
+    pub hub_signs_with: String,
 }
 
 /// Issues a new key for `code`; older keys stay valid for `grace`.
@@ -272,12 +290,18 @@ pub fn rotate_key(hub: &Hub, code: &str, grace: Duration) -> Result<Rotated, Age
         ),
     );
     tracing::info!(agency = %code, access_key = %issued.access_key, grace_s = grace.as_secs(), "key rotated");
+    let hub_signs_with = hub
+        .registry
+        .signing_key(&code, crate::core::time::now_ms())
+        .map(|k| k.access_key)
+        .unwrap_or_default();
     Ok(Rotated {
         code: issued.code,
         name: issued.name,
         access_key: issued.access_key,
         secret: issued.secret,
         old_keys,
+        hub_signs_with,
     })
 }
 

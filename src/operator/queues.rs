@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::broker::{AmqpError, Link, QueueInfo};
 use crate::core::code::AgencyCode;
 use crate::core::message::Message;
-use crate::core::notice::{Notice, NoticeKind};
+use crate::core::notice::{HubKey, Notice, NoticeKind};
 use crate::core::reason::Reason;
 use crate::core::time::{format_rfc3339, now_ms, parse_rfc3339};
 use crate::core::timeline::DeliveryState;
@@ -396,7 +396,16 @@ pub async fn purge(hub: &Hub, code: &AgencyCode) -> Result<PurgeReport, QueueErr
                     n.dest = Some(code.clone());
                     n.reason = Some(reason);
                     n.detail = detail.clone();
-                    link.publish(&n.to_message(&hub.topology.prefix, src.agency.current_secret()))
+                    let last = hub.registry.last_used(&src.agency.code);
+                    let key = src
+                        .agency
+                        .signing_key(last.as_deref(), now)
+                        .map(|k| HubKey::new(&k.access_key, &k.secret))
+                        .unwrap_or(HubKey {
+                            access_key: None,
+                            secret: "",
+                        });
+                    link.publish(&n.to_message(&hub.topology.prefix, key))
                         .await?;
                     report.notices += 1;
                     crate::core::metrics::bounced(reason);

@@ -5,17 +5,20 @@
 //!
 //! Invariants: a delivery keeps the body and every header the source signed;
 //! the hub adds `lgsp-dest` (and, on a first delivery, `lgsp-accepted-at`,
-//! `lgsp-attempt`, the AMQP priority and expiration); `lgsp-hub-signature`
-//! is computed over the canonical form with routing key `deliver.<dest>` and
-//! the destination's **current** secret, read from the registry when the
-//! copy is finished (so a key rotated while a copy was held, parked or
-//! retried is honoured); copies coming back from the broker lose the
-//! broker's and truc's bookkeeping headers first.
+//! `lgsp-attempt`, the AMQP priority and expiration); `lgsp-hub-key` names
+//! the destination's signing key ([`crate::state::registry::Registry::signing_key`]:
+//! the key it last authenticated with while that is valid, else its newest)
+//! and `lgsp-hub-signature` is computed with its secret over the canonical
+//! form with routing key `deliver.<dest>` (covering `lgsp-hub-key`). The key
+//! is read from the registry when the copy is finished (so a key rotated
+//! while a copy was held, parked or retried is honoured); copies coming back
+//! from the broker lose the broker's and truc's bookkeeping headers first.
 
 use crate::core::code::AgencyCode;
 use crate::core::envelope::EnvelopeFields;
 use crate::core::message::Message;
-use crate::core::notice::hub_sign;
+use crate::core::notice::{hub_sign, HubKey};
+use crate::core::time::now_ms;
 use crate::core::topology::Topology;
 use crate::router::Router;
 
@@ -80,35 +83,35 @@ impl Delivery {
     }
 
     /// The delivery addressed to `dest`'s inbox (`<prefix>deliver`, routing
-    /// key `dest`, `lgsp-dest`) and signed with `secret` over routing key
-    /// `deliver.<dest>`. Without a secret (the destination is no longer
+    /// key `dest`, `lgsp-dest`) and signed with `key` over routing key
+    /// `deliver.<dest>`. Without a key (the destination is no longer
     /// registered) the copy keeps the signature it had.
     pub(super) fn signed_for(
         self,
         topology: &Topology,
         dest: &str,
-        secret: Option<&str>,
+        key: Option<HubKey<'_>>,
     ) -> Message {
         let mut d = self.0;
         d.exchange = topology.name("deliver");
         d.routing_key = dest.to_owned();
         d.set_header("lgsp-dest", dest);
-        if let Some(secret) = secret {
-            hub_sign(&mut d, &format!("deliver.{dest}"), secret);
+        if let Some(key) = key {
+            hub_sign(&mut d, &format!("deliver.{dest}"), key);
         }
         d
     }
 }
 
 impl Router {
-    /// Finishes `d` for `dest`, signed with the destination's current secret
-    /// from the registry.
+    /// Finishes `d` for `dest`, signed with the destination's signing key
+    /// from the registry (the key it last used while valid, else its newest).
     pub(super) fn deliver_to(&self, d: Delivery, dest: &AgencyCode) -> Message {
-        let entry = self.registry.get(dest);
+        let key = self.registry.signing_key(dest, now_ms());
         d.signed_for(
             &self.topology,
             dest.as_str(),
-            entry.as_ref().map(|e| e.agency.current_secret()),
+            key.as_ref().map(|k| HubKey::new(&k.access_key, &k.secret)),
         )
     }
 
@@ -116,7 +119,7 @@ impl Router {
     /// the inbox of `dest` (its `lgsp-dest`), without bookkeeping headers or
     /// expiration (a fresh TTL would expire it again at once if the deadline
     /// passed; the router's timers still apply), signed with the
-    /// destination's current secret.
+    /// destination's signing key.
     pub(crate) fn parked_retry(&self, copy: &Message, dest: &str) -> Message {
         let d = Delivery::again(copy).never_expires();
         match AgencyCode::parse(dest) {

@@ -182,8 +182,8 @@ impl Router {
             tokio::time::sleep(Duration::from_millis((due - now) as u64)).await;
         }
         let now = now_ms();
-        // Signed again with the destination's current secret (a key may have
-        // been rotated while the copy was held).
+        // Signed again with the destination's signing key now (a key may have
+        // been rotated, or the destination switched keys, while it was held).
         let out = self.deliver_to(Delivery::again(m).expires(rec.deliver_by_ms, now), &dest);
         self.publish_declaring(&dest, &out, outbox).await?;
         metrics::delivery_published();

@@ -134,6 +134,9 @@ impl Router {
         ) {
             return Ok(Err(Refusal::new(Reason::BadSignature, e.to_string())));
         }
+        // The agency holds this key's secret: what the hub sends it from now
+        // on (this message's notices included) is signed with it.
+        self.registry.note_used(&sender.agency.code, &signed.key)?;
         Ok(Ok(Authenticated { signed, sender }))
     }
 

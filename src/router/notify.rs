@@ -2,8 +2,9 @@
 //! queues when they are missing), and the presence notices (`delay-warning`,
 //! `bounced destination-offline`) the presence task asks for.
 //!
-//! Invariants: every notice is signed by the hub with the source's current
-//! secret; a presence notice is sent under the envelope's lock, only while
+//! Invariants: every notice is signed by the hub with the source's signing
+//! key (the key it last authenticated with while valid, else its newest),
+//! named in `lgsp-hub-key`; a presence notice is sent under the envelope's lock, only while
 //! the destination still waits ([`crate::state::tracking::DestTrack::is_waiting`]),
 //! at most once of each kind per envelope and destination, and recorded in
 //! the timeline (durably) right after the broker confirmed it.
@@ -13,7 +14,7 @@ use std::time::Instant;
 use crate::core::code::AgencyCode;
 use crate::core::message::Message;
 use crate::core::metrics;
-use crate::core::notice::{Notice, NoticeKind};
+use crate::core::notice::{HubKey, Notice, NoticeKind};
 use crate::core::reason::Reason;
 use crate::core::text::Escaped;
 use crate::core::time::now_ms;
@@ -51,7 +52,18 @@ impl Router {
         n: &Notice,
         outbox: &O,
     ) -> Result<(), RouterError> {
-        let m = n.to_message(&self.topology.prefix, source.agency.current_secret());
+        let last = self.registry.last_used(&source.agency.code);
+        let key = source
+            .agency
+            .signing_key(last.as_deref(), now_ms())
+            .map(|k| HubKey::new(&k.access_key, &k.secret));
+        // Every registered agency has a key; none would sign with an empty
+        // secret, which the recipient refuses rather than trusts.
+        let key = key.unwrap_or(HubKey {
+            access_key: None,
+            secret: "",
+        });
+        let m = n.to_message(&self.topology.prefix, key);
         self.publish_declaring(&source.agency.code, &m, outbox)
             .await
     }

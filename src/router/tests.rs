@@ -62,6 +62,7 @@ fn creds(reg: &Registry, code: &str) -> Credentials {
         code: i.code,
         access_key: i.access_key,
         secret: i.secret,
+        previous_keys: Vec::new(),
     }
 }
 
@@ -436,7 +437,7 @@ async fn status_receipts_and_recall() {
 }
 
 #[tokio::test]
-async fn copies_are_signed_with_the_destination_key_in_force_after_a_rotation() {
+async fn copies_are_signed_with_the_key_the_destination_last_used() {
     let f = fixture(Policies::default());
     let o = Recorder::default();
     let dest = AgencyCode::parse("000.00.32.H41").unwrap();
@@ -447,6 +448,10 @@ async fn copies_are_signed_with_the_destination_key_in_force_after_a_rotation() 
         .into_iter()
         .find(|m| m.exchange == "u.deliver")
         .unwrap();
+    assert_eq!(
+        delivery.header("lgsp-hub-key"),
+        Some(f.dst.access_key.as_str())
+    );
     let (new, _) = f
         .router
         .registry
@@ -461,7 +466,8 @@ async fn copies_are_signed_with_the_destination_key_in_force_after_a_rotation() 
         "signed before the rotation"
     );
 
-    // An operator's retry of the copy parked in `undelivered`.
+    // An operator's retry of the copy parked in `undelivered`, in the grace
+    // period: the destination has only used its old key, which signs.
     let mut parked = delivery.clone();
     parked.exchange = String::new();
     parked.routing_key = "u.undelivered".into();
@@ -476,10 +482,24 @@ async fn copies_are_signed_with_the_destination_key_in_force_after_a_rotation() 
     assert!(retried.expiration.is_none());
     assert!(retried.header("x-truc-reason").is_none());
     assert_eq!(retried.body, delivery.body);
-    assert!(verifies(&retried, &new.secret), "signed with the new key");
-    assert!(!verifies(&retried, &f.dst.secret), "not with the old one");
+    assert_eq!(
+        retried.header("lgsp-hub-key"),
+        Some(f.dst.access_key.as_str())
+    );
+    assert!(verifies(&retried, &f.dst.secret), "signed with the old key");
+    assert!(!verifies(&retried, &new.secret), "not with the new one yet");
 
-    // A held copy released after the rotation.
+    // The destination authenticates with its new key (a heartbeat): from now
+    // on what the hub sends it is signed with the new key.
+    let rotated = Credentials::new(dest.clone(), new.access_key.clone(), new.secret.clone());
+    let hb = crate::core::outgoing::presence_message("u.", &rotated, true);
+    assert_eq!(
+        f.router.handle(&inbound(hb), &o).await.unwrap(),
+        Outcome::Heartbeat
+    );
+    o.take();
+
+    // A held copy released after the switch.
     let mut held = delivery.clone();
     held.set_header(
         crate::router::holding::DUE_HEADER,
@@ -490,6 +510,10 @@ async fn copies_are_signed_with_the_destination_key_in_force_after_a_rotation() 
         Outcome::Released
     );
     let released = o.take();
+    assert_eq!(
+        released[0].header("lgsp-hub-key"),
+        Some(new.access_key.as_str())
+    );
     assert!(verifies(&released[0], &new.secret));
     assert!(!verifies(&released[0], &f.dst.secret));
 
@@ -503,4 +527,42 @@ async fn copies_are_signed_with_the_destination_key_in_force_after_a_rotation() 
     let retry = o.take();
     assert_eq!(retry[0].header("lgsp-attempt"), Some("2"));
     assert!(verifies(&retry[0], &new.secret));
+}
+
+#[tokio::test]
+async fn notices_are_signed_with_the_key_the_source_last_used() {
+    let f = fixture(Policies::default());
+    let o = Recorder::default();
+    let src = f.src.code.clone();
+    let (new, _) = f
+        .router
+        .registry
+        .rotate_key(&src, std::time::Duration::from_secs(3600))
+        .unwrap();
+    let verifies = |m: &Message, secret: &str| {
+        crate::core::outgoing::verify_hub_signature(m, "notice.000.00.31.H41", secret).is_ok()
+    };
+    let notice_of = |sent: Vec<Message>| {
+        sent.into_iter()
+            .find(|m| m.exchange == "u.notify")
+            .expect("a notice")
+    };
+    // The old key, in the grace period: the notice is signed with it.
+    let m = envelope_message("u.", &f.src, &out(&["000.00.32.H41"], vec![]));
+    f.router.handle(&inbound(m), &o).await.unwrap();
+    let n = notice_of(o.take());
+    assert_eq!(n.header("lgsp-hub-key"), Some(f.src.access_key.as_str()));
+    assert!(verifies(&n, &f.src.secret) && !verifies(&n, &new.secret));
+    // The new key: its own rejection notice is signed with the new key.
+    let rotated = Credentials::new(src.clone(), new.access_key.clone(), new.secret.clone());
+    let mut bad = out(&["000.00.32.H41"], vec![]);
+    bad.priority = Priority::FLASH_APPOINTED;
+    let m = envelope_message("u.", &rotated, &bad);
+    assert_eq!(
+        f.router.handle(&inbound(m), &o).await.unwrap(),
+        Outcome::Rejected(Reason::Malformed)
+    );
+    let n = notice_of(o.take());
+    assert_eq!(n.header("lgsp-hub-key"), Some(new.access_key.as_str()));
+    assert!(verifies(&n, &new.secret) && !verifies(&n, &f.src.secret));
 }

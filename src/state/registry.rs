@@ -15,6 +15,14 @@
 //! hash is stored, in the `broker_users` tree (a tree of its own, so the
 //! stored [`Agency`] records keep decoding). Agencies registered before broker
 //! passwords existed have no entry there until one is issued.
+//!
+//! The access key each agency **last authenticated with** is kept in the
+//! `last_keys` tree (written, and flushed, only when it changes). The hub
+//! signs what it sends an agency with that key while it is still valid — so
+//! an adapter that holds only the old secret during a rotation's grace period
+//! can verify everything — and with the newest key otherwise
+//! ([`Agency::signing_key`]). A rotation records the key in use before it
+//! when nothing is recorded yet.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -122,9 +130,20 @@ pub struct Agency {
 }
 
 impl Agency {
-    /// The key the hub signs with (the newest).
+    /// The newest key's secret.
     pub fn current_secret(&self) -> &str {
         self.keys.last().map(|k| k.secret.as_str()).unwrap_or("")
+    }
+
+    /// The key the hub signs with at `now_ms`: `last_used` (the access key
+    /// the agency last authenticated with) while it is one of its keys and
+    /// has not expired; otherwise the newest key. `None` only for an agency
+    /// without keys.
+    pub fn signing_key(&self, last_used: Option<&str>, now_ms: i64) -> Option<&AccessKey> {
+        last_used
+            .and_then(|used| self.keys.iter().find(|k| k.access_key == used))
+            .filter(|k| k.expires_at_ms.is_none_or(|t| t > now_ms))
+            .or_else(|| self.keys.last())
     }
 }
 
@@ -182,6 +201,8 @@ pub struct BrokerIssued {
 struct Cache {
     by_code: HashMap<AgencyCode, Arc<Entry>>,
     by_key: HashMap<String, AgencyCode>,
+    /// The access key each agency last authenticated with (`last_keys`).
+    last_used: HashMap<AgencyCode, String>,
 }
 
 /// The agency directory.
@@ -269,6 +290,16 @@ impl Registry {
             }
             let e = entry(agency)?;
             cache.by_code.insert(e.agency.code.clone(), Arc::new(e));
+        }
+        for item in store.last_keys.iter() {
+            let (k, v) = item?;
+            let code = String::from_utf8_lossy(&k);
+            let Ok(code) = AgencyCode::parse(&code) else {
+                continue;
+            };
+            cache
+                .last_used
+                .insert(code, String::from_utf8_lossy(&v).into_owned());
         }
         if migrated > 0 {
             store.flush()?;
@@ -414,6 +445,41 @@ impl Registry {
         Some((entry, key))
     }
 
+    /// Records that `code` authenticated with `access_key` (one of its keys):
+    /// written to `last_keys` and flushed only when it differs from the
+    /// recorded one, so the ingress path pays nothing in the steady state.
+    pub fn note_used(&self, code: &AgencyCode, access_key: &str) -> Result<(), StoreError> {
+        if self.cache().last_used.get(code).map(String::as_str) == Some(access_key) {
+            return Ok(());
+        }
+        let mut cache = self.cache_mut();
+        if !cache.by_code.contains_key(code) {
+            return Ok(());
+        }
+        self.store
+            .last_keys
+            .insert(code.as_str(), access_key.as_bytes())?;
+        self.store.flush()?;
+        cache.last_used.insert(code.clone(), access_key.to_owned());
+        Ok(())
+    }
+
+    /// The access key `code` last authenticated with, if recorded.
+    pub fn last_used(&self, code: &AgencyCode) -> Option<String> {
+        self.cache().last_used.get(code).cloned()
+    }
+
+    /// The key the hub signs what it sends `code` with at `now_ms`
+    /// ([`Agency::signing_key`] with the recorded last-used key).
+    pub fn signing_key(&self, code: &AgencyCode, now_ms: i64) -> Option<AccessKey> {
+        let cache = self.cache();
+        let entry = cache.by_code.get(code)?;
+        entry
+            .agency
+            .signing_key(cache.last_used.get(code).map(String::as_str), now_ms)
+            .cloned()
+    }
+
     /// Every agency, sorted by code.
     pub fn list(&self) -> Vec<Agency> {
         let mut all: Vec<Agency> = self
@@ -478,6 +544,12 @@ impl Registry {
             .ok_or_else(|| RegistryError::NotFound(code.clone()))?
             .agency
             .clone();
+        // The key in use so far, if the agency never authenticated since
+        // last_keys existed: the adapter holds it, not the new one.
+        let in_use = match cache.last_used.get(code) {
+            Some(_) => None,
+            None => agency.signing_key(None, now).map(|k| k.access_key.clone()),
+        };
         for k in &mut agency.keys {
             k.expires_at_ms = Some(k.expires_at_ms.map_or(until, |t| t.min(until)));
         }
@@ -492,6 +564,13 @@ impl Registry {
             .keys
             .insert(key.access_key.as_bytes(), code.as_str().as_bytes())?;
         cache.by_key.insert(key.access_key.clone(), code.clone());
+        if let Some(used) = in_use {
+            self.store
+                .last_keys
+                .insert(code.as_str(), used.as_bytes())?;
+            cache.last_used.insert(code.clone(), used);
+        }
+        // write() flushes, last_keys included.
         let agency = self.write(&mut cache, agency)?.agency.clone();
         Ok((
             Issued {
@@ -519,6 +598,8 @@ impl Registry {
         }
         self.store.agencies.remove(code.as_str())?;
         self.store.broker_users.remove(code.as_str())?;
+        self.store.last_keys.remove(code.as_str())?;
+        cache.last_used.remove(code);
         self.store.flush()?;
         Ok(entry.agency.clone())
     }
@@ -727,5 +808,105 @@ mod tests {
         assert_eq!(key.secret, issued.secret);
         assert!(reg.by_key("AKNOPE", now_ms()).is_none());
         assert_eq!(reg.list().len(), 1);
+    }
+
+    fn key(name: &str, expires_at_ms: Option<i64>) -> AccessKey {
+        AccessKey {
+            access_key: name.into(),
+            secret: format!("secret-of-{name}"),
+            created_at_ms: 0,
+            expires_at_ms,
+        }
+    }
+
+    #[test]
+    fn signing_key_is_the_last_used_one_until_it_expires() {
+        let agency = Agency {
+            code: AgencyCode::parse("A1").unwrap(),
+            name: "A".into(),
+            enabled: true,
+            created_at_ms: 0,
+            public_key_pem: None,
+            keys: vec![key("AKOLD", Some(1_000)), key("AKNEW", None)],
+        };
+        let pick = |used: Option<&str>, now: i64| {
+            agency.signing_key(used, now).map(|k| k.access_key.as_str())
+        };
+        // In the grace period the key last used signs.
+        assert_eq!(pick(Some("AKOLD"), 999), Some("AKOLD"));
+        assert_eq!(pick(Some("AKNEW"), 999), Some("AKNEW"));
+        // Once the old key has expired, the newest; at the instant of expiry too.
+        assert_eq!(pick(Some("AKOLD"), 1_000), Some("AKNEW"));
+        assert_eq!(pick(Some("AKOLD"), 5_000), Some("AKNEW"));
+        // Nothing recorded, or a key that is not the agency's: the newest.
+        assert_eq!(pick(None, 0), Some("AKNEW"));
+        assert_eq!(pick(Some("AKSTRANGER"), 0), Some("AKNEW"));
+        let none = Agency {
+            keys: Vec::new(),
+            ..agency.clone()
+        };
+        assert!(none.signing_key(Some("AKOLD"), 0).is_none());
+    }
+
+    #[test]
+    fn last_used_key_is_recorded_durably_and_follows_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = AgencyCode::parse("A1").unwrap();
+        let (first, second) = {
+            let reg = Registry::open(Store::open(dir.path()).unwrap(), mk()).unwrap();
+            let first = reg.add(a.clone(), "A", None).unwrap();
+            assert_eq!(reg.last_used(&a), None);
+            let now = now_ms();
+            assert_eq!(
+                reg.signing_key(&a, now).unwrap().access_key,
+                first.access_key
+            );
+            // Rotation with a grace period: the key in use keeps signing.
+            let (second, _) = reg
+                .rotate_key(&a, std::time::Duration::from_secs(3600))
+                .unwrap();
+            assert_eq!(
+                reg.last_used(&a).as_deref(),
+                Some(first.access_key.as_str())
+            );
+            let k = reg.signing_key(&a, now_ms()).unwrap();
+            assert_eq!(
+                (k.access_key.as_str(), k.secret.as_str()),
+                (first.access_key.as_str(), first.secret.as_str())
+            );
+            // After the grace period: the new key.
+            assert_eq!(
+                reg.signing_key(&a, now + 3_601_000).unwrap().access_key,
+                second.access_key
+            );
+            // The agency switches to the new key.
+            reg.note_used(&a, &second.access_key).unwrap();
+            assert_eq!(
+                reg.signing_key(&a, now_ms()).unwrap().access_key,
+                second.access_key
+            );
+            // ... and back to the old one, still valid.
+            reg.note_used(&a, &first.access_key).unwrap();
+            (first, second)
+        };
+        // Reopened: the record survived.
+        let reg = Registry::open(Store::open(dir.path()).unwrap(), mk()).unwrap();
+        assert_eq!(
+            reg.last_used(&a).as_deref(),
+            Some(first.access_key.as_str())
+        );
+        assert_eq!(
+            reg.signing_key(&a, now_ms()).unwrap().access_key,
+            first.access_key
+        );
+        // A rotation without grace: the old keys expire at once, the newest signs.
+        let (third, _) = reg.rotate_key(&a, std::time::Duration::ZERO).unwrap();
+        let k = reg.signing_key(&a, now_ms()).unwrap();
+        assert_eq!(k.access_key, third.access_key);
+        assert_ne!(k.access_key, second.access_key);
+        // Removal forgets it.
+        reg.remove(&a).unwrap();
+        assert_eq!(reg.last_used(&a), None);
+        assert!(reg.signing_key(&a, now_ms()).is_none());
     }
 }

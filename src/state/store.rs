@@ -126,6 +126,9 @@ pub struct Store {
     /// RabbitMQ password hash of each agency's broker user: `code` →
     /// [`crate::state::registry::BrokerUser`] (never the password).
     pub broker_users: sled::Tree,
+    /// The access key each agency last authenticated with: `code` → access
+    /// key (UTF-8), read by [`crate::state::registry::Registry::signing_key`].
+    pub last_keys: sled::Tree,
     path: PathBuf,
 }
 
@@ -173,6 +176,7 @@ impl Store {
             presence_log: db.open_tree("presence_log")?,
             audit: db.open_tree("audit")?,
             broker_users: db.open_tree("broker_users")?,
+            last_keys: db.open_tree("last_keys")?,
             inner: Arc::new(Inner {
                 db,
                 meta,
@@ -261,6 +265,7 @@ impl Store {
             presence_log,
             audit,
             broker_users,
+            last_keys,
             path: _,
         } = self;
         vec![
@@ -276,6 +281,7 @@ impl Store {
             ("presence_log", presence_log),
             ("audit", audit),
             ("broker_users", broker_users),
+            ("last_keys", last_keys),
         ]
     }
 

@@ -19,6 +19,14 @@ use crate::core::notice::hub_sign;
 use crate::core::topology::Topology;
 use crate::router::Router;
 
+/// The `lgsp-attempt` a copy carries (1 when absent or unreadable).
+pub(super) fn attempt_of(m: &Message) -> u32 {
+    m.header("lgsp-attempt")
+        .and_then(|a| a.parse::<u32>().ok())
+        .unwrap_or(1)
+        .max(1)
+}
+
 /// A delivery being built; finished by [`Delivery::signed_for`].
 #[derive(Debug, Clone)]
 pub(super) struct Delivery(Message);
@@ -118,7 +126,11 @@ impl Router {
     /// passed; the router's timers still apply), signed with the
     /// destination's current secret.
     pub(crate) fn parked_retry(&self, copy: &Message, dest: &str) -> Message {
-        let d = Delivery::again(copy).never_expires();
+        // It may already have reached the inbox (an expired copy, or a retry
+        // repeated after a crash): always marked as a possible repeat.
+        let d = Delivery::again(copy)
+            .never_expires()
+            .attempt(attempt_of(copy) + 1);
         match AgencyCode::parse(dest) {
             Ok(code) => self.deliver_to(d, &code),
             Err(_) => d.signed_for(&self.topology, dest, None),

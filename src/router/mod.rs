@@ -37,6 +37,7 @@ mod holding;
 mod ingress;
 mod notify;
 pub(crate) mod order;
+mod rebuild;
 mod status;
 #[cfg(test)]
 mod tests;

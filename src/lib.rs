@@ -27,7 +27,8 @@
 //!    router's way out), `convert`.
 //! 4. `router/` — what happens to each message, one step per file: `ingress`,
 //!    `status`, `delivery` (the one signed-delivery builder), `notify`,
-//!    `holding` (deferral, retries, deadlines, recall), `order` (a message
+//!    `holding` (deferral, retries, deadlines, recall), `rebuild` (the
+//!    record of a held copy whose record the store lost), `order` (a message
 //!    waits for the earlier one it depends on).
 //! 5. `operator/` — what an operator can see and do, without HTTP or CLI
 //!    types: `agency` (lifecycle), `envelopes`, `presence`, `queues`, `dead`,

@@ -10,7 +10,9 @@
 //! the destination's **current** secret, read from the registry when the
 //! copy is finished (so a key rotated while a copy was held, parked or
 //! retried is honoured); copies coming back from the broker lose the
-//! broker's and truc's bookkeeping headers first.
+//! broker's and truc's bookkeeping headers first; an operator's retry of a
+//! parked copy carries `lgsp-attempt` one higher than the parked copy (it may
+//! already have reached the inbox).
 
 use crate::core::code::AgencyCode;
 use crate::core::envelope::EnvelopeFields;

@@ -10,7 +10,20 @@
 //! redelivered copy does not bounce twice; every copy that goes (back) to an
 //! inbox — released, retried, or a recall request — is finished by the one
 //! delivery builder ([`super::delivery`]), signed with the destination's
-//! current key.
+//! current key; a copy that comes back without an envelope record (the
+//! store was lost) is never dropped: its record is rebuilt from the copy
+//! ([`super::rebuild`]) and it goes on as usual (delivered when due,
+//! `lgsp-deliver-by` enforced), or it is parked as `record-lost` and
+//! reported; a retry due for a destination no longer registered is parked
+//! and bounced, not dropped.
+//!
+//! Repeats are marked (docs/PROTOCOL.md §6.2): a released copy carries the
+//! largest of the attempt it was held with, one more than the `queued`
+//! events of its destination's timeline, and — when the release is a broker
+//! redelivery or the record was rebuilt — one more than it was held with (a
+//! copy put back in a bucket in that case is held with one more, too); a
+//! retry carries the rejections so far + 1, counted from the copy when the
+//! timeline knows fewer.
 
 use std::time::Duration;
 

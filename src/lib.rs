@@ -14,7 +14,7 @@
 //!    "still waiting"), `notice`, `outgoing` (building signed messages as an
 //!    adapter does), `policy`, `scheduler` (backoff, delay buckets, rates),
 //!    `presence` (the online/offline state machine), `topology` (queues as
-//!    data), `config`, `secrets` (sealing at rest), `broker_password`
+//!    data), `config`, `zone` (the operator's time zone), `secrets` (sealing at rest), `broker_password`
 //!    (RabbitMQ password hashes), `pem`, `text` (escaping wire text for logs), `metrics` (every
 //!    metric, emitted from one function each).
 //! 2. `state/` — everything persisted, in sled: `store`, `codec` (the one
@@ -61,7 +61,7 @@ pub(crate) mod state;
 pub use crate::api::types as admin_types;
 pub use crate::core::{
     auth, broker_password, canonical, code, config, envelope, message, notice, policy, reason,
-    scheduler, time, topology,
+    scheduler, time, topology, zone,
 };
 pub use crate::operator::report;
 pub use crate::state::store;

@@ -5,7 +5,7 @@
 //! envelope parsing, the states of a delivery's timeline, notices, policies,
 //! scheduling decisions, the presence model, the topology as data,
 //! configuration, sealing of secrets, hashing of broker passwords and the
-//! escaping of wire text for logs.
+//! escaping of wire text for logs, and the operator's time zone.
 //!
 //! May use: nothing else in the crate. The only I/O here is reading the
 //! operator's data files (configuration, policies, topology) at start-up.
@@ -30,3 +30,4 @@ pub mod text;
 pub mod time;
 pub mod timeline;
 pub mod topology;
+pub mod zone;

@@ -696,7 +696,7 @@ async fn report_metrics_and_store_stats() {
         "period,agency,sent,received,retries,delivered,bounced,expired,latency_median_s,latency_p95_s"
     );
     assert!(
-        csv.lines().any(|l| l.contains(",R1.01,3,0,0,1,0,,")),
+        csv.lines().any(|l| l.contains(",R1.01,3,0,0,0,1,0,,")),
         "{csv}"
     );
     let v = json(
@@ -713,6 +713,10 @@ async fn report_metrics_and_store_stats() {
     );
     assert!(v["rows"].as_array().unwrap().is_empty());
     run(&hub, &["report", "--since", "yesterday"], 2);
+    let bad_zone = hub.cli_expect(&["report", "--tz", "Mars/Olympus"], 2);
+    assert!(common::stderr(&bad_zone).contains("unknown time zone"));
+    let utc = json(&hub, &["report", "--tz", "UTC", "--format", "json"]);
+    assert_eq!(utc["time_zone"], "UTC");
     let table = run(&hub, &["report"], 0);
     assert!(
         table.contains("MEDIAN s") && table.contains("Connections now"),

@@ -177,4 +177,19 @@ async fn held_deliveries_are_delivered_or_parked_and_reported_after_the_store_is
     let log = hub.log();
     assert!(log.contains("rebuilt from the held copy"));
     assert!(log.contains("held copy parked in undelivered"));
+    let metrics = truc::cli::http::request(&hub.admin_addr, "GET", "/metrics", &hub.token, None)
+        .await
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&metrics.body).into_owned();
+    let counted = |outcome: &str| {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("truc_held_without_record_total")
+                    && l.contains(&format!("outcome=\"{outcome}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<usize>().ok())
+    };
+    assert_eq!(counted("rebuilt"), Some(SIGNED_RSA), "{metrics}");
+    assert_eq!(counted("parked"), Some(SIGNED_HMAC), "{metrics}");
 }

@@ -235,18 +235,13 @@ pub(crate) fn refuse_without_yes(what: String) -> CliError {
     CliError::new(2, format!("{what}\nNothing was done: add --yes to do it."))
 }
 
-/// Parses a `--since`/`--until` value: a duration back from now (`7d`,
-/// `2h`), a date `YYYY-MM-DD` (UTC midnight; `end_of_day` moves to the next
 /// The `--since` / `--until` window in ms (each a duration back from now,
 /// or a date or time; `--until` of a date means the end of that day).
 pub(crate) fn window(
     since: Option<&str>,
     until: Option<&str>,
 ) -> Result<(Option<i64>, Option<i64>), CliError> {
-    Ok((
-        since.map(|t| parse_when("--since", t, false)).transpose()?,
-        until.map(|t| parse_when("--until", t, true)).transpose()?,
-    ))
+    window_in(since, until, &utc())
 }
 
 /// [`window`] with dates taken as local days of `zone` (reports).
@@ -255,29 +250,34 @@ pub(crate) fn window_in(
     until: Option<&str>,
     zone: &Zone,
 ) -> Result<(Option<i64>, Option<i64>), CliError> {
-    let when = |flag: &str, text: &str, end_of_day: bool| -> Result<i64, CliError> {
-        if let Ok(d) = crate::core::time::parse_duration(text) {
-            return Ok(crate::core::time::now_ms() - d.as_millis() as i64);
-        }
-        parse_date_in(flag, text, end_of_day, zone).map_err(|_| {
-            CliError::new(
-                2,
-                format!("{flag} {text:?}: expected a duration (7d, 2h), YYYY-MM-DD or RFC 3339"),
-            )
-        })
-    };
     Ok((
-        since.map(|t| when("--since", t, false)).transpose()?,
-        until.map(|t| when("--until", t, true)).transpose()?,
+        since
+            .map(|t| parse_when_in("--since", t, false, zone))
+            .transpose()?,
+        until
+            .map(|t| parse_when_in("--until", t, true, zone))
+            .transpose()?,
     ))
 }
 
+/// Parses a `--since`/`--until` value: a duration back from now (`7d`,
+/// `2h`), a date `YYYY-MM-DD` (UTC midnight; `end_of_day` moves to the next
 /// midnight) or an RFC 3339 time. Milliseconds since the epoch.
 pub fn parse_when(flag: &str, text: &str, end_of_day: bool) -> Result<i64, CliError> {
+    parse_when_in(flag, text, end_of_day, &utc())
+}
+
+/// [`parse_when`] with a date taken as a local day of `zone`.
+pub fn parse_when_in(
+    flag: &str,
+    text: &str,
+    end_of_day: bool,
+    zone: &Zone,
+) -> Result<i64, CliError> {
     if let Ok(d) = crate::core::time::parse_duration(text) {
         return Ok(crate::core::time::now_ms() - d.as_millis() as i64);
     }
-    parse_date(flag, text, end_of_day).map_err(|_| {
+    parse_date_in(flag, text, end_of_day, zone).map_err(|_| {
         CliError::new(
             2,
             format!("{flag} {text:?}: expected a duration (7d, 2h), YYYY-MM-DD or RFC 3339"),

@@ -15,7 +15,7 @@
 //!    `outgoing` (building signed messages as an adapter does, credentials,
 //!    checking a hub signature with the key it names), `policy`, `scheduler`
 //!    (backoff, delay buckets, rates), `presence` (the online/offline state
-//!    machine), `topology` (queues as data), `config`, `secrets` (sealing at rest), `broker_password`
+//!    machine), `topology` (queues as data), `config`, `zone` (the operator's time zone), `secrets` (sealing at rest), `broker_password`
 //!    (RabbitMQ password hashes), `pem`, `text` (escaping wire text for logs), `metrics` (every
 //!    metric, emitted from one function each).
 //! 2. `state/` — everything persisted, in sled: `store`, `codec` (the one
@@ -29,7 +29,8 @@
 //!    router's way out), `convert`.
 //! 4. `router/` — what happens to each message, one step per file: `ingress`,
 //!    `status`, `delivery` (the one signed-delivery builder), `notify`,
-//!    `holding` (deferral, retries, deadlines, recall), `order` (a message
+//!    `holding` (deferral, retries, deadlines, recall), `rebuild` (the
+//!    record of a held copy whose record the store lost), `order` (a message
 //!    waits for the earlier one it depends on).
 //! 5. `operator/` — what an operator can see and do, without HTTP or CLI
 //!    types: `agency` (lifecycle), `envelopes`, `presence`, `queues`, `dead`,
@@ -62,7 +63,7 @@ pub(crate) mod state;
 pub use crate::api::types as admin_types;
 pub use crate::core::{
     auth, broker_password, canonical, code, config, envelope, message, notice, policy, reason,
-    scheduler, time, topology,
+    scheduler, time, topology, zone,
 };
 pub use crate::operator::report;
 pub use crate::state::store;

@@ -141,6 +141,8 @@ async fn sigkill_and_restart_under_load_loses_nothing() {
         repeats <= KILLS * prefetch,
         "repeats stay within the in-flight window ({KILLS} kills × prefetch {prefetch}): {repeats}"
     );
+    // Every repeat is marked (docs/PROTOCOL.md §6.2).
+    assert_eq!(marked, repeats, "every repeat carries lgsp-attempt > 1");
     assert!(hub.terminate().success(), "SIGTERM exits cleanly");
 }
 
@@ -184,11 +186,13 @@ async fn broker_closing_the_connection_is_survived() {
     sender.await.unwrap().close().await;
     let got = wait_for(&tally, N, Duration::from_secs(60)).await;
     receiver.abort();
+    let repeats = tally.repeats.load(Ordering::Relaxed);
+    let marked = tally.marked_repeats.load(Ordering::Relaxed);
     eprintln!(
-        "broker closed the router's connection twice under {N} envelopes: distinct {got}, repeats {}",
-        tally.repeats.load(Ordering::Relaxed)
+        "broker closed the router's connection twice under {N} envelopes: distinct {got}, repeats {repeats} (marked attempt>1: {marked})"
     );
     assert_eq!(got, N, "log:\n{}", hub.log());
+    assert_eq!(marked, repeats, "every repeat carries lgsp-attempt > 1");
     assert!(hub.log().contains("broker link lost"));
 }
 

@@ -658,8 +658,14 @@ async fn report_metrics_and_store_stats() {
 
     let v = json(&hub, &["report", "--format", "json"]);
     assert_eq!(v["by"], "day");
+    // Days are cut in the operator's time zone (Vietnam unless configured).
+    assert_eq!(v["time_zone"], "Asia/Ho_Chi_Minh");
     let rows = v["rows"].as_array().unwrap();
-    let today = truc::report::period(truc::time::now_ms(), truc::report::By::Day);
+    let today = truc::report::period(
+        truc::time::now_ms(),
+        truc::report::By::Day,
+        &truc::zone::Zone::default(),
+    );
     let row = |a: &str| {
         rows.iter()
             .find(|r| r["agency"] == a && r["period"] == today.as_str())
@@ -669,6 +675,7 @@ async fn report_metrics_and_store_stats() {
     assert_eq!(row("R1.01")["sent"], 3);
     assert_eq!(row("R1.01")["bounced"], 1);
     assert_eq!(row("R1.02")["received"], 2);
+    assert_eq!(row("R1.02")["retries"], 0);
     assert_eq!(row("R1.02")["delivered"], 2);
     assert!(row("R1.02")["latency_median_s"].as_f64().unwrap() < 30.0);
     assert!(row("R1.02")["latency_p95_s"].is_number());
@@ -699,10 +706,10 @@ async fn report_metrics_and_store_stats() {
     let csv = run(&hub, &["report", "--by", "month", "--format", "csv"], 0);
     assert_eq!(
         csv.lines().next().unwrap(),
-        "period,agency,sent,received,delivered,bounced,expired,latency_median_s,latency_p95_s"
+        "period,agency,sent,received,retries,delivered,bounced,expired,latency_median_s,latency_p95_s"
     );
     assert!(
-        csv.lines().any(|l| l.contains(",R1.01,3,0,0,1,0,,")),
+        csv.lines().any(|l| l.contains(",R1.01,3,0,0,0,1,0,,")),
         "{csv}"
     );
     let v = json(
@@ -719,6 +726,10 @@ async fn report_metrics_and_store_stats() {
     );
     assert!(v["rows"].as_array().unwrap().is_empty());
     run(&hub, &["report", "--since", "yesterday"], 2);
+    let bad_zone = hub.cli_expect(&["report", "--tz", "Mars/Olympus"], 2);
+    assert!(common::stderr(&bad_zone).contains("unknown time zone"));
+    let utc = json(&hub, &["report", "--tz", "UTC", "--format", "json"]);
+    assert_eq!(utc["time_zone"], "UTC");
     let table = run(&hub, &["report"], 0);
     assert!(
         table.contains("MEDIAN s") && table.contains("Connections now"),

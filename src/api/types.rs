@@ -195,4 +195,8 @@ pub struct ReportQuery {
     /// Period.
     #[serde(default)]
     pub by: By,
+    /// Time zone (IANA name) to cut periods in and show times in; the
+    /// hub's `time_zone` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tz: Option<String>,
 }

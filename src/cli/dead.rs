@@ -20,7 +20,8 @@ use crate::core::config::Config;
 pub enum WhichArg {
     /// Both.
     All,
-    /// `<prefix>undelivered`: deliveries the hub gave up on (max-attempts, expired).
+    /// `<prefix>undelivered`: deliveries the hub gave up on (max-attempts,
+    /// expired, unknown-destination, record-lost).
     Dead,
     /// `<prefix>rejected`: unauthenticated input.
     Rejected,
@@ -38,7 +39,8 @@ pub struct DeadFilterArgs {
     /// Source code.
     #[arg(long)]
     pub source: Option<String>,
-    /// Reason: max-attempts, expired (dead); unknown-key, bad-signature,
+    /// Reason: max-attempts, expired, unknown-destination, record-lost
+    /// (dead); unknown-key, bad-signature,
     /// unsupported-version, malformed, not-a-delivery… (rejected).
     #[arg(long)]
     pub reason: Option<String>,

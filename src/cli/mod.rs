@@ -45,6 +45,7 @@ use serde::Serialize;
 use crate::core::code::AgencyCode;
 use crate::core::config::Config;
 use crate::core::envelope::Priority;
+use crate::core::zone::Zone;
 
 /// A CLI failure with its exit code.
 #[derive(Debug, thiserror::Error)]
@@ -206,47 +207,91 @@ pub fn duration(flag: &str, v: &str) -> Result<Duration, CliError> {
 /// Parses `--since`/`--until`: `YYYY-MM-DD` (UTC midnight; `end_of_day`
 /// moves to the next midnight) or RFC 3339.
 pub fn parse_date(flag: &str, text: &str, end_of_day: bool) -> Result<i64, CliError> {
-    if text.len() == 10 {
-        let ms = crate::core::time::parse_rfc3339(&format!("{text}T00:00:00Z")).map_err(|_| {
-            CliError::new(
-                2,
-                format!("{flag} {text:?}: expected YYYY-MM-DD or RFC 3339"),
-            )
-        })?;
-        return Ok(if end_of_day { ms + 86_400_000 } else { ms });
-    }
-    crate::core::time::parse_rfc3339(text).map_err(|_| {
+    parse_date_in(flag, text, end_of_day, &utc())
+}
+
+fn utc() -> Zone {
+    Zone::parse("UTC").expect("the bundled database knows UTC")
+}
+
+/// [`parse_date`] with `YYYY-MM-DD` taken as a local day of `zone`.
+pub fn parse_date_in(
+    flag: &str,
+    text: &str,
+    end_of_day: bool,
+    zone: &Zone,
+) -> Result<i64, CliError> {
+    let bad = || {
         CliError::new(
             2,
             format!("{flag} {text:?}: expected YYYY-MM-DD or RFC 3339"),
         )
-    })
+    };
+    if text.len() == 10 {
+        let mut parts = text.splitn(3, '-').map(|p| p.parse::<u32>().ok());
+        let (Some(Some(y)), Some(Some(m)), Some(Some(d))) =
+            (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad());
+        };
+        let start = zone.midnight(i64::from(y), m, d).map_err(|_| bad())?;
+        if !end_of_day {
+            return Ok(start);
+        }
+        // The next local midnight (a local day need not last 24 hours).
+        let (ny, nm, nd) = zone.date(start + 36 * 3_600_000);
+        return zone.midnight(ny, nm, nd).map_err(|_| bad());
+    }
+    crate::core::time::parse_rfc3339(text).map_err(|_| bad())
 }
 
 pub(crate) fn refuse_without_yes(what: String) -> CliError {
     CliError::new(2, format!("{what}\nNothing was done: add --yes to do it."))
 }
 
-/// Parses a `--since`/`--until` value: a duration back from now (`7d`,
-/// `2h`), a date `YYYY-MM-DD` (UTC midnight; `end_of_day` moves to the next
 /// The `--since` / `--until` window in ms (each a duration back from now,
 /// or a date or time; `--until` of a date means the end of that day).
 pub(crate) fn window(
     since: Option<&str>,
     until: Option<&str>,
 ) -> Result<(Option<i64>, Option<i64>), CliError> {
+    window_in(since, until, &utc())
+}
+
+/// [`window`] with dates taken as local days of `zone` (reports).
+pub(crate) fn window_in(
+    since: Option<&str>,
+    until: Option<&str>,
+    zone: &Zone,
+) -> Result<(Option<i64>, Option<i64>), CliError> {
     Ok((
-        since.map(|t| parse_when("--since", t, false)).transpose()?,
-        until.map(|t| parse_when("--until", t, true)).transpose()?,
+        since
+            .map(|t| parse_when_in("--since", t, false, zone))
+            .transpose()?,
+        until
+            .map(|t| parse_when_in("--until", t, true, zone))
+            .transpose()?,
     ))
 }
 
+/// Parses a `--since`/`--until` value: a duration back from now (`7d`,
+/// `2h`), a date `YYYY-MM-DD` (UTC midnight; `end_of_day` moves to the next
 /// midnight) or an RFC 3339 time. Milliseconds since the epoch.
 pub fn parse_when(flag: &str, text: &str, end_of_day: bool) -> Result<i64, CliError> {
+    parse_when_in(flag, text, end_of_day, &utc())
+}
+
+/// [`parse_when`] with a date taken as a local day of `zone`.
+pub fn parse_when_in(
+    flag: &str,
+    text: &str,
+    end_of_day: bool,
+    zone: &Zone,
+) -> Result<i64, CliError> {
     if let Ok(d) = crate::core::time::parse_duration(text) {
         return Ok(crate::core::time::now_ms() - d.as_millis() as i64);
     }
-    parse_date(flag, text, end_of_day).map_err(|_| {
+    parse_date_in(flag, text, end_of_day, zone).map_err(|_| {
         CliError::new(
             2,
             format!("{flag} {text:?}: expected a duration (7d, 2h), YYYY-MM-DD or RFC 3339"),
@@ -289,6 +334,16 @@ mod tests {
             parse_when("--since", "2026-11-22T01:00:00Z", false).unwrap(),
             1_795_305_600_000 + 3_600_000
         );
+        // Reports take dates as local days of the operator's time zone.
+        let vn = Zone::default();
+        assert_eq!(
+            window_in(Some("2026-11-22"), Some("2026-11-22"), &vn).unwrap(),
+            (
+                Some(1_795_305_600_000 - 7 * 3_600_000),
+                Some(1_795_305_600_000 + 17 * 3_600_000)
+            )
+        );
+        assert!(window_in(Some("2026-02-30"), None, &vn).is_err());
         let e = parse_when("--since", "yesterday", false).unwrap_err();
         assert_eq!(e.code, 2);
         assert!(e.message.contains("duration"), "{}", e.message);

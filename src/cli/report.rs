@@ -1,17 +1,21 @@
 //! `truc report`: statistics per agency and period with the connects and
 //! disconnects, over the typed admin client; a table, CSV or JSON.
 //!
-//! Invariants: `--since`/`--until` take a duration, a date (`--until`
-//! includes that whole day) or an RFC 3339 time; CSV has a header line and
-//! quotes cells when needed.
+//! Invariants: `--since`/`--until` take a duration, a date (a local day of
+//! the operator's time zone; `--until` includes that whole day) or an RFC
+//! 3339 time; periods are cut and times shown in the operator's time zone
+//! (`--tz`, else the config's `time_zone`, default `Asia/Ho_Chi_Minh`);
+//! `received` counts envelopes, `retries` the further copies; CSV has a
+//! header line and quotes cells when needed.
 
 use clap::{Args, ValueEnum};
 
 use crate::api::types::{By, ReportQuery, ReportRow};
 use crate::cli::admin::Admin;
 use crate::cli::agency::csv_cell;
-use crate::cli::{print_json, table, window, CliError};
+use crate::cli::{print_json, table, window_in, CliError};
 use crate::core::config::Config;
+use crate::core::zone::Zone;
 
 /// Report output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -27,7 +31,7 @@ pub enum ReportFormat {
 /// Report period.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ByArg {
-    /// Day (UTC).
+    /// Day (local).
     Day,
     /// ISO week.
     Week,
@@ -38,8 +42,8 @@ pub enum ByArg {
 /// `truc report`
 #[derive(Debug, Args)]
 pub struct ReportArgs {
-    /// From: a duration back from now (7d), a date (YYYY-MM-DD, UTC) or an
-    /// RFC 3339 time, inclusive.
+    /// From: a duration back from now (7d), a date (YYYY-MM-DD, a local
+    /// day) or an RFC 3339 time, inclusive.
     #[arg(long)]
     pub since: Option<String>,
     /// Up to: a duration back from now, a date (YYYY-MM-DD: the whole day
@@ -55,13 +59,18 @@ pub struct ReportArgs {
     /// Print JSON (same as --format json).
     #[arg(long)]
     pub json: bool,
+    /// Time zone (IANA name) to cut periods in and show times in; default:
+    /// the config's `time_zone` (Asia/Ho_Chi_Minh unless set).
+    #[arg(long)]
+    pub tz: Option<String>,
 }
 
-const REPORT_COLUMNS: [&str; 9] = [
+const REPORT_COLUMNS: [&str; 10] = [
     "period",
     "agency",
     "sent",
     "received",
+    "retries",
     "delivered",
     "bounced",
     "expired",
@@ -76,6 +85,7 @@ fn cells(r: &ReportRow) -> Vec<String> {
         r.agency.clone(),
         r.sent.to_string(),
         r.received.to_string(),
+        r.retries.to_string(),
         r.delivered.to_string(),
         r.bounced.to_string(),
         r.expired.to_string(),
@@ -86,8 +96,13 @@ fn cells(r: &ReportRow) -> Vec<String> {
 
 /// Runs `truc report`.
 pub async fn run(cfg: &Config, a: ReportArgs) -> Result<(), CliError> {
-    let (since_ms, until_ms) = window(a.since.as_deref(), a.until.as_deref())?;
+    let zone = match a.tz.as_deref() {
+        Some(name) => Zone::parse(name).map_err(|e| CliError::new(2, format!("--tz: {e}")))?,
+        None => cfg.zone(),
+    };
+    let (since_ms, until_ms) = window_in(a.since.as_deref(), a.until.as_deref(), &zone)?;
     let q = ReportQuery {
+        tz: Some(zone.name().to_owned()),
         since_ms,
         until_ms,
         by: match a.by {
@@ -111,12 +126,14 @@ pub async fn run(cfg: &Config, a: ReportArgs) -> Result<(), CliError> {
             }
         }
         ReportFormat::Table => {
+            println!("Periods and times in {}.", v.report.time_zone);
             table(
                 &[
                     "PERIOD",
                     "AGENCY",
                     "SENT",
                     "RECEIVED",
+                    "RETRIES",
                     "DELIVERED",
                     "BOUNCED",
                     "EXPIRED",

@@ -2,7 +2,7 @@
 //! defaults, then environment overrides (`TRUC_AMQP_URL`, `TRUC_AMQP_CA_FILE`,
 //! `TRUC_DATA_DIR`, `TRUC_ADMIN_ADDR`, `TRUC_ADMIN_TOKEN`, `TRUC_ADMIN_TLS_CERT`,
 //! `TRUC_ADMIN_TLS_KEY`, `TRUC_ADMIN_CA_FILE`, `TRUC_METRICS_REQUIRE_TOKEN`,
-//! `TRUC_PREFIX`, `TRUC_MASTER_KEY`, `TRUC_STORE_ANCHOR_FILE`).
+//! `TRUC_PREFIX`, `TRUC_MASTER_KEY`, `TRUC_STORE_ANCHOR_FILE`, `TRUC_TIME_ZONE`).
 //!
 //! Invariants: a [`Config`] returned by [`Config::load`] is validated; a CA
 //! file named for `amqps://` holds at least one PEM certificate, and one named
@@ -98,6 +98,11 @@ pub fn default_depth_sample_interval() -> String {
     "15s".into()
 }
 
+/// Default operator time zone.
+pub fn default_time_zone() -> String {
+    crate::core::zone::DEFAULT_ZONE.into()
+}
+
 /// `truc serve` configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -176,6 +181,10 @@ pub struct Config {
     /// the file or the environment: it is a decision for one start.
     #[serde(skip)]
     pub accept_loss: bool,
+    /// The operator's time zone, an IANA name (`TRUC_TIME_ZONE`): where
+    /// reports cut days, weeks and months, and how they show times.
+    #[serde(default = "default_time_zone")]
+    pub time_zone: String,
 }
 
 impl Default for Config {
@@ -212,6 +221,9 @@ impl Config {
         }
         if let Some(v) = get("TRUC_AMQP_CA_FILE").filter(|v| !v.is_empty()) {
             self.amqp_ca_file = Some(v.into());
+        }
+        if let Some(v) = get("TRUC_TIME_ZONE").filter(|v| !v.is_empty()) {
+            self.time_zone = v;
         }
         if let Some(v) = get("TRUC_DATA_DIR") {
             self.data_dir = v.into();
@@ -273,6 +285,11 @@ impl Config {
     /// `envelope_retention` as a duration (validated).
     pub fn envelope_retention(&self) -> std::time::Duration {
         crate::core::time::parse_duration(&self.envelope_retention).unwrap_or(DAY * 180)
+    }
+
+    /// The operator's time zone (validated; the default if it is not).
+    pub fn zone(&self) -> crate::core::zone::Zone {
+        crate::core::zone::Zone::parse(&self.time_zone).unwrap_or_default()
     }
 
     /// `depth_sample_interval` as a duration (validated).
@@ -470,6 +487,12 @@ impl Config {
                     problem,
                 });
             }
+        }
+        if let Err(e) = crate::core::zone::Zone::parse(&self.time_zone) {
+            return Err(ConfigError::Invalid {
+                key: "time_zone",
+                problem: e.to_string(),
+            });
         }
         if !self.admin_is_loopback()
             && self.admin_tls_cert.is_none()
@@ -798,6 +821,17 @@ mod tests {
         assert!(e.contains("master_key") && !e.contains("short"), "{e}");
         c.master_key = Some("ab".repeat(32));
         c.validate().unwrap();
+        // The operator's time zone: Vietnam unless set, an unknown one refused.
+        assert_eq!(c.zone().name(), "Asia/Ho_Chi_Minh");
+        c.time_zone = "Asia/Saigon_Typo".into();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("time_zone") && e.contains("Asia/Saigon_Typo"),
+            "{e}"
+        );
+        c.apply_env(|k| (k == "TRUC_TIME_ZONE").then(|| "UTC".to_owned()));
+        c.validate().unwrap();
+        assert_eq!(c.zone().name(), "UTC");
     }
 
     #[test]

@@ -33,6 +33,12 @@ pub fn bounced(reason: Reason) {
     metrics::counter!("truc_bounced_total", "reason" => reason.as_str()).increment(1);
 }
 
+/// A held or retried copy came back and its envelope record was missing
+/// (store lost): `rebuilt` from the copy, or `parked` in `undelivered`.
+pub fn record_missing(outcome: &'static str) {
+    metrics::counter!("truc_held_without_record_total", "outcome" => outcome).increment(1);
+}
+
 /// A duplicate envelope was absorbed.
 pub fn duplicate() {
     metrics::counter!("truc_duplicates_total").increment(1);

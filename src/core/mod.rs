@@ -4,8 +4,9 @@
 //! codes, the transport-neutral message, the canonical form and signatures),
 //! envelope parsing, the states of a delivery's timeline, notices, policies,
 //! scheduling decisions, the presence model, the topology as data,
-//! configuration, sealing of secrets, the store checkpoint's sealed form, hashing of broker passwords and the
-//! escaping of wire text for logs.
+//! configuration, sealing of secrets, the store checkpoint's sealed form,
+//! hashing of broker passwords, the escaping of wire text for logs, and the
+//! operator's time zone.
 //!
 //! May use: nothing else in the crate. The only I/O here is reading the
 //! operator's data files (configuration, policies, topology) at start-up.
@@ -31,3 +32,4 @@ pub mod text;
 pub mod time;
 pub mod timeline;
 pub mod topology;
+pub mod zone;

@@ -40,11 +40,14 @@ pub enum Reason {
     MaxAttempts,
     /// The source recalled it.
     Recalled,
+    /// The hub lost its record of the envelope (store loss) and could not
+    /// rebuild it from the held copy, which was parked for operators.
+    RecordLost,
 }
 
 impl Reason {
     /// Every reason, in contract order.
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 18] = [
         Self::Malformed,
         Self::UnsupportedVersion,
         Self::UnknownKey,
@@ -62,6 +65,7 @@ impl Reason {
         Self::RejectedByDestination,
         Self::MaxAttempts,
         Self::Recalled,
+        Self::RecordLost,
     ];
 
     /// The wire token.
@@ -84,6 +88,7 @@ impl Reason {
             Self::RejectedByDestination => "rejected-by-destination",
             Self::MaxAttempts => "max-attempts",
             Self::Recalled => "recalled",
+            Self::RecordLost => "record-lost",
         }
     }
 
@@ -110,7 +115,8 @@ impl Reason {
             | Self::Expired
             | Self::RejectedByDestination
             | Self::MaxAttempts
-            | Self::Recalled => false,
+            | Self::Recalled
+            | Self::RecordLost => false,
         }
     }
 }

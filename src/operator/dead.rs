@@ -1,6 +1,6 @@
 //! Dead letters for operators: `dead`, the bounded `<prefix>undelivered`
 //! queue where the router parks deliveries it gave up on (max-attempts,
-//! expired; with `x-truc-reason`, `x-truc-detail`, `x-truc-died-at`,
+//! expired, unknown-destination, record-lost; with `x-truc-reason`, `x-truc-detail`, `x-truc-died-at`,
 //! `x-truc-deaths`), and the bounded `<prefix>rejected` queue
 //! (unauthenticated input, with `x-truc-*`):
 //! listing with filters, retrying (rate-limited) and dropping.

@@ -12,7 +12,9 @@
 //! form with routing key `deliver.<dest>` (covering `lgsp-hub-key`). The key
 //! is read from the registry when the copy is finished (so a key rotated
 //! while a copy was held, parked or retried is honoured); copies coming back
-//! from the broker lose the broker's and truc's bookkeeping headers first.
+//! from the broker lose the broker's and truc's bookkeeping headers first;
+//! an operator's retry of a parked copy carries `lgsp-attempt` one higher
+//! than the parked copy (it may already have reached the inbox).
 
 use crate::core::code::AgencyCode;
 use crate::core::envelope::EnvelopeFields;
@@ -21,6 +23,14 @@ use crate::core::notice::{hub_sign, HubKey};
 use crate::core::time::now_ms;
 use crate::core::topology::Topology;
 use crate::router::Router;
+
+/// The `lgsp-attempt` a copy carries (1 when absent or unreadable).
+pub(super) fn attempt_of(m: &Message) -> u32 {
+    m.header("lgsp-attempt")
+        .and_then(|a| a.parse::<u32>().ok())
+        .unwrap_or(1)
+        .max(1)
+}
 
 /// A delivery being built; finished by [`Delivery::signed_for`].
 #[derive(Debug, Clone)]
@@ -121,7 +131,11 @@ impl Router {
     /// passed; the router's timers still apply), signed with the
     /// destination's signing key.
     pub(crate) fn parked_retry(&self, copy: &Message, dest: &str) -> Message {
-        let d = Delivery::again(copy).never_expires();
+        // It may already have reached the inbox (an expired copy, or a retry
+        // repeated after a crash): always marked as a possible repeat.
+        let d = Delivery::again(copy)
+            .never_expires()
+            .attempt(attempt_of(copy) + 1);
         match AgencyCode::parse(dest) {
             Ok(code) => self.deliver_to(d, &code),
             Err(_) => d.signed_for(&self.topology, dest, None),

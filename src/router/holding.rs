@@ -10,7 +10,20 @@
 //! redelivered copy does not bounce twice; every copy that goes (back) to an
 //! inbox — released, retried, or a recall request — is finished by the one
 //! delivery builder ([`super::delivery`]), signed with the destination's
-//! current key.
+//! current key; a copy that comes back without an envelope record (the
+//! store was lost) is never dropped: its record is rebuilt from the copy
+//! ([`super::rebuild`]) and it goes on as usual (delivered when due,
+//! `lgsp-deliver-by` enforced), or it is parked as `record-lost` and
+//! reported; a retry due for a destination no longer registered is parked
+//! and bounced, not dropped.
+//!
+//! Repeats are marked (docs/PROTOCOL.md §6.2): a released copy carries the
+//! largest of the attempt it was held with, one more than the `queued`
+//! events of its destination's timeline, and — when the release is a broker
+//! redelivery or the record was rebuilt — one more than it was held with (a
+//! copy put back in a bucket in that case is held with one more, too); a
+//! retry carries the rejections so far + 1, counted from the copy when the
+//! timeline knows fewer.
 
 use std::time::Duration;
 
@@ -24,7 +37,8 @@ use crate::core::scheduler::{backoff, bucket_for, expired, BUCKETS};
 use crate::core::text::Escaped;
 use crate::core::time::{format_duration, format_rfc3339, now_ms};
 use crate::core::timeline::DeliveryState;
-use crate::router::delivery::Delivery;
+use crate::router::delivery::{attempt_of, Delivery};
+use crate::router::rebuild::is_rebuilt;
 use crate::router::{Outbox, Outcome, Router, RouterError};
 use crate::state::tracking::EnvelopeRecord;
 
@@ -37,6 +51,31 @@ pub const DUE_HEADER: &str = "x-truc-due";
 fn clean(mut m: Message) -> Message {
     m.strip_bookkeeping();
     m
+}
+
+/// What a copy coming back from the broker finds in the store.
+enum Found {
+    /// The envelope's record (`rebuilt` from the copy when the store had lost it).
+    Record {
+        rec: Box<EnvelopeRecord>,
+        rebuilt: bool,
+    },
+    /// The copy no longer goes out (why).
+    Drop(&'static str),
+    /// The record is lost and could not be rebuilt: the copy was parked and
+    /// reported.
+    Parked,
+}
+
+/// How many copies of the envelope the timeline records as put into the
+/// inbox of `dest` (`queued` events).
+fn queued(rec: &EnvelopeRecord, dest: &AgencyCode) -> u32 {
+    rec.dests.iter().find(|d| &d.code == dest).map_or(0, |t| {
+        t.events
+            .iter()
+            .filter(|e| e.state == DeliveryState::Queued)
+            .count() as u32
+    })
 }
 
 /// `(from, dest, message_id)` of a delivery copy.
@@ -83,22 +122,61 @@ impl Router {
         Ok(())
     }
 
-    /// The envelope's record when a copy may still go out to `dest`
-    /// ([`crate::state::tracking::DestTrack::may_deliver`]), else why not.
-    /// The caller holds the envelope's lock.
-    fn deliverable(
+    /// The envelope's record when a copy coming back from the broker may
+    /// still go out to `dest` ([`crate::state::tracking::DestTrack::may_deliver`]),
+    /// rebuilt from the copy when the store lost it ([`super::rebuild`]);
+    /// else why not. A copy whose record is lost and cannot be rebuilt is
+    /// parked and reported here. The caller holds the envelope's lock.
+    async fn held_record<O: Outbox>(
         &self,
-        from: &AgencyCode,
-        dest: &AgencyCode,
-        mid: &str,
-    ) -> Result<Result<EnvelopeRecord, &'static str>, RouterError> {
-        let Some(rec) = self.tracking.get(from, mid)? else {
-            return Ok(Err("no record"));
-        };
-        match rec.dests.iter().find(|d| &d.code == dest) {
-            None => Ok(Err("not a destination of the envelope")),
-            Some(t) if !t.may_deliver() => Ok(Err("destination no longer waits for it")),
-            Some(_) => Ok(Ok(rec)),
+        copy: &Message,
+        (from, dest, mid): (&AgencyCode, &AgencyCode, &str),
+        outbox: &O,
+        now: i64,
+    ) -> Result<Found, RouterError> {
+        let existing = self.tracking.get(from, mid)?;
+        if let Some(rec) = &existing {
+            match rec.dests.iter().find(|d| &d.code == dest) {
+                Some(t) if !t.may_deliver() => {
+                    return Ok(Found::Drop("destination no longer waits for it"))
+                }
+                Some(_) => {
+                    return Ok(Found::Record {
+                        rec: Box::new(rec.clone()),
+                        rebuilt: false,
+                    })
+                }
+                None if !is_rebuilt(rec) => {
+                    return Ok(Found::Drop("not a destination of the envelope"))
+                }
+                // A rebuilt record learns its destinations copy by copy.
+                None => {}
+            }
+        }
+        match self.rebuild(copy, (from, dest, mid), existing, now).await? {
+            Ok(rec) => {
+                metrics::record_missing("rebuilt");
+                tracing::warn!(from = %from, message_id = %Escaped(mid), dest = %dest, "envelope record missing (store lost?): rebuilt from the held copy");
+                Ok(Found::Record {
+                    rec: Box::new(rec),
+                    rebuilt: true,
+                })
+            }
+            Err(why) => {
+                self.park(copy, Reason::RecordLost, &why, outbox, now)
+                    .await?;
+                if let Some(src) = self.registry.get(from) {
+                    let mut n = Notice::new(NoticeKind::Bounced, from.clone(), mid, now);
+                    n.dest = Some(dest.clone());
+                    n.reason = Some(Reason::RecordLost);
+                    n.detail = why.clone();
+                    self.notify(&src, &n, outbox).await?;
+                }
+                metrics::record_missing("parked");
+                metrics::bounced(Reason::RecordLost);
+                tracing::error!(from = %from, message_id = %Escaped(mid), dest = %dest, detail = %Escaped(&why), "envelope record missing and not rebuilt: held copy parked in undelivered");
+                Ok(Found::Parked)
+            }
         }
     }
 
@@ -165,15 +243,28 @@ impl Router {
             .and_then(|d| d.parse::<i64>().ok())
             .unwrap_or(now);
         let _g = self.locks.lock(from.as_str(), &mid).await;
-        let rec = match self.deliverable(&from, &dest, &mid)? {
-            Ok(rec) => rec,
-            Err(why) => return Ok(Outcome::Dropped(why)),
+        let (rec, rebuilt) = match self
+            .held_record(m, (&from, &dest, &mid), outbox, now)
+            .await?
+        {
+            Found::Record { rec, rebuilt } => (*rec, rebuilt),
+            Found::Drop(why) => return Ok(Outcome::Dropped(why)),
+            Found::Parked => return Ok(Outcome::Dropped("record lost; parked")),
         };
         if expired(rec.deliver_by_ms, now) {
             return self.expire(&rec, &dest, m, outbox, now).await;
         }
+        // Repeats are marked (docs/PROTOCOL.md §6.2): a copy that may follow
+        // another copy of the envelope into the inbox carries more than 1.
+        let carried = attempt_of(m);
+        let unsure = inbound.redelivered || rebuilt;
         if bucket_for(Duration::from_millis((due - now).max(0) as u64)).is_some() {
-            let again = self.held(clean(m.clone()), due, now);
+            let mut again = clean(m.clone());
+            if unsure {
+                // The bucket may already hold a copy put back before a crash.
+                again.set_header("lgsp-attempt", (carried + 1).to_string());
+            }
+            let again = self.held(again, due, now);
             outbox.publish(&again).await?;
             return Ok(Outcome::Held);
         }
@@ -184,10 +275,18 @@ impl Router {
         let now = now_ms();
         // Signed again with the destination's signing key now (a key may have
         // been rotated, or the destination switched keys, while it was held).
-        let out = self.deliver_to(Delivery::again(m).expires(rec.deliver_by_ms, now), &dest);
+        let mut attempt = carried.max(queued(&rec, &dest) + 1);
+        if unsure {
+            attempt = attempt.max(carried + 1);
+        }
+        let out = self.deliver_to(
+            Delivery::again(m)
+                .attempt(attempt)
+                .expires(rec.deliver_by_ms, now),
+            &dest,
+        );
         self.publish_declaring(&dest, &out, outbox).await?;
         metrics::delivery_published();
-        let attempt = out.header("lgsp-attempt").unwrap_or("1").to_owned();
         self.tracking.update(&from, &mid, |r| {
             if let Some(t) = r.dest_mut(&dest) {
                 t.push(
@@ -246,9 +345,13 @@ impl Router {
             .unwrap_or("rejected")
             .to_owned();
         let _g = self.locks.lock(from.as_str(), &mid).await;
-        let rec = match self.deliverable(&from, &dest, &mid)? {
-            Ok(rec) => rec,
-            Err(why) => return Ok(Outcome::Dropped(why)),
+        let rec = match self
+            .held_record(m, (&from, &dest, &mid), outbox, now)
+            .await?
+        {
+            Found::Record { rec, .. } => *rec,
+            Found::Drop(why) => return Ok(Outcome::Dropped(why)),
+            Found::Parked => return Ok(Outcome::Dropped("record lost; parked")),
         };
         if death == "expired" || expired(rec.deliver_by_ms, now) {
             return self.expire(&rec, &dest, m, outbox, now).await;
@@ -257,8 +360,10 @@ impl Router {
             .dests
             .iter()
             .find(|d| d.code == dest)
-            .expect("deliverable() found it");
-        let rejections = track.rejections() + 1;
+            .expect("held_record() found it");
+        // A copy carrying attempt n was rejected n - 1 times before (the
+        // timeline may be younger than the copy: rebuilt after a store loss).
+        let rejections = track.rejections().max(attempt_of(m).saturating_sub(1)) + 1;
         self.tracking.update(&from, &mid, |r| {
             if let Some(t) = r.dest_mut(&dest) {
                 t.push(
@@ -288,6 +393,19 @@ impl Router {
             return Ok(Outcome::Dropped("max attempts"));
         }
         if self.registry.get(&dest).is_none() {
+            // Nobody to retry to: parked and reported, not dropped silently.
+            let detail = format!("{dest} is no longer registered; no retry");
+            self.park(m, Reason::UnknownDestination, &detail, outbox, now)
+                .await?;
+            self.bounce(
+                &rec,
+                &dest,
+                (DeliveryState::Bounced, Reason::UnknownDestination, &detail),
+                outbox,
+                now,
+            )
+            .await?;
+            self.store.durable().await?;
             return Ok(Outcome::Dropped("destination no longer registered"));
         }
         let delay = backoff(

@@ -11,7 +11,9 @@
 //! 4. [`notify`] — notices to sources (publishing with queue declaration)
 //!    and the presence notices (`delay-warning`, `bounced`);
 //! 5. [`holding`] — deliveries the hub holds or takes back: deferral,
-//!    retries, deadlines, recall.
+//!    retries, deadlines, recall;
+//! 6. [`rebuild`] — the record of a held copy whose record the store lost,
+//!    rebuilt from the copy.
 //!
 //! This file keeps the [`Router`] (the state every step reads), its errors
 //! and outcomes, and the per-envelope locks.
@@ -22,6 +24,9 @@
 //! - the envelope record is written *after* its deliveries are confirmed, so a
 //!   crash in between makes the broker redeliver it and truc publish again,
 //!   marked `lgsp-attempt: 2` (a possible repeat the client library drops);
+//!   every copy that may repeat carries `lgsp-attempt` > 1 (docs/PROTOCOL.md
+//!   §6.2; a publish the broker returned as unroutable reached no queue and
+//!   is published again unchanged, [`notify`]);
 //! - a sender that cannot be authenticated gets no notice: its message goes
 //!   to the bounded `rejected` queue, and is counted and sampled in the audit
 //!   log once per (minute, reason), never one entry per message;
@@ -37,6 +42,7 @@ mod holding;
 mod ingress;
 mod notify;
 pub(crate) mod order;
+mod rebuild;
 mod status;
 #[cfg(test)]
 mod tests;

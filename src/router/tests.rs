@@ -16,12 +16,15 @@ use crate::router::{Outbox, Outcome, PublishError, Router};
 use crate::state::registry::Registry;
 use crate::state::store::Store;
 
-/// Records what the router publishes; can refuse the first publish as unroutable.
+/// Records what the router publishes; can refuse the first publish as
+/// unroutable, or lose the confirm of the next delivery (the broker took it,
+/// the router hears `Failed`).
 #[derive(Default)]
 struct Recorder {
     sent: Mutex<Vec<Message>>,
     declared: Mutex<Vec<AgencyCode>>,
     unroutable_once: Mutex<bool>,
+    lose_delivery_confirm_once: Mutex<bool>,
 }
 
 impl Outbox for Recorder {
@@ -32,6 +35,13 @@ impl Outbox for Recorder {
             return Err(PublishError::Unroutable);
         }
         self.sent.lock().unwrap().push(msg.clone());
+        let mut lose = self.lose_delivery_confirm_once.lock().unwrap();
+        if *lose && msg.exchange == "u.deliver" {
+            *lose = false;
+            return Err(PublishError::Failed(
+                "connection lost before the confirm".into(),
+            ));
+        }
         Ok(())
     }
 
@@ -104,6 +114,15 @@ fn inbound(m: Message) -> Inbound {
     }
 }
 
+/// The same message as the broker hands it out again (`redelivered`).
+fn redelivered(m: Message) -> Inbound {
+    Inbound {
+        message: m,
+        delivery_tag: 1,
+        redelivered: true,
+    }
+}
+
 fn notices(sent: &[Message]) -> Vec<Notice> {
     sent.iter()
         .filter(|m| m.exchange == "u.notify")
@@ -165,13 +184,14 @@ async fn missing_queue_is_declared_and_the_publish_retried() {
     let m = envelope_message("u.", &f.src, &out(&["000.00.32.H41"], vec![]));
     f.router.handle(&inbound(m), &o).await.unwrap();
     assert_eq!(o.declared.lock().unwrap().len(), 1);
-    assert_eq!(
-        o.take()
-            .iter()
-            .filter(|m| m.exchange == "u.deliver")
-            .count(),
-        1
-    );
+    let deliveries: Vec<Message> = o
+        .take()
+        .into_iter()
+        .filter(|m| m.exchange == "u.deliver")
+        .collect();
+    assert_eq!(deliveries.len(), 1);
+    // The returned publish reached no queue: the one that did is the first.
+    assert_eq!(deliveries[0].header("lgsp-attempt"), Some("1"));
 }
 
 #[tokio::test]
@@ -565,4 +585,351 @@ async fn notices_are_signed_with_the_key_the_source_last_used() {
     let n = notice_of(o.take());
     assert_eq!(n.header("lgsp-hub-key"), Some(new.access_key.as_str()));
     assert!(verifies(&n, &new.secret) && !verifies(&n, &f.src.secret));
+}
+
+// ---- Every copy that may repeat is marked (docs/PROTOCOL.md §6.2) ----
+
+/// The deliveries among `sent`.
+fn deliveries(sent: Vec<Message>) -> Vec<Message> {
+    sent.into_iter()
+        .filter(|m| m.exchange == "u.deliver")
+        .collect()
+}
+
+/// A deferred envelope handled by `f`: its held copy (in a delay bucket).
+async fn held_copy(f: &Fixture, o: &Recorder, extra: Vec<(String, String)>) -> Message {
+    let mut headers = vec![(
+        "lgsp-not-before".to_owned(),
+        format_rfc3339(now_ms() + 60_000),
+    )];
+    headers.extend(extra);
+    let m = envelope_message("u.", &f.src, &out(&["000.00.32.H41"], headers));
+    f.router.handle(&inbound(m), o).await.unwrap();
+    o.take()
+        .into_iter()
+        .find(|m| m.routing_key.starts_with("u.delay."))
+        .expect("a held copy")
+}
+
+/// `copy` back from its bucket, due.
+fn due(mut copy: Message) -> Message {
+    copy.set_header(
+        crate::router::holding::DUE_HEADER,
+        (now_ms() - 1).to_string(),
+    );
+    copy
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_release_repeated_after_a_crash_is_marked() {
+    let f = fixture(Policies::default());
+    let o = Recorder::default();
+    let copy = due(held_copy(&f, &o, vec![]).await);
+    assert_eq!(copy.header("lgsp-attempt"), Some("1"));
+    // First release: the first copy in the inbox.
+    f.router.release(&inbound(copy.clone()), &o).await.unwrap();
+    assert_eq!(deliveries(o.take())[0].header("lgsp-attempt"), Some("1"));
+    // Crash between publish and ack: the broker redelivers the release.
+    f.router
+        .release(&redelivered(copy.clone()), &o)
+        .await
+        .unwrap();
+    assert_eq!(deliveries(o.take())[0].header("lgsp-attempt"), Some("2"));
+    // A second held copy (put back twice before a crash), not flagged
+    // redelivered: the timeline already records copies in the inbox.
+    f.router.release(&inbound(copy), &o).await.unwrap();
+    assert_eq!(deliveries(o.take())[0].header("lgsp-attempt"), Some("3"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_copy_put_back_by_a_redelivered_release_is_marked() {
+    let f = fixture(Policies::default());
+    let o = Recorder::default();
+    let copy = held_copy(&f, &o, vec![]).await;
+    // Not due yet: back to a bucket; the release was redelivered, so the
+    // bucket may already hold the copy put back before the crash.
+    assert_eq!(
+        f.router
+            .release(&redelivered(copy.clone()), &o)
+            .await
+            .unwrap(),
+        Outcome::Held
+    );
+    let again = o.take();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].header("lgsp-attempt"), Some("2"));
+    // Not redelivered: put back as it was.
+    f.router.release(&inbound(copy), &o).await.unwrap();
+    assert_eq!(o.take()[0].header("lgsp-attempt"), Some("1"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_released_twice_is_marked_the_second_time() {
+    let f = fixture(Policies::default());
+    let o = Recorder::default();
+    let m = envelope_message("u.", &f.src, &out(&["000.00.32.H41"], vec![]));
+    f.router.handle(&inbound(m), &o).await.unwrap();
+    let mut dead = deliveries(o.take()).remove(0);
+    assert_eq!(dead.header("lgsp-attempt"), Some("1"));
+    dead.set_header("x-first-death-reason", "rejected");
+    assert_eq!(
+        f.router.dead(&inbound(dead), &o).await.unwrap(),
+        Outcome::Held
+    );
+    let retry = due(o.take().remove(0));
+    assert_eq!(retry.header("lgsp-attempt"), Some("2"));
+    f.router.release(&inbound(retry.clone()), &o).await.unwrap();
+    assert_eq!(deliveries(o.take())[0].header("lgsp-attempt"), Some("2"));
+    // The same retry copy again (a crash after it was put in its bucket).
+    f.router.release(&inbound(retry), &o).await.unwrap();
+    assert_eq!(deliveries(o.take())[0].header("lgsp-attempt"), Some("3"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_operators_retry_is_marked() {
+    let f = fixture(Policies::default());
+    let o = Recorder::default();
+    let m = envelope_message("u.", &f.src, &out(&["000.00.32.H41"], vec![]));
+    f.router.handle(&inbound(m), &o).await.unwrap();
+    let mut parked = deliveries(o.take()).remove(0);
+    parked.exchange = String::new();
+    parked.routing_key = "u.undelivered".into();
+    parked.set_header("x-truc-reason", "expired");
+    // An expired copy (attempt 1) may have sat in the inbox: marked.
+    let first = f.router.parked_retry(&parked, "000.00.32.H41");
+    assert_eq!(first.header("lgsp-attempt"), Some("2"));
+    parked.set_header("lgsp-attempt", "5");
+    let again = f.router.parked_retry(&parked, "000.00.32.H41");
+    assert_eq!(again.header("lgsp-attempt"), Some("6"));
+    crate::core::outgoing::verify_hub_signature(&again, "deliver.000.00.32.H41", &f.dst.secret)
+        .unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_publish_whose_confirm_was_lost_is_marked_when_repeated() {
+    let f = fixture(Policies::default());
+    let o = Recorder::default();
+    // Ingress: the broker took the delivery, the confirm was lost; the
+    // message is not acked and comes back flagged redelivered.
+    let m = envelope_message("u.", &f.src, &out(&["000.00.32.H41"], vec![]));
+    *o.lose_delivery_confirm_once.lock().unwrap() = true;
+    assert!(f.router.handle(&inbound(m.clone()), &o).await.is_err());
+    assert_eq!(deliveries(o.take())[0].header("lgsp-attempt"), Some("1"));
+    f.router.handle(&redelivered(m), &o).await.unwrap();
+    assert_eq!(deliveries(o.take())[0].header("lgsp-attempt"), Some("2"));
+
+    // Release: the same.
+    let mut deferred = out(
+        &["000.00.32.H41"],
+        vec![(
+            "lgsp-not-before".to_owned(),
+            format_rfc3339(now_ms() + 60_000),
+        )],
+    );
+    deferred.message_id = Some("M2".into());
+    f.router
+        .handle(&inbound(envelope_message("u.", &f.src, &deferred)), &o)
+        .await
+        .unwrap();
+    let copy = due(o
+        .take()
+        .into_iter()
+        .find(|m| m.routing_key.starts_with("u.delay."))
+        .unwrap());
+    *o.lose_delivery_confirm_once.lock().unwrap() = true;
+    assert!(f.router.release(&inbound(copy.clone()), &o).await.is_err());
+    assert_eq!(deliveries(o.take())[0].header("lgsp-attempt"), Some("1"));
+    f.router.release(&redelivered(copy), &o).await.unwrap();
+    assert_eq!(deliveries(o.take())[0].header("lgsp-attempt"), Some("2"));
+}
+
+// ---- Held copies after the store lost their records ----
+
+/// What a lost store takes with it, the registry aside (an operator
+/// restores the agencies; their records are gone).
+fn lose_records(f: &Fixture) {
+    let s = &f.router.store;
+    for t in [&s.envelopes, &s.by_dest, &s.deadlines, &s.pending] {
+        t.clear().unwrap();
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_held_copy_without_record_is_delivered_on_a_rebuilt_record() {
+    let f = fixture(Policies::default());
+    let o = Recorder::default();
+    let copy = due(held_copy(&f, &o, vec![("lgsp-max-attempts".into(), "7".into())]).await);
+    lose_records(&f);
+    let from = AgencyCode::parse("000.00.31.H41").unwrap();
+    assert!(f.router.tracking.get(&from, "M1").unwrap().is_none());
+    assert_eq!(
+        f.router.release(&inbound(copy), &o).await.unwrap(),
+        Outcome::Released
+    );
+    let sent = deliveries(o.take());
+    assert_eq!(sent.len(), 1);
+    // The hub cannot know whether a copy went out before the loss: marked.
+    assert_eq!(sent[0].header("lgsp-attempt"), Some("2"));
+    assert_eq!(&*sent[0].body, b"body");
+    crate::core::outgoing::verify_hub_signature(&sent[0], "deliver.000.00.32.H41", &f.dst.secret)
+        .unwrap();
+    let rec = f
+        .router
+        .tracking
+        .get(&from, "M1")
+        .unwrap()
+        .expect("rebuilt");
+    assert_eq!(rec.max_attempts, 7, "the envelope's own fields apply");
+    assert_eq!(rec.subject, "s");
+    let states: Vec<_> = rec.dests[0].events.iter().map(|e| e.state).collect();
+    assert_eq!(
+        states,
+        vec![
+            crate::core::timeline::DeliveryState::Accepted,
+            crate::core::timeline::DeliveryState::Queued
+        ]
+    );
+    assert_eq!(rec.dests[0].events[0].detail, super::rebuild::REBUILT);
+    // Later status messages find it.
+    let st = status_message("u.", &f.dst, "M1", "01", None, None);
+    assert_eq!(
+        f.router.handle(&inbound(st), &o).await.unwrap(),
+        Outcome::StatusRelayed
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rebuilt_record_still_enforces_the_deadline() {
+    let f = fixture(Policies::default());
+    let o = Recorder::default();
+    // A copy as the hub held it, of an envelope whose deadline has passed
+    // while the hub was being restored.
+    let mut copy = envelope_message(
+        "u.",
+        &f.src,
+        &out(
+            &["000.00.32.H41"],
+            vec![("lgsp-deliver-by".into(), format_rfc3339(now_ms() - 1_000))],
+        ),
+    );
+    copy.set_header("lgsp-accepted-at", format_rfc3339(now_ms() - 60_000));
+    copy.set_header("lgsp-attempt", "1");
+    let copy = due(f.router.held(
+        f.router.deliver_to(
+            super::delivery::Delivery::again(&copy),
+            &AgencyCode::parse("000.00.32.H41").unwrap(),
+        ),
+        now_ms(),
+        now_ms(),
+    ));
+    assert_eq!(
+        f.router.release(&inbound(copy), &o).await.unwrap(),
+        Outcome::Dropped("expired")
+    );
+    let sent = o.take();
+    assert!(deliveries(sent.clone()).is_empty(), "never delivered late");
+    let parked: Vec<&Message> = sent
+        .iter()
+        .filter(|m| m.routing_key == "u.undelivered")
+        .collect();
+    assert_eq!(parked.len(), 1);
+    assert_eq!(parked[0].header("x-truc-reason"), Some("expired"));
+    let ns = notices(&sent);
+    assert_eq!(
+        (ns[0].notice, ns[0].reason),
+        (NoticeKind::Bounced, Some(Reason::Expired))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_held_copy_that_cannot_be_checked_is_parked_and_reported() {
+    let f = fixture(Policies::default());
+    let o = Recorder::default();
+    let mut copy = due(held_copy(&f, &o, vec![]).await);
+    lose_records(&f);
+    // Not what the source signed: never delivered on a rebuilt record.
+    copy.set_header("lgsp-subject", "changed");
+    assert_eq!(
+        f.router.release(&inbound(copy.clone()), &o).await.unwrap(),
+        Outcome::Dropped("record lost; parked")
+    );
+    let sent = o.take();
+    assert!(deliveries(sent.clone()).is_empty());
+    let parked: Vec<&Message> = sent
+        .iter()
+        .filter(|m| m.routing_key == "u.undelivered")
+        .collect();
+    assert_eq!(parked.len(), 1);
+    assert_eq!(parked[0].header("x-truc-reason"), Some("record-lost"));
+    assert!(parked[0]
+        .header("x-truc-detail")
+        .unwrap()
+        .contains("signature does not verify"));
+    let ns = notices(&sent);
+    assert_eq!(ns.len(), 1);
+    assert_eq!(
+        (
+            ns[0].notice,
+            ns[0].reason,
+            ns[0].dest.as_ref().map(|d| d.as_str())
+        ),
+        (
+            NoticeKind::Bounced,
+            Some(Reason::RecordLost),
+            Some("000.00.32.H41")
+        )
+    );
+    // A source no longer registered: parked, nobody to tell.
+    f.router
+        .registry
+        .remove(&AgencyCode::parse("000.00.31.H41").unwrap())
+        .unwrap();
+    assert_eq!(
+        f.router.release(&inbound(copy), &o).await.unwrap(),
+        Outcome::Dropped("record lost; parked")
+    );
+    let sent = o.take();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].routing_key, "u.undelivered");
+    assert!(sent[0]
+        .header("x-truc-detail")
+        .unwrap()
+        .contains("not registered"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_without_record_is_scheduled_on_a_rebuilt_record() {
+    let f = fixture(Policies::default());
+    let o = Recorder::default();
+    let m = envelope_message("u.", &f.src, &out(&["000.00.32.H41"], vec![]));
+    f.router.handle(&inbound(m), &o).await.unwrap();
+    let first = deliveries(o.take()).remove(0);
+    lose_records(&f);
+    // The destination rejects the second try, after the loss.
+    let mut dead = f.router.deliver_to(
+        super::delivery::Delivery::again(&first).attempt(2),
+        &AgencyCode::parse("000.00.32.H41").unwrap(),
+    );
+    dead.set_header("x-first-death-reason", "rejected");
+    assert_eq!(
+        f.router.dead(&inbound(dead), &o).await.unwrap(),
+        Outcome::Held
+    );
+    let held = o.take();
+    assert_eq!(held.len(), 1);
+    assert_eq!(
+        held[0].header("lgsp-attempt"),
+        Some("3"),
+        "counted from the copy"
+    );
+    let rec = f
+        .router
+        .tracking
+        .get(&AgencyCode::parse("000.00.31.H41").unwrap(), "M1")
+        .unwrap()
+        .expect("rebuilt");
+    assert_eq!(
+        rec.dests[0].state,
+        crate::core::timeline::DeliveryState::Retry
+    );
 }

@@ -250,15 +250,8 @@ pub(crate) fn refuse_without_yes(what: String) -> CliError {
 }
 
 /// The `--since` / `--until` window in ms (each a duration back from now,
-/// or a date or time; `--until` of a date means the end of that day).
-pub(crate) fn window(
-    since: Option<&str>,
-    until: Option<&str>,
-) -> Result<(Option<i64>, Option<i64>), CliError> {
-    window_in(since, until, &utc())
-}
-
-/// [`window`] with dates taken as local days of `zone` (reports).
+/// or a date or time; a date is a local day of `zone`, the operator's time
+/// zone, and `--until` of a date means the end of that day).
 pub(crate) fn window_in(
     since: Option<&str>,
     until: Option<&str>,

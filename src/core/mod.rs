@@ -10,6 +10,7 @@
 //! May use: nothing else in the crate. The only I/O here is reading the
 //! operator's data files (configuration, policies, topology) at start-up.
 
+pub mod alarm;
 pub mod auth;
 pub mod broker_password;
 pub mod canonical;

@@ -51,7 +51,7 @@ impl Nonces {
         value.extend_from_slice(message_id.as_bytes());
         match self
             .store
-            .nonces
+            .nonces()
             .compare_and_swap(&k, None as Option<&[u8]>, Some(value.clone()))?
         {
             Ok(()) => Ok(NonceCheck::Fresh),
@@ -63,7 +63,7 @@ impl Nonces {
                     Ok(NonceCheck::SameMessage)
                 } else if exp <= now_ms {
                     // Expired entry not swept yet: the nonce is free again.
-                    self.store.nonces.insert(&k, value)?;
+                    self.store.nonces().insert(&k, value)?;
                     Ok(NonceCheck::Fresh)
                 } else {
                     Ok(NonceCheck::Replay)
@@ -75,10 +75,10 @@ impl Nonces {
     /// Removes expired entries; returns how many.
     pub fn sweep(&self, now_ms: i64) -> Result<usize, StoreError> {
         let mut n = 0;
-        for item in self.store.nonces.iter() {
+        for item in self.store.nonces().iter() {
             let (k, v) = item?;
             if v.len() >= 8 && i64::from_be_bytes(v[..8].try_into().unwrap_or([0; 8])) <= now_ms {
-                self.store.nonces.remove(k)?;
+                self.store.nonces().remove(k)?;
                 n += 1;
             }
         }

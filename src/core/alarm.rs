@@ -81,15 +81,6 @@ impl Alarm {
         s.suppressed = 0;
         Some(now.saturating_duration_since(since))
     }
-
-    /// Whether it is raised.
-    pub fn is_raised(&self) -> bool {
-        self.state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .since
-            .is_some()
-    }
 }
 
 #[cfg(test)]
@@ -113,9 +104,7 @@ mod tests {
             }
         );
         assert_eq!(a.raise(t0 + REMIND + Duration::from_secs(1)), Say::Quiet);
-        assert!(a.is_raised());
         assert_eq!(a.clear(t0 + REMIND * 2), Some(REMIND * 2));
-        assert!(!a.is_raised());
         assert_eq!(a.clear(t0 + REMIND * 3), None);
         assert_eq!(a.raise(t0 + REMIND * 3), Say::Started);
     }

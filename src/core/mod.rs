@@ -27,6 +27,7 @@ pub mod presence;
 pub mod reason;
 pub mod scheduler;
 pub mod secrets;
+pub mod skew;
 pub mod text;
 pub mod time;
 pub mod timeline;

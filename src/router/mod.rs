@@ -37,6 +37,7 @@ mod holding;
 mod ingress;
 mod notify;
 pub(crate) mod order;
+pub(crate) mod progress;
 mod status;
 #[cfg(test)]
 mod tests;
@@ -48,6 +49,7 @@ use crate::core::policy::Policies;
 use crate::core::reason::Reason;
 use crate::core::topology::Topology;
 use crate::state::audit::{Audit, QuarantineTally};
+use crate::state::drained::Drained;
 use crate::state::registry::Registry;
 use crate::state::replay::Nonces;
 use crate::state::store::{Store, StoreError};
@@ -134,6 +136,8 @@ pub struct Router {
     policies: RwLock<Arc<Policies>>,
     audit: Audit,
     quarantined: QuarantineTally,
+    drained: Drained,
+    progress: progress::Progress,
 }
 
 /// Striped async locks by `(from, message_id)`.
@@ -175,10 +179,20 @@ impl Router {
         policies: Policies,
     ) -> Self {
         let audit = Audit::new(store.clone());
+        let drained = Drained::open(store.clone()).unwrap_or_else(|e| {
+            // Unknown drained times: the plain clock-skew rule applies until
+            // each queue is seen empty again (crate::core::skew).
+            tracing::warn!(error = %e, "drained times not read; judging clock skew from now until each queue is seen empty");
+            Drained::empty(store.clone())
+        });
+        let mut limiter = crate::core::scheduler::RateLimiter::new();
+        for (code, at) in drained.all() {
+            limiter.drained(&code, at);
+        }
         Self {
             heartbeats: std::sync::OnceLock::new(),
             locks: KeyLocks::new(),
-            limiter: std::sync::Mutex::new(crate::core::scheduler::RateLimiter::new()),
+            limiter: std::sync::Mutex::new(limiter),
             tracking: Tracking::new(store.clone()),
             nonces: Nonces::new(store.clone()),
             registry,
@@ -187,17 +201,52 @@ impl Router {
             policies: RwLock::new(Arc::new(policies)),
             quarantined: QuarantineTally::new(audit.clone()),
             audit,
+            drained,
+            progress: progress::Progress::new(),
         }
     }
 
     /// Records that `source`'s ingress queue was seen empty at `at_ms`: its
     /// later envelopes are rate-limited from then on, whatever their
     /// `lgsp-time` (see [`crate::core::scheduler::measured_at`]).
+    /// Also the floor of the clock-skew check ([`crate::core::skew`]),
+    /// persisted so that it survives a restart.
     pub fn source_drained(&self, source: &AgencyCode, at_ms: i64) {
         self.limiter
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .drained(source, at_ms);
+        if let Err(e) = self.drained.seen_empty(source, at_ms) {
+            // The persisted time stays older: safe (see crate::state::drained).
+            tracing::debug!(agency = %source, error = %e, "drained time not persisted");
+        }
+    }
+
+    /// When `source`'s queue was last seen empty (to pass with a delivery
+    /// read from it, as the floor of its clock-skew check).
+    pub fn drained_at(&self, source: &AgencyCode) -> Option<i64> {
+        self.drained.at(source)
+    }
+
+    /// Ingress progress per source (the `/healthz` `ingress` check).
+    pub fn progress(&self) -> &progress::Progress {
+        &self.progress
+    }
+
+    /// Removes expired nonces (housekeeping): an entry goes only once its
+    /// source's persisted drained time passed its expiry ([`Nonces::sweep`]).
+    pub fn sweep_nonces(&self, now_ms: i64) -> Result<usize, StoreError> {
+        self.nonces.sweep(now_ms, |access_key| {
+            let Some((entry, _)) = self.registry.by_key(access_key, now_ms) else {
+                // Unknown or expired key: its messages are refused anyway.
+                return now_ms;
+            };
+            let code = &entry.agency.code;
+            match (self.drained.at(code), self.drained.persisted(code)) {
+                (None, _) => now_ms,
+                (Some(at), p) => p.unwrap_or(at).min(at).min(now_ms),
+            }
+        })
     }
 
     /// The policies in force.

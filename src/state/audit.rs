@@ -865,7 +865,7 @@ mod tests {
         for i in 0..6 {
             audit2.append(ev(i)).unwrap();
         }
-        store2.audit.remove(6u64.to_be_bytes()).unwrap();
+        store2.audit().remove(6u64.to_be_bytes()).unwrap();
         let r = audit2.verify().unwrap();
         assert_eq!(r.broken.unwrap().seq, 6, "truncation seen through the head");
     }

@@ -11,6 +11,7 @@
 
 pub mod audit;
 pub mod codec;
+pub mod drained;
 pub mod keys;
 pub mod presence;
 pub mod registry;

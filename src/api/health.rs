@@ -19,9 +19,9 @@ use axum::Json;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::api::types::{Health, HealthReason};
+use crate::api::{check_token, ApiError, Hs};
 use crate::core::time::{format_rfc3339, now_ms};
 use crate::operator::Hub;
-use crate::api::{check_token, ApiError, Hs};
 
 pub(super) fn prometheus() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -64,12 +64,21 @@ pub(crate) fn evaluate(hub: &Hub, now_ms: i64) -> Health {
                 stuck.len(),
                 crate::router::progress::STALL.as_secs(),
                 shown.join(", "),
-                if stuck.len() > shown.len() { ", …" } else { "" }
+                if stuck.len() > shown.len() {
+                    ", …"
+                } else {
+                    ""
+                }
             ),
         });
     }
     Health {
-        status: if reasons.is_empty() { "ok" } else { "unhealthy" }.into(),
+        status: if reasons.is_empty() {
+            "ok"
+        } else {
+            "unhealthy"
+        }
+        .into(),
         broker_connected: broker,
         agencies: hub.registry.len(),
         reasons,

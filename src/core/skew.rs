@@ -108,7 +108,11 @@ mod tests {
     #[test]
     fn an_accepted_message_finds_its_nonce_entry_still_live() {
         // Accepted ⇒ floor ≤ signed + skew < expiry.
-        for (signed, drained) in [(0, Some(SKEW)), (5 * HOUR, Some(5 * HOUR + SKEW)), (0, None)] {
+        for (signed, drained) in [
+            (0, Some(SKEW)),
+            (5 * HOUR, Some(5 * HOUR + SKEW)),
+            (0, None),
+        ] {
             let now = 12 * HOUR;
             let f = floor(now, drained.or(Some(signed + SKEW)));
             if judge(signed, now, Some(f), SKEW).is_ok() {

@@ -84,6 +84,18 @@ impl RouterError {
     }
 }
 
+impl RouterError {
+    /// Whether the store failed: the message should wait for the store to
+    /// write again (held, not requeued at once, so its queue's delivery
+    /// limit is not spent on an outage).
+    pub fn is_store(&self) -> bool {
+        match self {
+            Self::Store(_) => true,
+            Self::Publish(_) | Self::Pending(_) => false,
+        }
+    }
+}
+
 /// What happened to one ingress message (for logs and tests).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -222,10 +234,36 @@ impl Router {
         }
     }
 
-    /// When `source`'s queue was last seen empty (to pass with a delivery
-    /// read from it, as the floor of its clock-skew check).
-    pub fn drained_at(&self, source: &AgencyCode) -> Option<i64> {
-        self.drained.at(source)
+    /// The floor of the clock-skew check of a delivery of `message_id` read
+    /// from `source`'s queue now: the floor it kept if it failed before,
+    /// else when the queue was last seen empty ([`Drained::floor_of`]).
+    pub fn floor_of(&self, source: &AgencyCode, message_id: Option<&str>) -> Option<i64> {
+        self.drained.floor_of(source, message_id)
+    }
+
+    /// Whether messages from `source` failed and are to come again: its
+    /// queue's drained time must not move past them meanwhile.
+    pub fn source_failing(&self, source: &AgencyCode, now_ms: i64) -> bool {
+        self.drained.failing(source, now_ms)
+    }
+
+    /// A delivery judged from `floor` failed (it comes again) or was handled.
+    pub fn settle_floor(
+        &self,
+        source: &AgencyCode,
+        message_id: Option<&str>,
+        floor: Option<i64>,
+        handled: bool,
+    ) {
+        let Some(mid) = message_id else { return };
+        match (handled, floor) {
+            (true, _) => self.drained.forget_floor(source, mid),
+            (false, Some(f)) => {
+                self.drained
+                    .keep_floor(source, mid, f, crate::core::time::now_ms())
+            }
+            (false, None) => {}
+        }
     }
 
     /// Ingress progress per source (the `/healthz` `ingress` check).

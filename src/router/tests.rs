@@ -605,8 +605,7 @@ async fn a_nonce_reused_in_an_old_backlog_is_still_a_replay() {
         Outcome::Rejected(Reason::Replay)
     );
     // And the nonce is not swept while the source was not seen empty since.
-    f.router
-        .source_drained(&f.src.code, drained);
+    f.router.source_drained(&f.src.code, drained);
     assert_eq!(f.router.sweep_nonces(now_ms()).unwrap(), 0);
     assert_eq!(
         handle_seen(&f, &o, again, Some(drained)).await,

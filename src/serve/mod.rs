@@ -24,10 +24,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::broker::{declare_agency, AmqpError, BrokerTls, Link, LinkOutbox, Settler};
+use crate::core::alarm::{Alarm, Say};
 use crate::core::code::AgencyCode;
 use crate::core::config::Config;
 use crate::core::message::{Inbound, Message};
-use crate::core::alarm::{Alarm, Say};
 use crate::core::metrics;
 use crate::core::policy::Policies;
 use crate::core::topology::Topology;
@@ -265,7 +265,10 @@ fn check_health(hub: &Hub, unhealthy: &Alarm) {
     let reasons = reasons.join("; ");
     match unhealthy.raise(now) {
         Say::Started => tracing::warn!(reasons = %reasons, "unhealthy"),
-        Say::Reminder { suppressed, lasting } => {
+        Say::Reminder {
+            suppressed,
+            lasting,
+        } => {
             tracing::warn!(reasons = %reasons, lasting_s = lasting.as_secs(), suppressed, "still unhealthy")
         }
         Say::Quiet => {}
@@ -439,6 +442,12 @@ impl Window {
         }
     }
 
+    /// Whether at `now_ms` the window has had room for the last [`IDLE`].
+    fn had_room(&self, size: usize, now_ms: i64) -> bool {
+        self.unsettled.load(Ordering::SeqCst) < size
+            && self.freed_ms.load(Ordering::SeqCst) <= now_ms - IDLE.as_millis() as i64
+    }
+
     /// Whether at `now_ms` the window has been empty, with nothing settled,
     /// for the last [`IDLE`].
     fn empty_for_idle(&self, now_ms: i64) -> bool {
@@ -471,7 +480,14 @@ impl Consumers {
             .subscribe(&queue, prefetch, &format!("truc-{}", feed.label()))
             .await?;
         let settler = sub.settler();
+        // Counted as full until now: whatever waited in the queue comes first.
         let window = Arc::new(Window::default());
+        window
+            .freed_ms
+            .store(crate::core::time::now_ms(), Ordering::SeqCst);
+        window
+            .settled_ms
+            .store(crate::core::time::now_ms(), Ordering::SeqCst);
         let source = match &feed {
             Feed::Source(code) => Some(code.clone()),
             _ => None,
@@ -493,7 +509,7 @@ impl Consumers {
                 _ = &mut drain_limit, if draining => return Ok(()),
                 _ = &mut idle, if source.is_some() && !draining => {
                     let now = crate::core::time::now_ms();
-                    if let Some(code) = source.as_ref().filter(|_| window.empty_for_idle(now)) {
+                    if let Some(code) = source.as_ref().filter(|c| window.empty_for_idle(now) && !self.hub.router.source_failing(c, now)) {
                         self.hub.router.source_drained(code, now - IDLE.as_millis() as i64);
                     }
                     idle.as_mut().reset(tokio::time::Instant::now() + IDLE);
@@ -511,6 +527,19 @@ impl Consumers {
                     None if draining => return Ok(()),
                     Some(Ok(inbound)) => {
                         idle.as_mut().reset(tokio::time::Instant::now() + IDLE);
+                        // A first delivery while the window had room for the
+                        // last IDLE: everything published before then came
+                        // already, so the queue was empty IDLE ago.
+                        let now = crate::core::time::now_ms();
+                        // Not while some of its messages failed and come again
+                        // (the time must not pass them; see state::drained).
+                        if let Some(code) = source.as_ref().filter(|c| {
+                            !inbound.redelivered
+                                && window.had_room(usize::from(prefetch), now)
+                                && !self.hub.router.source_failing(c, now)
+                        }) {
+                            self.hub.router.source_drained(code, now - IDLE.as_millis() as i64);
+                        }
                         let slot = window.take(usize::from(prefetch));
                         self.dispatch(&feed, inbound, settler.clone(), slot);
                     }
@@ -531,14 +560,18 @@ impl Consumers {
         let kind_done = feed.clone();
         // The floor of its clock-skew check: when its queue was last seen
         // empty before this delivery (crate::core::skew).
+        let mid = inbound.message.message_id.clone();
         let seen_empty = match feed {
             Feed::Source(code) => {
-                router.progress().received(code, crate::core::time::now_ms());
-                router.drained_at(code)
+                let now = crate::core::time::now_ms();
+                router.progress().received(code, now);
+                // Never seen empty: judged from this first delivery (kept if it fails).
+                Some(router.floor_of(code, mid.as_deref()).unwrap_or(now))
             }
             _ => None,
         };
         let failing = self.failing.clone();
+        let store = self.hub.store.clone();
         let mut ticket = match feed {
             Feed::Source(code) => Some(self.sequencer.admit_from(code, &inbound.message)),
             Feed::Unrouted => Some(self.sequencer.admit(&inbound.message)),
@@ -571,6 +604,7 @@ impl Consumers {
                 Ok(_) => {
                     if let Feed::Source(code) = &kind_done {
                         router.progress().handled(code);
+                        router.settle_floor(code, mid.as_deref(), seen_empty, true);
                     }
                     if let Some(lasted) = failing.clear(std::time::Instant::now()) {
                         tracing::info!(lasted_s = lasted.as_secs(), "messages handled again");
@@ -583,11 +617,21 @@ impl Consumers {
                     }
                 }
                 Err(e) => {
+                    if let Feed::Source(code) = &kind_done {
+                        router.settle_floor(code, mid.as_deref(), seen_empty, false);
+                    }
                     // One line when failures start, then a reminder with a count.
                     match failing.raise(std::time::Instant::now()) {
                         Say::Started => tracing::warn!(error = %crate::core::text::Escaped(&e.to_string()), feed = label, retryable = e.is_retryable(), "message not handled; it will come again"),
                         Say::Reminder { suppressed, lasting } => tracing::warn!(error = %crate::core::text::Escaped(&e.to_string()), feed = label, retryable = e.is_retryable(), suppressed, lasting_s = lasting.as_secs(), "messages still not handled; they will come again"),
-                        Say::Quiet => {}
+                        Say::Quiet => tracing::debug!(error = %crate::core::text::Escaped(&e.to_string()), feed = label, count = ?inbound.message.header("x-delivery-count"), "message not handled"),
+                    }
+                    if e.is_store() {
+                        // Held until the store can write again (a flush
+                        // succeeds), so an outage does not spend the queue's
+                        // delivery limit; the consumer stalls at its prefetch.
+                        store.suspect();
+                        let _ = store.durable().await;
                     }
                     tokio::time::sleep(requeue_delay(&inbound.message)).await;
                     let _ = settler.reject(inbound.delivery_tag, true).await;

@@ -363,7 +363,11 @@ impl Audit {
                 last_hash: hash,
             });
         }
-        let anchor = self.store.meta().get(ANCHOR_KEY)?.and_then(|v| seq_hash(&v));
+        let anchor = self
+            .store
+            .meta()
+            .get(ANCHOR_KEY)?
+            .and_then(|v| seq_hash(&v));
         let head = self.store.meta().get(HEAD_KEY)?.and_then(|v| seq_hash(&v));
         let (seq, hash) = match (anchor, head) {
             (Some(a), Some(h)) if h.0 > a.0 => h,
@@ -408,9 +412,17 @@ impl Audit {
             let on_disk = head.next_seq - 1;
             log.head = Some(head);
             log.generation = generation;
-            let lost: Vec<Kept> = log.unflushed.drain(..).filter(|k| k.seq > on_disk).collect();
+            let lost: Vec<Kept> = log
+                .unflushed
+                .drain(..)
+                .filter(|k| k.seq > on_disk)
+                .collect();
             if !lost.is_empty() {
-                tracing::warn!(entries = lost.len(), from_seq = on_disk + 1, "audit entries lost by the store reopen are written again");
+                tracing::warn!(
+                    entries = lost.len(),
+                    from_seq = on_disk + 1,
+                    "audit entries lost by the store reopen are written again"
+                );
             }
             for k in lost.into_iter().rev() {
                 log.backlog.push_front((k.event, k.at_ms));
@@ -428,7 +440,12 @@ impl Audit {
         Ok(())
     }
 
-    fn append_locked(&self, log: &mut Log, event: AuditEvent, at_ms: i64) -> Result<u64, AuditError> {
+    fn append_locked(
+        &self,
+        log: &mut Log,
+        event: AuditEvent,
+        at_ms: i64,
+    ) -> Result<u64, AuditError> {
         if log.head.is_none() {
             log.head = Some(self.load_head()?);
             log.generation = self.store.generation();
@@ -466,10 +483,13 @@ impl Audit {
         let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
         let at_ms = now_ms();
         let res = match self.catch_up_locked(&mut log) {
-            Ok(()) => self.append_locked(&mut log, event.clone(), at_ms).map(|_| ()),
+            Ok(()) => self
+                .append_locked(&mut log, event.clone(), at_ms)
+                .map(|_| ()),
             Err(e) => Err(e),
         };
         if let Err(e) = res {
+            self.store.suspect();
             crate::core::metrics::audit_failure();
             if log.backlog.len() < BACKLOG_MAX {
                 log.backlog.push_back((event, at_ms));
@@ -505,7 +525,11 @@ impl Audit {
 
     /// Checks the whole chain; reports the first broken entry.
     pub fn verify(&self) -> Result<VerifyReport, AuditError> {
-        let anchor = self.store.meta().get(ANCHOR_KEY)?.and_then(|v| seq_hash(&v));
+        let anchor = self
+            .store
+            .meta()
+            .get(ANCHOR_KEY)?
+            .and_then(|v| seq_hash(&v));
         let head = self.store.meta().get(HEAD_KEY)?.and_then(|v| seq_hash(&v));
         let mut expect = anchor.unwrap_or((0, ZERO));
         let mut report = VerifyReport {

@@ -2,6 +2,11 @@
 //! floor of the clock-skew check and of the rate limiter, kept across
 //! restarts in `meta` as `drained \0 code` → i64 (BE).
 //!
+//! A message that failed and comes again keeps the floor of its first
+//! delivery ([`Drained::keep_floor`], in memory): its queue may have been
+//! seen empty while it was out for handling, so the queue's later time does
+//! not bound when it was published.
+//!
 //! Invariants: a source's time only moves forward; it is persisted when it
 //! has moved [`PERSIST_EVERY`] past the persisted one (so an idle source
 //! costs one small write per [`PERSIST_EVERY`], not one per observation), so
@@ -14,6 +19,9 @@ use std::sync::{Arc, Mutex};
 use crate::core::code::AgencyCode;
 use crate::state::keys::{Fields, Key};
 use crate::state::store::{Store, StoreError};
+
+/// How long a failed message's floor is kept without it coming again.
+pub const KEPT_FOR: i64 = 600_000;
 
 /// How far the time must move before it is written again.
 pub const PERSIST_EVERY: i64 = 5_000;
@@ -37,6 +45,9 @@ struct Seen {
 pub struct Drained {
     store: Store,
     seen: Arc<Mutex<HashMap<AgencyCode, Seen>>>,
+    /// Floors of messages that failed, by source and message id, with when
+    /// they last failed.
+    kept: Arc<Mutex<HashMap<AgencyCode, HashMap<String, (i64, i64)>>>>,
 }
 
 impl Drained {
@@ -61,6 +72,7 @@ impl Drained {
         Ok(Self {
             store,
             seen: Arc::new(Mutex::new(seen)),
+            kept: Arc::default(),
         })
     }
 
@@ -69,6 +81,7 @@ impl Drained {
         Self {
             store,
             seen: Arc::new(Mutex::new(HashMap::new())),
+            kept: Arc::default(),
         }
     }
 
@@ -115,6 +128,60 @@ impl Drained {
             .and_then(|s| s.persisted_ms)
     }
 
+    /// The floor of a delivery of `message_id` from `code`'s queue: the one
+    /// it kept when it failed before, else the queue's time.
+    pub fn floor_of(&self, code: &AgencyCode, message_id: Option<&str>) -> Option<i64> {
+        let kept = message_id.and_then(|m| {
+            self.kept
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(code)
+                .and_then(|k| k.get(m))
+                .map(|(floor, _)| *floor)
+        });
+        kept.or_else(|| self.at(code))
+    }
+
+    /// A delivery of `message_id` judged from `floor` failed at `now_ms`: it
+    /// keeps that floor (or an earlier one) when it comes again.
+    pub fn keep_floor(&self, code: &AgencyCode, message_id: &str, floor: i64, now_ms: i64) {
+        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        let f = kept
+            .entry(code.clone())
+            .or_default()
+            .entry(message_id.to_owned())
+            .or_insert((floor, now_ms));
+        *f = (f.0.min(floor), now_ms);
+    }
+
+    /// `message_id` was handled: its kept floor goes.
+    pub fn forget_floor(&self, code: &AgencyCode, message_id: &str) {
+        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(k) = kept.get_mut(code) {
+            k.remove(message_id);
+            if k.is_empty() {
+                kept.remove(code);
+            }
+        }
+    }
+
+    /// Whether messages from `code` failed and are to come again (one that
+    /// has not come again for [`KEPT_FOR`] is dropped: dead-lettered or
+    /// handled elsewhere). While they are, the queue's time must not move
+    /// past them: it is what a restart judges them from.
+    pub fn failing(&self, code: &AgencyCode, now_ms: i64) -> bool {
+        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(k) = kept.get_mut(code) else {
+            return false;
+        };
+        k.retain(|_, (_, last)| now_ms - *last < KEPT_FOR);
+        if k.is_empty() {
+            kept.remove(code);
+            return false;
+        }
+        true
+    }
+
     /// Every source with a time (to seed the rate limiter at start).
     pub fn all(&self) -> Vec<(AgencyCode, i64)> {
         self.seen
@@ -150,6 +217,19 @@ mod tests {
         }
         let d = Drained::open(Store::open(dir.path()).unwrap()).unwrap();
         assert_eq!(d.at(&a), Some(15_000));
-        assert_eq!(d.all(), vec![(a, 15_000)]);
+        assert_eq!(d.all(), vec![(a.clone(), 15_000)]);
+        // A failed message keeps its floor while the queue's moves on.
+        assert!(!d.failing(&a, 20_000));
+        d.keep_floor(&a, "M1", 15_000, 20_000);
+        d.keep_floor(&a, "M1", 16_000, 21_000);
+        assert!(d.failing(&a, 22_000));
+        d.seen_empty(&a, 90_000).unwrap();
+        assert_eq!(d.floor_of(&a, Some("M1")), Some(15_000));
+        assert_eq!(d.floor_of(&a, Some("M2")), Some(90_000));
+        d.forget_floor(&a, "M1");
+        assert_eq!(d.floor_of(&a, Some("M1")), Some(90_000));
+        assert!(!d.failing(&a, 22_000));
+        d.keep_floor(&a, "M3", 15_000, 20_000);
+        assert!(!d.failing(&a, 20_000 + KEPT_FOR), "dropped once stale");
     }
 }

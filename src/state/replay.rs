@@ -53,11 +53,11 @@ impl Nonces {
         let k = nonce_key(key, nonce);
         let mut value = expires_ms.to_be_bytes().to_vec();
         value.extend_from_slice(message_id.as_bytes());
-        match self
-            .store
-            .nonces()
-            .compare_and_swap(&k, None as Option<&[u8]>, Some(value.clone()))?
-        {
+        match self.store.nonces().compare_and_swap(
+            &k,
+            None as Option<&[u8]>,
+            Some(value.clone()),
+        )? {
             Ok(()) => Ok(NonceCheck::Fresh),
             Err(cas) => {
                 let old = cas.current.unwrap_or_default();

@@ -132,12 +132,17 @@ struct Inner {
     flushed: AtomicU64,
     /// Why the store cannot write, while it cannot.
     fault: Mutex<Option<String>>,
+    /// A caller saw a write fail: the next flush writes a probe first.
+    suspect: std::sync::atomic::AtomicBool,
     alarm: Alarm,
     requested: AtomicU64,
     wake: Arc<Notify>,
     done: watch::Sender<u64>,
     path: PathBuf,
 }
+
+/// The `meta` key written to check that the store can write.
+const PROBE_KEY: &[u8] = b"store_probe";
 
 /// Bytes written (and synced) to a probe file before a reopen is tried.
 const PROBE_BYTES: usize = 1 << 20;
@@ -209,6 +214,7 @@ impl Store {
                 flushes_started: AtomicU64::new(0),
                 flushed: AtomicU64::new(0),
                 fault: Mutex::new(None),
+                suspect: std::sync::atomic::AtomicBool::new(false),
                 alarm: Alarm::new(),
                 requested: AtomicU64::new(0),
                 wake: Arc::new(Notify::new()),
@@ -259,6 +265,13 @@ impl Store {
         self.inner.flushed.load(Ordering::Acquire)
     }
 
+    /// A write failed (seen by a caller): the next flush checks that the
+    /// store can write at all before it counts as a success.
+    pub fn suspect(&self) {
+        self.inner.suspect.store(true, Ordering::Release);
+        self.inner.wake.notify_one();
+    }
+
     /// Asks for a flush soon without waiting for it.
     pub fn nudge(&self) {
         self.inner.requested.fetch_add(1, Ordering::AcqRel);
@@ -290,8 +303,23 @@ impl Store {
                 let Some(inner) = weak.upgrade() else { return };
                 let n = inner.flushes_started.fetch_add(1, Ordering::AcqRel) + 1;
                 let trees = inner.current();
+                // sled's flush succeeds with nothing new to write even after
+                // its sticky error (make_stable returns early), so a write
+                // goes first when a caller saw one fail or a fault is known.
+                let probe = inner.suspect.swap(false, Ordering::AcqRel)
+                    || inner
+                        .fault
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .is_some();
                 drop(inner);
-                let res = tokio::task::spawn_blocking(move || trees.db.flush()).await;
+                let res = tokio::task::spawn_blocking(move || {
+                    if probe {
+                        trees.meta.insert(PROBE_KEY, &n.to_be_bytes())?;
+                    }
+                    trees.db.flush()
+                })
+                .await;
                 let Some(inner) = weak.upgrade() else { return };
                 match res {
                     Ok(Ok(_)) => {
@@ -354,16 +382,14 @@ impl Inner {
 
     fn current(&self) -> Arc<Trees> {
         let g = self.open.read().unwrap_or_else(|p| p.into_inner());
-        g.as_ref().expect("the store is open outside a reopen").clone()
+        g.as_ref()
+            .expect("the store is open outside a reopen")
+            .clone()
     }
 
     /// A flush succeeded: the fault, if any, is over.
     fn healthy(&self) {
-        let was = self
-            .fault
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let was = self.fault.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(why) = was {
             let lasted = self.alarm.clear(Instant::now()).unwrap_or_default();
             metrics::store_writable(true);
@@ -377,8 +403,15 @@ impl Inner {
         *self.fault.lock().unwrap_or_else(|p| p.into_inner()) = Some(detail.clone());
         metrics::store_writable(false);
         match self.alarm.raise(Instant::now()) {
-            Say::Started => tracing::warn!(error = %detail, "store cannot write: nothing is acked until it can; it is reopened once there is room"),
-            Say::Reminder { suppressed, lasting } => tracing::warn!(error = %detail, lasting_s = lasting.as_secs(), suppressed, "store still cannot write"),
+            Say::Started => {
+                tracing::warn!(error = %detail, "store cannot write: nothing is acked until it can; it is reopened once there is room")
+            }
+            Say::Reminder {
+                suppressed,
+                lasting,
+            } => {
+                tracing::warn!(error = %detail, lasting_s = lasting.as_secs(), suppressed, "store still cannot write")
+            }
             Say::Quiet => {}
         }
     }

@@ -133,13 +133,13 @@ async fn a_full_disk_stalls_then_resumes_by_itself_losing_nothing() {
     let src = hub.register("000.00.31.H41").await;
     let dst = hub.register("000.00.32.H41").await;
     let source = hub.client(&src).await;
-    let mut dest = hub.client(&dst).await;
+    let dest = hub.client(&dst).await;
     let mut inbox = dest.inbox(64).await.unwrap();
     let mut notify = source.notices(64).await.unwrap();
 
     let mut sent: Vec<String> = Vec::new();
     let mut n = 0;
-    let mut send = |n: &mut u32| {
+    let send = |n: &mut u32| {
         *n += 1;
         let m = envelope("000.00.32.H41")
             .id(format!("FULL-{n:04}"))
@@ -154,7 +154,7 @@ async fn a_full_disk_stalls_then_resumes_by_itself_losing_nothing() {
         sent.push(id);
     }
     let mut got: HashMap<String, usize> = HashMap::new();
-    let mut take = |i: truc::message::Inbound, got: &mut HashMap<String, usize>| {
+    let take = |i: truc::message::Inbound, got: &mut HashMap<String, usize>| {
         *got.entry(i.message.message_id.clone().unwrap_or_default())
             .or_default() += 1;
         i.delivery_tag

@@ -208,12 +208,11 @@ impl Router {
                 return Ok(Err(Refusal::new(
                     Reason::ClockSkew,
                     format!(
-                        "lgsp-time {} is more than {}s before {} (hub time {}, the source's queue last seen empty {})",
+                        "lgsp-time {} is more than {}s before {}, when the hub could first have seen it (hub time {})",
                         format_rfc3339(s.time_ms),
                         skew_ms / 1000,
                         format_rfc3339(floor_ms),
                         format_rfc3339(now),
-                        seen_empty_ms.map_or_else(|| "never".to_owned(), format_rfc3339),
                     ),
                 )))
             }

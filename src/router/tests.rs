@@ -571,7 +571,11 @@ async fn older_than_the_drain_minus_the_skew_or_in_the_future_is_refused() {
         Outcome::Rejected(Reason::ClockSkew)
     );
     let n: Notice = notices(&o.take()).pop().unwrap();
-    assert!(n.detail.contains("last seen empty"), "{}", n.detail);
+    assert!(
+        n.detail.contains("could first have seen it"),
+        "{}",
+        n.detail
+    );
     let ahead = signed_at(&f, "F1", now + skew + 60_000, None);
     assert_eq!(
         handle_seen(&f, &o, ahead, Some(drained)).await,

@@ -40,6 +40,9 @@ struct Seen {
     persisted_ms: Option<i64>,
 }
 
+/// One source's failed messages: message id → (floor, last failed at).
+type Kept = HashMap<String, (i64, i64)>;
+
 /// The drained times; cheap to clone.
 #[derive(Clone)]
 pub struct Drained {
@@ -47,7 +50,7 @@ pub struct Drained {
     seen: Arc<Mutex<HashMap<AgencyCode, Seen>>>,
     /// Floors of messages that failed, by source and message id, with when
     /// they last failed.
-    kept: Arc<Mutex<HashMap<AgencyCode, HashMap<String, (i64, i64)>>>>,
+    kept: Arc<Mutex<HashMap<AgencyCode, Kept>>>,
 }
 
 impl Drained {

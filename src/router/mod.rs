@@ -13,6 +13,9 @@
 //! 5. [`holding`] — deliveries the hub holds or takes back: deferral,
 //!    retries, deadlines, recall.
 //!
+//! Beside them: [`order`] (a message waits for the one it depends on) and
+//! [`progress`] (whether a source's messages are being handled, for `/healthz`).
+//!
 //! This file keeps the [`Router`] (the state every step reads), its errors
 //! and outcomes, and the per-envelope locks.
 //!

@@ -2,8 +2,8 @@
 //!
 //! Owns the store and its group-committed durability, the one value codec,
 //! the agency registry, nonce replay defence, per-envelope timelines and
-//! dedupe records, presence history, the hash-chained audit log and the
-//! retention sweeps.
+//! dedupe records, presence history, the hash-chained audit log, the
+//! retention sweeps and when each source's queue was last seen empty.
 //!
 //! May use: [`crate::core`]. Invariants: every value goes through
 //! [`codec`] and every key of several fields through [`keys`]; nothing here

@@ -6,11 +6,15 @@
 //! before the link closes; after any broker error the link is dropped and
 //! rebuilt (the broker redelivers whatever was not acked); a source's
 //! consumer that had nothing in hand, settled nothing and got nothing for
-//! half a second tells the router that source's queue is empty (the floor of
-//! its rate limit, see [`crate::core::scheduler::measured_at`], and of its
-//! clock-skew check, see [`crate::core::skew`]); each delivery carries the
-//! last such time before it arrived; `/healthz` and the `truc_healthy`
-//! gauges are one evaluation, every [`HEALTH_EVERY`] for the gauges.
+//! half a second, or got a first delivery after half a second in which it
+//! always had room for more, tells the router that source's queue was empty
+//! half a second ago (the floor of its rate limit, see
+//! [`crate::core::scheduler::measured_at`], and of its clock-skew check, see
+//! [`crate::core::skew`]) unless messages of that source failed and come
+//! again; each delivery carries the floor in force when it arrived; a
+//! message that failed on the store is held, unacked, until the store can
+//! write again; `/healthz` and the `truc_healthy` gauges are one evaluation,
+//! every [`HEALTH_EVERY`] for the gauges.
 
 pub mod presence;
 

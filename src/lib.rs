@@ -17,12 +17,14 @@
 //!    (backoff, delay buckets, rates), `presence` (the online/offline state
 //!    machine), `topology` (queues as data), `config`, `zone` (the operator's time zone), `secrets` (sealing at rest), `broker_password`
 //!    (RabbitMQ password hashes), `pem`, `text` (escaping wire text for logs), `metrics` (every
-//!    metric, emitted from one function each).
+//!    metric, emitted from one function each), `skew` (the clock-skew rule),
+//!    `alarm` (a lasting condition said in the log without flooding it).
 //! 2. `state/` — everything persisted, in sled: `store`, `codec` (the one
 //!    value codec), `keys` (the one key encoder), `registry` (agencies,
 //!    keys, and the key each agency last used, which the hub signs with),
 //!    `replay` (nonces), `tracking` (timelines, dedupe), `presence`
-//!    (presence history), `audit` (hash-chained log), `retention`.
+//!    (presence history), `audit` (hash-chained log), `retention`, `integrity` (store generation
+//!    and checkpoint), `drained` (when each source's queue was last seen empty).
 //! 3. [`broker`] — the only code that imports lapin: `link` (connect,
 //!    declare, publish with confirms, consume), `guard` (the frame guard that
 //!    keeps unparseable messages from stopping the hub), `tls`, `outbox` (the
@@ -31,7 +33,7 @@
 //!    `status`, `delivery` (the one signed-delivery builder), `notify`,
 //!    `holding` (deferral, retries, deadlines, recall), `rebuild` (the
 //!    record of a held copy whose record the store lost), `order` (a message
-//!    waits for the earlier one it depends on).
+//!    waits for the earlier one it depends on), `progress` (is ingress stuck).
 //! 5. `operator/` — what an operator can see and do, without HTTP or CLI
 //!    types: `agency` (lifecycle), `envelopes`, `presence`, `queues`, `dead`,
 //!    `report`/`reporting`, `audit`, and `Hub`, the context they share.

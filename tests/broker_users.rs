@@ -200,7 +200,7 @@ async fn agencies_log_in_as_their_own_confined_users_and_keep_their_passwords() 
     hub.terminate();
     {
         let store = truc::store::Store::open(&hub.data.path().join("data")).unwrap();
-        store.broker_users.remove(z_code.as_str()).unwrap();
+        store.broker_users().remove(z_code.as_str()).unwrap();
         store.flush().unwrap();
     }
     hub.spawn().await;

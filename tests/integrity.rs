@@ -228,7 +228,7 @@ async fn a_rewritten_audit_chain_is_caught_by_the_anchor() {
     let mut edited = None;
     for seq in 1..=n {
         let k = seq.to_be_bytes();
-        let (mut body, _) = sealed_parts(&store.audit.get(k).unwrap().unwrap());
+        let (mut body, _) = sealed_parts(&store.audit().get(k).unwrap().unwrap());
         if let Some(p) = prev {
             body[17..49].copy_from_slice(&p);
         } else if let Some(pos) = body.windows(15).position(|w| w == b"INTEGRITY-00002") {
@@ -237,14 +237,14 @@ async fn a_rewritten_audit_chain_is_caught_by_the_anchor() {
         }
         if edited.is_some() {
             let (v, hash) = sealed(&body);
-            store.audit.insert(k, v).unwrap();
+            store.audit().insert(k, v).unwrap();
             prev = Some(hash);
         }
     }
     let edited = edited.expect("entry found");
     let mut head = n.to_be_bytes().to_vec();
     head.extend_from_slice(&prev.unwrap());
-    store.meta.insert(b"audit_head", head).unwrap();
+    store.meta().insert(b"audit_head", head).unwrap();
     store.flush().unwrap();
     drop(store);
 

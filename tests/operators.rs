@@ -599,13 +599,13 @@ async fn audit_verify_finds_an_edited_record() {
     {
         let store = truc::store::Store::open(&hub.data.path().join("data")).unwrap();
         let k = 2u64.to_be_bytes();
-        let mut raw = store.audit.get(k).unwrap().unwrap().to_vec();
+        let mut raw = store.audit().get(k).unwrap().unwrap().to_vec();
         let pos = raw
             .windows(5)
             .position(|w| w == b"A1.02")
             .expect("target in entry 2");
         raw[pos + 4] = b'9';
-        store.audit.insert(k, raw).unwrap();
+        store.audit().insert(k, raw).unwrap();
         store.flush().unwrap();
     }
     hub.spawn().await;

@@ -19,7 +19,7 @@ mod agencies;
 mod audit;
 mod dead;
 mod envelopes;
-mod health;
+pub(crate) mod health;
 mod presence;
 mod queues;
 mod reports;

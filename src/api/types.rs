@@ -36,15 +36,29 @@ pub struct ErrorBody {
     pub error: String,
 }
 
-/// `GET /healthz`.
+/// `GET /healthz`: HTTP 200 with `status: ok`, or 503 with `status:
+/// unhealthy` and why in `reasons` (docs/OPERATIONS.md, "Health").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Health {
-    /// Always `ok` when it answers.
+    /// `ok` or `unhealthy`.
     pub status: String,
     /// Whether the hub is connected to the broker.
     pub broker_connected: bool,
     /// Registered agencies.
     pub agencies: usize,
+    /// Why it is unhealthy (empty when `ok`).
+    #[serde(default)]
+    pub reasons: Vec<HealthReason>,
+}
+
+/// One failed check of `/healthz`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthReason {
+    /// `store` (the store cannot write), `broker` (not connected) or
+    /// `ingress` (messages received and none handled for a while).
+    pub check: String,
+    /// What is wrong, for a human.
+    pub detail: String,
 }
 
 /// Body of `POST /v1/agencies`.

@@ -79,6 +79,22 @@ pub fn store_bytes(n: u64) {
     metrics::gauge!("truc_store_bytes").set(n as f64);
 }
 
+/// Whether the store can write (1) or its last flush failed (0).
+pub fn store_writable(ok: bool) {
+    metrics::gauge!("truc_store_writable").set(if ok { 1.0 } else { 0.0 });
+}
+
+/// Whether `/healthz` would answer `ok` (1) or `unhealthy` (0), per check:
+/// `check` is `all` for the overall state, else `store`, `broker` or `ingress`.
+pub fn healthy(check: &'static str, ok: bool) {
+    metrics::gauge!("truc_healthy", "check" => check).set(if ok { 1.0 } else { 0.0 });
+}
+
+/// Audit entries waiting to be written again after a store failure.
+pub fn audit_backlog(n: usize) {
+    metrics::gauge!("truc_audit_backlog").set(n as f64);
+}
+
 /// A retry of a rejected delivery was scheduled.
 pub fn retry_scheduled() {
     metrics::counter!("truc_retries_scheduled_total").increment(1);

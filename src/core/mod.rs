@@ -11,6 +11,7 @@
 //! May use: nothing else in the crate. The only I/O here is reading the
 //! operator's data files (configuration, policies, topology) at start-up.
 
+pub mod alarm;
 pub mod auth;
 pub mod broker_password;
 pub mod canonical;
@@ -28,6 +29,7 @@ pub mod presence;
 pub mod reason;
 pub mod scheduler;
 pub mod secrets;
+pub mod skew;
 pub mod text;
 pub mod time;
 pub mod timeline;

@@ -22,6 +22,7 @@ use crate::core::message::{Inbound, Message};
 use crate::core::metrics;
 use crate::core::notice::{Notice, NoticeKind};
 use crate::core::reason::Reason;
+use crate::core::skew;
 use crate::core::text::{escaped, Escaped};
 use crate::core::time::{format_rfc3339, now_ms};
 use crate::core::timeline::DeliveryState;
@@ -47,17 +48,42 @@ impl Router {
         inbound: &Inbound,
         outbox: &O,
     ) -> Result<Outcome, RouterError> {
-        self.handle_in_turn(inbound, outbox, None).await
+        self.handle_in_turn(inbound, outbox, None, None).await
     }
 
     /// [`Router::handle`] for a message read from its source's own queue:
     /// `turn` orders the source's envelopes at the rate-limit step, so which
-    /// of them is over the rate follows the order the source published them.
+    /// of them is over the rate follows the order the source published them;
+    /// `seen_empty_ms` is when that queue was last seen empty before the
+    /// message was delivered (the floor of its clock-skew check,
+    /// [`crate::core::skew`]).
+    ///
+    /// Fails with [`StoreError::Reopened`](crate::state::store::StoreError)
+    /// when the store was reopened after a write failure while the message
+    /// was handled: its writes may be lost, so it must come again.
     pub(crate) async fn handle_in_turn<O: Outbox>(
         &self,
         inbound: &Inbound,
         outbox: &O,
         turn: Option<&Turn>,
+        seen_empty_ms: Option<i64>,
+    ) -> Result<Outcome, RouterError> {
+        let generation = self.store.reopens();
+        let outcome = self
+            .handle_once(inbound, outbox, turn, seen_empty_ms)
+            .await?;
+        if self.store.reopens() != generation {
+            return Err(crate::state::store::StoreError::Reopened.into());
+        }
+        Ok(outcome)
+    }
+
+    async fn handle_once<O: Outbox>(
+        &self,
+        inbound: &Inbound,
+        outbox: &O,
+        turn: Option<&Turn>,
+        seen_empty_ms: Option<i64>,
     ) -> Result<Outcome, RouterError> {
         let started = Instant::now();
         let now = now_ms();
@@ -73,7 +99,7 @@ impl Router {
             Ok(a) => a,
             Err(refusal) => return self.quarantine(msg, refusal, outbox).await,
         };
-        let checked = self.check(&auth, msg, now)?;
+        let checked = self.check(&auth, msg, now, seen_empty_ms)?;
         if let (Some(t), Err(_) | Ok(Payload::Status(_) | Payload::Presence(_))) = (turn, &checked)
         {
             // Refused before the rate step (or not an envelope): its place goes.
@@ -146,6 +172,7 @@ impl Router {
         auth: &Authenticated,
         msg: &Message,
         now: i64,
+        seen_empty_ms: Option<i64>,
     ) -> Result<Result<Payload, Refusal>, RouterError> {
         let policies = self.policies();
         let s = &auth.signed;
@@ -165,23 +192,40 @@ impl Router {
             )));
         }
         let skew_ms = policies.clock_skew.as_millis() as i64;
-        if (s.time_ms - now).abs() > skew_ms {
-            return Ok(Err(Refusal::new(
-                Reason::ClockSkew,
-                format!(
-                    "lgsp-time {} is more than {}s from hub time {}",
-                    format_rfc3339(s.time_ms),
-                    skew_ms / 1000,
-                    format_rfc3339(now)
-                ),
-            )));
+        // Judged from when the message could first have been seen, so a
+        // backlog left by an outage is not refused for its age.
+        match skew::judge(s.time_ms, now, seen_empty_ms, skew_ms) {
+            Ok(()) => {}
+            Err(skew::Off::Ahead) => {
+                return Ok(Err(Refusal::new(
+                    Reason::ClockSkew,
+                    format!(
+                        "lgsp-time {} is more than {}s ahead of hub time {}",
+                        format_rfc3339(s.time_ms),
+                        skew_ms / 1000,
+                        format_rfc3339(now)
+                    ),
+                )))
+            }
+            Err(skew::Off::Behind { floor_ms }) => {
+                return Ok(Err(Refusal::new(
+                    Reason::ClockSkew,
+                    format!(
+                        "lgsp-time {} is more than {}s before {}, when the hub could first have seen it (hub time {})",
+                        format_rfc3339(s.time_ms),
+                        skew_ms / 1000,
+                        format_rfc3339(floor_ms),
+                        format_rfc3339(now),
+                    ),
+                )))
+            }
         }
         match self.nonces.check_and_remember(
             &s.key,
             &s.nonce,
             &s.message_id,
-            s.time_ms + skew_ms * 2,
-            now,
+            skew::nonce_expiry(s.time_ms, skew_ms),
+            skew::floor(now, seen_empty_ms),
         )? {
             NonceCheck::Fresh | NonceCheck::SameMessage => {}
             NonceCheck::Replay => {

@@ -15,6 +15,9 @@
 //! 6. [`rebuild`] — the record of a held copy whose record the store lost,
 //!    rebuilt from the copy.
 //!
+//! Beside them: [`order`] (a message waits for the one it depends on) and
+//! [`progress`] (whether a source's messages are being handled, for `/healthz`).
+//!
 //! This file keeps the [`Router`] (the state every step reads), its errors
 //! and outcomes, and the per-envelope locks.
 //!
@@ -42,6 +45,7 @@ mod holding;
 mod ingress;
 mod notify;
 pub(crate) mod order;
+pub(crate) mod progress;
 mod rebuild;
 mod status;
 #[cfg(test)]
@@ -54,6 +58,7 @@ use crate::core::policy::Policies;
 use crate::core::reason::Reason;
 use crate::core::topology::Topology;
 use crate::state::audit::{Audit, QuarantineTally};
+use crate::state::drained::Drained;
 use crate::state::registry::Registry;
 use crate::state::replay::Nonces;
 use crate::state::store::{Store, StoreError};
@@ -84,6 +89,18 @@ impl RouterError {
             Self::Publish(PublishError::Unroutable) => true,
             Self::Store(e) => e.is_retryable(),
             Self::Pending(_) => true,
+        }
+    }
+}
+
+impl RouterError {
+    /// Whether the store failed: the message should wait for the store to
+    /// write again (held, not requeued at once, so its queue's delivery
+    /// limit is not spent on an outage).
+    pub fn is_store(&self) -> bool {
+        match self {
+            Self::Store(_) => true,
+            Self::Publish(_) | Self::Pending(_) => false,
         }
     }
 }
@@ -140,6 +157,8 @@ pub struct Router {
     policies: RwLock<Arc<Policies>>,
     audit: Audit,
     quarantined: QuarantineTally,
+    drained: Drained,
+    progress: progress::Progress,
 }
 
 /// Striped async locks by `(from, message_id)`.
@@ -181,10 +200,20 @@ impl Router {
         policies: Policies,
     ) -> Self {
         let audit = Audit::new(store.clone());
+        let drained = Drained::open(store.clone()).unwrap_or_else(|e| {
+            // Unknown drained times: the plain clock-skew rule applies until
+            // each queue is seen empty again (crate::core::skew).
+            tracing::warn!(error = %e, "drained times not read; judging clock skew from now until each queue is seen empty");
+            Drained::empty(store.clone())
+        });
+        let mut limiter = crate::core::scheduler::RateLimiter::new();
+        for (code, at) in drained.all() {
+            limiter.drained(&code, at);
+        }
         Self {
             heartbeats: std::sync::OnceLock::new(),
             locks: KeyLocks::new(),
-            limiter: std::sync::Mutex::new(crate::core::scheduler::RateLimiter::new()),
+            limiter: std::sync::Mutex::new(limiter),
             tracking: Tracking::new(store.clone()),
             nonces: Nonces::new(store.clone()),
             registry,
@@ -193,17 +222,78 @@ impl Router {
             policies: RwLock::new(Arc::new(policies)),
             quarantined: QuarantineTally::new(audit.clone()),
             audit,
+            drained,
+            progress: progress::Progress::new(),
         }
     }
 
     /// Records that `source`'s ingress queue was seen empty at `at_ms`: its
     /// later envelopes are rate-limited from then on, whatever their
     /// `lgsp-time` (see [`crate::core::scheduler::measured_at`]).
+    /// Also the floor of the clock-skew check ([`crate::core::skew`]),
+    /// persisted so that it survives a restart.
     pub fn source_drained(&self, source: &AgencyCode, at_ms: i64) {
         self.limiter
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .drained(source, at_ms);
+        if let Err(e) = self.drained.seen_empty(source, at_ms) {
+            // The persisted time stays older: safe (see crate::state::drained).
+            tracing::debug!(agency = %source, error = %e, "drained time not persisted");
+        }
+    }
+
+    /// The floor of the clock-skew check of a delivery of `message_id` read
+    /// from `source`'s queue now: the floor it kept if it failed before,
+    /// else when the queue was last seen empty ([`Drained::floor_of`]).
+    pub fn floor_of(&self, source: &AgencyCode, message_id: Option<&str>) -> Option<i64> {
+        self.drained.floor_of(source, message_id)
+    }
+
+    /// Whether messages from `source` failed and are to come again: its
+    /// queue's drained time must not move past them meanwhile.
+    pub fn source_failing(&self, source: &AgencyCode, now_ms: i64) -> bool {
+        self.drained.failing(source, now_ms)
+    }
+
+    /// A delivery judged from `floor` failed (it comes again) or was handled.
+    pub fn settle_floor(
+        &self,
+        source: &AgencyCode,
+        message_id: Option<&str>,
+        floor: Option<i64>,
+        handled: bool,
+    ) {
+        let Some(mid) = message_id else { return };
+        match (handled, floor) {
+            (true, _) => self.drained.forget_floor(source, mid),
+            (false, Some(f)) => {
+                self.drained
+                    .keep_floor(source, mid, f, crate::core::time::now_ms())
+            }
+            (false, None) => {}
+        }
+    }
+
+    /// Ingress progress per source (the `/healthz` `ingress` check).
+    pub fn progress(&self) -> &progress::Progress {
+        &self.progress
+    }
+
+    /// Removes expired nonces (housekeeping): an entry goes only once its
+    /// source's persisted drained time passed its expiry ([`Nonces::sweep`]).
+    pub fn sweep_nonces(&self, now_ms: i64) -> Result<usize, StoreError> {
+        self.nonces.sweep(now_ms, |access_key| {
+            let Some((entry, _)) = self.registry.by_key(access_key, now_ms) else {
+                // Unknown or expired key: its messages are refused anyway.
+                return now_ms;
+            };
+            let code = &entry.agency.code;
+            match (self.drained.at(code), self.drained.persisted(code)) {
+                (None, _) => now_ms,
+                (Some(at), p) => p.unwrap_or(at).min(at).min(now_ms),
+            }
+        })
     }
 
     /// The policies in force.

@@ -749,7 +749,7 @@ async fn a_publish_whose_confirm_was_lost_is_marked_when_repeated() {
 /// restores the agencies; their records are gone).
 fn lose_records(f: &Fixture) {
     let s = &f.router.store;
-    for t in [&s.envelopes, &s.by_dest, &s.deadlines, &s.pending] {
+    for t in [&s.envelopes(), &s.by_dest(), &s.deadlines(), &s.pending()] {
         t.clear().unwrap();
     }
 }
@@ -931,5 +931,117 @@ async fn a_retry_without_record_is_scheduled_on_a_rebuilt_record() {
     assert_eq!(
         rec.dests[0].state,
         crate::core::timeline::DeliveryState::Retry
+    );
+}
+
+/// Envelope `id` from the fixture's source, signed as if at `time_ms`, with
+/// `nonce` when given.
+fn signed_at(f: &Fixture, id: &str, time_ms: i64, nonce: Option<&str>) -> Message {
+    let mut o = out(&["000.00.32.H41"], vec![]);
+    o.message_id = Some(id.into());
+    let mut m = envelope_message("u.", &f.src, &o);
+    m.set_header("lgsp-time", format_rfc3339(time_ms));
+    if let Some(n) = nonce {
+        m.set_header("lgsp-nonce", n);
+    }
+    m.headers.remove("lgsp-signature");
+    let c = crate::core::canonical::canonical_form(&m, &m.routing_key).unwrap();
+    m.set_header(
+        "lgsp-signature",
+        crate::core::auth::sign_hmac(
+            crate::core::auth::Alg::HmacSha256,
+            &f.src.secret,
+            c.as_bytes(),
+        ),
+    );
+    m
+}
+
+/// Handles `m` as read from its source's queue last seen empty at `seen_empty`.
+async fn handle_seen(f: &Fixture, o: &Recorder, m: Message, seen_empty: Option<i64>) -> Outcome {
+    f.router
+        .handle_in_turn(&inbound(m), o, None, seen_empty)
+        .await
+        .unwrap()
+}
+
+const HOUR: i64 = 3_600_000;
+
+#[tokio::test(start_paused = true)]
+async fn a_backlog_hours_old_behind_an_older_drain_is_accepted() {
+    let f = fixture(Policies::default());
+    let o = Recorder::default();
+    let now = now_ms();
+    // The queue was last seen empty 3 h ago; the envelope was signed just after.
+    let drained = now - 3 * HOUR;
+    let m = signed_at(&f, "OLD1", drained + 60_000, None);
+    assert!(matches!(
+        handle_seen(&f, &o, m.clone(), Some(drained)).await,
+        Outcome::Accepted { .. }
+    ));
+    // Without the drained time (the rule when unknown) the same age is refused.
+    let m2 = signed_at(&f, "OLD2", drained + 60_000, None);
+    assert_eq!(
+        handle_seen(&f, &o, m2, None).await,
+        Outcome::Rejected(Reason::ClockSkew)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn older_than_the_drain_minus_the_skew_or_in_the_future_is_refused() {
+    let f = fixture(Policies::default());
+    let skew = Policies::default().clock_skew.as_millis() as i64;
+    let o = Recorder::default();
+    let now = now_ms();
+    let drained = now - 3 * HOUR;
+    let behind = signed_at(&f, "B1", drained - skew - 1_000, None);
+    assert_eq!(
+        handle_seen(&f, &o, behind, Some(drained)).await,
+        Outcome::Rejected(Reason::ClockSkew)
+    );
+    let n: Notice = notices(&o.take()).pop().unwrap();
+    assert!(
+        n.detail.contains("could first have seen it"),
+        "{}",
+        n.detail
+    );
+    let ahead = signed_at(&f, "F1", now + skew + 60_000, None);
+    assert_eq!(
+        handle_seen(&f, &o, ahead, Some(drained)).await,
+        Outcome::Rejected(Reason::ClockSkew)
+    );
+    // Just inside the floor: accepted.
+    let inside = signed_at(&f, "I1", drained - skew + 1_000, None);
+    assert!(matches!(
+        handle_seen(&f, &o, inside, Some(drained)).await,
+        Outcome::Accepted { .. }
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_nonce_reused_in_an_old_backlog_is_still_a_replay() {
+    let f = fixture(Policies::default());
+    let o = Recorder::default();
+    let now = now_ms();
+    let drained = now - 3 * HOUR;
+    let signed = drained + 1_000;
+    // Both signed hours ago (their nonce expiry, signed + 2 × skew, is long
+    // past in hub time), both behind the same drain.
+    let first = signed_at(&f, "N1", signed, Some("nonce-backlog-0001"));
+    let again = signed_at(&f, "N2", signed, Some("nonce-backlog-0001"));
+    assert!(matches!(
+        handle_seen(&f, &o, first, Some(drained)).await,
+        Outcome::Accepted { .. }
+    ));
+    assert_eq!(
+        handle_seen(&f, &o, again.clone(), Some(drained)).await,
+        Outcome::Rejected(Reason::Replay)
+    );
+    // And the nonce is not swept while the source was not seen empty since.
+    f.router.source_drained(&f.src.code, drained);
+    assert_eq!(f.router.sweep_nonces(now_ms()).unwrap(), 0);
+    assert_eq!(
+        handle_seen(&f, &o, again, Some(drained)).await,
+        Outcome::Rejected(Reason::Replay)
     );
 }

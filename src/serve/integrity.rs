@@ -67,7 +67,7 @@ fn damaged(e: &StoreError) -> bool {
                 || io.to_string().contains("could not acquire lock"))
         }
         StoreError::Sled(_) | StoreError::Codec(_) => true,
-        StoreError::Closed | StoreError::Anchor { .. } => false,
+        StoreError::Closed | StoreError::Reopened | StoreError::Anchor { .. } => false,
     }
 }
 

@@ -5,9 +5,16 @@
 //! on; in-flight ingress work is tracked by a [`TaskTracker`] and awaited
 //! before the link closes; after any broker error the link is dropped and
 //! rebuilt (the broker redelivers whatever was not acked); a source's
-//! consumer that had credit to spare and got nothing for half a second tells
-//! the router that source's queue is empty (the floor of its rate limit, see
-//! [`crate::core::scheduler::measured_at`]).
+//! consumer that had nothing in hand, settled nothing and got nothing for
+//! half a second, or got a first delivery after half a second in which it
+//! always had room for more, tells the router that source's queue was empty
+//! half a second ago (the floor of its rate limit, see
+//! [`crate::core::scheduler::measured_at`], and of its clock-skew check, see
+//! [`crate::core::skew`]) unless messages of that source failed and come
+//! again; each delivery carries the floor in force when it arrived; a
+//! message that failed on the store is held, unacked, until the store can
+//! write again; `/healthz` and the `truc_healthy` gauges are one evaluation,
+//! every [`HEALTH_EVERY`] for the gauges.
 
 pub mod integrity;
 pub mod presence;
@@ -22,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::broker::{declare_agency, AmqpError, BrokerTls, Link, LinkOutbox, Settler};
+use crate::core::alarm::{Alarm, Say};
 use crate::core::code::AgencyCode;
 use crate::core::config::Config;
 use crate::core::message::{Inbound, Message};
@@ -140,6 +148,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
         admin_token,
     });
     // The gauges /metrics shows from the start.
+    metrics::store_writable(true);
     metrics::agencies(hub.registry.len());
     metrics::store_bytes(hub.store.size_on_disk());
     let tracker = TaskTracker::new();
@@ -204,9 +213,20 @@ async fn housekeeping(hub: Arc<Hub>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(30));
     let mut sample = tokio::time::interval(hub.config.depth_sample_interval());
     let mut retention = tokio::time::interval(Duration::from_secs(600));
+    let mut health = tokio::time::interval(HEALTH_EVERY);
+    health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let unhealthy = Alarm::new();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
+            _ = health.tick() => {
+                check_health(&hub, &unhealthy);
+                // Audit entries a store failure kept back are written once it can.
+                match hub.router.audit().catch_up() {
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!(error = %e, "audit backlog not written yet"),
+                }
+            }
             _ = sample.tick() => crate::operator::queues::sample(&hub).await,
             _ = retention.tick() => {
                 match crate::state::retention::sweep(
@@ -226,7 +246,7 @@ async fn housekeeping(hub: Arc<Hub>, shutdown: CancellationToken) {
             }
             _ = tick.tick() => {
                 hub.router.roll_quarantined(crate::core::time::now_ms());
-                match hub.router.nonces().sweep(crate::core::time::now_ms()) {
+                match hub.router.sweep_nonces(crate::core::time::now_ms()) {
                     Ok(n) if n > 0 => tracing::debug!(swept = n, "expired nonces removed"),
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "nonce sweep failed"),
@@ -239,6 +259,48 @@ async fn housekeeping(hub: Arc<Hub>, shutdown: CancellationToken) {
                 }
             }
         }
+    }
+}
+
+/// How often the health gauges are set and the audit backlog retried.
+const HEALTH_EVERY: Duration = Duration::from_secs(2);
+
+/// Sets the `truc_healthy` gauges from [`crate::api::health::evaluate`] and
+/// says in the log when the hub turns unhealthy (then a reminder at most
+/// every [`crate::core::alarm::REMIND`]) and when it is healthy again.
+fn check_health(hub: &Hub, unhealthy: &Alarm) {
+    let h = crate::api::health::evaluate(hub, crate::core::time::now_ms());
+    // The log line before the gauges, so a reader of the gauge finds it said.
+    say_health(&h, unhealthy);
+    for check in ["store", "broker", "ingress"] {
+        metrics::healthy(check, !h.reasons.iter().any(|r| r.check == check));
+    }
+    metrics::healthy("all", h.reasons.is_empty());
+}
+
+fn say_health(h: &crate::api::types::Health, unhealthy: &Alarm) {
+    let now = std::time::Instant::now();
+    if h.reasons.is_empty() {
+        if let Some(lasted) = unhealthy.clear(now) {
+            tracing::info!(lasted_s = lasted.as_secs(), "healthy again");
+        }
+        return;
+    }
+    let reasons: Vec<String> = h
+        .reasons
+        .iter()
+        .map(|r| format!("{}: {}", r.check, r.detail))
+        .collect();
+    let reasons = reasons.join("; ");
+    match unhealthy.raise(now) {
+        Say::Started => tracing::warn!(reasons = %reasons, "unhealthy"),
+        Say::Reminder {
+            suppressed,
+            lasting,
+        } => {
+            tracing::warn!(reasons = %reasons, lasting_s = lasting.as_secs(), suppressed, "still unhealthy")
+        }
+        Say::Quiet => {}
     }
 }
 
@@ -386,6 +448,20 @@ struct Consumers {
     /// Ingress messages that depend on an earlier one (a recall after its
     /// envelope, a repeat of an envelope) wait for it, across every source.
     sequencer: Sequencer,
+    /// Messages failing (the log says so once, then reminds).
+    failing: Arc<Alarm>,
+}
+
+/// Drops a source's progress entry when its consumer stops.
+struct Forget {
+    router: Arc<crate::router::Router>,
+    code: AgencyCode,
+}
+
+impl Drop for Forget {
+    fn drop(&mut self) {
+        self.router.progress().forget(&self.code);
+    }
 }
 
 /// How long a message that failed waits before it goes back to its queue:
@@ -403,12 +479,15 @@ fn requeue_delay(m: &Message) -> Duration {
 const IDLE: Duration = Duration::from_millis(500);
 
 /// The credit window of one consumer: how many of its deliveries are not yet
-/// settled, and when it last stopped being full. A consumer with credit to
-/// spare for [`IDLE`] that got nothing has an empty queue.
+/// settled, when it last stopped being full and when one was last settled.
+/// A consumer with nothing in hand and nothing settled for [`IDLE`] that got
+/// nothing has an empty queue: nothing it failed is on its way back either
+/// (a message requeued after a failure was settled, and comes again at once).
 #[derive(Debug, Default)]
 struct Window {
     unsettled: AtomicUsize,
     freed_ms: AtomicI64,
+    settled_ms: AtomicI64,
 }
 
 /// One delivery's place in a [`Window`], given back when dropped.
@@ -431,14 +510,21 @@ impl Window {
         self.unsettled.load(Ordering::SeqCst) < size
             && self.freed_ms.load(Ordering::SeqCst) <= now_ms - IDLE.as_millis() as i64
     }
+
+    /// Whether at `now_ms` the window has been empty, with nothing settled,
+    /// for the last [`IDLE`].
+    fn empty_for_idle(&self, now_ms: i64) -> bool {
+        self.unsettled.load(Ordering::SeqCst) == 0
+            && self.settled_ms.load(Ordering::SeqCst) <= now_ms - IDLE.as_millis() as i64
+    }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
+        let now = crate::core::time::now_ms();
+        self.window.settled_ms.store(now, Ordering::SeqCst);
         if self.window.unsettled.fetch_sub(1, Ordering::SeqCst) >= self.size {
-            self.window
-                .freed_ms
-                .store(crate::core::time::now_ms(), Ordering::SeqCst);
+            self.window.freed_ms.store(now, Ordering::SeqCst);
         }
     }
 }
@@ -457,11 +543,23 @@ impl Consumers {
             .subscribe(&queue, prefetch, &format!("truc-{}", feed.label()))
             .await?;
         let settler = sub.settler();
+        // Counted as full until now: whatever waited in the queue comes first.
         let window = Arc::new(Window::default());
+        window
+            .freed_ms
+            .store(crate::core::time::now_ms(), Ordering::SeqCst);
+        window
+            .settled_ms
+            .store(crate::core::time::now_ms(), Ordering::SeqCst);
         let source = match &feed {
             Feed::Source(code) => Some(code.clone()),
             _ => None,
         };
+        // Its progress entry goes with the consumer (see router::progress).
+        let _forget = source.clone().map(|code| Forget {
+            router: self.hub.router.clone(),
+            code,
+        });
         // Fires after IDLE without a delivery: the source's queue is empty if
         // the consumer had room all along, which the rate limiter is told.
         let idle = tokio::time::sleep(IDLE);
@@ -474,7 +572,7 @@ impl Consumers {
                 _ = &mut drain_limit, if draining => return Ok(()),
                 _ = &mut idle, if source.is_some() && !draining => {
                     let now = crate::core::time::now_ms();
-                    if let Some(code) = source.as_ref().filter(|_| window.had_room(usize::from(prefetch), now)) {
+                    if let Some(code) = source.as_ref().filter(|c| window.empty_for_idle(now) && !self.hub.router.source_failing(c, now)) {
                         self.hub.router.source_drained(code, now - IDLE.as_millis() as i64);
                     }
                     idle.as_mut().reset(tokio::time::Instant::now() + IDLE);
@@ -492,6 +590,19 @@ impl Consumers {
                     None if draining => return Ok(()),
                     Some(Ok(inbound)) => {
                         idle.as_mut().reset(tokio::time::Instant::now() + IDLE);
+                        // A first delivery while the window had room for the
+                        // last IDLE: everything published before then came
+                        // already, so the queue was empty IDLE ago.
+                        let now = crate::core::time::now_ms();
+                        // Not while some of its messages failed and come again
+                        // (the time must not pass them; see state::drained).
+                        if let Some(code) = source.as_ref().filter(|c| {
+                            !inbound.redelivered
+                                && window.had_room(usize::from(prefetch), now)
+                                && !self.hub.router.source_failing(c, now)
+                        }) {
+                            self.hub.router.source_drained(code, now - IDLE.as_millis() as i64);
+                        }
                         let slot = window.take(usize::from(prefetch));
                         self.dispatch(&feed, inbound, settler.clone(), slot);
                     }
@@ -509,6 +620,21 @@ impl Consumers {
         let outbox = self.outbox.clone();
         let label = feed.label();
         let kind = feed.clone();
+        let kind_done = feed.clone();
+        // The floor of its clock-skew check: when its queue was last seen
+        // empty before this delivery (crate::core::skew).
+        let mid = inbound.message.message_id.clone();
+        let seen_empty = match feed {
+            Feed::Source(code) => {
+                let now = crate::core::time::now_ms();
+                router.progress().received(code, now);
+                // Never seen empty: judged from this first delivery (kept if it fails).
+                Some(router.floor_of(code, mid.as_deref()).unwrap_or(now))
+            }
+            _ => None,
+        };
+        let failing = self.failing.clone();
+        let store = self.hub.store.clone();
         let mut ticket = match feed {
             Feed::Source(code) => Some(self.sequencer.admit_from(code, &inbound.message)),
             Feed::Unrouted => Some(self.sequencer.admit(&inbound.message)),
@@ -530,13 +656,22 @@ impl Consumers {
             let res = match kind {
                 Feed::Source(_) | Feed::Unrouted => {
                     let turn = ticket.as_ref().and_then(|t| t.turn());
-                    router.handle_in_turn(&inbound, outbox.as_ref(), turn).await
+                    router
+                        .handle_in_turn(&inbound, outbox.as_ref(), turn, seen_empty)
+                        .await
                 }
                 Feed::Release => router.release(&inbound, outbox.as_ref()).await,
                 Feed::Dead => router.dead(&inbound, outbox.as_ref()).await,
             };
             match res {
                 Ok(_) => {
+                    if let Feed::Source(code) = &kind_done {
+                        router.progress().handled(code);
+                        router.settle_floor(code, mid.as_deref(), seen_empty, true);
+                    }
+                    if let Some(lasted) = failing.clear(std::time::Instant::now()) {
+                        tracing::info!(lasted_s = lasted.as_secs(), "messages handled again");
+                    }
                     if let Some(t) = ticket {
                         t.finish(true);
                     }
@@ -545,7 +680,22 @@ impl Consumers {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %crate::core::text::Escaped(&e.to_string()), feed = label, retryable = e.is_retryable(), "message not handled; it will come again");
+                    if let Feed::Source(code) = &kind_done {
+                        router.settle_floor(code, mid.as_deref(), seen_empty, false);
+                    }
+                    // One line when failures start, then a reminder with a count.
+                    match failing.raise(std::time::Instant::now()) {
+                        Say::Started => tracing::warn!(error = %crate::core::text::Escaped(&e.to_string()), feed = label, retryable = e.is_retryable(), "message not handled; it will come again"),
+                        Say::Reminder { suppressed, lasting } => tracing::warn!(error = %crate::core::text::Escaped(&e.to_string()), feed = label, retryable = e.is_retryable(), suppressed, lasting_s = lasting.as_secs(), "messages still not handled; they will come again"),
+                        Say::Quiet => tracing::debug!(error = %crate::core::text::Escaped(&e.to_string()), feed = label, count = ?inbound.message.header("x-delivery-count"), "message not handled"),
+                    }
+                    if e.is_store() {
+                        // Held until the store can write again (a flush
+                        // succeeds), so an outage does not spend the queue's
+                        // delivery limit; the consumer stalls at its prefetch.
+                        store.suspect();
+                        let _ = store.durable().await;
+                    }
                     tokio::time::sleep(requeue_delay(&inbound.message)).await;
                     let _ = settler.reject(inbound.delivery_tag, true).await;
                     // Released only now, so what depends on it is requeued
@@ -649,6 +799,7 @@ async fn run_ingress(
             outbox: outbox.clone(),
             work: TaskTracker::new(),
             sequencer: Sequencer::new(),
+            failing: Arc::new(Alarm::new()),
         };
         // Cancelled on shutdown or when any consumer fails (the link is then gone).
         let stop = shutdown.child_token();

@@ -15,7 +15,11 @@
 //!   their last `(seq, hash)` as the *anchor* in `meta`, so the chain still
 //!   verifies from the first kept entry; `meta` also keeps the head
 //!   `(seq, hash)` so truncation of the newest entries is detected;
-//! - an audit failure is logged and counted but never stops routing;
+//! - an audit failure is logged and counted but never stops routing, and
+//!   loses nothing: the event is kept in memory and written (in order, before
+//!   any later one) once the store can write; an entry appended but not yet
+//!   covered by a flush is kept too, and written again if the store is
+//!   reopened after a write failure without it (same `at`, so same hash);
 //! - unauthenticated input costs a bounded amount of audit space: it is not
 //!   recorded one entry per message but tallied by [`QuarantineTally`] into
 //!   one `quarantine-summary` entry per (minute, reason) with the count and
@@ -302,11 +306,38 @@ struct Head {
     last_hash: [u8; 32],
 }
 
+/// An appended entry not yet known to be on disk: appended again if the
+/// store is reopened without it.
+struct Kept {
+    seq: u64,
+    at_ms: i64,
+    event: AuditEvent,
+    /// [`Store::flush_mark`] when it was appended.
+    mark: u64,
+}
+
+/// The most events kept for a retry while the store cannot write; more are
+/// counted as audit failures (the hub acks nothing meanwhile, so only admin
+/// actions and refusals made before the failure could add to it).
+const BACKLOG_MAX: usize = 1_000_000;
+
+/// The writer's state, under one lock (appends are serialised).
+#[derive(Default)]
+struct Log {
+    head: Option<Head>,
+    /// The store generation `head` was read in.
+    generation: u64,
+    /// Appended, not yet flushed (oldest first).
+    unflushed: std::collections::VecDeque<Kept>,
+    /// Not written yet (the store failed): written, in order, before any new one.
+    backlog: std::collections::VecDeque<(AuditEvent, i64)>,
+}
+
 /// The audit log; cheap to clone.
 #[derive(Clone)]
 pub struct Audit {
     store: Store,
-    head: Arc<Mutex<Option<Head>>>,
+    log: Arc<Mutex<Log>>,
 }
 
 fn sha(b: &[u8]) -> [u8; 32] {
@@ -346,12 +377,12 @@ impl Audit {
     pub fn new(store: Store) -> Self {
         Self {
             store,
-            head: Arc::new(Mutex::new(None)),
+            log: Arc::new(Mutex::new(Log::default())),
         }
     }
 
     fn load_head(&self) -> Result<Head, AuditError> {
-        if let Some((k, v)) = self.store.audit.last()? {
+        if let Some((k, v)) = self.store.audit().last()? {
             // The hash of the stored bytes even if they do not decode:
             // the chain goes on, and verify reports the bad entry.
             let hash = codec::decode::<Sealed>(&v)
@@ -362,8 +393,12 @@ impl Audit {
                 last_hash: hash,
             });
         }
-        let anchor = self.store.meta.get(ANCHOR_KEY)?.and_then(|v| seq_hash(&v));
-        let head = self.store.meta.get(HEAD_KEY)?.and_then(|v| seq_hash(&v));
+        let anchor = self
+            .store
+            .meta()
+            .get(ANCHOR_KEY)?
+            .and_then(|v| seq_hash(&v));
+        let head = self.store.meta().get(HEAD_KEY)?.and_then(|v| seq_hash(&v));
         let (seq, hash) = match (anchor, head) {
             (Some(a), Some(h)) if h.0 > a.0 => h,
             (Some(a), _) => a,
@@ -381,13 +416,71 @@ impl Audit {
         self.append_at(event, now_ms())
     }
 
-    /// Appends `event` with time `at_ms` (tests backdate entries).
+    /// Appends `event` with time `at_ms` (tests backdate entries). Events
+    /// kept from a failed [`Audit::record`] are written first.
     pub fn append_at(&self, event: AuditEvent, at_ms: i64) -> Result<u64, AuditError> {
-        let mut guard = self.head.lock().unwrap_or_else(|p| p.into_inner());
-        if guard.is_none() {
-            *guard = Some(self.load_head()?);
+        let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        self.catch_up_locked(&mut log)?;
+        self.append_locked(&mut log, event, at_ms)
+    }
+
+    /// Writes again what a store failure lost or kept from being written:
+    /// entries appended but lost when the store was reopened, then the
+    /// backlog of [`Audit::record`]. Returns how many entries wait still.
+    pub fn catch_up(&self) -> Result<usize, AuditError> {
+        let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        let res = self.catch_up_locked(&mut log);
+        crate::core::metrics::audit_backlog(log.backlog.len());
+        res.map(|()| log.backlog.len())
+    }
+
+    fn catch_up_locked(&self, log: &mut Log) -> Result<(), AuditError> {
+        let generation = self.store.reopens();
+        if log.generation != generation {
+            // Reopened: what was appended and not flushed may be gone.
+            let head = self.load_head()?;
+            let on_disk = head.next_seq - 1;
+            log.head = Some(head);
+            log.generation = generation;
+            let lost: Vec<Kept> = log
+                .unflushed
+                .drain(..)
+                .filter(|k| k.seq > on_disk)
+                .collect();
+            if !lost.is_empty() {
+                tracing::warn!(
+                    entries = lost.len(),
+                    from_seq = on_disk + 1,
+                    "audit entries lost by the store reopen are written again"
+                );
+            }
+            for k in lost.into_iter().rev() {
+                log.backlog.push_front((k.event, k.at_ms));
+            }
         }
-        let head = guard.as_mut().expect("loaded above");
+        // Entries covered by a flush started after them are on disk.
+        let flushed = self.store.flushed_through();
+        while log.unflushed.front().is_some_and(|k| k.mark < flushed) {
+            log.unflushed.pop_front();
+        }
+        while let Some((event, at_ms)) = log.backlog.front().cloned() {
+            self.append_locked(log, event, at_ms)?;
+            log.backlog.pop_front();
+        }
+        Ok(())
+    }
+
+    fn append_locked(
+        &self,
+        log: &mut Log,
+        event: AuditEvent,
+        at_ms: i64,
+    ) -> Result<u64, AuditError> {
+        if log.head.is_none() {
+            log.head = Some(self.load_head()?);
+            log.generation = self.store.reopens();
+        }
+        let head = log.head.as_mut().expect("loaded above");
         let entry = Entry {
             seq: head.next_seq,
             at_ms,
@@ -397,19 +490,44 @@ impl Audit {
         let body = codec::encode(&entry)?;
         let hash = sha(&body);
         let stored = codec::encode(&Sealed { body, hash })?;
-        self.store.audit.insert(seq_key(entry.seq), stored)?;
-        self.store.meta.insert(HEAD_KEY, pack(entry.seq, &hash))?;
+        let mark = self.store.flush_mark();
+        self.store.audit().insert(seq_key(entry.seq), stored)?;
+        self.store.meta().insert(HEAD_KEY, pack(entry.seq, &hash))?;
         head.next_seq += 1;
         head.last_hash = hash;
+        log.unflushed.push_back(Kept {
+            seq: entry.seq,
+            at_ms,
+            event: entry.event,
+            mark,
+        });
+        // On disk within a flush, not at sled's next periodic one.
+        self.store.nudge();
         Ok(entry.seq)
     }
 
     /// Appends `event`; a failure is logged and counted, never returned
-    /// (the router must go on). Use this from the pipeline.
+    /// (the router must go on), and the event is kept and written again
+    /// (before any later one) once the store can write. Use this from the pipeline.
     pub fn record(&self, event: AuditEvent) {
-        if let Err(e) = self.append(event) {
+        let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        let at_ms = now_ms();
+        let res = match self.catch_up_locked(&mut log) {
+            Ok(()) => self
+                .append_locked(&mut log, event.clone(), at_ms)
+                .map(|_| ()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = res {
+            self.store.suspect();
             crate::core::metrics::audit_failure();
-            tracing::error!(error = %e, "audit entry not written");
+            if log.backlog.len() < BACKLOG_MAX {
+                log.backlog.push_back((event, at_ms));
+                tracing::debug!(error = %e, waiting = log.backlog.len(), "audit entry kept until the store can write");
+            } else {
+                tracing::error!(error = %e, "audit entry not written: the retry backlog is full");
+            }
+            crate::core::metrics::audit_backlog(log.backlog.len());
         }
     }
 
@@ -418,12 +536,12 @@ impl Audit {
         let mut raw = Vec::new();
         match after {
             Some(a) => {
-                for item in self.store.audit.range(seq_key(a + 1)..).take(n) {
+                for item in self.store.audit().range(seq_key(a + 1)..).take(n) {
                     raw.push(item?);
                 }
             }
             None => {
-                for item in self.store.audit.iter().rev().take(n) {
+                for item in self.store.audit().iter().rev().take(n) {
                     raw.push(item?);
                 }
                 raw.reverse();
@@ -437,8 +555,12 @@ impl Audit {
 
     /// Checks the whole chain; reports the first broken entry.
     pub fn verify(&self) -> Result<VerifyReport, AuditError> {
-        let anchor = self.store.meta.get(ANCHOR_KEY)?.and_then(|v| seq_hash(&v));
-        let head = self.store.meta.get(HEAD_KEY)?.and_then(|v| seq_hash(&v));
+        let anchor = self
+            .store
+            .meta()
+            .get(ANCHOR_KEY)?
+            .and_then(|v| seq_hash(&v));
+        let head = self.store.meta().get(HEAD_KEY)?.and_then(|v| seq_hash(&v));
         let mut expect = anchor.unwrap_or((0, ZERO));
         let mut report = VerifyReport {
             ok: true,
@@ -453,7 +575,7 @@ impl Audit {
             report.ok = false;
             report.broken = Some(Broken { seq, problem });
         };
-        for item in self.store.audit.iter() {
+        for item in self.store.audit().iter() {
             let (k, v) = item?;
             let seq = key_seq(&k);
             report.entries += 1;
@@ -540,7 +662,7 @@ impl Audit {
     /// recording the anchor first; returns how many were removed.
     pub fn sweep(&self, cutoff_ms: i64, batch: usize) -> Result<usize, AuditError> {
         let mut doomed: Vec<(sled::IVec, [u8; 32], u64)> = Vec::new();
-        for item in self.store.audit.iter().take(batch) {
+        for item in self.store.audit().iter().take(batch) {
             let (k, v) = item?;
             let Ok(sealed) = codec::decode::<Sealed>(&v) else {
                 tracing::warn!(
@@ -562,27 +684,27 @@ impl Audit {
             doomed.push((k, sealed.hash, entry.seq));
         }
         // Never sweep the newest entry: it carries the chain on.
-        if let Some(last) = self.store.audit.last()? {
+        if let Some(last) = self.store.audit().last()? {
             doomed.retain(|(k, _, _)| *k != last.0);
         }
         let Some((_, hash, seq)) = doomed.last() else {
             return Ok(0);
         };
-        self.store.meta.insert(ANCHOR_KEY, pack(*seq, hash))?;
+        self.store.meta().insert(ANCHOR_KEY, pack(*seq, hash))?;
         for (k, _, _) in &doomed {
-            self.store.audit.remove(k)?;
+            self.store.audit().remove(k)?;
         }
         Ok(doomed.len())
     }
 
     /// Number of entries kept.
     pub fn len(&self) -> usize {
-        self.store.audit.len()
+        self.store.audit().len()
     }
 
     /// True when no entry is kept.
     pub fn is_empty(&self) -> bool {
-        self.store.audit.is_empty()
+        self.store.audit().is_empty()
     }
 }
 
@@ -762,19 +884,19 @@ mod tests {
 
         // Alter entry 4's content in place (same length).
         let k = 4u64.to_be_bytes();
-        let mut raw = store.audit.get(k).unwrap().unwrap().to_vec();
+        let mut raw = store.audit().get(k).unwrap().unwrap().to_vec();
         let pos = raw.windows(8).position(|w| w == b"detail 3").unwrap();
         raw[pos + 7] = b'X';
-        store.audit.insert(k, raw).unwrap();
+        store.audit().insert(k, raw).unwrap();
         let r = audit.verify().unwrap();
         assert!(!r.ok);
         assert_eq!(r.broken.as_ref().unwrap().seq, 4, "{r:?}");
 
         // Recompute its hash too: then entry 5's link breaks.
-        let mut sealed: Sealed = codec::decode(&store.audit.get(k).unwrap().unwrap()).unwrap();
+        let mut sealed: Sealed = codec::decode(&store.audit().get(k).unwrap().unwrap()).unwrap();
         sealed.hash = sha(&sealed.body);
         store
-            .audit
+            .audit()
             .insert(k, codec::encode(&sealed).unwrap())
             .unwrap();
         let r = audit.verify().unwrap();
@@ -789,7 +911,7 @@ mod tests {
         for i in 0..6 {
             audit.append(ev(i)).unwrap();
         }
-        store.audit.remove(3u64.to_be_bytes()).unwrap();
+        store.audit().remove(3u64.to_be_bytes()).unwrap();
         let r = audit.verify().unwrap();
         assert_eq!(r.broken.unwrap().seq, 4);
         let dir2 = tempfile::tempdir().unwrap();
@@ -798,7 +920,7 @@ mod tests {
         for i in 0..6 {
             audit2.append(ev(i)).unwrap();
         }
-        store2.audit.remove(6u64.to_be_bytes()).unwrap();
+        store2.audit().remove(6u64.to_be_bytes()).unwrap();
         let r = audit2.verify().unwrap();
         assert_eq!(r.broken.unwrap().seq, 6, "truncation seen through the head");
     }
@@ -827,13 +949,13 @@ mod tests {
         assert!(audit.verify().unwrap().ok);
         // The first kept entry altered: reported against the anchor.
         let k = 20u64.to_be_bytes();
-        let mut sealed: Sealed = codec::decode(&store.audit.get(k).unwrap().unwrap()).unwrap();
+        let mut sealed: Sealed = codec::decode(&store.audit().get(k).unwrap().unwrap()).unwrap();
         let mut e: Entry = codec::decode(&sealed.body).unwrap();
         e.prev = [9; 32];
         sealed.body = codec::encode(&e).unwrap();
         sealed.hash = sha(&sealed.body);
         store
-            .audit
+            .audit()
             .insert(k, codec::encode(&sealed).unwrap())
             .unwrap();
         let r = audit.verify().unwrap();
@@ -935,7 +1057,7 @@ mod measure {
 
     fn audit_bytes(store: &Store) -> u64 {
         store
-            .audit
+            .audit()
             .iter()
             .map(|kv| {
                 let (k, v) = kv.unwrap();

@@ -290,13 +290,13 @@ pub struct Snapshot {
 impl Snapshot {
     /// Reads `store`.
     pub fn of(store: &Store) -> Result<Self, IntegrityError> {
-        let audit_last = match store.audit.last()? {
+        let audit_last = match store.audit().last()? {
             Some((k, _)) => <[u8; 8]>::try_from(k.as_ref()).map_or(0, u64::from_be_bytes),
             None => 0,
         };
         Ok(Self {
-            generation: generation(&store.meta)?,
-            anchored: store.meta.get(ANCHORED_KEY)?.is_some(),
+            generation: generation(&store.meta())?,
+            anchored: store.meta().get(ANCHORED_KEY)?.is_some(),
             audit_last,
             has_data: store.trees().iter().any(|(_, t)| !t.is_empty()),
         })
@@ -354,7 +354,7 @@ pub fn check(
         expected: hex::encode(cp.audit_hash),
         found,
     };
-    match store.audit.get(cp.audit_seq.to_be_bytes())? {
+    match store.audit().get(cp.audit_seq.to_be_bytes())? {
         Some(v) => match codec::decode::<crate::state::audit::Sealed>(&v) {
             Ok(sealed) if sealed.hash == cp.audit_hash => Ok(()),
             Ok(sealed) => Err(rewritten(hex::encode(sealed.hash))),
@@ -363,7 +363,7 @@ pub fn check(
         // Swept by retention since (newer entries exist): the chain from
         // the first kept entry is checked by `truc audit verify`.
         None if store
-            .audit
+            .audit()
             .first()?
             .is_some_and(|(k, _)| k.as_ref() > cp.audit_seq.to_be_bytes().as_slice()) =>
         {
@@ -596,7 +596,10 @@ mod measure {
             }
             let t = std::time::Instant::now();
             for i in 0..n {
-                store.keys.insert(format!("k{i}"), vec![0u8; 200]).unwrap();
+                store
+                    .keys()
+                    .insert(format!("k{i}"), vec![0u8; 200])
+                    .unwrap();
                 store.flush().unwrap();
             }
             t.elapsed().as_secs_f64() * 1e6 / f64::from(n)

@@ -15,6 +15,8 @@
 //! - `nonces`: `access_key \0 nonce`
 //! - `presence_log`: `code \0 at_ms (u64) seq (u32)`
 //! - `audit`: `seq (u64)`
+//! - `meta`: `drained \0 code` (when a source's queue was last seen empty,
+//!   [`crate::state::drained`]); other `meta` keys are single names.
 //! - `agencies`, `keys`, `presence`: one text field (the code or access key).
 //!
 //! Invariant: text fields never contain `\0` (agency codes, message ids,

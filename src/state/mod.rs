@@ -3,7 +3,8 @@
 //! Owns the store and its group-committed durability, the one value codec,
 //! the agency registry, nonce replay defence, per-envelope timelines and
 //! dedupe records, presence history, the hash-chained audit log, the
-//! retention sweeps and the store's integrity (generation and checkpoint).
+//! retention sweeps, the store's integrity (generation and checkpoint) and
+//! when each source's queue was last seen empty.
 //!
 //! May use: [`crate::core`]. Invariants: every value goes through
 //! [`codec`] and every key of several fields through [`keys`]; nothing here
@@ -11,6 +12,7 @@
 
 pub mod audit;
 pub mod codec;
+pub mod drained;
 pub mod integrity;
 pub mod keys;
 pub mod presence;

@@ -113,7 +113,7 @@ impl PresenceBook {
     /// Every persisted agency state.
     pub fn load(&self) -> Result<Vec<(AgencyCode, AgencyPresence)>, PresenceError> {
         let mut out = Vec::new();
-        for item in self.store.presence.iter() {
+        for item in self.store.presence().iter() {
             let (k, v) = item?;
             if let Some(code) = std::str::from_utf8(&k)
                 .ok()
@@ -127,7 +127,7 @@ impl PresenceBook {
 
     /// The persisted state of `code`.
     pub fn get(&self, code: &AgencyCode) -> Result<Option<AgencyPresence>, PresenceError> {
-        match self.store.presence.get(code.as_str())? {
+        match self.store.presence().get(code.as_str())? {
             Some(v) => Ok(Some(codec::decode(&v)?)),
             None => Ok(None),
         }
@@ -136,7 +136,7 @@ impl PresenceBook {
     /// Saves the state of `code`.
     pub fn save(&self, code: &AgencyCode, p: &AgencyPresence) -> Result<(), PresenceError> {
         self.store
-            .presence
+            .presence()
             .insert(code.as_str(), codec::encode(p)?)?;
         Ok(())
     }
@@ -144,7 +144,7 @@ impl PresenceBook {
     /// Appends a transition to the history.
     pub fn append(&self, t: &Transition) -> Result<(), PresenceError> {
         let k = log_key(&t.code, t.at_ms, self.seq.fetch_add(1, Ordering::Relaxed));
-        self.store.presence_log.insert(k, codec::encode(t)?)?;
+        self.store.presence_log().insert(k, codec::encode(t)?)?;
         Ok(())
     }
 
@@ -164,7 +164,7 @@ impl PresenceBook {
             .u32(u32::MAX)
             .into_bytes();
         let mut out = Vec::new();
-        for item in self.store.presence_log.range(start..=end) {
+        for item in self.store.presence_log().range(start..=end) {
             let (_, v) = item?;
             out.push(codec::decode(&v)?);
         }

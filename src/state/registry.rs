@@ -261,7 +261,7 @@ impl Registry {
     pub fn open(store: Store, master: MasterKey) -> Result<Self, RegistryError> {
         let mut cache = Cache::default();
         let mut migrated = 0usize;
-        for item in store.agencies.iter() {
+        for item in store.agencies().iter() {
             let (k, v) = item?;
             let mut agency: Agency = codec::decode(&v)?;
             let mut plain = false;
@@ -279,7 +279,7 @@ impl Registry {
             }
             if plain {
                 store
-                    .agencies
+                    .agencies()
                     .insert(k, codec::encode(&sealed(&master, &agency))?)?;
                 migrated += 1;
             }
@@ -291,7 +291,7 @@ impl Registry {
             let e = entry(agency)?;
             cache.by_code.insert(e.agency.code.clone(), Arc::new(e));
         }
-        for item in store.last_keys.iter() {
+        for item in store.last_keys().iter() {
             let (k, v) = item?;
             let code = String::from_utf8_lossy(&k);
             let Ok(code) = AgencyCode::parse(&code) else {
@@ -361,7 +361,7 @@ impl Registry {
             keys: vec![key.clone()],
         };
         let mut cache = self.cache_mut();
-        let inserted = self.store.agencies.compare_and_swap(
+        let inserted = self.store.agencies().compare_and_swap(
             code.as_str(),
             None as Option<&[u8]>,
             Some(codec::encode(&sealed(&self.master, &agency))?),
@@ -370,7 +370,7 @@ impl Registry {
             return Err(RegistryError::Exists(code));
         }
         self.store
-            .keys
+            .keys()
             .insert(key.access_key.as_bytes(), code.as_str().as_bytes())?;
         let broker = self.issue_broker_password(&code)?;
         cache.by_key.insert(key.access_key.clone(), code.clone());
@@ -393,7 +393,7 @@ impl Registry {
             issued_at_ms: now_ms(),
         };
         self.store
-            .broker_users
+            .broker_users()
             .insert(code.as_str(), codec::encode(&user)?)?;
         Ok(BrokerIssued {
             code: code.clone(),
@@ -417,7 +417,7 @@ impl Registry {
 
     /// The stored broker user of `code`, if a password was ever issued.
     pub fn broker_user(&self, code: &AgencyCode) -> Result<Option<BrokerUser>, RegistryError> {
-        match self.store.broker_users.get(code.as_str())? {
+        match self.store.broker_users().get(code.as_str())? {
             Some(v) => Ok(Some(codec::decode(&v)?)),
             None => Ok(None),
         }
@@ -457,7 +457,7 @@ impl Registry {
             return Ok(());
         }
         self.store
-            .last_keys
+            .last_keys()
             .insert(code.as_str(), access_key.as_bytes())?;
         self.store.flush()?;
         cache.last_used.insert(code.clone(), access_key.to_owned());
@@ -504,7 +504,7 @@ impl Registry {
 
     /// Writes `agency` (sealed) and refreshes the cache; the caller holds the cache lock.
     fn write(&self, cache: &mut Cache, agency: Agency) -> Result<Arc<Entry>, RegistryError> {
-        self.store.agencies.insert(
+        self.store.agencies().insert(
             agency.code.as_str(),
             codec::encode(&sealed(&self.master, &agency))?,
         )?;
@@ -561,12 +561,12 @@ impl Registry {
         };
         agency.keys.push(key.clone());
         self.store
-            .keys
+            .keys()
             .insert(key.access_key.as_bytes(), code.as_str().as_bytes())?;
         cache.by_key.insert(key.access_key.clone(), code.clone());
         if let Some(used) = in_use {
             self.store
-                .last_keys
+                .last_keys()
                 .insert(code.as_str(), used.as_bytes())?;
             cache.last_used.insert(code.clone(), used);
         }
@@ -594,11 +594,11 @@ impl Registry {
             .ok_or_else(|| RegistryError::NotFound(code.clone()))?;
         for k in &entry.agency.keys {
             cache.by_key.remove(&k.access_key);
-            self.store.keys.remove(k.access_key.as_bytes())?;
+            self.store.keys().remove(k.access_key.as_bytes())?;
         }
-        self.store.agencies.remove(code.as_str())?;
-        self.store.broker_users.remove(code.as_str())?;
-        self.store.last_keys.remove(code.as_str())?;
+        self.store.agencies().remove(code.as_str())?;
+        self.store.broker_users().remove(code.as_str())?;
+        self.store.last_keys().remove(code.as_str())?;
         cache.last_used.remove(code);
         self.store.flush()?;
         Ok(entry.agency.clone())
@@ -669,12 +669,12 @@ mod tests {
             }],
         };
         store
-            .agencies
+            .agencies()
             .insert(code.as_str(), codec::encode(&legacy).unwrap())
             .unwrap();
-        store.keys.insert("AKLEGACY0001", code.as_str()).unwrap();
+        store.keys().insert("AKLEGACY0001", code.as_str()).unwrap();
         let reg = Registry::open(store.clone(), mk()).unwrap();
-        let raw = store.agencies.get(code.as_str()).unwrap().unwrap();
+        let raw = store.agencies().get(code.as_str()).unwrap().unwrap();
         let on_disk: Agency = codec::decode(&raw).unwrap();
         assert!(MasterKey::is_sealed(&on_disk.keys[0].secret));
         assert!(!String::from_utf8_lossy(&raw).contains("plain-secret-xyz"));
@@ -756,7 +756,7 @@ mod tests {
         assert!(issued.broker_password.len() >= 40);
         let stored = reg.broker_user(&a).unwrap().unwrap();
         assert!(verify(&stored.password_hash, &issued.broker_password));
-        let raw = store.broker_users.get("A1").unwrap().unwrap();
+        let raw = store.broker_users().get("A1").unwrap().unwrap();
         assert!(!raw
             .windows(issued.broker_password.len())
             .any(|w| w == issued.broker_password.as_bytes()));
@@ -770,7 +770,7 @@ mod tests {
         // An agency of an older store has no broker user until one is issued.
         let legacy = AgencyCode::parse("B1").unwrap();
         reg.add(legacy.clone(), "B", None).unwrap();
-        store.broker_users.remove("B1").unwrap();
+        store.broker_users().remove("B1").unwrap();
         assert!(reg.broker_user(&legacy).unwrap().is_none());
         assert!(matches!(
             reg.rotate_broker_password(&AgencyCode::parse("Z9").unwrap()),

@@ -38,22 +38,26 @@ impl Nonces {
     }
 
     /// Checks `nonce` for `key`; remembers it until `expires_ms` when fresh.
+    /// An entry of an earlier use counts as expired only when its expiry is
+    /// at or before `floor_ms`, the time the message could first have been
+    /// seen ([`crate::core::skew::floor`]; at most now), so a message the
+    /// clock-skew rule still accepts never finds its nonce forgotten.
     pub fn check_and_remember(
         &self,
         key: &str,
         nonce: &str,
         message_id: &str,
         expires_ms: i64,
-        now_ms: i64,
+        floor_ms: i64,
     ) -> Result<NonceCheck, StoreError> {
         let k = nonce_key(key, nonce);
         let mut value = expires_ms.to_be_bytes().to_vec();
         value.extend_from_slice(message_id.as_bytes());
-        match self
-            .store
-            .nonces
-            .compare_and_swap(&k, None as Option<&[u8]>, Some(value.clone()))?
-        {
+        match self.store.nonces().compare_and_swap(
+            &k,
+            None as Option<&[u8]>,
+            Some(value.clone()),
+        )? {
             Ok(()) => Ok(NonceCheck::Fresh),
             Err(cas) => {
                 let old = cas.current.unwrap_or_default();
@@ -61,9 +65,9 @@ impl Nonces {
                 let exp = i64::from_be_bytes(exp.try_into().unwrap_or([0; 8]));
                 if mid == message_id.as_bytes() {
                     Ok(NonceCheck::SameMessage)
-                } else if exp <= now_ms {
+                } else if exp <= floor_ms {
                     // Expired entry not swept yet: the nonce is free again.
-                    self.store.nonces.insert(&k, value)?;
+                    self.store.nonces().insert(&k, value)?;
                     Ok(NonceCheck::Fresh)
                 } else {
                     Ok(NonceCheck::Replay)
@@ -72,13 +76,25 @@ impl Nonces {
         }
     }
 
-    /// Removes expired entries; returns how many.
-    pub fn sweep(&self, now_ms: i64) -> Result<usize, StoreError> {
+    /// Removes expired entries; returns how many. `floor_of(access_key)` is
+    /// the floor of the key's source (the persisted time its queue was last
+    /// seen empty, at most `now_ms`; `now_ms` when unknown): an entry goes
+    /// only when its expiry is before it, so no message the clock-skew rule
+    /// would still accept can reuse the nonce.
+    pub fn sweep(&self, now_ms: i64, floor_of: impl Fn(&str) -> i64) -> Result<usize, StoreError> {
         let mut n = 0;
-        for item in self.store.nonces.iter() {
+        for item in self.store.nonces().iter() {
             let (k, v) = item?;
-            if v.len() >= 8 && i64::from_be_bytes(v[..8].try_into().unwrap_or([0; 8])) <= now_ms {
-                self.store.nonces.remove(k)?;
+            if v.len() < 8 {
+                continue;
+            }
+            let exp = i64::from_be_bytes(v[..8].try_into().unwrap_or([0; 8]));
+            if exp > now_ms {
+                continue;
+            }
+            let access_key = crate::state::keys::Fields::of(&k).str().unwrap_or("");
+            if exp <= floor_of(access_key).min(now_ms) {
+                self.store.nonces().remove(k)?;
                 n += 1;
             }
         }
@@ -119,6 +135,26 @@ mod tests {
                 .unwrap(),
             NonceCheck::Fresh
         );
-        assert_eq!(n.sweep(5000).unwrap(), 2);
+        assert_eq!(n.sweep(5000, |_| 5000).unwrap(), 2);
+    }
+
+    #[test]
+    fn an_entry_outlives_its_expiry_while_its_source_was_not_seen_empty_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = Nonces::new(Store::open(dir.path()).unwrap());
+        let fresh = n
+            .check_and_remember("K", "nonce-0000000001", "m1", 1000, 0)
+            .unwrap();
+        assert_eq!(fresh, NonceCheck::Fresh);
+        // Hours later, but the queue was last seen empty before the expiry:
+        // the entry is live for a message judged from that floor.
+        assert_eq!(
+            n.check_and_remember("K", "nonce-0000000001", "m2", 9000, 900)
+                .unwrap(),
+            NonceCheck::Replay
+        );
+        // Nor is it swept while its source's floor is before its expiry.
+        assert_eq!(n.sweep(10_000_000, |_| 900).unwrap(), 0);
+        assert_eq!(n.sweep(10_000_000, |_| 1000).unwrap(), 1);
     }
 }

@@ -56,7 +56,7 @@ pub fn sweep_envelopes_step(
     batch: usize,
 ) -> Result<usize, RetentionError> {
     let mut doomed = Vec::new();
-    for item in store.envelopes.iter() {
+    for item in store.envelopes().iter() {
         let (k, v) = item?;
         let rec: EnvelopeRecord = match codec::decode(&v) {
             Ok(r) => r,
@@ -75,14 +75,14 @@ pub fn sweep_envelopes_step(
     for (k, rec) in &doomed {
         for d in &rec.dests {
             store
-                .by_dest
+                .by_dest()
                 .remove(crate::state::tracking::dest_index_key(
                     &d.code,
                     &rec.message_id,
                     &rec.from,
                 ))?;
         }
-        store.envelopes.remove(k)?;
+        store.envelopes().remove(k)?;
     }
     Ok(doomed.len())
 }
@@ -178,7 +178,7 @@ pub fn stats(store: &Store, envelope_retention: &str, audit_retention: &str) -> 
         trees: store
             .trees()
             .into_iter()
-            .map(|(name, t)| tree_stats(name, t))
+            .map(|(name, t)| tree_stats(name, &t))
             .collect(),
         envelope_retention: envelope_retention.to_owned(),
         audit_retention: audit_retention.to_owned(),
@@ -253,8 +253,8 @@ mod tests {
         .await
         .unwrap();
         assert_eq!((e, a), (450, 10));
-        assert_eq!(store.envelopes.len(), 50);
-        assert_eq!(store.by_dest.len(), 50);
+        assert_eq!(store.envelopes().len(), 50);
+        assert_eq!(store.by_dest().len(), 50);
         assert!(tracking.sources_of(&dest, "m0001").unwrap().is_empty());
         assert_eq!(tracking.sources_of(&dest, "m0599").unwrap(), vec![from]);
         assert!(audit.verify().unwrap().ok);

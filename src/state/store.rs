@@ -1,23 +1,38 @@
 //! The embedded sled database: trees for the registry, tracking and replay
-//! defence, and group-committed durability.
+//! defence, group-committed durability, and recovery from a write failure.
 //!
 //! Invariants: sled holds metadata only, never an envelope body; a caller that
 //! must not lose a write awaits [`Store::durable`] before acknowledging
 //! anything to the broker. Many concurrent callers share one `flush`.
+//!
 //! Every flush truc asks for (group commit or [`Store::flush`]) bumps the
 //! store's *generation* (`meta` key `store_generation`) first and, once the
 //! store is anchored ([`Store::anchor`]), writes the checkpoint file after the
 //! flush and before any waiter is released: the file never claims more than
 //! is on disk, and is current when [`Store::durable`] resolves. Flushes are
 //! serialised by one lock.
+//!
+//! Write failures: sled 0.34 keeps the first I/O error of its log writer
+//! (ENOSPC included) as a *global error* (`Config::set_global_error` in
+//! `pagecache/iobuf.rs`) that every later write and flush returns, and only
+//! `PageCache::start` — opening the database again — resets it. So the
+//! flusher checks the database at least once a second; while it cannot
+//! flush, [`Store::fault`] says why (the `/healthz` `store` check), and once a
+//! probe file can be written in the data directory again it **reopens** the
+//! database and bumps [`Store::reopens`]. Writes made before a reopen and
+//! not yet flushed are gone: [`Store::durable`] fails for a caller whose
+//! writes straddle a reopen, so it does not ack and the message comes again.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{watch, Notify};
 
+use crate::core::alarm::{Alarm, Say};
 use crate::core::checkpoint::Checkpoint;
+use crate::core::metrics;
 use crate::state::integrity::{self, Anchoring};
 
 /// Store errors.
@@ -32,6 +47,10 @@ pub enum StoreError {
     /// The store was closed while waiting for durability.
     #[error("store closed")]
     Closed,
+    /// The database was reopened after a write failure while the caller's
+    /// writes were not yet durable: they may be lost, do it again.
+    #[error("store reopened after a write failure; unflushed writes are lost")]
+    Reopened,
     /// The checkpoint file could not be written.
     #[error("checkpoint file {path}: {source}")]
     Anchor {
@@ -55,90 +74,34 @@ impl StoreError {
             ) => false,
             Self::Codec(_) => false,
             Self::Closed => false,
+            Self::Reopened => true,
             Self::Anchor { .. } => true,
         }
     }
 }
 
-struct Inner {
+/// One opening of the database and its trees.
+struct Trees {
     db: sled::Db,
+    agencies: sled::Tree,
+    keys: sled::Tree,
+    envelopes: sled::Tree,
+    by_dest: sled::Tree,
+    deadlines: sled::Tree,
+    nonces: sled::Tree,
     meta: sled::Tree,
-    requested: AtomicU64,
-    wake: Arc<Notify>,
-    done: watch::Sender<u64>,
-    commit: std::sync::Mutex<Commit>,
+    pending: sled::Tree,
+    presence: sled::Tree,
+    presence_log: sled::Tree,
+    audit: sled::Tree,
+    broker_users: sled::Tree,
+    last_keys: sled::Tree,
 }
 
-/// What one flush updates, under one lock.
-struct Commit {
-    generation: u64,
-    anchor: Option<Anchoring>,
-}
-
-impl Inner {
-    /// Bumps the generation, flushes, then writes the checkpoint (if anchored).
-    fn commit(&self) -> Result<Option<Checkpoint>, StoreError> {
-        let mut c = self.commit.lock().unwrap_or_else(|p| p.into_inner());
-        let generation = c.generation + 1;
-        self.meta
-            .insert(integrity::GENERATION_KEY, &generation.to_be_bytes())?;
-        if c.anchor.is_some() {
-            self.meta.insert(integrity::ANCHORED_KEY, &[1u8])?;
-        }
-        let head = integrity::audit_head(&self.meta)?;
-        self.db.flush()?;
-        c.generation = generation;
-        let Some(anchor) = c.anchor.as_mut() else {
-            return Ok(None);
-        };
-        let cp = anchor.next(generation, head);
-        anchor.write(&cp)?;
-        Ok(Some(cp))
-    }
-}
-
-/// Handle to the database; cheap to clone.
-#[derive(Clone)]
-pub struct Store {
-    inner: Arc<Inner>,
-    /// Agencies by code.
-    pub agencies: sled::Tree,
-    /// Access key → agency code.
-    pub keys: sled::Tree,
-    /// Envelope records by `from \0 message_id`.
-    pub envelopes: sled::Tree,
-    /// Index `dest \0 message_id \0 from` → empty.
-    pub by_dest: sled::Tree,
-    /// Deadlines: `deliver_by ms (BE) from \0 message_id` → empty.
-    pub deadlines: sled::Tree,
-    /// Seen nonces: `key \0 nonce` → (expiry ms, message id).
-    pub nonces: sled::Tree,
-    /// Small settings (`name` → value).
-    pub meta: sled::Tree,
-    /// Undelivered envelopes: `dest \0 from \0 message_id` → pending entry.
-    pub pending: sled::Tree,
-    /// Current presence per agency: `code` → presence record.
-    pub presence: sled::Tree,
-    /// Presence transitions: `code \0 at_ms (8 bytes BE) seq (4 bytes BE)` → transition.
-    pub presence_log: sled::Tree,
-    /// Audit entries by big-endian sequence number ([`crate::state::audit`]).
-    pub audit: sled::Tree,
-    /// RabbitMQ password hash of each agency's broker user: `code` →
-    /// [`crate::state::registry::BrokerUser`] (never the password).
-    pub broker_users: sled::Tree,
-    /// The access key each agency last authenticated with: `code` → access
-    /// key (UTF-8), read by [`crate::state::registry::Registry::signing_key`].
-    pub last_keys: sled::Tree,
-    path: PathBuf,
-}
-
-impl Store {
-    /// Opens (creating) the database under `dir`.
-    pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
-        let path = dir.join("db");
+impl Trees {
+    fn open(path: &Path) -> Result<Self, StoreError> {
         let config = sled::Config::new()
-            .path(&path)
+            .path(path)
             .cache_capacity(64 * 1024 * 1024)
             .flush_every_ms(Some(1000));
         // sled's background thread may hold the file lock of a handle just
@@ -155,14 +118,11 @@ impl Store {
                             || e.to_string().contains("could not acquire lock")) =>
                 {
                     tries += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(50));
+                    std::thread::sleep(Duration::from_millis(50));
                 }
                 Err(e) => return Err(e.into()),
             }
         };
-        let (done, _) = watch::channel(0);
-        let meta = db.open_tree("meta")?;
-        let generation = integrity::generation(&meta)?;
         Ok(Self {
             agencies: db.open_tree("agencies")?,
             keys: db.open_tree("keys")?,
@@ -170,26 +130,138 @@ impl Store {
             by_dest: db.open_tree("by_dest")?,
             deadlines: db.open_tree("deadlines")?,
             nonces: db.open_tree("nonces")?,
-            meta: meta.clone(),
+            meta: db.open_tree("meta")?,
             pending: db.open_tree("pending")?,
             presence: db.open_tree("presence")?,
             presence_log: db.open_tree("presence_log")?,
             audit: db.open_tree("audit")?,
             broker_users: db.open_tree("broker_users")?,
             last_keys: db.open_tree("last_keys")?,
+            db,
+        })
+    }
+}
+
+struct Inner {
+    /// `None` only inside [`Inner::recover`], under the write lock.
+    open: RwLock<Option<Arc<Trees>>>,
+    /// Bumped by every reopen.
+    reopens: AtomicU64,
+    /// The store generation and the checkpoint writer, under one lock.
+    commit: Mutex<Commit>,
+    /// Number of the last flush started / the last one that succeeded.
+    flushes_started: AtomicU64,
+    flushed: AtomicU64,
+    /// Why the store cannot write, while it cannot.
+    fault: Mutex<Option<String>>,
+    /// A caller saw a write fail: the next flush writes a probe first.
+    suspect: std::sync::atomic::AtomicBool,
+    alarm: Alarm,
+    requested: AtomicU64,
+    wake: Arc<Notify>,
+    done: watch::Sender<u64>,
+    path: PathBuf,
+}
+
+/// What one flush updates, under one lock.
+struct Commit {
+    generation: u64,
+    anchor: Option<Anchoring>,
+}
+
+/// The `meta` key written to check that the store can write.
+const PROBE_KEY: &[u8] = b"store_probe";
+
+/// Bytes written (and synced) to a probe file before a reopen is tried.
+const PROBE_BYTES: usize = 1 << 20;
+
+/// Handle to the database; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+    path: PathBuf,
+}
+
+macro_rules! trees {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        impl Store {
+            $(
+                $(#[$doc])*
+                pub fn $name(&self) -> sled::Tree {
+                    self.with(|t| t.$name.clone())
+                }
+            )*
+
+            /// Every tree the store opens, with its name (for `truc store stats`).
+            pub fn trees(&self) -> Vec<(&'static str, sled::Tree)> {
+                self.with(|t| vec![$((stringify!($name), t.$name.clone())),*])
+            }
+        }
+    };
+}
+
+trees! {
+    /// Agencies by code.
+    agencies,
+    /// Access key → agency code.
+    keys,
+    /// Envelope records by `from \0 message_id`.
+    envelopes,
+    /// Index `dest \0 message_id \0 from` → empty.
+    by_dest,
+    /// Deadlines: `deliver_by ms (BE) from \0 message_id` → empty.
+    deadlines,
+    /// Seen nonces: `key \0 nonce` → (expiry ms, message id).
+    nonces,
+    /// Small settings (`name` → value).
+    meta,
+    /// Undelivered envelopes: `dest \0 from \0 message_id` → pending entry.
+    pending,
+    /// Current presence per agency: `code` → presence record.
+    presence,
+    /// Presence transitions: `code \0 at_ms (8 bytes BE) seq (4 bytes BE)` → transition.
+    presence_log,
+    /// Audit entries by big-endian sequence number ([`crate::state::audit`]).
+    audit,
+    /// RabbitMQ password hash of each agency's broker user: `code` →
+    /// [`crate::state::registry::BrokerUser`] (never the password).
+    broker_users,
+    /// The access key each agency last authenticated with: `code` → key.
+    last_keys,
+}
+
+impl Store {
+    /// Opens (creating) the database under `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
+        let path = dir.join("db");
+        let trees = Trees::open(&path)?;
+        let generation = integrity::generation(&trees.meta)?;
+        let (done, _) = watch::channel(0);
+        Ok(Self {
             inner: Arc::new(Inner {
-                db,
-                meta,
-                requested: AtomicU64::new(0),
-                wake: Arc::new(Notify::new()),
-                done,
-                commit: std::sync::Mutex::new(Commit {
+                open: RwLock::new(Some(Arc::new(trees))),
+                reopens: AtomicU64::new(0),
+                commit: Mutex::new(Commit {
                     generation,
                     anchor: None,
                 }),
+                flushes_started: AtomicU64::new(0),
+                flushed: AtomicU64::new(0),
+                fault: Mutex::new(None),
+                suspect: std::sync::atomic::AtomicBool::new(false),
+                alarm: Alarm::new(),
+                requested: AtomicU64::new(0),
+                wake: Arc::new(Notify::new()),
+                done,
+                path: path.clone(),
             }),
             path,
         })
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&Trees) -> R) -> R {
+        self.inner.with(f)
     }
 
     /// Where the database lives.
@@ -199,10 +271,50 @@ impl Store {
 
     /// Bytes on disk.
     pub fn size_on_disk(&self) -> u64 {
-        self.inner.db.size_on_disk().unwrap_or(0)
+        self.with(|t| t.db.size_on_disk().unwrap_or(0))
     }
 
-    /// Starts the group-commit flusher. Call once, inside a runtime.
+    /// How many times the database was reopened after a write failure.
+    /// Writes made before a reopen and not flushed then are lost.
+    pub fn reopens(&self) -> u64 {
+        self.inner.reopens.load(Ordering::Acquire)
+    }
+
+    /// Why the store cannot write (the last flush failed), or `None`.
+    pub fn fault(&self) -> Option<String> {
+        self.inner
+            .fault
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// A mark for writes made now: they are on disk once
+    /// [`Store::flushed_through`] passes it (with no reopen between).
+    pub fn flush_mark(&self) -> u64 {
+        self.inner.flushes_started.load(Ordering::Acquire)
+    }
+
+    /// The number of the last flush that succeeded (see [`Store::flush_mark`]).
+    pub fn flushed_through(&self) -> u64 {
+        self.inner.flushed.load(Ordering::Acquire)
+    }
+
+    /// A write failed (seen by a caller): the next flush checks that the
+    /// store can write at all before it counts as a success.
+    pub fn suspect(&self) {
+        self.inner.suspect.store(true, Ordering::Release);
+        self.inner.wake.notify_one();
+    }
+
+    /// Asks for a flush soon without waiting for it.
+    pub fn nudge(&self) {
+        self.inner.requested.fetch_add(1, Ordering::AcqRel);
+        self.inner.wake.notify_one();
+    }
+
+    /// Starts the group-commit flusher, which also checks the database once
+    /// a second and reopens it after a write failure. Call once, inside a runtime.
     pub fn start_flusher(&self) -> tokio::task::JoinHandle<()> {
         let weak: Weak<Inner> = Arc::downgrade(&self.inner);
         let wake = self.inner.wake.clone();
@@ -211,21 +323,64 @@ impl Store {
                 let notified = wake.notified();
                 let Some(inner) = weak.upgrade() else { return };
                 let target = inner.requested.load(Ordering::Acquire);
-                if *inner.done.borrow() >= target {
-                    drop(inner);
-                    // Wake on the next request, or re-check the weak handle now and then.
-                    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), notified).await;
-                    continue;
+                let idle = *inner.done.borrow() >= target;
+                drop(inner);
+                if idle {
+                    // Wake on the next request; flush anyway (a health check
+                    // when nothing is dirty) at least once a second.
+                    if tokio::time::timeout(Duration::from_secs(1), notified)
+                        .await
+                        .is_ok()
+                    {
+                        continue;
+                    }
                 }
-                match tokio::task::spawn_blocking(move || inner.commit()).await {
+                let Some(inner) = weak.upgrade() else { return };
+                let n = inner.flushes_started.fetch_add(1, Ordering::AcqRel) + 1;
+                let trees = inner.current();
+                // sled's flush succeeds with nothing new to write even after
+                // its sticky error (make_stable returns early), so a write
+                // goes first when a caller saw one fail or a fault is known.
+                let probe = inner.suspect.swap(false, Ordering::AcqRel)
+                    || inner
+                        .fault
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .is_some();
+                drop(inner);
+                let Some(inner) = weak.upgrade() else { return };
+                let committer = inner.clone();
+                drop(inner);
+                let res = tokio::task::spawn_blocking(move || {
+                    if probe {
+                        trees.meta.insert(PROBE_KEY, &n.to_be_bytes())?;
+                    } else if idle {
+                        // Only a health check: no new generation or checkpoint.
+                        trees.db.flush()?;
+                        return Ok(None);
+                    }
+                    committer.commit(&trees)
+                })
+                .await;
+                let Some(inner) = weak.upgrade() else { return };
+                match res {
                     Ok(Ok(_)) => {
-                        if let Some(inner) = weak.upgrade() {
-                            inner.done.send_replace(target);
-                        }
+                        inner.flushed.store(n, Ordering::Release);
+                        inner.done.send_if_modified(|d| {
+                            let more = *d < target;
+                            *d = (*d).max(target);
+                            more
+                        });
+                        inner.healthy();
                     }
                     Ok(Err(e)) => {
-                        tracing::error!(error = %e, "store flush failed; retrying");
-                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                        inner.failed(&e);
+                        let again = inner.clone();
+                        drop(inner);
+                        // Reopen (blocking: it waits for sled's lock) once a
+                        // probe shows there is room to write again.
+                        let _ = tokio::task::spawn_blocking(move || again.recover()).await;
+                        tokio::time::sleep(Duration::from_millis(200)).await;
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "sled flush task failed");
@@ -237,128 +392,180 @@ impl Store {
     }
 
     /// Resolves once everything written before the call is on disk.
-    /// Concurrent callers share one flush (group commit).
+    /// Concurrent callers share one flush (group commit). Fails with
+    /// [`StoreError::Reopened`] when the database was reopened meanwhile.
     pub async fn durable(&self) -> Result<(), StoreError> {
+        let reopens = self.reopens();
         let ticket = self.inner.requested.fetch_add(1, Ordering::AcqRel) + 1;
         let mut rx = self.inner.done.subscribe();
         self.inner.wake.notify_one();
         rx.wait_for(|done| *done >= ticket)
             .await
             .map(|_| ())
-            .map_err(|_| StoreError::Closed)
-    }
-
-    /// Every tree the store opens, with its name (for `truc store stats`).
-    pub fn trees(&self) -> Vec<(&'static str, &sled::Tree)> {
-        // Destructured so that a tree added to the store cannot be left out.
-        let Self {
-            inner: _,
-            agencies,
-            keys,
-            envelopes,
-            by_dest,
-            deadlines,
-            nonces,
-            meta,
-            pending,
-            presence,
-            presence_log,
-            audit,
-            broker_users,
-            last_keys,
-            path: _,
-        } = self;
-        vec![
-            ("agencies", agencies),
-            ("keys", keys),
-            ("envelopes", envelopes),
-            ("by_dest", by_dest),
-            ("deadlines", deadlines),
-            ("nonces", nonces),
-            ("meta", meta),
-            ("pending", pending),
-            ("presence", presence),
-            ("presence_log", presence_log),
-            ("audit", audit),
-            ("broker_users", broker_users),
-            ("last_keys", last_keys),
-        ]
+            .map_err(|_| StoreError::Closed)?;
+        if self.reopens() != reopens {
+            return Err(StoreError::Reopened);
+        }
+        Ok(())
     }
 
     /// Flushes synchronously (shutdown, CLI tools), like a group commit:
     /// bumps the generation and writes the checkpoint if anchored.
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.inner.commit()?;
+        let trees = self.inner.current();
+        self.inner.commit(&trees)?;
         Ok(())
+    }
+
+    fn commit_state(&self) -> std::sync::MutexGuard<'_, Commit> {
+        self.inner.commit.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The generation of the last flush truc asked for (0: never).
     pub fn generation(&self) -> u64 {
-        self.inner
-            .commit
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .generation
+        self.commit_state().generation
     }
 
     /// From now on every flush writes a checkpoint through `anchor`.
     pub fn anchor(&self, anchor: Anchoring) {
-        self.inner
-            .commit
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .anchor = Some(anchor);
+        self.commit_state().anchor = Some(anchor);
     }
 
     /// Stops writing checkpoints (a start refused after the store was
     /// anchored must leave the anchor as it found it).
     pub fn disarm_anchor(&self) {
-        self.inner
-            .commit
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .anchor = None;
+        self.commit_state().anchor = None;
     }
 
     /// Makes the next checkpoint's serial greater than `serial` (a copy seen
     /// elsewhere, e.g. the broker's).
     pub fn raise_serial(&self, serial: u64) {
-        if let Some(a) = self
-            .inner
-            .commit
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .anchor
-            .as_mut()
-        {
+        if let Some(a) = self.commit_state().anchor.as_mut() {
             a.raise_serial(serial);
         }
     }
 
     /// Makes the next checkpoint's epoch at least `epoch`.
     pub fn raise_epoch(&self, epoch: u64) {
-        if let Some(a) = self
-            .inner
-            .commit
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .anchor
-            .as_mut()
-        {
+        if let Some(a) = self.commit_state().anchor.as_mut() {
             a.raise_epoch(epoch);
         }
     }
 
     /// Where the checkpoint file is and how it is sealed, once anchored.
     pub fn anchor_file(&self) -> Option<integrity::AnchorFile> {
-        self.inner
-            .commit
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .anchor
-            .as_ref()
-            .map(|a| a.file.clone())
+        self.commit_state().anchor.as_ref().map(|a| a.file.clone())
     }
+}
+
+impl Inner {
+    /// Bumps the generation, flushes `trees`, then writes the checkpoint (if
+    /// anchored). A failed flush leaves the generation where it was: the
+    /// `meta` write of the bump is lost with the rest when the database is
+    /// reopened.
+    fn commit(&self, trees: &Trees) -> Result<Option<Checkpoint>, StoreError> {
+        let mut c = self.commit.lock().unwrap_or_else(|p| p.into_inner());
+        let generation = c.generation + 1;
+        trees
+            .meta
+            .insert(integrity::GENERATION_KEY, &generation.to_be_bytes())?;
+        if c.anchor.is_some() {
+            trees.meta.insert(integrity::ANCHORED_KEY, &[1u8])?;
+        }
+        let head = integrity::audit_head(&trees.meta)?;
+        trees.db.flush()?;
+        c.generation = generation;
+        let Some(anchor) = c.anchor.as_mut() else {
+            return Ok(None);
+        };
+        let cp = anchor.next(generation, head);
+        anchor.write(&cp)?;
+        Ok(Some(cp))
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&Trees) -> R) -> R {
+        let g = self.open.read().unwrap_or_else(|p| p.into_inner());
+        f(g.as_ref().expect("the store is open outside a reopen"))
+    }
+
+    fn current(&self) -> Arc<Trees> {
+        let g = self.open.read().unwrap_or_else(|p| p.into_inner());
+        g.as_ref()
+            .expect("the store is open outside a reopen")
+            .clone()
+    }
+
+    /// A flush succeeded: the fault, if any, is over.
+    fn healthy(&self) {
+        let was = self.fault.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(why) = was {
+            let lasted = self.alarm.clear(Instant::now()).unwrap_or_default();
+            metrics::store_writable(true);
+            tracing::info!(was = %why, lasted_s = lasted.as_secs(), reopens = self.reopens.load(Ordering::Acquire), "store writable again");
+        }
+    }
+
+    /// A flush failed with `e`.
+    fn failed(&self, e: &StoreError) {
+        let detail = e.to_string();
+        *self.fault.lock().unwrap_or_else(|p| p.into_inner()) = Some(detail.clone());
+        metrics::store_writable(false);
+        match self.alarm.raise(Instant::now()) {
+            Say::Started => {
+                tracing::warn!(error = %detail, "store cannot write: nothing is acked until it can; it is reopened once there is room")
+            }
+            Say::Reminder {
+                suppressed,
+                lasting,
+            } => {
+                tracing::warn!(error = %detail, lasting_s = lasting.as_secs(), suppressed, "store still cannot write")
+            }
+            Say::Quiet => {}
+        }
+    }
+
+    /// After a failed flush: once a probe file can be written next to the
+    /// database, reopens it (sled's error is sticky until then).
+    fn recover(&self) {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        if let Err(e) = probe(dir) {
+            tracing::debug!(error = %e, "no room to write yet");
+            return;
+        }
+        let mut g = self.open.write().unwrap_or_else(|p| p.into_inner());
+        // The old database must be closed (its file lock released) before it
+        // is opened again; a handle still in use elsewhere holds it a moment,
+        // which [`Trees::open`] waits out.
+        drop(g.take());
+        loop {
+            match Trees::open(&self.path) {
+                Ok(t) => {
+                    *g = Some(Arc::new(t));
+                    let reopens = self.reopens.fetch_add(1, Ordering::AcqRel) + 1;
+                    tracing::info!(reopens, "store reopened after a write failure");
+                    return;
+                }
+                Err(e) => {
+                    // Nothing can be read or written without it: keep trying.
+                    tracing::error!(error = %e, "store cannot be reopened; retrying");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+}
+
+/// Writes, syncs and removes a file of [`PROBE_BYTES`] in `dir`.
+fn probe(dir: &Path) -> std::io::Result<()> {
+    use std::io::Write;
+    let path = dir.join(".truc-space-probe");
+    let res = (|| {
+        let mut f = std::fs::File::create(&path)?;
+        f.write_all(&vec![0u8; PROBE_BYTES])?;
+        f.sync_all()
+    })();
+    let _ = std::fs::remove_file(&path);
+    res
 }
 
 #[cfg(test)]
@@ -374,17 +581,20 @@ mod tests {
         for i in 0..200u32 {
             let s = store.clone();
             set.spawn(async move {
-                s.keys.insert(i.to_be_bytes(), b"x".to_vec()).unwrap();
+                s.meta().insert(i.to_be_bytes(), b"x".to_vec()).unwrap();
                 s.durable().await.unwrap();
             });
         }
         while let Some(r) = set.join_next().await {
             r.unwrap();
         }
-        assert_eq!(store.keys.len(), 200);
+        // 200 keys plus the generation.
+        assert_eq!(store.meta().len(), 201);
         // Each shared flush bumped the generation once.
         let g = store.generation();
         assert!((1..=200).contains(&g), "{g}");
+        assert!(store.flushed_through() >= 1);
+        assert_eq!(store.fault(), None);
     }
 
     #[test]
@@ -392,17 +602,30 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let names: Vec<&str> = store.trees().iter().map(|(n, _)| *n).collect();
-        let mut opened: Vec<String> = store
-            .inner
-            .db
-            .tree_names()
-            .iter()
-            .map(|n| String::from_utf8_lossy(n).into_owned())
-            .filter(|n| n != "__sled__default")
-            .collect();
+        let mut opened: Vec<String> = store.with(|t| {
+            t.db.tree_names()
+                .iter()
+                .map(|n| String::from_utf8_lossy(n).into_owned())
+                .filter(|n| n != "__sled__default")
+                .collect()
+        });
         opened.sort();
         let mut listed: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         listed.sort();
         assert_eq!(listed, opened);
+    }
+
+    #[test]
+    fn a_reopen_keeps_what_was_flushed_and_bumps_the_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.meta().insert("k", "v").unwrap();
+        store.flush().unwrap();
+        let held = store.clone();
+        store.inner.recover();
+        assert_eq!(store.reopens(), 1);
+        assert_eq!(held.meta().get("k").unwrap().unwrap().as_ref(), b"v");
+        held.meta().insert("k2", "v2").unwrap();
+        assert!(store.meta().get("k2").unwrap().is_some());
     }
 }

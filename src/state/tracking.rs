@@ -248,7 +248,7 @@ impl Tracking {
         from: &AgencyCode,
         message_id: &str,
     ) -> Result<Option<EnvelopeRecord>, StoreError> {
-        match self.store.envelopes.get(record_key(from, message_id))? {
+        match self.store.envelopes().get(record_key(from, message_id))? {
             None => Ok(None),
             Some(v) => Ok(Some(codec::decode::<EnvelopeRecord>(&v)?)),
         }
@@ -264,7 +264,7 @@ impl Tracking {
     ) -> Result<(), StoreError> {
         for d in dests {
             self.store
-                .by_dest
+                .by_dest()
                 .insert(dest_index_key(d, message_id, from), &[])?;
         }
         Ok(())
@@ -282,7 +282,7 @@ impl Tracking {
         let v = codec::encode(p)?;
         for d in dests {
             self.store
-                .pending
+                .pending()
                 .insert(pending_key(d, from, message_id), v.clone())?;
         }
         Ok(())
@@ -296,7 +296,7 @@ impl Tracking {
         message_id: &str,
     ) -> Result<(), StoreError> {
         self.store
-            .pending
+            .pending()
             .remove(pending_key(dest, from, message_id))?;
         Ok(())
     }
@@ -312,7 +312,7 @@ impl Tracking {
     ) -> Result<(), StoreError> {
         let v = codec::encode(p)?;
         self.store
-            .pending
+            .pending()
             .fetch_and_update(pending_key(dest, from, message_id), |old| {
                 old.map(|_| v.clone())
             })?;
@@ -326,7 +326,7 @@ impl Tracking {
     ) -> Result<Vec<(AgencyCode, String, Pending)>, StoreError> {
         let prefix = Key::new().code(dest).prefix();
         let mut out = Vec::new();
-        for item in self.store.pending.scan_prefix(&prefix) {
+        for item in self.store.pending().scan_prefix(&prefix) {
             let (k, v) = item?;
             let Some(mut f) = Fields::after(&k, &prefix) else {
                 continue;
@@ -342,7 +342,7 @@ impl Tracking {
     /// [`Store::durable`] resolves.
     pub fn put(&self, rec: &EnvelopeRecord) -> Result<(), StoreError> {
         self.store
-            .envelopes
+            .envelopes()
             .insert(record_key(&rec.from, &rec.message_id), codec::encode(rec)?)?;
         Ok(())
     }
@@ -358,7 +358,7 @@ impl Tracking {
         // much the destination received before.
         let prefix = Key::new().code(dest).str(message_id).prefix();
         let mut out = Vec::new();
-        for item in self.store.by_dest.scan_prefix(&prefix) {
+        for item in self.store.by_dest().scan_prefix(&prefix) {
             let (k, _) = item?;
             if let Some(code) = Fields::after(&k, &prefix).and_then(|mut f| f.code()) {
                 out.push(code);
@@ -375,7 +375,7 @@ impl Tracking {
         message_id: &str,
     ) -> Result<(), StoreError> {
         self.store
-            .deadlines
+            .deadlines()
             .insert(deadline_key(deliver_by_ms, from, message_id), &[])?;
         Ok(())
     }
@@ -389,7 +389,7 @@ impl Tracking {
         let mut out = Vec::new();
         for item in self
             .store
-            .deadlines
+            .deadlines()
             .range(..Key::new().i64(now_ms + 1).into_bytes())
         {
             let (k, _) = item?;
@@ -406,7 +406,7 @@ impl Tracking {
 
     /// Forgets a deadline returned by [`Tracking::due_deadlines`].
     pub fn remove_deadline(&self, key: &[u8]) -> Result<(), StoreError> {
-        self.store.deadlines.remove(key)?;
+        self.store.deadlines().remove(key)?;
         Ok(())
     }
 
@@ -417,7 +417,7 @@ impl Tracking {
         keep: impl Fn(&EnvelopeRecord) -> bool,
     ) -> Result<Vec<EnvelopeRecord>, StoreError> {
         let mut out = Vec::new();
-        for item in self.store.envelopes.iter() {
+        for item in self.store.envelopes().iter() {
             let (_, v) = item?;
             let rec = codec::decode::<EnvelopeRecord>(&v)?;
             if keep(&rec) {
@@ -442,7 +442,7 @@ impl Tracking {
         let mut found = false;
         let mut failure = None;
         self.store
-            .envelopes
+            .envelopes()
             .fetch_and_update(record_key(from, message_id), |old| {
                 let old = old?;
                 match codec::decode::<EnvelopeRecord>(old) {

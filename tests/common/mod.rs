@@ -57,6 +57,9 @@ pub struct TestHub {
     child: Option<Child>,
     /// Agencies registered through this hub.
     pub agencies: Vec<AgencyCode>,
+    /// The broker URL the hub process is given, when not [`amqp_url`]
+    /// (e.g. through a proxy the test can cut); set before [`TestHub::spawn`].
+    pub hub_amqp_url: Option<String>,
 }
 
 impl TestHub {
@@ -81,6 +84,13 @@ impl TestHub {
         let mut hub = Self::prepare(ingress);
         hub.spawn().await;
         hub
+    }
+
+    /// A hub prepared (directories, configuration) but not started, whose
+    /// `policies/ingress.toml` is `ingress` when given: the test may arrange
+    /// its data directory (`data/data`) before [`TestHub::spawn`].
+    pub fn unstarted(ingress: Option<&str>) -> Self {
+        Self::prepare(ingress)
     }
 
     fn prepare(ingress: Option<&str>) -> Self {
@@ -110,6 +120,7 @@ impl TestHub {
             token: format!("test-token-{}-{n}-0123456789", std::process::id()),
             child: None,
             agencies: Vec::new(),
+            hub_amqp_url: None,
         }
     }
 
@@ -130,7 +141,10 @@ impl TestHub {
         let mut c = Command::new(env!("CARGO_BIN_EXE_truc"));
         c.arg("serve")
             .args(args)
-            .env("TRUC_AMQP_URL", amqp_url())
+            .env(
+                "TRUC_AMQP_URL",
+                self.hub_amqp_url.clone().unwrap_or_else(amqp_url),
+            )
             .env("TRUC_DATA_DIR", self.data.path().join("data"))
             .env("TRUC_ADMIN_ADDR", &self.admin_addr)
             .env("TRUC_ADMIN_TOKEN", &self.token)

@@ -1,0 +1,170 @@
+//! `/healthz` follows the hub's own broker link: the hub reaches the broker
+//! through a TCP proxy of the test's, which the test cuts (every connection
+//! dropped, new ones closed at once) without touching the shared broker.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{amqp_url, TestHub};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// A proxy to the broker that can be cut and restored; stops on drop.
+struct Proxy {
+    addr: std::net::SocketAddr,
+    up: Arc<AtomicBool>,
+    /// Bumped on every cut: connections end when it changes.
+    cuts: watch::Sender<u64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(upstream: String) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = Arc::new(AtomicBool::new(true));
+        let (cuts, _) = watch::channel(0u64);
+        let (flag, tx) = (up.clone(), cuts.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                if !flag.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let mut cut = tx.subscribe();
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            up,
+            cuts,
+            task,
+        }
+    }
+
+    fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        self.cuts.send_modify(|n| *n += 1);
+    }
+
+    fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.task.abort();
+    }
+}
+
+/// `amqp_url()` with its host and port replaced by `addr`; the broker's own `host:port`.
+fn through(addr: std::net::SocketAddr) -> (String, String) {
+    let url = amqp_url();
+    let start = url
+        .find('@')
+        .map(|i| i + 1)
+        .unwrap_or(url.find("://").unwrap() + 3);
+    let end = url[start..].find('/').map_or(url.len(), |i| start + i);
+    let upstream = url[start..end].to_owned();
+    (format!("{}{addr}{}", &url[..start], &url[end..]), upstream)
+}
+
+async fn health(hub: &TestHub) -> (u16, serde_json::Value) {
+    let r = truc::cli::http::request(&hub.admin_addr, "GET", "/healthz", "", None)
+        .await
+        .unwrap();
+    (
+        r.status,
+        serde_json::from_slice(&r.body).unwrap_or_default(),
+    )
+}
+
+async fn wait_health(hub: &TestHub, want: u16) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, v) = health(hub).await;
+        if status == want {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/healthz stayed {status} {v}, wanted {want}\n{}",
+            hub.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_is_503_with_a_broker_reason_while_the_link_is_down() {
+    let (_, upstream) = through("127.0.0.1:1".parse().unwrap());
+    let proxy = Proxy::start(upstream).await;
+    let (url, _) = through(proxy.addr);
+    let mut hub = TestHub::unstarted(None);
+    hub.hub_amqp_url = Some(url);
+    hub.spawn().await;
+
+    let ok = wait_health(&hub, 200).await;
+    assert_eq!(ok["status"], "ok");
+    assert_eq!(ok["broker_connected"], true);
+    assert_eq!(ok["reasons"], serde_json::json!([]));
+
+    wait_gauge(&hub, "truc_healthy{check=\"all\"} 1").await;
+    proxy.cut();
+    let down = wait_health(&hub, 503).await;
+    assert_eq!(down["status"], "unhealthy");
+    assert_eq!(down["broker_connected"], false);
+    let reasons = down["reasons"].as_array().unwrap();
+    assert_eq!(reasons.len(), 1, "{down}");
+    assert_eq!(reasons[0]["check"], "broker");
+    assert!(reasons[0]["detail"].as_str().unwrap().contains("broker"));
+    assert!(down["agencies"].is_number(), "the existing fields are kept");
+    // The gauge says so too (set every 2 s).
+    wait_gauge(&hub, "truc_healthy{check=\"broker\"} 0").await;
+    wait_gauge(&hub, "truc_healthy{check=\"all\"} 0").await;
+
+    proxy.restore();
+    let back = wait_health(&hub, 200).await;
+    assert_eq!(back["broker_connected"], true);
+    wait_gauge(&hub, "truc_healthy{check=\"all\"} 1").await;
+    let log = hub.log();
+    assert_eq!(
+        log.matches("WARN truc::serve: unhealthy").count(),
+        2,
+        "{log}"
+    );
+    assert!(log.contains("healthy again"), "{log}");
+}
+
+async fn wait_gauge(hub: &TestHub, line: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = truc::cli::http::request(&hub.admin_addr, "GET", "/metrics", &hub.token, None)
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&r.body).into_owned();
+        if text.lines().any(|l| l == line) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no {line} in:\n{text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -150,7 +150,10 @@ impl TestHub {
             .env("TRUC_ADMIN_TOKEN", &self.token)
             .env("TRUC_PREFIX", &self.prefix)
             .env("TRUC_CONFIG", self.config_file())
-            .env("RUST_LOG", "info");
+            .env(
+                "RUST_LOG",
+                std::env::var("TRUC_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            );
         c
     }
 

@@ -1,12 +1,15 @@
 //! Step 1 — an ingress message, end to end: decode → authenticate →
 //! authorise (sender, clock, nonce, kind's fields, size, digest) → dedupe →
-//! rate limit → route → publish deliveries and notices (one round of
-//! confirms) → record (durable) → ack. Statuses go on to [`super::status`],
+//! rate limit → route → record (marked as being routed) → publish deliveries
+//! and notices (one round of confirms) → unmark → durable → ack. Statuses go on to [`super::status`],
 //! heartbeats to the presence task.
 //!
 //! Invariants: the dedupe check and the record write happen under the
-//! envelope's lock, and the record is written only after every delivery of
-//! the envelope was confirmed; a sender that cannot be authenticated gets no
+//! envelope's lock; the record is written before its deliveries and notices
+//! are published (a destination's status or an operator reading `accepted`
+//! finds it), marked as being routed until every one of them was confirmed,
+//! and a record still marked (a crash, a failed publish) is routed again as a
+//! possible repeat (`lgsp-attempt: 2`), never taken for a duplicate; a sender that cannot be authenticated gets no
 //! notice (its message is kept in the bounded `rejected` queue and tallied in
 //! the audit log per minute and reason); a refusal of
 //! an authenticated sender is a `rejected` notice to the key's owner.
@@ -357,7 +360,10 @@ impl Router {
         // Copies of one envelope handled at once must not both deliver: the
         // dedupe check and the record write happen under the key's lock.
         let _guard = self.locks.lock(from.as_str(), mid).await;
-        if let Some(rec) = self.tracking.get(from, mid)? {
+        // A record still marked as being routed is what a crash (or a failed
+        // publish) left half done: route it again, marked as a possible repeat.
+        let unfinished = self.tracking.is_routing(from, mid)?;
+        if let Some(rec) = self.tracking.get(from, mid)?.filter(|_| !unfinished) {
             if let Some(t) = turn {
                 t.pass();
             }
@@ -432,7 +438,7 @@ impl Router {
         }
         let codes: Vec<AgencyCode> = deliver.iter().map(|d| d.agency.code.clone()).collect();
         self.tracking.index(from, mid, &codes)?;
-        let attempt = if redelivered { "2" } else { "1" };
+        let attempt = if redelivered || unfinished { "2" } else { "1" };
         let accepted_at = format_rfc3339(now);
         // Deferred (lgsp-not-before in the future): each delivery waits in a
         // delay bucket, in the broker, and comes back through the release queue.
@@ -475,24 +481,6 @@ impl Router {
             b.reason = Some(*reason);
             b.detail = detail.clone();
             notices.push(b);
-        }
-        // Deliveries and notices go out together: one round of confirms.
-        let publishes = deliveries
-            .iter()
-            .zip(&deliver)
-            .map(|(m, dest)| self.publish_declaring(&dest.agency.code, m, outbox));
-        let notifies = notices.iter().map(|n| self.notify(&auth.sender, n, outbox));
-        let (published, notified) = futures_util::future::join(
-            futures_util::future::join_all(publishes),
-            futures_util::future::join_all(notifies),
-        )
-        .await;
-        for r in published {
-            r?;
-            metrics::delivery_published();
-        }
-        for r in notified {
-            r?;
         }
         let mut dests: Vec<DestTrack> = deliver
             .iter()
@@ -544,6 +532,9 @@ impl Router {
             dests,
             bounce_after_ms: fields.bounce_after.map(|d| d.as_millis() as u64),
         };
+        // The record first (marked as being routed), so whoever hears of the
+        // envelope (its destination, its source reading `accepted`) finds it.
+        self.tracking.begin_routing(from, mid)?;
         self.tracking.put(&rec)?;
         // Presence watches what waits in an inbox; a deferred delivery is
         // pended when it is released.
@@ -561,6 +552,25 @@ impl Router {
                 },
             )?;
         }
+        // Deliveries and notices go out together: one round of confirms.
+        let publishes = deliveries
+            .iter()
+            .zip(&deliver)
+            .map(|(m, dest)| self.publish_declaring(&dest.agency.code, m, outbox));
+        let notifies = notices.iter().map(|n| self.notify(&auth.sender, n, outbox));
+        let (published, notified) = futures_util::future::join(
+            futures_util::future::join_all(publishes),
+            futures_util::future::join_all(notifies),
+        )
+        .await;
+        for r in published {
+            r?;
+            metrics::delivery_published();
+        }
+        for r in notified {
+            r?;
+        }
+        self.tracking.routed(from, mid)?;
         self.audit.record(AuditEvent::Accepted {
             from: from.to_string(),
             message_id: mid.clone(),

@@ -1045,3 +1045,35 @@ async fn a_nonce_reused_in_an_old_backlog_is_still_a_replay() {
         Outcome::Rejected(Reason::Replay)
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_record_left_half_routed_is_routed_again_not_taken_for_a_duplicate() {
+    let f = fixture(Policies::default());
+    let o = Recorder::default();
+    let m = envelope_message("u.", &f.src, &out(&["000.00.32.H41"], vec![]));
+    let mid = m.message_id.clone().unwrap();
+    // The publish fails after the record was written: readers find the
+    // envelope, and it stays marked as being routed.
+    *o.lose_delivery_confirm_once.lock().unwrap() = true;
+    assert!(f.router.handle(&inbound(m.clone()), &o).await.is_err());
+    o.take();
+    assert!(f.router.tracking.get(&f.src.code, &mid).unwrap().is_some());
+    assert!(f.router.tracking.is_routing(&f.src.code, &mid).unwrap());
+    // Even without the broker's redelivered flag (the hub restarted), the
+    // marked record is routed again as a possible repeat.
+    assert!(matches!(
+        f.router.handle(&inbound(m.clone()), &o).await.unwrap(),
+        Outcome::Accepted { .. }
+    ));
+    let sent = o.take();
+    assert_eq!(
+        deliveries(sent.clone())[0].header("lgsp-attempt"),
+        Some("2")
+    );
+    assert!(!f.router.tracking.is_routing(&f.src.code, &mid).unwrap());
+    // Finished: the next copy is a duplicate.
+    assert_eq!(
+        f.router.handle(&inbound(m), &o).await.unwrap(),
+        Outcome::Duplicate
+    );
+}

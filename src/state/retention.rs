@@ -83,6 +83,8 @@ pub fn sweep_envelopes_step(
                 ))?;
         }
         store.envelopes().remove(k)?;
+        // A routing mark left by an envelope that never came back.
+        store.routing().remove(k)?;
     }
     Ok(doomed.len())
 }

@@ -96,6 +96,7 @@ struct Trees {
     audit: sled::Tree,
     broker_users: sled::Tree,
     last_keys: sled::Tree,
+    routing: sled::Tree,
 }
 
 impl Trees {
@@ -137,6 +138,7 @@ impl Trees {
             audit: db.open_tree("audit")?,
             broker_users: db.open_tree("broker_users")?,
             last_keys: db.open_tree("last_keys")?,
+            routing: db.open_tree("routing")?,
             db,
         })
     }
@@ -228,6 +230,9 @@ trees! {
     broker_users,
     /// The access key each agency last authenticated with: `code` → key.
     last_keys,
+    /// Envelopes being routed: `from \0 message_id` → empty, written before
+    /// the record and removed once its deliveries and notices are confirmed.
+    routing,
 }
 
 impl Store {

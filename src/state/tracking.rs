@@ -338,6 +338,31 @@ impl Tracking {
         Ok(out)
     }
 
+    /// Marks `(from, message_id)` as being routed: its record is written
+    /// before its deliveries and notices are published (so whoever learns of
+    /// the envelope finds its record), and a record still marked after a
+    /// crash is not a duplicate but an envelope to route again.
+    pub fn begin_routing(&self, from: &AgencyCode, message_id: &str) -> Result<(), StoreError> {
+        self.store
+            .routing()
+            .insert(record_key(from, message_id), &[])?;
+        Ok(())
+    }
+
+    /// Whether `(from, message_id)` was being routed and not finished.
+    pub fn is_routing(&self, from: &AgencyCode, message_id: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .store
+            .routing()
+            .contains_key(record_key(from, message_id))?)
+    }
+
+    /// `(from, message_id)` is routed: its deliveries and notices were confirmed.
+    pub fn routed(&self, from: &AgencyCode, message_id: &str) -> Result<(), StoreError> {
+        self.store.routing().remove(record_key(from, message_id))?;
+        Ok(())
+    }
+
     /// Writes `rec` (the dedupe marker). Not durable until
     /// [`Store::durable`] resolves.
     pub fn put(&self, rec: &EnvelopeRecord) -> Result<(), StoreError> {

@@ -93,23 +93,6 @@ fn fill(dir: &Path) -> PathBuf {
     path
 }
 
-async fn health(hub: &TestHub) -> (u16, serde_json::Value) {
-    let r = truc::cli::http::request(&hub.admin_addr, "GET", "/healthz", "", None)
-        .await
-        .unwrap();
-    (
-        r.status,
-        serde_json::from_slice(&r.body).unwrap_or_default(),
-    )
-}
-
-async fn metrics(hub: &TestHub) -> String {
-    let r = truc::cli::http::request(&hub.admin_addr, "GET", "/metrics", &hub.token, None)
-        .await
-        .unwrap();
-    String::from_utf8_lossy(&r.body).into_owned()
-}
-
 fn has_reason(v: &serde_json::Value, check: &str) -> bool {
     v["reasons"]
         .as_array()
@@ -178,7 +161,7 @@ async fn a_full_disk_stalls_then_resumes_by_itself_losing_nothing() {
         let (id, m) = send(&mut n);
         source.publish(&m).await.unwrap();
         sent.push(id);
-        let (status, v) = health(&hub).await;
+        let (status, v) = hub.healthz().await;
         if status == 503 && has_reason(&v, "store") {
             break v;
         }
@@ -213,7 +196,7 @@ async fn a_full_disk_stalls_then_resumes_by_itself_losing_nothing() {
     // The gauges say it.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let text = metrics(&hub).await;
+        let text = hub.metrics_text().await;
         if text.contains("truc_store_writable 0")
             && text.contains("truc_healthy{check=\"store\"} 0")
         {
@@ -226,7 +209,7 @@ async fn a_full_disk_stalls_then_resumes_by_itself_losing_nothing() {
     // was signed, still unhealthy throughout (a plain skew rule would now
     // refuse every envelope waiting).
     while last_signed.elapsed() < SKEW + Duration::from_secs(2) {
-        let (status, v) = health(&hub).await;
+        let (status, v) = hub.healthz().await;
         assert_eq!(status, 503, "still unhealthy while the disk is full: {v}");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -235,7 +218,7 @@ async fn a_full_disk_stalls_then_resumes_by_itself_losing_nothing() {
     std::fs::remove_file(&filler).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (status, v) = health(&hub).await;
+        let (status, v) = hub.healthz().await;
         if status == 200 {
             assert_eq!(v["status"], "ok");
             assert_eq!(v["reasons"], serde_json::json!([]));
@@ -295,7 +278,7 @@ async fn a_full_disk_stalls_then_resumes_by_itself_losing_nothing() {
             accepted.insert(notice.reference.clone());
         }
     }
-    assert!(!metrics(&hub).await.contains("reason=\"clock-skew\""));
+    assert!(!hub.metrics_text().await.contains("reason=\"clock-skew\""));
 
     // The audit log holds an accept for every envelope and verifies. Entries
     // whose write failed during the outage are written again by the hub's

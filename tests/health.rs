@@ -87,20 +87,10 @@ fn through(addr: std::net::SocketAddr) -> (String, String) {
     (format!("{}{addr}{}", &url[..start], &url[end..]), upstream)
 }
 
-async fn health(hub: &TestHub) -> (u16, serde_json::Value) {
-    let r = truc::cli::http::request(&hub.admin_addr, "GET", "/healthz", "", None)
-        .await
-        .unwrap();
-    (
-        r.status,
-        serde_json::from_slice(&r.body).unwrap_or_default(),
-    )
-}
-
 async fn wait_health(hub: &TestHub, want: u16) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (status, v) = health(hub).await;
+        let (status, v) = hub.healthz().await;
         if status == want {
             return v;
         }
@@ -157,10 +147,7 @@ async fn healthz_is_503_with_a_broker_reason_while_the_link_is_down() {
 async fn wait_gauge(hub: &TestHub, line: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let r = truc::cli::http::request(&hub.admin_addr, "GET", "/metrics", &hub.token, None)
-            .await
-            .unwrap();
-        let text = String::from_utf8_lossy(&r.body).into_owned();
+        let text = hub.metrics_text().await;
         if text.lines().any(|l| l == line) {
             return;
         }

@@ -113,6 +113,23 @@ fn refused_naming(hub: &TestHub, what: &str) -> String {
     err
 }
 
+/// A damaged store: the start is refused with a clear message (no panic),
+/// and `--accept-loss` starts and records the loss in the audit log.
+async fn refused_as_damaged_then_accepted(hub: &mut TestHub) {
+    let err = hub.serve_refused();
+    assert!(err.contains("store integrity"), "{err}");
+    assert!(
+        err.contains("does not open") || err.contains("behind its checkpoint"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    hub.spawn_accepting_loss().await;
+    let entries = audit_entries(hub).await;
+    assert!(
+        entries.iter().any(|e| e["kind"] == "store-loss-accepted"),
+        "{entries:?}"
+    );
+}
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flipped_bytes_in_the_store_refuse_the_start() {
     let mut hub = TestHub::start().await;
@@ -126,19 +143,7 @@ async fn flipped_bytes_in_the_store_refuse_the_start() {
         *b ^= 0xff;
     }
     std::fs::write(&path, bytes).unwrap();
-    let err = hub.serve_refused();
-    assert!(err.contains("store integrity"), "{err}");
-    assert!(
-        err.contains("does not open") || err.contains("behind its checkpoint"),
-        "{err}"
-    );
-    assert!(!err.contains("panicked"), "{err}");
-    hub.spawn_accepting_loss().await;
-    let entries = audit_entries(&hub).await;
-    assert!(
-        entries.iter().any(|e| e["kind"] == "store-loss-accepted"),
-        "{entries:?}"
-    );
+    refused_as_damaged_then_accepted(&mut hub).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -151,19 +156,7 @@ async fn a_store_truncated_to_half_refuses_the_start() {
     let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
     f.set_len(len / 2).unwrap();
     drop(f);
-    let err = hub.serve_refused();
-    assert!(err.contains("store integrity"), "{err}");
-    assert!(
-        err.contains("does not open") || err.contains("behind its checkpoint"),
-        "{err}"
-    );
-    assert!(!err.contains("panicked"), "{err}");
-    hub.spawn_accepting_loss().await;
-    let entries = audit_entries(&hub).await;
-    assert!(
-        entries.iter().any(|e| e["kind"] == "store-loss-accepted"),
-        "{entries:?}"
-    );
+    refused_as_damaged_then_accepted(&mut hub).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -511,22 +511,8 @@ mod tests {
     #[test]
     fn waiting_counts_only_queued_destinations() {
         let code = |s: &str| AgencyCode::parse(s).unwrap();
-        let rec = |at: i64, dests: Vec<DestTrack>| EnvelopeRecord {
-            from: code("S"),
-            message_id: format!("m{at}"),
-            subject: String::new(),
-            data_type: "edoc".into(),
-            priority: 0,
-            digest: String::new(),
-            size: 1,
-            content_type: None,
-            accepted_at_ms: at,
-            deliver_by_ms: None,
-            not_before_ms: None,
-            max_attempts: 5,
-            bounce_after_ms: None,
-            dests,
-        };
+        let rec =
+            |at: i64, dests: Vec<DestTrack>| EnvelopeRecord::for_test(at, &format!("m{at}"), dests);
         let now = 10_000_000;
         let mut delivered = DestTrack::new(code("A"), 0, DeliveryState::Queued, None, "");
         delivered.push(1, DeliveryState::Delivered, None, "");

@@ -233,20 +233,8 @@ mod tests {
 
     fn record(at: i64, id: &str, dests: Vec<DestTrack>) -> EnvelopeRecord {
         EnvelopeRecord {
-            from: AgencyCode::parse("S").unwrap(),
-            message_id: id.into(),
-            subject: String::new(),
-            data_type: "edoc".into(),
             priority: 1,
-            digest: String::new(),
-            size: 1,
-            content_type: None,
-            accepted_at_ms: at,
-            deliver_by_ms: None,
-            not_before_ms: None,
-            max_attempts: 5,
-            bounce_after_ms: None,
-            dests,
+            ..EnvelopeRecord::for_test(at, id, dests)
         }
     }
 

@@ -344,7 +344,10 @@ fn sha(b: &[u8]) -> [u8; 32] {
     Sha256::digest(b).into()
 }
 
-fn seq_hash(v: &[u8]) -> Option<(u64, [u8; 32])> {
+/// An audit entry's sequence number and hash.
+type SeqHash = (u64, [u8; 32]);
+
+fn seq_hash(v: &[u8]) -> Option<SeqHash> {
     if v.len() != 40 {
         return None;
     }
@@ -381,6 +384,16 @@ impl Audit {
         }
     }
 
+    /// The retention anchor (the last entry removed) and the stored head,
+    /// each as `(seq, hash)`.
+    fn anchor_and_head(&self) -> Result<(Option<SeqHash>, Option<SeqHash>), AuditError> {
+        let meta = self.store.meta();
+        let read = |key| -> Result<Option<SeqHash>, AuditError> {
+            Ok(meta.get(key)?.and_then(|v| seq_hash(&v)))
+        };
+        Ok((read(ANCHOR_KEY)?, read(HEAD_KEY)?))
+    }
+
     fn load_head(&self) -> Result<Head, AuditError> {
         if let Some((k, v)) = self.store.audit().last()? {
             // The hash of the stored bytes even if they do not decode:
@@ -393,12 +406,7 @@ impl Audit {
                 last_hash: hash,
             });
         }
-        let anchor = self
-            .store
-            .meta()
-            .get(ANCHOR_KEY)?
-            .and_then(|v| seq_hash(&v));
-        let head = self.store.meta().get(HEAD_KEY)?.and_then(|v| seq_hash(&v));
+        let (anchor, head) = self.anchor_and_head()?;
         let (seq, hash) = match (anchor, head) {
             (Some(a), Some(h)) if h.0 > a.0 => h,
             (Some(a), _) => a,
@@ -555,12 +563,7 @@ impl Audit {
 
     /// Checks the whole chain; reports the first broken entry.
     pub fn verify(&self) -> Result<VerifyReport, AuditError> {
-        let anchor = self
-            .store
-            .meta()
-            .get(ANCHOR_KEY)?
-            .and_then(|v| seq_hash(&v));
-        let head = self.store.meta().get(HEAD_KEY)?.and_then(|v| seq_hash(&v));
+        let (anchor, head) = self.anchor_and_head()?;
         let mut expect = anchor.unwrap_or((0, ZERO));
         let mut report = VerifyReport {
             ok: true,

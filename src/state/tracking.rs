@@ -230,6 +230,29 @@ fn deadline_key(deliver_by_ms: i64, from: &AgencyCode, message_id: &str) -> Vec<
         .into_bytes()
 }
 
+#[cfg(test)]
+impl EnvelopeRecord {
+    /// A record from source `S` accepted at `at` with `dests` (unit tests).
+    pub(crate) fn for_test(at: i64, message_id: &str, dests: Vec<DestTrack>) -> Self {
+        Self {
+            from: AgencyCode::parse("S").expect("a valid code"),
+            message_id: message_id.into(),
+            subject: String::new(),
+            data_type: "edoc".into(),
+            priority: 0,
+            digest: String::new(),
+            size: 1,
+            content_type: None,
+            accepted_at_ms: at,
+            deliver_by_ms: None,
+            not_before_ms: None,
+            max_attempts: 5,
+            bounce_after_ms: None,
+            dests,
+        }
+    }
+}
+
 /// Reads and writes envelope records.
 #[derive(Clone)]
 pub struct Tracking {

@@ -282,6 +282,25 @@ impl TestHub {
         }
     }
 
+    /// `GET /healthz` (open): the status code and the JSON body.
+    pub async fn healthz(&self) -> (u16, serde_json::Value) {
+        let r = truc::cli::http::request(&self.admin_addr, "GET", "/healthz", "", None)
+            .await
+            .unwrap();
+        (
+            r.status,
+            serde_json::from_slice(&r.body).unwrap_or_default(),
+        )
+    }
+
+    /// `GET /metrics` (with the token): the Prometheus text.
+    pub async fn metrics_text(&self) -> String {
+        let r = truc::cli::http::request(&self.admin_addr, "GET", "/metrics", &self.token, None)
+            .await
+            .unwrap();
+        String::from_utf8_lossy(&r.body).into_owned()
+    }
+
     /// Calls the admin API.
     pub async fn api(
         &self,

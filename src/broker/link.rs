@@ -146,6 +146,45 @@ fn classify(op: &'static str, name: &str, e: lapin::Error) -> AmqpError {
     }
 }
 
+/// Connects through `connect` to the first node of `url` (one URL, or a
+/// comma-separated list of a cluster's nodes) that answers; when none does,
+/// the error names each node (without credentials) and why.
+async fn first_node<'u, F, Fut>(url: &'u str, connect: F) -> Result<Link, AmqpError>
+where
+    F: Fn(&'u str) -> Fut,
+    Fut: std::future::Future<Output = Result<Link, AmqpError>>,
+{
+    let nodes = crate::core::config::broker_nodes(url);
+    let mut failures = Vec::new();
+    for node in &nodes {
+        match connect(node).await {
+            Ok(link) => return Ok(link),
+            Err(e) if nodes.len() == 1 => return Err(e),
+            Err(e) => {
+                tracing::warn!(node = %redact(node), error = %e, "broker node not reachable; trying the next");
+                failures.push(format!("{}: {e}", redact(node)));
+            }
+        }
+    }
+    Err(AmqpError::Connect(if failures.is_empty() {
+        "no broker URL given".into()
+    } else {
+        format!("no broker node answered: {}", failures.join("; "))
+    }))
+}
+
+/// `url` without its credentials, for logs (each node of a list).
+pub fn redact(url: &str) -> String {
+    crate::core::config::broker_nodes(url)
+        .iter()
+        .map(|u| match (u.find("://"), u.rfind('@')) {
+            (Some(s), Some(at)) if at > s => format!("{}://***@{}", &u[..s], &u[at + 1..]),
+            _ => (*u).to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 impl Link {
     /// Connects to `url`, naming the connection `name` in the broker's UI.
     /// An `amqps://` URL trusts the CA file named by `TRUC_AMQP_CA_FILE`
@@ -164,7 +203,20 @@ impl Link {
 
     /// [`Link::connect_with`] with explicit TLS trust settings: an `amqps://`
     /// URL is verified against `tls`, never downgraded to plaintext.
+    ///
+    /// `url` may list the nodes of a cluster, separated by commas: they are
+    /// tried in order and the first that answers is used (a reconnect after
+    /// a node died tries them again, so it lands on a live one).
     pub async fn connect_tls(
+        url: &str,
+        name: &str,
+        channels: usize,
+        tls: &BrokerTls,
+    ) -> Result<Self, AmqpError> {
+        first_node(url, |node| Self::connect_tls_one(node, name, channels, tls)).await
+    }
+
+    async fn connect_tls_one(
         url: &str,
         name: &str,
         channels: usize,
@@ -186,7 +238,20 @@ impl Link {
     /// links that read what agencies published. With `amqps://` the guard
     /// makes the TLS connection (verified against `tls`) and lapin speaks to
     /// the guard over loopback.
+    /// Like `connect_tls`, `url` may list several nodes.
     pub async fn connect_guarded(
+        url: &str,
+        name: &str,
+        channels: usize,
+        tls: &BrokerTls,
+    ) -> Result<Self, AmqpError> {
+        first_node(url, |node| {
+            Self::connect_guarded_one(node, name, channels, tls)
+        })
+        .await
+    }
+
+    async fn connect_guarded_one(
         url: &str,
         name: &str,
         channels: usize,

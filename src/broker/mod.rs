@@ -15,7 +15,7 @@ mod link;
 mod outbox;
 mod tls;
 
-pub use link::{Browser, Death, Got, Link, QueueInfo, Settler, Subscription};
+pub use link::{redact, Browser, Death, Got, Link, QueueInfo, Settler, Subscription};
 pub use outbox::{declare_agency, LinkOutbox, LinkSlot, Outbox, PublishError};
 pub use tls::{is_amqps, BrokerTls, CA_FILE_ENV};
 

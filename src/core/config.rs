@@ -50,6 +50,24 @@ pub enum ConfigError {
     },
 }
 
+/// The broker nodes of an AMQP URL setting: one URL, or several separated by
+/// commas (the nodes of one RabbitMQ cluster), in the order given.
+pub fn broker_nodes(url: &str) -> Vec<&str> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect()
+}
+
+/// The virtual host named by an AMQP URL's path (`/` when absent).
+fn vhost_of(url: &str) -> &str {
+    let Some(rest) = url.split_once("://").map(|(_, r)| r) else {
+        return "";
+    };
+    let path = rest.split_once('/').map(|(_, p)| p).unwrap_or("");
+    path.split('?').next().unwrap_or("")
+}
+
 /// Default broker URL.
 pub fn default_amqp_url() -> String {
     "amqp://guest:guest@127.0.0.1:5672/%2f".into()
@@ -371,10 +389,30 @@ impl Config {
                 ),
             });
         }
-        if !(self.amqp_url.starts_with("amqp://") || self.amqp_url.starts_with("amqps://")) {
+        let nodes = broker_nodes(&self.amqp_url);
+        if nodes.is_empty()
+            || !nodes
+                .iter()
+                .all(|u| u.starts_with("amqp://") || u.starts_with("amqps://"))
+        {
             return Err(ConfigError::Invalid {
                 key: "amqp_url",
-                problem: "must start with amqp:// or amqps://".into(),
+                problem: "must be one amqp:// or amqps:// URL, or several separated by commas"
+                    .into(),
+            });
+        }
+        if nodes.iter().any(|u| u.starts_with("amqps://"))
+            != nodes.iter().all(|u| u.starts_with("amqps://"))
+        {
+            return Err(ConfigError::Invalid {
+                key: "amqp_url",
+                problem: "mixes amqp:// and amqps:// nodes; use TLS for all of them or none".into(),
+            });
+        }
+        if nodes.iter().any(|u| vhost_of(u) != vhost_of(nodes[0])) {
+            return Err(ConfigError::Invalid {
+                key: "amqp_url",
+                problem: "names different virtual hosts; the nodes of one cluster share one".into(),
             });
         }
         if let Some(ca) = &self.amqp_ca_file {
@@ -646,6 +684,36 @@ fn secure_tree(root: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn amqp_url_may_list_the_nodes_of_a_cluster() {
+        let mut c = Config::default();
+        c.amqp_url = "amqp://u:p@10.0.0.1:5672/%2f, amqp://u:p@10.0.0.2:5672/%2f".into();
+        c.validate().unwrap();
+        assert_eq!(
+            broker_nodes(&c.amqp_url),
+            [
+                "amqp://u:p@10.0.0.1:5672/%2f",
+                "amqp://u:p@10.0.0.2:5672/%2f"
+            ]
+        );
+        let refused = |url: &str, why: &str| {
+            let mut c = Config::default();
+            c.amqp_url = url.into();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(why), "{url}: {e}");
+        };
+        refused(
+            "amqp://a:5672/%2f,amqps://b:5671/%2f",
+            "mixes amqp:// and amqps://",
+        );
+        refused(
+            "amqp://a:5672/%2f,amqp://b:5672/other",
+            "different virtual hosts",
+        );
+        refused("amqp://a:5672/%2f,http://b", "several separated by commas");
+        refused(" , ", "several separated by commas");
+    }
 
     /// The sample the systemd unit uses parses and validates.
     #[test]

@@ -370,7 +370,7 @@ async fn connect(
             }
             Ok(Ok(link)) => {
                 metrics::broker_connected();
-                tracing::info!(url = %redact(&hub.config.amqp_url), "broker connected, topology declared");
+                tracing::info!(url = %crate::broker::redact(&hub.config.amqp_url), "broker connected, topology declared");
                 return Connected::Link(Arc::new(link));
             }
             Err(e @ AmqpError::Conflict { .. }) => {
@@ -393,14 +393,6 @@ async fn connect(
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
-    }
-}
-
-/// The URL without its password, for logs.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
-        _ => url.to_owned(),
     }
 }
 

@@ -406,7 +406,10 @@ impl TestHub {
     pub fn cli_with_token(&self, token: &str, args: &[&str]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_truc"))
             .args(args)
-            .env("TRUC_AMQP_URL", amqp_url())
+            .env(
+                "TRUC_AMQP_URL",
+                self.hub_amqp_url.clone().unwrap_or_else(amqp_url),
+            )
             .env("TRUC_DATA_DIR", self.data.path().join("data"))
             .env("TRUC_ADMIN_ADDR", &self.admin_addr)
             .env("TRUC_ADMIN_TOKEN", token)

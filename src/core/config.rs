@@ -687,8 +687,10 @@ mod tests {
 
     #[test]
     fn amqp_url_may_list_the_nodes_of_a_cluster() {
-        let mut c = Config::default();
-        c.amqp_url = "amqp://u:p@10.0.0.1:5672/%2f, amqp://u:p@10.0.0.2:5672/%2f".into();
+        let c = Config {
+            amqp_url: "amqp://u:p@10.0.0.1:5672/%2f, amqp://u:p@10.0.0.2:5672/%2f".into(),
+            ..Config::default()
+        };
         c.validate().unwrap();
         assert_eq!(
             broker_nodes(&c.amqp_url),
@@ -698,8 +700,10 @@ mod tests {
             ]
         );
         let refused = |url: &str, why: &str| {
-            let mut c = Config::default();
-            c.amqp_url = url.into();
+            let c = Config {
+                amqp_url: url.into(),
+                ..Config::default()
+            };
             let e = c.validate().unwrap_err().to_string();
             assert!(e.contains(why), "{url}: {e}");
         };

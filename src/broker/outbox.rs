@@ -20,6 +20,10 @@ pub enum PublishError {
     /// No queue is bound for the routing key.
     #[error("unroutable")]
     Unroutable,
+    /// The queue exists but is unavailable: in a cluster, the node that
+    /// holds it is down. Publishing to it later may succeed.
+    #[error("queue unavailable: {0}")]
+    Unavailable(String),
     /// Anything else (nack, lost connection): the outcome is unknown.
     #[error("{0}")]
     Failed(String),
@@ -67,7 +71,12 @@ impl Outbox for LinkOutbox {
     async fn declare_agency(&self, code: &AgencyCode) -> Result<(), PublishError> {
         declare_agency(&self.link, &self.topology, code)
             .await
-            .map_err(publish_error)
+            .map_err(|e| match e {
+                // Declaring creates a missing queue: "no such queue" here is
+                // a queue whose broker node is down.
+                AmqpError::NoSuchQueue(q) => PublishError::Unavailable(q),
+                other => publish_error(other),
+            })
     }
 }
 

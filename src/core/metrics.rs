@@ -28,6 +28,12 @@ pub fn delivery_published() {
     metrics::counter!("truc_deliveries_published_total").increment(1);
 }
 
+/// A delivery was held for a retry because its inbox was unavailable (its
+/// broker node is down).
+pub fn delivery_held_unavailable() {
+    metrics::counter!("truc_deliveries_held_unavailable_total").increment(1);
+}
+
 /// A destination was bounced.
 pub fn bounced(reason: Reason) {
     metrics::counter!("truc_bounced_total", "reason" => reason.as_str()).increment(1);

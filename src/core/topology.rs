@@ -380,6 +380,40 @@ mod tests {
         );
     }
 
+    /// The cluster profile: the builtin's queues, each fixed queue and each
+    /// agency's ingress and notify queue quorum (replicated), the inbox a
+    /// classic priority queue placed on the node with the fewest.
+    #[test]
+    fn cluster_profile_replicates_all_but_the_inbox() {
+        let t = Topology::from_toml(
+            include_str!("../../queues/cluster/topology.toml"),
+            Path::new("queues/cluster/topology.toml"),
+            "lgsp.",
+        )
+        .unwrap();
+        let builtin = Topology::builtin("lgsp.");
+        let names = |t: &Topology| t.queues.iter().map(|q| q.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&t), names(&builtin));
+        let quorum = |q: &QueueSpec| {
+            q.arguments.get("x-queue-type") == Some(&ArgValue::Str("quorum".into()))
+        };
+        for q in &t.queues {
+            assert!(quorum(q), "{} is not replicated", q.name);
+        }
+        let code = AgencyCode::parse("000.00.32.H41").unwrap();
+        let [ingress_q, inbox, notify] = t.agency_queues(&code);
+        assert!(quorum(&ingress_q) && quorum(&notify));
+        assert!(!quorum(&inbox));
+        assert_eq!(
+            inbox.arguments.get("x-max-priority"),
+            Some(&ArgValue::Int(5))
+        );
+        assert_eq!(
+            inbox.arguments.get("x-queue-master-locator"),
+            Some(&ArgValue::Str("min-masters".into()))
+        );
+    }
+
     #[test]
     fn refuses_incomplete_topology() {
         let e = Topology::from_toml(

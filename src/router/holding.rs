@@ -39,10 +39,14 @@ use crate::core::time::{format_duration, format_rfc3339, now_ms};
 use crate::core::timeline::DeliveryState;
 use crate::router::delivery::{attempt_of, Delivery};
 use crate::router::rebuild::is_rebuilt;
-use crate::router::{Outbox, Outcome, Router, RouterError};
+use crate::router::{Outbox, Outcome, PublishError, Router, RouterError};
 use crate::state::tracking::EnvelopeRecord;
 
 const EXPIRED_DETAIL: &str = "lgsp-deliver-by passed before delivery";
+
+/// How long a delivery whose inbox is unavailable (its broker node is down)
+/// waits in a delay bucket before it is tried again.
+pub(super) const UNAVAILABLE_RETRY_MS: i64 = 30_000;
 
 /// Header carrying the due time (ms) of a held delivery.
 pub const DUE_HEADER: &str = "x-truc-due";
@@ -86,6 +90,39 @@ fn delivery_key(m: &Message) -> Option<(AgencyCode, AgencyCode, String)> {
 }
 
 impl Router {
+    /// Delivery `d` to `dest` could not be published because its inbox is
+    /// unavailable (in a cluster, the broker node holding it is down): it is
+    /// held in a delay bucket (replicated in the cluster profile) and tried
+    /// again in [`UNAVAILABLE_RETRY_MS`], and the timeline says so. Never
+    /// dropped, and the ingress message it came from is acknowledged.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn hold_unavailable<O: Outbox>(
+        &self,
+        from: &AgencyCode,
+        mid: &str,
+        dest: &AgencyCode,
+        d: &Message,
+        why: &str,
+        outbox: &O,
+        now: i64,
+    ) -> Result<(), RouterError> {
+        let due = now + UNAVAILABLE_RETRY_MS;
+        outbox.publish(&self.held(d.clone(), due, now)).await?;
+        metrics::delivery_held_unavailable();
+        let detail = format!(
+            "inbox unavailable ({why}); tried again at {}",
+            format_rfc3339(due)
+        );
+        self.tracking.update(from, mid, |r| {
+            if let Some(t) = r.dest_mut(dest) {
+                t.push(now, DeliveryState::Retry, None, &detail);
+            }
+        })?;
+        self.tracking.unpend(dest, from, mid)?;
+        tracing::warn!(from = %from, message_id = %Escaped(mid), dest = %dest, why = %Escaped(why), "inbox unavailable; delivery held for a retry");
+        Ok(())
+    }
+
     /// Turns delivery `d` into a copy held in the right delay bucket until `due_ms`.
     pub(super) fn held(&self, mut d: Message, due_ms: i64, now: i64) -> Message {
         let remaining = Duration::from_millis((due_ms - now).max(0) as u64);
@@ -285,7 +322,20 @@ impl Router {
                 .expires(rec.deliver_by_ms, now),
             &dest,
         );
-        self.publish_declaring(&dest, &out, outbox).await?;
+        match self.publish_declaring(&dest, &out, outbox).await {
+            Ok(()) => {}
+            // Still unavailable: held again, unchanged, for another try.
+            Err(RouterError::Publish(PublishError::Unavailable(why))) => {
+                let due = now + UNAVAILABLE_RETRY_MS;
+                outbox
+                    .publish(&self.held(clean(m.clone()), due, now))
+                    .await?;
+                metrics::delivery_held_unavailable();
+                tracing::warn!(from = %from, message_id = %Escaped(&mid), dest = %dest, why = %Escaped(&why), "inbox still unavailable; delivery held again");
+                return Ok(Outcome::Held);
+            }
+            Err(e) => return Err(e),
+        }
         metrics::delivery_published();
         self.tracking.update(&from, &mid, |r| {
             if let Some(t) = r.dest_mut(&dest) {

@@ -31,7 +31,7 @@ use crate::core::time::{format_rfc3339, now_ms};
 use crate::core::timeline::DeliveryState;
 use crate::router::delivery::Delivery;
 use crate::router::order::Turn;
-use crate::router::{Heartbeat, Outbox, Outcome, Router, RouterError};
+use crate::router::{Heartbeat, Outbox, Outcome, PublishError, Router, RouterError};
 use crate::state::audit::AuditEvent;
 use crate::state::registry::Entry;
 use crate::state::replay::NonceCheck;
@@ -563,9 +563,16 @@ impl Router {
             futures_util::future::join_all(notifies),
         )
         .await;
-        for r in published {
-            r?;
-            metrics::delivery_published();
+        for ((r, m), dest) in published.into_iter().zip(&deliveries).zip(&deliver) {
+            match r {
+                Ok(()) => metrics::delivery_published(),
+                // Its inbox's broker node is down: held and tried again later.
+                Err(RouterError::Publish(PublishError::Unavailable(why))) => {
+                    self.hold_unavailable(from, mid, &dest.agency.code, m, &why, outbox, now)
+                        .await?
+                }
+                Err(e) => return Err(e),
+            }
         }
         for r in notified {
             r?;

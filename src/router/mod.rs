@@ -87,6 +87,7 @@ impl RouterError {
         match self {
             Self::Publish(PublishError::Failed(_)) => true,
             Self::Publish(PublishError::Unroutable) => true,
+            Self::Publish(PublishError::Unavailable(_)) => true,
             Self::Store(e) => e.is_retryable(),
             Self::Pending(_) => true,
         }

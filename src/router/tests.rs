@@ -25,10 +25,17 @@ struct Recorder {
     declared: Mutex<Vec<AgencyCode>>,
     unroutable_once: Mutex<bool>,
     lose_delivery_confirm_once: Mutex<bool>,
+    /// The agency whose inbox is unavailable (its broker node is down).
+    unavailable: Mutex<Option<String>>,
 }
 
 impl Outbox for Recorder {
     async fn publish(&self, msg: &Message) -> Result<(), PublishError> {
+        if msg.exchange == "u.deliver"
+            && self.unavailable.lock().unwrap().as_deref() == Some(msg.routing_key.as_str())
+        {
+            return Err(PublishError::Unroutable);
+        }
         let mut once = self.unroutable_once.lock().unwrap();
         if *once {
             *once = false;
@@ -46,6 +53,11 @@ impl Outbox for Recorder {
     }
 
     async fn declare_agency(&self, code: &AgencyCode) -> Result<(), PublishError> {
+        if self.unavailable.lock().unwrap().as_deref() == Some(code.as_str()) {
+            return Err(PublishError::Unavailable(format!(
+                "home node of inbox.{code} is down"
+            )));
+        }
         self.declared.lock().unwrap().push(code.clone());
         Ok(())
     }
@@ -1076,4 +1088,49 @@ async fn a_record_left_half_routed_is_routed_again_not_taken_for_a_duplicate() {
         f.router.handle(&inbound(m), &o).await.unwrap(),
         Outcome::Duplicate
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_delivery_to_an_unavailable_inbox_is_held_and_tried_again() {
+    let f = fixture(Policies::default());
+    let o = Recorder::default();
+    *o.unavailable.lock().unwrap() = Some("000.00.32.H41".into());
+    let m = envelope_message("u.", &f.src, &out(&["000.00.32.H41"], vec![]));
+    let mid = m.message_id.clone().unwrap();
+    // Accepted (the ingress message can be acked): the delivery waits in a
+    // delay bucket, the timeline says why, nothing reached the inbox.
+    assert!(matches!(
+        f.router.handle(&inbound(m), &o).await.unwrap(),
+        Outcome::Accepted { .. }
+    ));
+    let sent = o.take();
+    assert!(deliveries(sent.clone()).is_empty());
+    let held: Vec<Message> = sent
+        .into_iter()
+        .filter(|m| m.routing_key.starts_with("u.delay."))
+        .collect();
+    assert_eq!(held.len(), 1, "one held copy");
+    let rec = f.router.tracking.get(&f.src.code, &mid).unwrap().unwrap();
+    let t = &rec.dests[0];
+    assert_eq!(t.state, crate::core::timeline::DeliveryState::Retry);
+    assert!(t
+        .events
+        .last()
+        .unwrap()
+        .detail
+        .contains("inbox unavailable"));
+    // Due while still unavailable: held again.
+    let copy = due(held[0].clone());
+    assert_eq!(
+        f.router.release(&inbound(copy.clone()), &o).await.unwrap(),
+        Outcome::Held
+    );
+    assert_eq!(o.take().len(), 1);
+    // The node is back: delivered.
+    *o.unavailable.lock().unwrap() = None;
+    assert_eq!(
+        f.router.release(&inbound(copy), &o).await.unwrap(),
+        Outcome::Released
+    );
+    assert_eq!(deliveries(o.take()).len(), 1);
 }

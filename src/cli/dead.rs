@@ -213,7 +213,7 @@ mod tests {
 
     use super::*;
     use crate::cli::admin::query_string;
-    use crate::cli::parse_date;
+    use crate::core::zone::Zone;
 
     #[test]
     fn rates_and_dates() {
@@ -221,6 +221,8 @@ mod tests {
         assert_eq!(parse_rate("2.5").unwrap(), 2.5);
         assert_eq!(parse_rate("0/s").unwrap_err().code, 2);
         assert_eq!(parse_rate("fast").unwrap_err().code, 2);
+        let utc = Zone::parse("UTC").unwrap();
+        let parse_date = |flag, text, end| crate::cli::parse_date(flag, text, end, &utc);
         let d = parse_date("--since", "2026-11-22", false).unwrap();
         assert_eq!(d, 1_795_305_600_000);
         assert_eq!(

@@ -9,7 +9,7 @@ use clap::Subcommand;
 
 use crate::api::types::{EnvelopeQuery, ListQuery, STATES};
 use crate::cli::admin::Admin;
-use crate::cli::{one_of, opt, parse_code, print_json, table, window_in, CliError};
+use crate::cli::{one_of, opt, parse_code, print_json, table, window, CliError};
 use crate::core::config::Config;
 
 /// `truc envelope …`
@@ -82,7 +82,7 @@ pub async fn run(cfg: &Config, cmd: EnvelopeCmd) -> Result<(), CliError> {
             if limit == 0 || limit > 10_000 {
                 return Err(CliError::new(2, "-n/--limit must be 1-10000"));
             }
-            let (since_ms, until_ms) = window_in(since.as_deref(), until.as_deref(), &cfg.zone())?;
+            let (since_ms, until_ms) = window(since.as_deref(), until.as_deref(), &cfg.zone())?;
             let q = ListQuery {
                 from: from
                     .as_deref()

@@ -204,23 +204,9 @@ pub fn duration(flag: &str, v: &str) -> Result<Duration, CliError> {
     crate::core::time::parse_duration(v).map_err(|e| CliError::new(2, format!("{flag}: {e}")))
 }
 
-/// Parses `--since`/`--until`: `YYYY-MM-DD` (UTC midnight; `end_of_day`
-/// moves to the next midnight) or RFC 3339.
-pub fn parse_date(flag: &str, text: &str, end_of_day: bool) -> Result<i64, CliError> {
-    parse_date_in(flag, text, end_of_day, &utc())
-}
-
-fn utc() -> Zone {
-    Zone::parse("UTC").expect("the bundled database knows UTC")
-}
-
-/// [`parse_date`] with `YYYY-MM-DD` taken as a local day of `zone`.
-pub fn parse_date_in(
-    flag: &str,
-    text: &str,
-    end_of_day: bool,
-    zone: &Zone,
-) -> Result<i64, CliError> {
+/// Parses `--since`/`--until`: `YYYY-MM-DD` (midnight of that local day of
+/// `zone`; `end_of_day` moves to the next local midnight) or RFC 3339.
+pub fn parse_date(flag: &str, text: &str, end_of_day: bool, zone: &Zone) -> Result<i64, CliError> {
     let bad = || {
         CliError::new(
             2,
@@ -252,39 +238,29 @@ pub(crate) fn refuse_without_yes(what: String) -> CliError {
 /// The `--since` / `--until` window in ms (each a duration back from now,
 /// or a date or time; a date is a local day of `zone`, the operator's time
 /// zone, and `--until` of a date means the end of that day).
-pub(crate) fn window_in(
+pub(crate) fn window(
     since: Option<&str>,
     until: Option<&str>,
     zone: &Zone,
 ) -> Result<(Option<i64>, Option<i64>), CliError> {
     Ok((
         since
-            .map(|t| parse_when_in("--since", t, false, zone))
+            .map(|t| parse_when("--since", t, false, zone))
             .transpose()?,
         until
-            .map(|t| parse_when_in("--until", t, true, zone))
+            .map(|t| parse_when("--until", t, true, zone))
             .transpose()?,
     ))
 }
 
 /// Parses a `--since`/`--until` value: a duration back from now (`7d`,
-/// `2h`), a date `YYYY-MM-DD` (UTC midnight; `end_of_day` moves to the next
-/// midnight) or an RFC 3339 time. Milliseconds since the epoch.
-pub fn parse_when(flag: &str, text: &str, end_of_day: bool) -> Result<i64, CliError> {
-    parse_when_in(flag, text, end_of_day, &utc())
-}
-
-/// [`parse_when`] with a date taken as a local day of `zone`.
-pub fn parse_when_in(
-    flag: &str,
-    text: &str,
-    end_of_day: bool,
-    zone: &Zone,
-) -> Result<i64, CliError> {
+/// `2h`), a date `YYYY-MM-DD` (a local day of `zone`, see [`parse_date`]) or
+/// an RFC 3339 time. Milliseconds since the epoch.
+pub fn parse_when(flag: &str, text: &str, end_of_day: bool, zone: &Zone) -> Result<i64, CliError> {
     if let Ok(d) = crate::core::time::parse_duration(text) {
         return Ok(crate::core::time::now_ms() - d.as_millis() as i64);
     }
-    parse_date_in(flag, text, end_of_day, zone).map_err(|_| {
+    parse_date(flag, text, end_of_day, zone).map_err(|_| {
         CliError::new(
             2,
             format!("{flag} {text:?}: expected a duration (7d, 2h), YYYY-MM-DD or RFC 3339"),
@@ -312,6 +288,8 @@ mod tests {
 
     #[test]
     fn since_takes_a_duration_or_a_date() {
+        let utc = Zone::parse("UTC").unwrap();
+        let parse_when = |flag, text, end| super::parse_when(flag, text, end, &utc);
         let now = crate::core::time::now_ms();
         let d = parse_when("--since", "7d", false).unwrap();
         assert!((now - 7 * 86_400_000 - d).abs() < 60_000, "{d}");
@@ -330,13 +308,13 @@ mod tests {
         // Reports take dates as local days of the operator's time zone.
         let vn = Zone::default();
         assert_eq!(
-            window_in(Some("2026-11-22"), Some("2026-11-22"), &vn).unwrap(),
+            window(Some("2026-11-22"), Some("2026-11-22"), &vn).unwrap(),
             (
                 Some(1_795_305_600_000 - 7 * 3_600_000),
                 Some(1_795_305_600_000 + 17 * 3_600_000)
             )
         );
-        assert!(window_in(Some("2026-02-30"), None, &vn).is_err());
+        assert!(window(Some("2026-02-30"), None, &vn).is_err());
         let e = parse_when("--since", "yesterday", false).unwrap_err();
         assert_eq!(e.code, 2);
         assert!(e.message.contains("duration"), "{}", e.message);

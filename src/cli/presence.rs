@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 
 use crate::api::types::HistoryQuery;
 use crate::cli::admin::Admin;
-use crate::cli::{opt, parse_code, print_json, table, window_in, CliError};
+use crate::cli::{opt, parse_code, print_json, table, window, CliError};
 use crate::core::config::Config;
 
 /// `truc presence [history CODE]`
@@ -87,7 +87,7 @@ pub async fn run(cfg: &Config, a: PresenceArgs) -> Result<(), CliError> {
             json,
         }) => {
             let code = parse_code(&code)?;
-            let (since_ms, until_ms) = window_in(since.as_deref(), until.as_deref(), &cfg.zone())?;
+            let (since_ms, until_ms) = window(since.as_deref(), until.as_deref(), &cfg.zone())?;
             let q = HistoryQuery {
                 since: None,
                 since_ms,

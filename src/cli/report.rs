@@ -13,7 +13,7 @@ use clap::{Args, ValueEnum};
 use crate::api::types::{By, ReportQuery, ReportRow};
 use crate::cli::admin::Admin;
 use crate::cli::agency::csv_cell;
-use crate::cli::{print_json, table, window_in, CliError};
+use crate::cli::{print_json, table, window, CliError};
 use crate::core::config::Config;
 use crate::core::zone::Zone;
 
@@ -100,7 +100,7 @@ pub async fn run(cfg: &Config, a: ReportArgs) -> Result<(), CliError> {
         Some(name) => Zone::parse(name).map_err(|e| CliError::new(2, format!("--tz: {e}")))?,
         None => cfg.zone(),
     };
-    let (since_ms, until_ms) = window_in(a.since.as_deref(), a.until.as_deref(), &zone)?;
+    let (since_ms, until_ms) = window(a.since.as_deref(), a.until.as_deref(), &zone)?;
     let q = ReportQuery {
         tz: Some(zone.name().to_owned()),
         since_ms,

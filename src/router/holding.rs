@@ -106,9 +106,7 @@ impl Router {
         outbox: &O,
         now: i64,
     ) -> Result<(), RouterError> {
-        let due = now + UNAVAILABLE_RETRY_MS;
-        outbox.publish(&self.held(d.clone(), due, now)).await?;
-        metrics::delivery_held_unavailable();
+        let due = self.retry_when_available(d.clone(), outbox, now).await?;
         let detail = format!(
             "inbox unavailable ({why}); tried again at {}",
             format_rfc3339(due)
@@ -121,6 +119,20 @@ impl Router {
         self.tracking.unpend(dest, from, mid)?;
         tracing::warn!(from = %from, message_id = %Escaped(mid), dest = %dest, why = %Escaped(why), "inbox unavailable; delivery held for a retry");
         Ok(())
+    }
+
+    /// Holds delivery `d`, whose inbox is unavailable, in a delay bucket for
+    /// [`UNAVAILABLE_RETRY_MS`]; returns when it is due again.
+    async fn retry_when_available<O: Outbox>(
+        &self,
+        d: Message,
+        outbox: &O,
+        now: i64,
+    ) -> Result<i64, RouterError> {
+        let due = now + UNAVAILABLE_RETRY_MS;
+        outbox.publish(&self.held(d, due, now)).await?;
+        metrics::delivery_held_unavailable();
+        Ok(due)
     }
 
     /// Turns delivery `d` into a copy held in the right delay bucket until `due_ms`.
@@ -326,11 +338,8 @@ impl Router {
             Ok(()) => {}
             // Still unavailable: held again, unchanged, for another try.
             Err(RouterError::Publish(PublishError::Unavailable(why))) => {
-                let due = now + UNAVAILABLE_RETRY_MS;
-                outbox
-                    .publish(&self.held(clean(m.clone()), due, now))
+                self.retry_when_available(clean(m.clone()), outbox, now)
                     .await?;
-                metrics::delivery_held_unavailable();
                 tracing::warn!(from = %from, message_id = %Escaped(&mid), dest = %dest, why = %Escaped(&why), "inbox still unavailable; delivery held again");
                 return Ok(Outcome::Held);
             }

@@ -59,13 +59,18 @@ pub fn broker_nodes(url: &str) -> Vec<&str> {
         .collect()
 }
 
-/// The virtual host named by an AMQP URL's path (`/` when absent).
-fn vhost_of(url: &str) -> &str {
-    let Some(rest) = url.split_once("://").map(|(_, r)| r) else {
-        return "";
-    };
+/// The virtual host named by an AMQP URL's path (`/` when absent; `%2f`
+/// decoded); for a list of nodes, the first node's.
+pub fn vhost(url: &str) -> String {
+    let first = broker_nodes(url).first().copied().unwrap_or("");
+    let rest = first.split_once("://").map(|(_, r)| r).unwrap_or(first);
     let path = rest.split_once('/').map(|(_, p)| p).unwrap_or("");
-    path.split('?').next().unwrap_or("")
+    let path = path.split('?').next().unwrap_or("");
+    if path.is_empty() {
+        "/".into()
+    } else {
+        path.replace("%2f", "/").replace("%2F", "/")
+    }
 }
 
 /// Default broker URL.
@@ -409,7 +414,7 @@ impl Config {
                 problem: "mixes amqp:// and amqps:// nodes; use TLS for all of them or none".into(),
             });
         }
-        if nodes.iter().any(|u| vhost_of(u) != vhost_of(nodes[0])) {
+        if nodes.iter().any(|u| vhost(u) != vhost(nodes[0])) {
             return Err(ConfigError::Invalid {
                 key: "amqp_url",
                 problem: "names different virtual hosts; the nodes of one cluster share one".into(),

@@ -472,17 +472,6 @@ fn regex_escape(s: &str) -> String {
     out
 }
 
-/// The virtual host of an AMQP URL.
-pub fn vhost(url: &str) -> String {
-    let path = url.rsplit_once('/').map(|(_, p)| p).unwrap_or("");
-    let path = path.split('?').next().unwrap_or("");
-    if path.is_empty() {
-        "/".into()
-    } else {
-        path.replace("%2f", "/").replace("%2F", "/")
-    }
-}
-
 /// RabbitMQ definitions (users, permissions, topic permissions) letting each
 /// agency log in as its own user, publish only `<kind>.<its code>` to the
 /// ingress exchange and read only its own inbox and notify queues; nothing
@@ -546,7 +535,7 @@ pub fn definitions(hub: &Hub) -> Result<RabbitDefinitions, AgencyError> {
     }
     Ok(rabbitmq_definitions(
         &hub.topology.prefix,
-        &vhost(&hub.config.amqp_url),
+        &crate::core::config::vhost(&hub.config.amqp_url),
         &accounts,
     ))
 }
@@ -602,8 +591,8 @@ mod tests {
             "the configured prefix"
         );
         assert!(d.get("warnings").is_none());
-        assert_eq!(vhost("amqp://g:g@h:5672/%2f"), "/");
-        assert_eq!(vhost("amqp://g:g@h:5672/prod"), "prod");
+        assert_eq!(crate::core::config::vhost("amqp://g:g@h:5672/%2f"), "/");
+        assert_eq!(crate::core::config::vhost("amqp://g:g@h:5672/prod"), "prod");
     }
 
     #[test]

@@ -188,7 +188,10 @@ async fn restarts_do_not_repeat_notices() {
     let src = hub.register("H37.DN.001").await;
     hub.register("H37.DN.002").await;
     let source = hub.client(&src).await;
-    let mut notify = source.notices(16).await.unwrap();
+    let mut notify = source
+        .notices(16)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", hub.log()));
     let id = source
         .send(&invitation("H37.DN.002", Some("6s")))
         .await

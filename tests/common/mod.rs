@@ -330,6 +330,8 @@ impl TestHub {
             .api("POST", "/v1/agencies", Some(serde_json::json!({"code": code, "name": format!("Agency {code}"), "public_key_pem": pem})))
             .await;
         assert_eq!(status, 201, "{v}");
+        // The hub is connected: the agency's queues exist when this returns.
+        assert_eq!(v["queues_declared"], true, "{v}\n{}", self.log());
         self.agencies.push(AgencyCode::parse(code).unwrap());
         serde_json::from_value(v).unwrap()
     }

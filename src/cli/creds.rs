@@ -25,8 +25,13 @@ pub struct CredArgs {
     /// Access key (else TRUC_ACCESS_KEY).
     #[arg(long, env = "TRUC_ACCESS_KEY", hide_env_values = true)]
     pub access_key: Option<String>,
-    /// Secret (else TRUC_SECRET).
-    #[arg(long, env = "TRUC_SECRET", hide_env_values = true)]
+    /// Secret (else TRUC_SECRET). Generated secrets may start with `-`.
+    #[arg(
+        long,
+        env = "TRUC_SECRET",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
     pub secret: Option<String>,
 }
 

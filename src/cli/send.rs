@@ -211,6 +211,13 @@ mod tests {
         Cli::from_arg_matches(&m).unwrap().send
     }
 
+    /// A generated secret may start with `-` (base64url): still a value.
+    #[test]
+    fn a_secret_starting_with_a_hyphen_is_a_value() {
+        let a = args(&["--access-key", "AK1", "--secret", "-AZy0_secret"]);
+        assert_eq!(a.creds.secret.as_deref(), Some("-AZy0_secret"));
+    }
+
     fn check(extra: &[&str]) -> Result<Option<Duration>, CliError> {
         let a = args(extra);
         check_locally(&a, priority(a.priority).unwrap())

@@ -242,7 +242,10 @@ async fn housekeeping(hub: Arc<Hub>, shutdown: CancellationToken) {
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, retryable = e.is_retryable(), "retention sweep failed"),
                 }
-                metrics::audit_entries(hub.router.audit().len());
+                match hub.router.audit().len() {
+                    Ok(n) => metrics::audit_entries(n),
+                    Err(e) => tracing::warn!(error = %e, "cannot count audit entries"),
+                }
             }
             _ = tick.tick() => {
                 hub.router.roll_quarantined(crate::core::time::now_ms());

@@ -664,7 +664,7 @@ impl Audit {
     /// Removes up to `batch` of the oldest entries written before `cutoff_ms`,
     /// recording the anchor first; returns how many were removed.
     pub fn sweep(&self, cutoff_ms: i64, batch: usize) -> Result<usize, AuditError> {
-        let mut doomed: Vec<(sled::IVec, [u8; 32], u64)> = Vec::new();
+        let mut doomed: Vec<(Vec<u8>, [u8; 32], u64)> = Vec::new();
         for item in self.store.audit().iter().take(batch) {
             let (k, v) = item?;
             let Ok(sealed) = codec::decode::<Sealed>(&v) else {
@@ -701,13 +701,13 @@ impl Audit {
     }
 
     /// Number of entries kept.
-    pub fn len(&self) -> usize {
-        self.store.audit().len()
+    pub fn len(&self) -> Result<usize, AuditError> {
+        Ok(self.store.audit().len()?)
     }
 
     /// True when no entry is kept.
-    pub fn is_empty(&self) -> bool {
-        self.store.audit().is_empty()
+    pub fn is_empty(&self) -> Result<bool, AuditError> {
+        Ok(self.store.audit().is_empty()?)
     }
 }
 
@@ -944,7 +944,7 @@ mod tests {
         assert_eq!((r.first_seq, r.anchor_seq), (Some(13), Some(12)));
         // Everything old: the newest entry stays to carry the chain.
         assert_eq!(audit.sweep(i64::MAX, 100).unwrap(), 7);
-        assert_eq!(audit.len(), 1);
+        assert_eq!(audit.len().unwrap(), 1);
         drop(audit);
         // A new process continues the chain after the anchor.
         let audit = Audit::new(store.clone());

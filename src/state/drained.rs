@@ -61,7 +61,9 @@ impl Drained {
         for item in store.meta().scan_prefix(&p) {
             let (k, v) = item?;
             let code = Fields::after(&k, &p).and_then(|mut f| f.code());
-            let at = v.as_ref().try_into().ok().map(i64::from_be_bytes);
+            let at = <[u8; 8]>::try_from(v.as_slice())
+                .ok()
+                .map(i64::from_be_bytes);
             if let (Some(code), Some(at)) = (code, at) {
                 seen.insert(
                     code,
@@ -104,7 +106,7 @@ impl Drained {
             }
         };
         if let Some(at) = write {
-            self.store.meta().insert(key(code), &at.to_be_bytes())?;
+            self.store.meta().insert(key(code), at.to_be_bytes())?;
             let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(s) = seen.get_mut(code) {
                 s.persisted_ms = Some(s.persisted_ms.map_or(at, |p| p.max(at)));

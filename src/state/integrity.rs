@@ -24,7 +24,7 @@ use crate::core::checkpoint::{Checkpoint, CheckpointError, CheckpointKey};
 use crate::core::time::now_ms;
 use crate::state::audit::{Audit, AuditError, AuditEvent, Broken, CheckpointView, VerifyReport};
 use crate::state::codec;
-use crate::state::store::{Store, StoreError};
+use crate::state::store::{Store, StoreError, Table};
 
 /// `meta` key of the store's generation (u64 big-endian).
 pub const GENERATION_KEY: &[u8] = b"store_generation";
@@ -255,7 +255,7 @@ impl Anchoring {
 }
 
 /// The generation recorded in `meta` (0 when never flushed by truc).
-pub fn generation(meta: &sled::Tree) -> Result<u64, StoreError> {
+pub fn generation(meta: &Table) -> Result<u64, StoreError> {
     Ok(meta
         .get(GENERATION_KEY)?
         .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
@@ -263,7 +263,7 @@ pub fn generation(meta: &sled::Tree) -> Result<u64, StoreError> {
 }
 
 /// The audit head `(seq, hash)` recorded in `meta` (`(0, zeros)`: none).
-pub fn audit_head(meta: &sled::Tree) -> Result<(u64, [u8; 32]), StoreError> {
+pub fn audit_head(meta: &Table) -> Result<(u64, [u8; 32]), StoreError> {
     Ok(meta
         .get(AUDIT_HEAD_KEY)?
         .and_then(|v| {
@@ -298,7 +298,13 @@ impl Snapshot {
             generation: generation(&store.meta())?,
             anchored: store.meta().get(ANCHORED_KEY)?.is_some(),
             audit_last,
-            has_data: store.trees().iter().any(|(_, t)| !t.is_empty()),
+            has_data: {
+                let mut any = false;
+                for (_, t) in store.trees() {
+                    any |= !t.is_empty()?;
+                }
+                any
+            },
         })
     }
 
@@ -365,7 +371,7 @@ pub fn check(
         None if store
             .audit()
             .first()?
-            .is_some_and(|(k, _)| k.as_ref() > cp.audit_seq.to_be_bytes().as_slice()) =>
+            .is_some_and(|(k, _)| k.as_slice() > cp.audit_seq.to_be_bytes().as_slice()) =>
         {
             Ok(())
         }

@@ -364,7 +364,7 @@ impl Registry {
         let inserted = self.store.agencies().compare_and_swap(
             code.as_str(),
             None as Option<&[u8]>,
-            Some(codec::encode(&sealed(&self.master, &agency))?),
+            Some(&codec::encode(&sealed(&self.master, &agency))?),
         )?;
         if inserted.is_err() {
             return Err(RegistryError::Exists(code));

@@ -53,14 +53,14 @@ impl Nonces {
         let k = nonce_key(key, nonce);
         let mut value = expires_ms.to_be_bytes().to_vec();
         value.extend_from_slice(message_id.as_bytes());
-        match self.store.nonces().compare_and_swap(
-            &k,
-            None as Option<&[u8]>,
-            Some(value.clone()),
-        )? {
+        match self
+            .store
+            .nonces()
+            .compare_and_swap(&k, None as Option<&[u8]>, Some(&value))?
+        {
             Ok(()) => Ok(NonceCheck::Fresh),
-            Err(cas) => {
-                let old = cas.current.unwrap_or_default();
+            Err(current) => {
+                let old = current.unwrap_or_default();
                 let (exp, mid) = old.split_at(8.min(old.len()));
                 let exp = i64::from_be_bytes(exp.try_into().unwrap_or([0; 8]));
                 if mid == message_id.as_bytes() {

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::state::audit::{Audit, AuditError};
 use crate::state::codec;
+use crate::state::store::Table;
 use crate::state::store::{Store, StoreError};
 use crate::state::tracking::EnvelopeRecord;
 
@@ -144,7 +145,7 @@ pub struct TreeStats {
     pub bytes: u64,
 }
 
-fn tree_stats(name: &str, t: &sled::Tree) -> TreeStats {
+fn tree_stats(name: &str, t: &Table) -> TreeStats {
     let (mut entries, mut bytes) = (0, 0);
     for (k, v) in t.iter().flatten() {
         entries += 1;
@@ -255,8 +256,8 @@ mod tests {
         .await
         .unwrap();
         assert_eq!((e, a), (450, 10));
-        assert_eq!(store.envelopes().len(), 50);
-        assert_eq!(store.by_dest().len(), 50);
+        assert_eq!(store.envelopes().len().unwrap(), 50);
+        assert_eq!(store.by_dest().len().unwrap(), 50);
         assert!(tracking.sources_of(&dest, "m0001").unwrap().is_empty());
         assert_eq!(tracking.sources_of(&dest, "m0599").unwrap(), vec![from]);
         assert!(audit.verify().unwrap().ok);

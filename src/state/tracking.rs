@@ -288,7 +288,7 @@ impl Tracking {
         for d in dests {
             self.store
                 .by_dest()
-                .insert(dest_index_key(d, message_id, from), &[])?;
+                .insert(dest_index_key(d, message_id, from), [])?;
         }
         Ok(())
     }
@@ -368,16 +368,15 @@ impl Tracking {
     pub fn begin_routing(&self, from: &AgencyCode, message_id: &str) -> Result<(), StoreError> {
         self.store
             .routing()
-            .insert(record_key(from, message_id), &[])?;
+            .insert(record_key(from, message_id), [])?;
         Ok(())
     }
 
     /// Whether `(from, message_id)` was being routed and not finished.
     pub fn is_routing(&self, from: &AgencyCode, message_id: &str) -> Result<bool, StoreError> {
-        Ok(self
-            .store
+        self.store
             .routing()
-            .contains_key(record_key(from, message_id))?)
+            .contains_key(record_key(from, message_id))
     }
 
     /// `(from, message_id)` is routed: its deliveries and notices were confirmed.
@@ -424,7 +423,7 @@ impl Tracking {
     ) -> Result<(), StoreError> {
         self.store
             .deadlines()
-            .insert(deadline_key(deliver_by_ms, from, message_id), &[])?;
+            .insert(deadline_key(deliver_by_ms, from, message_id), [])?;
         Ok(())
     }
 

@@ -35,6 +35,9 @@ use crate::core::checkpoint::Checkpoint;
 use crate::core::metrics;
 use crate::state::integrity::{self, Anchoring};
 
+mod table;
+pub use table::{Entry, Iter, Table};
+
 /// Store errors.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -144,7 +147,30 @@ impl Trees {
     }
 }
 
+/// Lets a snapshot see every table at one instant: each write through a
+/// [`Table`] holds it shared for the duration of one operation, and
+/// [`Store::snapshot`] holds it exclusively while it copies.
+#[derive(Clone, Default)]
+pub(crate) struct Gate(Arc<RwLock<()>>);
+
+impl Gate {
+    /// Held while one write runs.
+    fn write(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.0.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Held while a snapshot copies: no write runs meanwhile.
+    fn freeze(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
+        self.0.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Every table's entries at one instant, by table name (see [`Store::snapshot`]).
+pub type Snapshot = Vec<(&'static str, Vec<Entry>)>;
+
 struct Inner {
+    /// Held shared by each write, exclusively by a snapshot.
+    gate: Gate,
     /// `None` only inside [`Inner::recover`], under the write lock.
     open: RwLock<Option<Arc<Trees>>>,
     /// Bumped by every reopen.
@@ -189,14 +215,14 @@ macro_rules! trees {
         impl Store {
             $(
                 $(#[$doc])*
-                pub fn $name(&self) -> sled::Tree {
-                    self.with(|t| t.$name.clone())
+                pub fn $name(&self) -> Table {
+                    Table::sled(self.with(|t| t.$name.clone()), self.inner.gate.clone())
                 }
             )*
 
             /// Every tree the store opens, with its name (for `truc store stats`).
-            pub fn trees(&self) -> Vec<(&'static str, sled::Tree)> {
-                self.with(|t| vec![$((stringify!($name), t.$name.clone())),*])
+            pub fn trees(&self) -> Vec<(&'static str, Table)> {
+                vec![$((stringify!($name), self.$name())),*]
             }
         }
     };
@@ -241,10 +267,12 @@ impl Store {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
         let path = dir.join("db");
         let trees = Trees::open(&path)?;
-        let generation = integrity::generation(&trees.meta)?;
+        let gate = Gate::default();
+        let generation = integrity::generation(&Table::sled(trees.meta.clone(), gate.clone()))?;
         let (done, _) = watch::channel(0);
         Ok(Self {
             inner: Arc::new(Inner {
+                gate,
                 open: RwLock::new(Some(Arc::new(trees))),
                 reopens: AtomicU64::new(0),
                 commit: Mutex::new(Commit {
@@ -267,6 +295,19 @@ impl Store {
 
     fn with<R>(&self, f: impl FnOnce(&Trees) -> R) -> R {
         self.inner.with(f)
+    }
+
+    /// A copy of every table, consistent across tables: writes wait while
+    /// it is taken (in memory; the store holds metadata only, so this is
+    /// quick), and none is half-seen.
+    pub fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        let _frozen = self.inner.gate.freeze();
+        let mut out = Vec::new();
+        for (name, table) in self.trees() {
+            let entries = table.iter().collect::<Result<Vec<_>, _>>()?;
+            out.push((name, entries));
+        }
+        Ok(out)
     }
 
     /// Where the database lives.
@@ -477,7 +518,7 @@ impl Inner {
         if c.anchor.is_some() {
             trees.meta.insert(integrity::ANCHORED_KEY, &[1u8])?;
         }
-        let head = integrity::audit_head(&trees.meta)?;
+        let head = integrity::audit_head(&Table::sled(trees.meta.clone(), self.gate.clone()))?;
         trees.db.flush()?;
         c.generation = generation;
         let Some(anchor) = c.anchor.as_mut() else {
@@ -586,7 +627,7 @@ mod tests {
         for i in 0..200u32 {
             let s = store.clone();
             set.spawn(async move {
-                s.meta().insert(i.to_be_bytes(), b"x".to_vec()).unwrap();
+                s.meta().insert(i.to_be_bytes(), b"x").unwrap();
                 s.durable().await.unwrap();
             });
         }
@@ -594,7 +635,7 @@ mod tests {
             r.unwrap();
         }
         // 200 keys plus the generation.
-        assert_eq!(store.meta().len(), 201);
+        assert_eq!(store.meta().len().unwrap(), 201);
         // Each shared flush bumped the generation once.
         let g = store.generation();
         assert!((1..=200).contains(&g), "{g}");
@@ -629,7 +670,7 @@ mod tests {
         let held = store.clone();
         store.inner.recover();
         assert_eq!(store.reopens(), 1);
-        assert_eq!(held.meta().get("k").unwrap().unwrap().as_ref(), b"v");
+        assert_eq!(held.meta().get("k").unwrap().unwrap(), b"v");
         held.meta().insert("k2", "v2").unwrap();
         assert!(store.meta().get("k2").unwrap().is_some());
     }

@@ -1,0 +1,192 @@
+//! [`Table`]: one of the store's named, ordered byte maps, on whichever
+//! backend the store runs (sled, embedded; PostgreSQL, shared).
+//!
+//! Invariants: keys are ordered byte-wise (memcmp) on every backend, so
+//! prefix scans and ranges mean the same everywhere; every single-key
+//! operation is atomic, and [`Table::compare_and_swap`] is atomic *across
+//! processes* on a shared backend (dedupe, nonces and the leader lease rely
+//! on it); iterators are lazy and double-ended; a write made here is
+//! durable only once [`crate::state::store::Store::durable`] resolves.
+
+use std::ops::{Bound, RangeBounds};
+
+use crate::state::store::StoreError;
+
+/// One key and its value.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
+/// A named table of the store; cheap to clone.
+#[derive(Clone)]
+pub struct Table {
+    inner: Backend,
+    gate: super::Gate,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Sled(sled::Tree),
+}
+
+impl Table {
+    pub(super) fn sled(tree: sled::Tree, gate: super::Gate) -> Self {
+        Self {
+            inner: Backend::Sled(tree),
+            gate,
+        }
+    }
+
+    /// The value under `key`.
+    pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>, StoreError> {
+        match &self.inner {
+            Backend::Sled(t) => Ok(t.get(key)?.map(|v| v.to_vec())),
+        }
+    }
+
+    /// Whether `key` is present.
+    pub fn contains_key(&self, key: impl AsRef<[u8]>) -> Result<bool, StoreError> {
+        match &self.inner {
+            Backend::Sled(t) => Ok(t.contains_key(key)?),
+        }
+    }
+
+    /// Sets `key` to `value`; returns the previous value.
+    pub fn insert(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let _w = self.gate.write();
+        match &self.inner {
+            Backend::Sled(t) => Ok(t.insert(key, value.as_ref())?.map(|v| v.to_vec())),
+        }
+    }
+
+    /// Removes `key`; returns the value it had.
+    pub fn remove(&self, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>, StoreError> {
+        let _w = self.gate.write();
+        match &self.inner {
+            Backend::Sled(t) => Ok(t.remove(key)?.map(|v| v.to_vec())),
+        }
+    }
+
+    /// Sets `key` to `new` (`None`: removes it) only if its value is `old`
+    /// (`None`: absent). `Ok(Err(current))` when it was not.
+    #[allow(clippy::type_complexity)]
+    pub fn compare_and_swap(
+        &self,
+        key: impl AsRef<[u8]>,
+        old: Option<&[u8]>,
+        new: Option<&[u8]>,
+    ) -> Result<Result<(), Option<Vec<u8>>>, StoreError> {
+        let _w = self.gate.write();
+        match &self.inner {
+            Backend::Sled(t) => Ok(t
+                .compare_and_swap(key, old, new)?
+                .map_err(|e| e.current.map(|v| v.to_vec()))),
+        }
+    }
+
+    /// Replaces the value under `key` with `f(current)` (`None`: removes
+    /// it), atomically; `f` may run more than once. Returns the old value.
+    pub fn fetch_and_update(
+        &self,
+        key: impl AsRef<[u8]>,
+        f: impl FnMut(Option<&[u8]>) -> Option<Vec<u8>>,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let _w = self.gate.write();
+        match &self.inner {
+            Backend::Sled(t) => Ok(t.fetch_and_update(key, f)?.map(|v| v.to_vec())),
+        }
+    }
+
+    /// The entry with the smallest key.
+    pub fn first(&self) -> Result<Option<Entry>, StoreError> {
+        match &self.inner {
+            Backend::Sled(t) => Ok(t.first()?.map(|(k, v)| (k.to_vec(), v.to_vec()))),
+        }
+    }
+
+    /// The entry with the greatest key.
+    pub fn last(&self) -> Result<Option<Entry>, StoreError> {
+        match &self.inner {
+            Backend::Sled(t) => Ok(t.last()?.map(|(k, v)| (k.to_vec(), v.to_vec()))),
+        }
+    }
+
+    /// Number of entries (sled counts by scanning the tree).
+    pub fn len(&self) -> Result<usize, StoreError> {
+        match &self.inner {
+            Backend::Sled(t) => Ok(t.len()),
+        }
+    }
+
+    /// Whether the table has no entry.
+    pub fn is_empty(&self) -> Result<bool, StoreError> {
+        match &self.inner {
+            Backend::Sled(t) => Ok(t.is_empty()),
+        }
+    }
+
+    /// Removes every entry.
+    pub fn clear(&self) -> Result<(), StoreError> {
+        let _w = self.gate.write();
+        match &self.inner {
+            Backend::Sled(t) => Ok(t.clear()?),
+        }
+    }
+
+    /// Every entry, in key order.
+    pub fn iter(&self) -> Iter {
+        self.range::<Vec<u8>, _>(..)
+    }
+
+    /// The entries whose key starts with `prefix`, in key order.
+    pub fn scan_prefix(&self, prefix: impl AsRef<[u8]>) -> Iter {
+        match &self.inner {
+            Backend::Sled(t) => Iter(IterInner::Sled(t.scan_prefix(prefix))),
+        }
+    }
+
+    /// The entries whose key is in `range`, in key order.
+    pub fn range<K: AsRef<[u8]>, R: RangeBounds<K>>(&self, range: R) -> Iter {
+        let own = |b: Bound<&K>| match b {
+            Bound::Included(k) => Bound::Included(k.as_ref().to_vec()),
+            Bound::Excluded(k) => Bound::Excluded(k.as_ref().to_vec()),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let (lo, hi) = (own(range.start_bound()), own(range.end_bound()));
+        match &self.inner {
+            Backend::Sled(t) => Iter(IterInner::Sled(t.range::<Vec<u8>, _>((lo, hi)))),
+        }
+    }
+}
+
+/// Entries of a [`Table`] in key order, from either end.
+pub struct Iter(IterInner);
+
+enum IterInner {
+    Sled(sled::Iter),
+}
+
+fn owned(r: sled::Result<(sled::IVec, sled::IVec)>) -> Result<Entry, StoreError> {
+    r.map(|(k, v)| (k.to_vec(), v.to_vec()))
+        .map_err(StoreError::from)
+}
+
+impl Iterator for Iter {
+    type Item = Result<Entry, StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match &mut self.0 {
+            IterInner::Sled(i) => i.next().map(owned),
+        }
+    }
+}
+
+impl DoubleEndedIterator for Iter {
+    fn next_back(&mut self) -> Option<Self::Item> {
+        match &mut self.0 {
+            IterInner::Sled(i) => i.next_back().map(owned),
+        }
+    }
+}

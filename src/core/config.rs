@@ -50,6 +50,58 @@ pub enum ConfigError {
     },
 }
 
+fn default_store_connections() -> usize {
+    8
+}
+
+/// Whether `url` looks like a PostgreSQL connection string (a URL, or
+/// `key=value` words naming a host); the client parses it fully at start.
+pub fn is_store_url(url: &str) -> bool {
+    let url = url.trim();
+    url.starts_with("postgres://")
+        || url.starts_with("postgresql://")
+        || url.split_whitespace().any(|w| w.starts_with("host="))
+}
+
+/// `url` with its password replaced by `***`, for logs and errors.
+pub fn redact_store_url(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        let (auth, tail) = match rest.find(['/', '?']) {
+            Some(i) => rest.split_at(i),
+            None => (rest, ""),
+        };
+        let auth = match auth.rsplit_once('@') {
+            Some((user, hosts)) => match user.split_once(':') {
+                Some((name, _)) => format!("{name}:***@{hosts}"),
+                None => format!("{user}@{hosts}"),
+            },
+            None => auth.to_owned(),
+        };
+        let tail = match tail.split_once('?') {
+            Some((path, query)) => {
+                let query = query
+                    .split('&')
+                    .map(|kv| match kv.split_once('=') {
+                        Some(("password", _)) => "password=***".to_owned(),
+                        _ => kv.to_owned(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join("&");
+                format!("{path}?{query}")
+            }
+            None => tail.to_owned(),
+        };
+        return format!("{scheme}://{auth}{tail}");
+    }
+    url.split_whitespace()
+        .map(|w| match w.split_once('=') {
+            Some(("password", _)) => "password=***".to_owned(),
+            _ => w.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// The broker nodes of an AMQP URL setting: one URL, or several separated by
 /// commas (the nodes of one RabbitMQ cluster), in the order given.
 pub fn broker_nodes(url: &str) -> Vec<&str> {
@@ -199,6 +251,16 @@ pub struct Config {
     /// and never inside it.
     #[serde(default)]
     pub store_anchor_file: Option<PathBuf>,
+    /// The shared store (`TRUC_STORE_URL`): a PostgreSQL connection string,
+    /// `postgres://user:password@host1,host2/db?target_session_attrs=read-write`
+    /// or `host=a,b dbname=truc user=truc target_session_attrs=read-write`
+    /// (several hosts: truc follows the one that takes writes). Unset: the
+    /// embedded sled store in `data_dir`, for one instance.
+    #[serde(default)]
+    pub store_url: Option<String>,
+    /// Connections to the shared store each instance keeps (1–64).
+    #[serde(default = "default_store_connections")]
+    pub store_connections: usize,
     /// Start even if the store does not match its checkpoint, recording the
     /// loss in the audit log (`truc serve --accept-loss`). Never read from
     /// the file or the environment: it is a decision for one start.
@@ -284,6 +346,9 @@ impl Config {
         }
         if let Some(v) = get("TRUC_STORE_ANCHOR_FILE").filter(|v| !v.is_empty()) {
             self.store_anchor_file = Some(v.into());
+        }
+        if let Some(v) = get("TRUC_STORE_URL").filter(|v| !v.is_empty()) {
+            self.store_url = Some(v);
         }
     }
 
@@ -385,6 +450,23 @@ impl Config {
 
     /// Checks every field.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(url) = &self.store_url {
+            if !is_store_url(url) {
+                return Err(ConfigError::Invalid {
+                    key: "store_url",
+                    problem: format!(
+                        "{} is not a PostgreSQL connection string (postgres://… or host=… dbname=…)",
+                        redact_store_url(url)
+                    ),
+                });
+            }
+        }
+        if !(1..=64).contains(&self.store_connections) {
+            return Err(ConfigError::Invalid {
+                key: "store_connections",
+                problem: "must be 1 to 64".into(),
+            });
+        }
         if self.anchor_path().starts_with(self.store_dir()) {
             return Err(ConfigError::Invalid {
                 key: "store_anchor_file",
@@ -689,6 +771,49 @@ fn secure_tree(root: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn store_url_is_postgres_and_its_password_never_shows() {
+        let mut c = Config::default();
+        c.apply_env(|k| {
+            (k == "TRUC_STORE_URL").then(|| {
+                "postgres://truc:s3cret@db1,db2/truc?target_session_attrs=read-write".to_owned()
+            })
+        });
+        c.validate().unwrap();
+        assert_eq!(
+            redact_store_url(c.store_url.as_deref().unwrap()),
+            "postgres://truc:***@db1,db2/truc?target_session_attrs=read-write"
+        );
+        assert_eq!(
+            redact_store_url("host=a,b dbname=truc password=s3cret"),
+            "host=a,b dbname=truc password=***"
+        );
+        assert_eq!(
+            redact_store_url("postgresql://u@h/db?password=s3cret&sslmode=require"),
+            "postgresql://u@h/db?password=***&sslmode=require"
+        );
+        for bad in ["mysql://u:s3cret@h/db", "truc.db", ""] {
+            let c = Config {
+                store_url: Some(bad.into()),
+                ..Config::default()
+            };
+            let e = c.validate().unwrap_err().to_string();
+            assert!(
+                e.contains("store_url") && !e.contains("s3cret"),
+                "{bad}: {e}"
+            );
+        }
+        let c = Config {
+            store_connections: 0,
+            ..Config::default()
+        };
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("store_connections"));
+    }
 
     #[test]
     fn amqp_url_may_list_the_nodes_of_a_cluster() {

@@ -489,19 +489,42 @@ impl Audit {
             log.generation = self.store.reopens();
         }
         let head = log.head.as_mut().expect("loaded above");
-        let entry = Entry {
-            seq: head.next_seq,
-            at_ms,
-            prev: head.last_hash,
-            event,
+        // Instances sharing a store append to one chain: the entry takes
+        // its sequence number only if no other writer took it first, and
+        // otherwise is chained again after the newest entry.
+        let mut event = Some(event);
+        let (entry, hash, mark) = loop {
+            let entry = Entry {
+                seq: head.next_seq,
+                at_ms,
+                prev: head.last_hash,
+                event: event.take().expect("put back on a lost race"),
+            };
+            let body = codec::encode(&entry)?;
+            let hash = sha(&body);
+            let stored = codec::encode(&Sealed { body, hash })?;
+            let mark = self.store.flush_mark();
+            match self
+                .store
+                .audit()
+                .compare_and_swap(seq_key(entry.seq), None, Some(&stored))?
+            {
+                Ok(()) => break (entry, hash, mark),
+                Err(_) => {
+                    event = Some(entry.event);
+                    *head = self.load_head()?;
+                }
+            }
         };
-        let body = codec::encode(&entry)?;
-        let hash = sha(&body);
-        let stored = codec::encode(&Sealed { body, hash })?;
-        let mark = self.store.flush_mark();
-        self.store.audit().insert(seq_key(entry.seq), stored)?;
-        self.store.meta().insert(HEAD_KEY, pack(entry.seq, &hash))?;
-        head.next_seq += 1;
+        // The head only moves forward, whichever writer gets there last.
+        let packed = pack(entry.seq, &hash);
+        self.store.meta().fetch_and_update(HEAD_KEY, |old| {
+            match old.and_then(seq_hash) {
+                Some((seq, _)) if seq >= entry.seq => old.map(<[u8]>::to_vec),
+                _ => Some(packed.clone()),
+            }
+        })?;
+        head.next_seq = entry.seq + 1;
         head.last_hash = hash;
         log.unflushed.push_back(Kept {
             seq: entry.seq,
@@ -860,6 +883,27 @@ mod tests {
 
     fn ev(i: u32) -> AuditEvent {
         AuditEvent::admin("test", format!("T{i}"), format!("detail {i}"))
+    }
+
+    #[test]
+    fn writers_sharing_a_store_keep_one_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        // Two instances' logs over one store, each with its own cached head.
+        let (a, b) = (Audit::new(store.clone()), Audit::new(store.clone()));
+        let mut seqs = Vec::new();
+        for i in 0..10 {
+            seqs.push(a.append(ev(i)).unwrap());
+            seqs.push(b.append(ev(100 + i)).unwrap());
+            seqs.push(b.append(ev(200 + i)).unwrap());
+        }
+        assert_eq!(seqs, (1..=30).collect::<Vec<u64>>());
+        let r = a.verify().unwrap();
+        assert!(r.ok, "{r:?}");
+        assert_eq!((r.entries, r.last_seq), (30, Some(30)));
+        // The stored head is the newest entry, whoever wrote last.
+        let head = seq_hash(&store.meta().get(HEAD_KEY).unwrap().unwrap()).unwrap();
+        assert_eq!(head.0, 30);
     }
 
     #[test]

@@ -35,7 +35,7 @@ use crate::router::{Heartbeat, Outbox, Outcome, PublishError, Router, RouterErro
 use crate::state::audit::AuditEvent;
 use crate::state::registry::Entry;
 use crate::state::replay::NonceCheck;
-use crate::state::tracking::{DestTrack, EnvelopeRecord, Pending};
+use crate::state::tracking::{DestTrack, EnvelopeRecord, Pending, Routing};
 
 /// An ingress message whose signature is its sender's.
 pub(super) struct Authenticated {
@@ -362,7 +362,14 @@ impl Router {
         let _guard = self.locks.lock(from.as_str(), mid).await;
         // A record still marked as being routed is what a crash (or a failed
         // publish) left half done: route it again, marked as a possible repeat.
-        let unfinished = self.tracking.is_routing(from, mid)?;
+        let routing = self.tracking.routing_state(from, mid, now)?;
+        if let Routing::Elsewhere { owner } = &routing {
+            return Err(RouterError::Pending(format!(
+                "envelope {} from {from} is being routed by another instance ({owner}); it comes again",
+                Escaped(mid)
+            )));
+        }
+        let unfinished = matches!(routing, Routing::Unfinished(_));
         if let Some(rec) = self.tracking.get(from, mid)?.filter(|_| !unfinished) {
             if let Some(t) = turn {
                 t.pass();
@@ -534,7 +541,12 @@ impl Router {
         };
         // The record first (marked as being routed), so whoever hears of the
         // envelope (its destination, its source reading `accepted`) finds it.
-        self.tracking.begin_routing(from, mid)?;
+        if !self.tracking.begin_routing(from, mid, &routing, now)? {
+            return Err(RouterError::Pending(format!(
+                "envelope {} from {from} was claimed by another instance meanwhile; it comes again",
+                Escaped(mid)
+            )));
+        }
         self.tracking.put(&rec)?;
         // Presence watches what waits in an inbox; a deferred delivery is
         // pended when it is released.

@@ -518,12 +518,12 @@ impl Audit {
         };
         // The head only moves forward, whichever writer gets there last.
         let packed = pack(entry.seq, &hash);
-        self.store.meta().fetch_and_update(HEAD_KEY, |old| {
-            match old.and_then(seq_hash) {
+        self.store
+            .meta()
+            .fetch_and_update(HEAD_KEY, |old| match old.and_then(seq_hash) {
                 Some((seq, _)) if seq >= entry.seq => old.map(<[u8]>::to_vec),
                 _ => Some(packed.clone()),
-            }
-        })?;
+            })?;
         head.next_seq = entry.seq + 1;
         head.last_hash = hash;
         log.unflushed.push_back(Kept {

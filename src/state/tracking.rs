@@ -253,16 +253,48 @@ impl EnvelopeRecord {
     }
 }
 
+/// A routing marker older than this whose writer is another instance is
+/// taken for that instance's crash (a live one finishes in seconds); the
+/// envelope is then routed again, marked as a possible repeat.
+pub const CLAIM_STALE_MS: i64 = 15_000;
+
+/// The value of a routing marker: who routes the envelope, since when.
+#[derive(Debug, Serialize, Deserialize)]
+struct RoutingClaim {
+    owner: String,
+    at_ms: i64,
+}
+
+/// What an envelope's routing marker says (see [`Tracking::routing_state`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Routing {
+    /// No marker: a new envelope, or one routed to the end.
+    None,
+    /// A routing that did not finish: route it again (the marker's bytes).
+    Unfinished(Vec<u8>),
+    /// Another live instance is routing it now.
+    Elsewhere {
+        /// That instance's claim name.
+        owner: String,
+    },
+}
+
 /// Reads and writes envelope records.
 #[derive(Clone)]
 pub struct Tracking {
     store: Store,
+    /// This process's name on the routing markers it writes.
+    owner: std::sync::Arc<str>,
 }
 
 impl Tracking {
     /// Over `store`.
     pub fn new(store: Store) -> Self {
-        Self { store }
+        let owner = format!("pid{}-{:08x}", std::process::id(), rand::random::<u32>());
+        Self {
+            store,
+            owner: owner.into(),
+        }
     }
 
     /// The record of `(from, message_id)`, if accepted before.
@@ -361,15 +393,74 @@ impl Tracking {
         Ok(out)
     }
 
-    /// Marks `(from, message_id)` as being routed: its record is written
-    /// before its deliveries and notices are published (so whoever learns of
-    /// the envelope finds its record), and a record still marked after a
-    /// crash is not a duplicate but an envelope to route again.
-    pub fn begin_routing(&self, from: &AgencyCode, message_id: &str) -> Result<(), StoreError> {
-        self.store
+    /// What the routing marker of `(from, message_id)` says now (`now_ms`):
+    /// nothing, a routing left unfinished (by a crash, a failed publish, or
+    /// an instance silent for [`CLAIM_STALE_MS`]), or one in flight in
+    /// another live instance.
+    pub fn routing_state(
+        &self,
+        from: &AgencyCode,
+        message_id: &str,
+        now_ms: i64,
+    ) -> Result<Routing, StoreError> {
+        let Some(v) = self.store.routing().get(record_key(from, message_id))? else {
+            return Ok(Routing::None);
+        };
+        // Markers of older versions are empty: their writer is gone.
+        let claim = codec::decode::<RoutingClaim>(&v).ok();
+        Ok(match claim {
+            Some(c)
+                if self.store.is_shared()
+                    && c.owner != self.owner.as_ref()
+                    && now_ms - c.at_ms < CLAIM_STALE_MS =>
+            {
+                Routing::Elsewhere { owner: c.owner }
+            }
+            _ => Routing::Unfinished(v),
+        })
+    }
+
+    /// Claims `(from, message_id)` for routing here: its record is written
+    /// next, before its deliveries and notices are published (so whoever
+    /// learns of the envelope finds its record), and a marker still there
+    /// after a crash means an envelope to route again, not a duplicate.
+    /// `seen` is what [`Tracking::routing_state`] found. Atomic across
+    /// instances: `false` when another claimed it meanwhile, or when its
+    /// record appeared meanwhile (routed since by another instance).
+    pub fn begin_routing(
+        &self,
+        from: &AgencyCode,
+        message_id: &str,
+        seen: &Routing,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let key = record_key(from, message_id);
+        let mine = codec::encode(&RoutingClaim {
+            owner: self.owner.to_string(),
+            at_ms: now_ms,
+        })?;
+        let old = match seen {
+            Routing::None => None,
+            Routing::Unfinished(v) => Some(v.as_slice()),
+            Routing::Elsewhere { .. } => return Ok(false),
+        };
+        if self
+            .store
             .routing()
-            .insert(record_key(from, message_id), [])?;
-        Ok(())
+            .compare_and_swap(&key, old, Some(&mine))?
+            .is_err()
+        {
+            return Ok(false);
+        }
+        if old.is_none() && self.store.envelopes().contains_key(&key)? {
+            // Another instance routed it between our look and our claim.
+            self.store
+                .routing()
+                .compare_and_swap(&key, Some(&mine), None)?
+                .ok();
+            return Ok(false);
+        }
+        Ok(true)
     }
 
     /// Whether `(from, message_id)` was being routed and not finished.
@@ -379,9 +470,18 @@ impl Tracking {
             .contains_key(record_key(from, message_id))
     }
 
-    /// `(from, message_id)` is routed: its deliveries and notices were confirmed.
+    /// `(from, message_id)` is routed: its deliveries and notices were
+    /// confirmed. Removes the marker (only this instance's own: one taken
+    /// over meanwhile stays with its new owner).
     pub fn routed(&self, from: &AgencyCode, message_id: &str) -> Result<(), StoreError> {
-        self.store.routing().remove(record_key(from, message_id))?;
+        let key = record_key(from, message_id);
+        self.store.routing().fetch_and_update(&key, |v| {
+            let v = v?;
+            match codec::decode::<RoutingClaim>(v) {
+                Ok(c) if c.owner != self.owner.as_ref() => Some(v.to_vec()),
+                _ => None,
+            }
+        })?;
         Ok(())
     }
 

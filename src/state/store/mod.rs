@@ -310,6 +310,12 @@ impl Store {
         Ok(out)
     }
 
+    /// Whether other processes may share this store (so a marker another
+    /// wrote may belong to a live process). sled is opened by one only.
+    pub fn is_shared(&self) -> bool {
+        false
+    }
+
     /// Where the database lives.
     pub fn path(&self) -> &Path {
         &self.path

@@ -483,6 +483,7 @@ mod tests {
             "{msg}"
         );
         assert!(!msg.contains("pw"), "{msg}");
+        assert!(msg.contains("refused"), "the cause is named: {msg}");
         // A server that is down may come back.
         assert!(err.is_retryable());
     }

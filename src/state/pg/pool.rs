@@ -38,6 +38,18 @@ pub(crate) const DEFAULT_THREADS: usize = 8;
 /// dead host in a multi-host list is skipped in bounded time.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long sent data may stay unacknowledged before the connection is
+/// dropped, when the connection string sets none (Linux only).
+const DEFAULT_TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The client's own keepalive idle time (two hours): replaced when unchanged.
+const CLIENT_KEEPALIVES_IDLE: Duration = Duration::from_secs(2 * 60 * 60);
+
+/// Keepalive idle time, interval and probes, when the string sets none.
+const DEFAULT_KEEPALIVES_IDLE: Duration = Duration::from_secs(15);
+const DEFAULT_KEEPALIVES_INTERVAL: Duration = Duration::from_secs(5);
+const DEFAULT_KEEPALIVES_RETRIES: u32 = 3;
+
 /// Key of a cached prepared statement: the tree and the operation.
 pub(super) type StmtKey = (&'static str, Op);
 
@@ -179,14 +191,7 @@ impl PgPool {
     /// one) and connect the first session now, so that a bad string or an
     /// unreachable server fails here; the other sessions connect on first use.
     pub(crate) fn connect(url: &str, threads: usize) -> Result<PgPool, PgError> {
-        let mut config = Config::from_str(url).map_err(PgError::BadUrl)?;
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(DEFAULT_CONNECT_TIMEOUT);
-        }
-        if config.get_application_name().is_none() {
-            config.application_name("truc");
-        }
-        let config = Arc::new(config);
+        let config = Arc::new(configure(url)?);
         let redacted: Arc<str> = redact(url).into();
         let (tx, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
@@ -290,6 +295,33 @@ impl PgPool {
             u64::try_from(size).map_err(|_| PgError::Unexpected(format!("negative size {size}")))
         })
     }
+}
+
+/// Parse `url` and fill in what it leaves unset: a connect timeout, the
+/// application name, and TCP settings that notice a vanished server (a
+/// failover without a reset) in about half a minute instead of hours: a
+/// worker waiting on such a socket would otherwise block its callers.
+fn configure(url: &str) -> Result<Config, PgError> {
+    let mut config = Config::from_str(url).map_err(PgError::BadUrl)?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(DEFAULT_CONNECT_TIMEOUT);
+    }
+    if config.get_application_name().is_none() {
+        config.application_name("truc");
+    }
+    if config.get_tcp_user_timeout().is_none() {
+        config.tcp_user_timeout(DEFAULT_TCP_USER_TIMEOUT);
+    }
+    if config.get_keepalives_idle() == CLIENT_KEEPALIVES_IDLE {
+        config.keepalives_idle(DEFAULT_KEEPALIVES_IDLE);
+    }
+    if config.get_keepalives_interval().is_none() {
+        config.keepalives_interval(DEFAULT_KEEPALIVES_INTERVAL);
+    }
+    if config.get_keepalives_retries().is_none() {
+        config.keepalives_retries(DEFAULT_KEEPALIVES_RETRIES);
+    }
+    Ok(config)
 }
 
 /// A worker: take jobs until the channel closes.
@@ -456,6 +488,31 @@ mod tests {
             "host=a password = *** dbname=truc"
         );
         assert_eq!(redact("host=a user=u"), "host=a user=u");
+    }
+
+    #[test]
+    fn unset_timeouts_get_defaults_and_set_ones_are_kept() {
+        let c = configure("postgres://u@h/db").unwrap();
+        assert_eq!(c.get_connect_timeout(), Some(&DEFAULT_CONNECT_TIMEOUT));
+        assert_eq!(c.get_application_name(), Some("truc"));
+        assert_eq!(c.get_tcp_user_timeout(), Some(&DEFAULT_TCP_USER_TIMEOUT));
+        assert_eq!(c.get_keepalives_idle(), DEFAULT_KEEPALIVES_IDLE);
+        assert_eq!(
+            c.get_keepalives_interval(),
+            Some(DEFAULT_KEEPALIVES_INTERVAL)
+        );
+        assert_eq!(c.get_keepalives_retries(), Some(DEFAULT_KEEPALIVES_RETRIES));
+        let c = configure(
+            "host=h user=u connect_timeout=3 application_name=x tcp_user_timeout=7 \
+             keepalives_idle=60 keepalives_interval=9 keepalives_retries=2",
+        )
+        .unwrap();
+        assert_eq!(c.get_connect_timeout(), Some(&Duration::from_secs(3)));
+        assert_eq!(c.get_application_name(), Some("x"));
+        assert_eq!(c.get_tcp_user_timeout(), Some(&Duration::from_secs(7)));
+        assert_eq!(c.get_keepalives_idle(), Duration::from_secs(60));
+        assert_eq!(c.get_keepalives_interval(), Some(Duration::from_secs(9)));
+        assert_eq!(c.get_keepalives_retries(), Some(2));
     }
 
     #[test]

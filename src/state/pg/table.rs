@@ -798,6 +798,46 @@ mod tests {
         }
     }
 
+    /// Inserts, removes and CAS deletes racing on one key: none fails, none
+    /// spins forever, and every reported previous value was written by
+    /// someone.
+    #[test]
+    fn mixed_writers_on_one_key() {
+        let db = TestDb::new();
+        let pool = migrated_pool(&db, 8);
+        let barrier = Arc::new(Barrier::new(8));
+        let threads: Vec<_> = (0..8u8)
+            .map(|i| {
+                let t = pool.table("deadlines");
+                let barrier = barrier.clone();
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    let mut seen = Vec::new();
+                    for j in 0..60u8 {
+                        match i % 4 {
+                            0 | 1 => seen.push(t.insert(b"k", &[i, j]).unwrap()),
+                            2 => seen.push(t.remove(b"k").unwrap()),
+                            _ => {
+                                if let Some(v) = t.get(b"k").unwrap() {
+                                    let _ = t.compare_and_swap(b"k", Some(&v), None).unwrap();
+                                    seen.push(Some(v));
+                                }
+                            }
+                        }
+                    }
+                    seen
+                })
+            })
+            .collect();
+        for th in threads {
+            for v in th.join().unwrap().into_iter().flatten() {
+                assert!(v.len() == 2 && v[0] % 4 < 2 && v[1] < 60, "{v:?}");
+            }
+        }
+        let t = pool.table("deadlines");
+        assert!(t.len().unwrap() <= 1);
+    }
+
     #[test]
     fn order_is_bytewise_and_ranges_match_a_btreemap() {
         let db = TestDb::new();

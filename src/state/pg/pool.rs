@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
+use postgres::error::SqlState;
 use postgres::{Client, Config, NoTls, Statement};
 
 use super::error::{PgError, RECONNECT_STATES};
@@ -125,6 +126,10 @@ impl Session {
                     .is_some_and(|s| RECONNECT_STATES.contains(&s.code()));
                 if broken || stale {
                     self.disconnect();
+                } else if e.code() == Some(&SqlState::FEATURE_NOT_SUPPORTED) {
+                    // "cached plan must not change result type": the schema
+                    // changed under a prepared statement; prepare afresh.
+                    self.stmts.clear();
                 }
                 if broken {
                     PgError::ConnectionLost(e)
@@ -653,6 +658,30 @@ mod tests {
             })
             .unwrap();
         assert_ne!(pid, new_pid);
+    }
+
+    #[test]
+    fn statements_are_prepared_again_after_a_schema_change() {
+        let db = TestDb::new();
+        let pool = migrated_pool(&db, 1);
+        let t = pool.table("meta");
+        t.insert(b"k", b"v").unwrap();
+        assert_eq!(t.get(b"k").unwrap(), Some(b"v".to_vec()));
+        let alter = |sql: &'static str| pool.run(move |s| Ok(s.client()?.batch_execute(sql)?));
+        alter("ALTER TABLE truc_meta ALTER COLUMN v TYPE text USING encode(v, 'escape')").unwrap();
+        // The cached statement's result type changed: refused once...
+        let err = t.get(b"k").unwrap_err();
+        let PgError::Query(e) = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(e.code(), Some(&SqlState::FEATURE_NOT_SUPPORTED), "{err}");
+        // ...then prepared afresh: it runs, and the text column does not
+        // decode as bytes.
+        let err = t.get(b"k").unwrap_err();
+        let PgError::Query(e) = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(e.code(), None, "{err}");
     }
 
     #[test]

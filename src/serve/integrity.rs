@@ -67,6 +67,7 @@ fn damaged(e: &StoreError) -> bool {
                 || io.to_string().contains("could not acquire lock"))
         }
         StoreError::Sled(_) | StoreError::Codec(_) => true,
+        StoreError::Pg(_) => false,
         StoreError::Closed | StoreError::Reopened | StoreError::Anchor { .. } => false,
     }
 }

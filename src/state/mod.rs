@@ -15,7 +15,7 @@ pub mod codec;
 pub mod drained;
 pub mod integrity;
 pub mod keys;
-pub(crate) mod pg;
+pub mod pg;
 pub mod presence;
 pub mod registry;
 pub mod replay;

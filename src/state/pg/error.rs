@@ -18,7 +18,7 @@ pub(super) const RECONNECT_STATES: &[&str] = &["57P01", "57P02", "57P03", "25006
 
 /// PostgreSQL backend errors.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum PgError {
+pub enum PgError {
     /// The connection string does not parse.
     #[error("invalid PostgreSQL connection string: {}", describe(.0))]
     BadUrl(#[source] postgres::Error),

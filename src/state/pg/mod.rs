@@ -13,9 +13,6 @@
 //! writes commit asynchronously and [`PgPool::sync_commit`] makes every
 //! earlier write durable.
 
-// Nothing outside this module uses it until the store's table wrapper does.
-#![cfg_attr(not(test), allow(dead_code))]
-
 pub(crate) mod error;
 pub(crate) mod migrate;
 pub(crate) mod pool;
@@ -23,14 +20,8 @@ pub(crate) mod table;
 #[cfg(test)]
 pub(crate) mod testing;
 
-// The store's wrapper imports these; until it is wired, nothing does.
-#[allow(unused_imports)]
-pub(crate) use error::PgError;
-#[allow(unused_imports)]
-pub(crate) use migrate::{MigrateReport, MIGRATIONS};
-#[allow(unused_imports)]
-pub(crate) use pool::{PgPool, DEFAULT_THREADS};
-#[allow(unused_imports)]
+pub use error::PgError;
+pub(crate) use pool::PgPool;
 pub(crate) use table::{PgIter, PgTable};
 
 /// The store's trees, one table `truc_<tree>` each (see

@@ -32,9 +32,6 @@ use postgres::{Client, Config, NoTls, Statement};
 use super::error::{PgError, RECONNECT_STATES};
 use super::table::Op;
 
-/// Default number of worker threads (and so of sessions).
-pub(crate) const DEFAULT_THREADS: usize = 8;
-
 /// Connect timeout used when the connection string sets none, so that a
 /// dead host in a multi-host list is skipped in bounded time.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -574,7 +571,7 @@ mod tests {
     #[test]
     fn sessions_commit_asynchronously_and_sync_commit_is_synchronous() {
         let db = TestDb::new();
-        let pool = PgPool::connect(db.url(), DEFAULT_THREADS).unwrap();
+        let pool = PgPool::connect(db.url(), 8).unwrap();
         pool.migrate().unwrap();
         assert_eq!(pool.threads(), 8);
         assert!(pool.redacted_url().contains(":***@"));

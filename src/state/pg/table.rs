@@ -206,11 +206,6 @@ impl PgPool {
 }
 
 impl PgTable {
-    /// The tree's name.
-    pub(crate) fn name(&self) -> &'static str {
-        self.name
-    }
-
     /// The value of `key`.
     pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, PgError> {
         let (name, key) = (self.name, key.to_vec());
@@ -568,7 +563,7 @@ mod tests {
         let db = TestDb::new();
         let pool = migrated_pool(&db, 2);
         let t = pool.table("meta");
-        assert_eq!(t.name(), "meta");
+        assert_eq!(t.name, "meta");
         assert_eq!(t.get(b"k").unwrap(), None);
         assert!(!t.contains_key(b"k").unwrap());
         assert!(t.is_empty().unwrap());

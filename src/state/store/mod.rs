@@ -34,6 +34,7 @@ use crate::core::alarm::{Alarm, Say};
 use crate::core::checkpoint::Checkpoint;
 use crate::core::metrics;
 use crate::state::integrity::{self, Anchoring};
+use crate::state::pg::PgPool;
 
 mod table;
 pub use table::{Entry, Iter, Table};
@@ -54,6 +55,9 @@ pub enum StoreError {
     /// writes were not yet durable: they may be lost, do it again.
     #[error("store reopened after a write failure; unflushed writes are lost")]
     Reopened,
+    /// The PostgreSQL store failed.
+    #[error("postgres store: {0}")]
+    Pg(#[from] crate::state::pg::PgError),
     /// The checkpoint file could not be written.
     #[error("checkpoint file {path}: {source}")]
     Anchor {
@@ -75,6 +79,7 @@ impl StoreError {
                 | sled::Error::ReportableBug(_)
                 | sled::Error::Corruption { .. },
             ) => false,
+            Self::Pg(e) => e.is_retryable(),
             Self::Codec(_) => false,
             Self::Closed => false,
             Self::Reopened => true,
@@ -171,7 +176,11 @@ pub type Snapshot = Vec<(&'static str, Vec<Entry>)>;
 struct Inner {
     /// Held shared by each write, exclusively by a snapshot.
     gate: Gate,
-    /// `None` only inside [`Inner::recover`], under the write lock.
+    /// The shared PostgreSQL store, when the store is one; then `open` is
+    /// always `None`.
+    pg: Option<PgPool>,
+    /// The sled database; `None` only inside [`Inner::recover`] (under the
+    /// write lock) and for a PostgreSQL store.
     open: RwLock<Option<Arc<Trees>>>,
     /// Bumped by every reopen.
     reopens: AtomicU64,
@@ -200,6 +209,9 @@ struct Commit {
 /// The `meta` key written to check that the store can write.
 const PROBE_KEY: &[u8] = b"store_probe";
 
+/// The `meta` key a PostgreSQL store's synchronous commit writes.
+const SYNC_KEY: &str = "store_sync";
+
 /// Bytes written (and synced) to a probe file before a reopen is tried.
 const PROBE_BYTES: usize = 1 << 20;
 
@@ -216,7 +228,11 @@ macro_rules! trees {
             $(
                 $(#[$doc])*
                 pub fn $name(&self) -> Table {
-                    Table::sled(self.with(|t| t.$name.clone()), self.inner.gate.clone())
+                    let gate = self.inner.gate.clone();
+                    match &self.inner.pg {
+                        Some(pool) => Table::pg(pool.table(stringify!($name)), gate),
+                        None => Table::sled(self.with(|t| t.$name.clone()), gate),
+                    }
                 }
             )*
 
@@ -269,11 +285,44 @@ impl Store {
         let trees = Trees::open(&path)?;
         let gate = Gate::default();
         let generation = integrity::generation(&Table::sled(trees.meta.clone(), gate.clone()))?;
+        Ok(Self::assemble(gate, None, Some(trees), generation, path))
+    }
+
+    /// Opens the shared PostgreSQL store at `url` with `connections`
+    /// connections, applying the schema migrations this version carries
+    /// (under a lock, so instances starting together apply each once). A
+    /// database whose schema is newer than this version knows is refused.
+    pub fn open_postgres(url: &str, connections: usize) -> Result<Self, StoreError> {
+        let pool = PgPool::connect(url, connections)?;
+        let report = pool.migrate()?;
+        if report.applied.is_empty() {
+            tracing::info!(store = %pool.redacted_url(), schema = report.to, connections = pool.threads(), "postgres store opened");
+        } else {
+            tracing::info!(store = %pool.redacted_url(), from = report.from, to = report.to, applied = ?report.applied, "postgres store schema migrated");
+        }
+        let location = PathBuf::from(pool.redacted_url());
+        Ok(Self::assemble(
+            Gate::default(),
+            Some(pool),
+            None,
+            0,
+            location,
+        ))
+    }
+
+    fn assemble(
+        gate: Gate,
+        pg: Option<PgPool>,
+        trees: Option<Trees>,
+        generation: u64,
+        path: PathBuf,
+    ) -> Self {
         let (done, _) = watch::channel(0);
-        Ok(Self {
+        Self {
             inner: Arc::new(Inner {
                 gate,
-                open: RwLock::new(Some(Arc::new(trees))),
+                pg,
+                open: RwLock::new(trees.map(Arc::new)),
                 reopens: AtomicU64::new(0),
                 commit: Mutex::new(Commit {
                     generation,
@@ -290,7 +339,7 @@ impl Store {
                 path: path.clone(),
             }),
             path,
-        })
+        }
     }
 
     fn with<R>(&self, f: impl FnOnce(&Trees) -> R) -> R {
@@ -313,7 +362,16 @@ impl Store {
     /// Whether other processes may share this store (so a marker another
     /// wrote may belong to a live process). sled is opened by one only.
     pub fn is_shared(&self) -> bool {
-        false
+        self.inner.pg.is_some()
+    }
+
+    /// Where the store is: the sled directory, or the PostgreSQL URL
+    /// without its password.
+    pub fn location(&self) -> String {
+        match &self.inner.pg {
+            Some(pool) => pool.redacted_url().to_owned(),
+            None => self.path.display().to_string(),
+        }
     }
 
     /// Where the database lives.
@@ -323,7 +381,10 @@ impl Store {
 
     /// Bytes on disk.
     pub fn size_on_disk(&self) -> u64 {
-        self.with(|t| t.db.size_on_disk().unwrap_or(0))
+        match &self.inner.pg {
+            Some(pool) => pool.size_on_disk().unwrap_or(0),
+            None => self.with(|t| t.db.size_on_disk().unwrap_or(0)),
+        }
     }
 
     /// How many times the database was reopened after a write failure.
@@ -389,7 +450,6 @@ impl Store {
                 }
                 let Some(inner) = weak.upgrade() else { return };
                 let n = inner.flushes_started.fetch_add(1, Ordering::AcqRel) + 1;
-                let trees = inner.current();
                 // sled's flush succeeds with nothing new to write even after
                 // its sticky error (make_stable returns early), so a write
                 // goes first when a caller saw one fail or a fault is known.
@@ -403,17 +463,8 @@ impl Store {
                 let Some(inner) = weak.upgrade() else { return };
                 let committer = inner.clone();
                 drop(inner);
-                let res = tokio::task::spawn_blocking(move || {
-                    if probe {
-                        trees.meta.insert(PROBE_KEY, &n.to_be_bytes())?;
-                    } else if idle {
-                        // Only a health check: no new generation or checkpoint.
-                        trees.db.flush()?;
-                        return Ok(None);
-                    }
-                    committer.commit(&trees)
-                })
-                .await;
+                let res =
+                    tokio::task::spawn_blocking(move || committer.flush_once(n, probe, idle)).await;
                 let Some(inner) = weak.upgrade() else { return };
                 match res {
                     Ok(Ok(_)) => {
@@ -464,9 +515,7 @@ impl Store {
     /// Flushes synchronously (shutdown, CLI tools), like a group commit:
     /// bumps the generation and writes the checkpoint if anchored.
     pub fn flush(&self) -> Result<(), StoreError> {
-        let trees = self.inner.current();
-        self.inner.commit(&trees)?;
-        Ok(())
+        self.inner.flush_once(self.flush_mark() + 1, false, false)
     }
 
     fn commit_state(&self) -> std::sync::MutexGuard<'_, Commit> {
@@ -511,6 +560,26 @@ impl Store {
 }
 
 impl Inner {
+    /// One flush: for sled, a probe write first when a write was seen to
+    /// fail (`probe`), only sled's flush when nothing was asked (`idle`, a
+    /// health check), else [`Inner::commit`]; for PostgreSQL, a synchronous
+    /// commit, which makes every earlier write of every connection durable.
+    fn flush_once(&self, n: u64, probe: bool, idle: bool) -> Result<(), StoreError> {
+        if let Some(pool) = &self.pg {
+            pool.sync_commit(SYNC_KEY.as_bytes())?;
+            return Ok(());
+        }
+        let trees = self.current();
+        if probe {
+            trees.meta.insert(PROBE_KEY, &n.to_be_bytes())?;
+        } else if idle {
+            // Only a health check: no new generation or checkpoint.
+            trees.db.flush()?;
+            return Ok(());
+        }
+        self.commit(&trees).map(|_| ())
+    }
+
     /// Bumps the generation, flushes `trees`, then writes the checkpoint (if
     /// anchored). A failed flush leaves the generation where it was: the
     /// `meta` write of the bump is lost with the rest when the database is
@@ -579,6 +648,10 @@ impl Inner {
     /// After a failed flush: once a probe file can be written next to the
     /// database, reopens it (sled's error is sticky until then).
     fn recover(&self) {
+        if self.pg.is_some() {
+            // The pool reconnects by itself (to whichever host takes writes).
+            return;
+        }
         let dir = self.path.parent().unwrap_or(Path::new("."));
         if let Err(e) = probe(dir) {
             tracing::debug!(error = %e, "no room to write yet");

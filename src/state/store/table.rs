@@ -10,6 +10,7 @@
 
 use std::ops::{Bound, RangeBounds};
 
+use crate::state::pg::{PgIter, PgTable};
 use crate::state::store::StoreError;
 
 /// One key and its value.
@@ -25,6 +26,7 @@ pub struct Table {
 #[derive(Clone)]
 enum Backend {
     Sled(sled::Tree),
+    Pg(PgTable),
 }
 
 impl Table {
@@ -35,10 +37,18 @@ impl Table {
         }
     }
 
+    pub(super) fn pg(table: PgTable, gate: super::Gate) -> Self {
+        Self {
+            inner: Backend::Pg(table),
+            gate,
+        }
+    }
+
     /// The value under `key`.
     pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>, StoreError> {
         match &self.inner {
             Backend::Sled(t) => Ok(t.get(key)?.map(|v| v.to_vec())),
+            Backend::Pg(t) => Ok(t.get(key.as_ref())?),
         }
     }
 
@@ -46,6 +56,7 @@ impl Table {
     pub fn contains_key(&self, key: impl AsRef<[u8]>) -> Result<bool, StoreError> {
         match &self.inner {
             Backend::Sled(t) => Ok(t.contains_key(key)?),
+            Backend::Pg(t) => Ok(t.contains_key(key.as_ref())?),
         }
     }
 
@@ -58,6 +69,7 @@ impl Table {
         let _w = self.gate.write();
         match &self.inner {
             Backend::Sled(t) => Ok(t.insert(key, value.as_ref())?.map(|v| v.to_vec())),
+            Backend::Pg(t) => Ok(t.insert(key.as_ref(), value.as_ref())?),
         }
     }
 
@@ -66,6 +78,7 @@ impl Table {
         let _w = self.gate.write();
         match &self.inner {
             Backend::Sled(t) => Ok(t.remove(key)?.map(|v| v.to_vec())),
+            Backend::Pg(t) => Ok(t.remove(key.as_ref())?),
         }
     }
 
@@ -83,6 +96,7 @@ impl Table {
             Backend::Sled(t) => Ok(t
                 .compare_and_swap(key, old, new)?
                 .map_err(|e| e.current.map(|v| v.to_vec()))),
+            Backend::Pg(t) => Ok(t.compare_and_swap(key.as_ref(), old, new)?),
         }
     }
 
@@ -91,11 +105,12 @@ impl Table {
     pub fn fetch_and_update(
         &self,
         key: impl AsRef<[u8]>,
-        f: impl FnMut(Option<&[u8]>) -> Option<Vec<u8>>,
+        mut f: impl FnMut(Option<&[u8]>) -> Option<Vec<u8>>,
     ) -> Result<Option<Vec<u8>>, StoreError> {
         let _w = self.gate.write();
         match &self.inner {
             Backend::Sled(t) => Ok(t.fetch_and_update(key, f)?.map(|v| v.to_vec())),
+            Backend::Pg(t) => Ok(t.fetch_and_update(key.as_ref(), &mut f)?),
         }
     }
 
@@ -103,6 +118,7 @@ impl Table {
     pub fn first(&self) -> Result<Option<Entry>, StoreError> {
         match &self.inner {
             Backend::Sled(t) => Ok(t.first()?.map(|(k, v)| (k.to_vec(), v.to_vec()))),
+            Backend::Pg(t) => Ok(t.first()?),
         }
     }
 
@@ -110,6 +126,7 @@ impl Table {
     pub fn last(&self) -> Result<Option<Entry>, StoreError> {
         match &self.inner {
             Backend::Sled(t) => Ok(t.last()?.map(|(k, v)| (k.to_vec(), v.to_vec()))),
+            Backend::Pg(t) => Ok(t.last()?),
         }
     }
 
@@ -117,6 +134,7 @@ impl Table {
     pub fn len(&self) -> Result<usize, StoreError> {
         match &self.inner {
             Backend::Sled(t) => Ok(t.len()),
+            Backend::Pg(t) => Ok(t.len()?),
         }
     }
 
@@ -124,6 +142,7 @@ impl Table {
     pub fn is_empty(&self) -> Result<bool, StoreError> {
         match &self.inner {
             Backend::Sled(t) => Ok(t.is_empty()),
+            Backend::Pg(t) => Ok(t.is_empty()?),
         }
     }
 
@@ -132,18 +151,23 @@ impl Table {
         let _w = self.gate.write();
         match &self.inner {
             Backend::Sled(t) => Ok(t.clear()?),
+            Backend::Pg(t) => Ok(t.clear()?),
         }
     }
 
     /// Every entry, in key order.
     pub fn iter(&self) -> Iter {
-        self.range::<Vec<u8>, _>(..)
+        match &self.inner {
+            Backend::Sled(t) => Iter(IterInner::Sled(t.iter())),
+            Backend::Pg(t) => Iter(IterInner::Pg(t.iter())),
+        }
     }
 
     /// The entries whose key starts with `prefix`, in key order.
     pub fn scan_prefix(&self, prefix: impl AsRef<[u8]>) -> Iter {
         match &self.inner {
             Backend::Sled(t) => Iter(IterInner::Sled(t.scan_prefix(prefix))),
+            Backend::Pg(t) => Iter(IterInner::Pg(t.scan_prefix(prefix.as_ref()))),
         }
     }
 
@@ -157,6 +181,7 @@ impl Table {
         let (lo, hi) = (own(range.start_bound()), own(range.end_bound()));
         match &self.inner {
             Backend::Sled(t) => Iter(IterInner::Sled(t.range::<Vec<u8>, _>((lo, hi)))),
+            Backend::Pg(t) => Iter(IterInner::Pg(t.range(lo, hi))),
         }
     }
 }
@@ -166,6 +191,7 @@ pub struct Iter(IterInner);
 
 enum IterInner {
     Sled(sled::Iter),
+    Pg(PgIter),
 }
 
 fn owned(r: sled::Result<(sled::IVec, sled::IVec)>) -> Result<Entry, StoreError> {
@@ -179,6 +205,7 @@ impl Iterator for Iter {
     fn next(&mut self) -> Option<Self::Item> {
         match &mut self.0 {
             IterInner::Sled(i) => i.next().map(owned),
+            IterInner::Pg(i) => i.next().map(|r| r.map_err(StoreError::from)),
         }
     }
 }
@@ -187,6 +214,7 @@ impl DoubleEndedIterator for Iter {
     fn next_back(&mut self) -> Option<Self::Item> {
         match &mut self.0 {
             IterInner::Sled(i) => i.next_back().map(owned),
+            IterInner::Pg(i) => i.next_back().map(|r| r.map_err(StoreError::from)),
         }
     }
 }

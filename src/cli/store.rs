@@ -233,7 +233,15 @@ async fn restore_file(cfg: &Config, file: &Path) -> Result<(), CliError> {
         &copies,
         &source.display().to_string(),
     )
-    .map_err(|e| CliError::new(1, format!("restore failed: {e}")))?;
+    .map_err(|e| {
+        CliError::new(
+            1,
+            format!(
+                "restore failed: {e}; the store at {} may hold part of the backup: move it aside before trying again",
+                cfg.store_dir().display()
+            ),
+        )
+    })?;
     drop(store);
     cfg.secure_data_dir()
         .map_err(|e| CliError::new(1, format!("{}: {e}", cfg.data_dir.display())))?;
@@ -256,4 +264,29 @@ async fn restore_file(cfg: &Config, file: &Path) -> Result<(), CliError> {
     }
     println!("start the hub with `truc serve`");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_backup_file_is_written_whole_private_and_replaced() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.truc-backup");
+        write_atomically(&path, b"one").unwrap();
+        write_atomically(&path, b"two").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"two");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        // No temporary file is left, after a success or a failure.
+        let missing = dir.path().join("no-such-dir").join("b");
+        assert!(write_atomically(&missing, b"x").is_err());
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["b.truc-backup"]);
+    }
 }

@@ -752,4 +752,20 @@ mod tests {
         assert_eq!(report.restores.len(), 1);
         assert_eq!(report.restores[0].seq, 4);
     }
+
+    #[test]
+    fn a_restore_with_no_checkpoint_anywhere_starts_epoch_one() {
+        let a = tempfile::tempdir().unwrap();
+        let backup = collect(&filled(a.path())).unwrap();
+        let b = tempfile::tempdir().unwrap();
+        let dst = Store::open(&b.path().join("data")).unwrap();
+        let file = AnchorFile::new(
+            b.path().join("store.anchor"),
+            CheckpointKey::from_master(&master("ab")),
+        );
+        let r = restore(&backup, &dst, file, &[], "b.truc").unwrap();
+        assert_eq!((r.checkpoint.epoch, r.checkpoint.serial), (1, 1));
+        assert_eq!(r.checkpoint.generation, dst.generation());
+        assert_eq!(r.checkpoint.audit_seq, r.audit_seq);
+    }
 }

@@ -24,7 +24,8 @@
 //!    keys, and the key each agency last used, which the hub signs with),
 //!    `replay` (nonces), `tracking` (timelines, dedupe), `presence`
 //!    (presence history), `audit` (hash-chained log), `retention`, `integrity` (store generation
-//!    and checkpoint), `drained` (when each source's queue was last seen empty).
+//!    and checkpoint), `drained` (when each source's queue was last seen empty),
+//!    `backup` (the snapshot file of every tree, and its restore).
 //! 3. [`broker`] — the only code that imports lapin: `link` (connect,
 //!    declare, publish with confirms, consume), `guard` (the frame guard that
 //!    keeps unparseable messages from stopping the hub), `tls`, `outbox` (the
@@ -36,7 +37,7 @@
 //!    waits for the earlier one it depends on), `progress` (is ingress stuck).
 //! 5. `operator/` — what an operator can see and do, without HTTP or CLI
 //!    types: `agency` (lifecycle), `envelopes`, `presence`, `queues`, `dead`,
-//!    `report`/`reporting`, `audit`, and `Hub`, the context they share.
+//!    `report`/`reporting`, `audit`, `backup`, and `Hub`, the context they share.
 //! 6. `api/` — the admin HTTP API: one file per resource, `types` (every
 //!    request and response body, shared with the CLI; public as
 //!    [`admin_types`]), `tls`.

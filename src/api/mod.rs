@@ -1,6 +1,6 @@
 //! Layer 6 — **api**: the admin HTTP API, used by the `truc` CLI:
-//! bearer-token protected, JSON in and out; `/healthz` is open, `/metrics`
-//! (Prometheus) is open only when `metrics_require_token` is off (the default
+//! bearer-token protected, JSON in and out (the store backup: bytes out);
+//! `/healthz` is open, `/metrics` (Prometheus) is open only when `metrics_require_token` is off (the default
 //! on loopback). Plain HTTP on loopback, HTTPS anywhere else ([`tls`]).
 //! One file per resource; this file
 //! holds the routes, the token check, the error mapping and [`serve`].
@@ -227,6 +227,7 @@ pub fn routes(hub: Arc<Hub>) -> Router {
         .route("/v1/audit/verify", get(audit::verify))
         .route("/v1/report", get(reports::report))
         .route("/v1/store/stats", get(store::stats))
+        .route("/v1/store/backup", get(store::backup))
         .with_state(hub)
 }
 

@@ -3,7 +3,7 @@
 //! [`crate::api::types`] type.
 //!
 //! Invariants: the token is resolved before any call (exit 5 without one);
-//! statuses map to exit codes in one place ([`Admin::call`]): 401 → 5,
+//! statuses map to exit codes in one place ([`Admin::call_bytes`]): 401 → 5,
 //! 502/503 → 4, any other failure → 3, an unreadable body → 1.
 
 use serde::de::DeserializeOwned;
@@ -91,6 +91,18 @@ impl Admin {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<T, CliError> {
+        let body = self.call_bytes(method, path, body).await?;
+        serde_json::from_slice(&body)
+            .map_err(|e| CliError::new(1, format!("unexpected answer to {method} {path}: {e}")))
+    }
+
+    /// One call answered by bytes (a 2xx body as it came).
+    async fn call_bytes(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Vec<u8>, CliError> {
         let resp = crate::cli::http::request_tls(
             self.tls.as_ref(),
             &self.addr,
@@ -107,9 +119,7 @@ impl Admin {
                 .unwrap_or_else(|_| format!("HTTP {}", resp.status))
         };
         match resp.status {
-            200..=299 => serde_json::from_slice(&resp.body).map_err(|e| {
-                CliError::new(1, format!("unexpected answer to {method} {path}: {e}"))
-            }),
+            200..=299 => Ok(resp.body),
             401 => Err(CliError::new(5, "the hub refused the admin token")),
             502 | 503 => Err(CliError::new(4, message())),
             _ => Err(CliError::new(3, message())),
@@ -285,5 +295,12 @@ impl Admin {
     /// `GET /v1/store/stats`.
     pub async fn store_stats(&self) -> Result<StoreStats, CliError> {
         self.get("/v1/store/stats").await
+    }
+}
+
+impl Admin {
+    /// `GET /v1/store/backup`: the sealed snapshot of the store.
+    pub async fn store_backup(&self) -> Result<Vec<u8>, CliError> {
+        self.call_bytes("GET", "/v1/store/backup", None).await
     }
 }

@@ -14,6 +14,7 @@ use crate::api::types::{AuditEntry, VerifyReport};
 use crate::cli::admin::Admin;
 use crate::cli::{opt, print_json, CliError};
 use crate::core::config::Config;
+use crate::core::secrets::MasterKey;
 
 /// `truc audit …`
 #[derive(Debug, Subcommand)]
@@ -73,6 +74,12 @@ fn report(v: VerifyReport, json: bool) -> Result<(), CliError> {
                 ))
                 .unwrap_or_default()
         );
+        for r in &v.restores {
+            println!(
+                "restored from a backup at entry {} ({}): file {}, backup of {}",
+                r.seq, r.at, r.file, r.backup_created_at
+            );
+        }
     }
     if v.ok {
         Ok(())
@@ -111,10 +118,10 @@ fn print_entries(entries: &[AuditEntry], json: bool) {
     }
 }
 
-/// The chain and checkpoint check on the store itself (the hub stopped).
-fn verify_offline(cfg: &Config) -> Result<VerifyReport, CliError> {
-    use crate::core::checkpoint::CheckpointKey;
-    use crate::state::integrity::{verify_audit, AnchorFile};
+/// The configured master key (`master_key`, `TRUC_MASTER_KEY` or
+/// `<data_dir>/master.key`), never generated: for commands that read the
+/// store themselves with the hub stopped.
+pub(crate) fn offline_master_key(cfg: &Config) -> Result<MasterKey, CliError> {
     let key_text = match &cfg.master_key {
         Some(k) => k.clone(),
         None => std::fs::read_to_string(cfg.master_key_path())
@@ -129,8 +136,14 @@ fn verify_offline(cfg: &Config) -> Result<VerifyReport, CliError> {
                 )
             })?,
     };
-    let master = crate::core::secrets::MasterKey::parse(&key_text)
-        .map_err(|e| CliError::new(1, format!("master key: {e}")))?;
+    MasterKey::parse(&key_text).map_err(|e| CliError::new(1, format!("master key: {e}")))
+}
+
+/// The chain and checkpoint check on the store itself (the hub stopped).
+fn verify_offline(cfg: &Config) -> Result<VerifyReport, CliError> {
+    use crate::core::checkpoint::CheckpointKey;
+    use crate::state::integrity::{verify_audit, AnchorFile};
+    let master = offline_master_key(cfg)?;
     if !cfg.store_dir().exists() {
         return Err(CliError::new(
             1,

@@ -1,7 +1,7 @@
 //! Layer 5 — **operator**: what an operator can see and do, with no HTTP or
 //! command-line types: the agency lifecycle, envelope timelines, presence
-//! views, agency queues, dead letters, reports, the audit log, and the
-//! shared [`Hub`] context every operator action runs against.
+//! views, agency queues, dead letters, reports, the audit log, backups of
+//! the store, and the shared [`Hub`] context every operator action runs against.
 //!
 //! Invariants: what an operator asks for comes back as a typed result
 //! (Serialize + Deserialize, re-exported by the admin API's types rather
@@ -13,6 +13,7 @@
 
 pub mod agency;
 pub mod audit;
+pub mod backup;
 pub mod dead;
 pub mod envelopes;
 mod hub;

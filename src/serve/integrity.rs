@@ -239,7 +239,7 @@ pub enum BrokerCheckError {
 }
 
 /// Reads the broker's copy (leaving it in its queue).
-async fn read_copy(link: &Link, queue: &str) -> Result<Option<String>, AmqpError> {
+pub async fn read_copy(link: &Link, queue: &str) -> Result<Option<String>, AmqpError> {
     let browser = link.browse(queue).await?;
     let got = browser.get().await;
     let text = match got {

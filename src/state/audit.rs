@@ -181,6 +181,20 @@ pub enum AuditEvent {
         /// What the store held.
         found: String,
     },
+    /// `truc store restore` loaded a backup into an empty store (and
+    /// anchored it in a new epoch, superseding the checkpoints it names).
+    StoreRestored {
+        /// The backup file restored.
+        file: String,
+        /// When the backup was taken (RFC 3339).
+        backup_created_at: String,
+        /// The store generation in the backup.
+        backup_generation: u64,
+        /// The newest audit entry in the backup (this entry follows it).
+        backup_audit_seq: u64,
+        /// The checkpoints found before the restore, given up by it.
+        superseded: Vec<String>,
+    },
 }
 
 /// One quarantined message as kept in a [`AuditEvent::QuarantineSummary`].
@@ -206,6 +220,7 @@ impl AuditEvent {
             Self::Admin { .. } => "admin",
             Self::QuarantineSummary { .. } => "quarantine-summary",
             Self::StoreLossAccepted { .. } => "store-loss-accepted",
+            Self::StoreRestored { .. } => "store-restored",
         }
     }
 
@@ -284,6 +299,23 @@ pub struct VerifyReport {
     /// (absent when the store is not anchored).
     #[serde(default)]
     pub checkpoint: Option<CheckpointView>,
+    /// The `store-restored` entries in the chain (restores from a backup),
+    /// oldest first.
+    #[serde(default)]
+    pub restores: Vec<RestoreView>,
+}
+
+/// A `store-restored` entry found by [`Audit::verify`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreView {
+    /// The entry.
+    pub seq: u64,
+    /// When the restore was done (RFC 3339).
+    pub at: String,
+    /// The backup file.
+    pub file: String,
+    /// When the backup was taken (RFC 3339).
+    pub backup_created_at: String,
 }
 
 /// The checkpoint an audit check used.
@@ -596,6 +628,7 @@ impl Audit {
             anchor_seq: anchor.map(|a| a.0),
             broken: None,
             checkpoint: None,
+            restores: Vec::new(),
         };
         let fail = |report: &mut VerifyReport, seq: u64, problem: String| {
             report.ok = false;
@@ -667,6 +700,19 @@ impl Audit {
                     "entry does not match the recorded anchor".into(),
                 );
                 return Ok(report);
+            }
+            if let AuditEvent::StoreRestored {
+                file,
+                backup_created_at,
+                ..
+            } = &entry.event
+            {
+                report.restores.push(RestoreView {
+                    seq,
+                    at: format_rfc3339(entry.at_ms),
+                    file: file.clone(),
+                    backup_created_at: backup_created_at.clone(),
+                });
             }
             expect = (seq, sealed.hash);
         }

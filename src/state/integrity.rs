@@ -396,6 +396,27 @@ pub fn record_loss(
     Ok(seq)
 }
 
+/// Anchors `store` in an epoch above every checkpoint in `copies` (serials
+/// going on after theirs) and writes a checkpoint now. The start check gives
+/// up every copy of an older epoch than the file's
+/// (`check_broker_copy` in `serve::integrity`), the rule that lets a
+/// start with `--accept-loss` go on: so copies that describe a store that
+/// was replaced on purpose (`truc store restore`) are superseded once, and
+/// the replacement is checked like any store from then on.
+pub fn supersede(
+    store: &Store,
+    file: AnchorFile,
+    copies: &[Checkpoint],
+) -> Result<Checkpoint, IntegrityError> {
+    let epoch = copies.iter().map(|c| c.epoch + 1).max().unwrap_or(1);
+    let serial = copies.iter().map(|c| c.serial).max().unwrap_or(0);
+    let (tx, rx) = watch::channel(None);
+    store.anchor(Anchoring::new(file, serial, epoch, tx));
+    store.flush()?;
+    let cp = *rx.borrow();
+    Ok(cp.expect("an anchored flush writes a checkpoint"))
+}
+
 /// Checks the audit chain ([`Audit::verify`]) and then the store against the
 /// checkpoint in `file` (when given): a valid chain whose head is behind the
 /// checkpoint, or whose anchored entry has another hash, was rolled back or

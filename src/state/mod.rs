@@ -3,14 +3,16 @@
 //! Owns the store and its group-committed durability, the one value codec,
 //! the agency registry, nonce replay defence, per-envelope timelines and
 //! dedupe records, presence history, the hash-chained audit log, the
-//! retention sweeps, the store's integrity (generation and checkpoint) and
-//! when each source's queue was last seen empty.
+//! retention sweeps, the store's integrity (generation and checkpoint),
+//! when each source's queue was last seen empty, and backups of the store
+//! (a snapshot file, and its restore into an empty store).
 //!
 //! May use: [`crate::core`]. Invariants: every value goes through
 //! [`codec`] and every key of several fields through [`keys`]; nothing here
 //! holds message content.
 
 pub mod audit;
+pub mod backup;
 pub mod codec;
 pub mod drained;
 pub mod integrity;

@@ -256,6 +256,12 @@ fn check_name(name: &str) -> Result<&str, RegistryError> {
 }
 
 impl Registry {
+    /// The master key the secrets are sealed with (for keys derived from
+    /// it, e.g. the backup key).
+    pub fn master_key(&self) -> &MasterKey {
+        &self.master
+    }
+
     /// Loads every agency from `store`, opening secrets with `master`;
     /// plaintext secrets left by older versions are sealed and rewritten.
     pub fn open(store: Store, master: MasterKey) -> Result<Self, RegistryError> {

@@ -527,6 +527,13 @@ impl Store {
         self.commit_state().generation
     }
 
+    /// Makes the next flush's generation greater than `generation` (records
+    /// loaded from a backup carry their store's generation).
+    pub fn raise_generation(&self, generation: u64) {
+        let mut c = self.commit_state();
+        c.generation = c.generation.max(generation);
+    }
+
     /// From now on every flush writes a checkpoint through `anchor`.
     pub fn anchor(&self, anchor: Anchoring) {
         self.commit_state().anchor = Some(anchor);

@@ -422,29 +422,27 @@ impl Backup {
     }
 }
 
-/// Every tree of `store`, now. `meta` is read first, so the audit head it
-/// holds is never ahead of the audit entries read after it.
-// lead: replace with Store::snapshot()
+/// Every tree of `store`, at one instant ([`Store::snapshot`]: writes wait
+/// while it is taken, so the trees agree with each other).
 pub fn collect(store: &Store) -> Result<Backup, BackupError> {
-    let mut trees = store.trees();
-    trees.sort_by_key(|(name, _)| *name != "meta");
-    let mut out = Vec::with_capacity(trees.len());
-    for (name, tree) in trees {
-        let mut records = Vec::new();
-        for item in tree.iter() {
-            let (k, v) = item?;
-            records.push((k.to_vec(), v.to_vec()));
-        }
-        out.push(TreeData {
+    let trees = store
+        .snapshot()?
+        .into_iter()
+        .map(|(name, records)| TreeData {
             name: name.to_owned(),
             records,
-        });
-    }
+        })
+        .collect();
     Ok(Backup {
         created_at_ms: now_ms(),
         truc_version: env!("CARGO_PKG_VERSION").to_owned(),
-        source_backend: "sled".into(),
-        trees: out,
+        source_backend: if store.is_shared() {
+            "postgres"
+        } else {
+            "sled"
+        }
+        .into(),
+        trees,
     })
 }
 

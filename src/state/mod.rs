@@ -14,6 +14,8 @@
 pub mod audit;
 pub mod backup;
 pub mod codec;
+#[cfg(test)]
+mod conformance;
 pub mod drained;
 pub mod integrity;
 pub mod keys;

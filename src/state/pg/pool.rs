@@ -283,6 +283,35 @@ impl PgPool {
         })
     }
 
+    /// Every tree's entries as of one instant, for every instance's writes:
+    /// one read-only transaction at REPEATABLE READ (one snapshot of the
+    /// database), tree by tree in [`super::TREES`] order, keys in order.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn snapshot(
+        &self,
+    ) -> Result<Vec<(&'static str, Vec<super::table::Entry>)>, PgError> {
+        self.run(move |s| {
+            let client = s.client()?;
+            let mut tx = client
+                .build_transaction()
+                .isolation_level(postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()?;
+            let mut out = Vec::with_capacity(super::TREES.len());
+            for name in super::TREES {
+                // Names come from the fixed list only.
+                let rows = tx.query(&format!("SELECT k, v FROM truc_{name} ORDER BY k"), &[])?;
+                let mut entries = Vec::with_capacity(rows.len());
+                for row in rows {
+                    entries.push((row.try_get::<_, Vec<u8>>(0)?, row.try_get::<_, Vec<u8>>(1)?));
+                }
+                out.push((*name, entries));
+            }
+            tx.commit()?;
+            Ok(out)
+        })
+    }
+
     /// Bytes used by truc's tables (data, indexes, TOAST), summed.
     pub(crate) fn size_on_disk(&self) -> Result<u64, PgError> {
         let mut names: Vec<String> = super::TREES.iter().map(|t| format!("truc_{t}")).collect();

@@ -346,10 +346,16 @@ impl Store {
         self.inner.with(f)
     }
 
-    /// A copy of every table, consistent across tables: writes wait while
-    /// it is taken (in memory; the store holds metadata only, so this is
-    /// quick), and none is half-seen.
+    /// A copy of every table, consistent across tables. sled: writes wait
+    /// while it is taken (in memory; the store holds metadata only, so this
+    /// is quick), and none is half-seen; PostgreSQL: one read-only
+    /// repeatable-read transaction, which sees every instance's writes
+    /// committed before it and none after.
     pub fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        if let Some(pool) = &self.inner.pg {
+            // One database snapshot covers every instance's writes.
+            return Ok(pool.snapshot()?);
+        }
         let _frozen = self.inner.gate.freeze();
         let mut out = Vec::new();
         for (name, table) in self.trees() {

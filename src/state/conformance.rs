@@ -1,0 +1,388 @@
+//! The store's conformance suite: every test here runs once on the embedded
+//! sled backend and once on PostgreSQL (a fresh database each), so the two
+//! backends cannot drift apart. `cargo test --lib conformance`.
+//!
+//! Tests that need "another instance" open a second handle on the same
+//! backend: a second pool on the same database for PostgreSQL; for sled,
+//! which one process opens alone, the same store again.
+
+use std::sync::Arc;
+
+use crate::core::code::AgencyCode;
+use crate::core::secrets::MasterKey;
+use crate::state::audit::{Audit, AuditEvent};
+use crate::state::backup;
+use crate::state::pg::testing::TestDb;
+use crate::state::registry::Registry;
+use crate::state::replay::{NonceCheck, Nonces};
+use crate::state::store::Store;
+use crate::state::tracking::{Routing, Tracking};
+
+/// One backend under test, with what must live as long as its stores.
+enum Backend {
+    Sled(tempfile::TempDir, Store),
+    Pg(TestDb),
+}
+
+impl Backend {
+    fn sled() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        Self::Sled(dir, store)
+    }
+
+    fn pg() -> Self {
+        Self::Pg(TestDb::new())
+    }
+
+    /// A handle on the backend, as one instance would open it.
+    fn open(&self) -> Store {
+        match self {
+            Self::Sled(_, store) => store.clone(),
+            Self::Pg(db) => Store::open_postgres(db.url(), 4).unwrap(),
+        }
+    }
+
+    /// A second, empty store of the same kind.
+    fn fresh(&self) -> (Backend, Store) {
+        let b = match self {
+            Self::Sled(..) => Self::sled(),
+            Self::Pg(_) => Self::pg(),
+        };
+        let s = b.open();
+        (b, s)
+    }
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod on_sled {
+            $(#[test]
+            fn $name() {
+                super::$name(&super::Backend::sled());
+            })*
+        }
+        mod on_postgres {
+            $(#[test]
+            fn $name() {
+                super::$name(&super::Backend::pg());
+            })*
+        }
+    };
+}
+
+conformance!(
+    keys_order_bytewise_and_scans_agree,
+    single_key_operations_report_what_was_there,
+    compare_and_swap_is_atomic_across_handles,
+    writes_become_durable_through_one_group_commit,
+    snapshot_and_load_copy_every_table,
+    registry_written_by_one_instance_is_read_by_another,
+    audit_writers_on_two_instances_keep_one_chain,
+    a_routing_claim_is_exclusive,
+    a_nonce_is_fresh_once_across_instances,
+);
+
+fn entries(
+    it: impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), crate::state::store::StoreError>>,
+) -> Vec<Vec<u8>> {
+    it.map(|r| r.unwrap().0).collect()
+}
+
+fn keys_order_bytewise_and_scans_agree(b: &Backend) {
+    let t = b.open().by_dest();
+    let keys: Vec<Vec<u8>> = vec![
+        vec![],
+        vec![0],
+        vec![1],
+        vec![1, 0],
+        vec![1, 0xff],
+        vec![1, 0xff, 0],
+        vec![2],
+        vec![0x7f],
+        vec![0x80],
+        vec![0xff],
+        vec![0xff, 0xff],
+    ];
+    // Inserted in reverse, read back in byte order.
+    for k in keys.iter().rev() {
+        t.insert(k, k).unwrap();
+    }
+    assert_eq!(entries(t.iter()), keys);
+    assert_eq!(
+        entries(t.iter().rev()),
+        keys.iter().rev().cloned().collect::<Vec<_>>()
+    );
+    assert_eq!(entries(t.scan_prefix([1])), keys[2..6].to_vec());
+    assert_eq!(entries(t.scan_prefix([1, 0xff])), keys[4..6].to_vec());
+    assert_eq!(entries(t.scan_prefix([0xff])), keys[9..].to_vec());
+    assert_eq!(entries(t.scan_prefix([])), keys);
+    assert_eq!(entries(t.range(vec![1]..vec![2])), keys[2..6].to_vec());
+    assert_eq!(entries(t.range(vec![1, 0]..=vec![2])), keys[3..7].to_vec());
+    assert_eq!(entries(t.range(vec![0x80]..)), keys[8..].to_vec());
+    assert_eq!(entries(t.range(..vec![1])), keys[..2].to_vec());
+    // Both ends of one iterator meet without overlap.
+    let mut it = t.iter();
+    let (mut front, mut back) = (Vec::new(), Vec::new());
+    loop {
+        match it.next() {
+            Some(r) => front.push(r.unwrap().0),
+            None => break,
+        }
+        match it.next_back() {
+            Some(r) => back.push(r.unwrap().0),
+            None => break,
+        }
+    }
+    back.reverse();
+    front.extend(back);
+    assert_eq!(front, keys);
+    // More than one page of a lazily fetched backend.
+    let big = b.open().deadlines();
+    for i in 0..700u32 {
+        big.insert(i.to_be_bytes(), [1]).unwrap();
+    }
+    assert_eq!(big.len().unwrap(), 700);
+    assert_eq!(big.iter().rev().take(3).count(), 3);
+    assert_eq!(
+        big.iter().rev().next().unwrap().unwrap().0,
+        699u32.to_be_bytes()
+    );
+    assert_eq!(big.first().unwrap().unwrap().0, 0u32.to_be_bytes());
+    assert_eq!(big.last().unwrap().unwrap().0, 699u32.to_be_bytes());
+    big.clear().unwrap();
+    assert!(big.is_empty().unwrap());
+    assert_eq!(big.first().unwrap(), None);
+}
+
+fn single_key_operations_report_what_was_there(b: &Backend) {
+    let t = b.open().meta();
+    assert_eq!(t.get("k").unwrap(), None);
+    assert!(!t.contains_key("k").unwrap());
+    assert_eq!(t.insert("k", "1").unwrap(), None);
+    assert_eq!(t.insert("k", "2").unwrap(), Some(b"1".to_vec()));
+    assert_eq!(t.get("k").unwrap(), Some(b"2".to_vec()));
+    assert!(t.contains_key("k").unwrap());
+    // Empty values are values.
+    t.insert("e", []).unwrap();
+    assert_eq!(t.get("e").unwrap(), Some(vec![]));
+    assert_eq!(t.remove("k").unwrap(), Some(b"2".to_vec()));
+    assert_eq!(t.remove("k").unwrap(), None);
+    let old = t
+        .fetch_and_update("n", |v| Some(v.map_or(vec![1], |v| vec![v[0] + 1])))
+        .unwrap();
+    assert_eq!(old, None);
+    let old = t
+        .fetch_and_update("n", |v| Some(vec![v.unwrap()[0] + 1]))
+        .unwrap();
+    assert_eq!(old, Some(vec![1]));
+    // Returning None removes.
+    t.fetch_and_update("n", |_| None).unwrap();
+    assert_eq!(t.get("n").unwrap(), None);
+}
+
+fn compare_and_swap_is_atomic_across_handles(b: &Backend) {
+    let (s1, s2) = (b.open(), b.open());
+    let (t1, t2) = (s1.nonces(), s2.nonces());
+    assert_eq!(t1.compare_and_swap("k", None, Some(b"a")).unwrap(), Ok(()));
+    assert_eq!(
+        t2.compare_and_swap("k", None, Some(b"b")).unwrap(),
+        Err(Some(b"a".to_vec()))
+    );
+    assert_eq!(
+        t2.compare_and_swap("k", Some(b"x"), Some(b"b")).unwrap(),
+        Err(Some(b"a".to_vec()))
+    );
+    assert_eq!(
+        t2.compare_and_swap("k", Some(b"a"), Some(b"b")).unwrap(),
+        Ok(())
+    );
+    assert_eq!(t1.compare_and_swap("k", Some(b"b"), None).unwrap(), Ok(()));
+    assert_eq!(
+        t1.compare_and_swap("k", Some(b"b"), None).unwrap(),
+        Err(None)
+    );
+    // Racing claims of one key from two handles: exactly one wins each round.
+    let stores = Arc::new([s1, s2]);
+    for round in 0..20u32 {
+        let key = round.to_be_bytes();
+        let wins: usize = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..4)
+                .map(|i| {
+                    let stores = stores.clone();
+                    scope.spawn(move || {
+                        let t = stores[i % 2].nonces();
+                        usize::from(
+                            t.compare_and_swap(key, None, Some(&[i as u8]))
+                                .unwrap()
+                                .is_ok(),
+                        )
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        assert_eq!(wins, 1, "round {round}");
+    }
+    // Increments from both handles are never lost.
+    std::thread::scope(|scope| {
+        for i in 0..4 {
+            let stores = stores.clone();
+            scope.spawn(move || {
+                let t = stores[i % 2].meta();
+                for _ in 0..25 {
+                    t.fetch_and_update("counter", |v| {
+                        let n = v.map_or(0, |v| u32::from_be_bytes(v.try_into().unwrap()));
+                        Some((n + 1).to_be_bytes().to_vec())
+                    })
+                    .unwrap();
+                }
+            });
+        }
+    });
+    let n = stores[0].meta().get("counter").unwrap().unwrap();
+    assert_eq!(u32::from_be_bytes(n.try_into().unwrap()), 100);
+}
+
+fn writes_become_durable_through_one_group_commit(b: &Backend) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let store = b.open();
+    rt.block_on(async {
+        let flusher = store.start_flusher();
+        let before = store.flushed_through();
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..50u32 {
+            let s = store.clone();
+            set.spawn(async move {
+                s.envelopes().insert(i.to_be_bytes(), b"r").unwrap();
+                s.durable().await.unwrap();
+            });
+        }
+        while let Some(r) = set.join_next().await {
+            r.unwrap();
+        }
+        assert!(store.flushed_through() > before);
+        assert_eq!(store.fault(), None);
+        flusher.abort();
+    });
+    store.flush().unwrap();
+    assert_eq!(b.open().envelopes().len().unwrap(), 50);
+}
+
+fn snapshot_and_load_copy_every_table(b: &Backend) {
+    let store = b.open();
+    for (i, (_, t)) in store.trees().into_iter().enumerate() {
+        for j in 0..3u8 {
+            t.insert([i as u8, j], [j; 5]).unwrap();
+        }
+    }
+    let snap = store.snapshot().unwrap();
+    assert_eq!(snap.len(), store.trees().len());
+    assert!(snap.iter().all(|(_, e)| e.len() >= 3), "{snap:?}");
+    // Into an empty store of the same backend, and into the other backend.
+    let (_keep, same) = b.fresh();
+    let copy = backup::collect(&store).unwrap();
+    backup::load(&copy, &same).unwrap();
+    let other_backend = match b {
+        Backend::Sled(..) => Backend::pg(),
+        Backend::Pg(_) => Backend::sled(),
+    };
+    let other = other_backend.open();
+    backup::load(&copy, &other).unwrap();
+    for target in [&same, &other] {
+        let got = target.snapshot().unwrap();
+        for ((name, want), (got_name, got)) in snap.iter().zip(&got) {
+            assert_eq!(name, got_name);
+            // The load moves the generation in `meta` forward; every other
+            // entry is the same.
+            let strip = |e: &Vec<(Vec<u8>, Vec<u8>)>| -> Vec<(Vec<u8>, Vec<u8>)> {
+                e.iter()
+                    .filter(|(k, _)| *name != "meta" || k.first() == Some(&6))
+                    .cloned()
+                    .collect()
+            };
+            assert_eq!(strip(want), strip(got), "table {name}");
+        }
+    }
+    // A store with data is refused.
+    assert!(backup::load(&copy, &same).is_err());
+}
+
+fn registry_written_by_one_instance_is_read_by_another(b: &Backend) {
+    let mk = || MasterKey::parse(&"5a".repeat(32)).unwrap();
+    let one = Registry::open(b.open(), mk()).unwrap();
+    let code = AgencyCode::parse("H37.DN.001").unwrap();
+    let issued = one.add(code.clone(), "Sở Nội vụ", None).unwrap();
+    // Added twice through two instances: the second is refused.
+    let two = Registry::open(b.open(), mk()).unwrap();
+    assert!(two.add(code.clone(), "again", None).is_err());
+    let (entry, key) = two
+        .by_key(&issued.access_key, crate::core::time::now_ms())
+        .unwrap();
+    assert_eq!(entry.agency.code, code);
+    assert_eq!(key.secret, issued.secret);
+}
+
+fn audit_writers_on_two_instances_keep_one_chain(b: &Backend) {
+    let (a, c) = (Audit::new(b.open()), Audit::new(b.open()));
+    let ev = |i: u32| AuditEvent::admin("test", format!("T{i}"), "detail");
+    let mut seqs = Vec::new();
+    for i in 0..5 {
+        seqs.push(a.append(ev(i)).unwrap());
+        seqs.push(c.append(ev(10 + i)).unwrap());
+    }
+    assert_eq!(seqs, (1..=10).collect::<Vec<u64>>());
+    let r = c.verify().unwrap();
+    assert!(r.ok, "{r:?}");
+    assert_eq!(r.last_seq, Some(10));
+}
+
+fn a_routing_claim_is_exclusive(b: &Backend) {
+    let (t1, t2) = (Tracking::new(b.open()), Tracking::new(b.open()));
+    let from = AgencyCode::parse("H37.DN.001").unwrap();
+    let now = crate::core::time::now_ms();
+    let seen = t1.routing_state(&from, "m1", now).unwrap();
+    assert_eq!(seen, Routing::None);
+    // Both looked before either claimed: only one claim holds.
+    let seen2 = t2.routing_state(&from, "m1", now).unwrap();
+    assert!(t1.begin_routing(&from, "m1", &seen, now).unwrap());
+    assert!(!t2.begin_routing(&from, "m1", &seen2, now).unwrap());
+    match t2.routing_state(&from, "m1", now).unwrap() {
+        // Shared: another live instance routes it.
+        Routing::Elsewhere { .. } => assert!(b.open().is_shared()),
+        // One process: a marker it finds is its own, left unfinished.
+        Routing::Unfinished(_) => assert!(!b.open().is_shared()),
+        Routing::None => panic!("the claim is gone"),
+    }
+    // Stale: routed again by the other.
+    let later = now + crate::state::tracking::CLAIM_STALE_MS + 1;
+    let stale = t2.routing_state(&from, "m1", later).unwrap();
+    assert!(matches!(stale, Routing::Unfinished(_)));
+    assert!(t2.begin_routing(&from, "m1", &stale, later).unwrap());
+    // The first instance finishing late leaves the new owner's claim alone.
+    t1.routed(&from, "m1").unwrap();
+    assert!(t1.is_routing(&from, "m1").unwrap());
+    t2.routed(&from, "m1").unwrap();
+    assert!(!t1.is_routing(&from, "m1").unwrap());
+}
+
+fn a_nonce_is_fresh_once_across_instances(b: &Backend) {
+    let (n1, n2) = (Nonces::new(b.open()), Nonces::new(b.open()));
+    let far = crate::core::time::now_ms() + 60_000;
+    assert_eq!(
+        n1.check_and_remember("AK1", "n", "m1", far, 0).unwrap(),
+        NonceCheck::Fresh
+    );
+    assert_eq!(
+        n2.check_and_remember("AK1", "n", "m2", far, 0).unwrap(),
+        NonceCheck::Replay
+    );
+    assert_eq!(
+        n2.check_and_remember("AK1", "n", "m1", far, 0).unwrap(),
+        NonceCheck::SameMessage
+    );
+}

@@ -20,7 +20,8 @@ use crate::state::tracking::{Routing, Tracking};
 
 /// One backend under test, with what must live as long as its stores.
 enum Backend {
-    Sled(tempfile::TempDir, Store),
+    // The directory lives as long as the store in it.
+    Sled(#[allow(dead_code)] tempfile::TempDir, Store),
     Pg(TestDb),
 }
 
@@ -145,7 +146,7 @@ fn keys_order_bytewise_and_scans_agree(b: &Backend) {
     assert_eq!(big.len().unwrap(), 700);
     assert_eq!(big.iter().rev().take(3).count(), 3);
     assert_eq!(
-        big.iter().rev().next().unwrap().unwrap().0,
+        big.iter().next_back().unwrap().unwrap().0,
         699u32.to_be_bytes()
     );
     assert_eq!(big.first().unwrap().unwrap().0, 0u32.to_be_bytes());

@@ -69,4 +69,11 @@ pub use crate::core::{
     scheduler, time, topology, zone,
 };
 pub use crate::operator::report;
+
+/// Test support shared by the unit and integration tests: a throw-away
+/// PostgreSQL database per test.
+#[doc(hidden)]
+pub mod testing {
+    pub use crate::state::pg::testdb::TestDb;
+}
 pub use crate::state::store;

@@ -112,6 +112,9 @@ fn open(data_dir: &Path, db: &Path) -> Result<Store, IntegrityError> {
 /// losses an operator accepted, and anchors it (writing a checkpoint now).
 pub fn open_store(config: &Config, master: &MasterKey) -> Result<Opened, IntegrityError> {
     let key = CheckpointKey::from_master(master);
+    if let Some(url) = &config.store_url {
+        return open_shared(url, config, key);
+    }
     let file = AnchorFile::new(config.anchor_path(), key.clone());
     let db = config.store_dir();
     let accept = config.accept_loss;
@@ -201,6 +204,30 @@ pub fn open_store(config: &Config, master: &MasterKey) -> Result<Opened, Integri
             anchor_file: file.path,
             key,
             checked: Arc::new(AtomicBool::new(false)),
+        },
+        latest,
+    })
+}
+
+/// Opens the shared PostgreSQL store. Its integrity is the database's (WAL,
+/// page checksums, its own backups and standbys): the checkpoint file and the
+/// broker's copy belong to the embedded store, and several instances share
+/// this one, so none is written or checked (`checked` is set at once).
+fn open_shared(url: &str, config: &Config, key: CheckpointKey) -> Result<Opened, IntegrityError> {
+    let store = Store::open_postgres(url, config.store_connections)?;
+    let snap = Snapshot::of(&store)?;
+    let (_tx, latest) = watch::channel(None);
+    Ok(Opened {
+        store,
+        check: StartCheck {
+            accept_loss: config.accept_loss,
+            snap,
+            file_epoch: 0,
+            file_missing: false,
+            accepted: false,
+            anchor_file: config.anchor_path(),
+            key,
+            checked: Arc::new(AtomicBool::new(true)),
         },
         latest,
     })

@@ -12,7 +12,7 @@ use crate::core::code::AgencyCode;
 use crate::core::secrets::MasterKey;
 use crate::state::audit::{Audit, AuditEvent};
 use crate::state::backup;
-use crate::state::pg::testing::TestDb;
+use crate::state::pg::testdb::TestDb;
 use crate::state::registry::Registry;
 use crate::state::replay::{NonceCheck, Nonces};
 use crate::state::store::Store;

@@ -42,6 +42,13 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// 32 random bytes as hex: a master key for hubs that share one.
+fn hex_key() -> String {
+    (0..32)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect()
+}
+
 /// A `truc serve` process of its own.
 pub struct TestHub {
     /// Queue prefix, e.g. `t1234x1.`.
@@ -60,6 +67,14 @@ pub struct TestHub {
     /// The broker URL the hub process is given, when not [`amqp_url`]
     /// (e.g. through a proxy the test can cut); set before [`TestHub::spawn`].
     pub hub_amqp_url: Option<String>,
+    /// The shared store the hub runs on (`TRUC_STORE_URL`), when not the
+    /// embedded one; set before [`TestHub::spawn`].
+    pub store_url: Option<String>,
+    /// The master key given to the hub (`TRUC_MASTER_KEY`), when not the
+    /// one it generates in its data directory (instances of one hub share it).
+    pub master_key: Option<String>,
+    /// The database of [`TestHub::on_postgres`], dropped with the hub.
+    pub db: Option<std::sync::Arc<truc::testing::TestDb>>,
 }
 
 impl TestHub {
@@ -121,7 +136,37 @@ impl TestHub {
             child: None,
             agencies: Vec::new(),
             hub_amqp_url: None,
+            store_url: None,
+            master_key: None,
+            db: None,
         }
+    }
+
+    /// A hub prepared to run on a fresh PostgreSQL database (dropped with the
+    /// last hub that uses it), with a master key its siblings share; not started.
+    pub fn on_postgres() -> Self {
+        let mut hub = Self::prepare(None);
+        let db = truc::testing::TestDb::new();
+        hub.store_url = Some(db.url().to_owned());
+        hub.db = Some(std::sync::Arc::new(db));
+        hub.master_key = Some(hex_key());
+        hub
+    }
+
+    /// Another instance of this hub: its own process, data directory and
+    /// admin port; the same broker prefix, shared store, master key, admin
+    /// token and policies. Not started.
+    pub fn sibling(&self) -> Self {
+        let mut twin = Self::prepare(None);
+        std::fs::copy(self.config_file(), twin.config_file()).unwrap();
+        twin.prefix = self.prefix.clone();
+        twin.token = self.token.clone();
+        twin.policies = self.policies.clone();
+        twin.store_url = self.store_url.clone();
+        twin.master_key = self.master_key.clone();
+        twin.db = self.db.clone();
+        twin.hub_amqp_url = self.hub_amqp_url.clone();
+        twin
     }
 
     /// Starts the process and waits until it is connected to the broker.
@@ -150,6 +195,11 @@ impl TestHub {
             .env("TRUC_ADMIN_TOKEN", &self.token)
             .env("TRUC_PREFIX", &self.prefix)
             .env("TRUC_CONFIG", self.config_file())
+            .env("TRUC_STORE_URL", self.store_url.clone().unwrap_or_default())
+            .env(
+                "TRUC_MASTER_KEY",
+                self.master_key.clone().unwrap_or_default(),
+            )
             .env(
                 "RUST_LOG",
                 std::env::var("TRUC_TEST_LOG").unwrap_or_else(|_| "info".into()),
@@ -416,6 +466,11 @@ impl TestHub {
             .env("TRUC_ADMIN_ADDR", &self.admin_addr)
             .env("TRUC_ADMIN_TOKEN", token)
             .env("TRUC_PREFIX", &self.prefix)
+            .env("TRUC_STORE_URL", self.store_url.clone().unwrap_or_default())
+            .env(
+                "TRUC_MASTER_KEY",
+                self.master_key.clone().unwrap_or_default(),
+            )
             .env_remove("TRUC_CONFIG")
             .output()
             .unwrap()

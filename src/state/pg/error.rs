@@ -102,7 +102,7 @@ impl PgError {
 #[cfg(test)]
 mod tests {
     use super::super::pool::PgPool;
-    use super::super::testing::TestDb;
+    use super::super::testdb::TestDb;
     use super::*;
 
     /// The error the server returns for an error raised with `state`.

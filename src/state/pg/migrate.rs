@@ -100,7 +100,7 @@ fn migrate_locked(client: &mut postgres::Client) -> Result<MigrateReport, PgErro
 mod tests {
     use std::sync::{Arc, Barrier};
 
-    use super::super::testing::TestDb;
+    use super::super::testdb::TestDb;
     use super::*;
 
     fn versions(pool: &PgPool) -> Vec<i32> {

@@ -17,8 +17,7 @@ pub(crate) mod error;
 pub(crate) mod migrate;
 pub(crate) mod pool;
 pub(crate) mod table;
-#[cfg(test)]
-pub(crate) mod testing;
+pub mod testdb;
 
 pub use error::PgError;
 pub(crate) use pool::PgPool;

@@ -495,7 +495,7 @@ fn redact_key_values(s: &str) -> String {
 mod tests {
     use std::time::Instant;
 
-    use super::super::testing::{migrated_pool, server_url, TestDb};
+    use super::super::testdb::{migrated_pool, server_url, TestDb};
     use super::*;
 
     #[test]

@@ -508,7 +508,7 @@ mod tests {
     use std::collections::BTreeMap;
     use std::sync::{Arc, Barrier};
 
-    use super::super::testing::{migrated_pool, TestDb};
+    use super::super::testdb::{migrated_pool, TestDb};
     use super::*;
 
     type Entries = Vec<(Vec<u8>, Vec<u8>)>;

@@ -1,4 +1,6 @@
-//! Test support: a throw-away database per test on the test server.
+//! Test support (unit and integration tests): a throw-away database per
+//! test on the test server (`TRUC_TEST_PG_URL`, default the role that
+//! `ops/ensure-postgres.sh` makes).
 //!
 //! Invariant: the database is dropped when the [`TestDb`] is, even when the
 //! test panics, after its sessions are terminated. The admin work runs on a
@@ -9,11 +11,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Server used by the tests (a role that may create databases).
-pub(crate) const DEFAULT_SERVER_URL: &str =
-    "postgres://truc_test:truc_test@127.0.0.1:5432/postgres";
+pub const DEFAULT_SERVER_URL: &str = "postgres://truc_test:truc_test@127.0.0.1:5432/postgres";
 
 /// The test server's URL: `TRUC_TEST_PG_URL` or [`DEFAULT_SERVER_URL`].
-pub(crate) fn server_url() -> String {
+pub fn server_url() -> String {
     std::env::var("TRUC_TEST_PG_URL").unwrap_or_else(|_| DEFAULT_SERVER_URL.to_owned())
 }
 
@@ -21,7 +22,7 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// A uniquely named, empty database, dropped on drop.
 #[derive(Debug)]
-pub(crate) struct TestDb {
+pub struct TestDb {
     name: String,
     url: String,
     server: String,
@@ -67,7 +68,7 @@ impl TestDb {
     ///
     /// # Panics
     /// If the server cannot be reached or refuses (a test failure).
-    pub(crate) fn new() -> TestDb {
+    pub fn new() -> TestDb {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
@@ -87,13 +88,19 @@ impl TestDb {
     }
 
     /// The database's connection string.
-    pub(crate) fn url(&self) -> &str {
+    pub fn url(&self) -> &str {
         &self.url
     }
 
     /// The database's name.
-    pub(crate) fn name(&self) -> &str {
+    pub fn name(&self) -> &str {
         &self.name
+    }
+}
+
+impl Default for TestDb {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -131,6 +138,7 @@ impl Drop for TestDb {
 ///
 /// # Panics
 /// If connecting or migrating fails (a test failure).
+#[cfg(test)]
 pub(crate) fn migrated_pool(db: &TestDb, threads: usize) -> super::PgPool {
     let pool = super::PgPool::connect(db.url(), threads).expect("connect to the test database");
     pool.migrate().expect("migrate the test database");

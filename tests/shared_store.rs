@@ -1,0 +1,108 @@
+//! Two `truc serve` instances on one PostgreSQL store and one broker act as
+//! one hub: they compete for ingress, an envelope sent twice at once is
+//! delivered once, and both show the same registry and one audit chain.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::{envelope, next_within, stdout, TestHub};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+fn json(o: &std::process::Output) -> serde_json::Value {
+    assert!(o.status.success(), "{}", common::stderr(o));
+    serde_json::from_str(&stdout(o)).unwrap()
+}
+
+/// `truc_envelopes_accepted_total` summed over priorities, from `/metrics`.
+async fn accepted(hub: &TestHub) -> u64 {
+    hub.metrics_text()
+        .await
+        .lines()
+        .filter(|l| l.starts_with("truc_envelopes_accepted_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_the_work_and_deliver_each_envelope_once() {
+    let mut a = TestHub::on_postgres();
+    a.spawn().await;
+    let src = a.register("000.00.31.H41").await;
+    let dst = a.register("000.00.32.H41").await;
+    let mut b = a.sibling();
+    b.agencies = a.agencies.clone();
+    b.spawn().await;
+
+    // Both on the database, not on an embedded store.
+    for h in [&a, &b] {
+        let stats = json(&h.cli(&["store", "stats", "--json"]));
+        assert!(
+            stats["path"].as_str().unwrap().starts_with("postgres://"),
+            "{stats}"
+        );
+    }
+    // The same agencies, read through either instance.
+    let list = |h: &TestHub| json(&h.cli(&["agency", "list", "--json"]));
+    assert_eq!(list(&a), list(&b));
+
+    let source = a.client(&src).await;
+    let mut dest = a.client(&dst).await;
+    let mut inbox = dest.inbox(64).await.unwrap();
+
+    // One envelope published twice at once: whichever instances take the
+    // two copies, it is delivered once.
+    let twice = envelope("000.00.32.H41")
+        .id("twice-1")
+        .body("một lần")
+        .signed(&a.prefix, &src);
+    let (r1, r2) = tokio::join!(source.publish(&twice), source.publish(&twice));
+    r1.unwrap();
+    r2.unwrap();
+    // A stream both instances take part in.
+    const N: usize = 300;
+    for i in 0..N {
+        let m = envelope("000.00.32.H41")
+            .id(format!("stream-{i}"))
+            .body(format!("văn bản {i}"))
+            .signed(&a.prefix, &src);
+        source.publish(&m).await.unwrap();
+    }
+    let mut seen: HashMap<String, Vec<String>> = HashMap::new();
+    while seen.len() < N + 1 {
+        let got = next_within(&mut inbox, WAIT)
+            .await
+            .unwrap_or_else(|| panic!("only {} of {} delivered", seen.len(), N + 1));
+        let r = dest.receive(got.clone()).unwrap();
+        seen.entry(r.message_id.clone())
+            .or_default()
+            .push(got.message.header("lgsp-attempt").unwrap_or("").to_owned());
+        inbox.ack(got.delivery_tag).await.unwrap();
+    }
+    // Nothing more comes: no second copy of anything.
+    if let Some(extra) = next_within(&mut inbox, Duration::from_secs(3)).await {
+        panic!(
+            "a second delivery of {:?} (attempt {:?})",
+            extra.message.message_id,
+            extra.message.header("lgsp-attempt")
+        );
+    }
+    for (id, attempts) in &seen {
+        assert_eq!(attempts.len(), 1, "{id}: {attempts:?}");
+    }
+    // Both instances routed a share (competing consumers on one queue).
+    let (na, nb) = (accepted(&a).await, accepted(&b).await);
+    assert_eq!(na + nb, N as u64 + 1, "a {na}, b {nb}");
+    assert!(na > 0 && nb > 0, "a {na}, b {nb}");
+    eprintln!("accepted by a: {na}, by b: {nb}");
+
+    // Timelines and the audit log are the same through either instance.
+    let rec = |h: &TestHub| json(&h.cli(&["envelope", "show", "twice-1", "--json"]));
+    assert_eq!(rec(&a)["dests"], rec(&b)["dests"]);
+    for h in [&a, &b] {
+        let v = json(&h.cli(&["audit", "verify", "--json"]));
+        assert_eq!(v["ok"], true, "{v}");
+    }
+}

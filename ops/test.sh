@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run the test suite against a local broker. Extra args go to `cargo test`
+# Run the test suite against a local broker and PostgreSQL. Extra args go to `cargo test`
 # (e.g. ops/test.sh --test router). Tests use their own queue prefixes.
 set -euo pipefail
 
@@ -22,4 +22,11 @@ if ! command -v openssl >/dev/null 2>&1; then
 fi
 
 bash ops/ensure-broker.sh
+# The store's conformance suite and the shared-store tests run on PostgreSQL
+# too: a throw-away database per test, made through this role.
+if [[ -z "${TRUC_TEST_PG_URL:-}" ]]; then
+    TRUC_TEST_PG_URL="$(bash ops/ensure-postgres.sh | grep -o 'postgres://[^ ]*' | tail -n1)"
+    [[ -n "$TRUC_TEST_PG_URL" ]] || { echo "ops/ensure-postgres.sh printed no URL" >&2; exit 1; }
+fi
+export TRUC_TEST_PG_URL
 exec cargo test --all-targets "$@" -- --test-threads=4

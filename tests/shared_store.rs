@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::{envelope, next_within, stdout, TestHub};
+use truc::client::Credentials;
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -105,4 +106,70 @@ async fn two_instances_share_the_work_and_deliver_each_envelope_once() {
         let v = json(&h.cli(&["audit", "verify", "--json"]));
         assert_eq!(v["ok"], true, "{v}");
     }
+}
+
+/// Sends one envelope from `src` to `dst` through `hub` and waits for it.
+async fn round_trip(hub: &TestHub, src: &Credentials, dst: &Credentials, id: &str) {
+    let source = hub.client(src).await;
+    let mut dest = hub.client(dst).await;
+    let mut inbox = dest.inbox(8).await.unwrap();
+    let m = envelope(dst.code.as_str())
+        .id(id)
+        .body(format!("văn bản {id}"))
+        .signed(&hub.prefix, src);
+    source.publish(&m).await.unwrap();
+    let got = next_within(&mut inbox, WAIT)
+        .await
+        .unwrap_or_else(|| panic!("{id} not delivered: {}", hub.log()));
+    let r = dest.receive(got.clone()).unwrap();
+    assert_eq!(r.message_id, id);
+    inbox.ack(got.delivery_tag).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedded_store_moves_to_postgres_and_a_postgres_store_is_backed_up() {
+    let mut hub = TestHub::start().await;
+    let src = hub.register("000.00.31.H41").await;
+    let dst = hub.register("000.00.32.H41").await;
+    round_trip(&hub, &src, &dst, "before-move").await;
+    let show =
+        |h: &TestHub, id: &str| json(&h.cli(&["envelope", "show", id, "--json"]))["dests"].clone();
+    let timeline = show(&hub, "before-move");
+    hub.terminate();
+
+    // Moved to an empty database; a second move into it is refused.
+    let db = std::sync::Arc::new(truc::testing::TestDb::new());
+    let o = hub.cli_expect(&["store", "migrate", "--to", db.url()], 0);
+    assert!(stdout(&o).contains("keys checked"), "{}", stdout(&o));
+    let o = hub.cli(&["store", "migrate", "--to", db.url()]);
+    assert!(!o.status.success());
+    assert!(
+        common::stderr(&o).contains("must be empty"),
+        "{}",
+        common::stderr(&o)
+    );
+
+    // The hub on PostgreSQL: the same timeline, the old keys, one chain.
+    hub.store_url = Some(db.url().to_owned());
+    hub.db = Some(db);
+    hub.spawn().await;
+    assert_eq!(show(&hub, "before-move"), timeline);
+    round_trip(&hub, &src, &dst, "after-move").await;
+    let v = json(&hub.cli(&["audit", "verify", "--json"]));
+    assert_eq!(v["ok"], true, "{v}");
+
+    // Backed up while running, restored into another empty database.
+    let file = hub.data.path().join("pg.backup");
+    hub.cli_expect(&["store", "backup", file.to_str().unwrap()], 0);
+    hub.terminate();
+    let db2 = std::sync::Arc::new(truc::testing::TestDb::new());
+    hub.store_url = Some(db2.url().to_owned());
+    hub.db = Some(db2);
+    let o = hub.cli_expect(&["store", "restore", file.to_str().unwrap()], 0);
+    assert!(stdout(&o).contains("store-restored"), "{}", stdout(&o));
+    hub.spawn().await;
+    assert_eq!(show(&hub, "before-move"), timeline);
+    round_trip(&hub, &src, &dst, "after-restore").await;
+    let v = json(&hub.cli(&["audit", "verify", "--json"]));
+    assert_eq!(v["ok"], true, "{v}");
 }

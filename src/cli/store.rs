@@ -17,10 +17,14 @@ use crate::broker::{BrokerTls, Link};
 use crate::cli::admin::Admin;
 use crate::cli::{print_json, table, CliError};
 use crate::core::checkpoint::{Checkpoint, CheckpointKey};
+use crate::core::config::redact_store_url;
 use crate::core::config::Config;
 use crate::core::topology::Topology;
-use crate::state::backup::{restore, Backup, BackupKey, Header};
+use crate::state::audit::{Audit, AuditEvent};
+use crate::state::backup;
+use crate::state::backup::{restore, restore_shared, Backup, BackupKey, Header};
 use crate::state::integrity::{describe, AnchorFile, Snapshot};
+use crate::state::registry::Registry;
 use crate::state::store::Store;
 
 /// `truc store …`
@@ -44,6 +48,16 @@ pub enum StoreCmd {
     Restore {
         /// A file written by `truc store backup`.
         file: PathBuf,
+    },
+    /// Copy this data directory's embedded store (the hub stopped) into an
+    /// empty PostgreSQL database, check the copy (every table, the audit
+    /// chain, every agency's keys), and record it in the audit log; then
+    /// set `store_url` (or TRUC_STORE_URL) to it and start the hub.
+    Migrate {
+        /// The PostgreSQL connection string
+        /// (`postgres://user:password@host/db`, or `host=… dbname=…`).
+        #[arg(long)]
+        to: String,
     },
 }
 
@@ -72,6 +86,7 @@ pub async fn run(cfg: &Config, cmd: StoreCmd) -> Result<(), CliError> {
         }
         StoreCmd::Backup { file } => backup(cfg, &file).await,
         StoreCmd::Restore { file } => restore_file(cfg, &file).await,
+        StoreCmd::Migrate { to } => migrate(cfg, &to),
     }
 }
 
@@ -186,15 +201,9 @@ async fn broker_copy(cfg: &Config, key: &CheckpointKey) -> Result<Option<Checkpo
     }
 }
 
-async fn restore_file(cfg: &Config, file: &Path) -> Result<(), CliError> {
-    let bytes =
-        std::fs::read(file).map_err(|e| CliError::new(1, format!("{}: {e}", file.display())))?;
-    let master = crate::cli::audit::offline_master_key(cfg)?;
-    let backup = Backup::decode(&bytes, &BackupKey::from_master(&master))
-        .map_err(|e| CliError::new(1, format!("{}: {e}; nothing was restored", file.display())))?;
-    cfg.prepare_data_dir()
-        .map_err(|e| CliError::new(1, format!("{}: {e}", cfg.data_dir.display())))?;
-    let store = std::panic::catch_unwind(|| Store::open(&cfg.data_dir))
+/// Opens the embedded store of a stopped hub.
+fn open_stopped(cfg: &Config) -> Result<Store, CliError> {
+    std::panic::catch_unwind(|| Store::open(&cfg.data_dir))
         .map_err(|_| CliError::new(1, "the store does not open: sled panicked"))?
         .map_err(|e| {
             CliError::new(
@@ -204,61 +213,206 @@ async fn restore_file(cfg: &Config, file: &Path) -> Result<(), CliError> {
                     cfg.store_dir().display()
                 ),
             )
-        })?;
+        })
+}
+
+fn migrate(cfg: &Config, to: &str) -> Result<(), CliError> {
+    let fail = |what: &str, e: &dyn std::fmt::Display| CliError::new(1, format!("{what}: {e}"));
+    if !crate::core::config::is_store_url(to) {
+        return Err(CliError::new(
+            2,
+            format!(
+                "--to {}: not a PostgreSQL connection string",
+                redact_store_url(to)
+            ),
+        ));
+    }
+    let master = crate::cli::audit::offline_master_key(cfg)?;
+    let from = open_stopped(cfg)?;
+    // A damaged chain is not carried into the shared store unnoticed.
+    let before = Audit::new(from.clone())
+        .verify()
+        .map_err(|e| fail("the audit log of the embedded store does not read", &e))?;
+    if !before.ok {
+        return Err(CliError::new(
+            1,
+            format!(
+                "the audit chain of the embedded store does not verify ({:?}); run `truc audit verify --offline`; nothing was migrated",
+                before.broken
+            ),
+        ));
+    }
+    let old = Registry::open(from.clone(), master.clone())
+        .map_err(|e| fail("the embedded store's registry", &e))?;
+    let to_store = Store::open_postgres(to, 4).map_err(|e| fail("the PostgreSQL store", &e))?;
+    let copy = backup::collect(&from).map_err(|e| fail("reading the embedded store", &e))?;
+    let loaded = backup::load(&copy, &to_store).map_err(|e| {
+        CliError::new(
+            1,
+            format!(
+                "{e}; the target database must be empty (a migration is done once; a partial one is emptied with DROP/CREATE DATABASE)"
+            ),
+        )
+    })?;
+    // The copy, checked table by table against what was read.
+    for (name, table) in to_store.trees() {
+        let want = copy
+            .trees
+            .iter()
+            .find(|t| t.name == name)
+            .map_or(0, |t| t.records.len());
+        let got = table.len().map_err(|e| fail(name, &e))?;
+        // `meta` gains the store's own keys (the flush marker).
+        if got != want && !(name == "meta" && got > want) {
+            return Err(CliError::new(
+                1,
+                format!("table {name}: {got} entries in PostgreSQL, {want} in the embedded store"),
+            ));
+        }
+    }
+    let audit = Audit::new(to_store.clone());
+    let seq = audit
+        .append(AuditEvent::admin(
+            "store-migrate",
+            redact_store_url(to),
+            format!(
+                "from {} ({} entries)",
+                cfg.store_dir().display(),
+                copy.entries()
+            ),
+        ))
+        .map_err(|e| fail("recording the migration", &e))?;
+    to_store.flush().map_err(|e| fail("PostgreSQL", &e))?;
+    let after = audit.verify().map_err(|e| fail("audit verify", &e))?;
+    if !after.ok {
+        return Err(CliError::new(
+            1,
+            format!(
+                "the migrated audit chain does not verify: {:?}",
+                after.broken
+            ),
+        ));
+    }
+    // Every agency authenticates with its old keys.
+    let new =
+        Registry::open(to_store.clone(), master).map_err(|e| fail("the migrated registry", &e))?;
+    let now = crate::core::time::now_ms();
+    let mut keys = 0;
+    for agency in old.list() {
+        for key in &agency.keys {
+            let same = new
+                .by_key(&key.access_key, now)
+                .is_some_and(|(e, k)| e.agency.code == agency.code && k.secret == key.secret);
+            if !same && old.by_key(&key.access_key, now).is_some() {
+                return Err(CliError::new(
+                    1,
+                    format!(
+                        "agency {}: key {} does not authenticate on the migrated store",
+                        agency.code, key.access_key
+                    ),
+                ));
+            }
+            keys += 1;
+        }
+    }
+    let rows: Vec<Vec<String>> = loaded
+        .trees
+        .iter()
+        .map(|(n, c)| vec![n.clone(), c.to_string()])
+        .collect();
+    table(&["TREE", "ENTRIES"], &rows);
+    println!(
+        "migrated {} entries from {} to {}; audit chain verified ({} entries, the migration is entry {seq}); {} agencies, {keys} keys checked",
+        copy.entries(),
+        cfg.store_dir().display(),
+        redact_store_url(to),
+        after.entries,
+        old.len(),
+    );
+    println!(
+        "next: set store_url (or TRUC_STORE_URL) to this database and start truc serve; keep {} until it runs",
+        cfg.store_dir().display()
+    );
+    Ok(())
+}
+
+async fn restore_file(cfg: &Config, file: &Path) -> Result<(), CliError> {
+    let bytes =
+        std::fs::read(file).map_err(|e| CliError::new(1, format!("{}: {e}", file.display())))?;
+    let master = crate::cli::audit::offline_master_key(cfg)?;
+    let backup = Backup::decode(&bytes, &BackupKey::from_master(&master))
+        .map_err(|e| CliError::new(1, format!("{}: {e}; nothing was restored", file.display())))?;
+    let source = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_owned());
+    let source = source.display().to_string();
+    let (store, place) = match &cfg.store_url {
+        Some(url) => (
+            Store::open_postgres(url, 4)
+                .map_err(|e| CliError::new(1, format!("the PostgreSQL store: {e}")))?,
+            redact_store_url(url),
+        ),
+        None => {
+            cfg.prepare_data_dir()
+                .map_err(|e| CliError::new(1, format!("{}: {e}", cfg.data_dir.display())))?;
+            (open_stopped(cfg)?, cfg.store_dir().display().to_string())
+        }
+    };
     let snap = Snapshot::of(&store).map_err(|e| CliError::new(1, e.to_string()))?;
     if snap.has_data {
         return Err(CliError::new(
             1,
             format!(
-                "the store at {} is not empty ({}): a backup is only restored into an empty store; nothing was restored",
-                cfg.store_dir().display(),
+                "the store at {place} is not empty ({}): a backup is only restored into an empty store; nothing was restored",
                 snap.describe()
             ),
         ));
     }
-    let ckey = CheckpointKey::from_master(&master);
-    let anchor = AnchorFile::new(cfg.anchor_path(), ckey.clone());
-    let mut copies = Vec::new();
-    match anchor.read() {
-        Ok(Some(cp)) => copies.push(cp),
-        Ok(None) => {}
-        Err(e) => eprintln!("warning: {e}; it is replaced"),
-    }
-    copies.extend(broker_copy(cfg, &ckey).await?);
-    let source = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_owned());
-    let done = restore(
-        &backup,
-        &store,
-        anchor,
-        &copies,
-        &source.display().to_string(),
-    )
-    .map_err(|e| {
+    let partial = |e: crate::state::backup::BackupError| {
         CliError::new(
             1,
             format!(
-                "restore failed: {e}; the store at {} may hold part of the backup: move it aside before trying again",
-                cfg.store_dir().display()
+                "restore failed: {e}; the store at {place} may hold part of the backup: empty it before trying again"
             ),
         )
-    })?;
-    drop(store);
-    cfg.secure_data_dir()
-        .map_err(|e| CliError::new(1, format!("{}: {e}", cfg.data_dir.display())))?;
+    };
+    let mut copies = Vec::new();
+    let done = if store.is_shared() {
+        // Instances of a shared store stay stopped: its integrity is the
+        // database's, there is no checkpoint to supersede.
+        restore_shared(&backup, &store, &source).map_err(partial)?
+    } else {
+        let ckey = CheckpointKey::from_master(&master);
+        let anchor = AnchorFile::new(cfg.anchor_path(), ckey.clone());
+        match anchor.read() {
+            Ok(Some(cp)) => copies.push(cp),
+            Ok(None) => {}
+            Err(e) => eprintln!("warning: {e}; it is replaced"),
+        }
+        copies.extend(broker_copy(cfg, &ckey).await?);
+        let done = restore(&backup, &store, anchor, &copies, &source).map_err(partial)?;
+        drop(store);
+        cfg.secure_data_dir()
+            .map_err(|e| CliError::new(1, format!("{}: {e}", cfg.data_dir.display())))?;
+        done
+    };
     let header = backup.header(&BackupKey::from_master(&master));
     print_trees(&header);
     println!(
-        "restored {} entries from {} (backup of {}) into {}",
+        "restored {} entries from {} (backup of {}) into {place}",
         backup.entries(),
         file.display(),
         header.created_at,
-        cfg.store_dir().display()
     );
-    println!(
-        "recorded as audit entry {} (store-restored); checkpoint: {}",
-        done.audit_seq,
-        describe(&done.checkpoint)
-    );
+    match &done.checkpoint {
+        Some(cp) => println!(
+            "recorded as audit entry {} (store-restored); checkpoint: {}",
+            done.audit_seq,
+            describe(cp)
+        ),
+        None => println!(
+            "recorded as audit entry {} (store-restored)",
+            done.audit_seq
+        ),
+    }
     for cp in &copies {
         println!("superseded: {}", describe(cp));
     }

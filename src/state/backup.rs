@@ -493,8 +493,8 @@ pub struct Restored {
     pub loaded: Loaded,
     /// The `store-restored` audit entry.
     pub audit_seq: u64,
-    /// The checkpoint written, of a new epoch.
-    pub checkpoint: Checkpoint,
+    /// The checkpoint written, of a new epoch (none for a shared store).
+    pub checkpoint: Option<Checkpoint>,
 }
 
 /// Restores `backup` (read from `source`, a file name for the record) into
@@ -509,6 +509,38 @@ pub fn restore(
     copies: &[Checkpoint],
     source: &str,
 ) -> Result<Restored, BackupError> {
+    let (loaded, audit_seq) = load_and_record(backup, store, copies, source)?;
+    let checkpoint = integrity::supersede(store, file, copies)?;
+    Ok(Restored {
+        loaded,
+        audit_seq,
+        checkpoint: Some(checkpoint),
+    })
+}
+
+/// Restores `backup` into the empty shared (PostgreSQL) `store`: [`load`],
+/// then one `store-restored` audit entry. No checkpoint: a shared store's
+/// integrity is the database's.
+pub fn restore_shared(
+    backup: &Backup,
+    store: &Store,
+    source: &str,
+) -> Result<Restored, BackupError> {
+    let (loaded, audit_seq) = load_and_record(backup, store, &[], source)?;
+    store.flush()?;
+    Ok(Restored {
+        loaded,
+        audit_seq,
+        checkpoint: None,
+    })
+}
+
+fn load_and_record(
+    backup: &Backup,
+    store: &Store,
+    copies: &[Checkpoint],
+    source: &str,
+) -> Result<(Loaded, u64), BackupError> {
     let loaded = load(backup, store)?;
     let audit = Audit::new(store.clone());
     let audit_seq = audit.append(AuditEvent::StoreRestored {
@@ -518,12 +550,7 @@ pub fn restore(
         backup_audit_seq: backup.audit_head().map_or(0, |h| h.0),
         superseded: copies.iter().map(integrity::describe).collect(),
     })?;
-    let checkpoint = integrity::supersede(store, file, copies)?;
-    Ok(Restored {
-        loaded,
-        audit_seq,
-        checkpoint,
-    })
+    Ok((loaded, audit_seq))
 }
 
 #[cfg(test)]
@@ -734,12 +761,13 @@ mod tests {
             at_ms: 1,
         };
         let r = restore(&backup, &dst, file.clone(), &[old], "b.truc").unwrap();
+        let cp = r.checkpoint.unwrap();
         assert_eq!(r.audit_seq, 4);
-        assert_eq!((r.checkpoint.epoch, r.checkpoint.serial), (3, 41));
-        assert_eq!(file.read().unwrap(), Some(r.checkpoint));
+        assert_eq!((cp.epoch, cp.serial), (3, 41));
+        assert_eq!(file.read().unwrap(), Some(cp));
         // The store matches its new checkpoint; the old copy is behind.
         let snap = Snapshot::of(&dst).unwrap();
-        check(&dst, &snap, &r.checkpoint, "test").unwrap();
+        check(&dst, &snap, &cp, "test").unwrap();
         assert!(check(&dst, &snap, &old, "test").is_err());
         let audit = Audit::new(dst.clone());
         let last = audit.tail(1, None).unwrap();
@@ -762,8 +790,9 @@ mod tests {
             CheckpointKey::from_master(&master("ab")),
         );
         let r = restore(&backup, &dst, file, &[], "b.truc").unwrap();
-        assert_eq!((r.checkpoint.epoch, r.checkpoint.serial), (1, 1));
-        assert_eq!(r.checkpoint.generation, dst.generation());
-        assert_eq!(r.checkpoint.audit_seq, r.audit_seq);
+        let cp = r.checkpoint.unwrap();
+        assert_eq!((cp.epoch, cp.serial), (1, 1));
+        assert_eq!(cp.generation, dst.generation());
+        assert_eq!(cp.audit_seq, r.audit_seq);
     }
 }

@@ -1,7 +1,8 @@
 //! `/healthz` (open, for probes) and `/metrics` (Prometheus; behind the
 //! token when `metrics_require_token` is on).
 //!
-//! `/healthz` answers 200 `ok`, or 503 `unhealthy` with one reason per
+//! `/healthz` names this instance and its role (`leader`/`follower`) and
+//! answers 200 `ok`, or 503 `unhealthy` with one reason per
 //! failed check: `store` (its last flush failed: [`crate::state::store`]),
 //! `broker` (the hub's link is down), `ingress` (a source's messages were
 //! received and none handled for [`crate::router::progress::STALL`]).
@@ -81,6 +82,8 @@ pub(crate) fn evaluate(hub: &Hub, now_ms: i64) -> Health {
         .into(),
         broker_connected: broker,
         agencies: hub.registry.len(),
+        instance: hub.instance_id.clone(),
+        role: hub.role_now().as_str().into(),
         reasons,
     }
 }

@@ -8,8 +8,9 @@
 //! received and none handled for [`crate::router::progress::STALL`]).
 //!
 //! Invariants: neither says anything an agency could not learn otherwise
-//! (broker connected, number of agencies, counters, the store's error and
-//! the codes of stuck sources); [`evaluate`] is the one definition of
+//! (broker connected, number of agencies, counters, the store's error, the
+//! codes of stuck sources, and the instance id, by default the host name
+//! and pid, with its role); [`evaluate`] is the one definition of
 //! healthy, used by `/healthz` and by the `truc_healthy` gauges.
 
 use std::sync::OnceLock;

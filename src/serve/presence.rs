@@ -93,8 +93,10 @@ struct Task {
     relay: HeartbeatRelay,
 }
 
-/// Runs presence until `shutdown`: a poll round every `poll_interval` (read
-/// from the policies each round), heartbeats as they come.
+/// Runs presence until `shutdown`: while this instance leads, a poll round
+/// every `poll_interval` (read from the policies each round), heartbeats as
+/// they come and relayed ones every [`TAKE_EVERY`]; while it follows, the
+/// heartbeats it receives are relayed to the leader.
 pub async fn run(
     hub: Arc<Hub>,
     mut heartbeats: mpsc::Receiver<Heartbeat>,

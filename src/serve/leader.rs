@@ -49,19 +49,15 @@ pub struct Leadership {
 }
 
 /// Takes the first tick (the lease, this instance's record) and returns the
-/// leadership with the receiver of its role. `exclusive`: only this process
-/// can open the store (sled), so a lease left by an earlier process is taken
-/// at once.
-pub fn start(
-    store: &Store,
-    config: &Config,
-    exclusive: bool,
-) -> (Leadership, watch::Receiver<Role>) {
+/// leadership with the receiver of its role. On a store only this process
+/// can open ([`Store::is_shared`] false: sled), a lease left by an earlier
+/// process is taken at once.
+pub fn start(store: &Store, config: &Config) -> (Leadership, watch::Receiver<Role>) {
     let id = config.instance_id();
-    let lease = if exclusive {
-        Lease::exclusive(store.clone(), id.clone())
-    } else {
+    let lease = if store.is_shared() {
         Lease::new(store.clone(), id.clone())
+    } else {
+        Lease::exclusive(store.clone(), id.clone())
     };
     let now = now_ms();
     let me = InstanceInfo {

@@ -130,9 +130,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
     } = integrity::open_store(&config, &master).map_err(ServiceError::Integrity)?;
     let flusher = store.start_flusher();
     let registry = Registry::open(store.clone(), master)?;
-    // sled: only this process can open the store, so a lease an earlier
-    // process left is taken at once (a shared store backend passes false).
-    let (leadership, role) = leader::start(&store, &config, true);
+    let (leadership, role) = leader::start(&store, &config);
     let leadership = Arc::new(leadership);
     let admin_token = config
         .resolve_admin_token(true)

@@ -31,12 +31,6 @@ pub enum InstanceError {
     Store(#[from] StoreError),
 }
 
-impl From<sled::Error> for InstanceError {
-    fn from(e: sled::Error) -> Self {
-        Self::Store(e.into())
-    }
-}
-
 impl From<codec::CodecError> for InstanceError {
     fn from(e: codec::CodecError) -> Self {
         Self::Store(e.into())
@@ -158,7 +152,7 @@ mod tests {
         book.beat(&info("stale"), now - LIVE_MS).unwrap();
         book.beat(&info("gone"), now - FORGET_MS - 1).unwrap();
         // Another meta key with the same start is not an instance.
-        store.meta().insert("instances", b"x".to_vec()).unwrap();
+        store.meta().insert("instances", b"x").unwrap();
         let ids: Vec<String> = book.list(now).unwrap().into_iter().map(|i| i.id).collect();
         assert_eq!(ids, ["a", "b"]);
         assert_eq!(book.list(now).unwrap()[1].seen_ms, now - 1_000);

@@ -59,12 +59,6 @@ pub enum LeaseError {
     Store(#[from] StoreError),
 }
 
-impl From<sled::Error> for LeaseError {
-    fn from(e: sled::Error) -> Self {
-        Self::Store(e.into())
-    }
-}
-
 impl From<codec::CodecError> for LeaseError {
     fn from(e: codec::CodecError) -> Self {
         Self::Store(e.into())
@@ -220,7 +214,7 @@ impl Lease {
                 expires_ms: now_ms + LEASE_TTL_MS,
             };
             let swapped =
-                meta.compare_and_swap(LEADER_KEY, old.as_deref(), Some(codec::encode(&new)?))?;
+                meta.compare_and_swap(LEADER_KEY, old.as_deref(), Some(&codec::encode(&new)?))?;
             match swapped {
                 Ok(()) => {
                     let mut l = self.local();
@@ -233,9 +227,8 @@ impl Lease {
                 }
                 // Someone wrote in between: read again (a few times).
                 Err(_) if attempts < CAS_ATTEMPTS => continue,
-                Err(cas) => {
-                    let leader = cas
-                        .current
+                Err(current) => {
+                    let leader = current
                         .as_ref()
                         .and_then(|v| codec::decode::<LeaseRecord>(v).ok())
                         .map(|r| r.holder);
@@ -278,7 +271,7 @@ impl Lease {
             ..r
         };
         let swapped =
-            meta.compare_and_swap(LEADER_KEY, Some(old), Some(codec::encode(&expired)?))?;
+            meta.compare_and_swap(LEADER_KEY, Some(&old), Some(&codec::encode(&expired)?))?;
         Ok(swapped.is_ok())
     }
 }
@@ -366,7 +359,7 @@ mod tests {
     #[test]
     fn a_record_that_does_not_decode_is_replaced() {
         let (_d, s) = store();
-        s.meta().insert(LEADER_KEY, b"\x09junk".to_vec()).unwrap();
+        s.meta().insert(LEADER_KEY, b"\x09junk").unwrap();
         let a = Lease::new(s.clone(), "a");
         assert_eq!(a.tick(1).unwrap(), Role::Leader { term: 1 });
         assert_eq!(current(&s).unwrap().unwrap().holder, "a");

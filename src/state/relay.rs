@@ -32,12 +32,6 @@ pub enum RelayError {
     Store(#[from] StoreError),
 }
 
-impl From<sled::Error> for RelayError {
-    fn from(e: sled::Error) -> Self {
-        Self::Store(e.into())
-    }
-}
-
 impl From<codec::CodecError> for RelayError {
     fn from(e: codec::CodecError) -> Self {
         Self::Store(e.into())

@@ -276,10 +276,94 @@ impl Lease {
     }
 }
 
+/// Several leases, each on its own handle of one store (`open` gives one
+/// per instance), ticking in random interleavings over simulated time, each
+/// with a clock off by up to ±900 ms; one dies (stops ticking) or stops
+/// cleanly. At every instant at most one counts itself leader, terms never
+/// go back, and a live instance leads within `LEASE_TTL_MS + RENEW_EVERY`
+/// (plus the lateness and skews simulated) of the leader's death. Each seed
+/// runs at a later time with fresh instance ids, so seeds share a store.
+#[cfg(test)]
+pub(crate) fn simulate_interleavings(open: impl Fn() -> Store, seeds: std::ops::Range<u64>) {
+    use rand::{Rng, SeedableRng};
+    let renew = RENEW_EVERY.as_millis() as i64;
+    for seed in seeds {
+        let base = 1_000_000 + seed as i64 * 1_000_000;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let n = rng.gen_range(2..=3);
+        let leases: Vec<Lease> = (0..n)
+            .map(|i| Lease::new(open(), format!("s{seed}i{i}")))
+            .collect();
+        let skew: Vec<i64> = (0..n).map(|_| rng.gen_range(-900..=900)).collect();
+        // When each stops ticking (dies, or releases first), if ever.
+        let mut stop_at: Vec<Option<(i64, bool)>> = vec![None; n];
+        let victim = rng.gen_range(0..n);
+        stop_at[victim] = Some((rng.gen_range(1_000..40_000), rng.gen_bool(0.3)));
+        let mut next: Vec<i64> = (0..n).map(|_| rng.gen_range(0..renew)).collect();
+        let mut stopped = vec![false; n];
+        let mut last_term = 0u64;
+        let mut leaderless_since: Option<i64> = Some(0);
+        let mut t = 0i64;
+        let clock = |i: usize, t: i64| base + t + skew[i];
+        while t < 60_000 {
+            t += rng.gen_range(1..400);
+            for i in 0..n {
+                if stopped[i] {
+                    continue;
+                }
+                if let Some((at, clean)) = stop_at[i] {
+                    if t >= at {
+                        stopped[i] = true;
+                        if clean {
+                            leases[i].release(clock(i, t)).unwrap();
+                        }
+                        continue;
+                    }
+                }
+                // Ticks come every RENEW_EVERY, sometimes late by up to
+                // a second (a busy runtime), in random order with others.
+                if t >= next[i] {
+                    let role = leases[i].tick(clock(i, t)).unwrap();
+                    if let Role::Leader { term } = role {
+                        assert!(term >= last_term, "seed {seed}: term went back");
+                        last_term = term;
+                    }
+                    next[i] = t + renew + rng.gen_range(0..=1_000);
+                }
+            }
+            let leaders: Vec<usize> = (0..n)
+                .filter(|&i| !stopped[i] && leases[i].role_at(clock(i, t)).is_leader())
+                .collect();
+            // A dead instance may still believe it leads: count it too
+            // (it would keep acting if it were only stalled).
+            let believers: Vec<usize> = (0..n)
+                .filter(|&i| leases[i].role_at(clock(i, t)).is_leader())
+                .collect();
+            assert!(
+                believers.len() <= 1,
+                "seed {seed}: {believers:?} lead at {t}"
+            );
+            match (leaders.is_empty(), leaderless_since) {
+                (true, None) => leaderless_since = Some(t),
+                (false, _) => leaderless_since = None,
+                (true, Some(since)) => {
+                    // Takeover bound: expiry (≤ TTL after the last
+                    // renewal), then the next late tick, plus skews.
+                    let bound = LEASE_TTL_MS + renew + 1_000 + 1_800 + 400;
+                    assert!(
+                        t - since <= bound,
+                        "seed {seed}: no leader from {since} to {t}"
+                    );
+                }
+            }
+        }
+        assert!(last_term >= 1, "seed {seed}: nobody ever led");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::{Rng, SeedableRng};
 
     fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
@@ -375,84 +459,9 @@ mod tests {
         assert!(!a.role_at(LEASE_TTL_MS - SKEW_MARGIN_MS).is_leader());
     }
 
-    /// Several leases on one store, ticking in random interleavings over
-    /// simulated time, each with a clock off by up to ±900 ms; some die
-    /// (stop ticking) or stop cleanly. At every instant at most one counts
-    /// itself leader, terms never go back, and a live instance leads within
-    /// `LEASE_TTL_MS + RENEW_EVERY` of the leader's death.
     #[test]
     fn never_two_leaders_at_one_instant() {
-        let renew = RENEW_EVERY.as_millis() as i64;
-        for seed in 0..200u64 {
-            let (_d, s) = store();
-            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-            let n = rng.gen_range(2..=3);
-            let leases: Vec<Lease> = (0..n)
-                .map(|i| Lease::new(s.clone(), format!("i{i}")))
-                .collect();
-            let skew: Vec<i64> = (0..n).map(|_| rng.gen_range(-900..=900)).collect();
-            // When each stops ticking (dies, or releases first), if ever.
-            let mut stop_at: Vec<Option<(i64, bool)>> = vec![None; n];
-            let victim = rng.gen_range(0..n);
-            stop_at[victim] = Some((rng.gen_range(1_000..40_000), rng.gen_bool(0.3)));
-            let mut next: Vec<i64> = (0..n).map(|_| rng.gen_range(0..renew)).collect();
-            let mut stopped = vec![false; n];
-            let mut last_term = 0u64;
-            let mut leaderless_since: Option<i64> = Some(0);
-            let mut t = 0i64;
-            while t < 60_000 {
-                t += rng.gen_range(1..400);
-                for i in 0..n {
-                    if stopped[i] {
-                        continue;
-                    }
-                    if let Some((at, clean)) = stop_at[i] {
-                        if t >= at {
-                            stopped[i] = true;
-                            if clean {
-                                leases[i].release(t + skew[i]).unwrap();
-                            }
-                            continue;
-                        }
-                    }
-                    // Ticks come every RENEW_EVERY, sometimes late by up to
-                    // a second (a busy runtime), in random order with others.
-                    if t >= next[i] {
-                        let role = leases[i].tick(t + skew[i]).unwrap();
-                        if let Role::Leader { term } = role {
-                            assert!(term >= last_term, "seed {seed}: term went back");
-                            last_term = term;
-                        }
-                        next[i] = t + renew + rng.gen_range(0..=1_000);
-                    }
-                }
-                let leaders: Vec<usize> = (0..n)
-                    .filter(|&i| !stopped[i] && leases[i].role_at(t + skew[i]).is_leader())
-                    .collect();
-                // A dead instance may still believe it leads: count it too
-                // (it would keep acting if it were only stalled).
-                let believers: Vec<usize> = (0..n)
-                    .filter(|&i| leases[i].role_at(t + skew[i]).is_leader())
-                    .collect();
-                assert!(
-                    believers.len() <= 1,
-                    "seed {seed}: {believers:?} lead at {t}"
-                );
-                match (leaders.is_empty(), leaderless_since) {
-                    (true, None) => leaderless_since = Some(t),
-                    (false, _) => leaderless_since = None,
-                    (true, Some(since)) => {
-                        // Takeover bound: expiry (≤ TTL after the last
-                        // renewal), then the next late tick, plus skews.
-                        let bound = LEASE_TTL_MS + renew + 1_000 + 1_800 + 400;
-                        assert!(
-                            t - since <= bound,
-                            "seed {seed}: no leader from {since} to {t}"
-                        );
-                    }
-                }
-            }
-            assert!(last_term >= 1, "seed {seed}: nobody ever led");
-        }
+        let (_d, s) = store();
+        simulate_interleavings(|| s.clone(), 0..200);
     }
 }

@@ -190,11 +190,18 @@ impl Task {
         }
     }
 
-    /// Applies the heartbeats followers relayed.
+    /// Applies the heartbeats followers relayed, but for those older than
+    /// the heartbeat window (left over a long leaderless time, or restored
+    /// from a backup): they no longer say anything about now.
     fn take_relayed(&mut self) {
+        let window = self.hub.router.policies().presence.heartbeat_window;
+        let oldest = now_ms() - window.as_millis() as i64;
         match self.relay.take() {
             Ok(all) => {
                 for (code, r) in all {
+                    if r.at_ms < oldest {
+                        continue;
+                    }
                     self.heartbeat(Heartbeat {
                         code,
                         online: r.online,

@@ -25,7 +25,9 @@
 //!    `replay` (nonces), `tracking` (timelines, dedupe), `presence`
 //!    (presence history), `audit` (hash-chained log), `retention`, `integrity` (store generation
 //!    and checkpoint), `drained` (when each source's queue was last seen empty),
-//!    `backup` (the snapshot file of every tree, and its restore).
+//!    `backup` (the snapshot file of every tree, and its restore), `lease` (the
+//!    leader lease among instances sharing a store), `instances` (their
+//!    heartbeat records), `relay` (heartbeats a follower hands the leader).
 //! 3. [`broker`] — the only code that imports lapin: `link` (connect,
 //!    declare, publish with confirms, consume), `guard` (the frame guard that
 //!    keeps unparseable messages from stopping the hub), `tls`, `outbox` (the
@@ -42,7 +44,8 @@
 //!    request and response body, shared with the CLI; public as
 //!    [`admin_types`]), `tls`.
 //! 7. [`serve`] — `truc serve`: wiring, one consumer per agency's ingress
-//!    queue, housekeeping, the presence task, shutdown.
+//!    queue, housekeeping, the presence task, `leader` (which instance runs
+//!    the work done once across instances), shutdown.
 //! 8. [`client`] — the Rust adapter library (uses `core` and `broker`).
 //! 9. [`cli`] — the `truc` command line: one file per subcommand, `admin`
 //!    (the typed admin client), `http`, `tls`.

@@ -1,14 +1,16 @@
 //! `/healthz` (open, for probes) and `/metrics` (Prometheus; behind the
 //! token when `metrics_require_token` is on).
 //!
-//! `/healthz` answers 200 `ok`, or 503 `unhealthy` with one reason per
+//! `/healthz` names this instance and its role (`leader`/`follower`) and
+//! answers 200 `ok`, or 503 `unhealthy` with one reason per
 //! failed check: `store` (its last flush failed: [`crate::state::store`]),
 //! `broker` (the hub's link is down), `ingress` (a source's messages were
 //! received and none handled for [`crate::router::progress::STALL`]).
 //!
 //! Invariants: neither says anything an agency could not learn otherwise
-//! (broker connected, number of agencies, counters, the store's error and
-//! the codes of stuck sources); [`evaluate`] is the one definition of
+//! (broker connected, number of agencies, counters, the store's error, the
+//! codes of stuck sources, and the instance id, by default the host name
+//! and pid, with its role); [`evaluate`] is the one definition of
 //! healthy, used by `/healthz` and by the `truc_healthy` gauges.
 
 use std::sync::OnceLock;
@@ -81,6 +83,8 @@ pub(crate) fn evaluate(hub: &Hub, now_ms: i64) -> Health {
         .into(),
         broker_connected: broker,
         agencies: hub.registry.len(),
+        instance: hub.instance_id.clone(),
+        role: hub.role_now().as_str().into(),
         reasons,
     }
 }

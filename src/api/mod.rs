@@ -20,6 +20,7 @@ mod audit;
 mod dead;
 mod envelopes;
 pub(crate) mod health;
+mod instances;
 mod presence;
 mod queues;
 mod reports;
@@ -228,6 +229,7 @@ pub fn routes(hub: Arc<Hub>) -> Router {
         .route("/v1/report", get(reports::report))
         .route("/v1/store/stats", get(store::stats))
         .route("/v1/store/backup", get(store::backup))
+        .route("/v1/instances", get(instances::list))
         .with_state(hub)
 }
 

@@ -46,9 +46,44 @@ pub struct Health {
     pub broker_connected: bool,
     /// Registered agencies.
     pub agencies: usize,
+    /// This instance's id (config `instance_id`).
+    #[serde(default)]
+    pub instance: String,
+    /// `leader` or `follower`: whether this instance holds the leader lease
+    /// (see `truc instances`).
+    #[serde(default)]
+    pub role: String,
     /// Why it is unhealthy (empty when `ok`).
     #[serde(default)]
     pub reasons: Vec<HealthReason>,
+}
+
+/// One running instance, as `GET /v1/instances` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceView {
+    /// Instance id.
+    pub id: String,
+    /// Host name.
+    pub host: String,
+    /// Process id.
+    pub pid: u32,
+    /// truc version.
+    pub version: String,
+    /// When it started (RFC 3339).
+    pub started: String,
+    /// When it started (ms).
+    pub started_ms: i64,
+    /// When it last wrote its record (RFC 3339).
+    pub last_seen: String,
+    /// When it last wrote its record (ms).
+    pub last_seen_ms: i64,
+    /// Its admin API address.
+    pub admin_addr: String,
+    /// Whether it holds the leader lease.
+    pub leader: bool,
+    /// The lease's term, for the leader.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term: Option<u64>,
 }
 
 /// One failed check of `/healthz`.

@@ -12,9 +12,10 @@ use serde_json::Value;
 
 use crate::api::types::{
     AddAgency, Added, AgencyView, AuditEntry, BrokerIssued, DeadBody, DeadFilter, DeadOutcome,
-    EnvelopeQuery, EnvelopeView, ErrorBody, FullReport, HistoryQuery, Import, Issued, ListQuery,
-    MessageView, PresenceHistory, PresenceView, PurgeReport, QueueRow, RabbitDefinitions,
-    RemoveQuery, Removed, ReportQuery, Rotate, Rotated, Shape, StoreStats, VerifyReport,
+    EnvelopeQuery, EnvelopeView, ErrorBody, FullReport, HistoryQuery, Import, InstanceView, Issued,
+    ListQuery, MessageView, PresenceHistory, PresenceView, PurgeReport, QueueRow,
+    RabbitDefinitions, RemoveQuery, Removed, ReportQuery, Rotate, Rotated, Shape, StoreStats,
+    VerifyReport,
 };
 use crate::cli::CliError;
 use crate::core::code::AgencyCode;
@@ -290,6 +291,11 @@ impl Admin {
     /// `GET /v1/report`.
     pub async fn report(&self, q: &ReportQuery) -> Result<FullReport, CliError> {
         self.get(&with_query("/v1/report", q)).await
+    }
+
+    /// `GET /v1/instances`.
+    pub async fn instances(&self) -> Result<Vec<InstanceView>, CliError> {
+        self.get("/v1/instances").await
     }
 
     /// `GET /v1/store/stats`.

@@ -26,6 +26,7 @@ mod dead;
 mod envelope;
 mod heartbeat;
 pub mod http;
+mod instances;
 mod notices;
 mod presence;
 mod queue;
@@ -131,6 +132,8 @@ pub enum Command {
     Presence(presence::PresenceArgs),
     /// Send a signed presence heartbeat as an agency (reference adapter).
     Heartbeat(heartbeat::HeartbeatArgs),
+    /// List the running `truc serve` instances of this hub, the leader marked.
+    Instances(instances::InstancesArgs),
 }
 
 /// Runs a command (everything but `serve`).
@@ -150,6 +153,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Report(a) => report::run(&cfg, a).await,
         Command::Store(c) => store::run(&cfg, c).await,
         Command::Presence(a) => presence::run(&cfg, a).await,
+        Command::Instances(a) => instances::run(&cfg, a).await,
     }
 }
 

@@ -2,7 +2,8 @@
 //! defaults, then environment overrides (`TRUC_AMQP_URL`, `TRUC_AMQP_CA_FILE`,
 //! `TRUC_DATA_DIR`, `TRUC_ADMIN_ADDR`, `TRUC_ADMIN_TOKEN`, `TRUC_ADMIN_TLS_CERT`,
 //! `TRUC_ADMIN_TLS_KEY`, `TRUC_ADMIN_CA_FILE`, `TRUC_METRICS_REQUIRE_TOKEN`,
-//! `TRUC_PREFIX`, `TRUC_MASTER_KEY`, `TRUC_STORE_ANCHOR_FILE`, `TRUC_TIME_ZONE`).
+//! `TRUC_PREFIX`, `TRUC_MASTER_KEY`, `TRUC_STORE_ANCHOR_FILE`, `TRUC_TIME_ZONE`,
+//! `TRUC_INSTANCE_ID`).
 //!
 //! Invariants: a [`Config`] returned by [`Config::load`] is validated; a CA
 //! file named for `amqps://` holds at least one PEM certificate, and one named
@@ -270,6 +271,13 @@ pub struct Config {
     /// reports cut days, weeks and months, and how they show times.
     #[serde(default = "default_time_zone")]
     pub time_zone: String,
+    /// This instance's id among the `truc serve` processes sharing one
+    /// store (`TRUC_INSTANCE_ID`): 1-64 of `A-Z a-z 0-9 . _ -`, unique
+    /// among them; shown by `truc instances`, `/healthz` and the
+    /// `truc_instance_info` metric. Default `<hostname>-<pid>` (a new id at
+    /// every start).
+    #[serde(default)]
+    pub instance_id: Option<String>,
 }
 
 impl Default for Config {
@@ -350,6 +358,16 @@ impl Config {
         if let Some(v) = get("TRUC_STORE_URL").filter(|v| !v.is_empty()) {
             self.store_url = Some(v);
         }
+        if let Some(v) = get("TRUC_INSTANCE_ID").filter(|v| !v.is_empty()) {
+            self.instance_id = Some(v);
+        }
+    }
+
+    /// This instance's id: `instance_id`, else `<hostname>-<pid>`.
+    pub fn instance_id(&self) -> String {
+        self.instance_id
+            .clone()
+            .unwrap_or_else(|| default_instance_id(&hostname(), std::process::id()))
     }
 
     /// The sled directory: `<data_dir>/db`.
@@ -613,6 +631,14 @@ impl Config {
                 });
             }
         }
+        if let Some(id) = &self.instance_id {
+            if let Err(problem) = check_instance_id(id) {
+                return Err(ConfigError::Invalid {
+                    key: "instance_id",
+                    problem: format!("(or TRUC_INSTANCE_ID) {problem}"),
+                });
+            }
+        }
         if let Err(e) = crate::core::zone::Zone::parse(&self.time_zone) {
             return Err(ConfigError::Invalid {
                 key: "time_zone",
@@ -699,6 +725,57 @@ pub fn check_admin_token(t: &str) -> Result<(), String> {
         return Err(format!("is shorter than {MIN_ADMIN_TOKEN_LEN} characters"));
     }
     Ok(())
+}
+
+/// Longest instance id.
+pub const MAX_INSTANCE_ID_LEN: usize = 64;
+
+/// Checks an instance id: 1-64 of `A-Z a-z 0-9 . _ -`.
+pub fn check_instance_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > MAX_INSTANCE_ID_LEN {
+        return Err(format!("must be 1-{MAX_INSTANCE_ID_LEN} characters"));
+    }
+    if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
+        return Err("may hold only A-Z a-z 0-9 . _ -".into());
+    }
+    Ok(())
+}
+
+/// The default instance id from a host name and a process id:
+/// `<host>-<pid>`, the host's characters outside `A-Z a-z 0-9 . _ -`
+/// replaced by `-` and the host shortened so the id fits
+/// [`MAX_INSTANCE_ID_LEN`] (`host` when the host name is empty).
+pub fn default_instance_id(hostname: &str, pid: u32) -> String {
+    let tail = format!("-{pid}");
+    let host: String = hostname
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(MAX_INSTANCE_ID_LEN - tail.len())
+        .collect();
+    let host = if host.is_empty() { "host".into() } else { host };
+    format!("{host}{tail}")
+}
+
+/// This machine's host name (`/proc/sys/kernel/hostname`, else
+/// `/etc/hostname`, else `$HOSTNAME`); empty when none can be read.
+pub fn hostname() -> String {
+    ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .chain(std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .find(|h| !h.is_empty())
+        .unwrap_or_default()
 }
 
 /// Writes `text` to a new file `path`, mode 0600, whole or not at all: it is
@@ -813,6 +890,35 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("store_connections"));
+    }
+
+    #[test]
+    fn instance_id_is_checked_and_defaults_to_host_and_pid() {
+        let with = |id: &str| Config {
+            instance_id: Some(id.into()),
+            ..Config::default()
+        };
+        for good in ["a", "hub-1", "node_2.example.vn", &"x".repeat(64)] {
+            with(good).validate().unwrap();
+            assert_eq!(with(good).instance_id(), good);
+        }
+        for bad in ["", "two words", "hub/1", "ổ", &"x".repeat(65), "a\0b"] {
+            let e = with(bad).validate().unwrap_err().to_string();
+            assert!(e.contains("instance_id"), "{bad:?}: {e}");
+        }
+        let mut c = Config::default();
+        c.apply_env(|k| (k == "TRUC_INSTANCE_ID").then(|| "from-env".to_string()));
+        assert_eq!(c.instance_id(), "from-env");
+        // The default: the host name, made valid, and the pid.
+        assert_eq!(default_instance_id("web01", 42), "web01-42");
+        assert_eq!(default_instance_id("máy chủ\n", 7), "m-y-ch--7");
+        assert_eq!(default_instance_id("", 7), "host-7");
+        let long = default_instance_id(&"h".repeat(100), 4_194_304);
+        assert_eq!(long.len(), 64);
+        assert!(long.ends_with("-4194304"));
+        let own = Config::default().instance_id();
+        check_instance_id(&own).unwrap();
+        assert!(own.ends_with(&format!("-{}", std::process::id())), "{own}");
     }
 
     #[test]

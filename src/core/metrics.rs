@@ -181,6 +181,21 @@ pub fn malformed_frame(what: &'static str) {
     metrics::counter!("truc_malformed_frames_total", "what" => what).increment(1);
 }
 
+/// This instance and its role (`leader` or `follower`): the series of the
+/// role it is in is 1, that of the other role 0, so a query on
+/// `truc_instance_info == 1` lists every instance once with its role.
+pub fn instance_info(instance: &str, role: &'static str) {
+    for r in ["leader", "follower"] {
+        metrics::gauge!("truc_instance_info", "instance" => instance.to_owned(), "role" => r)
+            .set(if r == role { 1.0 } else { 0.0 });
+    }
+}
+
+/// Whether this instance holds the leader lease (1) or not (0).
+pub fn leader(is_leader: bool) {
+    metrics::gauge!("truc_leader").set(if is_leader { 1.0 } else { 0.0 });
+}
+
 #[cfg(test)]
 mod tests {
     /// Every metric the Grafana dashboard queries is emitted here.

@@ -1,6 +1,7 @@
 //! The context every operator action and admin call runs against: the
 //! running hub's configuration, store, registry, topology, router, current
-//! broker link and presence book. `truc serve` builds it once.
+//! broker link, presence book, and this instance's id, lease and role among
+//! the instances sharing the store. `truc serve` builds it once.
 
 use std::sync::Arc;
 
@@ -8,6 +9,8 @@ use crate::broker::LinkSlot;
 use crate::core::config::Config;
 use crate::core::topology::Topology;
 use crate::router::Router;
+use crate::state::instances::InstanceBook;
+use crate::state::lease::{Lease, Role};
 use crate::state::presence::PresenceBook;
 use crate::state::registry::Registry;
 use crate::state::store::Store;
@@ -30,4 +33,26 @@ pub struct Hub {
     pub admin_token: String,
     /// Presence states and connection history.
     pub presence: PresenceBook,
+    /// This instance's id.
+    pub instance_id: String,
+    /// This instance's side of the leader lease.
+    pub lease: Arc<Lease>,
+    /// The role the leader task last published (for waking on a change).
+    pub role: tokio::sync::watch::Receiver<Role>,
+    /// The records of the running instances.
+    pub instances: InstanceBook,
+}
+
+impl Hub {
+    /// Whether this instance may do leader-only work now: it holds the
+    /// lease with more than the skew margin left
+    /// ([`Lease::role_at`], no store access).
+    pub fn leads(&self) -> bool {
+        self.lease.role_at(crate::core::time::now_ms()).is_leader()
+    }
+
+    /// This instance's role now, as [`Hub::leads`] judges it.
+    pub fn role_now(&self) -> Role {
+        self.lease.role_at(crate::core::time::now_ms())
+    }
 }

@@ -18,7 +18,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{AmqpError, BrokerTls, Link, LinkSlot};
+use crate::broker::{AmqpError, BrokerTls, Link};
 use crate::core::checkpoint::{Checkpoint, CheckpointKey};
 use crate::core::config::Config;
 use crate::core::message::Message;
@@ -376,9 +376,10 @@ async fn publish(
 }
 
 /// Keeps the broker's copy current: every [`BROKER_COPY_EVERY`] the newest
-/// checkpoint, if it changed, goes to the anchor queue over the hub's link.
+/// checkpoint, if it changed, goes to the anchor queue over the hub's link,
+/// while this instance leads (one writer of the copy).
 pub async fn keep_broker_copy(
-    link: LinkSlot,
+    hub: Arc<crate::operator::Hub>,
     mut latest: watch::Receiver<Option<Checkpoint>>,
     queue: String,
     check_state: (Arc<AtomicBool>, CheckpointKey),
@@ -396,10 +397,11 @@ pub async fn keep_broker_copy(
         let Some(cp) = *latest.borrow_and_update() else {
             continue;
         };
-        if cp.serial == published || !checked.load(Ordering::SeqCst) {
+        // One writer of the broker's copy: the leader (serve::leader).
+        if cp.serial == published || !checked.load(Ordering::SeqCst) || !hub.leads() {
             continue;
         }
-        let Some(l) = link.borrow().clone() else {
+        let Some(l) = hub.link.borrow().clone() else {
             continue;
         };
         match publish(&l, &queue, &cp, &key).await {

@@ -14,9 +14,14 @@
 //! again; each delivery carries the floor in force when it arrived; a
 //! message that failed on the store is held, unacked, until the store can
 //! write again; `/healthz` and the `truc_healthy` gauges are one evaluation,
-//! every [`HEALTH_EVERY`] for the gauges.
+//! every [`HEALTH_EVERY`] for the gauges; work that must happen once across
+//! the instances sharing a store runs only while this instance leads
+//! ([`leader`] lists which); the registry cache is refreshed every
+//! [`crate::state::registry::REFRESH_EVERY`], so a change made through
+//! another instance takes effect here within a second.
 
 pub mod integrity;
+pub mod leader;
 pub mod presence;
 
 use std::collections::{HashMap, HashSet};
@@ -125,6 +130,8 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
     } = integrity::open_store(&config, &master).map_err(ServiceError::Integrity)?;
     let flusher = store.start_flusher();
     let registry = Registry::open(store.clone(), master)?;
+    let (leadership, role) = leader::start(&store, &config);
+    let leadership = Arc::new(leadership);
     let admin_token = config
         .resolve_admin_token(true)
         .map_err(|e| ServiceError::AdminToken(e.to_string()))?;
@@ -146,6 +153,10 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
         router,
         link: link_rx,
         admin_token,
+        instance_id: leadership.id().to_owned(),
+        lease: leadership.lease.clone(),
+        role,
+        instances: leadership.instances.clone(),
     });
     // The gauges /metrics shows from the start.
     metrics::store_writable(true);
@@ -155,7 +166,9 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
     let listener = tokio::net::TcpListener::bind(config.admin_socket()?)
         .await
         .map_err(ServiceError::Admin)?;
-    tracing::info!(addr = %config.admin_addr, https = admin_tls.is_some(), data_dir = %config.data_dir.display(), prefix = %config.prefix, "truc serving");
+    tracing::info!(addr = %config.admin_addr, https = admin_tls.is_some(), data_dir = %config.data_dir.display(), prefix = %config.prefix, instance = %hub.instance_id, role = hub.role_now().as_str(), "truc serving");
+    tracker.spawn(leadership.clone().run(shutdown.clone()));
+    tracker.spawn(sync_registry(hub.clone(), shutdown.clone()));
     tracker.spawn(crate::api::serve(
         hub.clone(),
         listener,
@@ -166,7 +179,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
     tracker.spawn(reload_on_sighup(hub.clone(), shutdown.clone()));
     let anchor_queue = integrity::anchor_queue(&hub.topology).name;
     tracker.spawn(integrity::keep_broker_copy(
-        hub.link.clone(),
+        hub.clone(),
         checkpoints.clone(),
         anchor_queue.clone(),
         (start_check.checked.clone(), start_check.key().clone()),
@@ -181,12 +194,16 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
     tracker.close();
     tracker.wait().await;
     hub.router.flush_quarantined(crate::core::time::now_ms());
+    let led = hub.leads();
+    leadership.stop();
     store.flush()?;
     flusher.abort();
     if let Some(e) = refused {
         return Err(ServiceError::Integrity(e));
     }
-    integrity::final_broker_copy(&config, &anchor_queue, &checkpoints, &start_check).await;
+    if led {
+        integrity::final_broker_copy(&config, &anchor_queue, &checkpoints, &start_check).await;
+    }
     tracing::info!("truc stopped");
     Ok(())
 }
@@ -209,6 +226,38 @@ async fn reload_on_sighup(hub: Arc<Hub>, shutdown: CancellationToken) {
     }
 }
 
+/// Reloads the registry cache when another instance changed the registry,
+/// every [`crate::state::registry::REFRESH_EVERY`].
+async fn sync_registry(hub: Arc<Hub>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(crate::state::registry::REFRESH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let failing = Alarm::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => match hub.registry.refresh() {
+                Ok(reloaded) => {
+                    if let Some(lasted) = failing.clear(std::time::Instant::now()) {
+                        tracing::info!(lasted_s = lasted.as_secs(), "registry refreshed again");
+                    }
+                    if reloaded {
+                        tracing::debug!(agencies = hub.registry.len(), "registry changed on another instance; reloaded");
+                        metrics::agencies(hub.registry.len());
+                    }
+                }
+                Err(e) => match failing.raise(std::time::Instant::now()) {
+                    Say::Started => tracing::warn!(error = %e, retryable = e.is_retryable(), "registry not refreshed; will retry"),
+                    Say::Reminder { suppressed, lasting } => tracing::warn!(error = %e, suppressed, lasting_s = lasting.as_secs(), "registry still not refreshed"),
+                    Say::Quiet => {}
+                },
+            },
+        }
+    }
+}
+
+/// Periodic upkeep. Per instance: health, the audit backlog, quarantine
+/// summaries, depth sampling, gauges, the data directory's permissions.
+/// Leader only ([`Hub::leads`]): the retention and nonce sweeps.
 async fn housekeeping(hub: Arc<Hub>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(30));
     let mut sample = tokio::time::interval(hub.config.depth_sample_interval());
@@ -229,18 +278,20 @@ async fn housekeeping(hub: Arc<Hub>, shutdown: CancellationToken) {
             }
             _ = sample.tick() => crate::operator::queues::sample(&hub).await,
             _ = retention.tick() => {
-                match crate::state::retention::sweep(
-                    &hub.store,
-                    hub.router.audit(),
-                    crate::core::time::now_ms(),
-                    hub.config.envelope_retention(),
-                    hub.config.audit_retention(),
-                )
-                .await
-                {
-                    Ok((e, a)) if e + a > 0 => tracing::info!(envelopes = e, audit_entries = a, "retention sweep"),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, retryable = e.is_retryable(), "retention sweep failed"),
+                if hub.leads() {
+                    match crate::state::retention::sweep(
+                        &hub.store,
+                        hub.router.audit(),
+                        crate::core::time::now_ms(),
+                        hub.config.envelope_retention(),
+                        hub.config.audit_retention(),
+                    )
+                    .await
+                    {
+                        Ok((e, a)) if e + a > 0 => tracing::info!(envelopes = e, audit_entries = a, "retention sweep"),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, retryable = e.is_retryable(), "retention sweep failed"),
+                    }
                 }
                 match hub.router.audit().len() {
                     Ok(n) => metrics::audit_entries(n),
@@ -249,10 +300,12 @@ async fn housekeeping(hub: Arc<Hub>, shutdown: CancellationToken) {
             }
             _ = tick.tick() => {
                 hub.router.roll_quarantined(crate::core::time::now_ms());
-                match hub.router.sweep_nonces(crate::core::time::now_ms()) {
-                    Ok(n) if n > 0 => tracing::debug!(swept = n, "expired nonces removed"),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "nonce sweep failed"),
+                if hub.leads() {
+                    match hub.router.sweep_nonces(crate::core::time::now_ms()) {
+                        Ok(n) if n > 0 => tracing::debug!(swept = n, "expired nonces removed"),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "nonce sweep failed"),
+                    }
                 }
                 metrics::agencies(hub.registry.len());
                 metrics::store_bytes(hub.store.size_on_disk());
@@ -826,7 +879,8 @@ async fn run_ingress(
     }
 }
 
-/// Expires destinations whose `lgsp-deliver-by` passed, once a second.
+/// Expires destinations whose `lgsp-deliver-by` passed, once a second,
+/// while this instance leads.
 async fn deadlines(
     hub: Arc<Hub>,
     outbox: Arc<LinkOutbox>,
@@ -837,11 +891,16 @@ async fn deadlines(
     loop {
         tokio::select! {
             _ = stop.cancelled() => return Ok(()),
-            _ = tick.tick() => match hub.router.sweep_deadlines(outbox.as_ref(), crate::core::time::now_ms()).await {
-                Ok(0) => {}
-                Ok(n) => metrics::deadlines_swept(n),
-                Err(e) => tracing::warn!(error = %e, "deadline sweep failed; will retry"),
-            },
+            _ = tick.tick() => {
+                if !hub.leads() {
+                    continue;
+                }
+                match hub.router.sweep_deadlines(outbox.as_ref(), crate::core::time::now_ms()).await {
+                    Ok(0) => {}
+                    Ok(n) => metrics::deadlines_swept(n),
+                    Err(e) => tracing::warn!(error = %e, "deadline sweep failed; will retry"),
+                }
+            }
         }
     }
 }

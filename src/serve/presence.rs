@@ -3,16 +3,28 @@
 //! connection history in sled, and sends the delay warnings and bounces that
 //! [`crate::core::presence::due`] finds.
 //!
+//! Among several instances sharing a store, only the leader
+//! ([`crate::serve::leader`]) observes and decides: it polls, records
+//! transitions and sends notices. A heartbeat reaches whichever instance
+//! consumed it; a follower relays it through the store
+//! ([`crate::state::relay`]) and the leader takes relayed heartbeats every
+//! [`crate::state::relay::TAKE_EVERY`], applying each with the time the
+//! follower received it. An instance that becomes leader first reloads every
+//! agency's state from the store, as the previous leader saved it.
+//!
 //! Invariants:
 //! - every transition the state machine produces is written to the
 //!   `presence_log` tree with its timestamp before the next observation;
 //! - without a broker link nothing is observed (no polls, no heartbeats
 //!   arrive) and nothing is decided: states stay as they were;
+//! - only while [`Hub::leads`] are observations applied and notices sent;
+//!   a heartbeat older than the last one applied for its agency (a relayed
+//!   one overtaken by a direct one) is ignored, so the latest signal wins;
 //! - a notice is sent only through [`Router::offline_notice`], which checks
 //!   and records it in the envelope's timeline under the envelope's lock, so
 //!   restarts do not repeat it; the `pending` index flags are a cache of that.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +42,7 @@ use crate::core::time::{format_duration, now_ms};
 use crate::operator::Hub;
 use crate::router::{Heartbeat, OfflineFacts, OfflineNotice, Router, RouterError};
 use crate::state::presence::{PresenceBook, PresenceError as BookError};
+use crate::state::relay::{HeartbeatRelay, Relayed, TAKE_EVERY};
 use crate::state::store::StoreError;
 
 /// Passive declares in flight at once during a poll (one channel each).
@@ -73,45 +86,60 @@ struct Task {
     book: PresenceBook,
     tracker: Tracker,
     saved: BTreeMap<AgencyCode, AgencyPresence>,
+    /// Whether this instance led at the last look (its tracker is current).
+    leading: bool,
+    /// When the last heartbeat applied for each agency was taken.
+    last_heartbeat: HashMap<AgencyCode, i64>,
+    relay: HeartbeatRelay,
 }
 
-/// Runs presence until `shutdown`: a poll round every `poll_interval` (read
-/// from the policies each round), heartbeats as they come.
+/// Runs presence until `shutdown`: while this instance leads, a poll round
+/// every `poll_interval` (read from the policies each round), heartbeats as
+/// they come and relayed ones every [`TAKE_EVERY`]; while it follows, the
+/// heartbeats it receives are relayed to the leader.
 pub async fn run(
     hub: Arc<Hub>,
     mut heartbeats: mpsc::Receiver<Heartbeat>,
     shutdown: CancellationToken,
 ) {
     let policy = hub.router.policies().presence.clone();
-    let book = hub.presence.clone();
-    let mut tracker = Tracker::new(policy.heartbeat_window);
-    let mut saved = BTreeMap::new();
-    match book.load() {
-        Ok(all) => {
-            for (code, p) in all {
-                saved.insert(code.clone(), p.clone());
-                tracker.restore(code, p);
-            }
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "presence states not loaded; starting from observations")
-        }
-    }
     let mut task = Task {
         probe: None,
+        book: hub.presence.clone(),
+        relay: HeartbeatRelay::new(hub.store.clone()),
+        tracker: Tracker::new(policy.heartbeat_window),
+        saved: BTreeMap::new(),
+        leading: false,
+        last_heartbeat: HashMap::new(),
         hub,
-        book,
-        tracker,
-        saved,
     };
+    task.follow_role();
     let mut next = tokio::time::Instant::now();
+    let mut take = tokio::time::interval(TAKE_EVERY);
+    take.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            Some(hb) = heartbeats.recv() => task.heartbeat(hb),
+            Some(hb) = heartbeats.recv() => {
+                task.follow_role();
+                if task.leading {
+                    task.heartbeat(hb);
+                } else {
+                    task.relay_out(&hb);
+                }
+            }
+            _ = take.tick() => {
+                task.follow_role();
+                if task.leading {
+                    task.take_relayed();
+                }
+            }
             _ = tokio::time::sleep_until(next) => {
                 let interval = task.hub.router.policies().presence.poll_interval;
-                task.round().await;
+                task.follow_role();
+                if task.leading {
+                    task.round().await;
+                }
                 next = tokio::time::Instant::now() + interval;
             }
         }
@@ -119,9 +147,83 @@ pub async fn run(
 }
 
 impl Task {
+    /// Notes whether this instance leads; when it just became leader, the
+    /// states are reloaded from the store (the previous leader's).
+    fn follow_role(&mut self) {
+        let leads = self.hub.leads();
+        if leads && !self.leading {
+            self.load();
+        } else if !leads && self.leading {
+            tracing::info!("presence decisions left to the leader instance");
+        }
+        self.leading = leads;
+    }
+
+    /// Replaces the tracker with the states persisted in the store.
+    fn load(&mut self) {
+        let policy = self.hub.router.policies().presence.clone();
+        self.tracker = Tracker::new(policy.heartbeat_window);
+        self.saved.clear();
+        self.last_heartbeat.clear();
+        match self.book.load() {
+            Ok(all) => {
+                for (code, p) in all {
+                    self.saved.insert(code.clone(), p.clone());
+                    self.tracker.restore(code, p);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "presence states not loaded; starting from observations")
+            }
+        }
+    }
+
+    /// A follower's heartbeat, left in the store for the leader.
+    fn relay_out(&self, hb: &Heartbeat) {
+        let relayed = Relayed {
+            online: hb.online,
+            at_ms: hb.at_ms,
+        };
+        if let Err(e) = self.relay.put(&hb.code, &relayed) {
+            // Heartbeats repeat: one lost costs nothing lasting.
+            tracing::warn!(from = %hb.code, error = %e, retryable = e.is_retryable(), "heartbeat not relayed to the leader");
+        }
+    }
+
+    /// Applies the heartbeats followers relayed, but for those older than
+    /// the heartbeat window (left over a long leaderless time, or restored
+    /// from a backup): they no longer say anything about now.
+    fn take_relayed(&mut self) {
+        let window = self.hub.router.policies().presence.heartbeat_window;
+        let oldest = now_ms() - window.as_millis() as i64;
+        match self.relay.take() {
+            Ok(all) => {
+                for (code, r) in all {
+                    if r.at_ms < oldest {
+                        continue;
+                    }
+                    self.heartbeat(Heartbeat {
+                        code,
+                        online: r.online,
+                        at_ms: r.at_ms,
+                    });
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retryable = e.is_retryable(), "relayed heartbeats not taken; next time")
+            }
+        }
+    }
+
     fn heartbeat(&mut self, hb: Heartbeat) {
         if self.hub.registry.get(&hb.code).is_none() {
             return;
+        }
+        match self.last_heartbeat.get(&hb.code) {
+            Some(&last) if last > hb.at_ms => return,
+            _ => {
+                self.last_heartbeat.insert(hb.code.clone(), hb.at_ms);
+            }
         }
         let obs = Observation::Heartbeat { online: hb.online };
         let t = self.tracker.observe(&hb.code, obs, hb.at_ms);
@@ -167,6 +269,7 @@ impl Task {
         let known: std::collections::HashSet<AgencyCode> =
             agencies.iter().map(|a| a.code.clone()).collect();
         self.tracker.retain(|c| known.contains(c));
+        self.last_heartbeat.retain(|c, _| known.contains(c));
         let link = self.hub.link.borrow().clone();
         let Some(link) = link else {
             tracing::debug!("presence round skipped: no broker link");
@@ -256,6 +359,10 @@ impl Task {
         for (dest, p) in self.tracker.iter() {
             if p.state == crate::core::presence::State::Online {
                 continue;
+            }
+            if !self.hub.leads() {
+                // Lost the lease meanwhile: the new leader goes on.
+                return Ok(());
             }
             for (from, mid, mut pend) in tracking.pending_for(dest)? {
                 let priority = Priority::new(pend.priority).unwrap_or(Priority::NORMAL);

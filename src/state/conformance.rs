@@ -12,8 +12,11 @@ use crate::core::code::AgencyCode;
 use crate::core::secrets::MasterKey;
 use crate::state::audit::{Audit, AuditEvent};
 use crate::state::backup;
+use crate::state::instances::{InstanceBook, InstanceInfo};
+use crate::state::lease::{Lease, Role};
 use crate::state::pg::testdb::TestDb;
 use crate::state::registry::Registry;
+use crate::state::relay::{HeartbeatRelay, Relayed};
 use crate::state::replay::{NonceCheck, Nonces};
 use crate::state::store::Store;
 use crate::state::tracking::{Routing, Tracking};
@@ -82,6 +85,9 @@ conformance!(
     audit_writers_on_two_instances_keep_one_chain,
     a_routing_claim_is_exclusive,
     a_nonce_is_fresh_once_across_instances,
+    one_lease_holder_across_instances,
+    registry_refresh_brings_another_instances_changes,
+    instance_records_and_relayed_heartbeats_cross_instances,
 );
 
 fn entries(
@@ -386,4 +392,71 @@ fn a_nonce_is_fresh_once_across_instances(b: &Backend) {
         n2.check_and_remember("AK1", "n", "m1", far, 0).unwrap(),
         NonceCheck::SameMessage
     );
+}
+
+fn one_lease_holder_across_instances(b: &Backend) {
+    // Random interleavings, each instance on its own handle.
+    crate::state::lease::simulate_interleavings(|| b.open(), 0..3);
+    // A clean handover between two handles.
+    let t = 100_000_000;
+    let (x, y) = (Lease::new(b.open(), "x"), Lease::new(b.open(), "y"));
+    let first = x.tick(t).unwrap();
+    let Role::Leader { term } = first else {
+        panic!("{first:?}")
+    };
+    assert_eq!(
+        y.tick(t + 1).unwrap(),
+        Role::Follower {
+            leader: Some("x".into())
+        }
+    );
+    assert!(x.release(t + 2).unwrap());
+    assert_eq!(y.tick(t + 3).unwrap(), Role::Leader { term: term + 1 });
+    assert!(!x.tick(t + 4).unwrap().is_leader());
+}
+
+fn registry_refresh_brings_another_instances_changes(b: &Backend) {
+    let mk = || MasterKey::parse(&"5a".repeat(32)).unwrap();
+    let one = Registry::open(b.open(), mk()).unwrap();
+    let two = Registry::open(b.open(), mk()).unwrap();
+    let code = AgencyCode::parse("H37.DN.002").unwrap();
+    one.add(code.clone(), "Sở Tư pháp", None).unwrap();
+    assert!(two.get(&code).is_none());
+    assert!(two.refresh().unwrap());
+    assert!(two.get(&code).unwrap().agency.enabled);
+    two.set_enabled(&code, false).unwrap();
+    assert!(one.refresh().unwrap());
+    assert!(!one.get(&code).unwrap().agency.enabled);
+    assert!(!one.refresh().unwrap(), "once per change");
+    one.remove(&code).unwrap();
+    assert!(two.refresh().unwrap());
+    assert!(two.get(&code).is_none());
+}
+
+fn instance_records_and_relayed_heartbeats_cross_instances(b: &Backend) {
+    let now = crate::core::time::now_ms();
+    let me = InstanceInfo {
+        id: "hub-1".into(),
+        host: "h1".into(),
+        pid: 1,
+        version: "0".into(),
+        started_ms: now,
+        seen_ms: now,
+        admin_addr: "127.0.0.1:1".into(),
+    };
+    InstanceBook::new(b.open()).beat(&me, now).unwrap();
+    let other = InstanceBook::new(b.open());
+    assert_eq!(other.list(now).unwrap(), vec![me]);
+    other.remove("hub-1").unwrap();
+    assert!(InstanceBook::new(b.open()).list(now).unwrap().is_empty());
+
+    let code = AgencyCode::parse("H37.DN.003").unwrap();
+    let hb = Relayed {
+        online: true,
+        at_ms: now,
+    };
+    HeartbeatRelay::new(b.open()).put(&code, &hb).unwrap();
+    let leader = HeartbeatRelay::new(b.open());
+    assert_eq!(leader.take().unwrap(), vec![(code, hb)]);
+    assert!(leader.take().unwrap().is_empty());
 }

@@ -16,7 +16,11 @@
 //! - `presence_log`: `code \0 at_ms (u64) seq (u32)`
 //! - `audit`: `seq (u64)`
 //! - `meta`: `drained \0 code` (when a source's queue was last seen empty,
-//!   [`crate::state::drained`]); other `meta` keys are single names.
+//!   [`crate::state::drained`]), `instance \0 id` (a running instance,
+//!   [`crate::state::instances`]), `relay \0 heartbeat \0 code` (a heartbeat
+//!   for the leader, [`crate::state::relay`]); other `meta` keys are single
+//!   names (`leader`: [`crate::state::lease`]; `registry_version`:
+//!   [`crate::state::registry`]).
 //! - `agencies`, `keys`, `presence`: one text field (the code or access key).
 //!
 //! Invariant: text fields never contain `\0` (agency codes, message ids,

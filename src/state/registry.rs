@@ -23,9 +23,20 @@
 //! can verify everything — and with the newest key otherwise
 //! ([`Agency::signing_key`]). A rotation records the key in use before it
 //! when nothing is recorded yet.
+//!
+//! Several instances sharing one store each hold a cache: every write that
+//! changes what the cache holds bumps the `meta` counter `registry_version`
+//! (under the cache lock, before the write is flushed), and
+//! [`Registry::refresh`] (called every [`REFRESH_EVERY`] by `truc serve`)
+//! reloads the cache when the counter moved past what this instance last
+//! loaded or wrote itself. A reload swaps the cache only if the counter did
+//! not move while it loaded, so a cache never goes back to older contents
+//! than a write this instance made.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use rand::Rng;
 use rsa::RsaPublicKey;
@@ -211,6 +222,22 @@ pub struct Registry {
     store: Store,
     cache: Arc<RwLock<Cache>>,
     master: MasterKey,
+    /// The `registry_version` the cache reflects.
+    seen: Arc<AtomicU64>,
+}
+
+/// How often `truc serve` calls [`Registry::refresh`].
+pub const REFRESH_EVERY: Duration = Duration::from_millis(500);
+
+/// The `meta` key of the registry's change counter (u64, big-endian).
+const VERSION_KEY: &[u8] = b"registry_version";
+
+fn read_version(store: &Store) -> Result<u64, RegistryError> {
+    Ok(store
+        .meta()
+        .get(VERSION_KEY)?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+        .map_or(0, u64::from_be_bytes))
 }
 
 const KEY_ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
@@ -265,6 +292,31 @@ impl Registry {
     /// Loads every agency from `store`, opening secrets with `master`;
     /// plaintext secrets left by older versions are sealed and rewritten.
     pub fn open(store: Store, master: MasterKey) -> Result<Self, RegistryError> {
+        let version = read_version(&store)?;
+        let (cache, migrated) = Self::load(&store, &master, true)?;
+        if migrated > 0 {
+            store.flush()?;
+            tracing::info!(
+                agencies = migrated,
+                "plaintext secrets sealed with the master key"
+            );
+        }
+        Ok(Self {
+            store,
+            cache: Arc::new(RwLock::new(cache)),
+            master,
+            seen: Arc::new(AtomicU64::new(version)),
+        })
+    }
+
+    /// Reads every agency and last-used key into a fresh cache; with
+    /// `migrate`, plaintext secrets are sealed and rewritten (unflushed;
+    /// returns how many agencies).
+    fn load(
+        store: &Store,
+        master: &MasterKey,
+        migrate: bool,
+    ) -> Result<(Cache, usize), RegistryError> {
         let mut cache = Cache::default();
         let mut migrated = 0usize;
         for item in store.agencies().iter() {
@@ -283,10 +335,10 @@ impl Registry {
                     plain = true;
                 }
             }
-            if plain {
+            if plain && migrate {
                 store
                     .agencies()
-                    .insert(k, codec::encode(&sealed(&master, &agency))?)?;
+                    .insert(k, codec::encode(&sealed(master, &agency))?)?;
                 migrated += 1;
             }
             for k in &agency.keys {
@@ -307,18 +359,51 @@ impl Registry {
                 .last_used
                 .insert(code, String::from_utf8_lossy(&v).into_owned());
         }
-        if migrated > 0 {
-            store.flush()?;
-            tracing::info!(
-                agencies = migrated,
-                "plaintext secrets sealed with the master key"
-            );
+        Ok((cache, migrated))
+    }
+
+    /// Reloads the cache when another instance changed the registry since
+    /// this one last loaded or wrote it; returns whether it reloaded. A
+    /// change made while it loads leaves the cache as it was, for the next
+    /// call.
+    pub fn refresh(&self) -> Result<bool, RegistryError> {
+        let version = read_version(&self.store)?;
+        if version == self.seen.load(Ordering::SeqCst) {
+            return Ok(false);
         }
-        Ok(Self {
-            store,
-            cache: Arc::new(RwLock::new(cache)),
-            master,
-        })
+        let (fresh, _) = Self::load(&self.store, &self.master, false)?;
+        let mut cache = self.cache_mut();
+        // Writes of this instance bump the counter under this lock: equal
+        // means nothing was written since `fresh` was read.
+        if read_version(&self.store)? != version {
+            return Ok(false);
+        }
+        *cache = fresh;
+        self.seen.store(version, Ordering::SeqCst);
+        Ok(true)
+    }
+
+    /// Bumps `registry_version` after a write to the cached records; the
+    /// caller holds the cache lock and flushes after. When nobody else
+    /// changed the registry since this cache was loaded, the cache stays
+    /// current with the new count.
+    fn bump(&self) -> Result<(), StoreError> {
+        let before = self.store.meta().fetch_and_update(VERSION_KEY, |old| {
+            let n = old
+                .and_then(|v| <[u8; 8]>::try_from(v).ok())
+                .map_or(0, u64::from_be_bytes);
+            Some(n.wrapping_add(1).to_be_bytes().to_vec())
+        })?;
+        let before = before
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map_or(0, u64::from_be_bytes);
+        let _ = self.seen.compare_exchange(
+            before,
+            before.wrapping_add(1),
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
+        Ok(())
     }
 
     fn cache(&self) -> std::sync::RwLockReadGuard<'_, Cache> {
@@ -381,6 +466,7 @@ impl Registry {
         let broker = self.issue_broker_password(&code)?;
         cache.by_key.insert(key.access_key.clone(), code.clone());
         cache.by_code.insert(code.clone(), Arc::new(entry(agency)?));
+        self.bump()?;
         Ok(Issued {
             code,
             name: name.to_owned(),
@@ -465,6 +551,7 @@ impl Registry {
         self.store
             .last_keys()
             .insert(code.as_str(), access_key.as_bytes())?;
+        self.bump()?;
         self.store.flush()?;
         cache.last_used.insert(code.clone(), access_key.to_owned());
         Ok(())
@@ -514,6 +601,7 @@ impl Registry {
             agency.code.as_str(),
             codec::encode(&sealed(&self.master, &agency))?,
         )?;
+        self.bump()?;
         self.store.flush()?;
         let e = Arc::new(entry(agency)?);
         cache.by_code.insert(e.agency.code.clone(), e.clone());
@@ -606,6 +694,7 @@ impl Registry {
         self.store.broker_users().remove(code.as_str())?;
         self.store.last_keys().remove(code.as_str())?;
         cache.last_used.remove(code);
+        self.bump()?;
         self.store.flush()?;
         Ok(entry.agency.clone())
     }
@@ -814,6 +903,71 @@ mod tests {
         assert_eq!(key.secret, issued.secret);
         assert!(reg.by_key("AKNOPE", now_ms()).is_none());
         assert_eq!(reg.list().len(), 1);
+    }
+
+    #[test]
+    fn another_instance_sees_changes_after_refresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let one = Registry::open(store.clone(), mk()).unwrap();
+        let two = Registry::open(store.clone(), mk()).unwrap();
+        let a = AgencyCode::parse("A1").unwrap();
+        assert!(!two.refresh().unwrap(), "nothing changed yet");
+        let issued = one.add(a.clone(), "A", None).unwrap();
+        assert!(two.get(&a).is_none(), "not before a refresh");
+        assert!(two.refresh().unwrap());
+        assert_eq!(two.get(&a).unwrap().agency.name, "A");
+        assert!(two.by_key(&issued.access_key, now_ms()).is_some());
+        // Its own write does not make the writer reload.
+        assert!(!one.refresh().unwrap());
+        assert!(!two.refresh().unwrap(), "reloaded once per change");
+        // Disabled through the other one.
+        two.set_enabled(&a, false).unwrap();
+        assert!(one.get(&a).unwrap().agency.enabled);
+        assert!(one.refresh().unwrap());
+        assert!(!one.get(&a).unwrap().agency.enabled);
+        // Rotated: the new key works on both, the old one's expiry too.
+        let (rotated, _) = one.rotate_key(&a, std::time::Duration::ZERO).unwrap();
+        assert!(two.refresh().unwrap());
+        let now = now_ms() + 1;
+        assert!(two.by_key(&rotated.access_key, now).is_some());
+        assert!(two.by_key(&issued.access_key, now).is_none());
+        // The key last used follows too.
+        two.note_used(&a, &rotated.access_key).unwrap();
+        assert!(one.refresh().unwrap());
+        assert_eq!(
+            one.last_used(&a).as_deref(),
+            Some(rotated.access_key.as_str())
+        );
+        // Removed.
+        one.remove(&a).unwrap();
+        assert!(two.refresh().unwrap());
+        assert!(two.get(&a).is_none());
+        assert!(two.by_key(&rotated.access_key, now).is_none());
+        assert!(two.list().is_empty());
+        // A third opened later starts at the current count.
+        let three = Registry::open(store, mk()).unwrap();
+        assert!(!three.refresh().unwrap());
+    }
+
+    #[test]
+    fn writes_on_both_sides_converge() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let one = Registry::open(store.clone(), mk()).unwrap();
+        let two = Registry::open(store.clone(), mk()).unwrap();
+        one.add(AgencyCode::parse("A1").unwrap(), "A", None)
+            .unwrap();
+        // two writes before it refreshed: its count is behind, so its own
+        // write does not mark it current, and the refresh brings A1 in.
+        two.add(AgencyCode::parse("B1").unwrap(), "B", None)
+            .unwrap();
+        assert_eq!(two.len(), 1);
+        assert!(two.refresh().unwrap());
+        assert_eq!(two.len(), 2);
+        assert!(one.refresh().unwrap());
+        assert_eq!(one.len(), 2);
+        assert!(!one.refresh().unwrap() && !two.refresh().unwrap());
     }
 
     fn key(name: &str, expires_at_ms: Option<i64>) -> AccessKey {

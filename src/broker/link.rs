@@ -1,6 +1,8 @@
 //! One broker connection with a publishing channel (confirms on) and
 //! consuming channels.
 
+use std::sync::Arc;
+
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions,
@@ -112,8 +114,10 @@ fn death_of(props: &lapin::BasicProperties) -> Option<Death> {
 pub struct Link {
     conn: Connection,
     publisher: Channel,
-    /// Publishing channels (the first is `publisher`), chosen by routing key.
-    publishers: Vec<Channel>,
+    /// Publishing channels (the first is `publisher`), chosen by routing key,
+    /// each with its turn: one publish in flight per channel (see
+    /// [`Link::publish`]).
+    publishers: Vec<(Channel, Arc<tokio::sync::Mutex<()>>)>,
     /// Channel for declarations: a refused declaration closes it (and only
     /// it), so it is reopened on the next one.
     declarer: tokio::sync::Mutex<Option<Channel>>,
@@ -285,9 +289,9 @@ impl Link {
                 .confirm_select(ConfirmSelectOptions::default())
                 .await
                 .map_err(|e| AmqpError::broker("confirm.select", e))?;
-            publishers.push(publisher);
+            publishers.push((publisher, Arc::default()));
         }
-        let publisher = publishers[0].clone();
+        let publisher = publishers[0].0.clone();
         Ok(Self {
             conn,
             publisher,
@@ -299,7 +303,8 @@ impl Link {
 
     /// True while the connection is usable.
     pub fn is_connected(&self) -> bool {
-        self.conn.status().connected() && self.publishers.iter().all(|p| p.status().connected())
+        self.conn.status().connected()
+            && self.publishers.iter().all(|(p, _)| p.status().connected())
     }
 
     /// Declares every exchange and fixed queue of `topo`.
@@ -372,6 +377,16 @@ impl Link {
 
     /// Publishes `msg` to `msg.exchange` with `msg.routing_key`, persistent
     /// and mandatory, and waits for the broker's confirm.
+    ///
+    /// One publish is in flight per channel at a time. lapin (4.12) hands a
+    /// returned (unroutable) message to whichever confirm it completes next,
+    /// not to the publish it belongs to: the broker sends `basic.return` at
+    /// routing time and the `basic.ack` later, so with several publishes in
+    /// flight the return of one could mark another as unroutable while the
+    /// returned one looked delivered (measured: deliveries lost while an
+    /// inbox's node was down). With one in flight the next confirm is its
+    /// own. The turn is held by a task of its own, so a caller that stops
+    /// waiting does not free the channel before the confirm arrives.
     pub async fn publish(&self, msg: &Message) -> Result<(), AmqpError> {
         // One channel per routing key: messages to the same queue keep the
         // order they were published in (a source's notices, an inbox's deliveries).
@@ -381,23 +396,35 @@ impl Link {
             (&msg.exchange, &msg.routing_key).hash(&mut h);
             (h.finish() as usize) % self.publishers.len()
         };
-        let confirm = self.publishers[i]
-            .basic_publish(
-                ShortString::from(msg.exchange.as_str()),
-                ShortString::from(msg.routing_key.as_str()),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                &msg.body,
-                convert::properties(msg),
-            )
-            .await
-            .map_err(|e| AmqpError::broker("basic.publish", e))?;
-        match confirm
-            .await
-            .map_err(|e| AmqpError::broker("publisher confirm", e))?
-        {
+        let (channel, turn) = &self.publishers[i];
+        let (channel, turn) = (channel.clone(), turn.clone());
+        let (exchange, routing_key) = (msg.exchange.clone(), msg.routing_key.clone());
+        let (body, properties) = (msg.body.clone(), convert::properties(msg));
+        let confirmed = tokio::spawn(async move {
+            let _turn = turn.lock_owned().await;
+            let confirm = channel
+                .basic_publish(
+                    ShortString::from(exchange.as_str()),
+                    ShortString::from(routing_key.as_str()),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    &body,
+                    properties,
+                )
+                .await
+                .map_err(|e| AmqpError::broker("basic.publish", e))?;
+            confirm
+                .await
+                .map_err(|e| AmqpError::broker("publisher confirm", e))
+        })
+        .await
+        .map_err(|e| AmqpError::Broker {
+            op: "publisher confirm",
+            message: e.to_string(),
+        })??;
+        match confirmed {
             Confirmation::Ack(None) => Ok(()),
             Confirmation::Ack(Some(_)) => Err(AmqpError::Unroutable {
                 exchange: msg.exchange.clone(),

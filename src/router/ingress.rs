@@ -37,6 +37,14 @@ use crate::state::registry::Entry;
 use crate::state::replay::NonceCheck;
 use crate::state::tracking::{DestTrack, EnvelopeRecord, Pending, Routing};
 
+/// How often a claim held by another instance is looked at again.
+const CLAIM_POLL: Duration = Duration::from_millis(500);
+
+/// How long a claim held by another instance is waited for: past it the
+/// claim is stale ([`crate::state::tracking::CLAIM_STALE_MS`]) and taken over.
+const CLAIM_WAIT: Duration =
+    Duration::from_millis(crate::state::tracking::CLAIM_STALE_MS as u64 + 2_000);
+
 /// An ingress message whose signature is its sender's.
 pub(super) struct Authenticated {
     pub(super) signed: Signed,
@@ -359,16 +367,31 @@ impl Router {
         }
         // Copies of one envelope handled at once must not both deliver: the
         // dedupe check and the record write happen under the key's lock.
-        let _guard = self.locks.lock(from.as_str(), mid).await;
         // A record still marked as being routed is what a crash (or a failed
         // publish) left half done: route it again, marked as a possible repeat.
-        let routing = self.tracking.routing_state(from, mid, now)?;
-        if let Routing::Elsewhere { owner } = &routing {
-            return Err(RouterError::Pending(format!(
-                "envelope {} from {from} is being routed by another instance ({owner}); it comes again",
-                Escaped(mid)
-            )));
-        }
+        // One another live instance is routing now is waited for here (its
+        // outcome decides: a duplicate, or a claim gone stale with its
+        // instance), not sent back to the queue, whose delivery limit a
+        // crashed instance's claim would otherwise use up.
+        let mut waited = Duration::ZERO;
+        let (_guard, routing) = loop {
+            let guard = self.locks.lock(from.as_str(), mid).await;
+            let at = now + waited.as_millis() as i64;
+            match self.tracking.routing_state(from, mid, at)? {
+                Routing::Elsewhere { owner } => {
+                    drop(guard);
+                    if waited >= CLAIM_WAIT {
+                        return Err(RouterError::Pending(format!(
+                            "envelope {} from {from} is being routed by another instance ({owner}); it comes again",
+                            Escaped(mid)
+                        )));
+                    }
+                    tokio::time::sleep(CLAIM_POLL).await;
+                    waited += CLAIM_POLL;
+                }
+                r => break (guard, r),
+            }
+        };
         let unfinished = matches!(routing, Routing::Unfinished(_));
         if let Some(rec) = self.tracking.get(from, mid)?.filter(|_| !unfinished) {
             if let Some(t) = turn {
@@ -541,7 +564,10 @@ impl Router {
         };
         // The record first (marked as being routed), so whoever hears of the
         // envelope (its destination, its source reading `accepted`) finds it.
-        if !self.tracking.begin_routing(from, mid, &routing, now)? {
+        if !self
+            .tracking
+            .begin_routing(from, mid, &routing, now + waited.as_millis() as i64)?
+        {
             return Err(RouterError::Pending(format!(
                 "envelope {} from {from} was claimed by another instance meanwhile; it comes again",
                 Escaped(mid)

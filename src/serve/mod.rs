@@ -104,8 +104,10 @@ impl ServiceError {
     }
 }
 
-/// Publishing channels of the router's link.
-pub const ROUTER_PUBLISH_CHANNELS: usize = 4;
+/// Publishing channels of the router's link; each has one publish in
+/// flight at a time ([`crate::broker::Link::publish`]), so this is how many
+/// confirms the router waits for at once.
+pub const ROUTER_PUBLISH_CHANNELS: usize = 16;
 
 /// Runs the hub until `shutdown` is cancelled.
 pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), ServiceError> {

@@ -191,6 +191,29 @@ async fn kill_and_restart(hub: &mut TestHub, what: &str, t0: Instant) {
     eprintln!("{:>5.1}s  {what} back", t0.elapsed().as_secs_f64());
 }
 
+/// Waits until `hub` says it is connected to the broker again after its
+/// node was stopped at `since`; prints how long that took.
+async fn reconnected(hub: &TestHub, what: &str, since: Instant) {
+    // First the loss is noticed (unless it reconnects between two looks).
+    let noticed = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < noticed && hub.healthz().await.1["broker_connected"] == true {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while hub.healthz().await.1["broker_connected"] != true {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not reconnect: {}",
+            hub.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "        {what} connected to another node {:.1}s after its node stopped",
+        since.elapsed().as_secs_f64()
+    );
+}
+
 /// Which of the two instances leads now (by `/healthz`).
 async fn leader(a: &TestHub, b: &TestHub) -> Option<usize> {
     for (i, h) in [a, b].into_iter().enumerate() {
@@ -291,7 +314,8 @@ async fn two_instances_on_a_cluster_lose_nothing_through_kills_and_node_losses()
         "{:>5.1}s  node 2 (instance b's) stopped",
         t0.elapsed().as_secs_f64()
     );
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    reconnected(&b, "instance b", Instant::now()).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
     kill_and_restart(&mut b, "instance b", t0).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     cluster.run(&["start-node", "2"]);
@@ -301,7 +325,8 @@ async fn two_instances_on_a_cluster_lose_nothing_through_kills_and_node_losses()
         "{:>5.1}s  node 1 (instance a's) stopped",
         t0.elapsed().as_secs_f64()
     );
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    reconnected(&a, "instance a", Instant::now()).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
     kill_and_restart(&mut a, "instance a", t0).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     cluster.run(&["start-node", "1"]);
@@ -383,10 +408,24 @@ async fn two_instances_on_a_cluster_lose_nothing_through_kills_and_node_losses()
     } else {
         b.kill9();
     }
+    let killed = Instant::now();
     eprintln!(
         "{:>5.1}s  leader ({}) killed",
         t1.elapsed().as_secs_f64(),
         ["a", "b"][lead]
+    );
+    let survivor = if lead == 0 { &b } else { &a };
+    while survivor.healthz().await.1["role"] != "leader" {
+        assert!(
+            killed.elapsed() < Duration::from_secs(60),
+            "no takeover: {}",
+            survivor.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "        the other instance leads {:.1}s after the kill",
+        killed.elapsed().as_secs_f64()
     );
     let mut notify = source.notices(256).await.unwrap();
     let mut warned: HashMap<String, usize> = HashMap::new();

@@ -172,4 +172,28 @@ async fn an_embedded_store_moves_to_postgres_and_a_postgres_store_is_backed_up()
     round_trip(&hub, &src, &dst, "after-restore").await;
     let v = json(&hub.cli(&["audit", "verify", "--json"]));
     assert_eq!(v["ok"], true, "{v}");
+
+    // The database's own drill (docs/CLUSTER.md): pg_dump of the running
+    // hub's database, pg_restore into an empty one, the hub moved onto it.
+    let dump = hub.data.path().join("truc.dump");
+    let url = hub.store_url.clone().unwrap();
+    let o = std::process::Command::new("pg_dump")
+        .args(["--format=custom", "--file", dump.to_str().unwrap(), &url])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "pg_dump: {}", common::stderr(&o));
+    hub.terminate();
+    let db3 = std::sync::Arc::new(truc::testing::TestDb::new());
+    let o = std::process::Command::new("pg_restore")
+        .args(["--no-owner", "--dbname", db3.url(), dump.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "pg_restore: {}", common::stderr(&o));
+    hub.store_url = Some(db3.url().to_owned());
+    hub.db = Some(db3);
+    hub.spawn().await;
+    assert_eq!(show(&hub, "before-move"), timeline);
+    round_trip(&hub, &src, &dst, "after-pg-restore").await;
+    let v = json(&hub.cli(&["audit", "verify", "--json"]));
+    assert_eq!(v["ok"], true, "{v}");
 }

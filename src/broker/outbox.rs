@@ -38,6 +38,9 @@ pub trait Outbox: Send + Sync {
         &self,
         code: &AgencyCode,
     ) -> impl Future<Output = Result<(), PublishError>> + Send;
+    /// Whether the way out still works (a lost broker connection: no; the
+    /// work waiting on it should give up rather than hold up a reconnect).
+    fn is_usable(&self) -> bool;
 }
 
 /// The broker link currently in use, shared with the admin API.
@@ -66,6 +69,10 @@ fn publish_error(e: AmqpError) -> PublishError {
 impl Outbox for LinkOutbox {
     async fn publish(&self, msg: &Message) -> Result<(), PublishError> {
         self.link.publish(msg).await.map_err(publish_error)
+    }
+
+    fn is_usable(&self) -> bool {
+        self.link.is_connected()
     }
 
     async fn declare_agency(&self, code: &AgencyCode) -> Result<(), PublishError> {

@@ -380,7 +380,14 @@ impl Router {
             match self.tracking.routing_state(from, mid, at)? {
                 Routing::Elsewhere { owner } => {
                     drop(guard);
-                    if waited >= CLAIM_WAIT {
+                    // The source's later envelopes do not wait behind this
+                    // one (a crashed instance leaves a claim on each of its
+                    // in-flight envelopes): it gives up its place in the
+                    // rate step's order.
+                    if let Some(t) = turn {
+                        t.pass();
+                    }
+                    if waited >= CLAIM_WAIT || !outbox.is_usable() {
                         return Err(RouterError::Pending(format!(
                             "envelope {} from {from} is being routed by another instance ({owner}); it comes again",
                             Escaped(mid)

@@ -61,6 +61,10 @@ impl Outbox for Recorder {
         self.declared.lock().unwrap().push(code.clone());
         Ok(())
     }
+
+    fn is_usable(&self) -> bool {
+        true
+    }
 }
 
 impl Recorder {

@@ -588,6 +588,14 @@ impl Consumers {
             Feed::Source(_) | Feed::Unrouted => self.hub.config.prefetch,
             Feed::Release | Feed::Dead => 64,
         };
+        if let Feed::Source(code) = &feed {
+            // An agency just added (here or on another instance) may be in
+            // the registry before its queues are declared: declaring its
+            // ingress queue first (idempotent) means the consumer never
+            // meets a missing queue.
+            let [ingress, _, _] = self.hub.topology.agency_queues(code);
+            self.link.declare_queue(&ingress).await?;
+        }
         let mut sub = self
             .link
             .subscribe(&queue, prefetch, &format!("truc-{}", feed.label()))

@@ -1,0 +1,419 @@
+//! The `stores` scenario: truc flat out on its two store backends, in one
+//! run, on the same broker, body size (1 KiB), sources, destinations and
+//! window, against the raw one-hop baseline of the same run:
+//!
+//! 1. raw 1 KiB max (the run's baseline phase);
+//! 2. truc on the embedded sled store (the run's own child);
+//! 3. truc on PostgreSQL: a second child with `TRUC_STORE_URL` pointing at a
+//!    fresh database (`truc::testing::TestDb`, dropped afterwards) and its
+//!    own prefix;
+//! 4. two children on one fresh PostgreSQL database, same prefix and master
+//!    key: the agencies are registered through the first, the second starts
+//!    afterwards (and loads them); both consume every ingress queue, so the
+//!    broker spreads the work between them. CPU and RSS are the sum of both,
+//!    the router times (`/metrics`) are summed over both.
+//!
+//! Each PostgreSQL phase cleans up after itself: children stopped, every
+//! queue and exchange under its prefix deleted, the database dropped. The
+//! ratios: `pg_vs_sled` (the issue's target is ≥ 0.8), `two_vs_one_pg`, and
+//! each truc phase against raw.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use serde_json::{json, Value};
+use truc::code::AgencyCode;
+use truc::testing::TestDb;
+
+use crate::hub::{Hub, Registered};
+use crate::load::{self, Mix, Route};
+use crate::run::{Ctx, Mode, PhaseResult, PhaseSpec};
+use crate::scenarios::{body, close_all, phase_json, ratio, raw_baseline, register_group};
+
+/// Body size of every phase.
+const BODY: usize = 1024;
+
+/// Target of the issue: PostgreSQL sustains at least this share of sled.
+const PG_VS_SLED_TARGET: f64 = 0.8;
+
+/// The figures of one phase the scenario reports.
+fn summary(p: &PhaseResult) -> Value {
+    let lat = |x: &Option<crate::stats::Pct>| {
+        x.as_ref().map(|x| {
+            json!({ "p50_ms": x.p50_ms, "p95_ms": x.p95_ms, "p99_ms": x.p99_ms, "max_ms": x.max_ms })
+        })
+    };
+    json!({
+        "name": p.name,
+        "sustained_msgs_per_s": p.sustained_msgs_per_s,
+        "window_msgs_per_s": p.msgs_per_s,
+        "work_done_after_s": p.work_done_after_s,
+        "e2e": lat(&p.e2e),
+        "accept": lat(&p.accept),
+        "truc_cpu_pct": p.truc_cpu_pct,
+        "truc_cpu_us_per_msg": p.truc_cpu_us_per_msg,
+        "truc_rss_mib_max": p.truc_rss_mib_max,
+        "broker_cpu_pct": p.broker_cpu_pct,
+        "broker_cpu_us_per_msg": p.broker_cpu_us_per_msg,
+        "bench_cpu_pct": p.bench_cpu_pct,
+        "router": p.router,
+        "drained": p.drained,
+        "phase": phase_json(p),
+    })
+}
+
+/// Connects `srcs` and `dsts` (registered on the hub in `ctx.hub`), drives
+/// 1 KiB envelopes flat out through it, closes them.
+async fn flat_out(
+    ctx: &mut Ctx,
+    name: &str,
+    srcs: &[Registered],
+    dsts: &[Registered],
+) -> Result<PhaseResult, String> {
+    let url = ctx.s.amqp_url.clone();
+    let within = Duration::from_secs(15);
+    let (sources, failed) =
+        load::connect_agencies(&url, srcs, &ctx.shared, None, 16, 10, within).await;
+    if !failed.is_empty() {
+        close_all(&sources).await;
+        return Err(format!(
+            "{} sources could not connect: {}",
+            failed.len(),
+            failed[0]
+        ));
+    }
+    let (dests, failed) = load::connect_agencies(
+        &url,
+        dsts,
+        &ctx.shared,
+        Some(ctx.s.prefetch),
+        16,
+        10,
+        within,
+    )
+    .await;
+    if !failed.is_empty() {
+        close_all(&sources).await;
+        close_all(&dests).await;
+        return Err(format!(
+            "{} destinations could not connect: {}",
+            failed.len(),
+            failed[0]
+        ));
+    }
+    let mix = match Mix::parse(&ctx.s.mix) {
+        Ok(m) => m,
+        Err(e) => {
+            close_all(&sources).await;
+            close_all(&dests).await;
+            return Err(e);
+        }
+    };
+    let route = Arc::new(Route::Truc {
+        sources: sources.clone(),
+        dests: dests
+            .iter()
+            .map(|d| d.creds.code.clone())
+            .collect::<Vec<AgencyCode>>(),
+        body: body(BODY),
+        mix,
+        pool: None,
+    });
+    let spec = PhaseSpec {
+        scenario: "stores",
+        name: name.to_owned(),
+        path: "truc",
+        body_bytes: BODY,
+        mode: Mode::Max {
+            window: ctx.s.window,
+        },
+        warmup: Duration::from_secs_f64(ctx.s.warmup_s),
+        measure: Duration::from_secs_f64(ctx.s.measure_s),
+        stop_early: None,
+        // The sustained rate needs the drain to finish, whatever the store.
+        drain_timeout_s: Some(ctx.s.drain_timeout_s.max(60.0)),
+    };
+    let r = ctx.phase(spec, route).await;
+    close_all(&sources).await;
+    close_all(&dests).await;
+    Ok(r)
+}
+
+/// Registers the sources and destinations on the hub in `ctx.hub`.
+async fn register_all(ctx: &mut Ctx) -> Result<(Vec<Registered>, Vec<Registered>), String> {
+    let (m, k) = (ctx.s.sources, ctx.s.dests);
+    let srcs = register_group(ctx, "SS", m, None).await?;
+    let dsts = register_group(ctx, "SD", k, None).await?;
+    Ok((srcs, dsts))
+}
+
+/// A fresh PostgreSQL database on the test server (`TRUC_TEST_PG_URL`).
+async fn fresh_db() -> Result<TestDb, String> {
+    tokio::task::spawn_blocking(TestDb::new)
+        .await
+        .map_err(|e| {
+            format!("cannot create a PostgreSQL database (is it running? ops/ensure-postgres.sh, TRUC_TEST_PG_URL): {e}")
+        })
+}
+
+/// Starts one instance of the PostgreSQL-backed hub and waits until it is ready.
+async fn start_instance(ctx: &Ctx, prefix: &str, env: &[(String, String)]) -> Result<Hub, String> {
+    let s = &ctx.s;
+    let mut hub = Hub::spawn(
+        &s.truc_bin,
+        &s.amqp_url,
+        prefix,
+        &s.truc_log,
+        s.truc_prefetch,
+        env,
+    )
+    .await?;
+    if let Err(e) = hub.wait_ready(Duration::from_secs(60)).await {
+        // It may have declared its topology before failing.
+        crate::teardown(&mut hub, Some(ctx.ctl.as_ref()), &s.amqp_url, &[], &[]).await;
+        hub.remove_work_dir();
+        return Err(e);
+    }
+    Ok(hub)
+}
+
+/// With the first instance in `ctx.hub`: registers the agencies through it,
+/// starts the other instances (kept in `others`), then runs the phase.
+async fn on_first(
+    ctx: &mut Ctx,
+    name: &str,
+    instances: usize,
+    env: &[(String, String)],
+    others: &mut Vec<Hub>,
+) -> Result<PhaseResult, String> {
+    let (srcs, dsts) = register_all(ctx).await?;
+    let prefix = ctx.hub.prefix.clone();
+    for _ in 1..instances {
+        let hub = start_instance(ctx, &prefix, env).await?;
+        ctx.hub
+            .peers
+            .push((hub.admin_addr.clone(), hub.token.clone()));
+        others.push(hub);
+    }
+    ctx.monitor.watch_hub(
+        ctx.hub.pid,
+        others.first().and_then(|h| h.pid),
+        &format!("{prefix}ingress"),
+    );
+    flat_out(ctx, name, &srcs, &dsts).await
+}
+
+/// A PostgreSQL phase: a fresh database, `instances` children on it with
+/// the prefix `<run prefix>pg<instances>.` and one master key, the phase,
+/// then everything it made removed. Returns the phase and cleanup notes.
+async fn on_postgres(
+    ctx: &mut Ctx,
+    name: &str,
+    instances: usize,
+) -> Result<(PhaseResult, Vec<String>), String> {
+    ctx.monitor.set_label(&format!("{name}: start"));
+    let db = fresh_db().await?;
+    let key = hex::encode(rand::thread_rng().gen::<[u8; 32]>());
+    let env = vec![
+        ("TRUC_STORE_URL".to_owned(), db.url().to_owned()),
+        ("TRUC_MASTER_KEY".to_owned(), key),
+    ];
+    let prefix = format!("{}pg{instances}.", ctx.hub.prefix.trim_end_matches('.'));
+    let mut first = match start_instance(ctx, &prefix, &env).await {
+        Ok(h) => h,
+        Err(e) => {
+            drop_db(db).await;
+            return Err(e);
+        }
+    };
+    let agencies_before = ctx.agencies.len();
+    // The phase runs against the new hub: swap it in, point the agencies and
+    // the monitor at it, and back whatever happens.
+    std::mem::swap(&mut ctx.hub, &mut first);
+    ctx.shared.set_prefix(&prefix);
+    ctx.monitor
+        .watch_hub(ctx.hub.pid, None, &format!("{prefix}ingress"));
+    let mut others = Vec::new();
+    let res = on_first(ctx, name, instances, &env, &mut others).await;
+    std::mem::swap(&mut ctx.hub, &mut first);
+    let main_prefix = ctx.hub.prefix.clone();
+    ctx.shared.set_prefix(&main_prefix);
+    ctx.monitor
+        .watch_hub(ctx.hub.pid, None, &format!("{main_prefix}ingress"));
+
+    ctx.monitor.set_label(&format!("{name}: cleanup"));
+    let mut notes = Vec::new();
+    let regs: Vec<Registered> = ctx.agencies.drain(agencies_before..).collect();
+    // The later instances first, so nothing declares queues again.
+    for (i, mut hub) in others.into_iter().enumerate() {
+        let (warn, error, _) = hub.log_problems();
+        let stop = hub.stop(Duration::from_secs(30)).await;
+        hub.remove_work_dir();
+        notes.push(format!(
+            "{name}, instance {}: {stop}; log {warn} WARN, {error} ERROR lines",
+            i + 2
+        ));
+    }
+    let (warn, error, examples) = first.log_problems();
+    let (stop, deleted, failed) = crate::teardown(
+        &mut first,
+        Some(ctx.ctl.as_ref()),
+        &ctx.s.amqp_url,
+        &regs,
+        &[],
+    )
+    .await;
+    first.remove_work_dir();
+    notes.push(format!(
+        "{name}, instance 1: {stop}; log {warn} WARN, {error} ERROR lines{}; {deleted} queues and exchanges under {prefix} deleted ({} not)",
+        examples
+            .first()
+            .map(|e| format!(" (e.g. {e})"))
+            .unwrap_or_default(),
+        failed.len()
+    ));
+    drop_db(db).await;
+    notes.push(format!("{name}: database dropped"));
+    res.map(|r| (r, notes))
+}
+
+/// Drops the database (its sessions terminated first), off the runtime's threads.
+async fn drop_db(db: TestDb) {
+    let _ = tokio::task::spawn_blocking(move || drop(db)).await;
+}
+
+/// The `stores` scenario (see the module documentation).
+pub async fn stores(ctx: &mut Ctx) -> Result<Value, String> {
+    if std::env::var("TRUC_STORE_URL").is_ok_and(|v| !v.is_empty()) {
+        return Err(
+            "TRUC_STORE_URL is set: the run's own truc would not be on sled; unset it".into(),
+        );
+    }
+    let (m, k) = (ctx.s.sources, ctx.s.dests);
+    // 1. The run's raw baseline (run before every scenario but throughput).
+    let raw = match ctx
+        .phases
+        .iter()
+        .rev()
+        .find(|p| p.scenario == "baseline" && p.body_bytes == BODY)
+    {
+        Some(p) => p.clone(),
+        None => raw_baseline(ctx, "stores", BODY, m, k).await?,
+    };
+    let mut failures = serde_json::Map::new();
+    // 2. sled: the run's own child.
+    let sled = match register_all(ctx).await {
+        Ok((srcs, dsts)) => flat_out(ctx, "truc 1 KiB max, sled", &srcs, &dsts).await,
+        Err(e) => Err(e),
+    };
+    let sled = sled
+        .map_err(|e| {
+            ctx.shared.error("stores-sled", &e);
+            failures.insert("sled".into(), json!(e));
+        })
+        .ok();
+    // 3. and 4. PostgreSQL, one instance then two.
+    let mut cleanup = Vec::new();
+    let mut pg_run = |r: Result<(PhaseResult, Vec<String>), String>, key: &str| match r {
+        Ok((p, notes)) => {
+            cleanup.extend(notes);
+            Some(p)
+        }
+        Err(e) => {
+            failures.insert(key.into(), json!(e));
+            None
+        }
+    };
+    let r = on_postgres(ctx, "truc 1 KiB max, PostgreSQL", 1).await;
+    if let Err(e) = &r {
+        ctx.shared.error("stores-postgres", e);
+    }
+    let pg = pg_run(r, "postgres");
+    let r = if ctx.shared.cancel.is_cancelled() {
+        Err("cancelled".to_owned())
+    } else {
+        on_postgres(ctx, "truc 1 KiB max, PostgreSQL ×2", 2).await
+    };
+    if let Err(e) = &r {
+        ctx.shared.error("stores-postgres-x2", e);
+    }
+    let pg2 = pg_run(r, "postgres_x2");
+
+    let rate = |p: &Option<PhaseResult>| p.as_ref().map(PhaseResult::rate);
+    let window = |p: &Option<PhaseResult>| p.as_ref().map(|p| p.msgs_per_s);
+    let div = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) => ratio(a, b),
+        _ => None,
+    };
+    let raw_rate = Some(raw.rate());
+    let pg_vs_sled = div(rate(&pg), rate(&sled));
+    eprintln!();
+    eprintln!(
+        "== stores ({m} sources × {k} destinations, 1 KiB, window {})",
+        ctx.s.window
+    );
+    eprintln!(
+        "   {:<36} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8} {:>7}",
+        "phase", "sustained", "window", "p50 ms", "p95 ms", "p99 ms", "vs raw", "cpu %"
+    );
+    for p in [Some(raw.clone()), sled.clone(), pg.clone(), pg2.clone()]
+        .iter()
+        .flatten()
+    {
+        let e = p.e2e.as_ref();
+        let f = |v: Option<f64>| v.map(|v| format!("{v:.1}")).unwrap_or("–".into());
+        eprintln!(
+            "   {:<36} {:>10} {:>10.0} {:>8} {:>8} {:>8} {:>8} {:>7}",
+            p.name,
+            f(p.sustained_msgs_per_s),
+            p.msgs_per_s,
+            f(e.map(|e| e.p50_ms)),
+            f(e.map(|e| e.p95_ms)),
+            f(e.map(|e| e.p99_ms)),
+            ratio(p.rate(), raw.rate())
+                .map(|r| format!("{r:.3}"))
+                .unwrap_or("–".into()),
+            f(p.truc_cpu_pct),
+        );
+    }
+    eprintln!(
+        "   pg_vs_sled {} (target ≥ {PG_VS_SLED_TARGET}), two_vs_one_pg {}",
+        pg_vs_sled.map(|r| format!("{r:.3}")).unwrap_or("–".into()),
+        div(rate(&pg2), rate(&pg))
+            .map(|r| format!("{r:.3}"))
+            .unwrap_or("–".into()),
+    );
+    ctx.notes.extend(cleanup.iter().cloned());
+    Ok(json!({
+        "sources": m,
+        "destinations": k,
+        "body_bytes": BODY,
+        "window": ctx.s.window,
+        "raw_msgs_per_s": raw_rate,
+        "sled_msgs_per_s": rate(&sled),
+        "pg_msgs_per_s": rate(&pg),
+        "pg2_msgs_per_s": rate(&pg2),
+        "pg_vs_sled": pg_vs_sled,
+        "pg_vs_sled_target": PG_VS_SLED_TARGET,
+        "pg_vs_sled_met": pg_vs_sled.map(|r| r >= PG_VS_SLED_TARGET),
+        "two_vs_one_pg": div(rate(&pg2), rate(&pg)),
+        "sled_vs_raw": div(rate(&sled), raw_rate),
+        "pg_vs_raw": div(rate(&pg), raw_rate),
+        "two_pg_vs_raw": div(rate(&pg2), raw_rate),
+        "window_ratios": {
+            "pg_vs_sled": div(window(&pg), window(&sled)),
+            "two_vs_one_pg": div(window(&pg2), window(&pg)),
+            "sled_vs_raw": div(window(&sled), Some(raw.msgs_per_s)),
+            "pg_vs_raw": div(window(&pg), Some(raw.msgs_per_s)),
+            "two_pg_vs_raw": div(window(&pg2), Some(raw.msgs_per_s)),
+        },
+        "raw": summary(&raw),
+        "sled": sled.as_ref().map(summary),
+        "postgres": pg.as_ref().map(summary),
+        "postgres_x2": pg2.as_ref().map(summary),
+        "sampling": "postgres_x2: truc CPU, RSS and threads are the sum of both instances; router times from both instances' /metrics (sums and counts added)",
+        "failed_phases": failures,
+        "cleanup": cleanup,
+    }))
+}

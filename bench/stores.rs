@@ -13,13 +13,19 @@
 //!    broker spreads the work between them. CPU and RSS are the sum of both,
 //!    the router times (`/metrics`) are summed over both.
 //!
+//! For each PostgreSQL phase it also reads the database's own account
+//! (`pg_stat_database`: transactions and rows, from the start of the first
+//! instance until all instances stopped, registration included) and the CPU
+//! of the database's server processes during the phase (`/proc` of the
+//! backends `pg_stat_activity` lists for it), per envelope received.
+//!
 //! Each PostgreSQL phase cleans up after itself: children stopped, every
 //! queue and exchange under its prefix deleted, the database dropped. The
 //! ratios: `pg_vs_sled` (the issue's target is ≥ 0.8), `two_vs_one_pg`, and
 //! each truc phase against raw.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rand::Rng;
 use serde_json::{json, Value};
@@ -28,14 +34,91 @@ use truc::testing::TestDb;
 
 use crate::hub::{Hub, Registered};
 use crate::load::{self, Mix, Route};
+use crate::procstat;
 use crate::run::{Ctx, Mode, PhaseResult, PhaseSpec};
 use crate::scenarios::{body, close_all, phase_json, ratio, raw_baseline, register_group};
+use crate::stats::{round1, round3};
 
 /// Body size of every phase.
 const BODY: usize = 1024;
 
 /// Target of the issue: PostgreSQL sustains at least this share of sled.
 const PG_VS_SLED_TARGET: f64 = 0.8;
+
+/// Runs `f` with a session on the database `url`, on its own thread (the
+/// synchronous client must not run on a runtime thread); `None` on any error.
+async fn with_db<T: Send + 'static>(
+    url: &str,
+    f: impl FnOnce(&mut postgres::Client) -> Result<T, postgres::Error> + Send + 'static,
+) -> Option<T> {
+    let url = url.to_owned();
+    tokio::task::spawn_blocking(move || {
+        std::thread::spawn(move || {
+            let mut c = postgres::Client::connect(&url, postgres::NoTls).ok()?;
+            f(&mut c).ok()
+        })
+        .join()
+        .ok()
+        .flatten()
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// The database's counters in `pg_stat_database` (commits + rollbacks, rows).
+async fn db_counters(url: &str) -> Option<[i64; 6]> {
+    with_db(url, |c| {
+        let r = c.query_one(
+            "SELECT xact_commit + xact_rollback, tup_returned, tup_fetched, tup_inserted, tup_updated, tup_deleted \
+             FROM pg_stat_database WHERE datname = current_database()",
+            &[],
+        )?;
+        Ok([r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)])
+    })
+    .await
+}
+
+/// Process ids of the server processes serving the database (other than the asking one).
+async fn backend_pids(url: &str) -> Vec<u32> {
+    with_db(url, |c| {
+        let rows = c.query(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            &[],
+        )?;
+        Ok(rows.iter().map(|r| r.get::<_, i32>(0) as u32).collect())
+    })
+    .await
+    .unwrap_or_default()
+}
+
+/// CPU clock ticks of `pids` together (the ones still running).
+fn ticks(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|p| procstat::read(*p))
+        .map(|s| s.cpu_ticks)
+        .sum()
+}
+
+/// The database's work over a phase: its transactions and rows per envelope
+/// (counters from `before` until now) and its backends' CPU.
+fn db_work(before: Option<[i64; 6]>, after: Option<[i64; 6]>, received: u64, cpu: Value) -> Value {
+    let per = |i: usize| match (before, after) {
+        (Some(b), Some(a)) if received > 0 => Some(round3((a[i] - b[i]) as f64 / received as f64)),
+        _ => None,
+    };
+    json!({
+        "transactions": before.zip(after).map(|(b, a)| a[0] - b[0]),
+        "transactions_per_envelope": per(0),
+        "rows_returned_per_envelope": per(1),
+        "rows_fetched_per_envelope": per(2),
+        "rows_inserted_per_envelope": per(3),
+        "rows_updated_per_envelope": per(4),
+        "rows_deleted_per_envelope": per(5),
+        "backends": cpu,
+        "counted": "pg_stat_database from the first instance's start until every instance stopped (registration and start-up included), per envelope received in the phase; backends' CPU over the phase (warm-up, window, drain)",
+    })
+}
 
 /// The figures of one phase the scenario reports.
 fn summary(p: &PhaseResult) -> Value {
@@ -186,7 +269,8 @@ async fn on_first(
     instances: usize,
     env: &[(String, String)],
     others: &mut Vec<Hub>,
-) -> Result<PhaseResult, String> {
+    db_url: &str,
+) -> Result<(PhaseResult, Value), String> {
     let (srcs, dsts) = register_all(ctx).await?;
     let prefix = ctx.hub.prefix.clone();
     for _ in 1..instances {
@@ -201,17 +285,28 @@ async fn on_first(
         others.first().and_then(|h| h.pid),
         &format!("{prefix}ingress"),
     );
-    flat_out(ctx, name, &srcs, &dsts).await
+    let pids = backend_pids(db_url).await;
+    let (t0, at) = (ticks(&pids), Instant::now());
+    let r = flat_out(ctx, name, &srcs, &dsts).await?;
+    let secs = procstat::cpu_secs_of_ticks(ticks(&pids).saturating_sub(t0));
+    let elapsed = at.elapsed().as_secs_f64().max(1e-3);
+    let cpu = json!({
+        "processes": pids.len(),
+        "cpu_pct": round1(secs / elapsed * 100.0),
+        "cpu_us_per_envelope": (r.received > 0).then(|| round1(secs * 1e6 / r.received as f64)),
+    });
+    Ok((r, cpu))
 }
 
 /// A PostgreSQL phase: a fresh database, `instances` children on it with
 /// the prefix `<run prefix>pg<instances>.` and one master key, the phase,
-/// then everything it made removed. Returns the phase and cleanup notes.
+/// then everything it made removed. Returns the phase, the database's work
+/// and cleanup notes.
 async fn on_postgres(
     ctx: &mut Ctx,
     name: &str,
     instances: usize,
-) -> Result<(PhaseResult, Vec<String>), String> {
+) -> Result<(PhaseResult, Value, Vec<String>), String> {
     ctx.monitor.set_label(&format!("{name}: start"));
     let db = fresh_db().await?;
     let key = hex::encode(rand::thread_rng().gen::<[u8; 32]>());
@@ -220,6 +315,7 @@ async fn on_postgres(
         ("TRUC_MASTER_KEY".to_owned(), key),
     ];
     let prefix = format!("{}pg{instances}.", ctx.hub.prefix.trim_end_matches('.'));
+    let counters_before = db_counters(db.url()).await;
     let mut first = match start_instance(ctx, &prefix, &env).await {
         Ok(h) => h,
         Err(e) => {
@@ -235,7 +331,7 @@ async fn on_postgres(
     ctx.monitor
         .watch_hub(ctx.hub.pid, None, &format!("{prefix}ingress"));
     let mut others = Vec::new();
-    let res = on_first(ctx, name, instances, &env, &mut others).await;
+    let res = on_first(ctx, name, instances, &env, &mut others, db.url()).await;
     std::mem::swap(&mut ctx.hub, &mut first);
     let main_prefix = ctx.hub.prefix.clone();
     ctx.shared.set_prefix(&main_prefix);
@@ -273,9 +369,15 @@ async fn on_postgres(
             .unwrap_or_default(),
         failed.len()
     ));
+    // The instances' sessions are closed: their statistics are flushed.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let counters_after = db_counters(db.url()).await;
     drop_db(db).await;
     notes.push(format!("{name}: database dropped"));
-    res.map(|r| (r, notes))
+    res.map(|(r, cpu)| {
+        let work = db_work(counters_before, counters_after, r.received, cpu);
+        (r, work, notes)
+    })
 }
 
 /// Drops the database (its sessions terminated first), off the runtime's threads.
@@ -315,9 +417,11 @@ pub async fn stores(ctx: &mut Ctx) -> Result<Value, String> {
         .ok();
     // 3. and 4. PostgreSQL, one instance then two.
     let mut cleanup = Vec::new();
-    let mut pg_run = |r: Result<(PhaseResult, Vec<String>), String>, key: &str| match r {
-        Ok((p, notes)) => {
+    let mut db = serde_json::Map::new();
+    let mut pg_run = |r: Result<(PhaseResult, Value, Vec<String>), String>, key: &str| match r {
+        Ok((p, work, notes)) => {
             cleanup.extend(notes);
+            db.insert(key.into(), work);
             Some(p)
         }
         Err(e) => {
@@ -384,6 +488,17 @@ pub async fn stores(ctx: &mut Ctx) -> Result<Value, String> {
             .map(|r| format!("{r:.3}"))
             .unwrap_or("–".into()),
     );
+    for (k, w) in &db {
+        eprintln!(
+            "   {k}: {} PostgreSQL transactions per envelope ({} rows inserted, {} updated, {} deleted); its backends {} % CPU, {} µs per envelope",
+            w["transactions_per_envelope"],
+            w["rows_inserted_per_envelope"],
+            w["rows_updated_per_envelope"],
+            w["rows_deleted_per_envelope"],
+            w["backends"]["cpu_pct"],
+            w["backends"]["cpu_us_per_envelope"],
+        );
+    }
     ctx.notes.extend(cleanup.iter().cloned());
     Ok(json!({
         "sources": m,
@@ -413,6 +528,7 @@ pub async fn stores(ctx: &mut Ctx) -> Result<Value, String> {
         "postgres": pg.as_ref().map(summary),
         "postgres_x2": pg2.as_ref().map(summary),
         "sampling": "postgres_x2: truc CPU, RSS and threads are the sum of both instances; router times from both instances' /metrics (sums and counts added)",
+        "postgres_work": db,
         "failed_phases": failures,
         "cleanup": cleanup,
     }))

@@ -14,8 +14,8 @@
 //!    the router times (`/metrics`) are summed over both.
 //!
 //! For each PostgreSQL phase it also reads the database's own account
-//! (`pg_stat_database`: transactions and rows, from the start of the first
-//! instance until all instances stopped, registration included) and the CPU
+//! (`pg_stat_database`: transactions and rows, from the end of registration
+//! and start-up until all instances stopped) and the CPU
 //! of the database's server processes during the phase (`/proc` of the
 //! backends `pg_stat_activity` lists for it), per envelope received.
 //!
@@ -101,14 +101,23 @@ fn ticks(pids: &[u32]) -> u64 {
 }
 
 /// The database's work over a phase: its transactions and rows per envelope
-/// (counters from `before` until now) and its backends' CPU.
-fn db_work(before: Option<[i64; 6]>, after: Option<[i64; 6]>, received: u64, cpu: Value) -> Value {
-    let per = |i: usize| match (before, after) {
+/// (counters from `setup`, after registration and start-up, until `after`,
+/// once every instance stopped) and its backends' CPU; `before` (at the
+/// first start) gives what registration and start-up took.
+fn db_work(
+    before: Option<[i64; 6]>,
+    setup: Option<[i64; 6]>,
+    after: Option<[i64; 6]>,
+    received: u64,
+    cpu: Value,
+) -> Value {
+    let per = |i: usize| match (setup, after) {
         (Some(b), Some(a)) if received > 0 => Some(round3((a[i] - b[i]) as f64 / received as f64)),
         _ => None,
     };
     json!({
-        "transactions": before.zip(after).map(|(b, a)| a[0] - b[0]),
+        "transactions": setup.zip(after).map(|(b, a)| a[0] - b[0]),
+        "transactions_registration_and_startup": before.zip(setup).map(|(b, a)| a[0] - b[0]),
         "transactions_per_envelope": per(0),
         "rows_returned_per_envelope": per(1),
         "rows_fetched_per_envelope": per(2),
@@ -116,7 +125,7 @@ fn db_work(before: Option<[i64; 6]>, after: Option<[i64; 6]>, received: u64, cpu
         "rows_updated_per_envelope": per(4),
         "rows_deleted_per_envelope": per(5),
         "backends": cpu,
-        "counted": "pg_stat_database from the first instance's start until every instance stopped (registration and start-up included), per envelope received in the phase; backends' CPU over the phase (warm-up, window, drain)",
+        "counted": "pg_stat_database from the end of registration and start-up until every instance stopped (the phase's warm-up, window and drain, and the stop), per envelope received in the phase; backends' CPU over the phase (warm-up, window, drain)",
     })
 }
 
@@ -270,7 +279,7 @@ async fn on_first(
     env: &[(String, String)],
     others: &mut Vec<Hub>,
     db_url: &str,
-) -> Result<(PhaseResult, Value), String> {
+) -> Result<(PhaseResult, Value, Option<[i64; 6]>), String> {
     let (srcs, dsts) = register_all(ctx).await?;
     let prefix = ctx.hub.prefix.clone();
     for _ in 1..instances {
@@ -285,6 +294,10 @@ async fn on_first(
         others.first().and_then(|h| h.pid),
         &format!("{prefix}ingress"),
     );
+    // Registration and start-up done: what the database did so far (its
+    // backends report at most once a second).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let counters_setup = db_counters(db_url).await;
     let pids = backend_pids(db_url).await;
     let (t0, at) = (ticks(&pids), Instant::now());
     let r = flat_out(ctx, name, &srcs, &dsts).await?;
@@ -295,7 +308,7 @@ async fn on_first(
         "cpu_pct": round1(secs / elapsed * 100.0),
         "cpu_us_per_envelope": (r.received > 0).then(|| round1(secs * 1e6 / r.received as f64)),
     });
-    Ok((r, cpu))
+    Ok((r, cpu, counters_setup))
 }
 
 /// A PostgreSQL phase: a fresh database, `instances` children on it with
@@ -374,8 +387,8 @@ async fn on_postgres(
     let counters_after = db_counters(db.url()).await;
     drop_db(db).await;
     notes.push(format!("{name}: database dropped"));
-    res.map(|(r, cpu)| {
-        let work = db_work(counters_before, counters_after, r.received, cpu);
+    res.map(|(r, cpu, setup)| {
+        let work = db_work(counters_before, setup, counters_after, r.received, cpu);
         (r, work, notes)
     })
 }

@@ -313,13 +313,14 @@ async fn on_first(
 
 /// A PostgreSQL phase: a fresh database, `instances` children on it with
 /// the prefix `<run prefix>pg<instances>.` and one master key, the phase,
-/// then everything it made removed. Returns the phase, the database's work
-/// and cleanup notes.
+/// then everything it made removed (what the cleanup did goes to `notes`,
+/// also when the phase failed). Returns the phase and the database's work.
 async fn on_postgres(
     ctx: &mut Ctx,
     name: &str,
     instances: usize,
-) -> Result<(PhaseResult, Value, Vec<String>), String> {
+    notes: &mut Vec<String>,
+) -> Result<(PhaseResult, Value), String> {
     ctx.monitor.set_label(&format!("{name}: start"));
     let db = fresh_db().await?;
     let key = hex::encode(rand::thread_rng().gen::<[u8; 32]>());
@@ -352,19 +353,15 @@ async fn on_postgres(
         .watch_hub(ctx.hub.pid, None, &format!("{main_prefix}ingress"));
 
     ctx.monitor.set_label(&format!("{name}: cleanup"));
-    let mut notes = Vec::new();
     let regs: Vec<Registered> = ctx.agencies.drain(agencies_before..).collect();
     // The later instances first, so nothing declares queues again.
     for (i, mut hub) in others.into_iter().enumerate() {
-        let (warn, error, _) = hub.log_problems();
+        let log = log_note(&hub);
         let stop = hub.stop(Duration::from_secs(30)).await;
         hub.remove_work_dir();
-        notes.push(format!(
-            "{name}, instance {}: {stop}; log {warn} WARN, {error} ERROR lines",
-            i + 2
-        ));
+        notes.push(format!("{name}, instance {}: {stop}; {log}", i + 2));
     }
-    let (warn, error, examples) = first.log_problems();
+    let log = log_note(&first);
     let (stop, deleted, failed) = crate::teardown(
         &mut first,
         Some(ctx.ctl.as_ref()),
@@ -375,11 +372,7 @@ async fn on_postgres(
     .await;
     first.remove_work_dir();
     notes.push(format!(
-        "{name}, instance 1: {stop}; log {warn} WARN, {error} ERROR lines{}; {deleted} queues and exchanges under {prefix} deleted ({} not)",
-        examples
-            .first()
-            .map(|e| format!(" (e.g. {e})"))
-            .unwrap_or_default(),
+        "{name}, instance 1: {stop}; {log}; {deleted} queues and exchanges under {prefix} deleted ({} not)",
         failed.len()
     ));
     // The instances' sessions are closed: their statistics are flushed.
@@ -389,8 +382,19 @@ async fn on_postgres(
     notes.push(format!("{name}: database dropped"));
     res.map(|(r, cpu, setup)| {
         let work = db_work(counters_before, setup, counters_after, r.received, cpu);
-        (r, work, notes)
+        (r, work)
     })
+}
+
+/// How many WARN and ERROR lines the child logged, with the first ERROR line.
+fn log_note(hub: &Hub) -> String {
+    let (warn, error, examples) = hub.log_problems();
+    let first_error = examples
+        .iter()
+        .find(|e| e.contains(" ERROR "))
+        .map(|e| format!(" (first ERROR: {e})"))
+        .unwrap_or_default();
+    format!("log {warn} WARN, {error} ERROR lines{first_error}")
 }
 
 /// Drops the database (its sessions terminated first), off the runtime's threads.
@@ -431,9 +435,8 @@ pub async fn stores(ctx: &mut Ctx) -> Result<Value, String> {
     // 3. and 4. PostgreSQL, one instance then two.
     let mut cleanup = Vec::new();
     let mut db = serde_json::Map::new();
-    let mut pg_run = |r: Result<(PhaseResult, Value, Vec<String>), String>, key: &str| match r {
-        Ok((p, work, notes)) => {
-            cleanup.extend(notes);
+    let mut pg_run = |r: Result<(PhaseResult, Value), String>, key: &str| match r {
+        Ok((p, work)) => {
             db.insert(key.into(), work);
             Some(p)
         }
@@ -442,7 +445,7 @@ pub async fn stores(ctx: &mut Ctx) -> Result<Value, String> {
             None
         }
     };
-    let r = on_postgres(ctx, "truc 1 KiB max, PostgreSQL", 1).await;
+    let r = on_postgres(ctx, "truc 1 KiB max, PostgreSQL", 1, &mut cleanup).await;
     if let Err(e) = &r {
         ctx.shared.error("stores-postgres", e);
     }
@@ -450,7 +453,7 @@ pub async fn stores(ctx: &mut Ctx) -> Result<Value, String> {
     let r = if ctx.shared.cancel.is_cancelled() {
         Err("cancelled".to_owned())
     } else {
-        on_postgres(ctx, "truc 1 KiB max, PostgreSQL ×2", 2).await
+        on_postgres(ctx, "truc 1 KiB max, PostgreSQL ×2", 2, &mut cleanup).await
     };
     if let Err(e) = &r {
         ctx.shared.error("stores-postgres-x2", e);

@@ -3,7 +3,9 @@
 //! window, against the raw one-hop baseline of the same run:
 //!
 //! 1. raw 1 KiB max (the run's baseline phase);
-//! 2. truc on the embedded sled store (the run's own child);
+//! 2. truc on the embedded sled store (the run's own child, which stays up,
+//!    idle, during the PostgreSQL phases and is cleaned up at the end of the
+//!    run as usual);
 //! 3. truc on PostgreSQL: a second child with `TRUC_STORE_URL` pointing at a
 //!    fresh database (`truc::testing::TestDb`, dropped afterwards) and its
 //!    own prefix;
@@ -404,6 +406,9 @@ async fn drop_db(db: TestDb) {
 
 /// The `stores` scenario (see the module documentation).
 pub async fn stores(ctx: &mut Ctx) -> Result<Value, String> {
+    if !ctx.hub.spawned() {
+        return Err("the stores scenario starts its own hubs: run it without --hub-addr".into());
+    }
     if std::env::var("TRUC_STORE_URL").is_ok_and(|v| !v.is_empty()) {
         return Err(
             "TRUC_STORE_URL is set: the run's own truc would not be on sled; unset it".into(),

@@ -1,9 +1,11 @@
 //! The truc under test: a `truc serve` child with its own prefix, data
-//! directory, admin port and token, or a running truc reached through its
-//! admin API; agency registration through `POST /v1/agencies`.
+//! directory, admin port and token (and optional extra environment, e.g. a
+//! shared PostgreSQL store and master key), or a running truc reached through
+//! its admin API; agency registration through `POST /v1/agencies`.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
@@ -40,7 +42,13 @@ pub struct Hub {
     pub started: bool,
     /// Configuration file given to the child (`--config`), if any.
     config: Option<PathBuf>,
+    /// Admin addresses and tokens of other instances of the same hub (same
+    /// prefix and store) whose `/metrics` are added to this one's.
+    pub peers: Vec<(String, String)>,
 }
+
+/// Children started by this run so far (each gets its own work directory).
+static SPAWNED: AtomicU32 = AtomicU32::new(0);
 
 /// A free loopback port (bound then released).
 fn free_port() -> std::io::Result<u16> {
@@ -50,13 +58,15 @@ fn free_port() -> std::io::Result<u16> {
 
 impl Hub {
     /// Starts `bin serve` with a fresh prefix, data dir, admin port and token
-    /// (and an ingress `prefetch` when given).
+    /// (and an ingress `prefetch` when given); `env` is set last, after the
+    /// benchmark's own variables (e.g. `TRUC_STORE_URL`, `TRUC_MASTER_KEY`).
     pub async fn spawn(
         bin: &Path,
         amqp_url: &str,
         prefix: &str,
         log_level: &str,
         prefetch: Option<u16>,
+        env: &[(String, String)],
     ) -> Result<Self, String> {
         if !bin.exists() {
             return Err(format!(
@@ -64,7 +74,12 @@ impl Hub {
                 bin.display()
             ));
         }
-        let work_dir = std::env::temp_dir().join(format!("truc-bench-{}", std::process::id()));
+        let n = SPAWNED.fetch_add(1, Ordering::Relaxed);
+        let name = match n {
+            0 => format!("truc-bench-{}", std::process::id()),
+            n => format!("truc-bench-{}-{n}", std::process::id()),
+        };
+        let work_dir = std::env::temp_dir().join(name);
         let _ = std::fs::remove_dir_all(&work_dir);
         std::fs::create_dir_all(&work_dir).map_err(|e| format!("{}: {e}", work_dir.display()))?;
         let port = free_port().map_err(|e| format!("no free port: {e}"))?;
@@ -88,6 +103,7 @@ impl Hub {
             .env("TRUC_ADMIN_TOKEN", &token)
             .env("TRUC_AMQP_URL", amqp_url)
             .env("RUST_LOG", log_level)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
@@ -104,6 +120,7 @@ impl Hub {
             work_dir: Some(work_dir),
             started: true,
             config,
+            peers: Vec::new(),
         };
         Ok(hub)
     }
@@ -119,6 +136,7 @@ impl Hub {
             work_dir: None,
             started: false,
             config: None,
+            peers: Vec::new(),
         }
     }
 
@@ -253,24 +271,28 @@ impl Hub {
         })
     }
 
-    /// Unlabelled samples of `/metrics` (Prometheus text), by name.
+    /// Unlabelled samples of `/metrics` (Prometheus text), by name; with
+    /// [`Hub::peers`], the sum over every instance (sums and counts add up).
     pub async fn metrics(&self) -> std::collections::HashMap<String, f64> {
         let mut out = std::collections::HashMap::new();
-        let Ok(Ok(r)) = tokio::time::timeout(
-            Duration::from_secs(3),
-            truc::cli::http::request(&self.admin_addr, "GET", "/metrics", &self.token, None),
-        )
-        .await
-        else {
-            return out;
-        };
-        for line in String::from_utf8_lossy(&r.body).lines() {
-            if line.starts_with('#') || line.contains('{') {
+        let me = (self.admin_addr.clone(), self.token.clone());
+        for (addr, token) in std::iter::once(&me).chain(&self.peers) {
+            let Ok(Ok(r)) = tokio::time::timeout(
+                Duration::from_secs(3),
+                truc::cli::http::request(addr, "GET", "/metrics", token, None),
+            )
+            .await
+            else {
                 continue;
-            }
-            if let Some((k, v)) = line.rsplit_once(' ') {
-                if let Ok(v) = v.trim().parse::<f64>() {
-                    out.insert(k.trim().to_owned(), v);
+            };
+            for line in String::from_utf8_lossy(&r.body).lines() {
+                if line.starts_with('#') || line.contains('{') {
+                    continue;
+                }
+                if let Some((k, v)) = line.rsplit_once(' ') {
+                    if let Ok(v) = v.trim().parse::<f64>() {
+                        *out.entry(k.trim().to_owned()).or_insert(0.0) += v;
+                    }
                 }
             }
         }

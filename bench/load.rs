@@ -138,8 +138,8 @@ pub struct Shared {
     pub errors: Mutex<BTreeMap<String, (u64, String)>>,
     /// Bounds the status publishes in flight.
     pub status_permits: Arc<Semaphore>,
-    /// Hub prefix.
-    pub prefix: String,
+    /// Hub prefix (the `stores` scenario switches it between the hubs it starts).
+    prefix: std::sync::RwLock<String>,
     /// Cancelled when the run stops.
     pub cancel: CancellationToken,
     /// Longest wait for one publisher confirm.
@@ -156,10 +156,23 @@ impl Shared {
             accept: Mutex::new(Vec::with_capacity(1 << 20)),
             errors: Mutex::new(BTreeMap::new()),
             status_permits: Arc::new(Semaphore::new(STATUS_INFLIGHT)),
-            prefix: prefix.to_owned(),
+            prefix: std::sync::RwLock::new(prefix.to_owned()),
             cancel,
             publish_timeout: Duration::from_secs(30),
         })
+    }
+
+    /// The prefix of the hub the agencies publish to.
+    pub fn prefix(&self) -> String {
+        self.prefix
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Points the agencies at another hub's exchanges (its prefix).
+    pub fn set_prefix(&self, prefix: &str) {
+        *self.prefix.write().unwrap_or_else(|p| p.into_inner()) = prefix.to_owned();
     }
 
     /// The slot of phase `id` (ids beyond the table share the last slot).
@@ -365,7 +378,7 @@ async fn inbox_loop(shared: Arc<Shared>, me: Arc<Agency>, mut sub: Subscription,
         let (shared, me) = (shared.clone(), me.clone());
         tokio::spawn(async move {
             let msg = status_message(
-                &shared.prefix,
+                &shared.prefix(),
                 &me.creds,
                 &reference,
                 "01",
@@ -704,7 +717,10 @@ async fn send_one(shared: &Shared, route: &Route, seq: u64, phase: u16) -> Sent 
                         d = (d + 1) % dests.len();
                     }
                     let out = outgoing(vec![dests[d].clone()], mix.pick(), body.clone());
-                    (src_idx, envelope_message(&shared.prefix, &src.creds, &out))
+                    (
+                        src_idx,
+                        envelope_message(&shared.prefix(), &src.creds, &out),
+                    )
                 }
             };
             let src = sources[src_idx].clone();

@@ -19,6 +19,7 @@ mod report;
 mod run;
 mod scenarios;
 mod stats;
+mod stores;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -50,7 +51,10 @@ enum Scenario {
     Rsa,
     /// A quiet source's latency alone and under another source's flood.
     Fairness,
-    /// Every scenario, in that order.
+    /// truc on sled, on PostgreSQL, and two instances on one PostgreSQL
+    /// store, flat out (needs PostgreSQL; not part of `all`).
+    Stores,
+    /// Every scenario but `stores`, in that order.
     All,
 }
 
@@ -105,12 +109,12 @@ struct Args {
     /// Process id of the running truc (to sample its CPU and memory).
     #[arg(long)]
     truc_pid: Option<u32>,
-    /// Source agencies (throughput).
-    #[arg(long, default_value_t = 50)]
-    sources: usize,
-    /// Destination agencies (throughput).
-    #[arg(long, default_value_t = 50)]
-    dests: usize,
+    /// Source agencies (throughput, stores; default 50, stores 20).
+    #[arg(long)]
+    sources: Option<usize>,
+    /// Destination agencies (throughput, stores; default 50, stores 20).
+    #[arg(long)]
+    dests: Option<usize>,
     /// Body sizes in bytes (throughput).
     #[arg(long, value_delimiter = ',', default_value = "1024,65536")]
     sizes: Vec<usize>,
@@ -175,13 +179,19 @@ impl Args {
             Scenario::Flash => vec!["flash"],
             Scenario::Rsa => vec!["rsa"],
             Scenario::Fairness => vec!["fairness"],
+            Scenario::Stores => vec!["stores"],
+        };
+        let agencies = if self.scenario == Scenario::Stores {
+            20
+        } else {
+            50
         };
         Settings {
             scenarios: scenarios.into_iter().map(str::to_owned).collect(),
             quick: q,
             amqp_url: self.amqp_url.clone(),
-            sources: self.sources.max(1),
-            dests: self.dests.max(1),
+            sources: self.sources.unwrap_or(agencies).max(1),
+            dests: self.dests.unwrap_or(agencies).max(1),
             sizes: self.sizes.clone(),
             warmup_s: self.warmup.unwrap_or(if q { 1.0 } else { 3.0 }),
             measure_s: self.duration.unwrap_or(if q { 2.0 } else { 20.0 }),
@@ -199,6 +209,9 @@ impl Args {
             rsa_pool: self.rsa_pool.unwrap_or(if q { 1_500 } else { 20_000 }),
             drain_timeout_s: self.drain_timeout.unwrap_or(if q { 15.0 } else { 60.0 }),
             max_inflight: 8192,
+            truc_bin: self.truc_bin.clone(),
+            truc_log: self.truc_log.clone(),
+            truc_prefetch: self.truc_prefetch,
         }
     }
 }
@@ -240,6 +253,7 @@ async fn run_scenarios(ctx: &mut Ctx) {
             "flash" => scenarios::flash(ctx).await,
             "rsa" => scenarios::rsa(ctx).await,
             "fairness" => scenarios::fairness(ctx).await,
+            "stores" => stores::stores(ctx).await,
             _ => Err(format!("unknown scenario {name}")),
         };
         let errors = ctx.shared.error_count() - errors_before;
@@ -441,6 +455,22 @@ fn headline(ctx: &Ctx) -> (Value, String) {
             basis.to_owned(),
         )
     };
+    if let Some(x) = r.get("stores").filter(|x| x.get("failed").is_none()) {
+        return (
+            json!({
+                "raw_msgs_per_s": x["raw_msgs_per_s"],
+                "truc_msgs_per_s": x["pg_msgs_per_s"],
+                "ratio": x["pg_vs_raw"],
+                "pg_vs_sled": x["pg_vs_sled"],
+                "two_vs_one_pg": x["two_vs_one_pg"],
+                "p50_ms": x["postgres"]["e2e"]["p50_ms"],
+                "p95_ms": x["postgres"]["e2e"]["p95_ms"],
+                "p99_ms": x["postgres"]["e2e"]["p99_ms"],
+                "max_ms": x["postgres"]["e2e"]["max_ms"],
+            }),
+            "stores scenario: truc_msgs_per_s is truc on PostgreSQL (one instance), sustained flat out; latency of that phase (queueing included); see pg_vs_sled and two_vs_one_pg".to_owned(),
+        );
+    }
     if let Some(c) = r
         .get("connections")
         .filter(|c| c.get("failed").is_none() || c["held"].is_number())
@@ -491,6 +521,19 @@ fn targets(ctx: &Ctx, head: &Value) -> Vec<Value> {
             "target": "p99 end to end ≤ 25 ms at 50 % of truc's maximum, 1 KiB",
             "measured": format!("p99 {} ms{q}", p99.map(|p| format!("{p:.2}")).unwrap_or("–".into())),
             "met": p99.map(|p| p <= 25.0),
+        }));
+    }
+    if let Some(x) = ctx.results.get("stores") {
+        let r = x["pg_vs_sled"].as_f64();
+        out.push(json!({
+            "target": "truc on PostgreSQL sustains ≥ 0.8 × truc on sled, 1 KiB flat out",
+            "measured": format!(
+                "{} × ({} vs {} msg/s){q}",
+                r.map(|r| format!("{r:.3}")).unwrap_or("–".into()),
+                x["pg_msgs_per_s"],
+                x["sled_msgs_per_s"]
+            ),
+            "met": r.map(|r| r >= 0.8),
         }));
     }
     if let Some(f) = ctx.results.get("flash") {
@@ -558,6 +601,7 @@ async fn main() -> ExitCode {
             &format!("bench{run_pid}."),
             &args.truc_log,
             args.truc_prefetch,
+            &[],
         )
         .await
         {
@@ -604,6 +648,7 @@ async fn main() -> ExitCode {
     let shared = Shared::new(&hub.prefix, cancel.clone());
     let pids = Pids {
         truc: hub.pid,
+        truc2: None,
         broker: procstat::find_broker_pid(&s.amqp_url),
         me: run_pid,
     };
@@ -613,13 +658,13 @@ async fn main() -> ExitCode {
     let monitor = Arc::new(Monitor {
         label: Mutex::new("setup".into()),
         points: Mutex::new(Vec::new()),
-        pids,
+        pids: Mutex::new(pids),
+        ingress: Mutex::new(Some(format!("{}ingress", hub.prefix))),
     });
     let monitor_stop = CancellationToken::new();
     let monitor_task = tokio::spawn(monitor.clone().run(
         shared.clone(),
         ctl.clone(),
-        Some(format!("{}ingress", hub.prefix)),
         monitor_stop.clone(),
     ));
     let tag = format!("B{run_pid}");

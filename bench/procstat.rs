@@ -72,6 +72,11 @@ pub fn cpu_pct(a: &Snap, b: &Snap) -> f64 {
     used / secs * 100.0
 }
 
+/// CPU seconds of `ticks` clock ticks.
+pub fn cpu_secs_of_ticks(ticks: u64) -> f64 {
+    ticks as f64 / clk_tck()
+}
+
 /// CPU seconds used between two readings.
 pub fn cpu_secs(a: &Snap, b: &Snap) -> f64 {
     b.cpu_ticks.saturating_sub(a.cpu_ticks) as f64 / clk_tck()

@@ -64,6 +64,12 @@ pub struct Settings {
     pub drain_timeout_s: f64,
     /// Largest publishes in flight in fixed-rate phases.
     pub max_inflight: usize,
+    /// truc binary (for the hubs a scenario starts itself).
+    pub truc_bin: std::path::PathBuf,
+    /// RUST_LOG of the started hubs.
+    pub truc_log: String,
+    /// Ingress prefetch of the started hubs.
+    pub truc_prefetch: Option<u16>,
 }
 
 /// One point of the timeline (one second).
@@ -102,6 +108,9 @@ pub struct Point {
 pub struct Pids {
     /// truc (child or `--truc-pid`).
     pub truc: Option<u32>,
+    /// A second instance of the same hub, read with `truc` and added to it
+    /// (CPU, RSS and threads are the sum of both).
+    pub truc2: Option<u32>,
     /// The RabbitMQ node, when local and visible.
     pub broker: Option<u32>,
     /// This benchmark.
@@ -117,10 +126,20 @@ pub struct Snaps {
 }
 
 impl Pids {
-    /// Reads all three.
+    /// Reads all three (truc: both instances, added).
     pub fn snap(&self) -> Snaps {
+        let truc = match (self.truc, self.truc2) {
+            (Some(a), Some(b)) => procstat::read(a).zip(procstat::read(b)).map(|(a, b)| Snap {
+                cpu_ticks: a.cpu_ticks + b.cpu_ticks,
+                rss_kib: a.rss_kib + b.rss_kib,
+                hwm_kib: a.hwm_kib + b.hwm_kib,
+                threads: a.threads + b.threads,
+                at: b.at,
+            }),
+            (a, _) => a.and_then(procstat::read),
+        };
         Snaps {
-            truc: self.truc.and_then(procstat::read),
+            truc,
             broker: self.broker.and_then(procstat::read),
             me: procstat::read(self.me),
         }
@@ -138,10 +157,28 @@ pub struct Monitor {
     /// The timeline.
     pub points: Mutex<Vec<Point>>,
     /// Watched processes.
-    pub pids: Pids,
+    pub pids: Mutex<Pids>,
+    /// truc's shared ingress queue, whose depth the progress line shows.
+    pub ingress: Mutex<Option<String>>,
 }
 
 impl Monitor {
+    /// The processes watched now.
+    pub fn pids(&self) -> Pids {
+        *self.pids.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Watches another hub: its instances' process ids (CPU and memory
+    /// added) and its ingress queue.
+    pub fn watch_hub(&self, truc: Option<u32>, truc2: Option<u32>, ingress: &str) {
+        {
+            let mut p = self.pids.lock().unwrap_or_else(|p| p.into_inner());
+            p.truc = truc;
+            p.truc2 = truc2;
+        }
+        *self.ingress.lock().unwrap_or_else(|p| p.into_inner()) = Some(ingress.to_owned());
+    }
+
     /// Sets the label shown in the progress line.
     pub fn set_label(&self, s: &str) {
         *self.label.lock().unwrap_or_else(|p| p.into_inner()) = s.to_owned();
@@ -163,7 +200,6 @@ impl Monitor {
         self: Arc<Self>,
         shared: Arc<Shared>,
         ctl: Arc<Link>,
-        ingress: Option<String>,
         stop: CancellationToken,
     ) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -178,7 +214,8 @@ impl Monitor {
             ]
         };
         let mut prev = read();
-        let mut prev_snaps = self.pids.snap();
+        let mut prev_pids = self.pids();
+        let mut prev_snaps = prev_pids.snap();
         let mut prev_at = Instant::now();
         let mut prev_label = self.label.lock().unwrap_or_else(|p| p.into_inner()).clone();
         tick.tick().await;
@@ -188,10 +225,18 @@ impl Monitor {
                 _ = tick.tick() => {}
             }
             let now = read();
-            let snaps = self.pids.snap();
+            let pids = self.pids();
+            let snaps = pids.snap();
+            // Another hub since the last reading: no CPU figure for this second.
+            let same_truc = (pids.truc, pids.truc2) == (prev_pids.truc, prev_pids.truc2);
             let secs = prev_at.elapsed().as_secs_f64().max(1e-3);
             prev_at = Instant::now();
             let rate = |i: usize| round1((now[i] - prev[i]) as f64 / secs);
+            let ingress = self
+                .ingress
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
             let depth = match &ingress {
                 Some(q) => tokio::time::timeout(Duration::from_secs(2), ctl.queue_info(q))
                     .await
@@ -213,7 +258,11 @@ impl Monitor {
                 accepted_per_s: rate(2),
                 statuses_per_s: rate(3),
                 errors: shared.error_count(),
-                truc_cpu_pct: pct(prev_snaps.truc, snaps.truc),
+                truc_cpu_pct: if same_truc {
+                    pct(prev_snaps.truc, snaps.truc)
+                } else {
+                    None
+                },
                 truc_rss_mib: snaps.truc.map(|s| round1(s.rss_kib as f64 / 1024.0)),
                 truc_threads: snaps.truc.map(|s| s.threads),
                 broker_cpu_pct: pct(prev_snaps.broker, snaps.broker),
@@ -243,6 +292,7 @@ impl Monitor {
                 .push(point);
             prev = now;
             prev_snaps = snaps;
+            prev_pids = pids;
         }
     }
 }
@@ -587,13 +637,13 @@ impl Ctx {
         let count_mode = matches!(spec.mode, Mode::Count { .. });
         let truc = spec.path == "truc";
         let (t_measure, snaps_a) = if count_mode {
-            (t_start, self.monitor.pids.snap())
+            (t_start, self.monitor.pids().snap())
         } else {
             tokio::select! {
                 _ = tokio::time::sleep(spec.warmup) => {}
                 _ = shared.cancel.cancelled() => {}
             }
-            (now_ns(), self.monitor.pids.snap())
+            (now_ns(), self.monitor.pids().snap())
         };
         let metrics_a = if truc {
             self.hub.metrics().await
@@ -613,7 +663,7 @@ impl Ctx {
             }
         };
         let t_end = now_ns().max(t_measure + 1);
-        let snaps_b = self.monitor.pids.snap();
+        let snaps_b = self.monitor.pids().snap();
         let metrics_b = if truc {
             self.hub.metrics().await
         } else {

@@ -26,7 +26,7 @@ fn secs(s: f64) -> Duration {
 }
 
 /// A body of `n` bytes (printable, not all equal).
-fn body(n: usize) -> Vec<u8> {
+pub fn body(n: usize) -> Vec<u8> {
     (0..n)
         .map(|i| b"abcdefghijklmnopqrstuvwxyz0123456789"[i % 36])
         .collect()
@@ -41,18 +41,18 @@ pub fn size_label(n: usize) -> String {
     }
 }
 
-fn ratio(a: f64, b: f64) -> Option<f64> {
+pub fn ratio(a: f64, b: f64) -> Option<f64> {
     (b > 0.0).then(|| round3(a / b))
 }
 
-async fn close_all(agencies: &[Arc<Agency>]) {
+pub async fn close_all(agencies: &[Arc<Agency>]) {
     use futures_util::stream::{self, StreamExt};
     stream::iter(agencies.iter())
         .for_each_concurrent(64, |a| async move { a.close().await })
         .await;
 }
 
-fn phase_json(p: &PhaseResult) -> Value {
+pub fn phase_json(p: &PhaseResult) -> Value {
     serde_json::to_value(p).unwrap_or(Value::Null)
 }
 
@@ -103,7 +103,7 @@ pub async fn raw_baseline(
 }
 
 /// Registers `n` agencies named `<tag>.<group><i>`.
-async fn register_group(
+pub async fn register_group(
     ctx: &mut Ctx,
     group: &str,
     n: usize,
@@ -349,7 +349,7 @@ pub async fn throughput(ctx: &mut Ctx) -> Result<Value, String> {
 /// consumers each, `frame_max=8192`), a steady load across them.
 pub async fn connections(ctx: &mut Ctx) -> Result<Value, String> {
     let n = ctx.s.connections;
-    let pids = ctx.monitor.pids;
+    let pids = ctx.monitor.pids();
     let broker_before = procstat::broker_limits(pids.broker);
     let rss_before = pids
         .truc

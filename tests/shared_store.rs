@@ -99,6 +99,37 @@ async fn two_instances_share_the_work_and_deliver_each_envelope_once() {
     assert!(na > 0 && nb > 0, "a {na}, b {nb}");
     eprintln!("accepted by a: {na}, by b: {nb}");
 
+    // An agency added through one instance is known to the other (its
+    // registry reloads within a second): it lists it and routes its mail.
+    let extra = b.register("000.00.37.H41").await;
+    let added = std::time::Instant::now();
+    loop {
+        let (status, _) = a.api("GET", "/v1/agencies/000.00.37.H41", None).await;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            added.elapsed() < Duration::from_secs(10),
+            "instance a never saw it"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "agency added through b seen by a after {} ms",
+        added.elapsed().as_millis()
+    );
+    a.agencies.push(common::code("000.00.37.H41"));
+    let from_new = a.client(&extra).await;
+    let m = envelope("000.00.32.H41")
+        .id("from-new")
+        .signed(&a.prefix, &extra);
+    from_new.publish(&m).await.unwrap();
+    let got = next_within(&mut inbox, WAIT)
+        .await
+        .expect("delivery from the new agency");
+    assert_eq!(got.message.message_id.as_deref(), Some("from-new"));
+    inbox.ack(got.delivery_tag).await.unwrap();
+
     // Timelines and the audit log are the same through either instance.
     let rec = |h: &TestHub| json(&h.cli(&["envelope", "show", "twice-1", "--json"]));
     assert_eq!(rec(&a)["dests"], rec(&b)["dests"]);

@@ -14,32 +14,16 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use common::{code, envelope, next_within, stderr, stdout, TestHub};
-use rsa::pkcs1v15::SigningKey;
 use rsa::pkcs8::{EncodePublicKey, LineEnding};
-use rsa::signature::{SignatureEncoding, Signer};
 use rsa::RsaPrivateKey;
 use truc::broker::Subscription;
 use truc::client::Client;
-use truc::message::Message;
 
 /// Signs with HMAC.
 const A: &str = "000.00.31.H41";
 /// Signs with RSA.
 const B: &str = "000.00.32.H41";
-
-/// `m` signed again with `key` as `rsa-sha256`.
-fn sign_rsa(m: &mut Message, key: &RsaPrivateKey) {
-    m.set_header("lgsp-alg", "rsa-sha256");
-    m.headers.remove("lgsp-signature");
-    let canon = truc::canonical::canonical_form(m, &m.routing_key).unwrap();
-    let sig = SigningKey::<rsa::sha2::Sha256>::new(key.clone()).sign(canon.as_bytes());
-    m.set_header(
-        "lgsp-signature",
-        base64::engine::general_purpose::STANDARD.encode(sig.to_bytes()),
-    );
-}
 
 /// Takes deliveries from `inbox` (checking the hub's signature with the
 /// client's secret, acking them) until `id` came; returns every id taken.
@@ -123,7 +107,7 @@ async fn a_running_hub_is_backed_up_and_restored_into_a_new_data_dir() {
     }
     // B → A, signed with RSA: left queued in A's inbox.
     let mut m = envelope(A).id("BK-B0").signed(&hub.prefix, &b);
-    sign_rsa(&mut m, &rsa_key);
+    common::sign_rsa(&mut m, &rsa_key);
     cb.publish(&m).await.unwrap();
     hub.wait_depth(&format!("inbox.{A}"), 1).await;
     wait_state(&hub, A, "BK-A0", "delivered").await;
@@ -219,7 +203,7 @@ async fn a_running_hub_is_backed_up_and_restored_into_a_new_data_dir() {
     let got = take_until(&mut cb, &mut inbox_b, "BK-A9").await;
     assert_eq!(got, ["BK-A9"]);
     let mut m = envelope(A).id("BK-B9").signed(&hub.prefix, &b);
-    sign_rsa(&mut m, &rsa_key);
+    common::sign_rsa(&mut m, &rsa_key);
     cb.publish(&m).await.unwrap();
     let mut inbox_a = ca.inbox(8).await.unwrap();
     let got = take_until(&mut ca, &mut inbox_a, "BK-B9").await;

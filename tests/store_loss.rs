@@ -9,14 +9,10 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use common::{envelope, next_within, notices, TestHub};
-use rsa::pkcs1v15::SigningKey;
 use rsa::pkcs8::{EncodePublicKey, LineEnding};
-use rsa::signature::{SignatureEncoding, Signer};
 use rsa::RsaPrivateKey;
 use truc::client::Credentials;
-use truc::message::Message;
 use truc::notice::NoticeKind;
 use truc::reason::Reason;
 use truc::time::{format_rfc3339, now_ms};
@@ -31,18 +27,6 @@ const SIGNED_HMAC: usize = 40;
 const SOURCE_RSA: &str = "000.00.31.H41";
 const SOURCE_HMAC: &str = "000.00.33.H41";
 const DEST: &str = "000.00.32.H41";
-
-/// `m` signed again with `key` as `rsa-sha256`.
-fn sign_rsa(m: &mut Message, key: &RsaPrivateKey) {
-    m.set_header("lgsp-alg", "rsa-sha256");
-    m.headers.remove("lgsp-signature");
-    let canon = truc::canonical::canonical_form(m, &m.routing_key).unwrap();
-    let sig = SigningKey::<rsa::sha2::Sha256>::new(key.clone()).sign(canon.as_bytes());
-    m.set_header(
-        "lgsp-signature",
-        base64::engine::general_purpose::STANDARD.encode(sig.to_bytes()),
-    );
-}
 
 /// Waits until the source's `accepted` notices for all `n` envelopes came.
 async fn accepted(hub: &TestHub, creds: &Credentials, n: usize) {
@@ -81,7 +65,7 @@ async fn held_deliveries_are_delivered_or_parked_and_reported_after_the_store_is
     for i in 0..SIGNED_RSA {
         let id = format!("RSA{i:03}");
         let mut m = deferred(id.clone()).signed(&hub.prefix, &a);
-        sign_rsa(&mut m, &rsa_key);
+        common::sign_rsa(&mut m, &rsa_key);
         sender.publish(&m).await.unwrap();
         rsa_ids.insert(id);
     }

@@ -42,6 +42,21 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// `m` signed again with `key` as `rsa-sha256`.
+pub fn sign_rsa(m: &mut Message, key: &rsa::RsaPrivateKey) {
+    use base64::Engine;
+    use rsa::signature::{SignatureEncoding, Signer};
+    m.set_header("lgsp-alg", "rsa-sha256");
+    m.headers.remove("lgsp-signature");
+    let canon = truc::canonical::canonical_form(m, &m.routing_key).unwrap();
+    let sig =
+        rsa::pkcs1v15::SigningKey::<rsa::sha2::Sha256>::new(key.clone()).sign(canon.as_bytes());
+    m.set_header(
+        "lgsp-signature",
+        base64::engine::general_purpose::STANDARD.encode(sig.to_bytes()),
+    );
+}
+
 /// 32 random bytes as hex: a master key for hubs that share one.
 fn hex_key() -> String {
     (0..32)

@@ -604,13 +604,14 @@ mod tests {
         pool.migrate().unwrap();
         assert_eq!(pool.threads(), 8);
         assert!(pool.redacted_url().contains(":***@"));
-        let setting = pool
-            .run(|s| {
+        let setting = || {
+            pool.run(|s| {
                 let row = s.client()?.query_one("SHOW synchronous_commit", &[])?;
                 Ok(row.try_get::<_, String>(0)?)
             })
-            .unwrap();
-        assert_eq!(setting, "off");
+            .unwrap()
+        };
+        assert_eq!(setting(), "off");
         pool.sync_commit(b"durable_marker").unwrap();
         let first = pool.table("meta").get(b"durable_marker").unwrap().unwrap();
         // A timestamp from the server, as text.
@@ -619,13 +620,7 @@ mod tests {
         let second = pool.table("meta").get(b"durable_marker").unwrap().unwrap();
         assert!(second > first, "the marker is rewritten each time");
         // The transaction-local setting did not leak into the session.
-        let setting = pool
-            .run(|s| {
-                let row = s.client()?.query_one("SHOW synchronous_commit", &[])?;
-                Ok(row.try_get::<_, String>(0)?)
-            })
-            .unwrap();
-        assert_eq!(setting, "off");
+        assert_eq!(setting(), "off");
     }
 
     #[test]

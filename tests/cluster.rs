@@ -7,7 +7,8 @@
 //! leader is killed while a destination is offline.
 //!
 //! Checked: every confirmed envelope is delivered, a repeat only ever marked
-//! `lgsp-attempt` > 1; each envelope to the offline destination gets exactly
+//! (`lgsp-attempt` > 1, or the broker's redelivered flag after a consumer's
+//! connection dropped before its ack); each envelope to the offline destination gets exactly
 //! one delay warning and one `bounced destination-offline`; the audit chain
 //! verifies and both instances show the same registry. The cluster (nodes
 //! and data) and the database are removed on `Drop`, also on failure.
@@ -134,7 +135,12 @@ async fn receive(
                 Err(_) => continue,
                 Ok(Some(Ok(got))) => {
                     let id = got.message.message_id.clone().unwrap_or_default();
-                    let attempt = got.message.header("lgsp-attempt").unwrap_or("").to_owned();
+                    // A broker redelivery (the connection dropped before the
+                    // ack) is flagged by the broker, as PROTOCOL §7 says.
+                    let mut attempt = got.message.header("lgsp-attempt").unwrap_or("").to_owned();
+                    if got.redelivered {
+                        attempt.push_str(" redelivered");
+                    }
                     // The hub's signature and the digest are checked.
                     client.receive(got.clone()).expect("a valid delivery");
                     if inbox.ack(got.delivery_tag).await.is_err() {

@@ -104,11 +104,8 @@ impl ServiceError {
     }
 }
 
-/// Publishing channels of the router's link; each has one publish in
-/// flight at a time ([`crate::broker::Link::publish`]), so this is how many
-/// confirms the router waits for at once (64: measured about 1.4 × the throughput
-/// of 16 on this machine, bench/README.md).
-pub const ROUTER_PUBLISH_CHANNELS: usize = 64;
+/// Publishing channels of the router's link.
+pub const ROUTER_PUBLISH_CHANNELS: usize = 4;
 
 /// Runs the hub until `shutdown` is cancelled.
 pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), ServiceError> {

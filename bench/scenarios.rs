@@ -45,6 +45,46 @@ pub fn ratio(a: f64, b: f64) -> Option<f64> {
     (b > 0.0).then(|| round3(a / b))
 }
 
+/// Connects `srcs` as sources and `dsts` as destinations (inbox prefetch from
+/// the settings), 16 at once; closes what connected when any could not.
+pub async fn connect_pair(
+    ctx: &Ctx,
+    srcs: &[crate::hub::Registered],
+    dsts: &[crate::hub::Registered],
+) -> Result<(Vec<Arc<Agency>>, Vec<Arc<Agency>>), String> {
+    let url = ctx.s.amqp_url.clone();
+    let (sources, failed) =
+        load::connect_agencies(&url, srcs, &ctx.shared, None, 16, 10, secs(15.0)).await;
+    if !failed.is_empty() {
+        close_all(&sources).await;
+        return Err(format!(
+            "{} sources could not connect: {}",
+            failed.len(),
+            failed[0]
+        ));
+    }
+    let (dests, failed) = load::connect_agencies(
+        &url,
+        dsts,
+        &ctx.shared,
+        Some(ctx.s.prefetch),
+        16,
+        10,
+        secs(15.0),
+    )
+    .await;
+    if !failed.is_empty() {
+        close_all(&sources).await;
+        close_all(&dests).await;
+        return Err(format!(
+            "{} destinations could not connect: {}",
+            failed.len(),
+            failed[0]
+        ));
+    }
+    Ok((sources, dests))
+}
+
 pub async fn close_all(agencies: &[Arc<Agency>]) {
     use futures_util::stream::{self, StreamExt};
     stream::iter(agencies.iter())
@@ -122,35 +162,7 @@ pub async fn throughput(ctx: &mut Ctx) -> Result<Value, String> {
     let url = ctx.s.amqp_url.clone();
     let src_regs = register_group(ctx, "TS", m, None).await?;
     let dst_regs = register_group(ctx, "TD", k, None).await?;
-    let (sources, failed) =
-        load::connect_agencies(&url, &src_regs, &ctx.shared, None, 16, 10, secs(15.0)).await;
-    if !failed.is_empty() {
-        close_all(&sources).await;
-        return Err(format!(
-            "{} sources could not connect: {}",
-            failed.len(),
-            failed[0]
-        ));
-    }
-    let (dests, failed) = load::connect_agencies(
-        &url,
-        &dst_regs,
-        &ctx.shared,
-        Some(ctx.s.prefetch),
-        16,
-        10,
-        secs(15.0),
-    )
-    .await;
-    if !failed.is_empty() {
-        close_all(&sources).await;
-        close_all(&dests).await;
-        return Err(format!(
-            "{} destinations could not connect: {}",
-            failed.len(),
-            failed[0]
-        ));
-    }
+    let (sources, dests) = connect_pair(ctx, &src_regs, &dst_regs).await?;
     let names: Vec<String> = (0..k)
         .map(|i| format!("{}raw.tp.{i}", ctx.hub.prefix))
         .collect();

@@ -35,10 +35,10 @@ use truc::code::AgencyCode;
 use truc::testing::TestDb;
 
 use crate::hub::{Hub, Registered};
-use crate::load::{self, Mix, Route};
+use crate::load::{Mix, Route};
 use crate::procstat;
 use crate::run::{Ctx, Mode, PhaseResult, PhaseSpec};
-use crate::scenarios::{body, close_all, phase_json, ratio, raw_baseline, register_group};
+use crate::scenarios::{self, body, close_all, phase_json, ratio, raw_baseline, register_group};
 use crate::stats::{round1, round3};
 
 /// Body size of every phase.
@@ -165,37 +165,7 @@ async fn flat_out(
     srcs: &[Registered],
     dsts: &[Registered],
 ) -> Result<PhaseResult, String> {
-    let url = ctx.s.amqp_url.clone();
-    let within = Duration::from_secs(15);
-    let (sources, failed) =
-        load::connect_agencies(&url, srcs, &ctx.shared, None, 16, 10, within).await;
-    if !failed.is_empty() {
-        close_all(&sources).await;
-        return Err(format!(
-            "{} sources could not connect: {}",
-            failed.len(),
-            failed[0]
-        ));
-    }
-    let (dests, failed) = load::connect_agencies(
-        &url,
-        dsts,
-        &ctx.shared,
-        Some(ctx.s.prefetch),
-        16,
-        10,
-        within,
-    )
-    .await;
-    if !failed.is_empty() {
-        close_all(&sources).await;
-        close_all(&dests).await;
-        return Err(format!(
-            "{} destinations could not connect: {}",
-            failed.len(),
-            failed[0]
-        ));
-    }
+    let (sources, dests) = scenarios::connect_pair(ctx, srcs, dsts).await?;
     let mix = match Mix::parse(&ctx.s.mix) {
         Ok(m) => m,
         Err(e) => {

@@ -15,8 +15,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{code, envelope, next_within, stderr, stdout, TestHub};
-use rsa::pkcs8::{EncodePublicKey, LineEnding};
-use rsa::RsaPrivateKey;
 use truc::broker::Subscription;
 use truc::client::Client;
 
@@ -82,11 +80,7 @@ fn file_mode(p: &Path) -> u32 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_hub_is_backed_up_and_restored_into_a_new_data_dir() {
     let mut hub = TestHub::start().await;
-    let rsa_key = RsaPrivateKey::new(&mut rand::thread_rng(), 1024).unwrap();
-    let pem = rsa_key
-        .to_public_key()
-        .to_public_key_pem(LineEnding::LF)
-        .unwrap();
+    let (rsa_key, pem) = common::rsa_key();
     let a = hub.register(A).await;
     let b = hub.register_with_key(B, Some(pem)).await;
 

@@ -10,8 +10,6 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use common::{envelope, next_within, notices, TestHub};
-use rsa::pkcs8::{EncodePublicKey, LineEnding};
-use rsa::RsaPrivateKey;
 use truc::client::Credentials;
 use truc::notice::NoticeKind;
 use truc::reason::Reason;
@@ -43,11 +41,7 @@ async fn accepted(hub: &TestHub, creds: &Credentials, n: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn held_deliveries_are_delivered_or_parked_and_reported_after_the_store_is_lost() {
     let mut hub = TestHub::start().await;
-    let rsa_key = RsaPrivateKey::new(&mut rand::thread_rng(), 1024).unwrap();
-    let pem = rsa_key
-        .to_public_key()
-        .to_public_key_pem(LineEnding::LF)
-        .unwrap();
+    let (rsa_key, pem) = common::rsa_key();
     let a = hub.register_with_key(SOURCE_RSA, Some(pem.clone())).await;
     let b = hub.register(SOURCE_HMAC).await;
     hub.register(DEST).await;

@@ -42,6 +42,17 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A fresh 1024-bit RSA key (quick to make; tests only) and its public key as PEM.
+pub fn rsa_key() -> (rsa::RsaPrivateKey, String) {
+    use rsa::pkcs8::{EncodePublicKey, LineEnding};
+    let key = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 1024).unwrap();
+    let pem = key
+        .to_public_key()
+        .to_public_key_pem(LineEnding::LF)
+        .unwrap();
+    (key, pem)
+}
+
 /// `m` signed again with `key` as `rsa-sha256`.
 pub fn sign_rsa(m: &mut Message, key: &rsa::RsaPrivateKey) {
     use base64::Engine;

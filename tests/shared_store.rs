@@ -214,6 +214,9 @@ async fn an_embedded_store_moves_to_postgres_and_a_postgres_store_is_backed_up()
         .unwrap();
     assert!(o.status.success(), "pg_dump: {}", common::stderr(&o));
     hub.terminate();
+    // The chain checked on the stopped hub's database itself.
+    let v = json(&hub.cli(&["audit", "verify", "--offline", "--json"]));
+    assert_eq!(v["ok"], true, "{v}");
     let db3 = std::sync::Arc::new(truc::testing::TestDb::new());
     let o = std::process::Command::new("pg_restore")
         .args(["--no-owner", "--dbname", db3.url(), dump.to_str().unwrap()])

@@ -144,6 +144,14 @@ fn verify_offline(cfg: &Config) -> Result<VerifyReport, CliError> {
     use crate::core::checkpoint::CheckpointKey;
     use crate::state::integrity::{verify_audit, AnchorFile};
     let master = offline_master_key(cfg)?;
+    if let Some(url) = &cfg.store_url {
+        // A shared store: the chain end to end; its integrity otherwise is
+        // the database's (no checkpoint file).
+        let store = crate::state::store::Store::open_postgres(url, 2)
+            .map_err(|e| CliError::new(1, format!("the PostgreSQL store: {e}")))?;
+        let audit = crate::state::audit::Audit::new(store.clone());
+        return verify_audit(&store, &audit, None).map_err(|e| CliError::new(1, e.to_string()));
+    }
     if !cfg.store_dir().exists() {
         return Err(CliError::new(
             1,

@@ -572,22 +572,7 @@ mod tests {
         );
         let mut held = DestTrack::new(code("A"), now - 100, DeliveryState::Accepted, None, "");
         held.push(now - 100, DeliveryState::Deferred, None, "until later");
-        let rec = EnvelopeRecord {
-            from: code("S"),
-            message_id: "m1".into(),
-            subject: String::new(),
-            data_type: "edoc".into(),
-            priority: 0,
-            digest: String::new(),
-            size: 1,
-            content_type: None,
-            accepted_at_ms: now - 5_000_000,
-            deliver_by_ms: None,
-            not_before_ms: None,
-            max_attempts: 5,
-            bounce_after_ms: None,
-            dests: vec![warned, held],
-        };
+        let rec = EnvelopeRecord::for_test(now - 5_000_000, "m1", vec![warned, held]);
         let w = waiting([&rec], now);
         assert_eq!(w[&code("A")].count, 1, "warned counts, deferred does not");
         assert_eq!(

@@ -203,28 +203,17 @@ mod tests {
         let from = AgencyCode::parse("S").unwrap();
         let dest = AgencyCode::parse("D").unwrap();
         for i in 0..600i64 {
-            let rec = EnvelopeRecord {
-                from: from.clone(),
-                message_id: format!("m{i:04}"),
-                subject: String::new(),
-                data_type: "edoc".into(),
-                priority: 0,
-                digest: String::new(),
-                size: 1,
-                content_type: None,
-                accepted_at_ms: if i < 550 { 1_000 } else { 10_000_000 },
-                deliver_by_ms: None,
-                not_before_ms: None,
-                max_attempts: 5,
-                bounce_after_ms: None,
-                dests: vec![DestTrack::new(
+            let rec = EnvelopeRecord::for_test(
+                if i < 550 { 1_000 } else { 10_000_000 },
+                &format!("m{i:04}"),
+                vec![DestTrack::new(
                     dest.clone(),
                     1_000,
                     DeliveryState::Queued,
                     None,
                     "",
                 )],
-            };
+            );
             tracking
                 .index(&from, &rec.message_id, std::slice::from_ref(&dest))
                 .unwrap();

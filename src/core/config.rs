@@ -64,43 +64,127 @@ pub fn is_store_url(url: &str) -> bool {
         || url.split_whitespace().any(|w| w.starts_with("host="))
 }
 
-/// `url` with its password replaced by `***`, for logs and errors.
+/// `url` with the password replaced by `***`, for logs and errors, in
+/// either syntax: the
+/// `user:password@` part and a `password` query parameter of a URL, or a
+/// `password=` pair (quoted or not) of the `key=value` form.
 pub fn redact_store_url(url: &str) -> String {
-    if let Some((scheme, rest)) = url.split_once("://") {
-        let (auth, tail) = match rest.find(['/', '?']) {
-            Some(i) => rest.split_at(i),
-            None => (rest, ""),
-        };
-        let auth = match auth.rsplit_once('@') {
-            Some((user, hosts)) => match user.split_once(':') {
-                Some((name, _)) => format!("{name}:***@{hosts}"),
-                None => format!("{user}@{hosts}"),
-            },
-            None => auth.to_owned(),
-        };
-        let tail = match tail.split_once('?') {
-            Some((path, query)) => {
-                let query = query
-                    .split('&')
-                    .map(|kv| match kv.split_once('=') {
-                        Some(("password", _)) => "password=***".to_owned(),
-                        _ => kv.to_owned(),
-                    })
-                    .collect::<Vec<_>>()
-                    .join("&");
-                format!("{path}?{query}")
+    // Any `scheme://` URL (a mistyped one too: it is named in errors).
+    let scheme = url.find("://").filter(|&i| {
+        i > 0
+            && url[..i]
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+.-".contains(c))
+    });
+    if let Some(scheme_end) = scheme.map(|i| i + 3) {
+        let rest = &url[scheme_end..];
+        let auth_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let mut out = url[..scheme_end].to_owned();
+        match rest[..auth_end].rfind('@') {
+            Some(at) => {
+                let userinfo = &rest[..at];
+                match userinfo.find(':') {
+                    Some(colon) => {
+                        out.push_str(&userinfo[..colon]);
+                        out.push_str(":***");
+                    }
+                    None => out.push_str(userinfo),
+                }
+                out.push_str(&rest[at..auth_end]);
             }
-            None => tail.to_owned(),
-        };
-        return format!("{scheme}://{auth}{tail}");
+            None => out.push_str(&rest[..auth_end]),
+        }
+        let tail = &rest[auth_end..];
+        match tail.find('?') {
+            Some(q) => {
+                out.push_str(&tail[..=q]);
+                let params: Vec<String> = tail[q + 1..]
+                    .split('&')
+                    .map(|p| match p.split_once('=') {
+                        Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                        _ => p.to_owned(),
+                    })
+                    .collect();
+                out.push_str(&params.join("&"));
+            }
+            None => out.push_str(tail),
+        }
+        out
+    } else {
+        redact_key_values(url)
     }
-    url.split_whitespace()
-        .map(|w| match w.split_once('=') {
-            Some(("password", _)) => "password=***".to_owned(),
-            _ => w.to_owned(),
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+}
+
+/// The `key=value` form with the value of `password` replaced.
+fn redact_key_values(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.char_indices().peekable();
+    while let Some(&(start, c)) = chars.peek() {
+        if c.is_whitespace() {
+            out.push(c);
+            chars.next();
+            continue;
+        }
+        // A key runs to '=' or whitespace.
+        let mut key_end = s.len();
+        while let Some(&(i, c)) = chars.peek() {
+            if c == '=' || c.is_whitespace() {
+                key_end = i;
+                break;
+            }
+            chars.next();
+        }
+        let key = &s[start..key_end];
+        out.push_str(key);
+        // Whitespace and '=' between key and value.
+        while let Some(&(_, c)) = chars.peek() {
+            if c == '=' || c.is_whitespace() {
+                out.push(c);
+                chars.next();
+                if c == '=' {
+                    break;
+                }
+            } else {
+                break;
+            }
+        }
+        while let Some(&(_, c)) = chars.peek() {
+            if c.is_whitespace() {
+                out.push(c);
+                chars.next();
+            } else {
+                break;
+            }
+        }
+        // The value: quoted (with backslash escapes) or up to whitespace.
+        let value_start = chars.peek().map_or(s.len(), |&(i, _)| i);
+        let mut value_end = s.len();
+        if chars.peek().is_some_and(|&(_, c)| c == '\'') {
+            chars.next();
+            while let Some((i, c)) = chars.next() {
+                if c == '\\' {
+                    chars.next();
+                } else if c == '\'' {
+                    value_end = i + 1;
+                    break;
+                }
+            }
+        } else {
+            while let Some(&(i, c)) = chars.peek() {
+                if c.is_whitespace() {
+                    value_end = i;
+                    break;
+                }
+                chars.next();
+            }
+        }
+        if key.eq_ignore_ascii_case("password") {
+            out.push_str("***");
+        } else {
+            out.push_str(&s[value_start..value_end]);
+        }
+    }
+    out
 }
 
 /// The broker nodes of an AMQP URL setting: one URL, or several separated by
@@ -848,6 +932,40 @@ fn secure_tree(root: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redaction_hides_the_password_in_both_syntaxes() {
+        assert_eq!(
+            redact_store_url(
+                "postgres://truc:s3cr%40t@a:5432,b:5433/truc?target_session_attrs=read-write"
+            ),
+            "postgres://truc:***@a:5432,b:5433/truc?target_session_attrs=read-write"
+        );
+        assert_eq!(
+            redact_store_url("postgresql://u@h/db"),
+            "postgresql://u@h/db"
+        );
+        assert_eq!(redact_store_url("postgres://h/db"), "postgres://h/db");
+        assert_eq!(
+            redact_store_url("postgres://u@h/db?sslmode=disable&password=x&connect_timeout=3"),
+            "postgres://u@h/db?sslmode=disable&password=***&connect_timeout=3"
+        );
+        assert_eq!(
+            redact_store_url(
+                "host=a,b user=u password=secret dbname=truc target_session_attrs=read-write"
+            ),
+            "host=a,b user=u password=*** dbname=truc target_session_attrs=read-write"
+        );
+        assert_eq!(
+            redact_store_url("host=a password = 'se cr\\'et' dbname=truc"),
+            "host=a password = *** dbname=truc"
+        );
+        assert_eq!(redact_store_url("host=a user=u"), "host=a user=u");
+        assert_eq!(
+            redact_store_url("host=a password=x://y dbname=truc"),
+            "host=a password=*** dbname=truc"
+        );
+    }
 
     #[test]
     fn store_url_is_postgres_and_its_password_never_shows() {

@@ -194,7 +194,7 @@ impl PgPool {
     /// unreachable server fails here; the other sessions connect on first use.
     pub(crate) fn connect(url: &str, threads: usize) -> Result<PgPool, PgError> {
         let config = Arc::new(configure(url)?);
-        let redacted: Arc<str> = redact(url).into();
+        let redacted: Arc<str> = crate::core::config::redact_store_url(url).into();
         let (tx, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
         let mut workers = Vec::with_capacity(threads.max(1));
@@ -371,155 +371,12 @@ fn work(mut session: Session, rx: &Mutex<Receiver<Job>>) {
     }
 }
 
-/// `url` with the password replaced by `***`, in either syntax: the
-/// `user:password@` part and a `password` query parameter of a URL, or a
-/// `password=` pair (quoted or not) of the `key=value` form.
-pub(crate) fn redact(url: &str) -> String {
-    let lower = url.to_ascii_lowercase();
-    if let Some(scheme_end) = ["postgres://", "postgresql://"]
-        .iter()
-        .find(|p| lower.starts_with(**p))
-        .map(|p| p.len())
-    {
-        let rest = &url[scheme_end..];
-        let auth_end = rest.find(['/', '?']).unwrap_or(rest.len());
-        let mut out = url[..scheme_end].to_owned();
-        match rest[..auth_end].rfind('@') {
-            Some(at) => {
-                let userinfo = &rest[..at];
-                match userinfo.find(':') {
-                    Some(colon) => {
-                        out.push_str(&userinfo[..colon]);
-                        out.push_str(":***");
-                    }
-                    None => out.push_str(userinfo),
-                }
-                out.push_str(&rest[at..auth_end]);
-            }
-            None => out.push_str(&rest[..auth_end]),
-        }
-        let tail = &rest[auth_end..];
-        match tail.find('?') {
-            Some(q) => {
-                out.push_str(&tail[..=q]);
-                let params: Vec<String> = tail[q + 1..]
-                    .split('&')
-                    .map(|p| match p.split_once('=') {
-                        Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
-                        _ => p.to_owned(),
-                    })
-                    .collect();
-                out.push_str(&params.join("&"));
-            }
-            None => out.push_str(tail),
-        }
-        out
-    } else {
-        redact_key_values(url)
-    }
-}
-
-/// The `key=value` form with the value of `password` replaced.
-fn redact_key_values(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.char_indices().peekable();
-    while let Some(&(start, c)) = chars.peek() {
-        if c.is_whitespace() {
-            out.push(c);
-            chars.next();
-            continue;
-        }
-        // A key runs to '=' or whitespace.
-        let mut key_end = s.len();
-        while let Some(&(i, c)) = chars.peek() {
-            if c == '=' || c.is_whitespace() {
-                key_end = i;
-                break;
-            }
-            chars.next();
-        }
-        let key = &s[start..key_end];
-        out.push_str(key);
-        // Whitespace and '=' between key and value.
-        while let Some(&(_, c)) = chars.peek() {
-            if c == '=' || c.is_whitespace() {
-                out.push(c);
-                chars.next();
-                if c == '=' {
-                    break;
-                }
-            } else {
-                break;
-            }
-        }
-        while let Some(&(_, c)) = chars.peek() {
-            if c.is_whitespace() {
-                out.push(c);
-                chars.next();
-            } else {
-                break;
-            }
-        }
-        // The value: quoted (with backslash escapes) or up to whitespace.
-        let value_start = chars.peek().map_or(s.len(), |&(i, _)| i);
-        let mut value_end = s.len();
-        if chars.peek().is_some_and(|&(_, c)| c == '\'') {
-            chars.next();
-            while let Some((i, c)) = chars.next() {
-                if c == '\\' {
-                    chars.next();
-                } else if c == '\'' {
-                    value_end = i + 1;
-                    break;
-                }
-            }
-        } else {
-            while let Some(&(i, c)) = chars.peek() {
-                if c.is_whitespace() {
-                    value_end = i;
-                    break;
-                }
-                chars.next();
-            }
-        }
-        if key.eq_ignore_ascii_case("password") {
-            out.push_str("***");
-        } else {
-            out.push_str(&s[value_start..value_end]);
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Instant;
 
     use super::super::testdb::{migrated_pool, server_url, TestDb};
     use super::*;
-
-    #[test]
-    fn redaction_hides_the_password_in_both_syntaxes() {
-        assert_eq!(
-            redact("postgres://truc:s3cr%40t@a:5432,b:5433/truc?target_session_attrs=read-write"),
-            "postgres://truc:***@a:5432,b:5433/truc?target_session_attrs=read-write"
-        );
-        assert_eq!(redact("postgresql://u@h/db"), "postgresql://u@h/db");
-        assert_eq!(redact("postgres://h/db"), "postgres://h/db");
-        assert_eq!(
-            redact("postgres://u@h/db?sslmode=disable&password=x&connect_timeout=3"),
-            "postgres://u@h/db?sslmode=disable&password=***&connect_timeout=3"
-        );
-        assert_eq!(
-            redact("host=a,b user=u password=secret dbname=truc target_session_attrs=read-write"),
-            "host=a,b user=u password=*** dbname=truc target_session_attrs=read-write"
-        );
-        assert_eq!(
-            redact("host=a password = 'se cr\\'et' dbname=truc"),
-            "host=a password = *** dbname=truc"
-        );
-        assert_eq!(redact("host=a user=u"), "host=a user=u");
-    }
 
     #[test]
     fn unset_timeouts_get_defaults_and_set_ones_are_kept() {

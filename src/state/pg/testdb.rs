@@ -37,7 +37,12 @@ fn admin<T: Send + 'static>(
     std::thread::spawn(move || {
         let mut client = postgres::Config::from_str(&server)
             .and_then(|c| c.connect(postgres::NoTls))
-            .map_err(|e| format!("test server {}: {e}", super::pool::redact(&server)))?;
+            .map_err(|e| {
+                format!(
+                    "test server {}: {e}",
+                    crate::core::config::redact_store_url(&server)
+                )
+            })?;
         f(&mut client).map_err(|e| e.to_string())
     })
     .join()

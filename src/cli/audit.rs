@@ -15,6 +15,7 @@ use crate::cli::admin::Admin;
 use crate::cli::{opt, print_json, CliError};
 use crate::core::config::Config;
 use crate::core::secrets::MasterKey;
+use crate::state::store::Store;
 
 /// `truc audit …`
 #[derive(Debug, Subcommand)]
@@ -139,39 +140,52 @@ pub(crate) fn offline_master_key(cfg: &Config) -> Result<MasterKey, CliError> {
     MasterKey::parse(&key_text).map_err(|e| CliError::new(1, format!("master key: {e}")))
 }
 
-/// The chain and checkpoint check on the store itself (the hub stopped).
-fn verify_offline(cfg: &Config) -> Result<VerifyReport, CliError> {
-    use crate::core::checkpoint::CheckpointKey;
-    use crate::state::integrity::{verify_audit, AnchorFile};
-    let master = offline_master_key(cfg)?;
-    if let Some(url) = &cfg.store_url {
-        // A shared store: the chain end to end; its integrity otherwise is
-        // the database's (no checkpoint file).
-        let store = crate::state::store::Store::open_postgres(url, 2)
-            .map_err(|e| CliError::new(1, format!("the PostgreSQL store: {e}")))?;
-        let audit = crate::state::audit::Audit::new(store.clone());
-        return verify_audit(&store, &audit, None).map_err(|e| CliError::new(1, e.to_string()));
+/// Opens the configured store for a command run with the hub stopped: the
+/// shared PostgreSQL store when `store_url` is set, else the embedded one in
+/// `data_dir` (created if missing).
+pub(crate) fn open_offline(cfg: &Config) -> Result<Store, CliError> {
+    match &cfg.store_url {
+        Some(url) => Store::open_postgres(url, 2)
+            .map_err(|e| CliError::new(1, format!("the PostgreSQL store: {e}"))),
+        None => open_embedded(cfg),
     }
-    if !cfg.store_dir().exists() {
-        return Err(CliError::new(
-            1,
-            format!("no store at {}", cfg.store_dir().display()),
-        ));
-    }
-    let store = std::panic::catch_unwind(|| crate::state::store::Store::open(&cfg.data_dir))
+}
+
+/// Opens the embedded store in `data_dir` of a stopped hub (created if missing).
+pub(crate) fn open_embedded(cfg: &Config) -> Result<Store, CliError> {
+    std::panic::catch_unwind(|| Store::open(&cfg.data_dir))
         .map_err(|_| CliError::new(1, "the store does not open: sled panicked"))?
         .map_err(|e| {
             CliError::new(
                 1,
                 format!(
-                    "the store at {} does not open: {e} (is truc serve running on it?)",
+                    "the store at {} does not open: {e} (is truc serve running on it? stop it first)",
                     cfg.store_dir().display()
                 ),
             )
-        })?;
+        })
+}
+
+/// The chain and checkpoint check on the store itself (the hub stopped).
+/// A shared store has no checkpoint file: its chain is checked end to end,
+/// its integrity otherwise is the database's.
+fn verify_offline(cfg: &Config) -> Result<VerifyReport, CliError> {
+    use crate::core::checkpoint::CheckpointKey;
+    use crate::state::integrity::{verify_audit, AnchorFile};
+    let master = offline_master_key(cfg)?;
+    if cfg.store_url.is_none() && !cfg.store_dir().exists() {
+        return Err(CliError::new(
+            1,
+            format!("no store at {}", cfg.store_dir().display()),
+        ));
+    }
+    let store = open_offline(cfg)?;
     let audit = crate::state::audit::Audit::new(store.clone());
-    let file = AnchorFile::new(cfg.anchor_path(), CheckpointKey::from_master(&master));
-    verify_audit(&store, &audit, Some(&file)).map_err(|e| CliError::new(1, e.to_string()))
+    let file = cfg
+        .store_url
+        .is_none()
+        .then(|| AnchorFile::new(cfg.anchor_path(), CheckpointKey::from_master(&master)));
+    verify_audit(&store, &audit, file.as_ref()).map_err(|e| CliError::new(1, e.to_string()))
 }
 
 /// Runs `truc audit …`.

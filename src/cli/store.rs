@@ -15,6 +15,7 @@ use clap::Subcommand;
 
 use crate::broker::{BrokerTls, Link};
 use crate::cli::admin::Admin;
+use crate::cli::audit::{open_embedded, open_offline};
 use crate::cli::{print_json, table, CliError};
 use crate::core::checkpoint::{Checkpoint, CheckpointKey};
 use crate::core::config::redact_store_url;
@@ -201,21 +202,6 @@ async fn broker_copy(cfg: &Config, key: &CheckpointKey) -> Result<Option<Checkpo
     }
 }
 
-/// Opens the embedded store of a stopped hub.
-fn open_stopped(cfg: &Config) -> Result<Store, CliError> {
-    std::panic::catch_unwind(|| Store::open(&cfg.data_dir))
-        .map_err(|_| CliError::new(1, "the store does not open: sled panicked"))?
-        .map_err(|e| {
-            CliError::new(
-                1,
-                format!(
-                    "the store at {} does not open: {e} (is truc serve running on it? stop it first)",
-                    cfg.store_dir().display()
-                ),
-            )
-        })
-}
-
 fn migrate(cfg: &Config, to: &str) -> Result<(), CliError> {
     let fail = |what: &str, e: &dyn std::fmt::Display| CliError::new(1, format!("{what}: {e}"));
     if !crate::core::config::is_store_url(to) {
@@ -228,7 +214,7 @@ fn migrate(cfg: &Config, to: &str) -> Result<(), CliError> {
         ));
     }
     let master = crate::cli::audit::offline_master_key(cfg)?;
-    let from = open_stopped(cfg)?;
+    let from = open_embedded(cfg)?;
     // A damaged chain is not carried into the shared store unnoticed.
     let before = Audit::new(from.clone())
         .verify()
@@ -344,18 +330,15 @@ async fn restore_file(cfg: &Config, file: &Path) -> Result<(), CliError> {
         .map_err(|e| CliError::new(1, format!("{}: {e}; nothing was restored", file.display())))?;
     let source = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_owned());
     let source = source.display().to_string();
-    let (store, place) = match &cfg.store_url {
-        Some(url) => (
-            Store::open_postgres(url, 4)
-                .map_err(|e| CliError::new(1, format!("the PostgreSQL store: {e}")))?,
-            redact_store_url(url),
-        ),
+    let place = match &cfg.store_url {
+        Some(url) => redact_store_url(url),
         None => {
             cfg.prepare_data_dir()
                 .map_err(|e| CliError::new(1, format!("{}: {e}", cfg.data_dir.display())))?;
-            (open_stopped(cfg)?, cfg.store_dir().display().to_string())
+            cfg.store_dir().display().to_string()
         }
     };
+    let store = open_offline(cfg)?;
     let snap = Snapshot::of(&store).map_err(|e| CliError::new(1, e.to_string()))?;
     if snap.has_data {
         return Err(CliError::new(

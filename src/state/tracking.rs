@@ -452,8 +452,9 @@ impl Tracking {
         {
             return Ok(false);
         }
-        if old.is_none() && self.store.envelopes().contains_key(&key)? {
-            // Another instance routed it between our look and our claim.
+        // Another instance may have routed it between our look and our claim
+        // (one process alone looks and claims under the envelope's lock).
+        if old.is_none() && self.store.is_shared() && self.store.envelopes().contains_key(&key)? {
             self.store
                 .routing()
                 .compare_and_swap(&key, Some(&mine), None)?

@@ -16,8 +16,10 @@ fn init_logging() {
         .init();
 }
 
-async fn serve(cli: &Cli, args: &truc::cli::ServeArgs) -> anyhow::Result<()> {
-    let mut config = truc::config::Config::load(cli.config.as_deref())?;
+async fn serve(
+    mut config: truc::config::Config,
+    args: &truc::cli::ServeArgs,
+) -> anyhow::Result<()> {
     config.accept_loss = args.accept_loss;
     let shutdown = CancellationToken::new();
     let signals = shutdown.clone();
@@ -40,12 +42,32 @@ async fn serve(cli: &Cli, args: &truc::cli::ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::main]
-async fn main() {
+/// The runtime of `truc serve`. On a shared (PostgreSQL) store every store
+/// call blocks its worker thread for a round trip to the database, so the
+/// runtime gets one more worker per store connection, beside one per core:
+/// the cores keep routing while calls wait (`TOKIO_WORKER_THREADS`, when
+/// set, decides instead).
+fn serve_runtime(config: &truc::config::Config) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if config.store_url.is_some() && std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        builder.worker_threads(cores + config.store_connections);
+    }
+    builder.build()
+}
+
+fn main() {
     let cli = Cli::parse();
     if let Command::Serve(args) = &cli.command {
         init_logging();
-        if let Err(e) = serve(&cli, args).await {
+        let run = truc::config::Config::load(cli.config.as_deref())
+            .map_err(anyhow::Error::from)
+            .and_then(|config| {
+                let rt = serve_runtime(&config)?;
+                rt.block_on(serve(config, args))
+            });
+        if let Err(e) = run {
             eprintln!("error: {e:#}");
             std::process::exit(1);
         }
@@ -54,7 +76,14 @@ async fn main() {
     if std::env::var_os("RUST_LOG").is_some() {
         init_logging();
     }
-    if let Err(e) = truc::cli::run(cli).await {
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = rt.block_on(truc::cli::run(cli)) {
         eprintln!("error: {e}");
         std::process::exit(e.code);
     }

@@ -35,7 +35,7 @@ use crate::router::{Heartbeat, Outbox, Outcome, PublishError, Router, RouterErro
 use crate::state::audit::AuditEvent;
 use crate::state::registry::Entry;
 use crate::state::replay::NonceCheck;
-use crate::state::tracking::{DestTrack, EnvelopeRecord, Pending, Routing};
+use crate::state::tracking::{Claim, DestTrack, EnvelopeRecord, Pending};
 
 /// How often a claim held by another instance is looked at again.
 const CLAIM_POLL: Duration = Duration::from_millis(500);
@@ -374,11 +374,11 @@ impl Router {
         // instance), not sent back to the queue, whose delivery limit a
         // crashed instance's claim would otherwise use up.
         let mut waited = Duration::ZERO;
-        let (_guard, routing) = loop {
+        let (_guard, token, unfinished) = loop {
             let guard = self.locks.lock(from.as_str(), mid).await;
             let at = now + waited.as_millis() as i64;
-            match self.tracking.routing_state(from, mid, at)? {
-                Routing::Elsewhere { owner } => {
+            match self.tracking.claim(from, mid, at)? {
+                Claim::Elsewhere { owner } => {
                     drop(guard);
                     // The source's later envelopes do not wait behind this
                     // one (a crashed instance leaves a claim on each of its
@@ -396,11 +396,14 @@ impl Router {
                     tokio::time::sleep(CLAIM_POLL).await;
                     waited += CLAIM_POLL;
                 }
-                r => break (guard, r),
+                Claim::Mine { token, unfinished } => break (guard, token, unfinished),
             }
         };
-        let unfinished = matches!(routing, Routing::Unfinished(_));
+        // Looked at under the claim: a record routed to the end by anyone
+        // before it is a duplicate; one whose routing did not finish is
+        // routed again.
         if let Some(rec) = self.tracking.get(from, mid)?.filter(|_| !unfinished) {
+            self.tracking.release(from, mid, &token)?;
             if let Some(t) = turn {
                 t.pass();
             }
@@ -430,6 +433,7 @@ impl Router {
             t.pass();
         }
         if !allowed {
+            self.tracking.release(from, mid, &token)?;
             return self
                 .reject(
                     auth,
@@ -569,17 +573,8 @@ impl Router {
             dests,
             bounce_after_ms: fields.bounce_after.map(|d| d.as_millis() as u64),
         };
-        // The record first (marked as being routed), so whoever hears of the
+        // The record first (under the claim), so whoever hears of the
         // envelope (its destination, its source reading `accepted`) finds it.
-        if !self
-            .tracking
-            .begin_routing(from, mid, &routing, now + waited.as_millis() as i64)?
-        {
-            return Err(RouterError::Pending(format!(
-                "envelope {} from {from} was claimed by another instance meanwhile; it comes again",
-                Escaped(mid)
-            )));
-        }
         self.tracking.put(&rec)?;
         // Presence watches what waits in an inbox; a deferred delivery is
         // pended when it is released.
@@ -597,6 +592,9 @@ impl Router {
                 },
             )?;
         }
+        // Other instances see the record, index and pending entries before
+        // anyone hears of the envelope.
+        self.store.share()?;
         // Deliveries and notices go out together: one round of confirms.
         let publishes = deliveries
             .iter()
@@ -622,7 +620,7 @@ impl Router {
         for r in notified {
             r?;
         }
-        self.tracking.routed(from, mid)?;
+        self.tracking.routed(from, mid, &token)?;
         self.audit.record(AuditEvent::Accepted {
             from: from.to_string(),
             message_id: mid.clone(),

@@ -22,7 +22,7 @@ use crate::core::timeline::{DeliveryState, StatusCode};
 use crate::router::ingress::Authenticated;
 use crate::router::{Outbox, Outcome, Router, RouterError};
 use crate::state::audit::AuditEvent;
-use crate::state::tracking::Tracking;
+use crate::state::tracking::EnvelopeRecord;
 
 impl Router {
     /// A status message from a destination about an envelope it received.
@@ -95,10 +95,14 @@ impl Router {
         // Wait for the envelope's acceptance to finish (the destination may
         // answer before truc has written the record).
         let guard = self.locks.lock(source.as_str(), &st.reference).await;
+        // The first `01` of a destination is counted with its latency, read
+        // off the record as updated (the closure may run more than once).
+        let delivered = std::cell::Cell::new(None);
         let found = self.tracking.update(&source, &st.reference, |rec| {
             if let Some(d) = rec.dests.iter_mut().find(|d| &d.code == sender) {
                 d.push(now, state, reason, &detail);
             }
+            delivered.set(first_delivery(rec, sender, st.status));
         })?;
         if found {
             // Any status means the destination has the envelope: it no longer
@@ -107,7 +111,9 @@ impl Router {
         }
         drop(guard);
         if found {
-            observe_status(&self.tracking, &source, &st.reference, sender, st.status);
+            if let Some((priority, latency)) = delivered.get() {
+                metrics::delivered(priority, latency);
+            }
             self.audit.record(AuditEvent::Status {
                 from: sender.to_string(),
                 source: source.to_string(),
@@ -151,30 +157,26 @@ impl Router {
     }
 }
 
-/// Called by the router after a status was recorded: on the first status
-/// `01` of a destination, counts the delivery and its end-to-end latency.
-fn observe_status(
-    tracking: &Tracking,
-    source: &AgencyCode,
-    reference: &str,
+/// On the first status `01` of `dest` in `rec` (as just updated): the
+/// envelope's priority and its end-to-end latency, for the metrics.
+fn first_delivery(
+    rec: &EnvelopeRecord,
     dest: &AgencyCode,
     status: StatusCode,
-) {
+) -> Option<(u8, Duration)> {
     if status != StatusCode::Received {
-        return;
+        return None;
     }
-    let Ok(Some(rec)) = tracking.get(source, reference) else {
-        return;
-    };
-    let Some(d) = rec.dests.iter().find(|d| &d.code == dest) else {
-        return;
-    };
+    let d = rec.dests.iter().find(|d| &d.code == dest)?;
     let mut delivered = d
         .events
         .iter()
         .filter(|e| e.state == DeliveryState::Delivered);
-    if let (Some(first), None) = (delivered.next(), delivered.next()) {
-        let ms = (first.at_ms - rec.accepted_at_ms).max(0) as u64;
-        metrics::delivered(rec.priority, Duration::from_millis(ms));
+    match (delivered.next(), delivered.next()) {
+        (Some(first), None) => {
+            let ms = (first.at_ms - rec.accepted_at_ms).max(0) as u64;
+            Some((rec.priority, Duration::from_millis(ms)))
+        }
+        _ => None,
     }
 }

@@ -19,7 +19,7 @@ use crate::state::registry::Registry;
 use crate::state::relay::{HeartbeatRelay, Relayed};
 use crate::state::replay::{NonceCheck, Nonces};
 use crate::state::store::Store;
-use crate::state::tracking::{Routing, Tracking};
+use crate::state::tracking::{Claim, Tracking};
 
 /// One backend under test, with what must live as long as its stores.
 enum Backend {
@@ -352,28 +352,35 @@ fn a_routing_claim_is_exclusive(b: &Backend) {
     let (t1, t2) = (Tracking::new(b.open()), Tracking::new(b.open()));
     let from = AgencyCode::parse("H37.DN.001").unwrap();
     let now = crate::core::time::now_ms();
-    let seen = t1.routing_state(&from, "m1", now).unwrap();
-    assert_eq!(seen, Routing::None);
-    // Both looked before either claimed: only one claim holds.
-    let seen2 = t2.routing_state(&from, "m1", now).unwrap();
-    assert!(t1.begin_routing(&from, "m1", &seen, now).unwrap());
-    assert!(!t2.begin_routing(&from, "m1", &seen2, now).unwrap());
-    match t2.routing_state(&from, "m1", now).unwrap() {
+    let Claim::Mine {
+        token: first,
+        unfinished: false,
+    } = t1.claim(&from, "m1", now).unwrap()
+    else {
+        panic!("a fresh envelope is claimed at once")
+    };
+    match t2.claim(&from, "m1", now).unwrap() {
         // Shared: another live instance routes it.
-        Routing::Elsewhere { .. } => assert!(b.open().is_shared()),
+        Claim::Elsewhere { .. } => assert!(b.open().is_shared()),
         // One process: a marker it finds is its own, left unfinished.
-        Routing::Unfinished(_) => assert!(!b.open().is_shared()),
-        Routing::None => panic!("the claim is gone"),
+        Claim::Mine {
+            unfinished: true, ..
+        } => assert!(!b.open().is_shared()),
+        other => panic!("the first claim was lost: {other:?}"),
     }
     // Stale: routed again by the other.
     let later = now + crate::state::tracking::CLAIM_STALE_MS + 1;
-    let stale = t2.routing_state(&from, "m1", later).unwrap();
-    assert!(matches!(stale, Routing::Unfinished(_)));
-    assert!(t2.begin_routing(&from, "m1", &stale, later).unwrap());
+    let Claim::Mine {
+        token: second,
+        unfinished: true,
+    } = t2.claim(&from, "m1", later).unwrap()
+    else {
+        panic!("a stale claim is taken over")
+    };
     // The first instance finishing late leaves the new owner's claim alone.
-    t1.routed(&from, "m1").unwrap();
+    t1.routed(&from, "m1", &first).unwrap();
     assert!(t1.is_routing(&from, "m1").unwrap());
-    t2.routed(&from, "m1").unwrap();
+    t2.routed(&from, "m1", &second).unwrap();
     assert!(!t1.is_routing(&from, "m1").unwrap());
 }
 

@@ -265,13 +265,20 @@ struct RoutingClaim {
     at_ms: i64,
 }
 
-/// What an envelope's routing marker says (see [`Tracking::routing_state`]).
+/// What [`Tracking::claim`] got.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Routing {
-    /// No marker: a new envelope, or one routed to the end.
-    None,
-    /// A routing that did not finish: route it again (the marker's bytes).
-    Unfinished(Vec<u8>),
+pub enum Claim {
+    /// Claimed for routing here. `unfinished`: the claim replaced a marker
+    /// left by a routing that did not finish (a crash, a failed publish, an
+    /// instance silent for [`CLAIM_STALE_MS`]), so the envelope is routed
+    /// again as a possible repeat. `token` is the claim's bytes, for
+    /// [`Tracking::routed`] and [`Tracking::release`].
+    Mine {
+        /// The claim as written.
+        token: Vec<u8>,
+        /// A marker of an unfinished routing was there.
+        unfinished: bool,
+    },
     /// Another live instance is routing it now.
     Elsewhere {
         /// That instance's claim name.
@@ -320,7 +327,7 @@ impl Tracking {
         for d in dests {
             self.store
                 .by_dest()
-                .insert(dest_index_key(d, message_id, from), [])?;
+                .put(dest_index_key(d, message_id, from), [])?;
         }
         Ok(())
     }
@@ -338,7 +345,7 @@ impl Tracking {
         for d in dests {
             self.store
                 .pending()
-                .insert(pending_key(d, from, message_id), v.clone())?;
+                .put(pending_key(d, from, message_id), &v)?;
         }
         Ok(())
     }
@@ -352,8 +359,7 @@ impl Tracking {
     ) -> Result<(), StoreError> {
         self.store
             .pending()
-            .remove(pending_key(dest, from, message_id))?;
-        Ok(())
+            .delete(pending_key(dest, from, message_id))
     }
 
     /// Replaces the pending entry of `(from, message_id)` for `dest`, if it
@@ -393,75 +399,70 @@ impl Tracking {
         Ok(out)
     }
 
-    /// What the routing marker of `(from, message_id)` says now (`now_ms`):
-    /// nothing, a routing left unfinished (by a crash, a failed publish, or
-    /// an instance silent for [`CLAIM_STALE_MS`]), or one in flight in
-    /// another live instance.
-    pub fn routing_state(
+    /// Claims `(from, message_id)` for routing here (at `now_ms`), in one
+    /// compare-and-swap when nothing holds it: its record is looked at next,
+    /// under the claim, then written before its deliveries and notices are
+    /// published (so whoever learns of the envelope finds it), and a marker
+    /// still there after a crash means an envelope to route again, not a
+    /// duplicate. Atomic across instances: a claim of another live instance
+    /// is [`Claim::Elsewhere`]; on a store one process opens, every marker
+    /// found is an unfinished routing of its own (two copies of an envelope
+    /// take their turns under the router's lock).
+    pub fn claim(
         &self,
         from: &AgencyCode,
         message_id: &str,
         now_ms: i64,
-    ) -> Result<Routing, StoreError> {
-        let Some(v) = self.store.routing().get(record_key(from, message_id))? else {
-            return Ok(Routing::None);
-        };
-        // Markers of older versions are empty: their writer is gone.
-        let claim = codec::decode::<RoutingClaim>(&v).ok();
-        Ok(match claim {
-            Some(c)
-                if self.store.is_shared()
-                    && c.owner != self.owner.as_ref()
-                    && now_ms - c.at_ms < CLAIM_STALE_MS =>
-            {
-                Routing::Elsewhere { owner: c.owner }
-            }
-            _ => Routing::Unfinished(v),
-        })
-    }
-
-    /// Claims `(from, message_id)` for routing here: its record is written
-    /// next, before its deliveries and notices are published (so whoever
-    /// learns of the envelope finds its record), and a marker still there
-    /// after a crash means an envelope to route again, not a duplicate.
-    /// `seen` is what [`Tracking::routing_state`] found. Atomic across
-    /// instances: `false` when another claimed it meanwhile, or when its
-    /// record appeared meanwhile (routed since by another instance).
-    pub fn begin_routing(
-        &self,
-        from: &AgencyCode,
-        message_id: &str,
-        seen: &Routing,
-        now_ms: i64,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Claim, StoreError> {
         let key = record_key(from, message_id);
         let mine = codec::encode(&RoutingClaim {
             owner: self.owner.to_string(),
             at_ms: now_ms,
         })?;
-        let old = match seen {
-            Routing::None => None,
-            Routing::Unfinished(v) => Some(v.as_slice()),
-            Routing::Elsewhere { .. } => return Ok(false),
-        };
-        if self
-            .store
-            .routing()
-            .compare_and_swap(&key, old, Some(&mine))?
-            .is_err()
-        {
-            return Ok(false);
-        }
-        // Another instance may have routed it between our look and our claim
-        // (one process alone looks and claims under the envelope's lock).
-        if old.is_none() && self.store.is_shared() && self.store.envelopes().contains_key(&key)? {
-            self.store
+        let mut seen: Option<Vec<u8>> = None;
+        loop {
+            match self
+                .store
                 .routing()
-                .compare_and_swap(&key, Some(&mine), None)?
-                .ok();
-            return Ok(false);
+                .compare_and_swap(&key, seen.as_deref(), Some(&mine))?
+            {
+                Ok(()) => {
+                    return Ok(Claim::Mine {
+                        token: mine,
+                        unfinished: seen.is_some(),
+                    })
+                }
+                Err(None) => seen = None,
+                Err(Some(current)) => {
+                    // Markers of older versions are empty: their writer is gone.
+                    match codec::decode::<RoutingClaim>(&current).ok() {
+                        Some(c)
+                            if self.store.is_shared()
+                                && c.owner != self.owner.as_ref()
+                                && now_ms - c.at_ms < CLAIM_STALE_MS =>
+                        {
+                            return Ok(Claim::Elsewhere { owner: c.owner })
+                        }
+                        _ => seen = Some(current),
+                    }
+                }
+            }
         }
-        Ok(true)
+    }
+
+    /// Gives up a claim without routing (a duplicate, a refusal): the
+    /// marker goes, unless another instance took it over meanwhile.
+    pub fn release(
+        &self,
+        from: &AgencyCode,
+        message_id: &str,
+        token: &[u8],
+    ) -> Result<(), StoreError> {
+        self.store
+            .routing()
+            .compare_and_swap(record_key(from, message_id), Some(token), None)?
+            .ok();
+        Ok(())
     }
 
     /// Whether `(from, message_id)` was being routed and not finished.
@@ -472,27 +473,28 @@ impl Tracking {
     }
 
     /// `(from, message_id)` is routed: its deliveries and notices were
-    /// confirmed. Removes the marker (only this instance's own: one taken
-    /// over meanwhile stays with its new owner).
-    pub fn routed(&self, from: &AgencyCode, message_id: &str) -> Result<(), StoreError> {
-        let key = record_key(from, message_id);
-        self.store.routing().fetch_and_update(&key, |v| {
-            let v = v?;
-            match codec::decode::<RoutingClaim>(v) {
-                Ok(c) if c.owner != self.owner.as_ref() => Some(v.to_vec()),
-                _ => None,
-            }
-        })?;
-        Ok(())
+    /// confirmed. Sends the staged writes first (its record, so an instance
+    /// that finds no claim finds the record), then removes the claim
+    /// `token`, only if still this routing's: one taken over meanwhile stays
+    /// with its new owner.
+    pub fn routed(
+        &self,
+        from: &AgencyCode,
+        message_id: &str,
+        token: &[u8],
+    ) -> Result<(), StoreError> {
+        self.store.share()?;
+        self.release(from, message_id, token)
     }
 
     /// Writes `rec` (the dedupe marker). Not durable until
-    /// [`Store::durable`] resolves.
+    /// [`Store::durable`] resolves; on a shared store, seen by other
+    /// instances after [`Store::share`] (staged, like the index, pending and
+    /// deadline writes: see [`crate::state::store::Table::put`]).
     pub fn put(&self, rec: &EnvelopeRecord) -> Result<(), StoreError> {
         self.store
             .envelopes()
-            .insert(record_key(&rec.from, &rec.message_id), codec::encode(rec)?)?;
-        Ok(())
+            .put(record_key(&rec.from, &rec.message_id), codec::encode(rec)?)
     }
 
     /// Records sent to `dest` with `message_id` (status messages name the
@@ -524,8 +526,7 @@ impl Tracking {
     ) -> Result<(), StoreError> {
         self.store
             .deadlines()
-            .insert(deadline_key(deliver_by_ms, from, message_id), [])?;
-        Ok(())
+            .put(deadline_key(deliver_by_ms, from, message_id), [])
     }
 
     /// Deadlines at or before `now_ms`, oldest first: (index key, from, message_id).
@@ -554,8 +555,7 @@ impl Tracking {
 
     /// Forgets a deadline returned by [`Tracking::due_deadlines`].
     pub fn remove_deadline(&self, key: &[u8]) -> Result<(), StoreError> {
-        self.store.deadlines().remove(key)?;
-        Ok(())
+        self.store.deadlines().delete(key)
     }
 
     /// Every record, newest first, up to `limit`, filtered by `keep`.

@@ -16,6 +16,7 @@
 pub(crate) mod error;
 pub(crate) mod migrate;
 pub(crate) mod pool;
+pub(crate) mod staged;
 pub(crate) mod table;
 pub mod testdb;
 

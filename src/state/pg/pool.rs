@@ -155,6 +155,8 @@ struct Inner {
     tx: Option<Sender<Job>>,
     workers: Vec<JoinHandle<()>>,
     redacted: Arc<str>,
+    /// Blind writes not yet sent ([`super::staged`]).
+    staged: super::staged::Staged,
 }
 
 impl Drop for Inner {
@@ -227,6 +229,7 @@ impl PgPool {
                 tx: Some(tx),
                 workers,
                 redacted,
+                staged: Default::default(),
             }),
         };
         pool.run(|s| s.client().map(|_| ()))?;
@@ -236,6 +239,16 @@ impl PgPool {
     /// The connection string with its password replaced by `***`.
     pub(crate) fn redacted_url(&self) -> &str {
         &self.inner.redacted
+    }
+
+    /// The blind writes of this pool's tables not yet sent.
+    pub(crate) fn staged(&self) -> &super::staged::Staged {
+        &self.inner.staged
+    }
+
+    /// Sends every staged write ([`super::staged::Staged::flush`]).
+    pub(crate) fn share(&self) -> Result<(), PgError> {
+        self.inner.staged.flush(self)
     }
 
     /// Number of worker threads.
@@ -263,11 +276,12 @@ impl PgPool {
         reply_rx.recv().map_err(|_| PgError::WorkerPanicked)?
     }
 
-    /// The group-commit barrier: one transaction with synchronous commit
-    /// that upserts `marker_key` in `truc_meta` (value: the server's time as
+    /// The group-commit barrier: the staged writes are sent, then one
+    /// transaction with synchronous commit upserts `marker_key` in `truc_meta` (value: the server's time as
     /// UTF-8 text). When it returns, every commit made before it, by any
     /// session, is flushed. Blocking: call it from `spawn_blocking`.
     pub(crate) fn sync_commit(&self, marker_key: &[u8]) -> Result<(), PgError> {
+        self.share()?;
         let key = marker_key.to_vec();
         self.run(move |s| {
             let client = s.client()?;

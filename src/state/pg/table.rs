@@ -23,6 +23,7 @@ use postgres::Row;
 
 use super::error::PgError;
 use super::pool::{PgPool, Session};
+use super::staged::Seen;
 
 /// A key and its value.
 pub(crate) type Entry = (Vec<u8>, Vec<u8>);
@@ -75,6 +76,12 @@ pub(crate) enum Op {
         lo: BoundKind,
         hi: BoundKind,
         rev: bool,
+    },
+    /// A batch of staged writes: bit `i` set for each table of
+    /// [`TREES`](super::TREES) with deletes / with puts.
+    Staged {
+        dels: u32,
+        puts: u32,
     },
 }
 
@@ -146,6 +153,7 @@ fn sql(t: &str, op: Op) -> String {
             let dir = if rev { "DESC" } else { "ASC" };
             format!("SELECT k, v FROM {t}{filter} ORDER BY k {dir} LIMIT {PAGE}")
         }
+        Op::Staged { dels, puts } => super::staged::batch_sql(dels, puts),
     }
 }
 
@@ -206,8 +214,28 @@ impl PgPool {
 }
 
 impl PgTable {
+    /// Sets `key` to `value` at the next flush ([`super::staged`]); read
+    /// back at once by this process.
+    pub(crate) fn put(&self, key: &[u8], value: &[u8]) {
+        self.pool.staged().stage(self.name, key, Some(value));
+    }
+
+    /// Removes `key` at the next flush; gone at once for this process.
+    pub(crate) fn delete(&self, key: &[u8]) {
+        self.pool.staged().stage(self.name, key, None);
+    }
+
+    /// Sends the staged writes first when `key` (any key, with `None`) of
+    /// this table has one.
+    fn settle(&self, key: Option<&[u8]>) -> Result<(), PgError> {
+        self.pool.staged().settle(&self.pool, self.name, key)
+    }
+
     /// The value of `key`.
     pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, PgError> {
+        if let Seen::Staged(v) = self.pool.staged().seen(self.name, key) {
+            return Ok(v);
+        }
         let (name, key) = (self.name, key.to_vec());
         self.pool.run(move |s| {
             let (client, st) = stmt(s, name, Op::Get)?;
@@ -218,6 +246,9 @@ impl PgTable {
 
     /// Whether `key` is present.
     pub(crate) fn contains_key(&self, key: &[u8]) -> Result<bool, PgError> {
+        if let Seen::Staged(v) = self.pool.staged().seen(self.name, key) {
+            return Ok(v.is_some());
+        }
         let (name, key) = (self.name, key.to_vec());
         self.pool.run(move |s| {
             let (client, st) = stmt(s, name, Op::Contains)?;
@@ -227,6 +258,7 @@ impl PgTable {
 
     /// Set `key` to `value`; the previous value.
     pub(crate) fn insert(&self, key: &[u8], value: &[u8]) -> Result<Option<Vec<u8>>, PgError> {
+        self.settle(Some(key))?;
         let (name, key, value) = (self.name, key.to_vec(), value.to_vec());
         self.pool.run(move |s| loop {
             let (client, st) = stmt(s, name, Op::Insert)?;
@@ -239,6 +271,7 @@ impl PgTable {
 
     /// Remove `key`; its value.
     pub(crate) fn remove(&self, key: &[u8]) -> Result<Option<Vec<u8>>, PgError> {
+        self.settle(Some(key))?;
         let (name, key) = (self.name, key.to_vec());
         self.pool.run(move |s| {
             let (client, st) = stmt(s, name, Op::Remove)?;
@@ -256,6 +289,7 @@ impl PgTable {
         old: Option<&[u8]>,
         new: Option<&[u8]>,
     ) -> Result<Result<(), Option<Vec<u8>>>, PgError> {
+        self.settle(Some(key))?;
         let name = self.name;
         let key = key.to_vec();
         let old = old.map(<[u8]>::to_vec);
@@ -310,6 +344,7 @@ impl PgTable {
     }
 
     fn one_entry(&self, op: Op) -> Result<Option<Entry>, PgError> {
+        self.settle(None)?;
         let name = self.name;
         self.pool.run(move |s| {
             let (client, st) = stmt(s, name, op)?;
@@ -330,6 +365,7 @@ impl PgTable {
 
     /// Number of entries (a full count: not for hot paths).
     pub(crate) fn len(&self) -> Result<usize, PgError> {
+        self.settle(None)?;
         let name = self.name;
         self.pool.run(move |s| {
             let (client, st) = stmt(s, name, Op::Len)?;
@@ -340,6 +376,7 @@ impl PgTable {
 
     /// Whether the table has no entry.
     pub(crate) fn is_empty(&self) -> Result<bool, PgError> {
+        self.settle(None)?;
         let name = self.name;
         self.pool.run(move |s| {
             let (client, st) = stmt(s, name, Op::IsEmpty)?;
@@ -349,6 +386,7 @@ impl PgTable {
 
     /// Remove every entry.
     pub(crate) fn clear(&self) -> Result<(), PgError> {
+        self.settle(None)?;
         let name = self.name;
         self.pool.run(move |s| {
             let (client, st) = stmt(s, name, Op::Clear)?;
@@ -396,6 +434,7 @@ impl PgTable {
             hi: BoundKind::of(hi),
             rev,
         };
+        self.settle(None)?;
         let params: Vec<Vec<u8>> = [lo, hi]
             .into_iter()
             .filter_map(|b| match b {

@@ -354,6 +354,7 @@ impl Store {
     pub fn snapshot(&self) -> Result<Snapshot, StoreError> {
         if let Some(pool) = &self.inner.pg {
             // One database snapshot covers every instance's writes.
+            pool.share()?;
             return Ok(pool.snapshot()?);
         }
         let _frozen = self.inner.gate.freeze();
@@ -363,6 +364,18 @@ impl Store {
             out.push((name, entries));
         }
         Ok(out)
+    }
+
+    /// Sends this process's staged writes ([`Table::put`],
+    /// [`Table::delete`]) to the shared store, so other instances see them:
+    /// call it before telling anyone of them (publishing a delivery,
+    /// releasing a claim). Not durable until [`Store::durable`]. Nothing to
+    /// do on sled, where every write is in place at once.
+    pub fn share(&self) -> Result<(), StoreError> {
+        match &self.inner.pg {
+            Some(pool) => Ok(pool.share()?),
+            None => Ok(()),
+        }
     }
 
     /// Whether other processes may share this store (so a marker another

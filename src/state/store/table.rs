@@ -73,6 +73,36 @@ impl Table {
         }
     }
 
+    /// Sets `key` to `value`, for a caller that needs no previous value.
+    /// On a shared store the write is staged: this process reads it back at
+    /// once; other instances see it after the next [`super::Store::share`]
+    /// or group commit ([`super::Store::durable`]), which sends every staged
+    /// write in one statement. Infallible here: a failure to send it is the
+    /// share's or the commit's.
+    pub fn put(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<(), StoreError> {
+        let _w = self.gate.write();
+        match &self.inner {
+            Backend::Sled(t) => {
+                t.insert(key, value.as_ref())?;
+            }
+            Backend::Pg(t) => t.put(key.as_ref(), value.as_ref()),
+        }
+        Ok(())
+    }
+
+    /// Removes `key`, for a caller that needs no previous value; staged on
+    /// a shared store, like [`Table::put`].
+    pub fn delete(&self, key: impl AsRef<[u8]>) -> Result<(), StoreError> {
+        let _w = self.gate.write();
+        match &self.inner {
+            Backend::Sled(t) => {
+                t.remove(key)?;
+            }
+            Backend::Pg(t) => t.delete(key.as_ref()),
+        }
+        Ok(())
+    }
+
     /// Removes `key`; returns the value it had.
     pub fn remove(&self, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>, StoreError> {
         let _w = self.gate.write();

@@ -1,0 +1,304 @@
+//! Staged writes: blind writes (a put or a delete whose caller needs no
+//! previous value) held in memory and written to PostgreSQL together, in one
+//! statement, at the next flush. Per envelope they were one round trip and
+//! one transaction each; now one statement carries every table's writes made
+//! since the last flush, by every task of this process.
+//!
+//! Invariants:
+//! - this process reads its own writes: a staged or in-flight value answers
+//!   a point read of its key before the database is asked;
+//! - an operation that reads or writes a key through the database (insert,
+//!   remove, compare-and-swap) flushes first when that key is staged, and a
+//!   scan, count or clear of a table flushes first when the table has staged
+//!   writes, so nothing it returns is older than what this process wrote;
+//! - other processes see staged writes only once flushed: callers flush
+//!   ([`Staged::flush`], `Store::share`) before telling anyone of them, and
+//!   the group commit flushes before it commits, so nothing is acked or made
+//!   durable that was not written;
+//! - one flush at a time (a mutex), so batches reach the database in the
+//!   order they were staged; within a batch each key appears once (its last
+//!   write), tables in [`TREES`](super::TREES) order and keys sorted, so two
+//!   processes' batches lock rows in one order;
+//! - a batch whose statement failed is put back under anything staged since
+//!   (newer writes win) and written by the next flush: nothing is dropped.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use postgres::types::ToSql;
+
+use super::error::PgError;
+use super::pool::{PgPool, Session};
+use super::table::Op;
+use super::TREES;
+
+/// Writes by table (index in [`TREES`]), then key: `Some` = put, `None` = delete.
+type Batch = BTreeMap<usize, BTreeMap<Vec<u8>, Option<Vec<u8>>>>;
+
+#[derive(Default)]
+struct State {
+    /// Staged since the last flush started.
+    pending: Batch,
+    /// Being written by the flush in progress.
+    inflight: Option<Arc<Batch>>,
+}
+
+/// The staged writes of one store (one pool); shared by its tables.
+#[derive(Default)]
+pub(crate) struct Staged {
+    state: Mutex<State>,
+    /// Held for the whole of a flush.
+    flushing: Mutex<()>,
+}
+
+fn index(table: &str) -> usize {
+    TREES
+        .iter()
+        .position(|t| *t == table)
+        .expect("table names come from TREES")
+}
+
+/// What a point read finds staged for a key.
+pub(crate) enum Seen {
+    /// Nothing staged: ask the database.
+    Unknown,
+    /// Staged: this value (`None`: deleted).
+    Staged(Option<Vec<u8>>),
+}
+
+impl Staged {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stages `value` (`None`: a delete) for `key` of `table`.
+    pub(crate) fn stage(&self, table: &str, key: &[u8], value: Option<&[u8]>) {
+        self.state()
+            .pending
+            .entry(index(table))
+            .or_default()
+            .insert(key.to_vec(), value.map(<[u8]>::to_vec));
+    }
+
+    /// What is staged (or being written) for `key` of `table`.
+    pub(crate) fn seen(&self, table: &str, key: &[u8]) -> Seen {
+        let i = index(table);
+        let st = self.state();
+        let find = |b: &Batch| b.get(&i).and_then(|t| t.get(key)).cloned();
+        match find(&st.pending).or_else(|| st.inflight.as_deref().and_then(find)) {
+            Some(v) => Seen::Staged(v),
+            None => Seen::Unknown,
+        }
+    }
+
+    /// Whether `key` of `table` (or, with `key` `None`, any key of it) has a
+    /// write not yet in the database.
+    fn dirty(&self, table: &str, key: Option<&[u8]>) -> bool {
+        let i = index(table);
+        let st = self.state();
+        let has = |b: &Batch| {
+            b.get(&i)
+                .is_some_and(|t| key.map_or(!t.is_empty(), |k| t.contains_key(k)))
+        };
+        has(&st.pending) || st.inflight.as_deref().is_some_and(has)
+    }
+
+    /// Whether anything is staged.
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
+        let st = self.state();
+        st.pending.is_empty() && st.inflight.is_none()
+    }
+
+    /// Flushes when `key` of `table` (any key, with `None`) is staged.
+    pub(crate) fn settle(
+        &self,
+        pool: &PgPool,
+        table: &str,
+        key: Option<&[u8]>,
+    ) -> Result<(), PgError> {
+        if self.dirty(table, key) {
+            self.flush(pool)?;
+        }
+        Ok(())
+    }
+
+    /// Writes everything staged before the call, in one statement (one
+    /// transaction). Concurrent callers take turns; a caller whose writes
+    /// an earlier flush took waits for that flush.
+    pub(crate) fn flush(&self, pool: &PgPool) -> Result<(), PgError> {
+        let _one = self.flushing.lock().unwrap_or_else(|p| p.into_inner());
+        let batch = {
+            let mut st = self.state();
+            if st.pending.is_empty() {
+                return Ok(());
+            }
+            let batch = Arc::new(std::mem::take(&mut st.pending));
+            st.inflight = Some(batch.clone());
+            batch
+        };
+        let written = batch.clone();
+        let res = pool.run(move |s| write(s, &written));
+        let mut st = self.state();
+        st.inflight = None;
+        if res.is_err() {
+            // Put back under what was staged meanwhile (newer wins).
+            let failed = Arc::try_unwrap(batch).unwrap_or_else(|b| (*b).clone());
+            for (t, rows) in failed {
+                let newer = st.pending.entry(t).or_default();
+                for (k, v) in rows {
+                    newer.entry(k).or_insert(v);
+                }
+            }
+        }
+        res
+    }
+}
+
+/// Writes `batch` as one statement of data-modifying CTEs, prepared once
+/// per shape (which tables have deletes, which have puts).
+fn write(s: &mut Session, batch: &Batch) -> Result<(), PgError> {
+    let (mut dels, mut puts) = (0u32, 0u32);
+    let mut params: Vec<Vec<Vec<u8>>> = Vec::new();
+    for (&t, rows) in batch {
+        let gone: Vec<Vec<u8>> = rows
+            .iter()
+            .filter(|(_, v)| v.is_none())
+            .map(|(k, _)| k.clone())
+            .collect();
+        let (keys, values): (Vec<Vec<u8>>, Vec<Vec<u8>>) = rows
+            .iter()
+            .filter_map(|(k, v)| v.as_ref().map(|v| (k.clone(), v.clone())))
+            .unzip();
+        if !gone.is_empty() {
+            dels |= 1 << t;
+            params.push(gone);
+        }
+        if !keys.is_empty() {
+            puts |= 1 << t;
+            params.push(keys);
+            params.push(values);
+        }
+    }
+    if params.is_empty() {
+        return Ok(());
+    }
+    let op = Op::Staged { dels, puts };
+    let (client, st) = s.prepared(("*", op), || batch_sql(dels, puts))?;
+    let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+    client.execute(&st, &refs)?;
+    Ok(())
+}
+
+/// The statement writing a batch: for each table in [`TREES`] order, its
+/// deletes (`$n` keys) if bit set in `dels`, then its puts (`$n` keys,
+/// `$n+1` values) if set in `puts`.
+pub(super) fn batch_sql(dels: u32, puts: u32) -> String {
+    let mut parts = Vec::new();
+    let mut n = 0;
+    for (i, tree) in TREES.iter().enumerate() {
+        let t = format!("truc_{tree}");
+        if dels & (1 << i) != 0 {
+            n += 1;
+            parts.push(format!(
+                "d{i} AS (DELETE FROM {t} WHERE k = ANY(${n}::bytea[]))"
+            ));
+        }
+        if puts & (1 << i) != 0 {
+            n += 2;
+            parts.push(format!(
+                "p{i} AS (INSERT INTO {t} (k, v) SELECT * FROM unnest(${}::bytea[], ${n}::bytea[]) \
+                 ON CONFLICT (k) DO UPDATE SET v = excluded.v)",
+                n - 1
+            ));
+        }
+    }
+    format!("WITH {} SELECT 1", parts.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testdb::{migrated_pool, TestDb};
+    use super::*;
+
+    #[test]
+    fn one_statement_per_shape_names_each_table_once() {
+        let sql = batch_sql(1 << 7, (1 << 2) | (1 << 7));
+        assert!(
+            sql.contains("DELETE FROM truc_pending WHERE k = ANY($3::bytea[])"),
+            "{sql}"
+        );
+        assert!(sql.contains("unnest($1::bytea[], $2::bytea[])"), "{sql}");
+        assert!(sql.contains("INSERT INTO truc_envelopes"));
+        assert!(sql.contains("unnest($4::bytea[], $5::bytea[])"), "{sql}");
+    }
+
+    #[test]
+    fn staged_writes_are_read_back_before_and_after_the_flush() {
+        let db = TestDb::new();
+        let pool = migrated_pool(&db, 2);
+        let t = pool.table("envelopes");
+        t.insert(b"gone", b"x").unwrap();
+        t.put(b"a", b"1");
+        t.put(b"b", b"2");
+        t.put(b"a", b"3");
+        t.delete(b"gone");
+        assert_eq!(t.get(b"a").unwrap(), Some(b"3".to_vec()));
+        assert_eq!(t.get(b"gone").unwrap(), None);
+        assert!(!t.contains_key(b"gone").unwrap());
+        // Another pool (another instance) sees nothing yet.
+        let other = migrated_pool(&db, 1).table("envelopes");
+        assert_eq!(other.get(b"a").unwrap(), None);
+        assert_eq!(other.get(b"gone").unwrap(), Some(b"x".to_vec()));
+        pool.staged().flush(&pool).unwrap();
+        assert_eq!(other.get(b"a").unwrap(), Some(b"3".to_vec()));
+        assert_eq!(other.get(b"b").unwrap(), Some(b"2".to_vec()));
+        assert_eq!(other.get(b"gone").unwrap(), None);
+        assert!(pool.staged().is_empty());
+    }
+
+    #[test]
+    fn scans_and_swaps_see_what_this_process_staged() {
+        let db = TestDb::new();
+        let pool = migrated_pool(&db, 2);
+        let t = pool.table("by_dest");
+        t.put(b"k1", b"");
+        t.put(b"k2", b"");
+        let keys: Vec<Vec<u8>> = t.scan_prefix(b"k").map(|r| r.unwrap().0).collect();
+        assert_eq!(keys, vec![b"k1".to_vec(), b"k2".to_vec()]);
+        let m = pool.table("meta");
+        m.put(b"c", b"1");
+        assert_eq!(
+            m.compare_and_swap(b"c", Some(b"1"), Some(b"2")).unwrap(),
+            Ok(())
+        );
+        assert_eq!(m.get(b"c").unwrap(), Some(b"2".to_vec()));
+    }
+
+    #[test]
+    fn a_failed_flush_keeps_its_writes_under_newer_ones() {
+        let db = TestDb::new();
+        let pool = migrated_pool(&db, 1);
+        let t = pool.table("meta");
+        t.put(b"a", b"old");
+        // Break the statement: the table is gone for a moment.
+        pool.run(|s| {
+            s.client()?
+                .batch_execute("ALTER TABLE truc_meta RENAME TO truc_meta_away")?;
+            Ok(())
+        })
+        .unwrap();
+        assert!(pool.staged().flush(&pool).is_err());
+        t.put(b"b", b"new");
+        pool.run(|s| {
+            s.client()?
+                .batch_execute("ALTER TABLE truc_meta_away RENAME TO truc_meta")?;
+            Ok(())
+        })
+        .unwrap();
+        pool.staged().flush(&pool).unwrap();
+        let other = migrated_pool(&db, 1).table("meta");
+        assert_eq!(other.get(b"a").unwrap(), Some(b"old".to_vec()));
+        assert_eq!(other.get(b"b").unwrap(), Some(b"new".to_vec()));
+    }
+}

@@ -384,6 +384,9 @@ struct Log {
     /// any later one, at the next commit (or before an append or a read). A
     /// store failure leaves them here until it can write.
     staged: VecDeque<(AuditEvent, i64)>,
+    /// How many of the oldest staged events were already counted as audit
+    /// failures (each is counted once, however often writing it fails).
+    counted: usize,
     /// The newest entry written whose `(seq, hash)` the stored head in
     /// `meta` may not hold yet (moving it failed): moved at the next write.
     head_behind: Option<SeqHash>,
@@ -502,6 +505,8 @@ impl Writer {
                     "audit entries lost by the store reopen are written again"
                 );
             }
+            // Ahead of the staged ones (not counted as failures: they were written).
+            log.counted += lost.len();
             for k in lost.into_iter().rev() {
                 log.staged.push_front((k.event, k.at_ms));
             }
@@ -588,6 +593,7 @@ impl Writer {
                 last_hash: prev,
             });
             log.head_behind = Some((seq - 1, prev));
+            log.counted = log.counted.saturating_sub(n);
             for (i, (event, at_ms)) in log.staged.drain(..n).enumerate() {
                 log.unflushed.push_back(Kept {
                     seq: first + i as u64,
@@ -609,11 +615,22 @@ impl Writer {
             Ok(true) => self.store.nudge(),
             Ok(false) => {}
             Err(e) => {
-                crate::core::metrics::audit_backlog(log.staged.len());
+                failed(&mut log);
                 tracing::debug!(error = %e, waiting = log.staged.len(), "staged audit entries not written before a read");
             }
         }
     }
+}
+
+/// Writing the staged events failed: the ones not counted yet are counted
+/// as audit failures, and the backlog gauge set.
+fn failed(log: &mut Log) {
+    let waiting = log.staged.len();
+    if waiting > log.counted {
+        crate::core::metrics::audit_failures(waiting - log.counted);
+    }
+    log.counted = waiting;
+    crate::core::metrics::audit_backlog(waiting);
 }
 
 impl CommitHook for Writer {
@@ -624,7 +641,7 @@ impl CommitHook for Writer {
         let res = self.write_locked(&mut log);
         crate::core::metrics::audit_backlog(log.staged.len());
         res.map_err(|e| {
-            crate::core::metrics::audit_failure();
+            failed(&mut log);
             tracing::debug!(error = %e, waiting = log.staged.len(), "audit entries kept until the store can write");
             match e {
                 AuditError::Store(e) => e,
@@ -642,7 +659,7 @@ impl Drop for Writer {
             return;
         }
         if let Err(e) = self.write_locked(&mut log) {
-            crate::core::metrics::audit_failure();
+            crate::core::metrics::audit_failures(log.staged.len().saturating_sub(log.counted));
             tracing::error!(error = %e, lost = log.staged.len(), "audit entries not written: the log was dropped while the store could not write");
         }
     }
@@ -678,6 +695,7 @@ impl Audit {
             // Not written: `event` is the newest staged (a reopen puts lost
             // entries at the front).
             log.staged.pop_back();
+            log.counted = log.counted.min(log.staged.len());
             res?;
         } else if let Err(e) = res {
             // Written; only the stored head lags, moved at the next write.
@@ -695,9 +713,14 @@ impl Audit {
     pub fn catch_up(&self) -> Result<usize, AuditError> {
         let mut log = self.writer.lock();
         let res = self.writer.write_locked(&mut log);
-        crate::core::metrics::audit_backlog(log.staged.len());
-        if matches!(res, Ok(true)) {
-            self.store.nudge();
+        match res {
+            Ok(wrote) => {
+                crate::core::metrics::audit_backlog(log.staged.len());
+                if wrote {
+                    self.store.nudge();
+                }
+            }
+            Err(_) => failed(&mut log),
         }
         res.map(|_| log.staged.len())
     }

@@ -584,7 +584,8 @@ impl Store {
 }
 
 impl Inner {
-    /// One flush: for sled, a probe write first when a write was seen to
+    /// One flush: the commit hooks first (a hook that wrote makes a health
+    /// check a full commit); then for sled, a probe write first when a write was seen to
     /// fail (`probe`), only sled's flush when nothing was asked (`idle`, a
     /// health check), else [`Inner::commit`]; for PostgreSQL, a synchronous
     /// commit, which makes every earlier write of every connection durable.
@@ -817,5 +818,38 @@ mod tests {
         assert_eq!(held.meta().get("k").unwrap().unwrap(), b"v");
         held.meta().insert("k2", "v2").unwrap();
         assert!(store.meta().get("k2").unwrap().is_some());
+    }
+
+    /// Writes one `meta` key per commit while armed.
+    struct Once(Store, std::sync::atomic::AtomicBool);
+
+    impl CommitHook for Once {
+        fn before_commit(&self) -> Result<bool, StoreError> {
+            if !self.1.swap(false, Ordering::AcqRel) {
+                return Ok(false);
+            }
+            self.0.meta().insert("hooked", "1")?;
+            Ok(true)
+        }
+    }
+
+    #[test]
+    fn commit_hooks_run_first_and_a_dropped_one_is_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let hook = Arc::new(Once(store.clone(), true.into()));
+        store.add_commit_hook(Arc::downgrade(&hook) as Weak<dyn CommitHook>);
+        // An idle health check with nothing written: no new generation.
+        hook.1.store(false, Ordering::Release);
+        store.inner.flush_once(1, false, true).unwrap();
+        assert_eq!(store.generation(), 0);
+        // A hook that wrote makes it a full commit.
+        hook.1.store(true, Ordering::Release);
+        store.inner.flush_once(2, false, true).unwrap();
+        assert_eq!(store.generation(), 1);
+        assert_eq!(store.meta().get("hooked").unwrap(), Some(b"1".to_vec()));
+        drop(hook);
+        store.flush().unwrap();
+        assert!(store.inner.hooks.lock().unwrap().is_empty());
     }
 }

@@ -157,7 +157,12 @@ pub fn dead_depth(queue: &'static str, messages: u32) {
 
 /// An audit entry could not be written.
 pub fn audit_failure() {
-    metrics::counter!("truc_audit_failures_total").increment(1);
+    audit_failures(1);
+}
+
+/// `n` audit entries could not be written.
+pub fn audit_failures(n: usize) {
+    metrics::counter!("truc_audit_failures_total").increment(n as u64);
 }
 
 /// Audit entries appended since start.

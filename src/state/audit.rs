@@ -1,25 +1,39 @@
 //! The audit log (R14): every accept, reject, quarantine, status, bounce,
 //! purge, dead-letter retry or drop and admin action, append-only and
-//! hash-chained in the sled tree `audit`, keyed by big-endian sequence number.
+//! hash-chained in the store's `audit` table, keyed by big-endian sequence number.
 //!
 //! Invariants:
 //! - an entry is `{seq, at, prev, event}` encoded by [`crate::state::codec`], stored
 //!   with `hash = sha256(encoded entry)`; `prev` is the previous entry's `hash`
 //!   (32 zero bytes for entry 1), so altering, removing or reordering any
 //!   entry breaks verification at that entry;
-//! - sequence numbers are contiguous; appends are serialised by one lock;
-//! - appending writes to sled but never flushes: entries become durable with
-//!   the router's group commit ([`crate::state::store::Store::durable`]) or sled's
-//!   periodic flush, so auditing adds no fsync per envelope;
+//! - sequence numbers are contiguous; writes are serialised by one lock per
+//!   log, and logs sharing a store (instances on one PostgreSQL database)
+//!   write a batch only under sequence numbers nobody took, all or none
+//!   ([`crate::state::store::Table::insert_all_new`]), else chain it again
+//!   after the newest entry;
+//! - appends are batched at group commit: [`Audit::record`] (the pipeline's
+//!   call) stages the event and its time in memory, and the store runs the
+//!   log's [`CommitHook`] before every commit, which writes every staged
+//!   event in order: one statement per batch and one moving the stored head
+//!   forward ([`crate::state::store::Table::put_max`]), not three per entry.
+//!   An event recorded before [`Store::durable`] is awaited is written by the
+//!   commit that resolves it. [`Audit::append`] writes at once (the staged
+//!   events first), and every read (`tail`, `verify`, `len`, `sweep`) writes
+//!   the staged events first, so this process reads all it recorded;
+//! - writing never flushes: entries become durable with the group commit
+//!   ([`Store::durable`], [`Store::flush`]) or sled's periodic flush, so
+//!   auditing adds no fsync per envelope;
 //! - the retention sweep removes the oldest entries only after recording
 //!   their last `(seq, hash)` as the *anchor* in `meta`, so the chain still
 //!   verifies from the first kept entry; `meta` also keeps the head
 //!   `(seq, hash)` so truncation of the newest entries is detected;
 //! - an audit failure is logged and counted but never stops routing, and
-//!   loses nothing: the event is kept in memory and written (in order, before
-//!   any later one) once the store can write; an entry appended but not yet
-//!   covered by a flush is kept too, and written again if the store is
-//!   reopened after a write failure without it (same `at`, so same hash);
+//!   loses nothing: a batch the store cannot write fails the commit (so
+//!   nothing waiting on it is acked) and stays staged, written (in order,
+//!   before any later event) once the store can write; an entry written but
+//!   not yet covered by a flush is kept too, and written again if the store
+//!   is reopened after a write failure without it (same `at`, so same hash);
 //! - unauthenticated input costs a bounded amount of audit space: it is not
 //!   recorded one entry per message but tallied by [`QuarantineTally`] into
 //!   one `quarantine-summary` entry per (minute, reason) with the count and
@@ -27,8 +41,8 @@
 //!   minute is over (at the next message or housekeeping tick) and at
 //!   shutdown.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex, Weak};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -37,7 +51,7 @@ use crate::core::text::escaped_max;
 use crate::core::time::{format_rfc3339, now_ms};
 use crate::state::codec;
 use crate::state::keys::{Fields, Key};
-use crate::state::store::{Store, StoreError};
+use crate::state::store::{CommitHook, Store, StoreError};
 
 const ANCHOR_KEY: &[u8] = b"audit_anchor";
 const HEAD_KEY: &[u8] = crate::state::integrity::AUDIT_HEAD_KEY;
@@ -348,10 +362,15 @@ struct Kept {
     mark: u64,
 }
 
-/// The most events kept for a retry while the store cannot write; more are
-/// counted as audit failures (the hub acks nothing meanwhile, so only admin
-/// actions and refusals made before the failure could add to it).
+/// The most events kept waiting to be written (staged for the next commit,
+/// or kept for a retry while the store cannot write); more are counted as
+/// audit failures (the hub acks nothing while the store cannot write, so
+/// only admin actions and refusals made before the failure could add to it).
 const BACKLOG_MAX: usize = 1_000_000;
+
+/// The most entries written by one statement; a longer backlog is written
+/// in several, in order.
+const BATCH_MAX: usize = 1_000;
 
 /// The writer's state, under one lock (appends are serialised).
 #[derive(Default)]
@@ -360,16 +379,31 @@ struct Log {
     /// The store generation `head` was read in.
     generation: u64,
     /// Appended, not yet flushed (oldest first).
-    unflushed: std::collections::VecDeque<Kept>,
-    /// Not written yet (the store failed): written, in order, before any new one.
-    backlog: std::collections::VecDeque<(AuditEvent, i64)>,
+    unflushed: VecDeque<Kept>,
+    /// Recorded, not written yet, with their time: written in order, before
+    /// any later one, at the next commit (or before an append or a read). A
+    /// store failure leaves them here until it can write.
+    staged: VecDeque<(AuditEvent, i64)>,
+    /// How many of the oldest staged events were already counted as audit
+    /// failures (each is counted once, however often writing it fails).
+    counted: usize,
+    /// The newest entry written whose `(seq, hash)` the stored head in
+    /// `meta` may not hold yet (moving it failed): moved at the next write.
+    head_behind: Option<SeqHash>,
+}
+
+/// The writer: the log's state and the store it writes to. The store holds
+/// it as a weak [`CommitHook`], so each commit writes what is staged.
+struct Writer {
+    store: Store,
+    log: Mutex<Log>,
 }
 
 /// The audit log; cheap to clone.
 #[derive(Clone)]
 pub struct Audit {
     store: Store,
-    log: Arc<Mutex<Log>>,
+    writer: Arc<Writer>,
 }
 
 fn sha(b: &[u8]) -> [u8; 32] {
@@ -407,78 +441,55 @@ fn key_seq(k: &[u8]) -> u64 {
     }
 }
 
-impl Audit {
-    /// Over `store` (the `audit` tree and the anchor/head in `meta`).
-    pub fn new(store: Store) -> Self {
-        Self {
-            store,
-            log: Arc::new(Mutex::new(Log::default())),
-        }
-    }
+/// The retention anchor (the last entry removed) and the stored head,
+/// each as `(seq, hash)`.
+fn anchor_and_head(store: &Store) -> Result<(Option<SeqHash>, Option<SeqHash>), AuditError> {
+    let meta = store.meta();
+    let read = |key| -> Result<Option<SeqHash>, AuditError> {
+        Ok(meta.get(key)?.and_then(|v| seq_hash(&v)))
+    };
+    Ok((read(ANCHOR_KEY)?, read(HEAD_KEY)?))
+}
 
-    /// The retention anchor (the last entry removed) and the stored head,
-    /// each as `(seq, hash)`.
-    fn anchor_and_head(&self) -> Result<(Option<SeqHash>, Option<SeqHash>), AuditError> {
-        let meta = self.store.meta();
-        let read = |key| -> Result<Option<SeqHash>, AuditError> {
-            Ok(meta.get(key)?.and_then(|v| seq_hash(&v)))
-        };
-        Ok((read(ANCHOR_KEY)?, read(HEAD_KEY)?))
-    }
-
-    fn load_head(&self) -> Result<Head, AuditError> {
-        if let Some((k, v)) = self.store.audit().last()? {
-            // The hash of the stored bytes even if they do not decode:
-            // the chain goes on, and verify reports the bad entry.
-            let hash = codec::decode::<Sealed>(&v)
-                .map(|s| s.hash)
-                .unwrap_or_else(|_| sha(&v));
-            return Ok(Head {
-                next_seq: key_seq(&k) + 1,
-                last_hash: hash,
-            });
-        }
-        let (anchor, head) = self.anchor_and_head()?;
-        let (seq, hash) = match (anchor, head) {
-            (Some(a), Some(h)) if h.0 > a.0 => h,
-            (Some(a), _) => a,
-            (None, Some(h)) => h,
-            (None, None) => (0, ZERO),
-        };
-        Ok(Head {
-            next_seq: seq + 1,
+/// The newest entry in the store (or the anchor, or the stored head).
+fn load_head(store: &Store) -> Result<Head, AuditError> {
+    if let Some((k, v)) = store.audit().last()? {
+        // The hash of the stored bytes even if they do not decode:
+        // the chain goes on, and verify reports the bad entry.
+        let hash = codec::decode::<Sealed>(&v)
+            .map(|s| s.hash)
+            .unwrap_or_else(|_| sha(&v));
+        return Ok(Head {
+            next_seq: key_seq(&k) + 1,
             last_hash: hash,
-        })
+        });
+    }
+    let (anchor, head) = anchor_and_head(store)?;
+    let (seq, hash) = match (anchor, head) {
+        (Some(a), Some(h)) if h.0 > a.0 => h,
+        (Some(a), _) => a,
+        (None, Some(h)) => h,
+        (None, None) => (0, ZERO),
+    };
+    Ok(Head {
+        next_seq: seq + 1,
+        last_hash: hash,
+    })
+}
+
+impl Writer {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Log> {
+        self.log.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Appends `event` now; returns its sequence number.
-    pub fn append(&self, event: AuditEvent) -> Result<u64, AuditError> {
-        self.append_at(event, now_ms())
-    }
-
-    /// Appends `event` with time `at_ms` (tests backdate entries). Events
-    /// kept from a failed [`Audit::record`] are written first.
-    pub fn append_at(&self, event: AuditEvent, at_ms: i64) -> Result<u64, AuditError> {
-        let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
-        self.catch_up_locked(&mut log)?;
-        self.append_locked(&mut log, event, at_ms)
-    }
-
-    /// Writes again what a store failure lost or kept from being written:
-    /// entries appended but lost when the store was reopened, then the
-    /// backlog of [`Audit::record`]. Returns how many entries wait still.
-    pub fn catch_up(&self) -> Result<usize, AuditError> {
-        let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
-        let res = self.catch_up_locked(&mut log);
-        crate::core::metrics::audit_backlog(log.backlog.len());
-        res.map(|()| log.backlog.len())
-    }
-
-    fn catch_up_locked(&self, log: &mut Log) -> Result<(), AuditError> {
+    /// After a reopen, entries appended but lost with it go back to the
+    /// front of the staged events; entries covered by a flush started after
+    /// them are forgotten.
+    fn refresh_locked(&self, log: &mut Log) -> Result<(), AuditError> {
         let generation = self.store.reopens();
         if log.generation != generation {
             // Reopened: what was appended and not flushed may be gone.
-            let head = self.load_head()?;
+            let head = load_head(&self.store)?;
             let on_disk = head.next_seq - 1;
             log.head = Some(head);
             log.generation = generation;
@@ -494,108 +505,249 @@ impl Audit {
                     "audit entries lost by the store reopen are written again"
                 );
             }
+            // Ahead of the staged ones (not counted as failures: they were written).
+            log.counted += lost.len();
             for k in lost.into_iter().rev() {
-                log.backlog.push_front((k.event, k.at_ms));
+                log.staged.push_front((k.event, k.at_ms));
             }
+            // A head past what is on disk is set again by the rewrite.
+            log.head_behind = log.head_behind.filter(|h| h.0 <= on_disk);
         }
         // Entries covered by a flush started after them are on disk.
         let flushed = self.store.flushed_through();
         while log.unflushed.front().is_some_and(|k| k.mark < flushed) {
             log.unflushed.pop_front();
         }
-        while let Some((event, at_ms)) = log.backlog.front().cloned() {
-            self.append_locked(log, event, at_ms)?;
-            log.backlog.pop_front();
-        }
         Ok(())
     }
 
-    fn append_locked(
-        &self,
-        log: &mut Log,
-        event: AuditEvent,
-        at_ms: i64,
-    ) -> Result<u64, AuditError> {
-        if log.head.is_none() {
-            log.head = Some(self.load_head()?);
-            log.generation = self.store.reopens();
+    /// Writes every staged event, in order, a batch per statement, then
+    /// moves the stored head forward once. True when it wrote anything. On
+    /// an error what was not written stays staged.
+    fn write_locked(&self, log: &mut Log) -> Result<bool, AuditError> {
+        self.refresh_locked(log)?;
+        let mut wrote = false;
+        while !log.staged.is_empty() {
+            self.write_batch_locked(log)?;
+            wrote = true;
         }
-        let head = log.head.as_mut().expect("loaded above");
-        // Instances sharing a store append to one chain: the entry takes
-        // its sequence number only if no other writer took it first, and
-        // otherwise is chained again after the newest entry.
-        let mut event = Some(event);
-        let (entry, hash, mark) = loop {
-            let entry = Entry {
-                seq: head.next_seq,
-                at_ms,
-                prev: head.last_hash,
-                event: event.take().expect("put back on a lost race"),
-            };
-            let body = codec::encode(&entry)?;
-            let hash = sha(&body);
-            let stored = codec::encode(&Sealed { body, hash })?;
-            let mark = self.store.flush_mark();
-            match self
-                .store
-                .audit()
-                .compare_and_swap(seq_key(entry.seq), None, Some(&stored))?
-            {
-                Ok(()) => break (entry, hash, mark),
-                Err(_) => {
-                    event = Some(entry.event);
-                    *head = self.load_head()?;
-                }
-            }
-        };
-        // The head only moves forward, whichever writer gets there last.
-        let packed = pack(entry.seq, &hash);
-        self.store
-            .meta()
-            .fetch_and_update(HEAD_KEY, |old| match old.and_then(seq_hash) {
-                Some((seq, _)) if seq >= entry.seq => old.map(<[u8]>::to_vec),
-                _ => Some(packed.clone()),
-            })?;
-        head.next_seq = entry.seq + 1;
-        head.last_hash = hash;
-        log.unflushed.push_back(Kept {
-            seq: entry.seq,
-            at_ms,
-            event: entry.event,
-            mark,
-        });
-        // On disk within a flush, not at sled's next periodic one.
-        self.store.nudge();
-        Ok(entry.seq)
+        if let Some((seq, hash)) = log.head_behind {
+            // The head only moves forward, whichever writer gets there last.
+            self.store.meta().put_max(HEAD_KEY, pack(seq, &hash))?;
+            log.head_behind = None;
+            wrote = true;
+        }
+        Ok(wrote)
     }
 
-    /// Appends `event`; a failure is logged and counted, never returned
-    /// (the router must go on), and the event is kept and written again
-    /// (before any later one) once the store can write. Use this from the pipeline.
-    pub fn record(&self, event: AuditEvent) {
-        let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
-        let at_ms = now_ms();
-        let res = match self.catch_up_locked(&mut log) {
-            Ok(()) => self
-                .append_locked(&mut log, event.clone(), at_ms)
-                .map(|_| ()),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = res {
-            self.store.suspect();
-            crate::core::metrics::audit_failure();
-            if log.backlog.len() < BACKLOG_MAX {
-                log.backlog.push_back((event, at_ms));
-                tracing::debug!(error = %e, waiting = log.backlog.len(), "audit entry kept until the store can write");
-            } else {
-                tracing::error!(error = %e, "audit entry not written: the retry backlog is full");
+    /// Writes the oldest staged events (up to [`BATCH_MAX`]) with one
+    /// statement, chained after the newest entry.
+    fn write_batch_locked(&self, log: &mut Log) -> Result<(), AuditError> {
+        let n = log.staged.len().min(BATCH_MAX);
+        let mut head = match log.head.take() {
+            Some(head) => head,
+            None => {
+                let head = load_head(&self.store)?;
+                log.generation = self.store.reopens();
+                head
             }
-            crate::core::metrics::audit_backlog(log.backlog.len());
+        };
+        // Instances sharing a store append to one chain: the batch takes its
+        // sequence numbers only if no other writer took any of them first,
+        // and otherwise is chained again after the newest entry.
+        loop {
+            let (mut seq, mut prev) = (head.next_seq, head.last_hash);
+            let mut rows = Vec::with_capacity(n);
+            let chained = log.staged.iter().take(n).try_for_each(|(event, at_ms)| {
+                let entry = Entry {
+                    seq,
+                    at_ms: *at_ms,
+                    prev,
+                    event: event.clone(),
+                };
+                let body = codec::encode(&entry)?;
+                let hash = sha(&body);
+                rows.push((seq_key(seq), codec::encode(&Sealed { body, hash })?));
+                (seq, prev) = (seq + 1, hash);
+                Ok::<(), AuditError>(())
+            });
+            if let Err(e) = chained {
+                log.head = Some(head);
+                return Err(e);
+            }
+            let mark = self.store.flush_mark();
+            let inserted = match self.store.audit().insert_all_new(&rows) {
+                Ok(inserted) => inserted,
+                Err(e) => {
+                    log.head = Some(head);
+                    return Err(e.into());
+                }
+            };
+            if !inserted {
+                head = load_head(&self.store)?;
+                continue;
+            }
+            let first = head.next_seq;
+            log.head = Some(Head {
+                next_seq: seq,
+                last_hash: prev,
+            });
+            log.head_behind = Some((seq - 1, prev));
+            log.counted = log.counted.saturating_sub(n);
+            for (i, (event, at_ms)) in log.staged.drain(..n).enumerate() {
+                log.unflushed.push_back(Kept {
+                    seq: first + i as u64,
+                    at_ms,
+                    event,
+                    mark,
+                });
+            }
+            return Ok(());
         }
+    }
+
+    /// Writes what is staged before a read, so a reader in this process sees
+    /// every recorded event; a failure (the store cannot write) is logged and
+    /// the read goes on with what is stored.
+    fn write_for_read(&self) {
+        let mut log = self.lock();
+        match self.write_locked(&mut log) {
+            Ok(true) => self.store.nudge(),
+            Ok(false) => {}
+            Err(e) => {
+                failed(&mut log);
+                tracing::debug!(error = %e, waiting = log.staged.len(), "staged audit entries not written before a read");
+            }
+        }
+    }
+}
+
+/// Writing the staged events failed: the ones not counted yet are counted
+/// as audit failures, and the backlog gauge set.
+fn failed(log: &mut Log) {
+    let waiting = log.staged.len();
+    if waiting > log.counted {
+        crate::core::metrics::audit_failures(waiting - log.counted);
+    }
+    log.counted = waiting;
+    crate::core::metrics::audit_backlog(waiting);
+}
+
+impl CommitHook for Writer {
+    /// The group commit's batch: every staged event, written before the
+    /// store commits, so the commit covers them.
+    fn before_commit(&self) -> Result<bool, StoreError> {
+        let mut log = self.lock();
+        let res = self.write_locked(&mut log);
+        crate::core::metrics::audit_backlog(log.staged.len());
+        res.map_err(|e| {
+            failed(&mut log);
+            tracing::debug!(error = %e, waiting = log.staged.len(), "audit entries kept until the store can write");
+            match e {
+                AuditError::Store(e) => e,
+            }
+        })
+    }
+}
+
+impl Drop for Writer {
+    /// The last handle is gone: what is staged is written now (not flushed:
+    /// the store's next flush covers it), or lost with a logged error.
+    fn drop(&mut self) {
+        let mut log = std::mem::take(self.log.get_mut().unwrap_or_else(|p| p.into_inner()));
+        if log.staged.is_empty() && log.head_behind.is_none() {
+            return;
+        }
+        if let Err(e) = self.write_locked(&mut log) {
+            crate::core::metrics::audit_failures(log.staged.len().saturating_sub(log.counted));
+            tracing::error!(error = %e, lost = log.staged.len(), "audit entries not written: the log was dropped while the store could not write");
+        }
+    }
+}
+
+impl Audit {
+    /// Over `store` (the `audit` tree and the anchor/head in `meta`); the
+    /// store writes what [`Audit::record`] stages before each commit.
+    pub fn new(store: Store) -> Self {
+        let writer = Arc::new(Writer {
+            store: store.clone(),
+            log: Mutex::new(Log::default()),
+        });
+        let hook: Weak<dyn CommitHook> = Arc::downgrade(&writer) as Weak<dyn CommitHook>;
+        store.add_commit_hook(hook);
+        Self { store, writer }
+    }
+
+    /// Appends `event` now; returns its sequence number.
+    pub fn append(&self, event: AuditEvent) -> Result<u64, AuditError> {
+        self.append_at(event, now_ms())
+    }
+
+    /// Appends `event` with time `at_ms` (tests backdate entries), at once:
+    /// the staged events are written first, in the same batch. On an error
+    /// `event` is not kept (the caller decides); the staged ones are.
+    pub fn append_at(&self, event: AuditEvent, at_ms: i64) -> Result<u64, AuditError> {
+        let mut log = self.writer.lock();
+        self.writer.refresh_locked(&mut log)?;
+        log.staged.push_back((event, at_ms));
+        let res = self.writer.write_locked(&mut log);
+        if !log.staged.is_empty() {
+            // Not written: `event` is the newest staged (a reopen puts lost
+            // entries at the front).
+            log.staged.pop_back();
+            log.counted = log.counted.min(log.staged.len());
+            res?;
+        } else if let Err(e) = res {
+            // Written; only the stored head lags, moved at the next write.
+            tracing::warn!(error = %e, "audit head not moved forward yet");
+        }
+        // On disk within a flush, not at sled's next periodic one.
+        self.store.nudge();
+        let seq = log.head.as_ref().map_or(0, |h| h.next_seq - 1);
+        Ok(seq)
+    }
+
+    /// Writes what is staged now (what [`Audit::record`] staged, and what a
+    /// store failure kept from being written or lost with a reopen).
+    /// Returns how many entries wait still.
+    pub fn catch_up(&self) -> Result<usize, AuditError> {
+        let mut log = self.writer.lock();
+        let res = self.writer.write_locked(&mut log);
+        match res {
+            Ok(wrote) => {
+                crate::core::metrics::audit_backlog(log.staged.len());
+                if wrote {
+                    self.store.nudge();
+                }
+            }
+            Err(_) => failed(&mut log),
+        }
+        res.map(|_| log.staged.len())
+    }
+
+    /// Records `event` with the time now: staged in memory and written, in
+    /// order, with the store's next commit (a few statements per batch). It
+    /// never fails (the router must go on): a store failure keeps it staged
+    /// until the store can write. Use this from the pipeline; a caller that
+    /// acks something awaits [`Store::durable`] after it.
+    pub fn record(&self, event: AuditEvent) {
+        let at_ms = now_ms();
+        {
+            let mut log = self.writer.lock();
+            if log.staged.len() < BACKLOG_MAX {
+                log.staged.push_back((event, at_ms));
+            } else {
+                crate::core::metrics::audit_failure();
+                tracing::error!("audit entry not written: the retry backlog is full");
+            }
+        }
+        // Written with a flush soon, not at sled's next periodic one.
+        self.store.nudge();
     }
 
     /// Entries after `after` (oldest first, up to `n`), or the last `n`.
     pub fn tail(&self, n: usize, after: Option<u64>) -> Result<Vec<EntryView>, AuditError> {
+        self.writer.write_for_read();
         let mut raw = Vec::new();
         match after {
             Some(a) => {
@@ -618,7 +770,8 @@ impl Audit {
 
     /// Checks the whole chain; reports the first broken entry.
     pub fn verify(&self) -> Result<VerifyReport, AuditError> {
-        let (anchor, head) = self.anchor_and_head()?;
+        self.writer.write_for_read();
+        let (anchor, head) = anchor_and_head(&self.store)?;
         let mut expect = anchor.unwrap_or((0, ZERO));
         let mut report = VerifyReport {
             ok: true,
@@ -733,6 +886,7 @@ impl Audit {
     /// Removes up to `batch` of the oldest entries written before `cutoff_ms`,
     /// recording the anchor first; returns how many were removed.
     pub fn sweep(&self, cutoff_ms: i64, batch: usize) -> Result<usize, AuditError> {
+        self.writer.write_for_read();
         let mut doomed: Vec<(Vec<u8>, [u8; 32], u64)> = Vec::new();
         for item in self.store.audit().iter().take(batch) {
             let (k, v) = item?;
@@ -771,11 +925,13 @@ impl Audit {
 
     /// Number of entries kept.
     pub fn len(&self) -> Result<usize, AuditError> {
+        self.writer.write_for_read();
         Ok(self.store.audit().len()?)
     }
 
     /// True when no entry is kept.
     pub fn is_empty(&self) -> Result<bool, AuditError> {
+        self.writer.write_for_read();
         Ok(self.store.audit().is_empty()?)
     }
 }
@@ -1053,6 +1209,185 @@ mod tests {
             .unwrap();
         let r = audit.verify().unwrap();
         assert_eq!(r.broken.unwrap().seq, 20);
+    }
+
+    fn targets(audit: &Audit) -> Vec<String> {
+        audit
+            .tail(100_000, None)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.fields["target"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    fn stored_head(store: &Store) -> u64 {
+        seq_hash(&store.meta().get(HEAD_KEY).unwrap().unwrap())
+            .unwrap()
+            .0
+    }
+
+    #[test]
+    fn recorded_events_are_written_by_a_flush_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let audit = Audit::new(store.clone());
+        for i in 0..5 {
+            audit.record(ev(i));
+        }
+        assert_eq!(store.audit().len().unwrap(), 0, "staged, not written yet");
+        store.flush().unwrap();
+        assert_eq!(store.audit().len().unwrap(), 5);
+        assert_eq!(stored_head(&store), 5);
+        // An append writes what is staged first, then its own entry.
+        audit.record(ev(5));
+        audit.record(ev(6));
+        assert_eq!(audit.append(ev(7)).unwrap(), 8);
+        // A read writes what is staged first.
+        audit.record(ev(8));
+        let want: Vec<String> = (0..9).map(|i| format!("T{i}")).collect();
+        assert_eq!(targets(&audit), want);
+        let r = audit.verify().unwrap();
+        assert!(r.ok, "{r:?}");
+        assert_eq!((r.entries, r.last_seq), (9, Some(9)));
+        assert_eq!(stored_head(&store), 9);
+
+        // The flusher's group commit writes what was recorded before
+        // `durable` was awaited.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let flusher = store.start_flusher();
+            audit.record(ev(9));
+            store.durable().await.unwrap();
+            assert_eq!(store.audit().len().unwrap(), 10);
+            flusher.abort();
+        });
+
+        // A log dropped is forgotten by the store, and what it staged is
+        // written first.
+        let other = Audit::new(store.clone());
+        other.record(ev(10));
+        drop(other);
+        assert_eq!(store.audit().len().unwrap(), 11);
+        store.flush().unwrap();
+        // The first log's cached head is behind: it chains after entry 11.
+        assert_eq!(audit.append(ev(11)).unwrap(), 12);
+        let r = audit.verify().unwrap();
+        assert!(r.ok, "{r:?}");
+        assert_eq!(r.last_seq, Some(12));
+        assert_eq!(stored_head(&store), 12);
+    }
+
+    #[test]
+    fn two_instances_on_postgres_recording_concurrently_keep_one_chain() {
+        let db = crate::state::pg::testdb::TestDb::new();
+        let stores = [
+            Store::open_postgres(db.url(), 4).unwrap(),
+            Store::open_postgres(db.url(), 4).unwrap(),
+        ];
+        let audits = [Audit::new(stores[0].clone()), Audit::new(stores[1].clone())];
+        const THREADS: u32 = 4;
+        const EACH: u32 = 60;
+        std::thread::scope(|scope| {
+            for t in 0..THREADS {
+                let (store, audit) = (&stores[t as usize % 2], &audits[t as usize % 2]);
+                scope.spawn(move || {
+                    for i in 0..EACH {
+                        audit.record(ev(t * 1000 + i));
+                        // Commits at different moments on each instance.
+                        if i % (5 + t) == 4 {
+                            store.flush().unwrap();
+                        }
+                    }
+                });
+            }
+        });
+        for s in &stores {
+            s.flush().unwrap();
+        }
+        let total = u64::from(THREADS * EACH);
+        let r = audits[0].verify().unwrap();
+        assert!(r.ok, "{r:?}");
+        assert_eq!((r.entries, r.last_seq), (total, Some(total)));
+        assert_eq!(stored_head(&stores[1]), total);
+        // Every event once, each writer's in the order it recorded them.
+        let got = targets(&audits[1]);
+        let mut sorted = got.clone();
+        sorted.sort();
+        let mut want: Vec<String> = (0..THREADS)
+            .flat_map(|t| (0..EACH).map(move |i| format!("T{}", t * 1000 + i)))
+            .collect();
+        want.sort();
+        assert_eq!(sorted, want);
+        for t in 0..THREADS {
+            let mine: Vec<u32> = got
+                .iter()
+                .filter_map(|s| s[1..].parse::<u32>().ok())
+                .filter(|n| n / 1000 == t)
+                .collect();
+            assert_eq!(mine, (0..EACH).map(|i| t * 1000 + i).collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn a_store_error_during_the_hook_keeps_the_events() {
+        let db = crate::state::pg::testdb::TestDb::new();
+        let store = Store::open_postgres(db.url(), 2).unwrap();
+        let audit = Audit::new(store.clone());
+        assert_eq!(audit.append(ev(0)).unwrap(), 1);
+        let mut admin = postgres::Client::connect(db.url(), postgres::NoTls).unwrap();
+        admin
+            .batch_execute("ALTER TABLE truc_audit ADD CONSTRAINT refuse CHECK (false) NOT VALID")
+            .unwrap();
+        for i in 1..4 {
+            audit.record(ev(i));
+        }
+        let err = store.flush().unwrap_err();
+        assert!(err.to_string().contains("refuse"), "{err}");
+        // An append fails too and is not kept (its caller decides); the
+        // recorded events wait, and later ones go after them.
+        assert!(audit.append(ev(99)).is_err());
+        audit.record(ev(4));
+        assert!(store.flush().is_err());
+        // Reads go on with what is stored.
+        assert_eq!(targets(&audit), vec!["T0".to_owned()]);
+
+        // The flusher fails too and does not release a `durable` waiter
+        // until the store can write.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (flusher, waiter) = rt.block_on(async {
+            let flusher = store.start_flusher();
+            let s = store.clone();
+            let waiter = tokio::spawn(async move { s.durable().await });
+            tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+            assert!(!waiter.is_finished(), "released while the hook fails");
+            (flusher, waiter)
+        });
+        assert!(store.fault().is_some());
+        admin
+            .batch_execute("ALTER TABLE truc_audit DROP CONSTRAINT refuse")
+            .unwrap();
+        rt.block_on(async {
+            tokio::time::timeout(std::time::Duration::from_secs(10), waiter)
+                .await
+                .expect("released once the store can write")
+                .unwrap()
+                .unwrap();
+            flusher.abort();
+        });
+        let want: Vec<String> = (0..5).map(|i| format!("T{i}")).collect();
+        assert_eq!(targets(&audit), want);
+        let r = audit.verify().unwrap();
+        assert!(r.ok, "{r:?}");
+        assert_eq!(r.last_seq, Some(5));
+        assert_eq!(stored_head(&store), 5);
     }
 
     fn summaries(audit: &Audit) -> Vec<EntryView> {

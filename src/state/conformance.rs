@@ -88,6 +88,8 @@ conformance!(
     one_lease_holder_across_instances,
     registry_refresh_brings_another_instances_changes,
     instance_records_and_relayed_heartbeats_cross_instances,
+    insert_all_new_is_all_or_nothing,
+    put_max_only_moves_forward,
 );
 
 fn entries(
@@ -466,4 +468,87 @@ fn instance_records_and_relayed_heartbeats_cross_instances(b: &Backend) {
     let leader = HeartbeatRelay::new(b.open());
     assert_eq!(leader.take().unwrap(), vec![(code, hb)]);
     assert!(leader.take().unwrap().is_empty());
+}
+
+fn insert_all_new_is_all_or_nothing(b: &Backend) {
+    let t = b.open().audit();
+    let e = |k: u8, v: &str| (vec![k], v.as_bytes().to_vec());
+    assert!(t.insert_all_new(&[]).unwrap());
+    assert!(t.insert_all_new(&[e(1, "a"), e(2, "b")]).unwrap());
+    // One key already there: nothing of the batch is inserted.
+    assert!(!t
+        .insert_all_new(&[e(3, "c"), e(2, "x"), e(4, "d")])
+        .unwrap());
+    assert_eq!(entries(t.iter()), vec![vec![1], vec![2]]);
+    assert_eq!(t.get([2]).unwrap(), Some(b"b".to_vec()));
+    // A key twice in one batch: nothing either.
+    assert!(!t.insert_all_new(&[e(5, "e"), e(5, "f")]).unwrap());
+    assert_eq!(t.len().unwrap(), 2);
+    assert!(t.insert_all_new(&[e(3, "c"), e(4, "d")]).unwrap());
+    assert_eq!(entries(t.iter()), vec![vec![1], vec![2], vec![3], vec![4]]);
+    // Overlapping batches racing from two handles: one wins each round, and
+    // the table holds all of the winner's batch and nothing of the loser's.
+    let stores = Arc::new([b.open(), b.open()]);
+    for round in 0..20u32 {
+        let base = 1000 + round * 10;
+        let won: Vec<(usize, bool)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..2)
+                .map(|i| {
+                    let stores = stores.clone();
+                    scope.spawn(move || {
+                        // Instance 0 takes base..base+3, instance 1 base+2..base+5.
+                        let from = base + 2 * i as u32;
+                        let batch: Vec<(Vec<u8>, Vec<u8>)> = (from..from + 3)
+                            .map(|k| (k.to_be_bytes().to_vec(), vec![i as u8]))
+                            .collect();
+                        (i, stores[i].audit().insert_all_new(&batch).unwrap())
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let winners: Vec<usize> = won.iter().filter(|w| w.1).map(|w| w.0).collect();
+        assert_eq!(winners.len(), 1, "round {round}: {won:?}");
+        let w = winners[0] as u32;
+        let got: Vec<(Vec<u8>, Vec<u8>)> = t
+            .range(base.to_be_bytes()..(base + 10).to_be_bytes())
+            .map(|r| r.unwrap())
+            .collect();
+        let want: Vec<(Vec<u8>, Vec<u8>)> = (base + 2 * w..base + 2 * w + 3)
+            .map(|k| (k.to_be_bytes().to_vec(), vec![w as u8]))
+            .collect();
+        assert_eq!(got, want, "round {round}");
+    }
+}
+
+fn put_max_only_moves_forward(b: &Backend) {
+    let t = b.open().meta();
+    assert!(t.put_max("h", [0, 5]).unwrap(), "absent: written");
+    assert!(!t.put_max("h", [0, 4]).unwrap());
+    assert!(!t.put_max("h", [0, 5]).unwrap(), "equal: not written");
+    assert_eq!(t.get("h").unwrap(), Some(vec![0, 5]));
+    assert!(
+        t.put_max("h", [0, 5, 0]).unwrap(),
+        "a longer value with the same start is greater"
+    );
+    assert!(t.put_max("h", [1]).unwrap());
+    assert!(!t.put_max("h", [0, 0xff, 0xff]).unwrap());
+    assert_eq!(t.get("h").unwrap(), Some(vec![1]));
+    // Many writers on two handles, in any order: the greatest value stays.
+    let stores = Arc::new([b.open(), b.open()]);
+    std::thread::scope(|scope| {
+        for i in 0..4u64 {
+            let stores = stores.clone();
+            scope.spawn(move || {
+                let t = stores[i as usize % 2].meta();
+                for j in 0..25u64 {
+                    // Interleaved, each writer's values rising and falling.
+                    let v = if j % 2 == 0 { j * 4 + i } else { 100 - j };
+                    t.put_max("m", v.to_be_bytes()).unwrap();
+                }
+            });
+        }
+    });
+    let m = stores[0].meta().get("m").unwrap().unwrap();
+    assert_eq!(u64::from_be_bytes(m.try_into().unwrap()), 99);
 }

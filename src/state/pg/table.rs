@@ -8,6 +8,9 @@
 //!   `compare_and_swap`) is one atomic statement, safe against other truc
 //!   processes writing the same key; a statement that lost a race only to a
 //!   concurrent change is run again, never reported as a false outcome;
+//! - the batched writes are one statement each: `insert_all_new` inserts a
+//!   whole batch or nothing (a unique violation is its `false`), `put_max`
+//!   only moves a value forward;
 //! - table names come only from [`TREES`](super::TREES), never from input,
 //!   so formatting them into SQL is safe;
 //! - iterators read lazily, [`PAGE`] rows at a time by keyset pagination,
@@ -18,6 +21,7 @@
 use std::collections::VecDeque;
 use std::ops::Bound;
 
+use postgres::error::SqlState;
 use postgres::types::ToSql;
 use postgres::Row;
 
@@ -83,6 +87,10 @@ pub(crate) enum Op {
         dels: u32,
         puts: u32,
     },
+    /// Insert a batch of new keys, all or none (`$1` keys, `$2` values).
+    InsertAllNew,
+    /// Write if absent or greater byte-wise than the stored value.
+    PutMax,
 }
 
 /// The SQL of `op` on table `t`. `$1` is the key (or the lower bound), `$2`
@@ -154,6 +162,15 @@ fn sql(t: &str, op: Op) -> String {
             format!("SELECT k, v FROM {t}{filter} ORDER BY k {dir} LIMIT {PAGE}")
         }
         Op::Staged { dels, puts } => super::staged::batch_sql(dels, puts),
+        // One statement, so atomic: a key already present (SQLSTATE 23505)
+        // fails it whole and nothing is inserted.
+        Op::InsertAllNew => {
+            format!("INSERT INTO {t} (k, v) SELECT * FROM unnest($1::bytea[], $2::bytea[])")
+        }
+        Op::PutMax => format!(
+            "INSERT INTO {t} (k, v) VALUES ($1::bytea, $2::bytea) \
+             ON CONFLICT (k) DO UPDATE SET v = excluded.v WHERE {t}.v < excluded.v"
+        ),
     }
 }
 
@@ -451,6 +468,43 @@ impl PgTable {
                 .iter()
                 .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
                 .collect()
+        })
+    }
+}
+
+/// Batched writes (the audit log's group commit).
+impl PgTable {
+    /// Insert every entry, or none when a key is already present or given
+    /// twice (`Ok(false)`): one statement.
+    pub(crate) fn insert_all_new(&self, entries: &[Entry]) -> Result<bool, PgError> {
+        if entries.is_empty() {
+            return Ok(true);
+        }
+        self.settle(None)?;
+        let name = self.name;
+        let (keys, values): (Vec<Vec<u8>>, Vec<Vec<u8>>) = entries.iter().cloned().unzip();
+        self.pool.run(move |s| {
+            let (client, st) = stmt(s, name, Op::InsertAllNew)?;
+            match client.execute(&st, &[&keys, &values]) {
+                Ok(n) if n == keys.len() as u64 => Ok(true),
+                Ok(n) => Err(PgError::Unexpected(format!(
+                    "{n} rows inserted of a batch of {}",
+                    keys.len()
+                ))),
+                Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => Ok(false),
+                Err(e) => Err(e.into()),
+            }
+        })
+    }
+
+    /// Set `key` to `value` if absent or `value` is greater byte-wise than
+    /// the stored value; whether it wrote. One statement.
+    pub(crate) fn put_max(&self, key: &[u8], value: &[u8]) -> Result<bool, PgError> {
+        self.settle(Some(key))?;
+        let (name, key, value) = (self.name, key.to_vec(), value.to_vec());
+        self.pool.run(move |s| {
+            let (client, st) = stmt(s, name, Op::PutMax)?;
+            Ok(client.execute(&st, &[&key, &value])? == 1)
         })
     }
 }

@@ -10,7 +10,10 @@
 //! store is anchored ([`Store::anchor`]), writes the checkpoint file after the
 //! flush and before any waiter is released: the file never claims more than
 //! is on disk, and is current when [`Store::durable`] resolves. Flushes are
-//! serialised by one lock.
+//! serialised by one lock. Before any of that, every flush (the idle health
+//! check too) runs the [`CommitHook`]s, which write what they hold in memory
+//! (the audit log's batch) so the flush covers it; a hook's error fails the
+//! flush like a write error.
 //!
 //! Write failures: sled 0.34 keeps the first I/O error of its log writer
 //! (ENOSPC included) as a *global error* (`Config::set_global_error` in
@@ -198,6 +201,9 @@ struct Inner {
     wake: Arc<Notify>,
     done: watch::Sender<u64>,
     path: PathBuf,
+    /// Run before every commit ([`Store::add_commit_hook`]); forgotten once
+    /// their owner is dropped.
+    hooks: Mutex<Vec<Weak<dyn CommitHook>>>,
 }
 
 /// What one flush updates, under one lock.
@@ -337,6 +343,7 @@ impl Store {
                 wake: Arc::new(Notify::new()),
                 done,
                 path: path.clone(),
+                hooks: Mutex::new(Vec::new()),
             }),
             path,
         }
@@ -352,6 +359,10 @@ impl Store {
     /// repeatable-read transaction, which sees every instance's writes
     /// committed before it and none after.
     pub fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        // What the hooks hold goes in too, when the store can write it.
+        if let Err(e) = self.inner.run_commit_hooks() {
+            tracing::debug!(error = %e, "commit hooks failed before a snapshot");
+        }
         if let Some(pool) = &self.inner.pg {
             // One database snapshot covers every instance's writes.
             pool.share()?;
@@ -586,19 +597,23 @@ impl Store {
 }
 
 impl Inner {
-    /// One flush: for sled, a probe write first when a write was seen to
+    /// One flush: the commit hooks first (a hook that wrote makes a health
+    /// check a full commit); then for sled, a probe write first when a write was seen to
     /// fail (`probe`), only sled's flush when nothing was asked (`idle`, a
     /// health check), else [`Inner::commit`]; for PostgreSQL, a synchronous
     /// commit, which makes every earlier write of every connection durable.
     fn flush_once(&self, n: u64, probe: bool, idle: bool) -> Result<(), StoreError> {
         if let Some(pool) = &self.pg {
+            self.run_commit_hooks()?;
             pool.sync_commit(SYNC_KEY.as_bytes())?;
             return Ok(());
         }
         let trees = self.current();
+        // A hook that wrote makes even a health check a full commit.
+        let hooks_wrote = self.run_commit_hooks()?;
         if probe {
             trees.meta.insert(PROBE_KEY, &n.to_be_bytes())?;
-        } else if idle {
+        } else if idle && !hooks_wrote {
             // Only a health check: no new generation or checkpoint.
             trees.db.flush()?;
             return Ok(());
@@ -706,6 +721,44 @@ impl Inner {
     }
 }
 
+/// Work done before every commit: writes held back in memory (the audit
+/// log's batch), so that the commit covers them.
+pub trait CommitHook: Send + Sync {
+    /// Writes what it holds; true when it wrote something. An error fails
+    /// the flush (as a store write error does), and what it held must be
+    /// kept for the next one.
+    fn before_commit(&self) -> Result<bool, StoreError>;
+}
+
+/// Commit hooks.
+impl Store {
+    /// Runs `hook` before every commit ([`Store::durable`]'s group commit,
+    /// [`Store::flush`], the flusher's health check) and before a
+    /// [`Store::snapshot`], as long as it is alive.
+    pub fn add_commit_hook(&self, hook: Weak<dyn CommitHook>) {
+        let mut hooks = self.inner.hooks.lock().unwrap_or_else(|p| p.into_inner());
+        hooks.retain(|h| h.strong_count() > 0);
+        hooks.push(hook);
+    }
+}
+
+impl Inner {
+    /// Runs every live commit hook, in the order they were added; stops at
+    /// the first error. True when one wrote something.
+    fn run_commit_hooks(&self) -> Result<bool, StoreError> {
+        let live: Vec<Arc<dyn CommitHook>> = {
+            let mut hooks = self.hooks.lock().unwrap_or_else(|p| p.into_inner());
+            hooks.retain(|h| h.strong_count() > 0);
+            hooks.iter().filter_map(Weak::upgrade).collect()
+        };
+        let mut wrote = false;
+        for hook in live {
+            wrote |= hook.before_commit()?;
+        }
+        Ok(wrote)
+    }
+}
+
 /// Writes, syncs and removes a file of [`PROBE_BYTES`] in `dir`.
 fn probe(dir: &Path) -> std::io::Result<()> {
     use std::io::Write;
@@ -778,5 +831,38 @@ mod tests {
         assert_eq!(held.meta().get("k").unwrap().unwrap(), b"v");
         held.meta().insert("k2", "v2").unwrap();
         assert!(store.meta().get("k2").unwrap().is_some());
+    }
+
+    /// Writes one `meta` key per commit while armed.
+    struct Once(Store, std::sync::atomic::AtomicBool);
+
+    impl CommitHook for Once {
+        fn before_commit(&self) -> Result<bool, StoreError> {
+            if !self.1.swap(false, Ordering::AcqRel) {
+                return Ok(false);
+            }
+            self.0.meta().insert("hooked", "1")?;
+            Ok(true)
+        }
+    }
+
+    #[test]
+    fn commit_hooks_run_first_and_a_dropped_one_is_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let hook = Arc::new(Once(store.clone(), true.into()));
+        store.add_commit_hook(Arc::downgrade(&hook) as Weak<dyn CommitHook>);
+        // An idle health check with nothing written: no new generation.
+        hook.1.store(false, Ordering::Release);
+        store.inner.flush_once(1, false, true).unwrap();
+        assert_eq!(store.generation(), 0);
+        // A hook that wrote makes it a full commit.
+        hook.1.store(true, Ordering::Release);
+        store.inner.flush_once(2, false, true).unwrap();
+        assert_eq!(store.generation(), 1);
+        assert_eq!(store.meta().get("hooked").unwrap(), Some(b"1".to_vec()));
+        drop(hook);
+        store.flush().unwrap();
+        assert!(store.inner.hooks.lock().unwrap().is_empty());
     }
 }

@@ -5,7 +5,9 @@
 //! prefix scans and ranges mean the same everywhere; every single-key
 //! operation is atomic, and [`Table::compare_and_swap`] is atomic *across
 //! processes* on a shared backend (dedupe, nonces and the leader lease rely
-//! on it); iterators are lazy and double-ended; a write made here is
+//! on it); [`Table::insert_all_new`] writes a batch of keys all or none and
+//! [`Table::put_max`] only moves a value forward, both atomic across
+//! processes too; iterators are lazy and double-ended; a write made here is
 //! durable only once [`crate::state::store::Store::durable`] resolves.
 
 use std::ops::{Bound, RangeBounds};
@@ -245,6 +247,62 @@ impl DoubleEndedIterator for Iter {
         match &mut self.0 {
             IterInner::Sled(i) => i.next_back().map(owned),
             IterInner::Pg(i) => i.next_back().map(|r| r.map_err(StoreError::from)),
+        }
+    }
+}
+
+/// Batched writes (the audit log's group commit, [`crate::state::audit`]).
+impl Table {
+    /// Inserts every entry, or none when any key is already present (or
+    /// appears twice in `entries`): `Ok(false)`. Atomic on every backend,
+    /// across processes on a shared one: one sled transaction on the tree, one
+    /// PostgreSQL statement.
+    pub fn insert_all_new(&self, entries: &[Entry]) -> Result<bool, StoreError> {
+        if entries.is_empty() {
+            return Ok(true);
+        }
+        let _w = self.gate.write();
+        match &self.inner {
+            Backend::Sled(t) => {
+                use sled::transaction::{abort, TransactionError};
+                let res = t.transaction(|tx| {
+                    for (k, v) in entries {
+                        if tx.get(k)?.is_some() {
+                            return abort(());
+                        }
+                        tx.insert(k.as_slice(), v.as_slice())?;
+                    }
+                    Ok(())
+                });
+                match res {
+                    Ok(()) => Ok(true),
+                    Err(TransactionError::Abort(())) => Ok(false),
+                    Err(TransactionError::Storage(e)) => Err(e.into()),
+                }
+            }
+            Backend::Pg(t) => Ok(t.insert_all_new(entries)?),
+        }
+    }
+
+    /// Sets `key` to `value` if it is absent or `value` is greater byte-wise
+    /// than its value, atomically; returns whether it wrote. A value only
+    /// moves forward, whichever writer gets there last.
+    pub fn put_max(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+    ) -> Result<bool, StoreError> {
+        let value = value.as_ref();
+        let _w = self.gate.write();
+        match &self.inner {
+            Backend::Sled(t) => {
+                let old = t.fetch_and_update(key, |old| match old {
+                    Some(old) if old >= value => Some(old.to_vec()),
+                    _ => Some(value.to_vec()),
+                })?;
+                Ok(old.is_none_or(|old| value > &old[..]))
+            }
+            Backend::Pg(t) => Ok(t.put_max(key.as_ref(), value)?),
         }
     }
 }

@@ -351,7 +351,8 @@ fn audit_writers_on_two_instances_keep_one_chain(b: &Backend) {
 }
 
 fn a_routing_claim_is_exclusive(b: &Backend) {
-    let (t1, t2) = (Tracking::new(b.open()), Tracking::new(b.open()));
+    let s2 = b.open();
+    let (t1, t2) = (Tracking::new(b.open()), Tracking::new(s2.clone()));
     let from = AgencyCode::parse("H37.DN.001").unwrap();
     let now = crate::core::time::now_ms();
     let Claim::Mine {
@@ -383,6 +384,8 @@ fn a_routing_claim_is_exclusive(b: &Backend) {
     t1.routed(&from, "m1", &first).unwrap();
     assert!(t1.is_routing(&from, "m1").unwrap());
     t2.routed(&from, "m1", &second).unwrap();
+    // Sent with the next share or group commit.
+    s2.share().unwrap();
     assert!(!t1.is_routing(&from, "m1").unwrap());
 }
 

@@ -473,18 +473,20 @@ impl Tracking {
     }
 
     /// `(from, message_id)` is routed: its deliveries and notices were
-    /// confirmed. Sends the staged writes first (its record, so an instance
-    /// that finds no claim finds the record), then removes the claim
-    /// `token`, only if still this routing's: one taken over meanwhile stays
-    /// with its new owner.
+    /// confirmed. Removes the claim `token`, only if still this routing's
+    /// (one taken over meanwhile stays with its new owner). On a shared
+    /// store the removal is staged and sent with the group commit, after the
+    /// record, which was shared before anything was published: an instance
+    /// that finds no claim finds the record.
     pub fn routed(
         &self,
         from: &AgencyCode,
         message_id: &str,
         token: &[u8],
     ) -> Result<(), StoreError> {
-        self.store.share()?;
-        self.release(from, message_id, token)
+        self.store
+            .routing()
+            .delete_if(record_key(from, message_id), token)
     }
 
     /// Writes `rec` (the dedupe marker). Not durable until

@@ -248,7 +248,7 @@ impl PgPool {
 
     /// Sends every staged write ([`super::staged::Staged::flush`]).
     pub(crate) fn share(&self) -> Result<(), PgError> {
-        self.inner.staged.flush(self)
+        self.inner.staged.flush(self, None)
     }
 
     /// Number of worker threads.
@@ -276,25 +276,13 @@ impl PgPool {
         reply_rx.recv().map_err(|_| PgError::WorkerPanicked)?
     }
 
-    /// The group-commit barrier: the staged writes are sent, then one
-    /// transaction with synchronous commit upserts `marker_key` in `truc_meta` (value: the server's time as
-    /// UTF-8 text). When it returns, every commit made before it, by any
-    /// session, is flushed. Blocking: call it from `spawn_blocking`.
+    /// The group-commit barrier: one transaction with synchronous commit
+    /// that sends the staged writes, or, with none, upserts `marker_key` in
+    /// `truc_meta` (value: the server's time as UTF-8 text). When it
+    /// returns, every commit made before it, by any session, is flushed.
+    /// Blocking: call it from `spawn_blocking`.
     pub(crate) fn sync_commit(&self, marker_key: &[u8]) -> Result<(), PgError> {
-        self.share()?;
-        let key = marker_key.to_vec();
-        self.run(move |s| {
-            let client = s.client()?;
-            let mut tx = client.transaction()?;
-            tx.batch_execute("SET LOCAL synchronous_commit = on")?;
-            tx.execute(
-                "INSERT INTO truc_meta (k, v) VALUES ($1, convert_to(clock_timestamp()::text, 'UTF8')) \
-                 ON CONFLICT (k) DO UPDATE SET v = excluded.v",
-                &[&key],
-            )?;
-            tx.commit()?;
-            Ok(())
-        })
+        self.inner.staged.flush(self, Some(marker_key))
     }
 
     /// Every tree's entries as of one instant, for every instance's writes:

@@ -22,7 +22,7 @@
 //! - a batch whose statement failed is put back under anything staged since
 //!   (newer writes win) and written by the next flush: nothing is dropped.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use postgres::types::ToSql;
@@ -32,8 +32,22 @@ use super::pool::{PgPool, Session};
 use super::table::Op;
 use super::TREES;
 
-/// Writes by table (index in [`TREES`]), then key: `Some` = put, `None` = delete.
-type Batch = BTreeMap<usize, BTreeMap<Vec<u8>, Option<Vec<u8>>>>;
+/// One staged write of a key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Write {
+    /// Set the value.
+    Put(Vec<u8>),
+    /// Remove the key.
+    Delete,
+    /// Remove the key if its value is this one (a routing claim released).
+    DeleteIf(Vec<u8>),
+}
+
+/// Writes by table (index in [`TREES`]), then key.
+type Batch = BTreeMap<usize, BTreeMap<Vec<u8>, Write>>;
+
+/// How many values written lately are remembered as hints.
+const HINTS: usize = 8_192;
 
 #[derive(Default)]
 struct State {
@@ -41,6 +55,34 @@ struct State {
     pending: Batch,
     /// Being written by the flush in progress.
     inflight: Option<Arc<Batch>>,
+    /// Values this process wrote lately, by (table, key), oldest first in
+    /// `order`: the likely current value, which a read-modify-write offers
+    /// as its expected value instead of reading first (its compare-and-swap
+    /// checks it; a stale hint costs one more round trip, nothing else).
+    hints: HashMap<(usize, Vec<u8>), Vec<u8>>,
+    order: VecDeque<(usize, Vec<u8>)>,
+}
+
+impl State {
+    fn hint(&mut self, t: usize, key: &[u8], value: Option<&[u8]>) {
+        let k = (t, key.to_vec());
+        match value {
+            Some(v) => {
+                if self.hints.insert(k.clone(), v.to_vec()).is_none() {
+                    self.order.push_back(k);
+                    while self.order.len() > HINTS {
+                        if let Some(old) = self.order.pop_front() {
+                            self.hints.remove(&old);
+                        }
+                    }
+                }
+            }
+            None => {
+                // Its place in `order` goes when it comes round.
+                self.hints.remove(&k);
+            }
+        }
+    }
 }
 
 /// The staged writes of one store (one pool); shared by its tables.
@@ -64,6 +106,8 @@ pub(crate) enum Seen {
     Unknown,
     /// Staged: this value (`None`: deleted).
     Staged(Option<Vec<u8>>),
+    /// A conditional write is staged: flush, then ask the database.
+    Flush,
 }
 
 impl Staged {
@@ -71,13 +115,36 @@ impl Staged {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Stages `value` (`None`: a delete) for `key` of `table`.
-    pub(crate) fn stage(&self, table: &str, key: &[u8], value: Option<&[u8]>) {
+    fn stage_write(&self, table: &str, key: &[u8], w: Write) {
         self.state()
             .pending
             .entry(index(table))
             .or_default()
-            .insert(key.to_vec(), value.map(<[u8]>::to_vec));
+            .insert(key.to_vec(), w);
+    }
+
+    /// Stages `value` (`None`: a delete) for `key` of `table`.
+    pub(crate) fn stage(&self, table: &str, key: &[u8], value: Option<&[u8]>) {
+        let w = match value {
+            Some(v) => Write::Put(v.to_vec()),
+            None => Write::Delete,
+        };
+        self.stage_write(table, key, w);
+    }
+
+    /// Stages the removal of `key` of `table` if its value is then
+    /// `expected`. A key with a write staged already is flushed first, so
+    /// the condition is judged against the database alone.
+    pub(crate) fn stage_delete_if(
+        &self,
+        pool: &PgPool,
+        table: &str,
+        key: &[u8],
+        expected: &[u8],
+    ) -> Result<(), PgError> {
+        self.settle(pool, table, Some(key))?;
+        self.stage_write(table, key, Write::DeleteIf(expected.to_vec()));
+        Ok(())
     }
 
     /// What is staged (or being written) for `key` of `table`.
@@ -86,9 +153,24 @@ impl Staged {
         let st = self.state();
         let find = |b: &Batch| b.get(&i).and_then(|t| t.get(key)).cloned();
         match find(&st.pending).or_else(|| st.inflight.as_deref().and_then(find)) {
-            Some(v) => Seen::Staged(v),
+            Some(Write::Put(v)) => Seen::Staged(Some(v)),
+            Some(Write::Delete) => Seen::Staged(None),
+            Some(Write::DeleteIf(_)) => Seen::Flush,
             None => Seen::Unknown,
         }
+    }
+
+    /// The value this process last wrote to `key` of `table`, staged or
+    /// sent, if it remembers one (see `State::hints`).
+    pub(crate) fn hint(&self, table: &str, key: &[u8]) -> Option<Vec<u8>> {
+        let i = index(table);
+        self.state().hints.get(&(i, key.to_vec())).cloned()
+    }
+
+    /// `key` of `table` is now `value` in the database (`None`: absent),
+    /// as a compare-and-swap of this process just made it.
+    pub(crate) fn note(&self, table: &str, key: &[u8], value: Option<&[u8]>) {
+        self.state().hint(index(table), key, value);
     }
 
     /// Whether `key` of `table` (or, with `key` `None`, any key of it) has a
@@ -118,7 +200,7 @@ impl Staged {
         key: Option<&[u8]>,
     ) -> Result<(), PgError> {
         if self.dirty(table, key) {
-            self.flush(pool)?;
+            self.flush(pool, None)?;
         }
         Ok(())
     }
@@ -126,11 +208,17 @@ impl Staged {
     /// Writes everything staged before the call, in one statement (one
     /// transaction). Concurrent callers take turns; a caller whose writes
     /// an earlier flush took waits for that flush.
-    pub(crate) fn flush(&self, pool: &PgPool) -> Result<(), PgError> {
+    ///
+    /// With `sync` (a marker key of `meta`), the transaction commits
+    /// synchronously, which makes it and every earlier commit of every
+    /// session durable (the WAL is flushed in order); with nothing staged
+    /// the marker is written (the server's time), so there is a write to
+    /// commit. Either way one transaction.
+    pub(crate) fn flush(&self, pool: &PgPool, sync: Option<&[u8]>) -> Result<(), PgError> {
         let _one = self.flushing.lock().unwrap_or_else(|p| p.into_inner());
         let batch = {
             let mut st = self.state();
-            if st.pending.is_empty() {
+            if st.pending.is_empty() && sync.is_none() {
                 return Ok(());
             }
             let batch = Arc::new(std::mem::take(&mut st.pending));
@@ -138,16 +226,53 @@ impl Staged {
             batch
         };
         let written = batch.clone();
-        let res = pool.run(move |s| write(s, &written));
+        let marker = sync.map(<[u8]>::to_vec);
+        let res = pool.run(move |s| match marker {
+            None => write(s, &written),
+            Some(_) if written.is_empty() => {
+                s.client()?.batch_execute(&marker_sql(marker.as_deref()))?;
+                Ok(())
+            }
+            Some(_) => {
+                s.client()?
+                    .batch_execute("BEGIN; SET LOCAL synchronous_commit = on")?;
+                match write(s, &written) {
+                    Ok(()) => {
+                        s.client()?.batch_execute("COMMIT")?;
+                        Ok(())
+                    }
+                    Err(e) => {
+                        // The session is reset either way; a broken one is
+                        // replaced by the worker.
+                        if let Ok(c) = s.client() {
+                            let _ = c.batch_execute("ROLLBACK");
+                        }
+                        Err(e)
+                    }
+                }
+            }
+        });
         let mut st = self.state();
         st.inflight = None;
-        if res.is_err() {
-            // Put back under what was staged meanwhile (newer wins).
-            let failed = Arc::try_unwrap(batch).unwrap_or_else(|b| (*b).clone());
-            for (t, rows) in failed {
-                let newer = st.pending.entry(t).or_default();
-                for (k, v) in rows {
-                    newer.entry(k).or_insert(v);
+        let failed = Arc::try_unwrap(batch).unwrap_or_else(|b| (*b).clone());
+        match &res {
+            Ok(()) => {
+                for (t, rows) in failed {
+                    for (k, w) in rows {
+                        match w {
+                            Write::Put(v) => st.hint(t, &k, Some(&v)),
+                            Write::Delete | Write::DeleteIf(_) => st.hint(t, &k, None),
+                        }
+                    }
+                }
+            }
+            Err(_) => {
+                // Put back under what was staged meanwhile (newer wins).
+                for (t, rows) in failed {
+                    let newer = st.pending.entry(t).or_default();
+                    for (k, w) in rows {
+                        newer.entry(k).or_insert(w);
+                    }
                 }
             }
         }
@@ -155,45 +280,72 @@ impl Staged {
     }
 }
 
+/// One simple-query round trip: a transaction that commits synchronously
+/// after upserting `key` (hex, so no quoting) of `meta` with the server's time.
+fn marker_sql(key: Option<&[u8]>) -> String {
+    let hex: String = key
+        .unwrap_or_default()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!(
+        "BEGIN; SET LOCAL synchronous_commit = on; \
+         INSERT INTO truc_meta (k, v) VALUES (decode('{hex}', 'hex'), convert_to(clock_timestamp()::text, 'UTF8')) \
+         ON CONFLICT (k) DO UPDATE SET v = excluded.v; COMMIT"
+    )
+}
+
 /// Writes `batch` as one statement of data-modifying CTEs, prepared once
-/// per shape (which tables have deletes, which have puts).
+/// per shape (which tables have deletes, conditional deletes, puts).
 fn write(s: &mut Session, batch: &Batch) -> Result<(), PgError> {
-    let (mut dels, mut puts) = (0u32, 0u32);
+    let (mut dels, mut conds, mut puts) = (0u32, 0u32, 0u32);
     let mut params: Vec<Vec<Vec<u8>>> = Vec::new();
     for (&t, rows) in batch {
-        let gone: Vec<Vec<u8>> = rows
-            .iter()
-            .filter(|(_, v)| v.is_none())
-            .map(|(k, _)| k.clone())
-            .collect();
-        let (keys, values): (Vec<Vec<u8>>, Vec<Vec<u8>>) = rows
-            .iter()
-            .filter_map(|(k, v)| v.as_ref().map(|v| (k.clone(), v.clone())))
-            .unzip();
+        let mut gone = Vec::new();
+        let (mut ck, mut cv, mut pk, mut pv) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (k, w) in rows {
+            match w {
+                Write::Delete => gone.push(k.clone()),
+                Write::DeleteIf(v) => {
+                    ck.push(k.clone());
+                    cv.push(v.clone());
+                }
+                Write::Put(v) => {
+                    pk.push(k.clone());
+                    pv.push(v.clone());
+                }
+            }
+        }
         if !gone.is_empty() {
             dels |= 1 << t;
             params.push(gone);
         }
-        if !keys.is_empty() {
+        if !ck.is_empty() {
+            conds |= 1 << t;
+            params.push(ck);
+            params.push(cv);
+        }
+        if !pk.is_empty() {
             puts |= 1 << t;
-            params.push(keys);
-            params.push(values);
+            params.push(pk);
+            params.push(pv);
         }
     }
     if params.is_empty() {
         return Ok(());
     }
-    let op = Op::Staged { dels, puts };
-    let (client, st) = s.prepared(("*", op), || batch_sql(dels, puts))?;
+    let op = Op::Staged { dels, conds, puts };
+    let (client, st) = s.prepared(("*", op), || batch_sql(dels, conds, puts))?;
     let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
     client.execute(&st, &refs)?;
     Ok(())
 }
 
 /// The statement writing a batch: for each table in [`TREES`] order, its
-/// deletes (`$n` keys) if bit set in `dels`, then its puts (`$n` keys,
+/// deletes (`$n` keys) if its bit is set in `dels`, its conditional deletes
+/// (`$n` keys, `$n+1` values) if set in `conds`, then its puts (`$n` keys,
 /// `$n+1` values) if set in `puts`.
-pub(super) fn batch_sql(dels: u32, puts: u32) -> String {
+pub(super) fn batch_sql(dels: u32, conds: u32, puts: u32) -> String {
     let mut parts = Vec::new();
     let mut n = 0;
     for (i, tree) in TREES.iter().enumerate() {
@@ -202,6 +354,14 @@ pub(super) fn batch_sql(dels: u32, puts: u32) -> String {
             n += 1;
             parts.push(format!(
                 "d{i} AS (DELETE FROM {t} WHERE k = ANY(${n}::bytea[]))"
+            ));
+        }
+        if conds & (1 << i) != 0 {
+            n += 2;
+            parts.push(format!(
+                "c{i} AS (DELETE FROM {t} WHERE (k, v) IN \
+                 (SELECT * FROM unnest(${}::bytea[], ${n}::bytea[])))",
+                n - 1
             ));
         }
         if puts & (1 << i) != 0 {
@@ -223,7 +383,7 @@ mod tests {
 
     #[test]
     fn one_statement_per_shape_names_each_table_once() {
-        let sql = batch_sql(1 << 7, (1 << 2) | (1 << 7));
+        let sql = batch_sql(1 << 7, 0, (1 << 2) | (1 << 7));
         assert!(
             sql.contains("DELETE FROM truc_pending WHERE k = ANY($3::bytea[])"),
             "{sql}"
@@ -250,7 +410,7 @@ mod tests {
         let other = migrated_pool(&db, 1).table("envelopes");
         assert_eq!(other.get(b"a").unwrap(), None);
         assert_eq!(other.get(b"gone").unwrap(), Some(b"x".to_vec()));
-        pool.staged().flush(&pool).unwrap();
+        pool.staged().flush(&pool, None).unwrap();
         assert_eq!(other.get(b"a").unwrap(), Some(b"3".to_vec()));
         assert_eq!(other.get(b"b").unwrap(), Some(b"2".to_vec()));
         assert_eq!(other.get(b"gone").unwrap(), None);
@@ -288,7 +448,7 @@ mod tests {
             Ok(())
         })
         .unwrap();
-        assert!(pool.staged().flush(&pool).is_err());
+        assert!(pool.staged().flush(&pool, None).is_err());
         t.put(b"b", b"new");
         pool.run(|s| {
             s.client()?
@@ -296,9 +456,45 @@ mod tests {
             Ok(())
         })
         .unwrap();
-        pool.staged().flush(&pool).unwrap();
+        pool.staged().flush(&pool, None).unwrap();
         let other = migrated_pool(&db, 1).table("meta");
         assert_eq!(other.get(b"a").unwrap(), Some(b"old".to_vec()));
         assert_eq!(other.get(b"b").unwrap(), Some(b"new".to_vec()));
+    }
+
+    #[test]
+    fn a_conditional_delete_removes_only_the_expected_value() {
+        let db = TestDb::new();
+        let pool = migrated_pool(&db, 1);
+        let t = pool.table("routing");
+        t.insert(b"mine", b"me").unwrap();
+        t.insert(b"taken", b"other").unwrap();
+        t.delete_if(b"mine", b"me").unwrap();
+        t.delete_if(b"taken", b"me").unwrap();
+        // Read back through a flush: the outcome is the database's.
+        assert!(!t.contains_key(b"mine").unwrap());
+        assert_eq!(t.get(b"taken").unwrap(), Some(b"other".to_vec()));
+    }
+
+    #[test]
+    fn a_stale_hint_costs_a_retry_not_a_lost_update() {
+        let db = TestDb::new();
+        let (a, b) = (migrated_pool(&db, 1), migrated_pool(&db, 1));
+        let (ta, tb) = (a.table("envelopes"), b.table("envelopes"));
+        ta.put(b"r", b"1");
+        a.share().unwrap();
+        // Another instance changes it; `a` still remembers "1".
+        tb.fetch_and_update(b"r", |v| v.map(|v| [v, b"b"].concat()))
+            .unwrap();
+        let mut seen = Vec::new();
+        let old = ta
+            .fetch_and_update(b"r", |v| {
+                seen.push(v.map(<[u8]>::to_vec));
+                v.map(|v| [v, b"a"].concat())
+            })
+            .unwrap();
+        assert_eq!(old, Some(b"1b".to_vec()));
+        assert_eq!(seen, vec![Some(b"1".to_vec()), Some(b"1b".to_vec())]);
+        assert_eq!(tb.get(b"r").unwrap(), Some(b"1ba".to_vec()));
     }
 }

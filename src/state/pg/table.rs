@@ -85,6 +85,7 @@ pub(crate) enum Op {
     /// [`TREES`](super::TREES) with deletes / with puts.
     Staged {
         dels: u32,
+        conds: u32,
         puts: u32,
     },
     /// Insert a batch of new keys, all or none (`$1` keys, `$2` values).
@@ -161,7 +162,7 @@ fn sql(t: &str, op: Op) -> String {
             let dir = if rev { "DESC" } else { "ASC" };
             format!("SELECT k, v FROM {t}{filter} ORDER BY k {dir} LIMIT {PAGE}")
         }
-        Op::Staged { dels, puts } => super::staged::batch_sql(dels, puts),
+        Op::Staged { dels, conds, puts } => super::staged::batch_sql(dels, conds, puts),
         // One statement, so atomic: a key already present (SQLSTATE 23505)
         // fails it whole and nothing is inserted.
         Op::InsertAllNew => {
@@ -242,6 +243,13 @@ impl PgTable {
         self.pool.staged().stage(self.name, key, None);
     }
 
+    /// Removes `key` at the next flush if its value is then `expected`.
+    pub(crate) fn delete_if(&self, key: &[u8], expected: &[u8]) -> Result<(), PgError> {
+        self.pool
+            .staged()
+            .stage_delete_if(&self.pool, self.name, key, expected)
+    }
+
     /// Sends the staged writes first when `key` (any key, with `None`) of
     /// this table has one.
     fn settle(&self, key: Option<&[u8]>) -> Result<(), PgError> {
@@ -250,8 +258,10 @@ impl PgTable {
 
     /// The value of `key`.
     pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, PgError> {
-        if let Seen::Staged(v) = self.pool.staged().seen(self.name, key) {
-            return Ok(v);
+        match self.pool.staged().seen(self.name, key) {
+            Seen::Staged(v) => return Ok(v),
+            Seen::Flush => self.settle(Some(key))?,
+            Seen::Unknown => {}
         }
         let (name, key) = (self.name, key.to_vec());
         self.pool.run(move |s| {
@@ -263,8 +273,10 @@ impl PgTable {
 
     /// Whether `key` is present.
     pub(crate) fn contains_key(&self, key: &[u8]) -> Result<bool, PgError> {
-        if let Seen::Staged(v) = self.pool.staged().seen(self.name, key) {
-            return Ok(v.is_some());
+        match self.pool.staged().seen(self.name, key) {
+            Seen::Staged(v) => return Ok(v.is_some()),
+            Seen::Flush => self.settle(Some(key))?,
+            Seen::Unknown => {}
         }
         let (name, key) = (self.name, key.to_vec());
         self.pool.run(move |s| {
@@ -308,10 +320,11 @@ impl PgTable {
     ) -> Result<Result<(), Option<Vec<u8>>>, PgError> {
         self.settle(Some(key))?;
         let name = self.name;
+        let (hint_key, hint_new) = (key.to_vec(), new.map(<[u8]>::to_vec));
         let key = key.to_vec();
         let old = old.map(<[u8]>::to_vec);
         let new = new.map(<[u8]>::to_vec);
-        self.pool.run(move |s| loop {
+        let res = self.pool.run(move |s| loop {
             let (wrote, current) = match (&old, &new) {
                 (None, None) => {
                     let (client, st) = stmt(s, name, Op::Get)?;
@@ -340,7 +353,18 @@ impl PgTable {
             if current != old {
                 return Ok(Err(current));
             }
-        })
+        })?;
+        match &res {
+            Ok(()) => self
+                .pool
+                .staged()
+                .note(self.name, &hint_key, hint_new.as_deref()),
+            Err(current) => self
+                .pool
+                .staged()
+                .note(self.name, &hint_key, current.as_deref()),
+        }
+        Ok(res)
     }
 
     /// Read, compute `f(old)`, compare-and-swap; again until the swap wins.
@@ -350,7 +374,15 @@ impl PgTable {
         key: &[u8],
         mut f: impl FnMut(Option<&[u8]>) -> Option<Vec<u8>>,
     ) -> Result<Option<Vec<u8>>, PgError> {
-        let mut current = self.get(key)?;
+        // What this process wrote last is likely still there: offered as
+        // the expected value, it saves a read (the swap checks it).
+        let mut current = match self.pool.staged().seen(self.name, key) {
+            Seen::Unknown => match self.pool.staged().hint(self.name, key) {
+                Some(v) => Some(v),
+                None => self.get(key)?,
+            },
+            Seen::Staged(_) | Seen::Flush => self.get(key)?,
+        };
         loop {
             let new = f(current.as_deref());
             match self.compare_and_swap(key, current.as_deref(), new.as_deref())? {

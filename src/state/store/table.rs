@@ -105,6 +105,21 @@ impl Table {
         Ok(())
     }
 
+    /// Removes `key` if its value is `expected` (nothing happens when it is
+    /// not), for a caller that needs no outcome; staged on a shared store
+    /// like [`Table::put`], judged when sent.
+    pub fn delete_if(&self, key: impl AsRef<[u8]>, expected: &[u8]) -> Result<(), StoreError> {
+        let _w = self.gate.write();
+        match &self.inner {
+            Backend::Sled(t) => {
+                // Not removed when it holds another value: as documented.
+                let _ = t.compare_and_swap(key, Some(expected), None::<&[u8]>)?;
+            }
+            Backend::Pg(t) => t.delete_if(key.as_ref(), expected)?,
+        }
+        Ok(())
+    }
+
     /// Removes `key`; returns the value it had.
     pub fn remove(&self, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>, StoreError> {
         let _w = self.gate.write();

@@ -8,8 +8,10 @@
 //! Invariants:
 //! - a client is only ever used (and dropped) on its worker thread;
 //! - every session runs `SET synchronous_commit = off` before its first
-//!   request; durability comes from [`PgPool::sync_commit`], whose flush
-//!   (WAL is sequential) covers every earlier commit of every session;
+//!   request, except one more, the group-commit session (`on`), which only
+//!   [`PgPool::run_sync`] uses; durability comes from
+//!   [`PgPool::sync_commit`] on it, whose flush (WAL is sequential) covers
+//!   every earlier commit of every session;
 //! - a worker whose connection broke drops it and reconnects on its next
 //!   request, so after a failover the next request reaches the new primary
 //!   (`target_session_attrs=read-write` picks it); the request that hit the
@@ -60,6 +62,8 @@ pub(super) struct Session {
     redacted: Arc<str>,
     client: Option<Client>,
     stmts: HashMap<StmtKey, Statement>,
+    /// The group-commit session: its transactions commit synchronously.
+    synchronous: bool,
 }
 
 impl Session {
@@ -74,8 +78,9 @@ impl Session {
                 source,
             };
             let mut client = self.config.connect(NoTls).map_err(connect_err)?;
+            let mode = if self.synchronous { "on" } else { "off" };
             client
-                .batch_execute("SET synchronous_commit = off")
+                .batch_execute(&format!("SET synchronous_commit = {mode}"))
                 .map_err(connect_err)?;
             self.client = Some(client);
         }
@@ -153,7 +158,11 @@ fn has_io_source(e: &postgres::Error) -> bool {
 
 struct Inner {
     tx: Option<Sender<Job>>,
+    /// Jobs for the group-commit session.
+    sync_tx: Option<Sender<Job>>,
     workers: Vec<JoinHandle<()>>,
+    /// How many of `workers` serve `tx` (the last serves `sync_tx`).
+    threads: usize,
     redacted: Arc<str>,
     /// Blind writes not yet sent ([`super::staged`]).
     staged: super::staged::Staged,
@@ -161,8 +170,9 @@ struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        // Closing the channel makes every idle worker's `recv` fail.
+        // Closing the channels makes every idle worker's `recv` fail.
         self.tx = None;
+        self.sync_tx = None;
         let me = thread::current().id();
         for worker in self.workers.drain(..) {
             if worker.thread().id() != me {
@@ -199,22 +209,34 @@ impl PgPool {
         let redacted: Arc<str> = crate::core::config::redact_store_url(url).into();
         let (tx, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
-        let mut workers = Vec::with_capacity(threads.max(1));
-        for i in 0..threads.max(1) {
+        let (sync_tx, sync_rx) = mpsc::channel::<Job>();
+        let sync_rx = Arc::new(Mutex::new(sync_rx));
+        let threads = threads.max(1);
+        let mut workers = Vec::with_capacity(threads + 1);
+        // One more session for the group commit: it commits synchronously
+        // without a round trip to say so.
+        for i in 0..=threads {
+            let synchronous = i == threads;
             let session = Session {
                 config: config.clone(),
                 redacted: redacted.clone(),
                 client: None,
                 stmts: HashMap::new(),
+                synchronous,
             };
-            let rx = rx.clone();
+            let (rx, name) = if synchronous {
+                (sync_rx.clone(), "truc-pg-sync".to_owned())
+            } else {
+                (rx.clone(), format!("truc-pg-{i}"))
+            };
             let spawned = thread::Builder::new()
-                .name(format!("truc-pg-{i}"))
+                .name(name)
                 .spawn(move || work(session, &rx));
             match spawned {
                 Ok(handle) => workers.push(handle),
                 Err(e) => {
                     drop(tx);
+                    drop(sync_tx);
                     for w in workers {
                         let _ = w.join();
                     }
@@ -227,7 +249,9 @@ impl PgPool {
         let pool = PgPool {
             inner: Arc::new(Inner {
                 tx: Some(tx),
+                sync_tx: Some(sync_tx),
                 workers,
+                threads,
                 redacted,
                 staged: Default::default(),
             }),
@@ -253,7 +277,7 @@ impl PgPool {
 
     /// Number of worker threads.
     pub(crate) fn threads(&self) -> usize {
-        self.inner.workers.len()
+        self.inner.threads
     }
 
     /// Run `f` on a worker with its session and wait for its result.
@@ -264,13 +288,31 @@ impl PgPool {
         T: Send + 'static,
         F: FnOnce(&mut Session) -> Result<T, PgError> + Send + 'static,
     {
+        self.run_on(self.inner.tx.as_ref(), f)
+    }
+
+    /// [`PgPool::run`] on the group-commit session, whose transactions
+    /// commit synchronously (and make every earlier commit durable).
+    pub(super) fn run_sync<T, F>(&self, f: F) -> Result<T, PgError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Session) -> Result<T, PgError> + Send + 'static,
+    {
+        self.run_on(self.inner.sync_tx.as_ref(), f)
+    }
+
+    fn run_on<T, F>(&self, tx: Option<&Sender<Job>>, f: F) -> Result<T, PgError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Session) -> Result<T, PgError> + Send + 'static,
+    {
         let (reply_tx, reply_rx) = mpsc::sync_channel(1);
         let job: Job = Box::new(move |session: &mut Session| {
             let result = f(session).map_err(|e| session.classify(e));
             // The caller may have gone; nothing to do then.
             let _ = reply_tx.send(result);
         });
-        let tx = self.inner.tx.as_ref().ok_or(PgError::PoolClosed)?;
+        let tx = tx.ok_or(PgError::PoolClosed)?;
         tx.send(job).map_err(|_| PgError::PoolClosed)?;
         // The reply sender is dropped without a send only if the job panicked.
         reply_rx.recv().map_err(|_| PgError::WorkerPanicked)?
@@ -478,8 +520,15 @@ mod tests {
         pool.sync_commit(b"durable_marker").unwrap();
         let second = pool.table("meta").get(b"durable_marker").unwrap().unwrap();
         assert!(second > first, "the marker is rewritten each time");
-        // The transaction-local setting did not leak into the session.
+        // The group-commit session alone commits synchronously.
         assert_eq!(setting(), "off");
+        let sync_setting = pool
+            .run_sync(|s| {
+                let row = s.client()?.query_one("SHOW synchronous_commit", &[])?;
+                Ok(row.try_get::<_, String>(0)?)
+            })
+            .unwrap();
+        assert_eq!(sync_setting, "on");
     }
 
     #[test]
@@ -597,6 +646,8 @@ mod tests {
         for h in handles {
             h.join().unwrap().unwrap();
         }
+        // And the group-commit session.
+        pool.sync_commit(b"marker").unwrap();
         let name = db.name().to_owned();
         let sessions = move || -> i64 {
             let mut admin = postgres::Client::connect(&server_url(), NoTls).unwrap();
@@ -608,9 +659,9 @@ mod tests {
                 .unwrap()
                 .get(0)
         };
-        assert_eq!(sessions(), 3);
+        assert_eq!(sessions(), 4);
         let handles: Vec<_> = pool.inner.workers.iter().map(|w| w.thread().id()).collect();
-        assert_eq!(handles.len(), 3);
+        assert_eq!(handles.len(), 4);
         drop(pool); // joins the workers
         let deadline = Instant::now() + Duration::from_secs(5);
         while sessions() != 0 {

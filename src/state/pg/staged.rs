@@ -209,11 +209,12 @@ impl Staged {
     /// transaction). Concurrent callers take turns; a caller whose writes
     /// an earlier flush took waits for that flush.
     ///
-    /// With `sync` (a marker key of `meta`), the transaction commits
-    /// synchronously, which makes it and every earlier commit of every
-    /// session durable (the WAL is flushed in order); with nothing staged
-    /// the marker is written (the server's time), so there is a write to
-    /// commit. Either way one transaction.
+    /// With `sync` (a marker key of `meta`), the statement runs on the
+    /// group-commit session and commits synchronously, which makes it and
+    /// every earlier commit of every session durable (the WAL is flushed in
+    /// order); with nothing staged the marker is written instead (the
+    /// server's time), so there is a write to commit. Either way one
+    /// statement, one round trip.
     pub(crate) fn flush(&self, pool: &PgPool, sync: Option<&[u8]>) -> Result<(), PgError> {
         let _one = self.flushing.lock().unwrap_or_else(|p| p.into_inner());
         let batch = {
@@ -227,31 +228,16 @@ impl Staged {
         };
         let written = batch.clone();
         let marker = sync.map(<[u8]>::to_vec);
-        let res = pool.run(move |s| match marker {
-            None => write(s, &written),
-            Some(_) if written.is_empty() => {
-                s.client()?.batch_execute(&marker_sql(marker.as_deref()))?;
+        // With `sync`, on the group-commit session: its statements commit
+        // synchronously as they are, one round trip each.
+        let res = match marker {
+            None => pool.run(move |s| write(s, &written)),
+            Some(key) if written.is_empty() => pool.run_sync(move |s| {
+                s.client()?.batch_execute(&marker_sql(&key))?;
                 Ok(())
-            }
-            Some(_) => {
-                s.client()?
-                    .batch_execute("BEGIN; SET LOCAL synchronous_commit = on")?;
-                match write(s, &written) {
-                    Ok(()) => {
-                        s.client()?.batch_execute("COMMIT")?;
-                        Ok(())
-                    }
-                    Err(e) => {
-                        // The session is reset either way; a broken one is
-                        // replaced by the worker.
-                        if let Ok(c) = s.client() {
-                            let _ = c.batch_execute("ROLLBACK");
-                        }
-                        Err(e)
-                    }
-                }
-            }
-        });
+            }),
+            Some(_) => pool.run_sync(move |s| write(s, &written)),
+        };
         let mut st = self.state();
         st.inflight = None;
         let failed = Arc::try_unwrap(batch).unwrap_or_else(|b| (*b).clone());
@@ -280,18 +266,14 @@ impl Staged {
     }
 }
 
-/// One simple-query round trip: a transaction that commits synchronously
-/// after upserting `key` (hex, so no quoting) of `meta` with the server's time.
-fn marker_sql(key: Option<&[u8]>) -> String {
-    let hex: String = key
-        .unwrap_or_default()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+/// One simple-query round trip (on the group-commit session, so it commits
+/// synchronously): upserts `key` (hex, so no quoting) of `meta` with the
+/// server's time.
+fn marker_sql(key: &[u8]) -> String {
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
     format!(
-        "BEGIN; SET LOCAL synchronous_commit = on; \
-         INSERT INTO truc_meta (k, v) VALUES (decode('{hex}', 'hex'), convert_to(clock_timestamp()::text, 'UTF8')) \
-         ON CONFLICT (k) DO UPDATE SET v = excluded.v; COMMIT"
+        "INSERT INTO truc_meta (k, v) VALUES (decode('{hex}', 'hex'), convert_to(clock_timestamp()::text, 'UTF8')) \
+         ON CONFLICT (k) DO UPDATE SET v = excluded.v"
     )
 }
 

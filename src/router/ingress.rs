@@ -1,18 +1,23 @@
 //! Step 1 — an ingress message, end to end: decode → authenticate →
-//! authorise (sender, clock, nonce, kind's fields, size, digest) → dedupe →
-//! rate limit → route → record (marked as being routed) → publish deliveries
-//! and notices (one round of confirms) → unmark → durable → ack. Statuses go on to [`super::status`],
-//! heartbeats to the presence task.
+//! authorise (sender, clock, nonce, kind's fields, size, digest) → claim →
+//! dedupe → rate limit → route → record → share → publish deliveries and
+//! notices (one round of confirms) → release the claim → durable → ack.
+//! Statuses go on to [`super::status`], heartbeats to the presence task.
 //!
-//! Invariants: the dedupe check and the record write happen under the
-//! envelope's lock; the record is written before its deliveries and notices
-//! are published (a destination's status or an operator reading `accepted`
-//! finds it), marked as being routed until every one of them was confirmed,
-//! and a record still marked (a crash, a failed publish) is routed again as a
-//! possible repeat (`lgsp-attempt: 2`), never taken for a duplicate; a sender that cannot be authenticated gets no
-//! notice (its message is kept in the bounded `rejected` queue and tallied in
-//! the audit log per minute and reason); a refusal of
-//! an authenticated sender is a `rejected` notice to the key's owner.
+//! Invariants: the envelope is claimed (in the store, atomically across
+//! instances) before its record is looked at, and the dedupe check and the
+//! record write happen under the claim and the envelope's lock; the record
+//! is written and shared with other instances before its deliveries and
+//! notices are published (a destination's status or an operator reading
+//! `accepted` finds it, on any instance); the claim stays until every one of
+//! them was confirmed, and one still there (a crash, a failed publish) is an
+//! unfinished routing: the envelope is routed again as a possible repeat
+//! (`lgsp-attempt: 2`), never taken for a duplicate; a claim given up
+//! without routing (a duplicate, a rate-limit refusal) is released at once;
+//! a sender that cannot be authenticated gets no notice (its message is kept
+//! in the bounded `rejected` queue and tallied in the audit log per minute
+//! and reason); a refusal of an authenticated sender is a `rejected` notice
+//! to the key's owner.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -1,9 +1,16 @@
-//! Per-envelope, per-destination timelines and the dedupe record.
+//! Per-envelope, per-destination timelines, the dedupe record and the
+//! routing claim.
 //!
-//! Invariants: an envelope record exists only once every delivery of the
-//! envelope was confirmed by the broker, so its presence means "accepted and
-//! handed over"; records hold metadata (ids, codes, digest, size, times,
-//! states), never the body.
+//! Invariants: an envelope's record is written under its routing claim,
+//! before any delivery is published; a record whose envelope holds no claim
+//! was routed to the end ("accepted and handed over"), one with a claim
+//! left behind by a routing that did not finish is routed again; a claim is
+//! taken by compare-and-swap, so across instances sharing a store one
+//! routes an envelope at a time; records hold metadata (ids, codes, digest,
+//! size, times, states), never the body. The record, index, pending and
+//! deadline writes are blind (`Table::put`/`delete`): on a shared store
+//! other instances see them once shared, which the router does before it
+//! publishes.
 
 use serde::{Deserialize, Serialize};
 

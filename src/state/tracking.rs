@@ -458,7 +458,9 @@ impl Tracking {
     }
 
     /// Gives up a claim without routing (a duplicate, a refusal): the
-    /// marker goes, unless another instance took it over meanwhile.
+    /// marker goes, unless another instance took it over meanwhile. On a
+    /// shared store the removal is staged (sent at the next share or group
+    /// commit; this process sees it at once).
     pub fn release(
         &self,
         from: &AgencyCode,
@@ -467,9 +469,7 @@ impl Tracking {
     ) -> Result<(), StoreError> {
         self.store
             .routing()
-            .compare_and_swap(record_key(from, message_id), Some(token), None)?
-            .ok();
-        Ok(())
+            .delete_if(record_key(from, message_id), token)
     }
 
     /// Whether `(from, message_id)` was being routed and not finished.
@@ -491,9 +491,7 @@ impl Tracking {
         message_id: &str,
         token: &[u8],
     ) -> Result<(), StoreError> {
-        self.store
-            .routing()
-            .delete_if(record_key(from, message_id), token)
+        self.release(from, message_id, token)
     }
 
     /// Writes `rec` (the dedupe marker). Not durable until

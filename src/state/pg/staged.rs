@@ -422,22 +422,17 @@ mod tests {
         let db = TestDb::new();
         let pool = migrated_pool(&db, 1);
         let t = pool.table("meta");
+        let rename = |from: &str, to: &str| {
+            let sql = format!("ALTER TABLE {from} RENAME TO {to}");
+            pool.run(move |s| Ok(s.client()?.batch_execute(&sql)?))
+                .unwrap();
+        };
         t.put(b"a", b"old");
         // Break the statement: the table is gone for a moment.
-        pool.run(|s| {
-            s.client()?
-                .batch_execute("ALTER TABLE truc_meta RENAME TO truc_meta_away")?;
-            Ok(())
-        })
-        .unwrap();
+        rename("truc_meta", "truc_meta_away");
         assert!(pool.staged().flush(&pool, None).is_err());
         t.put(b"b", b"new");
-        pool.run(|s| {
-            s.client()?
-                .batch_execute("ALTER TABLE truc_meta_away RENAME TO truc_meta")?;
-            Ok(())
-        })
-        .unwrap();
+        rename("truc_meta_away", "truc_meta");
         pool.staged().flush(&pool, None).unwrap();
         let other = migrated_pool(&db, 1).table("meta");
         assert_eq!(other.get(b"a").unwrap(), Some(b"old".to_vec()));

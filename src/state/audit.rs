@@ -584,8 +584,21 @@ impl Writer {
                 }
             };
             if !inserted {
-                head = load_head(&self.store)?;
-                continue;
+                // The same batch may be there already: an earlier try whose
+                // answer was lost with its connection had landed. Its last
+                // entry, byte for byte (same times, same chain), says so.
+                let landed = match rows.last().map(|(k, _)| self.store.audit().get(k)) {
+                    Some(Ok(found)) => found.as_deref() == rows.last().map(|(_, v)| v.as_slice()),
+                    Some(Err(e)) => {
+                        log.head = Some(head);
+                        return Err(e.into());
+                    }
+                    None => false,
+                };
+                if !landed {
+                    head = load_head(&self.store)?;
+                    continue;
+                }
             }
             let first = head.next_seq;
             log.head = Some(Head {
@@ -1224,6 +1237,38 @@ mod tests {
         seq_hash(&store.meta().get(HEAD_KEY).unwrap().unwrap())
             .unwrap()
             .0
+    }
+
+    #[test]
+    fn a_batch_that_landed_unanswered_is_not_written_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let audit = Audit::new(store.clone());
+        audit.record(ev(0));
+        audit.record(ev(1));
+        let staged: Vec<(AuditEvent, i64)> = {
+            let log = audit.writer.log.lock().unwrap();
+            log.staged.iter().cloned().collect()
+        };
+        store.flush().unwrap();
+        assert_eq!(store.audit().len().unwrap(), 2);
+        // As if the answer to that write was lost with its connection: the
+        // same events staged again, the cached head where it was.
+        {
+            let mut log = audit.writer.log.lock().unwrap();
+            log.staged.extend(staged);
+            log.head = Some(Head {
+                next_seq: 1,
+                last_hash: ZERO,
+            });
+            log.unflushed.clear();
+        }
+        store.flush().unwrap();
+        assert_eq!(store.audit().len().unwrap(), 2, "written once");
+        let r = audit.verify().unwrap();
+        assert!(r.ok, "{r:?}");
+        // What comes next is chained after them.
+        assert_eq!(audit.append(ev(2)).unwrap(), 3);
     }
 
     #[test]

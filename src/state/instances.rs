@@ -23,29 +23,6 @@ pub const LIVE_MS: i64 = 10_000;
 /// A record older than this is removed (ms): the instance is gone.
 pub const FORGET_MS: i64 = 3_600_000;
 
-/// Instance record errors.
-#[derive(Debug, thiserror::Error)]
-pub enum InstanceError {
-    /// The store failed.
-    #[error("instance records: {0}")]
-    Store(#[from] StoreError),
-}
-
-impl From<codec::CodecError> for InstanceError {
-    fn from(e: codec::CodecError) -> Self {
-        Self::Store(e.into())
-    }
-}
-
-impl InstanceError {
-    /// Whether trying again may succeed.
-    pub fn is_retryable(&self) -> bool {
-        match self {
-            Self::Store(e) => e.is_retryable(),
-        }
-    }
-}
-
 /// One instance as it describes itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceInfo {
@@ -86,7 +63,7 @@ impl InstanceBook {
     }
 
     /// Writes `info` (its `seen_ms` set to `now_ms`).
-    pub fn beat(&self, info: &InstanceInfo, now_ms: i64) -> Result<(), InstanceError> {
+    pub fn beat(&self, info: &InstanceInfo, now_ms: i64) -> Result<(), StoreError> {
         let info = InstanceInfo {
             seen_ms: now_ms,
             ..info.clone()
@@ -99,7 +76,7 @@ impl InstanceBook {
 
     /// The live instances at `now_ms`, by id; removes records gone for over
     /// [`FORGET_MS`] (and records that do not decode).
-    pub fn list(&self, now_ms: i64) -> Result<Vec<InstanceInfo>, InstanceError> {
+    pub fn list(&self, now_ms: i64) -> Result<Vec<InstanceInfo>, StoreError> {
         let p = prefix();
         let meta = self.store.meta();
         let mut live = Vec::new();
@@ -119,7 +96,7 @@ impl InstanceBook {
     }
 
     /// Removes the record of `id` (clean shutdown).
-    pub fn remove(&self, id: &str) -> Result<(), InstanceError> {
+    pub fn remove(&self, id: &str) -> Result<(), StoreError> {
         self.store.meta().remove(key(id))?;
         Ok(())
     }

@@ -51,29 +51,6 @@ const LEADER_KEY: &[u8] = b"leader";
 /// Compare-and-swap attempts in one tick before it settles for what it read.
 const CAS_ATTEMPTS: usize = 4;
 
-/// Lease errors.
-#[derive(Debug, thiserror::Error)]
-pub enum LeaseError {
-    /// The store failed.
-    #[error("leader lease: {0}")]
-    Store(#[from] StoreError),
-}
-
-impl From<codec::CodecError> for LeaseError {
-    fn from(e: codec::CodecError) -> Self {
-        Self::Store(e.into())
-    }
-}
-
-impl LeaseError {
-    /// Whether the next tick may succeed.
-    pub fn is_retryable(&self) -> bool {
-        match self {
-            Self::Store(e) => e.is_retryable(),
-        }
-    }
-}
-
 /// The lease as stored under `meta` key `leader`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseRecord {
@@ -123,7 +100,7 @@ impl Role {
 }
 
 /// The lease record in `store`, if any (undecodable: `None`).
-pub fn current(store: &Store) -> Result<Option<LeaseRecord>, LeaseError> {
+pub fn current(store: &Store) -> Result<Option<LeaseRecord>, StoreError> {
     Ok(store
         .meta()
         .get(LEADER_KEY)?
@@ -187,7 +164,7 @@ impl Lease {
     /// Renews, takes over or follows at `now_ms`; returns the role it found.
     /// After an error, [`Lease::role_at`] says how to act (a holder stays
     /// leader until its lease would run out).
-    pub fn tick(&self, now_ms: i64) -> Result<Role, LeaseError> {
+    pub fn tick(&self, now_ms: i64) -> Result<Role, StoreError> {
         let meta = self.store.meta();
         let mut attempts = 0;
         loop {
@@ -254,7 +231,7 @@ impl Lease {
     /// Gives the lease up (clean shutdown): when this instance holds it, it
     /// is written expired, so another instance takes it at its next tick.
     /// Returns whether it was held.
-    pub fn release(&self, now_ms: i64) -> Result<bool, LeaseError> {
+    pub fn release(&self, now_ms: i64) -> Result<bool, StoreError> {
         self.follow(None);
         let meta = self.store.meta();
         let Some(old) = meta.get(LEADER_KEY)? else {

@@ -24,29 +24,6 @@ use crate::state::store::{Store, StoreError};
 /// How often the leader takes relayed heartbeats.
 pub const TAKE_EVERY: Duration = Duration::from_secs(1);
 
-/// Relay errors.
-#[derive(Debug, thiserror::Error)]
-pub enum RelayError {
-    /// The store failed.
-    #[error("heartbeat relay: {0}")]
-    Store(#[from] StoreError),
-}
-
-impl From<codec::CodecError> for RelayError {
-    fn from(e: codec::CodecError) -> Self {
-        Self::Store(e.into())
-    }
-}
-
-impl RelayError {
-    /// Whether trying again may succeed.
-    pub fn is_retryable(&self) -> bool {
-        match self {
-            Self::Store(e) => e.is_retryable(),
-        }
-    }
-}
-
 /// One relayed heartbeat.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Relayed {
@@ -82,7 +59,7 @@ impl HeartbeatRelay {
 
     /// Leaves a heartbeat of `code` for the leader (kept only if it is the
     /// latest one relayed for `code`).
-    pub fn put(&self, code: &AgencyCode, hb: &Relayed) -> Result<(), RelayError> {
+    pub fn put(&self, code: &AgencyCode, hb: &Relayed) -> Result<(), StoreError> {
         let new = codec::encode(hb)?;
         self.store.meta().fetch_and_update(key(code), |old| {
             match old.and_then(|v| codec::decode::<Relayed>(v).ok()) {
@@ -95,7 +72,7 @@ impl HeartbeatRelay {
 
     /// Takes every relayed heartbeat, oldest first (records that do not
     /// decode are dropped).
-    pub fn take(&self) -> Result<Vec<(AgencyCode, Relayed)>, RelayError> {
+    pub fn take(&self) -> Result<Vec<(AgencyCode, Relayed)>, StoreError> {
         let p = prefix();
         let meta = self.store.meta();
         let mut out = Vec::new();

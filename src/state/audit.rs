@@ -587,12 +587,14 @@ impl Writer {
                 // The same batch may be there already: an earlier try whose
                 // answer was lost with its connection had landed. Its last
                 // entry, byte for byte (same times, same chain), says so.
-                let landed = match rows.last().map(|(k, _)| self.store.audit().get(k)) {
-                    Some(Ok(found)) => found.as_deref() == rows.last().map(|(_, v)| v.as_slice()),
-                    Some(Err(e)) => {
-                        log.head = Some(head);
-                        return Err(e.into());
-                    }
+                let landed = match rows.last() {
+                    Some((k, v)) => match self.store.audit().get(k) {
+                        Ok(found) => found.as_deref() == Some(v.as_slice()),
+                        Err(e) => {
+                            log.head = Some(head);
+                            return Err(e.into());
+                        }
+                    },
                     None => false,
                 };
                 if !landed {

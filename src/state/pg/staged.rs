@@ -93,13 +93,6 @@ pub(crate) struct Staged {
     flushing: Mutex<()>,
 }
 
-fn index(table: &str) -> usize {
-    TREES
-        .iter()
-        .position(|t| *t == table)
-        .expect("table names come from TREES")
-}
-
 /// What a point read finds staged for a key.
 pub(crate) enum Seen {
     /// Nothing staged: ask the database.
@@ -115,16 +108,16 @@ impl Staged {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn stage_write(&self, table: &str, key: &[u8], w: Write) {
+    fn stage_write(&self, table: usize, key: &[u8], w: Write) {
         self.state()
             .pending
-            .entry(index(table))
+            .entry(table)
             .or_default()
             .insert(key.to_vec(), w);
     }
 
     /// Stages `value` (`None`: a delete) for `key` of `table`.
-    pub(crate) fn stage(&self, table: &str, key: &[u8], value: Option<&[u8]>) {
+    pub(crate) fn stage(&self, table: usize, key: &[u8], value: Option<&[u8]>) {
         let w = match value {
             Some(v) => Write::Put(v.to_vec()),
             None => Write::Delete,
@@ -138,7 +131,7 @@ impl Staged {
     pub(crate) fn stage_delete_if(
         &self,
         pool: &PgPool,
-        table: &str,
+        table: usize,
         key: &[u8],
         expected: &[u8],
     ) -> Result<(), PgError> {
@@ -148,10 +141,9 @@ impl Staged {
     }
 
     /// What is staged (or being written) for `key` of `table`.
-    pub(crate) fn seen(&self, table: &str, key: &[u8]) -> Seen {
-        let i = index(table);
+    pub(crate) fn seen(&self, table: usize, key: &[u8]) -> Seen {
         let st = self.state();
-        let find = |b: &Batch| b.get(&i).and_then(|t| t.get(key)).cloned();
+        let find = |b: &Batch| b.get(&table).and_then(|t| t.get(key)).cloned();
         match find(&st.pending).or_else(|| st.inflight.as_deref().and_then(find)) {
             Some(Write::Put(v)) => Seen::Staged(Some(v)),
             Some(Write::Delete) => Seen::Staged(None),
@@ -162,24 +154,22 @@ impl Staged {
 
     /// The value this process last wrote to `key` of `table`, staged or
     /// sent, if it remembers one (see `State::hints`).
-    pub(crate) fn hint(&self, table: &str, key: &[u8]) -> Option<Vec<u8>> {
-        let i = index(table);
-        self.state().hints.get(&(i, key.to_vec())).cloned()
+    pub(crate) fn hint(&self, table: usize, key: &[u8]) -> Option<Vec<u8>> {
+        self.state().hints.get(&(table, key.to_vec())).cloned()
     }
 
     /// `key` of `table` is now `value` in the database (`None`: absent),
     /// as a compare-and-swap of this process just made it.
-    pub(crate) fn note(&self, table: &str, key: &[u8], value: Option<&[u8]>) {
-        self.state().hint(index(table), key, value);
+    pub(crate) fn note(&self, table: usize, key: &[u8], value: Option<&[u8]>) {
+        self.state().hint(table, key, value);
     }
 
     /// Whether `key` of `table` (or, with `key` `None`, any key of it) has a
     /// write not yet in the database.
-    fn dirty(&self, table: &str, key: Option<&[u8]>) -> bool {
-        let i = index(table);
+    fn dirty(&self, table: usize, key: Option<&[u8]>) -> bool {
         let st = self.state();
         let has = |b: &Batch| {
-            b.get(&i)
+            b.get(&table)
                 .is_some_and(|t| key.map_or(!t.is_empty(), |k| t.contains_key(k)))
         };
         has(&st.pending) || st.inflight.as_deref().is_some_and(has)
@@ -196,7 +186,7 @@ impl Staged {
     pub(crate) fn settle(
         &self,
         pool: &PgPool,
-        table: &str,
+        table: usize,
         key: Option<&[u8]>,
     ) -> Result<(), PgError> {
         if self.dirty(table, key) {
@@ -240,10 +230,10 @@ impl Staged {
         };
         let mut st = self.state();
         st.inflight = None;
-        let failed = Arc::try_unwrap(batch).unwrap_or_else(|b| (*b).clone());
+        let batch = Arc::try_unwrap(batch).unwrap_or_else(|b| (*b).clone());
         match &res {
             Ok(()) => {
-                for (t, rows) in failed {
+                for (t, rows) in batch {
                     for (k, w) in rows {
                         match w {
                             Write::Put(v) => st.hint(t, &k, Some(&v)),
@@ -254,7 +244,7 @@ impl Staged {
             }
             Err(_) => {
                 // Put back under what was staged meanwhile (newer wins).
-                for (t, rows) in failed {
+                for (t, rows) in batch {
                     let newer = st.pending.entry(t).or_default();
                     for (k, w) in rows {
                         newer.entry(k).or_insert(w);

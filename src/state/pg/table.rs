@@ -211,6 +211,8 @@ fn outcome(row: &Row) -> Result<(bool, Option<Vec<u8>>), PgError> {
 pub(crate) struct PgTable {
     pool: PgPool,
     name: &'static str,
+    /// Its place in [`TREES`](super::TREES): how staged writes name it.
+    tree: usize,
 }
 
 impl PgPool {
@@ -220,13 +222,14 @@ impl PgPool {
     /// If `name` is not in [`TREES`](super::TREES): tree names are
     /// constants of the program, so this is a bug.
     pub(crate) fn table(&self, name: &'static str) -> PgTable {
-        assert!(
-            super::TREES.contains(&name),
-            "no PostgreSQL table for tree {name:?}"
-        );
+        let tree = super::TREES
+            .iter()
+            .position(|t| *t == name)
+            .unwrap_or_else(|| panic!("no PostgreSQL table for tree {name:?}"));
         PgTable {
             pool: self.clone(),
             name,
+            tree,
         }
     }
 }
@@ -235,33 +238,42 @@ impl PgTable {
     /// Sets `key` to `value` at the next flush ([`super::staged`]); read
     /// back at once by this process.
     pub(crate) fn put(&self, key: &[u8], value: &[u8]) {
-        self.pool.staged().stage(self.name, key, Some(value));
+        self.pool.staged().stage(self.tree, key, Some(value));
     }
 
     /// Removes `key` at the next flush; gone at once for this process.
     pub(crate) fn delete(&self, key: &[u8]) {
-        self.pool.staged().stage(self.name, key, None);
+        self.pool.staged().stage(self.tree, key, None);
     }
 
     /// Removes `key` at the next flush if its value is then `expected`.
     pub(crate) fn delete_if(&self, key: &[u8], expected: &[u8]) -> Result<(), PgError> {
         self.pool
             .staged()
-            .stage_delete_if(&self.pool, self.name, key, expected)
+            .stage_delete_if(&self.pool, self.tree, key, expected)
+    }
+
+    /// What this process staged for `key` (`Some(None)`: a delete), or
+    /// `None` when the database must be asked (a staged conditional delete
+    /// is sent first: its outcome is the database's).
+    fn staged_value(&self, key: &[u8]) -> Result<Option<Option<Vec<u8>>>, PgError> {
+        match self.pool.staged().seen(self.tree, key) {
+            Seen::Staged(v) => Ok(Some(v)),
+            Seen::Flush => self.settle(Some(key)).map(|()| None),
+            Seen::Unknown => Ok(None),
+        }
     }
 
     /// Sends the staged writes first when `key` (any key, with `None`) of
     /// this table has one.
     fn settle(&self, key: Option<&[u8]>) -> Result<(), PgError> {
-        self.pool.staged().settle(&self.pool, self.name, key)
+        self.pool.staged().settle(&self.pool, self.tree, key)
     }
 
     /// The value of `key`.
     pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, PgError> {
-        match self.pool.staged().seen(self.name, key) {
-            Seen::Staged(v) => return Ok(v),
-            Seen::Flush => self.settle(Some(key))?,
-            Seen::Unknown => {}
+        if let Some(v) = self.staged_value(key)? {
+            return Ok(v);
         }
         let (name, key) = (self.name, key.to_vec());
         self.pool.run(move |s| {
@@ -273,10 +285,8 @@ impl PgTable {
 
     /// Whether `key` is present.
     pub(crate) fn contains_key(&self, key: &[u8]) -> Result<bool, PgError> {
-        match self.pool.staged().seen(self.name, key) {
-            Seen::Staged(v) => return Ok(v.is_some()),
-            Seen::Flush => self.settle(Some(key))?,
-            Seen::Unknown => {}
+        if let Some(v) = self.staged_value(key)? {
+            return Ok(v.is_some());
         }
         let (name, key) = (self.name, key.to_vec());
         self.pool.run(move |s| {
@@ -358,11 +368,11 @@ impl PgTable {
             Ok(()) => self
                 .pool
                 .staged()
-                .note(self.name, &hint_key, hint_new.as_deref()),
+                .note(self.tree, &hint_key, hint_new.as_deref()),
             Err(current) => self
                 .pool
                 .staged()
-                .note(self.name, &hint_key, current.as_deref()),
+                .note(self.tree, &hint_key, current.as_deref()),
         }
         Ok(res)
     }
@@ -376,8 +386,8 @@ impl PgTable {
     ) -> Result<Option<Vec<u8>>, PgError> {
         // What this process wrote last is likely still there: offered as
         // the expected value, it saves a read (the swap checks it).
-        let mut current = match self.pool.staged().seen(self.name, key) {
-            Seen::Unknown => match self.pool.staged().hint(self.name, key) {
+        let mut current = match self.pool.staged().seen(self.tree, key) {
+            Seen::Unknown => match self.pool.staged().hint(self.tree, key) {
                 Some(v) => Some(v),
                 None => self.get(key)?,
             },

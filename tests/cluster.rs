@@ -200,6 +200,18 @@ async fn kill_and_restart(hub: &mut TestHub, what: &str, t0: Instant) {
 /// Waits until `hub`'s log shows it lost its broker link after `lines`
 /// (the log's length before the node was stopped) and connected again;
 /// prints the time between the two, from the log's own timestamps.
+/// Stops cluster node `node`, the one `hub` is connected to, and waits
+/// until `hub` is connected to another.
+async fn stop_node_under(cluster: &Cluster, node: &str, hub: &TestHub, what: &str, t0: Instant) {
+    let lines = hub.log().lines().count();
+    cluster.run(&["stop-node", node]);
+    eprintln!(
+        "{:>5.1}s  node {node} ({what}'s) stopped",
+        t0.elapsed().as_secs_f64()
+    );
+    reconnected(hub, what, lines).await;
+}
+
 async fn reconnected(hub: &TestHub, what: &str, lines: usize) {
     let at = |l: &str| {
         l.split_whitespace()
@@ -328,25 +340,13 @@ async fn two_instances_on_a_cluster_lose_nothing_through_kills_and_node_losses()
     tokio::time::sleep(Duration::from_secs(3)).await;
     kill_and_restart(&mut a, "instance a", t0).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let lines = b.log().lines().count();
-    cluster.run(&["stop-node", "2"]);
-    eprintln!(
-        "{:>5.1}s  node 2 (instance b's) stopped",
-        t0.elapsed().as_secs_f64()
-    );
-    reconnected(&b, "instance b", lines).await;
+    stop_node_under(&cluster, "2", &b, "instance b", t0).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     kill_and_restart(&mut b, "instance b", t0).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     cluster.run(&["start-node", "2"]);
     eprintln!("{:>5.1}s  node 2 back", t0.elapsed().as_secs_f64());
-    let lines = a.log().lines().count();
-    cluster.run(&["stop-node", "1"]);
-    eprintln!(
-        "{:>5.1}s  node 1 (instance a's) stopped",
-        t0.elapsed().as_secs_f64()
-    );
-    reconnected(&a, "instance a", lines).await;
+    stop_node_under(&cluster, "1", &a, "instance a", t0).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     kill_and_restart(&mut a, "instance a", t0).await;
     tokio::time::sleep(Duration::from_secs(3)).await;

@@ -352,7 +352,11 @@ impl TestHub {
             }
             if Instant::now() > deadline {
                 let _ = c.kill();
-                panic!("hub did not stop on SIGTERM");
+                // What it was doing when it hung: the end of its log.
+                let log = self.log();
+                let lines: Vec<&str> = log.lines().collect();
+                let tail = lines[lines.len().saturating_sub(60)..].join("\n");
+                panic!("hub did not stop on SIGTERM within 40 s; the end of its log:\n{tail}");
             }
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -379,7 +379,7 @@ impl Router {
         // instance), not sent back to the queue, whose delivery limit a
         // crashed instance's claim would otherwise use up.
         let mut waited = Duration::ZERO;
-        let (_guard, token, unfinished) = loop {
+        let (_guard, token, unfinished, record) = loop {
             let guard = self.locks.lock(from.as_str(), mid).await;
             let at = now + waited.as_millis() as i64;
             match self.tracking.claim(from, mid, at)? {
@@ -401,13 +401,17 @@ impl Router {
                     tokio::time::sleep(CLAIM_POLL).await;
                     waited += CLAIM_POLL;
                 }
-                Claim::Mine { token, unfinished } => break (guard, token, unfinished),
+                Claim::Mine {
+                    token,
+                    unfinished,
+                    record,
+                } => break (guard, token, unfinished, record),
             }
         };
         // Looked at under the claim: a record routed to the end by anyone
         // before it is a duplicate; one whose routing did not finish is
         // routed again.
-        if let Some(rec) = self.tracking.get(from, mid)?.filter(|_| !unfinished) {
+        if let Some(rec) = record.filter(|_| !unfinished) {
             self.tracking.release(from, mid, &token)?;
             if let Some(t) = turn {
                 t.pass();

@@ -43,42 +43,6 @@ impl Router {
                 }
             };
         }
-        let mut sources = self.tracking.sources_of(sender, &st.reference)?;
-        if let Some(to) = &st.to {
-            sources.retain(|s| s == to);
-        }
-        let source = match sources.as_slice() {
-            [one] => one.clone(),
-            [] => {
-                return self
-                    .reject(
-                        auth,
-                        Refusal::new(
-                            Reason::Forbidden,
-                            format!("{sender} never received an envelope {}", st.reference),
-                        ),
-                        outbox,
-                        now,
-                    )
-                    .await
-            }
-            _ => {
-                return self
-                    .reject(
-                        auth,
-                        Refusal::new(
-                            Reason::Malformed,
-                            format!(
-                                "several sources sent {} to {sender}: name the source in lgsp-to",
-                                st.reference
-                            ),
-                        ),
-                        outbox,
-                        now,
-                    )
-                    .await
-            }
-        };
         let detail = st.reason.clone().unwrap_or_default();
         let state = DeliveryState::of_status(st.status);
         let reason = match st.status {
@@ -92,41 +56,95 @@ impl Router {
             | StatusCode::RecallRequest
             | StatusCode::Refused => None,
         };
-        // Wait for the envelope's acceptance to finish (the destination may
-        // answer before truc has written the record).
-        let guard = self.locks.lock(source.as_str(), &st.reference).await;
-        // The first `01` of a destination is counted with its latency, read
-        // off the record as updated (the closure may run more than once).
-        let delivered = std::cell::Cell::new(None);
-        let found = self.tracking.update(&source, &st.reference, |rec| {
-            if let Some(d) = rec.dests.iter_mut().find(|d| &d.code == sender) {
-                d.push(now, state, reason, &detail);
+        let record = |rec: &mut EnvelopeRecord| {
+            let Some(d) = rec.dests.iter_mut().find(|d| &d.code == sender) else {
+                return false;
+            };
+            d.push(now, state, reason, &detail);
+            true
+        };
+        // A source named in lgsp-to (what adapters are asked to send) is
+        // looked up directly: the record it names, if it lists the sender
+        // among its destinations, is the one. Anything else (no such
+        // record, not a destination of it, no lgsp-to) is decided from the
+        // destination index below.
+        let direct = match &st.to {
+            Some(to) => self
+                .record_status(to, sender, &st, record)
+                .await?
+                .map(|delivered| (to.clone(), delivered)),
+            None => None,
+        };
+        let (source, delivered) = match direct {
+            Some(direct) => direct,
+            None => {
+                let mut sources = self.tracking.sources_of(sender, &st.reference)?;
+                if let Some(to) = &st.to {
+                    sources.retain(|s| s == to);
+                }
+                let source = match sources.as_slice() {
+                    [one] => one.clone(),
+                    [] => {
+                        return self
+                            .reject(
+                                auth,
+                                Refusal::new(
+                                    Reason::Forbidden,
+                                    format!(
+                                        "{sender} never received an envelope {}",
+                                        st.reference
+                                    ),
+                                ),
+                                outbox,
+                                now,
+                            )
+                            .await
+                    }
+                    _ => {
+                        return self
+                            .reject(
+                                auth,
+                                Refusal::new(
+                                    Reason::Malformed,
+                                    format!(
+                                        "several sources sent {} to {sender}: name the source in lgsp-to",
+                                        st.reference
+                                    ),
+                                ),
+                                outbox,
+                                now,
+                            )
+                            .await
+                    }
+                };
+                // Indexed: the record is updated whether or not it lists the
+                // sender (an index entry is written before its record).
+                let found = self
+                    .record_status(&source, sender, &st, |rec| {
+                        record(rec);
+                        true
+                    })
+                    .await?;
+                match found {
+                    Some(applied) => (source, applied),
+                    None => {
+                        return Err(RouterError::Pending(format!(
+                            "status {} from {sender} about {} {}: envelope not recorded yet",
+                            st.status, source, st.reference
+                        )))
+                    }
+                }
             }
-            delivered.set(first_delivery(rec, sender, st.status));
-        })?;
-        if found {
-            // Any status means the destination has the envelope: it no longer
-            // waits on presence (no delay warning or bounce from now on).
-            self.tracking.unpend(sender, &source, &st.reference)?;
+        };
+        if let Some((priority, latency)) = delivered {
+            metrics::delivered(priority, latency);
         }
-        drop(guard);
-        if found {
-            if let Some((priority, latency)) = delivered.get() {
-                metrics::delivered(priority, latency);
-            }
-            self.audit.record(AuditEvent::Status {
-                from: sender.to_string(),
-                source: source.to_string(),
-                reference: st.reference.clone(),
-                status: st.status.to_string(),
-            });
-        }
-        if !found {
-            return Err(RouterError::Pending(format!(
-                "status {} from {sender} about {} {}: envelope not recorded yet",
-                st.status, source, st.reference
-            )));
-        }
+        self.audit.record(AuditEvent::Status {
+            from: sender.to_string(),
+            source: source.to_string(),
+            reference: st.reference.clone(),
+            status: st.status.to_string(),
+        });
         let Some(src_entry) = self.registry.get(&source) else {
             return Ok(Outcome::StatusRelayed);
         };
@@ -154,6 +172,39 @@ impl Router {
         metrics::status_relayed(st.status.as_str());
         tracing::info!(from = %sender, source = %source, reference = %Escaped(&st.reference), status = %st.status, "status relayed");
         Ok(Outcome::StatusRelayed)
+    }
+}
+
+impl Router {
+    /// Records status `st` from `sender` in the record of `(source,
+    /// st.reference)` under the envelope's lock, if `edit` applies to it
+    /// (it may run more than once), and ends the sender's wait on presence.
+    /// `None` when there is no such record or `edit` declined; else, on
+    /// the sender's first `01`, the envelope's priority and latency.
+    async fn record_status(
+        &self,
+        source: &AgencyCode,
+        sender: &AgencyCode,
+        st: &StatusFields,
+        edit: impl Fn(&mut EnvelopeRecord) -> bool,
+    ) -> Result<Option<Option<(u8, Duration)>>, RouterError> {
+        // Waits for the envelope's acceptance to finish (the destination may
+        // answer before truc has written the record).
+        let _guard = self.locks.lock(source.as_str(), &st.reference).await;
+        // The first `01` is read off the record as updated.
+        let delivered = std::cell::Cell::new(None);
+        let applied = self.tracking.update_if(source, &st.reference, |rec| {
+            let applied = edit(rec);
+            delivered.set(first_delivery(rec, sender, st.status));
+            applied
+        })?;
+        if applied != Some(true) {
+            return Ok(None);
+        }
+        // Any status means the destination has the envelope: it no longer
+        // waits on presence (no delay warning or bounce from now on).
+        self.tracking.unpend(sender, source, &st.reference)?;
+        Ok(Some(delivered.get()))
     }
 }
 

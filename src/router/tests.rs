@@ -473,6 +473,57 @@ async fn status_receipts_and_recall() {
 }
 
 #[tokio::test]
+async fn a_status_naming_its_source_is_recorded_only_from_a_destination() {
+    let f = fixture(Policies::default());
+    let o = Recorder::default();
+    let m = envelope_message("u.", &f.src, &out(&["000.00.32.H41"], vec![]));
+    f.router.handle(&inbound(m), &o).await.unwrap();
+    o.take();
+    let (src, dst) = (f.src.code.clone(), f.dst.code.clone());
+    let timeline = |code: &AgencyCode| {
+        let rec = f.router.tracking.get(&src, "M1").unwrap().unwrap();
+        let d = rec.dests.iter().find(|d| &d.code == code).cloned();
+        d.map(|d| d.events.iter().map(|e| e.state).collect::<Vec<_>>())
+    };
+    let before = timeline(&dst).unwrap();
+
+    // Not a destination of the envelope it names: refused, nothing recorded.
+    let st = status_message("u.", &f.src, "M1", "01", Some(&src), None);
+    assert_eq!(
+        f.router.handle(&inbound(st), &o).await.unwrap(),
+        Outcome::Rejected(Reason::Forbidden)
+    );
+    assert_eq!(timeline(&src), None);
+    assert_eq!(timeline(&dst).unwrap(), before);
+    // A source that never sent that envelope: refused.
+    let st = status_message("u.", &f.dst, "M1", "01", Some(&dst), None);
+    assert_eq!(
+        f.router.handle(&inbound(st), &o).await.unwrap(),
+        Outcome::Rejected(Reason::Forbidden)
+    );
+    assert_eq!(timeline(&dst).unwrap(), before);
+    o.take();
+
+    // The destination naming the source: recorded and relayed.
+    let st = status_message("u.", &f.dst, "M1", "01", Some(&src), None);
+    assert_eq!(
+        f.router.handle(&inbound(st), &o).await.unwrap(),
+        Outcome::StatusRelayed
+    );
+    let ns = notices(&o.take());
+    assert_eq!(
+        ns.iter().map(|n| n.notice).collect::<Vec<_>>(),
+        vec![NoticeKind::Delivered, NoticeKind::Status]
+    );
+    let after = timeline(&dst).unwrap();
+    assert_eq!(after.len(), before.len() + 1);
+    assert_eq!(
+        after.last(),
+        Some(&crate::core::timeline::DeliveryState::Delivered)
+    );
+}
+
+#[tokio::test]
 async fn copies_are_signed_with_the_key_the_destination_last_used() {
     let f = fixture(Policies::default());
     let o = Recorder::default();

@@ -15,8 +15,9 @@
 //! - appends are batched at group commit: [`Audit::record`] (the pipeline's
 //!   call) stages the event and its time in memory, and the store runs the
 //!   log's [`CommitHook`] before every commit, which writes every staged
-//!   event in order: one statement per batch and one moving the stored head
-//!   forward ([`crate::state::store::Table::put_max`]), not three per entry.
+//!   event in order: one statement per batch, and the stored head moved
+//!   forward ([`crate::state::store::Table::raise`]) by the commit's own
+//!   write, not three statements per entry.
 //!   An event recorded before [`Store::durable`] is awaited is written by the
 //!   commit that resolves it. [`Audit::append`] writes at once (the staged
 //!   events first), and every read (`tail`, `verify`, `len`, `sweep`) writes
@@ -533,7 +534,7 @@ impl Writer {
         }
         if let Some((seq, hash)) = log.head_behind {
             // The head only moves forward, whichever writer gets there last.
-            self.store.meta().put_max(HEAD_KEY, pack(seq, &hash))?;
+            self.store.meta().raise(HEAD_KEY, pack(seq, &hash))?;
             log.head_behind = None;
             wrote = true;
         }

@@ -90,6 +90,8 @@ conformance!(
     instance_records_and_relayed_heartbeats_cross_instances,
     insert_all_new_is_all_or_nothing,
     put_max_only_moves_forward,
+    insert_new_reading_reads_in_the_same_step,
+    raise_only_moves_forward_and_is_read_back,
 );
 
 fn entries(
@@ -358,6 +360,7 @@ fn a_routing_claim_is_exclusive(b: &Backend) {
     let Claim::Mine {
         token: first,
         unfinished: false,
+        record: None,
     } = t1.claim(&from, "m1", now).unwrap()
     else {
         panic!("a fresh envelope is claimed at once")
@@ -376,6 +379,7 @@ fn a_routing_claim_is_exclusive(b: &Backend) {
     let Claim::Mine {
         token: second,
         unfinished: true,
+        record: None,
     } = t2.claim(&from, "m1", later).unwrap()
     else {
         panic!("a stale claim is taken over")
@@ -383,10 +387,69 @@ fn a_routing_claim_is_exclusive(b: &Backend) {
     // The first instance finishing late leaves the new owner's claim alone.
     t1.routed(&from, "m1", &first).unwrap();
     assert!(t1.is_routing(&from, "m1").unwrap());
+    let mut rec = crate::state::tracking::EnvelopeRecord::for_test(now, "m1", vec![]);
+    rec.from = from.clone();
+    t2.put(&rec).unwrap();
+    s2.share().unwrap();
     t2.routed(&from, "m1", &second).unwrap();
     // Sent with the next share or group commit.
     s2.share().unwrap();
     assert!(!t1.is_routing(&from, "m1").unwrap());
+    // Claimed again (a copy sent later): the record routed to the end comes
+    // with the claim.
+    match t1.claim(&from, "m1", later).unwrap() {
+        Claim::Mine {
+            unfinished: false,
+            record: Some(found),
+            ..
+        } => assert_eq!(*found, rec),
+        other => panic!("the record comes with the claim: {other:?}"),
+    }
+}
+
+fn insert_new_reading_reads_in_the_same_step(b: &Backend) {
+    let (s1, s2) = (b.open(), b.open());
+    let (claims, records) = (s1.routing(), s1.envelopes());
+    records.put(b"k", b"written").unwrap();
+    s1.share().unwrap();
+    let got = claims
+        .insert_new_reading(b"k", b"mine", &records, b"k")
+        .unwrap();
+    assert_eq!(got.inserted, Ok(()));
+    assert_eq!(got.read, Some(Some(b"written".to_vec())));
+    // Taken: the holder's value, and no read.
+    let got = s2
+        .routing()
+        .insert_new_reading(b"k", b"theirs", &s2.envelopes(), b"k")
+        .unwrap();
+    assert_eq!(got.inserted, Err(Some(b"mine".to_vec())));
+    assert_eq!(got.read, None);
+    // An absent other key reads as absent; a value this handle staged and
+    // did not send yet is what it reads.
+    let got = claims
+        .insert_new_reading(b"k2", b"mine", &records, b"none")
+        .unwrap();
+    assert_eq!((got.inserted, got.read), (Ok(()), Some(None)));
+    records.put(b"k3", b"staged").unwrap();
+    let got = claims
+        .insert_new_reading(b"k3", b"mine", &records, b"k3")
+        .unwrap();
+    assert_eq!(got.read, Some(Some(b"staged".to_vec())));
+    // Removed by another handle: free again, and the write it made before
+    // removing it is read.
+    s2.envelopes().put(b"k", b"rewritten").unwrap();
+    s2.share().unwrap();
+    assert_eq!(
+        s2.routing()
+            .compare_and_swap(b"k", Some(b"mine"), None)
+            .unwrap(),
+        Ok(())
+    );
+    let got = claims
+        .insert_new_reading(b"k", b"again", &records, b"k")
+        .unwrap();
+    assert_eq!(got.inserted, Ok(()));
+    assert_eq!(got.read, Some(Some(b"rewritten".to_vec())));
 }
 
 fn a_nonce_is_fresh_once_across_instances(b: &Backend) {
@@ -554,4 +617,27 @@ fn put_max_only_moves_forward(b: &Backend) {
     });
     let m = stores[0].meta().get("m").unwrap().unwrap();
     assert_eq!(u64::from_be_bytes(m.try_into().unwrap()), 99);
+}
+
+fn raise_only_moves_forward_and_is_read_back(b: &Backend) {
+    let (s1, s2) = (b.open(), b.open());
+    let t = s1.meta();
+    t.raise("h", [0, 5]).unwrap();
+    t.raise("h", [0, 4]).unwrap();
+    // Read back by the handle that wrote it, before any share.
+    assert_eq!(t.get("h").unwrap(), Some(vec![0, 5]));
+    // Staged over each other: the greater stays.
+    t.raise("h", [0, 9]).unwrap();
+    t.raise("h", [0, 7]).unwrap();
+    s1.share().unwrap();
+    assert_eq!(s2.meta().get("h").unwrap(), Some(vec![0, 9]));
+    // Another handle moved it further: a smaller raise leaves it there.
+    s2.meta().put_max("h", [1]).unwrap();
+    t.raise("h", [0, 0xff]).unwrap();
+    s1.share().unwrap();
+    assert_eq!(s2.meta().get("h").unwrap(), Some(vec![1]));
+    // After a plain put of the same key, a raise judges against it.
+    t.put("h", [0, 1]).unwrap();
+    t.raise("h", [0, 2]).unwrap();
+    assert_eq!(t.get("h").unwrap(), Some(vec![0, 2]));
 }

@@ -285,6 +285,8 @@ pub enum Claim {
         token: Vec<u8>,
         /// A marker of an unfinished routing was there.
         unfinished: bool,
+        /// The envelope's record as it stood when the claim was taken.
+        record: Option<Box<EnvelopeRecord>>,
     },
     /// Another live instance is routing it now.
     Elsewhere {
@@ -407,8 +409,9 @@ impl Tracking {
     }
 
     /// Claims `(from, message_id)` for routing here (at `now_ms`), in one
-    /// compare-and-swap when nothing holds it: its record is looked at next,
-    /// under the claim, then written before its deliveries and notices are
+    /// compare-and-swap when nothing holds it, and returns its record as it
+    /// stood under the claim (read in the same round trip when it can be:
+    /// [`crate::state::store::InsertRead`]); the record is written before its deliveries and notices are
     /// published (so whoever learns of the envelope finds it), and a marker
     /// still there after a crash means an envelope to route again, not a
     /// duplicate. Atomic across instances: a claim of another live instance
@@ -426,35 +429,50 @@ impl Tracking {
             owner: self.owner.to_string(),
             at_ms: now_ms,
         })?;
-        let mut seen: Option<Vec<u8>> = None;
-        loop {
-            match self
-                .store
-                .routing()
-                .compare_and_swap(&key, seen.as_deref(), Some(&mine))?
+        let (routing, envelopes) = (self.store.routing(), self.store.envelopes());
+        // Mostly nothing holds it: the claim and the look at the record are
+        // one round trip.
+        let first = routing.insert_new_reading(&key, &mine, &envelopes, &key)?;
+        let mut claimed = first.inserted.is_ok();
+        let (mut seen, record) = match first.inserted {
+            Ok(()) => (None, first.read),
+            Err(current) => (current, None),
+        };
+        let mut unfinished = false;
+        while !claimed {
+            match seen
+                .as_deref()
+                .map(|c| codec::decode::<RoutingClaim>(c).ok())
             {
+                // Markers of older versions are empty: their writer is gone.
+                Some(Some(c))
+                    if self.store.is_shared()
+                        && c.owner != self.owner.as_ref()
+                        && now_ms - c.at_ms < CLAIM_STALE_MS =>
+                {
+                    return Ok(Claim::Elsewhere { owner: c.owner })
+                }
+                _ => {}
+            }
+            match routing.compare_and_swap(&key, seen.as_deref(), Some(&mine))? {
                 Ok(()) => {
-                    return Ok(Claim::Mine {
-                        token: mine,
-                        unfinished: seen.is_some(),
-                    })
+                    unfinished = seen.is_some();
+                    claimed = true;
                 }
-                Err(None) => seen = None,
-                Err(Some(current)) => {
-                    // Markers of older versions are empty: their writer is gone.
-                    match codec::decode::<RoutingClaim>(&current).ok() {
-                        Some(c)
-                            if self.store.is_shared()
-                                && c.owner != self.owner.as_ref()
-                                && now_ms - c.at_ms < CLAIM_STALE_MS =>
-                        {
-                            return Ok(Claim::Elsewhere { owner: c.owner })
-                        }
-                        _ => seen = Some(current),
-                    }
-                }
+                Err(current) => seen = current,
             }
         }
+        let record = match record {
+            Some(read) => read,
+            None => envelopes.get(&key)?,
+        };
+        Ok(Claim::Mine {
+            token: mine,
+            unfinished,
+            record: record
+                .map(|v| codec::decode::<EnvelopeRecord>(&v).map(Box::new))
+                .transpose()?,
+        })
     }
 
     /// Gives up a claim without routing (a duplicate, a refusal): the
@@ -594,16 +612,39 @@ impl Tracking {
         message_id: &str,
         edit: impl Fn(&mut EnvelopeRecord),
     ) -> Result<bool, StoreError> {
-        let mut found = false;
+        Ok(self
+            .update_if(from, message_id, |rec| {
+                edit(rec);
+                true
+            })?
+            .is_some())
+    }
+
+    /// Applies `edit` to the record of `(from, message_id)` atomically, if
+    /// `edit` returns true (it may run more than once); one that returns
+    /// false leaves the record as it was. `None` when there is no such
+    /// record, else whether `edit` applied.
+    pub fn update_if(
+        &self,
+        from: &AgencyCode,
+        message_id: &str,
+        edit: impl Fn(&mut EnvelopeRecord) -> bool,
+    ) -> Result<Option<bool>, StoreError> {
+        let mut found = None;
         let mut failure = None;
         self.store
             .envelopes()
             .fetch_and_update(record_key(from, message_id), |old| {
+                // What a run that lost its swap saw does not count.
+                (found, failure) = (None, None);
                 let old = old?;
                 match codec::decode::<EnvelopeRecord>(old) {
                     Ok(mut rec) => {
-                        edit(&mut rec);
-                        found = true;
+                        let applied = edit(&mut rec);
+                        found = Some(applied);
+                        if !applied {
+                            return Some(old.to_vec());
+                        }
                         match codec::encode(&rec) {
                             Ok(v) => Some(v),
                             Err(e) => {

@@ -41,6 +41,18 @@ enum Write {
     Delete,
     /// Remove the key if its value is this one (a routing claim released).
     DeleteIf(Vec<u8>),
+    /// Set the value if absent or greater byte-wise (the audit head).
+    PutMax(Vec<u8>),
+}
+
+impl Write {
+    /// `self` staged after `older` for the same key: what the batch keeps.
+    fn over(self, older: &Write) -> Write {
+        match (self, older) {
+            (Write::PutMax(new), Write::PutMax(old)) if *old > new => Write::PutMax(old.clone()),
+            (newer, _) => newer,
+        }
+    }
 }
 
 /// Writes by table (index in [`TREES`]), then key.
@@ -125,6 +137,40 @@ impl Staged {
         self.stage_write(table, key, w);
     }
 
+    /// Stages setting `key` of `table` to `value` if it is then absent or
+    /// less byte-wise. A key with another kind of write staged is flushed
+    /// first; two of these keep the greater value.
+    pub(crate) fn stage_put_max(
+        &self,
+        pool: &PgPool,
+        table: usize,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<(), PgError> {
+        let staged_other = |w: &Write| !matches!(w, Write::PutMax(_));
+        let other = {
+            let st = self.state();
+            let find = |b: &Batch| {
+                b.get(&table)
+                    .and_then(|t| t.get(key))
+                    .is_some_and(staged_other)
+            };
+            find(&st.pending) || st.inflight.as_deref().is_some_and(find)
+        };
+        if other {
+            self.flush(pool, None)?;
+        }
+        let mut st = self.state();
+        let rows = st.pending.entry(table).or_default();
+        let w = Write::PutMax(value.to_vec());
+        let w = match rows.get(key) {
+            Some(older) => w.over(older),
+            None => w,
+        };
+        rows.insert(key.to_vec(), w);
+        Ok(())
+    }
+
     /// Stages the removal of `key` of `table` if its value is then
     /// `expected`. A key with a write staged already is flushed first, so
     /// the condition is judged against the database alone.
@@ -147,7 +193,7 @@ impl Staged {
         match find(&st.pending).or_else(|| st.inflight.as_deref().and_then(find)) {
             Some(Write::Put(v)) => Seen::Staged(Some(v)),
             Some(Write::Delete) => Seen::Staged(None),
-            Some(Write::DeleteIf(_)) => Seen::Flush,
+            Some(Write::DeleteIf(_) | Write::PutMax(_)) => Seen::Flush,
             None => Seen::Unknown,
         }
     }
@@ -237,7 +283,9 @@ impl Staged {
                     for (k, w) in rows {
                         match w {
                             Write::Put(v) => st.hint(t, &k, Some(&v)),
-                            Write::Delete | Write::DeleteIf(_) => st.hint(t, &k, None),
+                            Write::Delete | Write::DeleteIf(_) | Write::PutMax(_) => {
+                                st.hint(t, &k, None)
+                            }
                         }
                     }
                 }
@@ -247,7 +295,12 @@ impl Staged {
                 for (t, rows) in batch {
                     let newer = st.pending.entry(t).or_default();
                     for (k, w) in rows {
-                        newer.entry(k).or_insert(w);
+                        match newer.get_mut(&k) {
+                            Some(n) => *n = std::mem::replace(n, Write::Delete).over(&w),
+                            None => {
+                                newer.insert(k, w);
+                            }
+                        }
                     }
                 }
             }
@@ -270,11 +323,12 @@ fn marker_sql(key: &[u8]) -> String {
 /// Writes `batch` as one statement of data-modifying CTEs, prepared once
 /// per shape (which tables have deletes, conditional deletes, puts).
 fn write(s: &mut Session, batch: &Batch) -> Result<(), PgError> {
-    let (mut dels, mut conds, mut puts) = (0u32, 0u32, 0u32);
+    let (mut dels, mut conds, mut puts, mut maxes) = (0u32, 0u32, 0u32, 0u32);
     let mut params: Vec<Vec<Vec<u8>>> = Vec::new();
     for (&t, rows) in batch {
         let mut gone = Vec::new();
         let (mut ck, mut cv, mut pk, mut pv) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut mk, mut mv) = (Vec::new(), Vec::new());
         for (k, w) in rows {
             match w {
                 Write::Delete => gone.push(k.clone()),
@@ -285,6 +339,10 @@ fn write(s: &mut Session, batch: &Batch) -> Result<(), PgError> {
                 Write::Put(v) => {
                     pk.push(k.clone());
                     pv.push(v.clone());
+                }
+                Write::PutMax(v) => {
+                    mk.push(k.clone());
+                    mv.push(v.clone());
                 }
             }
         }
@@ -302,12 +360,22 @@ fn write(s: &mut Session, batch: &Batch) -> Result<(), PgError> {
             params.push(pk);
             params.push(pv);
         }
+        if !mk.is_empty() {
+            maxes |= 1 << t;
+            params.push(mk);
+            params.push(mv);
+        }
     }
     if params.is_empty() {
         return Ok(());
     }
-    let op = Op::Staged { dels, conds, puts };
-    let (client, st) = s.prepared(("*", op), || batch_sql(dels, conds, puts))?;
+    let op = Op::Staged {
+        dels,
+        conds,
+        puts,
+        maxes,
+    };
+    let (client, st) = s.prepared(("*", op), || batch_sql(dels, conds, puts, maxes))?;
     let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
     client.execute(&st, &refs)?;
     Ok(())
@@ -315,9 +383,10 @@ fn write(s: &mut Session, batch: &Batch) -> Result<(), PgError> {
 
 /// The statement writing a batch: for each table in [`TREES`] order, its
 /// deletes (`$n` keys) if its bit is set in `dels`, its conditional deletes
-/// (`$n` keys, `$n+1` values) if set in `conds`, then its puts (`$n` keys,
-/// `$n+1` values) if set in `puts`.
-pub(super) fn batch_sql(dels: u32, conds: u32, puts: u32) -> String {
+/// (`$n` keys, `$n+1` values) if set in `conds`, its puts (`$n` keys,
+/// `$n+1` values) if set in `puts`, then its forward-only puts (likewise)
+/// if set in `maxes`.
+pub(super) fn batch_sql(dels: u32, conds: u32, puts: u32, maxes: u32) -> String {
     let mut parts = Vec::new();
     let mut n = 0;
     for (i, tree) in TREES.iter().enumerate() {
@@ -344,6 +413,14 @@ pub(super) fn batch_sql(dels: u32, conds: u32, puts: u32) -> String {
                 n - 1
             ));
         }
+        if maxes & (1 << i) != 0 {
+            n += 2;
+            parts.push(format!(
+                "m{i} AS (INSERT INTO {t} (k, v) SELECT * FROM unnest(${}::bytea[], ${n}::bytea[]) \
+                 ON CONFLICT (k) DO UPDATE SET v = excluded.v WHERE {t}.v < excluded.v)",
+                n - 1
+            ));
+        }
     }
     format!("WITH {} SELECT 1", parts.join(", "))
 }
@@ -354,8 +431,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn of_two_forward_only_writes_the_greater_is_kept() {
+        let (small, big) = (Write::PutMax(vec![1]), Write::PutMax(vec![2]));
+        assert_eq!(small.clone().over(&big), big);
+        assert_eq!(big.clone().over(&small), big);
+        // Any other newer write replaces the older one.
+        assert_eq!(Write::Delete.over(&big), Write::Delete);
+        assert_eq!(small.clone().over(&Write::Put(vec![9])), small);
+        let sql = batch_sql(0, 0, 0, 1 << 6);
+        assert!(
+            sql.contains("WHERE truc_meta.v < excluded.v"),
+            "forward only: {sql}"
+        );
+    }
+
+    #[test]
     fn one_statement_per_shape_names_each_table_once() {
-        let sql = batch_sql(1 << 7, 0, (1 << 2) | (1 << 7));
+        let sql = batch_sql(1 << 7, 0, (1 << 2) | (1 << 7), 0);
         assert!(
             sql.contains("DELETE FROM truc_pending WHERE k = ANY($3::bytea[])"),
             "{sql}"

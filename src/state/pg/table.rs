@@ -87,11 +87,17 @@ pub(crate) enum Op {
         dels: u32,
         conds: u32,
         puts: u32,
+        maxes: u32,
     },
     /// Insert a batch of new keys, all or none (`$1` keys, `$2` values).
     InsertAllNew,
     /// Write if absent or greater byte-wise than the stored value.
     PutMax,
+    /// [`Op::CasInsert`], reading `$3` of the tree at `other` in
+    /// [`TREES`](super::TREES) in the same snapshot.
+    CasInsertReading {
+        other: usize,
+    },
 }
 
 /// The SQL of `op` on table `t`. `$1` is the key (or the lower bound), `$2`
@@ -162,7 +168,12 @@ fn sql(t: &str, op: Op) -> String {
             let dir = if rev { "DESC" } else { "ASC" };
             format!("SELECT k, v FROM {t}{filter} ORDER BY k {dir} LIMIT {PAGE}")
         }
-        Op::Staged { dels, conds, puts } => super::staged::batch_sql(dels, conds, puts),
+        Op::Staged {
+            dels,
+            conds,
+            puts,
+            maxes,
+        } => super::staged::batch_sql(dels, conds, puts, maxes),
         // One statement, so atomic: a key already present (SQLSTATE 23505)
         // fails it whole and nothing is inserted.
         Op::InsertAllNew => {
@@ -171,6 +182,14 @@ fn sql(t: &str, op: Op) -> String {
         Op::PutMax => format!(
             "INSERT INTO {t} (k, v) VALUES ($1::bytea, $2::bytea) \
              ON CONFLICT (k) DO UPDATE SET v = excluded.v WHERE {t}.v < excluded.v"
+        ),
+        // The third column shares the statement's snapshot with the second.
+        Op::CasInsertReading { other } => format!(
+            "WITH w AS (INSERT INTO {t} (k, v) VALUES ($1::bytea, $2::bytea) \
+                        ON CONFLICT (k) DO NOTHING RETURNING 1) \
+             SELECT EXISTS (SELECT 1 FROM w), (SELECT v FROM {t} WHERE k = $1::bytea), \
+                    (SELECT v FROM {o} WHERE k = $3::bytea)",
+            o = table_name(super::TREES[other])
         ),
     }
 }
@@ -244,6 +263,14 @@ impl PgTable {
     /// Removes `key` at the next flush; gone at once for this process.
     pub(crate) fn delete(&self, key: &[u8]) {
         self.pool.staged().stage(self.tree, key, None);
+    }
+
+    /// Sets `key` to `value` at the next flush if it is then absent or less
+    /// byte-wise.
+    pub(crate) fn raise(&self, key: &[u8], value: &[u8]) -> Result<(), PgError> {
+        self.pool
+            .staged()
+            .stage_put_max(&self.pool, self.tree, key, value)
     }
 
     /// Removes `key` at the next flush if its value is then `expected`.
@@ -375,6 +402,52 @@ impl PgTable {
                 .note(self.tree, &hint_key, current.as_deref()),
         }
         Ok(res)
+    }
+
+    /// Inserts `key` = `value` if absent, reading `other_key` of `other` in
+    /// the same statement: `(inserted, read)` as
+    /// [`crate::state::store::InsertRead`] tells. The read counts only when
+    /// the statement's snapshot had no `key`: a row removed after the
+    /// snapshot was taken (and before the insert) leaves it unknown, since
+    /// writes committed just before that removal may be missing from it. A
+    /// value of `other_key` this process staged is the read.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn insert_new_reading(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        other: &PgTable,
+        other_key: &[u8],
+    ) -> Result<(Result<(), Option<Vec<u8>>>, Option<Option<Vec<u8>>>), PgError> {
+        self.settle(Some(key))?;
+        let staged = other.staged_value(other_key)?;
+        let name = self.name;
+        let op = Op::CasInsertReading { other: other.tree };
+        let (k, v, o) = (key.to_vec(), value.to_vec(), other_key.to_vec());
+        let (inserted, read) = self.pool.run(move |s| loop {
+            let (client, st) = stmt(s, name, op)?;
+            let row = client.query_one(&st, &[&k, &v, &o])?;
+            let (wrote, current) = outcome(&row)?;
+            let read: Option<Vec<u8>> = row.try_get(2)?;
+            match (wrote, current) {
+                (true, None) => return Ok((Ok(()), Some(read))),
+                (true, Some(_)) => return Ok((Ok(()), None)),
+                (false, Some(current)) => return Ok((Err(Some(current)), None)),
+                // Inserted by another after the snapshot: look again.
+                (false, None) => {}
+            }
+        })?;
+        let staged_note = match &inserted {
+            Ok(()) => Some(value),
+            Err(current) => current.as_deref(),
+        };
+        self.pool.staged().note(self.tree, key, staged_note);
+        let read = match (&inserted, staged) {
+            (Ok(()), Some(staged)) => Some(staged),
+            (Ok(()), None) => read,
+            (Err(_), _) => None,
+        };
+        Ok((inserted, read))
     }
 
     /// Read, compute `f(old)`, compare-and-swap; again until the swap wins.

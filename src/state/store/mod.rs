@@ -40,7 +40,7 @@ use crate::state::integrity::{self, Anchoring};
 use crate::state::pg::PgPool;
 
 mod table;
-pub use table::{Entry, Iter, Table};
+pub use table::{Entry, InsertRead, Iter, Table};
 
 /// Store errors.
 #[derive(Debug, thiserror::Error)]

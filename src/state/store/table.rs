@@ -266,6 +266,52 @@ impl DoubleEndedIterator for Iter {
     }
 }
 
+/// What [`Table::insert_new_reading`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InsertRead {
+    /// `Ok(())` when inserted; else the key's current value.
+    pub inserted: Result<(), Option<Vec<u8>>>,
+    /// The other key's value (`Some(None)`: absent), read at a moment when
+    /// the inserted key was absent, so it reflects every write made before
+    /// that key was last removed; `None` when no such read could be made
+    /// (not inserted, or the key was removed only just before the insert):
+    /// the caller reads it again.
+    pub read: Option<Option<Vec<u8>>>,
+}
+
+/// Two steps in one round trip (the router's routing claim,
+/// [`crate::state::tracking::Tracking::claim`]).
+impl Table {
+    /// Inserts `key` = `value` if `key` is absent (atomic across processes,
+    /// like [`Table::compare_and_swap`] from `None`) and reads `other_key`
+    /// of `other` with it: one sled step after the other, one PostgreSQL
+    /// statement. See [`InsertRead`] for when the read counts.
+    pub fn insert_new_reading(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+        other: &Table,
+        other_key: impl AsRef<[u8]>,
+    ) -> Result<InsertRead, StoreError> {
+        match (&self.inner, &other.inner) {
+            (Backend::Pg(t), Backend::Pg(o)) => {
+                let _w = self.gate.write();
+                let (inserted, read) =
+                    t.insert_new_reading(key.as_ref(), value.as_ref(), o, other_key.as_ref())?;
+                Ok(InsertRead { inserted, read })
+            }
+            _ => {
+                let inserted = self.compare_and_swap(key, None, Some(value.as_ref()))?;
+                let read = match inserted {
+                    Ok(()) => Some(other.get(other_key)?),
+                    Err(_) => None,
+                };
+                Ok(InsertRead { inserted, read })
+            }
+        }
+    }
+}
+
 /// Batched writes (the audit log's group commit, [`crate::state::audit`]).
 impl Table {
     /// Inserts every entry, or none when any key is already present (or
@@ -296,6 +342,19 @@ impl Table {
                 }
             }
             Backend::Pg(t) => Ok(t.insert_all_new(entries)?),
+        }
+    }
+
+    /// [`Table::put_max`] with no answer: on PostgreSQL staged like
+    /// [`Table::put`] (sent with the next share or group commit; a read of
+    /// the key sends it first), on sled written at once.
+    pub fn raise(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<(), StoreError> {
+        match &self.inner {
+            Backend::Sled(_) => self.put_max(key, value).map(|_| ()),
+            Backend::Pg(t) => {
+                let _w = self.gate.write();
+                Ok(t.raise(key.as_ref(), value.as_ref())?)
+            }
         }
     }
 

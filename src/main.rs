@@ -65,7 +65,12 @@ fn main() {
             .map_err(anyhow::Error::from)
             .and_then(|config| {
                 let rt = serve_runtime(&config)?;
-                rt.block_on(serve(config, args))
+                let done = rt.block_on(serve(config, args));
+                // What is still running once serve returned (a blocking store
+                // call, a task past its stop limit) is not waited for: the
+                // store was flushed before serve returned.
+                rt.shutdown_timeout(std::time::Duration::from_secs(5));
+                done
             });
         if let Err(e) = run {
             eprintln!("error: {e:#}");

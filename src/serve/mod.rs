@@ -3,7 +3,10 @@
 //!
 //! Invariants: shutdown is one [`CancellationToken`] that every loop selects
 //! on; in-flight ingress work is tracked by a [`TaskTracker`] and awaited
-//! before the link closes; after any broker error the link is dropped and
+//! before the link closes; a stop ends in bounded time even when the
+//! broker stops answering: each broker call made while stopping gets
+//! [`STOP_CALL_LIMIT`], the background tasks [`STOP_TASKS_LIMIT`] (those
+//! still running are named in the log); after any broker error the link is dropped and
 //! rebuilt (the broker redelivers whatever was not acked); a source's
 //! consumer that had nothing in hand, settled nothing and got nothing for
 //! half a second, or got a first delivery after half a second in which it
@@ -23,6 +26,7 @@
 pub mod integrity;
 pub mod leader;
 pub mod presence;
+mod tasks;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
@@ -107,6 +111,13 @@ impl ServiceError {
 /// Publishing channels of the router's link.
 pub const ROUTER_PUBLISH_CHANNELS: usize = 4;
 
+/// How long the background tasks get to stop after the ingress drained.
+const STOP_TASKS_LIMIT: Duration = Duration::from_secs(10);
+
+/// How long a broker call made while stopping (cancelling a consumer,
+/// closing the link) may take before the stop goes on without it.
+const STOP_CALL_LIMIT: Duration = Duration::from_secs(5);
+
 /// Runs the hub until `shutdown` is cancelled.
 pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), ServiceError> {
     // The metrics recorder before anything can emit a metric.
@@ -162,37 +173,42 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
     metrics::store_writable(true);
     metrics::agencies(hub.registry.len());
     metrics::store_bytes(hub.store.size_on_disk());
-    let tracker = TaskTracker::new();
+    let tracker = tasks::Tasks::default();
     let listener = tokio::net::TcpListener::bind(config.admin_socket()?)
         .await
         .map_err(ServiceError::Admin)?;
     tracing::info!(addr = %config.admin_addr, https = admin_tls.is_some(), data_dir = %config.data_dir.display(), prefix = %config.prefix, instance = %hub.instance_id, role = hub.role_now().as_str(), "truc serving");
-    tracker.spawn(leadership.clone().run(shutdown.clone()));
-    tracker.spawn(sync_registry(hub.clone(), shutdown.clone()));
-    tracker.spawn(crate::api::serve(
-        hub.clone(),
-        listener,
-        admin_tls,
-        shutdown.clone(),
-    ));
-    tracker.spawn(housekeeping(hub.clone(), shutdown.clone()));
-    tracker.spawn(reload_on_sighup(hub.clone(), shutdown.clone()));
+    tracker.spawn("leadership", leadership.clone().run(shutdown.clone()));
+    tracker.spawn(
+        "registry sync",
+        sync_registry(hub.clone(), shutdown.clone()),
+    );
+    tracker.spawn(
+        "admin API",
+        crate::api::serve(hub.clone(), listener, admin_tls, shutdown.clone()),
+    );
+    tracker.spawn("housekeeping", housekeeping(hub.clone(), shutdown.clone()));
+    tracker.spawn(
+        "policy reload",
+        reload_on_sighup(hub.clone(), shutdown.clone()),
+    );
     let anchor_queue = integrity::anchor_queue(&hub.topology).name;
-    tracker.spawn(integrity::keep_broker_copy(
-        hub.clone(),
-        checkpoints.clone(),
-        anchor_queue.clone(),
-        (start_check.checked.clone(), start_check.key().clone()),
-        shutdown.clone(),
-    ));
-    tracker.spawn(crate::serve::presence::run(
-        hub.clone(),
-        heartbeats,
-        shutdown.clone(),
-    ));
+    tracker.spawn(
+        "checkpoint copy",
+        integrity::keep_broker_copy(
+            hub.clone(),
+            checkpoints.clone(),
+            anchor_queue.clone(),
+            (start_check.checked.clone(), start_check.key().clone()),
+            shutdown.clone(),
+        ),
+    );
+    tracker.spawn(
+        "presence",
+        crate::serve::presence::run(hub.clone(), heartbeats, shutdown.clone()),
+    );
     let refused = run_ingress(hub.clone(), link_tx, shutdown.clone(), &start_check).await;
-    tracker.close();
-    tracker.wait().await;
+    tracker.stop(STOP_TASKS_LIMIT).await;
     hub.router.flush_quarantined(crate::core::time::now_ms());
     let led = hub.leads();
     leadership.stop();
@@ -638,8 +654,13 @@ impl Consumers {
                     // a clean stop leaves nothing to redeliver as a possible repeat.
                     draining = true;
                     drain_limit.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(10));
-                    if sub.cancel().await.is_err() {
-                        return Ok(());
+                    match tokio::time::timeout(STOP_CALL_LIMIT, sub.cancel()).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => return Ok(()),
+                        Err(_) => {
+                            tracing::warn!(queue = %queue, "consumer cancel not answered in time; what it holds is redelivered");
+                            return Ok(());
+                        }
                     }
                 }
                 next = sub.next() => match next {
@@ -880,7 +901,12 @@ async fn run_ingress(
             tracing::warn!("in-flight work did not finish in 30s; the broker will redeliver it");
         }
         link_tx.send_replace(None);
-        link.close().await;
+        if tokio::time::timeout(STOP_CALL_LIMIT, link.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!("broker link close not answered in time; dropped");
+        }
         if shutdown.is_cancelled() {
             return None;
         }

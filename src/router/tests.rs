@@ -438,21 +438,30 @@ async fn deadlines_expire_undelivered_destinations_once() {
     );
 }
 
+/// `M1` from the source to `000.00.32.H41`, routed; what it sent is taken.
+async fn m1_sent(f: &Fixture, o: &Recorder) {
+    let m = envelope_message("u.", &f.src, &out(&["000.00.32.H41"], vec![]));
+    f.router.handle(&inbound(m), o).await.unwrap();
+    o.take();
+}
+
+/// Status `st` handled and relayed: the kinds of the notices it sent.
+async fn relayed(f: &Fixture, o: &Recorder, st: Message) -> Vec<NoticeKind> {
+    assert_eq!(
+        f.router.handle(&inbound(st), o).await.unwrap(),
+        Outcome::StatusRelayed
+    );
+    notices(&o.take()).iter().map(|n| n.notice).collect()
+}
+
 #[tokio::test]
 async fn status_receipts_and_recall() {
     let f = fixture(Policies::default());
     let o = Recorder::default();
-    let m = envelope_message("u.", &f.src, &out(&["000.00.32.H41"], vec![]));
-    f.router.handle(&inbound(m), &o).await.unwrap();
-    o.take();
+    m1_sent(&f, &o).await;
     let st = status_message("u.", &f.dst, "M1", "01", None, None);
     assert_eq!(
-        f.router.handle(&inbound(st), &o).await.unwrap(),
-        Outcome::StatusRelayed
-    );
-    let ns = notices(&o.take());
-    assert_eq!(
-        ns.iter().map(|n| n.notice).collect::<Vec<_>>(),
+        relayed(&f, &o, st).await,
         vec![NoticeKind::Delivered, NoticeKind::Status]
     );
     // The source recalls it: already delivered, so the destination is asked.
@@ -476,9 +485,7 @@ async fn status_receipts_and_recall() {
 async fn a_status_naming_its_source_is_recorded_only_from_a_destination() {
     let f = fixture(Policies::default());
     let o = Recorder::default();
-    let m = envelope_message("u.", &f.src, &out(&["000.00.32.H41"], vec![]));
-    f.router.handle(&inbound(m), &o).await.unwrap();
-    o.take();
+    m1_sent(&f, &o).await;
     let (src, dst) = (f.src.code.clone(), f.dst.code.clone());
     let timeline = |code: &AgencyCode| {
         let rec = f.router.tracking.get(&src, "M1").unwrap().unwrap();
@@ -507,12 +514,7 @@ async fn a_status_naming_its_source_is_recorded_only_from_a_destination() {
     // The destination naming the source: recorded and relayed.
     let st = status_message("u.", &f.dst, "M1", "01", Some(&src), None);
     assert_eq!(
-        f.router.handle(&inbound(st), &o).await.unwrap(),
-        Outcome::StatusRelayed
-    );
-    let ns = notices(&o.take());
-    assert_eq!(
-        ns.iter().map(|n| n.notice).collect::<Vec<_>>(),
+        relayed(&f, &o, st).await,
         vec![NoticeKind::Delivered, NoticeKind::Status]
     );
     let after = timeline(&dst).unwrap();

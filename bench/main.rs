@@ -167,6 +167,11 @@ struct Args {
     /// Hard limit on the whole run, s (default 3600; quick 180).
     #[arg(long)]
     max_seconds: Option<f64>,
+    /// Rounds of sled then PostgreSQL, back to back (stores): `pg_vs_sled`
+    /// is the median of the rounds' ratios, so a drift of the machine
+    /// during the run weighs on both sides of each ratio alike.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
 }
 
 impl Args {
@@ -212,6 +217,7 @@ impl Args {
             truc_bin: self.truc_bin.clone(),
             truc_log: self.truc_log.clone(),
             truc_prefetch: self.truc_prefetch,
+            rounds: self.rounds.max(1),
         }
     }
 }

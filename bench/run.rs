@@ -70,6 +70,8 @@ pub struct Settings {
     pub truc_log: String,
     /// Ingress prefetch of the started hubs.
     pub truc_prefetch: Option<u16>,
+    /// Rounds of sled then PostgreSQL (stores).
+    pub rounds: usize,
 }
 
 /// One point of the timeline (one second).

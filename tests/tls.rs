@@ -2,6 +2,8 @@
 //! (own node name, ports, data and log directories, and a private CA made by
 //! `ops/tls-broker.sh` with openssl), stopped and removed on `Drop`.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -328,10 +330,11 @@ async fn amqps_is_verified_and_never_plaintext() {
 
     // `truc serve` over amqps:// with the CA file, end to end.
     let data = tempfile::tempdir().unwrap();
-    let [admin_port] = free_ports::<1>();
-    let admin_addr = format!("127.0.0.1:{admin_port}");
     let token = "tls-test-admin-token-0123456789";
-    let hub = serve(&node, data.path(), &admin_addr, token);
+    let mut hub = serve(&node, data.path(), "127.0.0.1:0", token);
+    let admin_addr = common::bound_admin_addr(&mut hub.child, &data.path().join("data"), || {
+        std::fs::read_to_string(&hub.log).unwrap_or_default()
+    });
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Ok(r) = truc::cli::http::request(&admin_addr, "GET", "/healthz", token, None).await {

@@ -278,7 +278,8 @@ pub struct Config {
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
     /// Admin API listen address (`TRUC_ADMIN_ADDR`); anything but loopback
-    /// needs HTTPS.
+    /// needs HTTPS. Port 0 lets the system choose; the address listened on
+    /// is written to `<data_dir>/admin.addr` at every start.
     #[serde(default = "default_admin_addr")]
     pub admin_addr: String,
     /// PEM certificate chain the admin API serves HTTPS with
@@ -755,6 +756,21 @@ impl Config {
     /// Path of the generated admin token.
     pub fn token_path(&self) -> PathBuf {
         self.data_dir.join("admin.token")
+    }
+
+    /// Path of the file naming the address the admin API listens on.
+    pub fn admin_addr_path(&self) -> PathBuf {
+        self.data_dir.join("admin.addr")
+    }
+
+    /// Writes `addr` (the admin API's bound address: with `admin_addr` on
+    /// port 0, the port the system chose) to [`Config::admin_addr_path`],
+    /// whole or not at all (a temporary file renamed into place).
+    pub fn write_admin_addr_file(&self, addr: &str) -> std::io::Result<()> {
+        let path = self.admin_addr_path();
+        let tmp = path.with_extension("addr.tmp");
+        std::fs::write(&tmp, format!("{addr}\n"))?;
+        std::fs::rename(&tmp, &path)
     }
 
     /// The admin token: configured, else the one in the data dir (generated

@@ -52,7 +52,11 @@ pub struct Leadership {
 /// leadership with the receiver of its role. On a store only this process
 /// can open ([`Store::is_shared`] false: sled), a lease left by an earlier
 /// process is taken at once.
-pub fn start(store: &Store, config: &Config) -> (Leadership, watch::Receiver<Role>) {
+pub fn start(
+    store: &Store,
+    config: &Config,
+    admin_addr: &str,
+) -> (Leadership, watch::Receiver<Role>) {
     let id = config.instance_id();
     let lease = if store.is_shared() {
         Lease::new(store.clone(), id.clone())
@@ -67,7 +71,7 @@ pub fn start(store: &Store, config: &Config) -> (Leadership, watch::Receiver<Rol
         version: env!("CARGO_PKG_VERSION").to_owned(),
         started_ms: now,
         seen_ms: now,
-        admin_addr: config.admin_addr.clone(),
+        admin_addr: admin_addr.to_owned(),
     };
     let (tx, rx) = watch::channel(Role::Follower { leader: None });
     let l = Leadership {

@@ -141,7 +141,19 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
     } = integrity::open_store(&config, &master).map_err(ServiceError::Integrity)?;
     let flusher = store.start_flusher();
     let registry = Registry::open(store.clone(), master)?;
-    let (leadership, role) = leader::start(&store, &config);
+    // Bound before the instance record is written, so that the record names
+    // the address really listened on (`admin_addr` may ask for port 0).
+    let listener = tokio::net::TcpListener::bind(config.admin_socket()?)
+        .await
+        .map_err(ServiceError::Admin)?;
+    let admin_addr = listener
+        .local_addr()
+        .map_err(ServiceError::Admin)?
+        .to_string();
+    config
+        .write_admin_addr_file(&admin_addr)
+        .map_err(ServiceError::DataDir)?;
+    let (leadership, role) = leader::start(&store, &config, &admin_addr);
     let leadership = Arc::new(leadership);
     let admin_token = config
         .resolve_admin_token(true)
@@ -174,10 +186,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
     metrics::agencies(hub.registry.len());
     metrics::store_bytes(hub.store.size_on_disk());
     let tracker = tasks::Tasks::default();
-    let listener = tokio::net::TcpListener::bind(config.admin_socket()?)
-        .await
-        .map_err(ServiceError::Admin)?;
-    tracing::info!(addr = %config.admin_addr, https = admin_tls.is_some(), data_dir = %config.data_dir.display(), prefix = %config.prefix, instance = %hub.instance_id, role = hub.role_now().as_str(), "truc serving");
+    tracing::info!(addr = %admin_addr, https = admin_tls.is_some(), data_dir = %config.data_dir.display(), prefix = %config.prefix, instance = %hub.instance_id, role = hub.role_now().as_str(), "truc serving");
     tracker.spawn("leadership", leadership.clone().run(shutdown.clone()));
     tracker.spawn(
         "registry sync",

@@ -1,5 +1,6 @@
 //! Test helpers: each test gets its own hub process, queue prefix, data
-//! directory and admin port, and everything is removed on `Drop`: the data
+//! directory and admin port (port 0: the hub says which it got, see
+//! [`bound_admin_addr`]), and everything is removed on `Drop`: the data
 //! directory, and on the broker every exchange and queue of the hub's
 //! topology (fixed queues, delay buckets, the queues of every agency it knows).
 //! Queues and exchanges a test declares itself go into a [`BrokerGuard`].
@@ -34,12 +35,30 @@ pub fn amqp_url() -> String {
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// Waits for `truc serve` (`child`) to write the address its admin API
+/// listens on (`admin_addr` on port 0: the system chose a free port, so no
+/// other test or socket can hold it) to `<data_dir>/admin.addr`.
+pub fn bound_admin_addr(
+    child: &mut std::process::Child,
+    data_dir: &std::path::Path,
+    log: impl Fn() -> String,
+) -> String {
+    let path = data_dir.join("admin.addr");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(addr) = std::fs::read_to_string(&path) {
+            return addr.trim().to_owned();
+        }
+        if let Some(st) = child.try_wait().unwrap() {
+            panic!("truc serve exited ({st}) before listening: {}", log());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "truc serve did not listen within 30 s: {}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// A fresh 1024-bit RSA key (quick to make; tests only) and its public key as PEM.
@@ -157,7 +176,8 @@ impl TestHub {
             prefix: format!("t{}x{n}.", std::process::id()),
             data,
             policies,
-            admin_addr: format!("127.0.0.1:{}", free_port()),
+            // Known once the hub listens (see bound_admin_addr).
+            admin_addr: "127.0.0.1:0".to_owned(),
             token: format!("test-token-{}-{n}-0123456789", std::process::id()),
             child: None,
             agencies: Vec::new(),
@@ -217,7 +237,7 @@ impl TestHub {
                 self.hub_amqp_url.clone().unwrap_or_else(amqp_url),
             )
             .env("TRUC_DATA_DIR", self.data.path().join("data"))
-            .env("TRUC_ADMIN_ADDR", &self.admin_addr)
+            .env("TRUC_ADMIN_ADDR", "127.0.0.1:0")
             .env("TRUC_ADMIN_TOKEN", &self.token)
             .env("TRUC_PREFIX", &self.prefix)
             .env("TRUC_CONFIG", self.config_file())
@@ -270,13 +290,17 @@ impl TestHub {
             .append(true)
             .open(self.data.path().join("serve.log"))
             .unwrap();
-        let child = self
+        let data_dir = self.data.path().join("data");
+        let _ = std::fs::remove_file(data_dir.join("admin.addr"));
+        let mut child = self
             .serve_command(args)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("spawn truc serve");
+        let addr = bound_admin_addr(&mut child, &data_dir, || self.log());
         self.child = Some(child);
+        self.admin_addr = addr;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(r) =

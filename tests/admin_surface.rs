@@ -17,12 +17,13 @@ use truc::cli::tls::AdminClientTls;
 const NO_BROKER: &str = "amqp://guest:guest@127.0.0.1:1/%2f";
 const TOKEN: &str = "admin-surface-token-0123456789";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// Every hub here asks for port 0 (the system picks a free one, which no
+/// other test can hold); [`Hub::serve`] learns it from `admin.addr`.
+const ANY_PORT: &str = "127.0.0.1:0";
+
+/// The port of `addr` (`host:port`).
+fn port_of(addr: &str) -> &str {
+    addr.rsplit_once(':').map_or("", |(_, p)| p)
 }
 
 /// A temp dir with a config file, and the `truc serve` started from it.
@@ -96,10 +97,20 @@ impl Hub {
         );
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(r) = request_tls(tls, &self.addr, "GET", "/healthz", "", None).await {
-                // Answering: 503 here, as the broker is unreachable on purpose.
-                if r.status == 200 || r.status == 503 {
-                    return;
+            // Port 0 asked for: the port it got, once it listens.
+            if port_of(&self.addr) == "0" {
+                if let Ok(bound) = std::fs::read_to_string(self.data().join("admin.addr")) {
+                    let host = self.addr.rsplit_once(':').map_or("", |(h, _)| h);
+                    self.addr = format!("{host}:{}", port_of(bound.trim()));
+                }
+            }
+            let listening = port_of(&self.addr) != "0";
+            if listening {
+                if let Ok(r) = request_tls(tls, &self.addr, "GET", "/healthz", "", None).await {
+                    // Answering: 503 here, as the broker is unreachable on purpose.
+                    if r.status == 200 || r.status == 503 {
+                        return;
+                    }
                 }
             }
             if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
@@ -176,7 +187,7 @@ fn loose_modes(root: &Path) -> Vec<(PathBuf, u32)> {
 
 #[tokio::test]
 async fn empty_blank_or_short_tokens_stop_serve_and_the_cli() {
-    let hub = Hub::new(&format!("127.0.0.1:{}", free_port()), "");
+    let hub = Hub::new(ANY_PORT, "");
     for bad in ["", "    ", "short-token"] {
         let err = hub.serve_refused(&[("TRUC_ADMIN_TOKEN", bad)]);
         assert!(err.contains("admin_token"), "{bad:?}: {err}");
@@ -206,8 +217,7 @@ async fn empty_blank_or_short_tokens_stop_serve_and_the_cli() {
 
 #[tokio::test]
 async fn a_non_loopback_admin_api_is_https_only() {
-    let port = free_port();
-    let mut hub = Hub::new(&format!("0.0.0.0:{port}"), "admin_header_timeout = \"1s\"");
+    let mut hub = Hub::new("0.0.0.0:0", "admin_header_timeout = \"1s\"");
     let err = hub.serve_refused(&[("TRUC_ADMIN_TOKEN", TOKEN)]);
     assert!(err.contains("not loopback"), "{err}");
 
@@ -240,7 +250,7 @@ async fn a_non_loopback_admin_api_is_https_only() {
         Some(&tls),
     )
     .await;
-    let local = format!("127.0.0.1:{port}");
+    let local = format!("127.0.0.1:{}", port_of(&hub.addr));
 
     // HTTPS with the token works; /metrics needs the token off loopback.
     let r = request_tls(Some(&tls), &local, "GET", "/v1/agencies", TOKEN, None)
@@ -295,7 +305,7 @@ async fn a_non_loopback_admin_api_is_https_only() {
 #[tokio::test]
 async fn metrics_token_switch() {
     // Loopback default: open.
-    let mut open = Hub::new(&format!("127.0.0.1:{}", free_port()), "");
+    let mut open = Hub::new(ANY_PORT, "");
     open.serve(&[("TRUC_ADMIN_TOKEN", TOKEN)], None).await;
     let r = request(&open.addr, "GET", "/metrics", "", None)
         .await
@@ -306,10 +316,7 @@ async fn metrics_token_switch() {
         .unwrap();
     assert_eq!(r.status, 401, "the API itself always needs the token");
 
-    let mut closed = Hub::new(
-        &format!("127.0.0.1:{}", free_port()),
-        "metrics_require_token = true",
-    );
+    let mut closed = Hub::new(ANY_PORT, "metrics_require_token = true");
     closed.serve(&[("TRUC_ADMIN_TOKEN", TOKEN)], None).await;
     let r = request(&closed.addr, "GET", "/metrics", "", None)
         .await
@@ -336,7 +343,7 @@ async fn metrics_token_switch() {
 #[tokio::test]
 async fn data_dir_and_files_are_private() {
     use std::os::unix::fs::PermissionsExt;
-    let mut hub = Hub::new(&format!("127.0.0.1:{}", free_port()), "");
+    let mut hub = Hub::new(ANY_PORT, "");
     // A data dir that exists with loose modes is tightened too.
     std::fs::create_dir_all(hub.data()).unwrap();
     std::fs::set_permissions(hub.data(), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -356,10 +363,7 @@ async fn data_dir_and_files_are_private() {
 
 #[tokio::test]
 async fn idle_and_slow_connections_are_closed() {
-    let mut hub = Hub::new(
-        &format!("127.0.0.1:{}", free_port()),
-        "admin_header_timeout = \"1s\"",
-    );
+    let mut hub = Hub::new(ANY_PORT, "admin_header_timeout = \"1s\"");
     hub.serve(&[("TRUC_ADMIN_TOKEN", TOKEN)], None).await;
     let started = Instant::now();
     let mut conns = Vec::new();

@@ -411,8 +411,9 @@ impl Tracking {
     /// Claims `(from, message_id)` for routing here (at `now_ms`), in one
     /// compare-and-swap when nothing holds it, and returns its record as it
     /// stood under the claim (read in the same round trip when it can be:
-    /// [`crate::state::store::InsertRead`]); the record is written before its deliveries and notices are
-    /// published (so whoever learns of the envelope finds it), and a marker
+    /// [`crate::state::store::InsertRead`]); the record is written before
+    /// its deliveries and notices are published (so whoever learns of the
+    /// envelope finds it), and a marker
     /// still there after a crash means an envelope to route again, not a
     /// duplicate. Atomic across instances: a claim of another live instance
     /// is [`Claim::Elsewhere`]; on a store one process opens, every marker
@@ -425,54 +426,51 @@ impl Tracking {
         now_ms: i64,
     ) -> Result<Claim, StoreError> {
         let key = record_key(from, message_id);
-        let mine = codec::encode(&RoutingClaim {
+        let token = codec::encode(&RoutingClaim {
             owner: self.owner.to_string(),
             at_ms: now_ms,
         })?;
         let (routing, envelopes) = (self.store.routing(), self.store.envelopes());
+        // The claim is taken; the record as it stood under it (read with the
+        // claim when that read counts, else now).
+        let claimed = |unfinished: bool, read: Option<Option<Vec<u8>>>| {
+            let record = match read {
+                Some(read) => read,
+                None => envelopes.get(&key)?,
+            };
+            Ok(Claim::Mine {
+                token: token.clone(),
+                unfinished,
+                record: record
+                    .map(|v| codec::decode::<EnvelopeRecord>(&v).map(Box::new))
+                    .transpose()?,
+            })
+        };
         // Mostly nothing holds it: the claim and the look at the record are
         // one round trip.
-        let first = routing.insert_new_reading(&key, &mine, &envelopes, &key)?;
-        let mut claimed = first.inserted.is_ok();
-        let (mut seen, record) = match first.inserted {
-            Ok(()) => (None, first.read),
-            Err(current) => (current, None),
+        let first = routing.insert_new_reading(&key, &token, &envelopes, &key)?;
+        let mut seen = match first.inserted {
+            Ok(()) => return claimed(false, first.read),
+            Err(current) => current,
         };
-        let mut unfinished = false;
-        while !claimed {
-            match seen
+        loop {
+            // Markers of older versions are empty: their writer is gone.
+            if let Some(c) = seen
                 .as_deref()
-                .map(|c| codec::decode::<RoutingClaim>(c).ok())
+                .and_then(|c| codec::decode::<RoutingClaim>(c).ok())
             {
-                // Markers of older versions are empty: their writer is gone.
-                Some(Some(c))
-                    if self.store.is_shared()
-                        && c.owner != self.owner.as_ref()
-                        && now_ms - c.at_ms < CLAIM_STALE_MS =>
+                if self.store.is_shared()
+                    && c.owner != self.owner.as_ref()
+                    && now_ms - c.at_ms < CLAIM_STALE_MS
                 {
-                    return Ok(Claim::Elsewhere { owner: c.owner })
+                    return Ok(Claim::Elsewhere { owner: c.owner });
                 }
-                _ => {}
             }
-            match routing.compare_and_swap(&key, seen.as_deref(), Some(&mine))? {
-                Ok(()) => {
-                    unfinished = seen.is_some();
-                    claimed = true;
-                }
+            match routing.compare_and_swap(&key, seen.as_deref(), Some(&token))? {
+                Ok(()) => return claimed(seen.is_some(), None),
                 Err(current) => seen = current,
             }
         }
-        let record = match record {
-            Some(read) => read,
-            None => envelopes.get(&key)?,
-        };
-        Ok(Claim::Mine {
-            token: mine,
-            unfinished,
-            record: record
-                .map(|v| codec::decode::<EnvelopeRecord>(&v).map(Box::new))
-                .transpose()?,
-        })
     }
 
     /// Gives up a claim without routing (a duplicate, a refusal): the

@@ -640,4 +640,15 @@ fn raise_only_moves_forward_and_is_read_back(b: &Backend) {
     t.put("h", [0, 1]).unwrap();
     t.raise("h", [0, 2]).unwrap();
     assert_eq!(t.get("h").unwrap(), Some(vec![0, 2]));
+    s1.share().unwrap();
+    assert_eq!(s2.meta().get("h").unwrap(), Some(vec![0, 2]));
+    // After a delete, a raise sets its value; after a greater put, the put
+    // stays.
+    t.delete("h").unwrap();
+    t.raise("h", [0, 3]).unwrap();
+    t.put("g", [9]).unwrap();
+    t.raise("g", [1]).unwrap();
+    s1.share().unwrap();
+    assert_eq!(s2.meta().get("h").unwrap(), Some(vec![0, 3]));
+    assert_eq!(s2.meta().get("g").unwrap(), Some(vec![9]));
 }

@@ -46,10 +46,17 @@ enum Write {
 }
 
 impl Write {
-    /// `self` staged after `older` for the same key: what the batch keeps.
+    /// `self` staged after `older` for the same key: the one write with the
+    /// effect of both. A forward-only put after a put or a delete is a put
+    /// (of the greater value, or its own); after another forward-only put,
+    /// the greater one. Any other write replaces what was there, but for a
+    /// forward-only put after a conditional delete, which only the database
+    /// can judge: [`Staged::stage_put_max`] sends that first.
     fn over(self, older: &Write) -> Write {
         match (self, older) {
-            (Write::PutMax(new), Write::PutMax(old)) if *old > new => Write::PutMax(old.clone()),
+            (Write::PutMax(new), Write::PutMax(old)) => Write::PutMax(new.max(old.clone())),
+            (Write::PutMax(new), Write::Put(old)) => Write::Put(new.max(old.clone())),
+            (Write::PutMax(new), Write::Delete) => Write::Put(new),
             (newer, _) => newer,
         }
     }
@@ -138,8 +145,9 @@ impl Staged {
     }
 
     /// Stages setting `key` of `table` to `value` if it is then absent or
-    /// less byte-wise. A key with another kind of write staged is flushed
-    /// first; two of these keep the greater value.
+    /// less byte-wise, merged with what is staged for the key
+    /// ([`Write::over`]); a conditional delete of the key, staged or being
+    /// written, is sent first.
     pub(crate) fn stage_put_max(
         &self,
         pool: &PgPool,
@@ -147,28 +155,28 @@ impl Staged {
         key: &[u8],
         value: &[u8],
     ) -> Result<(), PgError> {
-        let staged_other = |w: &Write| !matches!(w, Write::PutMax(_));
-        let other = {
-            let st = self.state();
-            let find = |b: &Batch| {
-                b.get(&table)
-                    .and_then(|t| t.get(key))
-                    .is_some_and(staged_other)
-            };
-            find(&st.pending) || st.inflight.as_deref().is_some_and(find)
-        };
-        if other {
+        loop {
+            {
+                let mut st = self.state();
+                let conditional = |b: &Batch| {
+                    matches!(
+                        b.get(&table).and_then(|t| t.get(key)),
+                        Some(Write::DeleteIf(_))
+                    )
+                };
+                if !conditional(&st.pending) && !st.inflight.as_deref().is_some_and(conditional) {
+                    let rows = st.pending.entry(table).or_default();
+                    let w = Write::PutMax(value.to_vec());
+                    let w = match rows.get(key) {
+                        Some(older) => w.over(older),
+                        None => w,
+                    };
+                    rows.insert(key.to_vec(), w);
+                    return Ok(());
+                }
+            }
             self.flush(pool, None)?;
         }
-        let mut st = self.state();
-        let rows = st.pending.entry(table).or_default();
-        let w = Write::PutMax(value.to_vec());
-        let w = match rows.get(key) {
-            Some(older) => w.over(older),
-            None => w,
-        };
-        rows.insert(key.to_vec(), w);
-        Ok(())
     }
 
     /// Stages the removal of `key` of `table` if its value is then
@@ -435,9 +443,16 @@ mod tests {
         let (small, big) = (Write::PutMax(vec![1]), Write::PutMax(vec![2]));
         assert_eq!(small.clone().over(&big), big);
         assert_eq!(big.clone().over(&small), big);
+        // Over a put or a delete: a put with the effect of both.
+        assert_eq!(
+            small.clone().over(&Write::Put(vec![9])),
+            Write::Put(vec![9])
+        );
+        assert_eq!(big.clone().over(&Write::Put(vec![1])), Write::Put(vec![2]));
+        assert_eq!(small.clone().over(&Write::Delete), Write::Put(vec![1]));
         // Any other newer write replaces the older one.
         assert_eq!(Write::Delete.over(&big), Write::Delete);
-        assert_eq!(small.clone().over(&Write::Put(vec![9])), small);
+        assert_eq!(Write::Put(vec![0]).over(&big), Write::Put(vec![0]));
         let sql = batch_sql(0, 0, 0, 1 << 6);
         assert!(
             sql.contains("WHERE truc_meta.v < excluded.v"),

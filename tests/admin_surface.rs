@@ -4,6 +4,8 @@
 //! port where nothing listens, so it declares nothing anywhere), killed and
 //! its temp dir removed on `Drop`.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -18,7 +20,8 @@ const NO_BROKER: &str = "amqp://guest:guest@127.0.0.1:1/%2f";
 const TOKEN: &str = "admin-surface-token-0123456789";
 
 /// Every hub here asks for port 0 (the system picks a free one, which no
-/// other test can hold); [`Hub::serve`] learns it from `admin.addr`.
+/// other test can hold); [`Hub::serve`] learns it from `admin.addr`
+/// ([`common::bound_admin_addr`]).
 const ANY_PORT: &str = "127.0.0.1:0";
 
 /// The port of `addr` (`host:port`).
@@ -88,29 +91,25 @@ impl Hub {
     /// Starts `truc serve` and waits until `/healthz` answers (over `tls`).
     async fn serve(&mut self, env: &[(&str, &str)], tls: Option<&AdminClientTls>) {
         let log = std::fs::File::create(self.dir.path().join("serve.log")).unwrap();
-        self.child = Some(
-            self.command(&["serve"], env)
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .unwrap(),
-        );
+        // Not one a refused start left behind.
+        let _ = std::fs::remove_file(self.data().join("admin.addr"));
+        let mut child = self
+            .command(&["serve"], env)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        // The port it got; the host as asked (0.0.0.0 is reached on loopback).
+        let bound = common::bound_admin_addr(&mut child, &self.data(), || self.log());
+        let host = self.addr.rsplit_once(':').map_or("", |(h, _)| h);
+        self.addr = format!("{host}:{}", port_of(&bound));
+        self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            // Port 0 asked for: the port it got, once it listens.
-            if port_of(&self.addr) == "0" {
-                if let Ok(bound) = std::fs::read_to_string(self.data().join("admin.addr")) {
-                    let host = self.addr.rsplit_once(':').map_or("", |(h, _)| h);
-                    self.addr = format!("{host}:{}", port_of(bound.trim()));
-                }
-            }
-            let listening = port_of(&self.addr) != "0";
-            if listening {
-                if let Ok(r) = request_tls(tls, &self.addr, "GET", "/healthz", "", None).await {
-                    // Answering: 503 here, as the broker is unreachable on purpose.
-                    if r.status == 200 || r.status == 503 {
-                        return;
-                    }
+            if let Ok(r) = request_tls(tls, &self.addr, "GET", "/healthz", "", None).await {
+                // Answering: 503 here, as the broker is unreachable on purpose.
+                if r.status == 200 || r.status == 503 {
+                    return;
                 }
             }
             if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {

@@ -436,16 +436,12 @@ pub async fn stores(ctx: &mut Ctx) -> Result<Value, String> {
         played.push(Round { sled, pg });
     }
     // The round whose ratio is the median stands for the run (with one
-    // round, that round); every round is listed.
+    // round, or none measured, the first); every round is listed.
     let ratios: Vec<Option<f64>> = played.iter().map(Round::ratio).collect();
     let median = median_round(&ratios);
-    let (sled, pg) = match median.and_then(|i| played.get(i)) {
-        Some(r) => (r.sled.clone(), r.pg.clone()),
-        None => (
-            played.first().and_then(|r| r.sled.clone()),
-            played.first().and_then(|r| r.pg.clone()),
-        ),
-    };
+    let chosen = played.get(median.unwrap_or(0));
+    let sled = chosen.and_then(|r| r.sled.clone());
+    let pg = chosen.and_then(|r| r.pg.clone());
     let pg = pg.map(|(p, work)| {
         db.insert("postgres".into(), work);
         p

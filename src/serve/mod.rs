@@ -6,8 +6,8 @@
 //! before the link closes; a stop ends in bounded time even when the
 //! broker stops answering: each broker call made while stopping gets
 //! [`STOP_CALL_LIMIT`], the background tasks [`STOP_TASKS_LIMIT`] (those
-//! still running are named in the log); after any broker error the link is dropped and
-//! rebuilt (the broker redelivers whatever was not acked); a source's
+//! still running are named in the log); after any broker error the link is
+//! dropped and rebuilt (the broker redelivers whatever was not acked); a source's
 //! consumer that had nothing in hand, settled nothing and got nothing for
 //! half a second, or got a first delivery after half a second in which it
 //! always had room for more, tells the router that source's queue was empty

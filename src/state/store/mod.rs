@@ -381,8 +381,8 @@ impl Store {
     /// [`Table::delete`]) to the shared store, so other instances see them:
     /// call it before telling anyone of them (publishing a delivery or a
     /// notice). Not durable until [`Store::durable`], whose group commit
-    /// sends them too. Nothing to
-    /// do on sled, where every write is in place at once.
+    /// sends them too. Nothing to do on sled, where every write is in place
+    /// at once.
     pub fn share(&self) -> Result<(), StoreError> {
         match &self.inner.pg {
             Some(pool) => Ok(pool.share()?),

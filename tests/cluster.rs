@@ -108,30 +108,61 @@ impl Drop for Cluster {
 type Seen = Arc<Mutex<HashMap<String, Vec<String>>>>;
 
 /// Consumes `creds`'s inbox until `stop`, reconnecting through the node
-/// list whenever the connection or the queue's node goes away.
+/// list whenever the connection or the queue's node goes away. Each change
+/// of state is printed (time since `t0`), so a failed run shows where a
+/// destination stood.
 async fn receive(
     urls: String,
     prefix: String,
     creds: Credentials,
     seen: Seen,
     stop: CancellationToken,
+    t0: Instant,
 ) {
+    let who = creds.code.to_string();
+    let say = |what: String| {
+        eprintln!(
+            "{:>5.1}s  receiver {who}: {what}",
+            t0.elapsed().as_secs_f64()
+        )
+    };
+    // A refusal repeated while a node is down is printed once.
+    let mut last_refusal = String::new();
     while !stop.is_cancelled() {
-        let Ok(mut client) = Client::connect(&urls, &prefix, creds.clone()).await else {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            continue;
+        let mut client = match Client::connect(&urls, &prefix, creds.clone()).await {
+            Ok(c) => c,
+            Err(e) => {
+                let e = e.to_string();
+                if e != last_refusal {
+                    say(format!("connect failed: {e}"));
+                    last_refusal = e;
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                continue;
+            }
         };
-        let Ok(mut inbox) = client.inbox(64).await else {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            continue;
+        let mut inbox = match client.inbox(64).await {
+            Ok(i) => i,
+            Err(e) => {
+                let e = e.to_string();
+                if e != last_refusal {
+                    say(format!("subscribe failed: {e}"));
+                    last_refusal = e;
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                continue;
+            }
         };
+        last_refusal.clear();
+        say("consuming".into());
+        let mut got_here = 0usize;
         loop {
             let next = tokio::select! {
                 _ = stop.cancelled() => return,
                 n = tokio::time::timeout(Duration::from_secs(5), inbox.next()) => n,
             };
             match next {
-                // Quiet: check the connection is still there by going round.
+                // Quiet: the subscription stays (a cancelled one ends the stream).
                 Err(_) => continue,
                 Ok(Some(Ok(got))) => {
                     let id = got.message.message_id.clone().unwrap_or_default();
@@ -148,8 +179,16 @@ async fn receive(
                         // first sighting is what counts here.
                     }
                     seen.lock().unwrap().entry(id).or_default().push(attempt);
+                    got_here += 1;
                 }
-                Ok(_) => break,
+                Ok(Some(Err(e))) => {
+                    say(format!("stream failed after {got_here} deliveries: {e}"));
+                    break;
+                }
+                Ok(None) => {
+                    say(format!("consumer cancelled after {got_here} deliveries"));
+                    break;
+                }
             }
         }
     }
@@ -302,6 +341,7 @@ async fn two_instances_on_a_cluster_lose_nothing_through_kills_and_node_losses()
     // Destinations consume all along, through the node list.
     let seen: Seen = Arc::default();
     let stop = CancellationToken::new();
+    let t0 = Instant::now();
     let mut receivers = Vec::new();
     for d in &dests {
         receivers.push(tokio::spawn(receive(
@@ -310,11 +350,11 @@ async fn two_instances_on_a_cluster_lose_nothing_through_kills_and_node_losses()
             d.clone(),
             seen.clone(),
             stop.clone(),
+            t0,
         )));
     }
 
     // The stream: each source sends its share in order, ~100/s in all.
-    let t0 = Instant::now();
     let mut senders = Vec::new();
     for (s, src) in sources.iter().enumerate() {
         let (urls, prefix, src) = (cluster.list([1, 2, 3]), a.prefix.clone(), src.clone());
@@ -377,10 +417,26 @@ async fn two_instances_on_a_cluster_lose_nothing_through_kills_and_node_losses()
         if missing.is_empty() {
             break;
         }
+        // Stream envelope i goes to dests[i % 3].
+        let by_dest = |k: usize| {
+            missing
+                .iter()
+                .filter(|id| {
+                    id.trim_start_matches("stream-")
+                        .parse::<usize>()
+                        .ok()
+                        .map(|i| i % 3)
+                        == Some(k)
+                })
+                .count()
+        };
         assert!(
             Instant::now() < deadline,
-            "{} confirmed envelopes not delivered, e.g. {:?}\n--- a ---\n{}\n--- b ---\n{}",
+            "{} confirmed envelopes not delivered ({} to 32, {} to 34, {} to 36), e.g. {:?}\n--- a ---\n{}\n--- b ---\n{}",
             missing.len(),
+            by_dest(0),
+            by_dest(1),
+            by_dest(2),
             &missing[..missing.len().min(5)],
             a.log(),
             b.log()

@@ -9,6 +9,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use super::convert;
@@ -149,9 +150,15 @@ fn classify(op: &'static str, name: &str, e: lapin::Error) -> AmqpError {
     }
 }
 
+/// How long one node gets to finish the AMQP handshake and open the link's
+/// channels. A node that accepts TCP but does not answer (still booting,
+/// shutting down, or paused) is given up after this, and the next is tried.
+pub const NODE_CONNECT_LIMIT: Duration = Duration::from_secs(10);
+
 /// Connects through `connect` to the first node of `url` (one URL, or a
-/// comma-separated list of a cluster's nodes) that answers; when none does,
-/// the error names each node (without credentials) and why.
+/// comma-separated list of a cluster's nodes) that answers within
+/// [`NODE_CONNECT_LIMIT`]; when none does, the error names each node
+/// (without credentials) and why.
 async fn first_node<'u, F, Fut>(url: &'u str, connect: F) -> Result<Link, AmqpError>
 where
     F: Fn(&'u str) -> Fut,
@@ -160,7 +167,16 @@ where
     let nodes = crate::core::config::broker_nodes(url);
     let mut failures = Vec::new();
     for node in &nodes {
-        match connect(node).await {
+        let answered = tokio::time::timeout(NODE_CONNECT_LIMIT, connect(node))
+            .await
+            .unwrap_or_else(|_| {
+                Err(AmqpError::Connect(format!(
+                    "{}: no answer within {} s",
+                    redact(node),
+                    NODE_CONNECT_LIMIT.as_secs()
+                )))
+            });
+        match answered {
             Ok(link) => return Ok(link),
             Err(e) if nodes.len() == 1 => return Err(e),
             Err(e) => {

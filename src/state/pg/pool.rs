@@ -12,6 +12,14 @@
 //!   [`PgPool::run_sync`] uses; durability comes from
 //!   [`PgPool::sync_commit`] on it, whose flush (WAL is sequential) covers
 //!   every earlier commit of every session;
+//! - every session runs with `enable_seqscan = off`: each statement truc
+//!   sends addresses rows by key or key range, and its busiest tables
+//!   (claims, pending deliveries) grow from empty to thousands of dead rows
+//!   between two autovacuum rounds. A prepared statement's generic plan made
+//!   while such a table was small would otherwise stay a sequential scan of
+//!   the grown table (measured: a scan of every pending row at one flush in
+//!   five); with scans priced out the planner keeps to the primary key
+//!   (a full read, which has no other way, is still a scan);
 //! - a worker whose connection broke drops it and reconnects on its next
 //!   request, so after a failover the next request reaches the new primary
 //!   (`target_session_attrs=read-write` picks it); the request that hit the
@@ -80,7 +88,9 @@ impl Session {
             let mut client = self.config.connect(NoTls).map_err(connect_err)?;
             let mode = if self.synchronous { "on" } else { "off" };
             client
-                .batch_execute(&format!("SET synchronous_commit = {mode}"))
+                .batch_execute(&format!(
+                    "SET synchronous_commit = {mode}; SET enable_seqscan = off"
+                ))
                 .map_err(connect_err)?;
             self.client = Some(client);
         }
@@ -529,6 +539,43 @@ mod tests {
             })
             .unwrap();
         assert_eq!(sync_setting, "on");
+    }
+
+    /// The staged batch's deletes, planned generically on near-empty
+    /// tables (as a prepared statement is after five runs), still go
+    /// through the primary key, not a scan of the table.
+    #[test]
+    fn generic_plans_keep_to_the_key_on_small_tables() {
+        let db = TestDb::new();
+        let pool = migrated_pool(&db, 1);
+        for i in 0..20u32 {
+            pool.table("pending").insert(&i.to_be_bytes(), b"p").unwrap();
+            pool.table("routing").insert(&i.to_be_bytes(), b"r").unwrap();
+        }
+        let sql = super::super::staged::batch_sql(1 << 7, 1 << 13, 0, 0);
+        assert!(sql.contains("truc_pending") && sql.contains("truc_routing"), "{sql}");
+        let plan = pool
+            .run(move |s| {
+                let c = s.client()?;
+                c.batch_execute("SET plan_cache_mode = force_generic_plan")?;
+                c.batch_execute(&format!(
+                    "PREPARE batch(bytea[], bytea[], bytea[]) AS {sql}"
+                ))?;
+                let rows = c.query(
+                    "EXPLAIN EXECUTE batch('{}'::bytea[], '{}'::bytea[], '{}'::bytea[])",
+                    &[],
+                )?;
+                c.batch_execute("DEALLOCATE batch; RESET plan_cache_mode")?;
+                let mut plan = String::new();
+                for r in rows {
+                    plan.push_str(&r.try_get::<_, String>(0)?);
+                    plan.push('\n');
+                }
+                Ok(plan)
+            })
+            .unwrap();
+        assert!(!plan.contains("Seq Scan"), "{plan}");
+        assert!(plan.contains("truc_pending_pkey") && plan.contains("truc_routing_pkey"), "{plan}");
     }
 
     #[test]

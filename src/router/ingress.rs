@@ -3,6 +3,10 @@
 //! dedupe → rate limit → route → record → share → publish deliveries and
 //! notices (one round of confirms) → release the claim → durable → ack.
 //! Statuses go on to [`super::status`], heartbeats to the presence task.
+//! An envelope that passes every other check has its nonce judged with its
+//! routing claim, in the claim's round trip; the refusals keep the order of
+//! docs/PROTOCOL.md §5 (a replay is refused as a replay whatever else is
+//! wrong after it, and gives its claim back).
 //!
 //! Invariants: the envelope is claimed (in the store, atomically across
 //! instances) before its record is looked at, and the dedupe check and the
@@ -29,6 +33,7 @@ use crate::core::envelope::{EnvelopeFields, Kind, Payload, Refusal, Signed};
 use crate::core::message::{Inbound, Message};
 use crate::core::metrics;
 use crate::core::notice::{Notice, NoticeKind};
+use crate::core::policy::Policies;
 use crate::core::reason::Reason;
 use crate::core::skew;
 use crate::core::text::{escaped, Escaped};
@@ -39,7 +44,7 @@ use crate::router::order::Turn;
 use crate::router::{Heartbeat, Outbox, Outcome, PublishError, Router, RouterError};
 use crate::state::audit::AuditEvent;
 use crate::state::registry::Entry;
-use crate::state::replay::NonceCheck;
+use crate::state::replay::{NonceCheck, NonceUse};
 use crate::state::tracking::{Claim, DestTrack, EnvelopeRecord, Pending};
 
 /// How often a claim held by another instance is looked at again.
@@ -116,19 +121,20 @@ impl Router {
             Err(refusal) => return self.quarantine(msg, refusal, outbox).await,
         };
         let checked = self.check(&auth, msg, now, seen_empty_ms)?;
-        if let (Some(t), Err(_) | Ok(Payload::Status(_) | Payload::Presence(_))) = (turn, &checked)
+        if let (Some(t), Err(_) | Ok((Payload::Status(_) | Payload::Presence(_), _))) =
+            (turn, &checked)
         {
             // Refused before the rate step (or not an envelope): its place goes.
             t.pass();
         }
         let outcome = match checked {
             Err(refusal) => self.reject(&auth, refusal, outbox, now).await?,
-            Ok(Payload::Envelope(fields)) => {
-                self.route(&auth, inbound, fields, turn, outbox, now)
+            Ok((Payload::Envelope(fields), nonce)) => {
+                self.route(&auth, inbound, fields, nonce, turn, outbox, now)
                     .await?
             }
-            Ok(Payload::Status(fields)) => self.status(&auth, fields, outbox, now).await?,
-            Ok(Payload::Presence(p)) => {
+            Ok((Payload::Status(fields), _)) => self.status(&auth, fields, outbox, now).await?,
+            Ok((Payload::Presence(p), _)) => {
                 self.heartbeat(&auth.signed.from, p.online, now);
                 Outcome::Heartbeat
             }
@@ -189,7 +195,7 @@ impl Router {
         msg: &Message,
         now: i64,
         seen_empty_ms: Option<i64>,
-    ) -> Result<Result<Payload, Refusal>, RouterError> {
+    ) -> Result<Result<(Payload, Option<NonceUse>), Refusal>, RouterError> {
         let policies = self.policies();
         let s = &auth.signed;
         if s.from != auth.sender.agency.code {
@@ -236,34 +242,39 @@ impl Router {
                 )))
             }
         }
-        match self.nonces.check_and_remember(
+        let nonce = NonceUse::new(
             &s.key,
             &s.nonce,
             &s.message_id,
             skew::nonce_expiry(s.time_ms, skew_ms),
             skew::floor(now, seen_empty_ms),
-        )? {
-            NonceCheck::Fresh | NonceCheck::SameMessage => {}
-            NonceCheck::Replay => {
-                return Ok(Err(Refusal::new(
-                    Reason::Replay,
-                    format!("nonce {} was already used with key {}", s.nonce, s.key),
-                )))
-            }
+        );
+        let rest = Self::check_fields(s.kind, msg, &policies);
+        // B4 comes before the rest: a refused message's nonce is judged
+        // first. An envelope that passes has its nonce judged with its
+        // routing claim, in the same round trip (Router::route).
+        if let Ok(p @ Payload::Envelope(_)) = rest {
+            return Ok(Ok((p, Some(nonce))));
         }
-        let payload = match Payload::parse(s.kind, msg, policies.default_priority) {
-            Ok(p) => p,
-            Err(r) => return Ok(Err(r)),
-        };
-        if s.kind == Kind::Envelope && msg.body.len() as u64 > policies.max_body_bytes {
-            return Ok(Err(Refusal::new(
+        match self.nonces.check(&nonce)? {
+            NonceCheck::Fresh | NonceCheck::SameMessage => {}
+            NonceCheck::Replay => return Ok(Err(replay(s))),
+        }
+        Ok(rest.map(|p| (p, None)))
+    }
+
+    /// B5–B7: the kind's own fields, the size and the digest.
+    fn check_fields(kind: Kind, msg: &Message, policies: &Policies) -> Result<Payload, Refusal> {
+        let payload = Payload::parse(kind, msg, policies.default_priority)?;
+        if kind == Kind::Envelope && msg.body.len() as u64 > policies.max_body_bytes {
+            return Err(Refusal::new(
                 Reason::TooLarge,
                 format!(
                     "body is {} bytes, the limit is {}",
                     msg.body.len(),
                     policies.max_body_bytes
                 ),
-            )));
+            ));
         }
         let digest = match &payload {
             Payload::Envelope(e) => Some(&e.digest),
@@ -272,13 +283,13 @@ impl Router {
         };
         if let Some(d) = digest {
             if *d != body_digest(&msg.body) {
-                return Ok(Err(Refusal::new(
+                return Err(Refusal::new(
                     Reason::DigestMismatch,
                     "the body does not match lgsp-digest",
-                )));
+                ));
             }
         }
-        Ok(Ok(payload))
+        Ok(payload)
     }
 
     async fn quarantine<O: Outbox>(
@@ -351,11 +362,13 @@ impl Router {
         Ok(Outcome::Rejected(refusal.reason))
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn route<O: Outbox>(
         &self,
         auth: &Authenticated,
         inbound: &Inbound,
         fields: EnvelopeFields,
+        mut nonce: Option<NonceUse>,
         turn: Option<&Turn>,
         outbox: &O,
         now: i64,
@@ -382,7 +395,34 @@ impl Router {
         let (_guard, token, unfinished, record) = loop {
             let guard = self.locks.lock(from.as_str(), mid).await;
             let at = now + waited.as_millis() as i64;
-            match self.tracking.claim(from, mid, at)? {
+            // The nonce (B4) is judged with the first claim, in its round
+            // trip; a replay gives the claim back and is refused as such.
+            let claim = match nonce.take() {
+                None => self.tracking.claim(from, mid, at)?,
+                Some(n) => {
+                    let (claim, found) = self.tracking.claim_after_nonce(from, mid, at, &n)?;
+                    if self.nonces.judge(&n, found)? == NonceCheck::Replay {
+                        // A marker it took over (a routing left unfinished)
+                        // stays, as a marker: that envelope is routed again
+                        // when it comes.
+                        if let Claim::Mine {
+                            token,
+                            unfinished: false,
+                            ..
+                        } = &claim
+                        {
+                            self.tracking.release(from, mid, token)?;
+                        }
+                        drop(guard);
+                        if let Some(t) = turn {
+                            t.pass();
+                        }
+                        return self.reject(auth, replay(&auth.signed), outbox, now).await;
+                    }
+                    claim
+                }
+            };
+            match claim {
                 Claim::Elsewhere { owner } => {
                     drop(guard);
                     // The source's later envelopes do not wait behind this
@@ -668,4 +708,12 @@ impl Router {
             tracing::warn!(from = %code, error = %e, "heartbeat dropped: presence task busy or stopped");
         }
     }
+}
+
+/// The refusal of a nonce used before with another message (B4).
+fn replay(s: &Signed) -> Refusal {
+    Refusal::new(
+        Reason::Replay,
+        format!("nonce {} was already used with key {}", s.nonce, s.key),
+    )
 }

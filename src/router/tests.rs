@@ -1087,6 +1087,51 @@ async fn older_than_the_drain_minus_the_skew_or_in_the_future_is_refused() {
     ));
 }
 
+/// An envelope's nonce is judged with its routing claim, in one round trip:
+/// a replay is refused as such and leaves no claim, and B4 still comes
+/// before B5–B7 (a replayed nonce on a body that does not match its digest
+/// is a replay; a fresh one, a digest mismatch).
+#[tokio::test(start_paused = true)]
+async fn a_replayed_envelope_gives_its_claim_back_and_b4_comes_first() {
+    let f = fixture(Policies::default());
+    let o = Recorder::default();
+    let now = now_ms();
+    let first = signed_at(&f, "R1", now, Some("nonce-replay-00001"));
+    assert!(matches!(
+        handle_seen(&f, &o, first, None).await,
+        Outcome::Accepted { .. }
+    ));
+    let again = signed_at(&f, "R2", now, Some("nonce-replay-00001"));
+    assert_eq!(
+        handle_seen(&f, &o, again, None).await,
+        Outcome::Rejected(Reason::Replay)
+    );
+    assert!(
+        f.router.store.routing().is_empty().unwrap(),
+        "a claim was left"
+    );
+    assert!(f.router.tracking.get(&f.src.code, "R2").unwrap().is_none());
+    let mut tampered = signed_at(&f, "R3", now, Some("nonce-replay-00001"));
+    tampered.body = b"not what the digest says".to_vec().into();
+    assert_eq!(
+        handle_seen(&f, &o, tampered, None).await,
+        Outcome::Rejected(Reason::Replay)
+    );
+    let mut tampered = signed_at(&f, "R4", now, Some("nonce-replay-00002"));
+    tampered.body = b"not what the digest says".to_vec().into();
+    assert_eq!(
+        handle_seen(&f, &o, tampered, None).await,
+        Outcome::Rejected(Reason::DigestMismatch)
+    );
+    // R2 with a nonce of its own goes through, as new.
+    let fresh = signed_at(&f, "R2", now, Some("nonce-replay-00003"));
+    assert!(matches!(
+        handle_seen(&f, &o, fresh, None).await,
+        Outcome::Accepted { .. }
+    ));
+    assert!(f.router.tracking.get(&f.src.code, "R2").unwrap().is_some());
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_nonce_reused_in_an_old_backlog_is_still_a_replay() {
     let f = fixture(Policies::default());

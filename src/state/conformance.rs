@@ -91,6 +91,7 @@ conformance!(
     insert_all_new_is_all_or_nothing,
     put_max_only_moves_forward,
     insert_new_reading_reads_in_the_same_step,
+    insert_pair_new_reading_does_both_inserts_and_the_read,
     raise_only_moves_forward_and_is_read_back,
 );
 
@@ -450,6 +451,44 @@ fn insert_new_reading_reads_in_the_same_step(b: &Backend) {
         .unwrap();
     assert_eq!(got.inserted, Ok(()));
     assert_eq!(got.read, Some(Some(b"rewritten".to_vec())));
+}
+
+fn insert_pair_new_reading_does_both_inserts_and_the_read(b: &Backend) {
+    let (s1, s2) = (b.open(), b.open());
+    let (nonces, claims, records) = (s1.nonces(), s1.routing(), s1.envelopes());
+    records.put(b"k", b"written").unwrap();
+    s1.share().unwrap();
+    let got = nonces
+        .insert_pair_new_reading(b"n", b"first", &claims, b"k", b"mine", &records, b"k")
+        .unwrap();
+    assert_eq!(got.first, Ok(()));
+    assert_eq!(got.then.inserted, Ok(()));
+    assert_eq!(got.then.read, Some(Some(b"written".to_vec())));
+    // Through another handle both are taken, each with its holder's value.
+    let other = |n: &[u8], v: &[u8], k: &[u8], read: &[u8]| {
+        s2.nonces()
+            .insert_pair_new_reading(n, v, &s2.routing(), k, b"theirs", &s2.envelopes(), read)
+            .unwrap()
+    };
+    let got = other(b"n", b"second", b"k", b"k");
+    assert_eq!(got.first, Err(Some(b"first".to_vec())));
+    assert_eq!(got.then.inserted, Err(Some(b"mine".to_vec())));
+    assert_eq!(got.then.read, None);
+    // The two inserts are independent: a taken first key does not stop the
+    // second, nor a taken second key the first.
+    let got = other(b"n", b"third", b"k2", b"none");
+    assert_eq!(got.first, Err(Some(b"first".to_vec())));
+    assert_eq!((got.then.inserted, got.then.read), (Ok(()), Some(None)));
+    let got = other(b"n2", b"fourth", b"k", b"k");
+    assert_eq!(got.first, Ok(()));
+    assert_eq!(got.then.inserted, Err(Some(b"mine".to_vec())));
+    assert_eq!(s1.nonces().get(b"n2").unwrap(), Some(b"fourth".to_vec()));
+    // A value this handle staged is what it reads.
+    records.put(b"k3", b"staged").unwrap();
+    let got = nonces
+        .insert_pair_new_reading(b"n3", b"x", &claims, b"k3", b"mine", &records, b"k3")
+        .unwrap();
+    assert_eq!(got.then.read, Some(Some(b"staged".to_vec())));
 }
 
 fn a_nonce_is_fresh_once_across_instances(b: &Backend) {

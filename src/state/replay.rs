@@ -31,10 +31,80 @@ fn nonce_key(key: &str, nonce: &str) -> Vec<u8> {
     Key::new().str(key).str(nonce).into_bytes()
 }
 
+/// What an insert-if-absent of a nonce entry found: `Ok(())` when it
+/// inserted, else the entry there (`None`: none any more).
+pub type NonceFound = Result<(), Option<Vec<u8>>>;
+
+/// One use of a nonce, to be judged: its entry and what decides a repeat.
+/// Made by [`NonceUse::new`]; checked by [`Nonces::check`], or inserted by
+/// a caller together with another write and judged by [`Nonces::judge`].
+#[derive(Debug, Clone)]
+pub struct NonceUse {
+    key: Vec<u8>,
+    value: Vec<u8>,
+    message_id: String,
+    floor_ms: i64,
+}
+
+impl NonceUse {
+    /// The use of `nonce` with access key `key` by `message_id`, remembered
+    /// until `expires_ms`; `floor_ms` as [`Nonces::check_and_remember`] says.
+    pub fn new(key: &str, nonce: &str, message_id: &str, expires_ms: i64, floor_ms: i64) -> Self {
+        let mut value = expires_ms.to_be_bytes().to_vec();
+        value.extend_from_slice(message_id.as_bytes());
+        Self {
+            key: nonce_key(key, nonce),
+            value,
+            message_id: message_id.to_owned(),
+            floor_ms,
+        }
+    }
+
+    /// The entry's key in the nonce table.
+    pub fn key(&self) -> &[u8] {
+        &self.key
+    }
+
+    /// The entry's value: expiry (i64 BE), then the message id.
+    pub fn value(&self) -> &[u8] {
+        &self.value
+    }
+}
+
 impl Nonces {
     /// Over `store`.
     pub fn new(store: Store) -> Self {
         Self { store }
+    }
+
+    /// Inserts `u`'s entry if absent and judges the use.
+    pub fn check(&self, u: &NonceUse) -> Result<NonceCheck, StoreError> {
+        let inserted =
+            self.store
+                .nonces()
+                .compare_and_swap(&u.key, None as Option<&[u8]>, Some(&u.value))?;
+        self.judge(u, inserted)
+    }
+
+    /// Judges use `u` from its insert-if-absent: inserted (`Ok`), or the
+    /// entry found. A redelivery of the same message is no replay; an
+    /// expired entry not swept yet frees the nonce (taken over here).
+    pub fn judge(&self, u: &NonceUse, inserted: NonceFound) -> Result<NonceCheck, StoreError> {
+        let Err(current) = inserted else {
+            return Ok(NonceCheck::Fresh);
+        };
+        let old = current.unwrap_or_default();
+        let (exp, mid) = old.split_at(8.min(old.len()));
+        let exp = i64::from_be_bytes(exp.try_into().unwrap_or([0; 8]));
+        if mid == u.message_id.as_bytes() {
+            Ok(NonceCheck::SameMessage)
+        } else if exp <= u.floor_ms {
+            // Expired entry not swept yet: the nonce is free again.
+            self.store.nonces().insert(&u.key, u.value.clone())?;
+            Ok(NonceCheck::Fresh)
+        } else {
+            Ok(NonceCheck::Replay)
+        }
     }
 
     /// Checks `nonce` for `key`; remembers it until `expires_ms` when fresh.
@@ -50,30 +120,7 @@ impl Nonces {
         expires_ms: i64,
         floor_ms: i64,
     ) -> Result<NonceCheck, StoreError> {
-        let k = nonce_key(key, nonce);
-        let mut value = expires_ms.to_be_bytes().to_vec();
-        value.extend_from_slice(message_id.as_bytes());
-        match self
-            .store
-            .nonces()
-            .compare_and_swap(&k, None as Option<&[u8]>, Some(&value))?
-        {
-            Ok(()) => Ok(NonceCheck::Fresh),
-            Err(current) => {
-                let old = current.unwrap_or_default();
-                let (exp, mid) = old.split_at(8.min(old.len()));
-                let exp = i64::from_be_bytes(exp.try_into().unwrap_or([0; 8]));
-                if mid == message_id.as_bytes() {
-                    Ok(NonceCheck::SameMessage)
-                } else if exp <= floor_ms {
-                    // Expired entry not swept yet: the nonce is free again.
-                    self.store.nonces().insert(&k, value)?;
-                    Ok(NonceCheck::Fresh)
-                } else {
-                    Ok(NonceCheck::Replay)
-                }
-            }
-        }
+        self.check(&NonceUse::new(key, nonce, message_id, expires_ms, floor_ms))
     }
 
     /// Removes expired entries; returns how many. `floor_of(access_key)` is

@@ -19,6 +19,7 @@ use crate::core::reason::Reason;
 use crate::core::timeline::DeliveryState;
 use crate::state::codec;
 use crate::state::keys::{Fields, Key};
+use crate::state::replay::{NonceFound, NonceUse};
 use crate::state::store::{Store, StoreError};
 
 /// One timestamped transition.
@@ -425,6 +426,34 @@ impl Tracking {
         message_id: &str,
         now_ms: i64,
     ) -> Result<Claim, StoreError> {
+        Ok(self.claim_with(from, message_id, now_ms, None)?.0)
+    }
+
+    /// [`Tracking::claim`], with the envelope's nonce entry inserted if
+    /// absent in the same round trip ([`Table::insert_pair_new_reading`]):
+    /// the claim and what that insert found (`Ok(())`: inserted), for
+    /// [`crate::state::replay::Nonces::judge`]. The claim is taken whatever
+    /// the nonce turns out to be: a caller that finds a replay releases it.
+    ///
+    /// [`Table::insert_pair_new_reading`]: crate::state::store::Table::insert_pair_new_reading
+    pub fn claim_after_nonce(
+        &self,
+        from: &AgencyCode,
+        message_id: &str,
+        now_ms: i64,
+        nonce: &NonceUse,
+    ) -> Result<(Claim, NonceFound), StoreError> {
+        let (claim, found) = self.claim_with(from, message_id, now_ms, Some(nonce))?;
+        Ok((claim, found.unwrap_or(Ok(()))))
+    }
+
+    fn claim_with(
+        &self,
+        from: &AgencyCode,
+        message_id: &str,
+        now_ms: i64,
+        nonce: Option<&NonceUse>,
+    ) -> Result<(Claim, Option<NonceFound>), StoreError> {
         let key = record_key(from, message_id);
         let token = codec::encode(&RoutingClaim {
             owner: self.owner.to_string(),
@@ -433,24 +462,42 @@ impl Tracking {
         let (routing, envelopes) = (self.store.routing(), self.store.envelopes());
         // The claim is taken; the record as it stood under it (read with the
         // claim when that read counts, else now).
-        let claimed = |unfinished: bool, read: Option<Option<Vec<u8>>>| {
-            let record = match read {
-                Some(read) => read,
-                None => envelopes.get(&key)?,
+        let claimed =
+            |unfinished: bool, read: Option<Option<Vec<u8>>>| -> Result<Claim, StoreError> {
+                let record = match read {
+                    Some(read) => read,
+                    None => envelopes.get(&key)?,
+                };
+                Ok(Claim::Mine {
+                    token: token.clone(),
+                    unfinished,
+                    record: record
+                        .map(|v| codec::decode::<EnvelopeRecord>(&v).map(Box::new))
+                        .transpose()?,
+                })
             };
-            Ok(Claim::Mine {
-                token: token.clone(),
-                unfinished,
-                record: record
-                    .map(|v| codec::decode::<EnvelopeRecord>(&v).map(Box::new))
-                    .transpose()?,
-            })
+        // Mostly nothing holds it: the claim and the look at the record (and
+        // the nonce, when given) are one round trip.
+        let (first, found) = match nonce {
+            Some(n) => {
+                let both = self.store.nonces().insert_pair_new_reading(
+                    n.key(),
+                    n.value(),
+                    &routing,
+                    &key,
+                    &token,
+                    &envelopes,
+                    &key,
+                )?;
+                (both.then, Some(both.first))
+            }
+            None => (
+                routing.insert_new_reading(&key, &token, &envelopes, &key)?,
+                None,
+            ),
         };
-        // Mostly nothing holds it: the claim and the look at the record are
-        // one round trip.
-        let first = routing.insert_new_reading(&key, &token, &envelopes, &key)?;
         let mut seen = match first.inserted {
-            Ok(()) => return claimed(false, first.read),
+            Ok(()) => return Ok((claimed(false, first.read)?, found)),
             Err(current) => current,
         };
         loop {
@@ -463,11 +510,11 @@ impl Tracking {
                     && c.owner != self.owner.as_ref()
                     && now_ms - c.at_ms < CLAIM_STALE_MS
                 {
-                    return Ok(Claim::Elsewhere { owner: c.owner });
+                    return Ok((Claim::Elsewhere { owner: c.owner }, found));
                 }
             }
             match routing.compare_and_swap(&key, seen.as_deref(), Some(&token))? {
-                Ok(()) => return claimed(seen.is_some(), None),
+                Ok(()) => return Ok((claimed(seen.is_some(), None)?, found)),
                 Err(current) => seen = current,
             }
         }

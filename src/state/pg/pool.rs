@@ -549,11 +549,18 @@ mod tests {
         let db = TestDb::new();
         let pool = migrated_pool(&db, 1);
         for i in 0..20u32 {
-            pool.table("pending").insert(&i.to_be_bytes(), b"p").unwrap();
-            pool.table("routing").insert(&i.to_be_bytes(), b"r").unwrap();
+            pool.table("pending")
+                .insert(&i.to_be_bytes(), b"p")
+                .unwrap();
+            pool.table("routing")
+                .insert(&i.to_be_bytes(), b"r")
+                .unwrap();
         }
         let sql = super::super::staged::batch_sql(1 << 7, 1 << 13, 0, 0);
-        assert!(sql.contains("truc_pending") && sql.contains("truc_routing"), "{sql}");
+        assert!(
+            sql.contains("truc_pending") && sql.contains("truc_routing"),
+            "{sql}"
+        );
         let plan = pool
             .run(move |s| {
                 let c = s.client()?;
@@ -575,7 +582,10 @@ mod tests {
             })
             .unwrap();
         assert!(!plan.contains("Seq Scan"), "{plan}");
-        assert!(plan.contains("truc_pending_pkey") && plan.contains("truc_routing_pkey"), "{plan}");
+        assert!(
+            plan.contains("truc_pending_pkey") && plan.contains("truc_routing_pkey"),
+            "{plan}"
+        );
     }
 
     #[test]

@@ -68,6 +68,17 @@ type Batch = BTreeMap<usize, BTreeMap<Vec<u8>, Write>>;
 /// How many values written lately are remembered as hints.
 const HINTS: usize = 8_192;
 
+/// The tables whose values are remembered as hints: those read, changed and
+/// written back on the busy path (an envelope's record at each status, the
+/// small state kept in `meta`). Rows only ever inserted, overwritten or
+/// removed (nonces, claims, indexes, pending deliveries, the audit chain)
+/// would take the hints' room and never be asked for: at about seven such
+/// writes per envelope, a record's hint was gone within two seconds, before
+/// many statuses came back, and a status cost a read more.
+fn hinted(table: usize) -> bool {
+    matches!(TREES.get(table), Some(&"envelopes" | &"meta"))
+}
+
 #[derive(Default)]
 struct State {
     /// Staged since the last flush started.
@@ -84,6 +95,9 @@ struct State {
 
 impl State {
     fn hint(&mut self, t: usize, key: &[u8], value: Option<&[u8]>) {
+        if !hinted(t) {
+            return;
+        }
         let k = (t, key.to_vec());
         match value {
             Some(v) => {
@@ -548,6 +562,23 @@ mod tests {
         // Read back through a flush: the outcome is the database's.
         assert!(!t.contains_key(b"mine").unwrap());
         assert_eq!(t.get(b"taken").unwrap(), Some(b"other".to_vec()));
+    }
+
+    #[test]
+    fn only_read_modify_written_tables_keep_hints() {
+        let db = TestDb::new();
+        let pool = migrated_pool(&db, 1);
+        for table in ["envelopes", "meta", "nonces", "pending", "by_dest"] {
+            pool.table(table).put(b"k", b"v");
+        }
+        pool.share().unwrap();
+        let tree = |name: &str| TREES.iter().position(|t| *t == name).unwrap();
+        let staged = pool.staged();
+        assert_eq!(staged.hint(tree("envelopes"), b"k"), Some(b"v".to_vec()));
+        assert_eq!(staged.hint(tree("meta"), b"k"), Some(b"v".to_vec()));
+        for table in ["nonces", "pending", "by_dest"] {
+            assert_eq!(staged.hint(tree(table), b"k"), None, "{table}");
+        }
     }
 
     #[test]

@@ -98,6 +98,12 @@ pub(crate) enum Op {
     CasInsertReading {
         other: usize,
     },
+    /// [`Op::CasInsert`] of `$1`/`$2` here and of `$3`/`$4` in the tree at
+    /// `second`, reading `$5` of the tree at `other`, all in one snapshot.
+    CasInsertPairReading {
+        second: usize,
+        other: usize,
+    },
 }
 
 /// The SQL of `op` on table `t`. `$1` is the key (or the lower bound), `$2`
@@ -189,6 +195,19 @@ fn sql(t: &str, op: Op) -> String {
                         ON CONFLICT (k) DO NOTHING RETURNING 1) \
              SELECT EXISTS (SELECT 1 FROM w), (SELECT v FROM {t} WHERE k = $1::bytea), \
                     (SELECT v FROM {o} WHERE k = $3::bytea)",
+            o = table_name(super::TREES[other])
+        ),
+        // Columns: inserted here, the value here, inserted in the second
+        // table, the value there (both from the snapshot), the read.
+        Op::CasInsertPairReading { second, other } => format!(
+            "WITH a AS (INSERT INTO {t} (k, v) VALUES ($1::bytea, $2::bytea) \
+                        ON CONFLICT (k) DO NOTHING RETURNING 1), \
+                  b AS (INSERT INTO {s} (k, v) VALUES ($3::bytea, $4::bytea) \
+                        ON CONFLICT (k) DO NOTHING RETURNING 1) \
+             SELECT EXISTS (SELECT 1 FROM a), (SELECT v FROM {t} WHERE k = $1::bytea), \
+                    EXISTS (SELECT 1 FROM b), (SELECT v FROM {s} WHERE k = $3::bytea), \
+                    (SELECT v FROM {o} WHERE k = $5::bytea)",
+            s = table_name(super::TREES[second]),
             o = table_name(super::TREES[other])
         ),
     }
@@ -483,6 +502,85 @@ impl PgTable {
             let row = client.query_opt(&st, &[])?;
             row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).transpose()
         })
+    }
+
+    /// Inserts `key` = `value` here if absent, then does
+    /// [`PgTable::insert_new_reading`] of `key2` = `value2` in `second`
+    /// reading `other_key` of `other`: one statement when nothing races.
+    /// Either insert that lost a race after the snapshot (absent in it, yet
+    /// taken) is done again on its own, as each alone would.
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    pub(crate) fn insert_pair_new_reading(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        second: &PgTable,
+        key2: &[u8],
+        value2: &[u8],
+        other: &PgTable,
+        other_key: &[u8],
+    ) -> Result<
+        (
+            Result<(), Option<Vec<u8>>>,
+            (Result<(), Option<Vec<u8>>>, Option<Option<Vec<u8>>>),
+        ),
+        PgError,
+    > {
+        self.settle(Some(key))?;
+        second.settle(Some(key2))?;
+        let staged = other.staged_value(other_key)?;
+        let name = self.name;
+        let op = Op::CasInsertPairReading {
+            second: second.tree,
+            other: other.tree,
+        };
+        let params = (
+            key.to_vec(),
+            value.to_vec(),
+            key2.to_vec(),
+            value2.to_vec(),
+            other_key.to_vec(),
+        );
+        let row = self.pool.run(move |s| {
+            let (client, st) = stmt(s, name, op)?;
+            let (k, v, k2, v2, o) = &params;
+            let row = client.query_one(&st, &[k, v, k2, v2, o])?;
+            let first: (bool, Option<Vec<u8>>) = (row.try_get(0)?, row.try_get(1)?);
+            let then: (bool, Option<Vec<u8>>) = (row.try_get(2)?, row.try_get(3)?);
+            let read: Option<Vec<u8>> = row.try_get(4)?;
+            Ok((first, then, read))
+        })?;
+        let (first, then, read) = row;
+        let first = match first {
+            (true, _) => {
+                self.pool.staged().note(self.tree, key, Some(value));
+                Ok(())
+            }
+            (false, Some(current)) => {
+                self.pool.staged().note(self.tree, key, Some(&current));
+                Err(Some(current))
+            }
+            // Taken by another after the snapshot: ask again, alone.
+            (false, None) => self.compare_and_swap(key, None, Some(value))?,
+        };
+        let then = match then {
+            (true, None) => {
+                second.pool.staged().note(second.tree, key2, Some(value2));
+                (Ok(()), Some(staged.unwrap_or(read)))
+            }
+            // The snapshot had a row that went before the insert: the read
+            // does not count, but for a value staged here.
+            (true, Some(_)) => {
+                second.pool.staged().note(second.tree, key2, Some(value2));
+                (Ok(()), staged)
+            }
+            (false, Some(current)) => {
+                second.pool.staged().note(second.tree, key2, Some(&current));
+                (Err(Some(current)), None)
+            }
+            (false, None) => second.insert_new_reading(key2, value2, other, other_key)?,
+        };
+        Ok((first, then))
     }
 
     /// The entry with the smallest key.

@@ -40,7 +40,7 @@ use crate::state::integrity::{self, Anchoring};
 use crate::state::pg::PgPool;
 
 mod table;
-pub use table::{Entry, InsertRead, Iter, Table};
+pub use table::{Entry, InsertRead, Iter, PairInsertRead, Table};
 
 /// Store errors.
 #[derive(Debug, thiserror::Error)]
@@ -220,6 +220,14 @@ const SYNC_KEY: &str = "store_sync";
 
 /// Bytes written (and synced) to a probe file before a reopen is tried.
 const PROBE_BYTES: usize = 1 << 20;
+
+/// On PostgreSQL, how long the group commit waits, once asked, for more
+/// callers to join it (PostgreSQL's own `commit_delay` idea, on truc's side).
+/// Each commit is a statement of its own on the synchronous session and a
+/// WAL flush on the server; under load the wait gathers several envelopes'
+/// writes into one, and it costs a lone caller two milliseconds. sled's
+/// commit is a local flush and does not wait.
+const PG_COMMIT_GATHER: Duration = Duration::from_millis(2);
 
 /// Handle to the database; cheap to clone.
 #[derive(Clone)]
@@ -466,8 +474,9 @@ impl Store {
             loop {
                 let notified = wake.notified();
                 let Some(inner) = weak.upgrade() else { return };
-                let target = inner.requested.load(Ordering::Acquire);
+                let mut target = inner.requested.load(Ordering::Acquire);
                 let idle = *inner.done.borrow() >= target;
+                let gather = inner.pg.is_some() && !idle;
                 drop(inner);
                 if idle {
                     // Wake on the next request; flush anyway (a health check
@@ -478,6 +487,12 @@ impl Store {
                     {
                         continue;
                     }
+                }
+                if gather {
+                    // Callers that ask meanwhile are served by this commit.
+                    tokio::time::sleep(PG_COMMIT_GATHER).await;
+                    let Some(inner) = weak.upgrade() else { return };
+                    target = inner.requested.load(Ordering::Acquire);
                 }
                 let Some(inner) = weak.upgrade() else { return };
                 let n = inner.flushes_started.fetch_add(1, Ordering::AcqRel) + 1;

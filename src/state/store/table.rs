@@ -312,6 +312,62 @@ impl Table {
     }
 }
 
+/// What [`Table::insert_pair_new_reading`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PairInsertRead {
+    /// The first insert: `Ok(())` when inserted; else the key's current value.
+    pub first: Result<(), Option<Vec<u8>>>,
+    /// The second insert and the read, as [`Table::insert_new_reading`].
+    pub then: InsertRead,
+}
+
+/// Three steps in one round trip (an envelope's nonce, then its routing
+/// claim with the look at its record: the router's first step under the
+/// envelope's lock).
+impl Table {
+    /// Inserts `key` = `value` here if absent and, whatever that found, does
+    /// [`Table::insert_new_reading`] of `key2` = `value2` in `second` reading
+    /// `other_key` of `other`: one sled step after the other, one
+    /// PostgreSQL statement. Each insert is atomic across processes on its
+    /// own; the two are independent (a caller that needs the second undone
+    /// when the first was not inserted does so itself).
+    #[allow(clippy::too_many_arguments)]
+    pub fn insert_pair_new_reading(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+        second: &Table,
+        key2: impl AsRef<[u8]>,
+        value2: impl AsRef<[u8]>,
+        other: &Table,
+        other_key: impl AsRef<[u8]>,
+    ) -> Result<PairInsertRead, StoreError> {
+        match (&self.inner, &second.inner, &other.inner) {
+            (Backend::Pg(t), Backend::Pg(s), Backend::Pg(o)) => {
+                let _w = self.gate.write();
+                let (first, (inserted, read)) = t.insert_pair_new_reading(
+                    key.as_ref(),
+                    value.as_ref(),
+                    s,
+                    key2.as_ref(),
+                    value2.as_ref(),
+                    o,
+                    other_key.as_ref(),
+                )?;
+                Ok(PairInsertRead {
+                    first,
+                    then: InsertRead { inserted, read },
+                })
+            }
+            _ => {
+                let first = self.compare_and_swap(key, None, Some(value.as_ref()))?;
+                let then = second.insert_new_reading(key2, value2, other, other_key)?;
+                Ok(PairInsertRead { first, then })
+            }
+        }
+    }
+}
+
 /// Batched writes (the audit log's group commit, [`crate::state::audit`]).
 impl Table {
     /// Inserts every entry, or none when any key is already present (or

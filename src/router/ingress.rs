@@ -4,7 +4,8 @@
 //! notices (one round of confirms) → release the claim → durable → ack.
 //! Statuses go on to [`super::status`], heartbeats to the presence task.
 //! An envelope that passes every other check has its nonce judged with its
-//! routing claim, in the claim's round trip; the refusals keep the order of
+//! routing claim, in the claim's round trip (a status that names its
+//! source, with the update of that record); the refusals keep the order of
 //! docs/PROTOCOL.md §5 (a replay is refused as a replay whatever else is
 //! wrong after it, and gives its claim back).
 //!
@@ -133,7 +134,9 @@ impl Router {
                 self.route(&auth, inbound, fields, nonce, turn, outbox, now)
                     .await?
             }
-            Ok((Payload::Status(fields), _)) => self.status(&auth, fields, outbox, now).await?,
+            Ok((Payload::Status(fields), nonce)) => {
+                self.status(&auth, fields, nonce, outbox, now).await?
+            }
             Ok((Payload::Presence(p), _)) => {
                 self.heartbeat(&auth.signed.from, p.online, now);
                 Outcome::Heartbeat
@@ -252,8 +255,9 @@ impl Router {
         let rest = Self::check_fields(s.kind, msg, &policies);
         // B4 comes before the rest: a refused message's nonce is judged
         // first. An envelope that passes has its nonce judged with its
-        // routing claim, in the same round trip (Router::route).
-        if let Ok(p @ Payload::Envelope(_)) = rest {
+        // routing claim, in the same round trip (Router::route); a status,
+        // with the update of the record it names (Router::status).
+        if let Ok(p @ (Payload::Envelope(_) | Payload::Status(_))) = rest {
             return Ok(Ok((p, Some(nonce))));
         }
         match self.nonces.check(&nonce)? {
@@ -711,7 +715,7 @@ impl Router {
 }
 
 /// The refusal of a nonce used before with another message (B4).
-fn replay(s: &Signed) -> Refusal {
+pub(super) fn replay(s: &Signed) -> Refusal {
     Refusal::new(
         Reason::Replay,
         format!("nonce {} was already used with key {}", s.nonce, s.key),

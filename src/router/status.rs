@@ -19,9 +19,10 @@ use crate::core::notice::{Notice, NoticeKind};
 use crate::core::reason::Reason;
 use crate::core::text::Escaped;
 use crate::core::timeline::{DeliveryState, StatusCode};
-use crate::router::ingress::Authenticated;
+use crate::router::ingress::{replay, Authenticated};
 use crate::router::{Outbox, Outcome, Router, RouterError};
 use crate::state::audit::AuditEvent;
+use crate::state::replay::{NonceCheck, NonceUse};
 use crate::state::tracking::EnvelopeRecord;
 
 impl Router {
@@ -30,10 +31,20 @@ impl Router {
         &self,
         auth: &Authenticated,
         st: StatusFields,
+        mut nonce: Option<NonceUse>,
         outbox: &O,
         now: i64,
     ) -> Result<Outcome, RouterError> {
         let sender = &auth.signed.from;
+        // The nonce (B4) goes with the update of the record the status names
+        // (one round trip); any other status has it judged first.
+        if st.status == StatusCode::RecallRequest || st.to.is_none() {
+            if let Some(n) = nonce.take() {
+                if self.nonces.check(&n)? == NonceCheck::Replay {
+                    return self.reject(auth, replay(&auth.signed), outbox, now).await;
+                }
+            }
+        }
         if st.status == StatusCode::RecallRequest {
             return match self.recall(sender, &st, outbox, now).await? {
                 Ok(o) => Ok(o),
@@ -69,10 +80,15 @@ impl Router {
         // record, not a destination of it, no lgsp-to) is decided from the
         // destination index below.
         let direct = match &st.to {
-            Some(to) => self
-                .record_status(to, sender, &st, record)
+            Some(to) => match self
+                .record_status(to, sender, &st, nonce.as_ref(), record)
                 .await?
-                .map(|delivered| (to.clone(), delivered)),
+            {
+                Recorded::Replay => {
+                    return self.reject(auth, replay(&auth.signed), outbox, now).await
+                }
+                Recorded::Done(done) => done.map(|delivered| (to.clone(), delivered)),
+            },
             None => None,
         };
         let (source, delivered) = match direct {
@@ -119,12 +135,17 @@ impl Router {
                 };
                 // Indexed: the record is updated whether or not it lists the
                 // sender (an index entry is written before its record).
-                let found = self
-                    .record_status(&source, sender, &st, |rec| {
+                let found = match self
+                    .record_status(&source, sender, &st, None, |rec| {
                         record(rec);
                         true
                     })
-                    .await?;
+                    .await?
+                {
+                    Recorded::Done(done) => done,
+                    // Judged already (no nonce was given).
+                    Recorded::Replay => None,
+                };
                 match found {
                     Some(applied) => (source, applied),
                     None => {
@@ -179,33 +200,61 @@ impl Router {
     /// Records status `st` from `sender` in the record of `(source,
     /// st.reference)` under the envelope's lock, if `edit` applies to it
     /// (it may run more than once), and ends the sender's wait on presence.
-    /// `None` when there is no such record or `edit` declined; else, on
-    /// the sender's first `01`, the envelope's priority and latency.
+    /// With the status's `nonce`, its entry is inserted with the update (one
+    /// round trip) and judged: a replay records nothing.
     async fn record_status(
         &self,
         source: &AgencyCode,
         sender: &AgencyCode,
         st: &StatusFields,
+        nonce: Option<&NonceUse>,
         edit: impl Fn(&mut EnvelopeRecord) -> bool,
-    ) -> Result<Option<Option<(u8, Duration)>>, RouterError> {
+    ) -> Result<Recorded, RouterError> {
         // Waits for the envelope's acceptance to finish (the destination may
         // answer before truc has written the record).
         let _guard = self.locks.lock(source.as_str(), &st.reference).await;
         // The first `01` is read off the record as updated.
         let delivered = std::cell::Cell::new(None);
-        let applied = self.tracking.update_if(source, &st.reference, |rec| {
+        let edit = |rec: &mut EnvelopeRecord| {
             let applied = edit(rec);
             delivered.set(first_delivery(rec, sender, st.status));
             applied
-        })?;
+        };
+        let applied = match nonce {
+            None => self.tracking.update_if(source, &st.reference, edit)?,
+            Some(n) => match self
+                .tracking
+                .update_if_after_nonce(source, &st.reference, n, edit)?
+            {
+                (_, Some(applied)) => applied,
+                // The nonce was there: not a replay (a redelivery, an
+                // expired entry), then the update goes alone.
+                (found, None) => {
+                    if self.nonces.judge(n, found)? == NonceCheck::Replay {
+                        return Ok(Recorded::Replay);
+                    }
+                    self.tracking.update_if(source, &st.reference, edit)?
+                }
+            },
+        };
         if applied != Some(true) {
-            return Ok(None);
+            return Ok(Recorded::Done(None));
         }
         // Any status means the destination has the envelope: it no longer
         // waits on presence (no delay warning or bounce from now on).
         self.tracking.unpend(sender, source, &st.reference)?;
-        Ok(Some(delivered.get()))
+        Ok(Recorded::Done(Some(delivered.get())))
     }
+}
+
+/// What [`Router::record_status`] did.
+enum Recorded {
+    /// The status's nonce was used before by another message: nothing
+    /// was recorded.
+    Replay,
+    /// `None` when there is no such record or the edit declined; else, on
+    /// the sender's first `01`, the envelope's priority and latency.
+    Done(Option<Option<(u8, Duration)>>),
 }
 
 /// On the first status `01` of `dest` in `rec` (as just updated): the

@@ -525,6 +525,67 @@ async fn a_status_naming_its_source_is_recorded_only_from_a_destination() {
     );
 }
 
+/// A status naming its source has its nonce inserted with the record's
+/// update: a nonce used before by another message is refused as a replay
+/// (before a digest mismatch, as B4 comes first) and records nothing.
+#[tokio::test]
+async fn a_status_with_a_used_nonce_is_a_replay_and_records_nothing() {
+    let f = fixture(Policies::default());
+    let o = Recorder::default();
+    m1_sent(&f, &o).await;
+    let (src, dst) = (f.src.code.clone(), f.dst.code.clone());
+    let events = || {
+        let rec = f.router.tracking.get(&src, "M1").unwrap().unwrap();
+        rec.dests
+            .iter()
+            .find(|d| d.code == dst)
+            .unwrap()
+            .events
+            .len()
+    };
+    let first = status_message("u.", &f.dst, "M1", "01", Some(&src), None);
+    let used = first.header("lgsp-nonce").unwrap().to_owned();
+    assert_eq!(
+        relayed(&f, &o, first).await,
+        vec![NoticeKind::Delivered, NoticeKind::Status]
+    );
+    let before = events();
+    let with_used_nonce = |status: &str| {
+        let mut m = status_message("u.", &f.dst, "M1", status, Some(&src), None);
+        m.set_header("lgsp-nonce", used.clone());
+        m.headers.remove("lgsp-signature");
+        let c = crate::core::canonical::canonical_form(&m, &m.routing_key).unwrap();
+        m.set_header(
+            "lgsp-signature",
+            crate::core::auth::sign_hmac(
+                crate::core::auth::Alg::HmacSha256,
+                &f.dst.secret,
+                c.as_bytes(),
+            ),
+        );
+        m
+    };
+    assert_eq!(
+        f.router
+            .handle(&inbound(with_used_nonce("02")), &o)
+            .await
+            .unwrap(),
+        Outcome::Rejected(Reason::Replay)
+    );
+    let mut tampered = with_used_nonce("04");
+    tampered.body = b"not what the digest says".to_vec().into();
+    assert_eq!(
+        f.router.handle(&inbound(tampered), &o).await.unwrap(),
+        Outcome::Rejected(Reason::Replay)
+    );
+    assert_eq!(events(), before, "a replay recorded nothing");
+    o.take();
+    // A fresh nonce is recorded as usual.
+    let next = status_message("u.", &f.dst, "M1", "03", Some(&src), None);
+    assert_eq!(relayed(&f, &o, next).await, vec![NoticeKind::Status]);
+    assert_eq!(events(), before + 1);
+}
+
 #[tokio::test]
 async fn copies_are_signed_with_the_key_the_destination_last_used() {
     let f = fixture(Policies::default());

@@ -92,6 +92,7 @@ conformance!(
     put_max_only_moves_forward,
     insert_new_reading_reads_in_the_same_step,
     insert_pair_new_reading_does_both_inserts_and_the_read,
+    an_update_after_an_insert_runs_only_when_it_inserted,
     raise_only_moves_forward_and_is_read_back,
 );
 
@@ -489,6 +490,43 @@ fn insert_pair_new_reading_does_both_inserts_and_the_read(b: &Backend) {
         .insert_pair_new_reading(b"n3", b"x", &claims, b"k3", b"mine", &records, b"k3")
         .unwrap();
     assert_eq!(got.then.read, Some(Some(b"staged".to_vec())));
+}
+
+fn an_update_after_an_insert_runs_only_when_it_inserted(b: &Backend) {
+    let (s1, s2) = (b.open(), b.open());
+    s1.envelopes().put(b"r", b"1").unwrap();
+    s1.share().unwrap();
+    let append = |v: Option<&[u8]>, c: u8| v.map(|v| [v, &[c]].concat());
+    // Inserted: the update runs (in the same statement on PostgreSQL).
+    let (found, old) = s1
+        .envelopes()
+        .fetch_and_update_after_insert(&s1.nonces(), b"n1", b"a", b"r", |v| append(v, b'a'))
+        .unwrap();
+    assert_eq!((found, old), (Ok(()), Some(Some(b"1".to_vec()))));
+    // Through another handle: the entry is there, nothing is updated.
+    let (found, old) = s2
+        .envelopes()
+        .fetch_and_update_after_insert(&s2.nonces(), b"n1", b"b", b"r", |v| append(v, b'b'))
+        .unwrap();
+    assert_eq!((found, old), (Err(Some(b"a".to_vec())), None));
+    // A value changed by another handle since this one wrote it: the
+    // update runs again from what is there.
+    s2.envelopes()
+        .fetch_and_update(b"r", |v| append(v, b'x'))
+        .unwrap();
+    let (found, old) = s1
+        .envelopes()
+        .fetch_and_update_after_insert(&s1.nonces(), b"n2", b"c", b"r", |v| append(v, b'c'))
+        .unwrap();
+    assert_eq!((found, old), (Ok(()), Some(Some(b"1ax".to_vec()))));
+    // No value to change: the insert alone, and the update sees none.
+    let (found, old) = s1
+        .envelopes()
+        .fetch_and_update_after_insert(&s1.nonces(), b"n3", b"d", b"absent", |v| append(v, b'd'))
+        .unwrap();
+    assert_eq!((found, old), (Ok(()), Some(None)));
+    assert_eq!(s2.envelopes().get(b"r").unwrap(), Some(b"1axc".to_vec()));
+    assert_eq!(s2.nonces().get(b"n3").unwrap(), Some(b"d".to_vec()));
 }
 
 fn a_nonce_is_fresh_once_across_instances(b: &Backend) {

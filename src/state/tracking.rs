@@ -675,38 +675,91 @@ impl Tracking {
         message_id: &str,
         edit: impl Fn(&mut EnvelopeRecord) -> bool,
     ) -> Result<Option<bool>, StoreError> {
-        let mut found = None;
-        let mut failure = None;
+        let mut edit = Edit::new(edit);
         self.store
             .envelopes()
-            .fetch_and_update(record_key(from, message_id), |old| {
-                // What a run that lost its swap saw does not count.
-                (found, failure) = (None, None);
-                let old = old?;
-                match codec::decode::<EnvelopeRecord>(old) {
-                    Ok(mut rec) => {
-                        let applied = edit(&mut rec);
-                        found = Some(applied);
-                        if !applied {
-                            return Some(old.to_vec());
-                        }
-                        match codec::encode(&rec) {
-                            Ok(v) => Some(v),
-                            Err(e) => {
-                                failure = Some(e);
-                                Some(old.to_vec())
-                            }
-                        }
-                    }
+            .fetch_and_update(record_key(from, message_id), |old| edit.apply(old))?;
+        edit.outcome()
+    }
+
+    /// [`Tracking::update_if`] after inserting the nonce entry of the
+    /// message that brings the edit, if absent, in the same round trip: what
+    /// that insert found (`Ok(())`: inserted), and, only when it inserted,
+    /// the outcome of the edit (`None`: not tried; the caller judges the
+    /// nonce with [`crate::state::replay::Nonces::judge`] and, unless it is a
+    /// replay, edits with [`Tracking::update_if`]).
+    pub fn update_if_after_nonce(
+        &self,
+        from: &AgencyCode,
+        message_id: &str,
+        nonce: &NonceUse,
+        edit: impl Fn(&mut EnvelopeRecord) -> bool,
+    ) -> Result<(NonceFound, Option<Option<bool>>), StoreError> {
+        let mut edit = Edit::new(edit);
+        let (found, updated) = self.store.envelopes().fetch_and_update_after_insert(
+            &self.store.nonces(),
+            nonce.key(),
+            nonce.value(),
+            record_key(from, message_id),
+            |old| edit.apply(old),
+        )?;
+        match updated {
+            Some(_) => Ok((found, Some(edit.outcome()?))),
+            None => Ok((found, None)),
+        }
+    }
+}
+
+/// An edit of a record run through a fetch-and-update (perhaps more than
+/// once): whether the last run applied, and why it could not run.
+struct Edit<F> {
+    edit: F,
+    found: Option<bool>,
+    failure: Option<codec::CodecError>,
+}
+
+impl<F: Fn(&mut EnvelopeRecord) -> bool> Edit<F> {
+    fn new(edit: F) -> Self {
+        Self {
+            edit,
+            found: None,
+            failure: None,
+        }
+    }
+
+    /// The value to write for record `old` (unchanged when the edit does
+    /// not apply or fails).
+    fn apply(&mut self, old: Option<&[u8]>) -> Option<Vec<u8>> {
+        // What a run that lost its swap saw does not count.
+        (self.found, self.failure) = (None, None);
+        let old = old?;
+        match codec::decode::<EnvelopeRecord>(old) {
+            Ok(mut rec) => {
+                let applied = (self.edit)(&mut rec);
+                self.found = Some(applied);
+                if !applied {
+                    return Some(old.to_vec());
+                }
+                match codec::encode(&rec) {
+                    Ok(v) => Some(v),
                     Err(e) => {
-                        failure = Some(e);
+                        self.failure = Some(e);
                         Some(old.to_vec())
                     }
                 }
-            })?;
-        match failure {
+            }
+            Err(e) => {
+                self.failure = Some(e);
+                Some(old.to_vec())
+            }
+        }
+    }
+
+    /// `None`: no record; else whether the edit applied.
+    fn outcome(self) -> Result<Option<bool>, StoreError> {
+        match self.failure {
             Some(e) => Err(e.into()),
-            None => Ok(found),
+            None => Ok(self.found),
         }
     }
 }

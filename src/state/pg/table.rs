@@ -98,6 +98,11 @@ pub(crate) enum Op {
     CasInsertReading {
         other: usize,
     },
+    /// [`Op::CasInsert`] of `$1`/`$2` in the tree at `first`, and only when
+    /// it inserted, [`Op::CasUpdate`] of `$3` from `$4` to `$5` here.
+    CasUpdateAfterInsert {
+        first: usize,
+    },
     /// [`Op::CasInsert`] of `$1`/`$2` here and of `$3`/`$4` in the tree at
     /// `second`, reading `$5` of the tree at `other`, all in one snapshot.
     CasInsertPairReading {
@@ -196,6 +201,18 @@ fn sql(t: &str, op: Op) -> String {
              SELECT EXISTS (SELECT 1 FROM w), (SELECT v FROM {t} WHERE k = $1::bytea), \
                     (SELECT v FROM {o} WHERE k = $3::bytea)",
             o = table_name(super::TREES[other])
+        ),
+        // Columns: inserted there, the value there, swapped here, the value
+        // here (both values from the snapshot).
+        Op::CasUpdateAfterInsert { first } => format!(
+            "WITH a AS (INSERT INTO {f} (k, v) VALUES ($1::bytea, $2::bytea) \
+                        ON CONFLICT (k) DO NOTHING RETURNING 1), \
+                  w AS (UPDATE {t} SET v = $5::bytea \
+                        WHERE k = $3::bytea AND v = $4::bytea AND EXISTS (SELECT 1 FROM a) \
+                        RETURNING 1) \
+             SELECT EXISTS (SELECT 1 FROM a), (SELECT v FROM {f} WHERE k = $1::bytea), \
+                    EXISTS (SELECT 1 FROM w), (SELECT v FROM {t} WHERE k = $3::bytea)",
+            f = table_name(super::TREES[first])
         ),
         // Columns: inserted here, the value here, inserted in the second
         // table, the value there (both from the snapshot), the read.
@@ -474,17 +491,32 @@ impl PgTable {
     pub(crate) fn fetch_and_update(
         &self,
         key: &[u8],
-        mut f: impl FnMut(Option<&[u8]>) -> Option<Vec<u8>>,
+        f: impl FnMut(Option<&[u8]>) -> Option<Vec<u8>>,
     ) -> Result<Option<Vec<u8>>, PgError> {
-        // What this process wrote last is likely still there: offered as
-        // the expected value, it saves a read (the swap checks it).
-        let mut current = match self.pool.staged().seen(self.tree, key) {
+        let current = self.likely(key)?;
+        self.fetch_and_update_from(key, current, f)
+    }
+
+    /// The value `key` likely has: what this process wrote last is likely
+    /// still there; offered as the expected value, it saves a read (the
+    /// swap checks it).
+    fn likely(&self, key: &[u8]) -> Result<Option<Vec<u8>>, PgError> {
+        Ok(match self.pool.staged().seen(self.tree, key) {
             Seen::Unknown => match self.pool.staged().hint(self.tree, key) {
                 Some(v) => Some(v),
                 None => self.get(key)?,
             },
             Seen::Staged(_) | Seen::Flush => self.get(key)?,
-        };
+        })
+    }
+
+    /// [`PgTable::fetch_and_update`] from `current`, the value expected.
+    fn fetch_and_update_from(
+        &self,
+        key: &[u8],
+        mut current: Option<Vec<u8>>,
+        mut f: impl FnMut(Option<&[u8]>) -> Option<Vec<u8>>,
+    ) -> Result<Option<Vec<u8>>, PgError> {
         loop {
             let new = f(current.as_deref());
             match self.compare_and_swap(key, current.as_deref(), new.as_deref())? {
@@ -581,6 +613,69 @@ impl PgTable {
             (false, None) => second.insert_new_reading(key2, value2, other, other_key)?,
         };
         Ok((first, then))
+    }
+
+    /// Inserts `key1` = `value1` in `first` if absent and, only when that
+    /// inserted, does [`PgTable::fetch_and_update`] of `key` with `f`: when
+    /// a value is there to change, the insert and the first swap are one
+    /// statement. What the insert found, and the value before the update
+    /// (`None`: not updated, the insert found an entry).
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn fetch_and_update_after_insert(
+        &self,
+        first: &PgTable,
+        key1: &[u8],
+        value1: &[u8],
+        key: &[u8],
+        mut f: impl FnMut(Option<&[u8]>) -> Option<Vec<u8>>,
+    ) -> Result<(Result<(), Option<Vec<u8>>>, Option<Option<Vec<u8>>>), PgError> {
+        first.settle(Some(key1))?;
+        self.settle(Some(key))?;
+        let current = self.likely(key)?;
+        let (Some(old), Some(new)) = (current.clone(), f(current.as_deref())) else {
+            // Nothing to swap in one go: the insert, then the update.
+            return match first.compare_and_swap(key1, None, Some(value1))? {
+                Ok(()) => Ok((Ok(()), Some(self.fetch_and_update_from(key, current, f)?))),
+                Err(found) => Ok((Err(found), None)),
+            };
+        };
+        let name = self.name;
+        let op = Op::CasUpdateAfterInsert { first: first.tree };
+        let params = (
+            key1.to_vec(),
+            value1.to_vec(),
+            key.to_vec(),
+            old.clone(),
+            new.clone(),
+        );
+        let (inserted, found, swapped, now) = self.pool.run(move |s| {
+            let (client, st) = stmt(s, name, op)?;
+            let (k1, v1, k, o, n) = &params;
+            let row = client.query_one(&st, &[k1, v1, k, o, n])?;
+            let found: Option<Vec<u8>> = row.try_get(1)?;
+            let now: Option<Vec<u8>> = row.try_get(3)?;
+            Ok((
+                row.try_get::<_, bool>(0)?,
+                found,
+                row.try_get::<_, bool>(2)?,
+                now,
+            ))
+        })?;
+        match (inserted, found) {
+            (true, _) if swapped => {
+                self.pool.staged().note(self.tree, key, Some(&new));
+                Ok((Ok(()), Some(Some(old))))
+            }
+            // Inserted; the value had changed: go on alone from what is there
+            // (or, when the snapshot still shows the old one, from it again).
+            (true, _) => Ok((Ok(()), Some(self.fetch_and_update_from(key, now, f)?))),
+            (false, Some(found)) => Ok((Err(Some(found)), None)),
+            // Taken by another after the snapshot: ask again, alone.
+            (false, None) => match first.compare_and_swap(key1, None, Some(value1))? {
+                Ok(()) => Ok((Ok(()), Some(self.fetch_and_update_from(key, now, f)?))),
+                Err(found) => Ok((Err(found), None)),
+            },
+        }
     }
 
     /// The entry with the smallest key.

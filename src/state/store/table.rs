@@ -161,6 +161,39 @@ impl Table {
         }
     }
 
+    /// Inserts `key1` = `value1` in `first` if absent and, only when that
+    /// inserted, does [`Table::fetch_and_update`] of `key` here: what the
+    /// insert found (`Ok(())`: inserted), and the value before the update
+    /// (`None`: not updated). One sled step after the other; on PostgreSQL
+    /// the insert and the first swap are one statement when there is a
+    /// value to change.
+    #[allow(clippy::type_complexity)]
+    pub fn fetch_and_update_after_insert(
+        &self,
+        first: &Table,
+        key1: impl AsRef<[u8]>,
+        value1: impl AsRef<[u8]>,
+        key: impl AsRef<[u8]>,
+        mut f: impl FnMut(Option<&[u8]>) -> Option<Vec<u8>>,
+    ) -> Result<(Result<(), Option<Vec<u8>>>, Option<Option<Vec<u8>>>), StoreError> {
+        match (&self.inner, &first.inner) {
+            (Backend::Pg(t), Backend::Pg(o)) => {
+                let _w = self.gate.write();
+                Ok(t.fetch_and_update_after_insert(
+                    o,
+                    key1.as_ref(),
+                    value1.as_ref(),
+                    key.as_ref(),
+                    &mut f,
+                )?)
+            }
+            _ => match first.compare_and_swap(key1, None, Some(value1.as_ref()))? {
+                Ok(()) => Ok((Ok(()), Some(self.fetch_and_update(key, f)?))),
+                Err(found) => Ok((Err(found), None)),
+            },
+        }
+    }
+
     /// The entry with the smallest key.
     pub fn first(&self) -> Result<Option<Entry>, StoreError> {
         match &self.inner {

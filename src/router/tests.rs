@@ -247,16 +247,7 @@ async fn clock_skew_and_rate_limit_are_refused_with_notices() {
     let o = Recorder::default();
     let mut old = envelope_message("u.", &f.src, &out(&["000.00.32.H41"], vec![]));
     old.set_header("lgsp-time", format_rfc3339(now_ms() - 3_600_000));
-    old.headers.remove("lgsp-signature");
-    let c = crate::core::canonical::canonical_form(&old, &old.routing_key).unwrap();
-    old.set_header(
-        "lgsp-signature",
-        crate::core::auth::sign_hmac(
-            crate::core::auth::Alg::HmacSha256,
-            &f.src.secret,
-            c.as_bytes(),
-        ),
-    );
+    resign(&mut old, &f.src.secret);
     assert_eq!(
         f.router.handle(&inbound(old), &o).await.unwrap(),
         Outcome::Rejected(Reason::ClockSkew)
@@ -553,16 +544,7 @@ async fn a_status_with_a_used_nonce_is_a_replay_and_records_nothing() {
     let with_used_nonce = |status: &str| {
         let mut m = status_message("u.", &f.dst, "M1", status, Some(&src), None);
         m.set_header("lgsp-nonce", used.clone());
-        m.headers.remove("lgsp-signature");
-        let c = crate::core::canonical::canonical_form(&m, &m.routing_key).unwrap();
-        m.set_header(
-            "lgsp-signature",
-            crate::core::auth::sign_hmac(
-                crate::core::auth::Alg::HmacSha256,
-                &f.dst.secret,
-                c.as_bytes(),
-            ),
-        );
+        resign(&mut m, &f.dst.secret);
         m
     };
     assert_eq!(
@@ -1074,17 +1056,18 @@ fn signed_at(f: &Fixture, id: &str, time_ms: i64, nonce: Option<&str>) -> Messag
     if let Some(n) = nonce {
         m.set_header("lgsp-nonce", n);
     }
+    resign(&mut m, &f.src.secret);
+    m
+}
+
+/// Signs `m` again (HMAC-SHA256 with `secret`) after its headers changed.
+fn resign(m: &mut Message, secret: &str) {
     m.headers.remove("lgsp-signature");
-    let c = crate::core::canonical::canonical_form(&m, &m.routing_key).unwrap();
+    let c = crate::core::canonical::canonical_form(m, &m.routing_key).unwrap();
     m.set_header(
         "lgsp-signature",
-        crate::core::auth::sign_hmac(
-            crate::core::auth::Alg::HmacSha256,
-            &f.src.secret,
-            c.as_bytes(),
-        ),
+        crate::core::auth::sign_hmac(crate::core::auth::Alg::HmacSha256, secret, c.as_bytes()),
     );
-    m
 }
 
 /// Handles `m` as read from its source's queue last seen empty at `seen_empty`.

@@ -20,7 +20,7 @@ use crate::core::timeline::DeliveryState;
 use crate::state::codec;
 use crate::state::keys::{Fields, Key};
 use crate::state::replay::{NonceFound, NonceUse};
-use crate::state::store::{Store, StoreError};
+use crate::state::store::{InsertRead, Store, StoreError};
 
 /// One timestamped transition.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -426,7 +426,11 @@ impl Tracking {
         message_id: &str,
         now_ms: i64,
     ) -> Result<Claim, StoreError> {
-        Ok(self.claim_with(from, message_id, now_ms, None)?.0)
+        let (routing, envelopes) = (self.store.routing(), self.store.envelopes());
+        let (claim, ()) = self.claim_with(from, message_id, now_ms, |key, token| {
+            Ok((routing.insert_new_reading(key, token, &envelopes, key)?, ()))
+        })?;
+        Ok(claim)
     }
 
     /// [`Tracking::claim`], with the envelope's nonce entry inserted if
@@ -443,17 +447,31 @@ impl Tracking {
         now_ms: i64,
         nonce: &NonceUse,
     ) -> Result<(Claim, NonceFound), StoreError> {
-        let (claim, found) = self.claim_with(from, message_id, now_ms, Some(nonce))?;
-        Ok((claim, found.unwrap_or(Ok(()))))
+        let (routing, envelopes) = (self.store.routing(), self.store.envelopes());
+        self.claim_with(from, message_id, now_ms, |key, token| {
+            let both = self.store.nonces().insert_pair_new_reading(
+                nonce.key(),
+                nonce.value(),
+                &routing,
+                key,
+                token,
+                &envelopes,
+                key,
+            )?;
+            Ok((both.then, both.first))
+        })
     }
 
-    fn claim_with(
+    /// The claim, whose first try is `first_try(key, token)`: insert the
+    /// claim if absent and read the record with it (in the same round trip
+    /// as whatever else it does, whose outcome `T` is handed back).
+    fn claim_with<T>(
         &self,
         from: &AgencyCode,
         message_id: &str,
         now_ms: i64,
-        nonce: Option<&NonceUse>,
-    ) -> Result<(Claim, Option<NonceFound>), StoreError> {
+        first_try: impl FnOnce(&[u8], &[u8]) -> Result<(InsertRead, T), StoreError>,
+    ) -> Result<(Claim, T), StoreError> {
         let key = record_key(from, message_id);
         let token = codec::encode(&RoutingClaim {
             owner: self.owner.to_string(),
@@ -476,26 +494,9 @@ impl Tracking {
                         .transpose()?,
                 })
             };
-        // Mostly nothing holds it: the claim and the look at the record (and
-        // the nonce, when given) are one round trip.
-        let (first, found) = match nonce {
-            Some(n) => {
-                let both = self.store.nonces().insert_pair_new_reading(
-                    n.key(),
-                    n.value(),
-                    &routing,
-                    &key,
-                    &token,
-                    &envelopes,
-                    &key,
-                )?;
-                (both.then, Some(both.first))
-            }
-            None => (
-                routing.insert_new_reading(&key, &token, &envelopes, &key)?,
-                None,
-            ),
-        };
+        // Mostly nothing holds it: the claim and the look at the record are
+        // one round trip.
+        let (first, found) = first_try(&key, &token)?;
         let mut seen = match first.inserted {
             Ok(()) => return Ok((claimed(false, first.read)?, found)),
             Err(current) => current,

@@ -261,6 +261,25 @@ fn outcome(row: &Row) -> Result<(bool, Option<Vec<u8>>), PgError> {
     Ok((row.try_get(0)?, row.try_get(1)?))
 }
 
+/// An insert-if-absent with a read in its snapshot, from what it reported
+/// (`wrote`, the key's value there, the read): inserted with the read (it
+/// counts only when the snapshot had no such key), or not inserted with the
+/// key's value; `None` when the key was absent in the snapshot and yet
+/// taken (inserted by another after it): ask again.
+#[allow(clippy::type_complexity)]
+fn insert_reading(
+    wrote: bool,
+    current: Option<Vec<u8>>,
+    read: Option<Vec<u8>>,
+) -> Option<(Result<(), Option<Vec<u8>>>, Option<Option<Vec<u8>>>)> {
+    match (wrote, current) {
+        (true, None) => Some((Ok(()), Some(read))),
+        (true, Some(_)) => Some((Ok(()), None)),
+        (false, Some(current)) => Some((Err(Some(current)), None)),
+        (false, None) => None,
+    }
+}
+
 /// A PostgreSQL table with the interface of one embedded-store tree.
 #[derive(Clone, Debug)]
 pub(crate) struct PgTable {
@@ -464,15 +483,26 @@ impl PgTable {
             let (client, st) = stmt(s, name, op)?;
             let row = client.query_one(&st, &[&k, &v, &o])?;
             let (wrote, current) = outcome(&row)?;
-            let read: Option<Vec<u8>> = row.try_get(2)?;
-            match (wrote, current) {
-                (true, None) => return Ok((Ok(()), Some(read))),
-                (true, Some(_)) => return Ok((Ok(()), None)),
-                (false, Some(current)) => return Ok((Err(Some(current)), None)),
-                // Inserted by another after the snapshot: look again.
-                (false, None) => {}
+            // Inserted by another after the snapshot: look again.
+            if let Some(done) = insert_reading(wrote, current, row.try_get(2)?) {
+                return Ok(done);
             }
         })?;
+        Ok(self.noted_reading(key, value, inserted, read, staged))
+    }
+
+    /// Notes what an insert of `key` = `value` left there, and makes the
+    /// read that came with it the value staged here for its key (`staged`,
+    /// when there is one) once inserted.
+    #[allow(clippy::type_complexity)]
+    fn noted_reading(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        inserted: Result<(), Option<Vec<u8>>>,
+        read: Option<Option<Vec<u8>>>,
+        staged: Option<Option<Vec<u8>>>,
+    ) -> (Result<(), Option<Vec<u8>>>, Option<Option<Vec<u8>>>) {
         let staged_note = match &inserted {
             Ok(()) => Some(value),
             Err(current) => current.as_deref(),
@@ -483,7 +513,31 @@ impl PgTable {
             (Ok(()), None) => read,
             (Err(_), _) => None,
         };
-        Ok((inserted, read))
+        (inserted, read)
+    }
+
+    /// What an insert-if-absent of `key` = `value` reported from its
+    /// snapshot (`wrote`, the value there), noted; a key absent in the
+    /// snapshot and yet taken (inserted by another after it) is asked for
+    /// again, alone.
+    fn noted_insert(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        wrote: bool,
+        current: Option<Vec<u8>>,
+    ) -> Result<Result<(), Option<Vec<u8>>>, PgError> {
+        match (wrote, current) {
+            (true, _) => {
+                self.pool.staged().note(self.tree, key, Some(value));
+                Ok(Ok(()))
+            }
+            (false, Some(current)) => {
+                self.pool.staged().note(self.tree, key, Some(&current));
+                Ok(Err(Some(current)))
+            }
+            (false, None) => self.compare_and_swap(key, None, Some(value)),
+        }
     }
 
     /// Read, compute `f(old)`, compare-and-swap; again until the swap wins.
@@ -573,7 +627,7 @@ impl PgTable {
             value2.to_vec(),
             other_key.to_vec(),
         );
-        let row = self.pool.run(move |s| {
+        let (first, then, read) = self.pool.run(move |s| {
             let (client, st) = stmt(s, name, op)?;
             let (k, v, k2, v2, o) = &params;
             let row = client.query_one(&st, &[k, v, k2, v2, o])?;
@@ -582,35 +636,10 @@ impl PgTable {
             let read: Option<Vec<u8>> = row.try_get(4)?;
             Ok((first, then, read))
         })?;
-        let (first, then, read) = row;
-        let first = match first {
-            (true, _) => {
-                self.pool.staged().note(self.tree, key, Some(value));
-                Ok(())
-            }
-            (false, Some(current)) => {
-                self.pool.staged().note(self.tree, key, Some(&current));
-                Err(Some(current))
-            }
-            // Taken by another after the snapshot: ask again, alone.
-            (false, None) => self.compare_and_swap(key, None, Some(value))?,
-        };
-        let then = match then {
-            (true, None) => {
-                second.pool.staged().note(second.tree, key2, Some(value2));
-                (Ok(()), Some(staged.unwrap_or(read)))
-            }
-            // The snapshot had a row that went before the insert: the read
-            // does not count, but for a value staged here.
-            (true, Some(_)) => {
-                second.pool.staged().note(second.tree, key2, Some(value2));
-                (Ok(()), staged)
-            }
-            (false, Some(current)) => {
-                second.pool.staged().note(second.tree, key2, Some(&current));
-                (Err(Some(current)), None)
-            }
-            (false, None) => second.insert_new_reading(key2, value2, other, other_key)?,
+        let first = self.noted_insert(key, value, first.0, first.1)?;
+        let then = match insert_reading(then.0, then.1, read) {
+            Some((inserted, read)) => second.noted_reading(key2, value2, inserted, read, staged),
+            None => second.insert_new_reading(key2, value2, other, other_key)?,
         };
         Ok((first, then))
     }
@@ -632,49 +661,46 @@ impl PgTable {
         first.settle(Some(key1))?;
         self.settle(Some(key))?;
         let current = self.likely(key)?;
-        let (Some(old), Some(new)) = (current.clone(), f(current.as_deref())) else {
-            // Nothing to swap in one go: the insert, then the update.
-            return match first.compare_and_swap(key1, None, Some(value1))? {
-                Ok(()) => Ok((Ok(()), Some(self.fetch_and_update_from(key, current, f)?))),
-                Err(found) => Ok((Err(found), None)),
-            };
-        };
-        let name = self.name;
-        let op = Op::CasUpdateAfterInsert { first: first.tree };
-        let params = (
-            key1.to_vec(),
-            value1.to_vec(),
-            key.to_vec(),
-            old.clone(),
-            new.clone(),
-        );
-        let (inserted, found, swapped, now) = self.pool.run(move |s| {
-            let (client, st) = stmt(s, name, op)?;
-            let (k1, v1, k, o, n) = &params;
-            let row = client.query_one(&st, &[k1, v1, k, o, n])?;
-            let found: Option<Vec<u8>> = row.try_get(1)?;
-            let now: Option<Vec<u8>> = row.try_get(3)?;
-            Ok((
-                row.try_get::<_, bool>(0)?,
-                found,
-                row.try_get::<_, bool>(2)?,
-                now,
-            ))
-        })?;
-        match (inserted, found) {
-            (true, _) if swapped => {
-                self.pool.staged().note(self.tree, key, Some(&new));
-                Ok((Ok(()), Some(Some(old))))
+        let (inserted, from) = match (current.clone(), f(current.as_deref())) {
+            (Some(old), Some(new)) => {
+                let name = self.name;
+                let op = Op::CasUpdateAfterInsert { first: first.tree };
+                let params = (
+                    key1.to_vec(),
+                    value1.to_vec(),
+                    key.to_vec(),
+                    old.clone(),
+                    new.clone(),
+                );
+                let (wrote, found, swapped, now) = self.pool.run(move |s| {
+                    let (client, st) = stmt(s, name, op)?;
+                    let (k1, v1, k, o, n) = &params;
+                    let row = client.query_one(&st, &[k1, v1, k, o, n])?;
+                    let found: Option<Vec<u8>> = row.try_get(1)?;
+                    let now: Option<Vec<u8>> = row.try_get(3)?;
+                    Ok((
+                        row.try_get::<_, bool>(0)?,
+                        found,
+                        row.try_get::<_, bool>(2)?,
+                        now,
+                    ))
+                })?;
+                let inserted = first.noted_insert(key1, value1, wrote, found)?;
+                if swapped {
+                    self.pool.staged().note(self.tree, key, Some(&new));
+                    return Ok((inserted, Some(Some(old))));
+                }
+                // Not swapped: the value had changed (go on from what is
+                // there, or, when the snapshot still shows the old one, from
+                // it again), or the insert had not happened then.
+                (inserted, now)
             }
-            // Inserted; the value had changed: go on alone from what is there
-            // (or, when the snapshot still shows the old one, from it again).
-            (true, _) => Ok((Ok(()), Some(self.fetch_and_update_from(key, now, f)?))),
-            (false, Some(found)) => Ok((Err(Some(found)), None)),
-            // Taken by another after the snapshot: ask again, alone.
-            (false, None) => match first.compare_and_swap(key1, None, Some(value1))? {
-                Ok(()) => Ok((Ok(()), Some(self.fetch_and_update_from(key, now, f)?))),
-                Err(found) => Ok((Err(found), None)),
-            },
+            // Nothing to swap in one go: the insert alone first.
+            _ => (first.compare_and_swap(key1, None, Some(value1))?, current),
+        };
+        match inserted {
+            Ok(()) => Ok((Ok(()), Some(self.fetch_and_update_from(key, from, f)?))),
+            Err(found) => Ok((Err(found), None)),
         }
     }
 

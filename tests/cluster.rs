@@ -128,32 +128,32 @@ async fn receive(
     };
     // A refusal repeated while a node is down is printed once.
     let mut last_refusal = String::new();
+    // `None`: consuming again, so the next refusal is printed.
+    let mut refused = |what: Option<String>| match what {
+        Some(what) if what != last_refusal => {
+            say(what.clone());
+            last_refusal = what;
+        }
+        Some(_) => {}
+        None => last_refusal.clear(),
+    };
     while !stop.is_cancelled() {
-        let mut client = match Client::connect(&urls, &prefix, creds.clone()).await {
-            Ok(c) => c,
-            Err(e) => {
-                let e = e.to_string();
-                if e != last_refusal {
-                    say(format!("connect failed: {e}"));
-                    last_refusal = e;
-                }
+        let subscribed = match Client::connect(&urls, &prefix, creds.clone()).await {
+            Err(e) => Err(format!("connect failed: {e}")),
+            Ok(client) => match client.inbox(64).await {
+                Ok(inbox) => Ok((client, inbox)),
+                Err(e) => Err(format!("subscribe failed: {e}")),
+            },
+        };
+        let (mut client, mut inbox) = match subscribed {
+            Ok(both) => both,
+            Err(what) => {
+                refused(Some(what));
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 continue;
             }
         };
-        let mut inbox = match client.inbox(64).await {
-            Ok(i) => i,
-            Err(e) => {
-                let e = e.to_string();
-                if e != last_refusal {
-                    say(format!("subscribe failed: {e}"));
-                    last_refusal = e;
-                }
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                continue;
-            }
-        };
-        last_refusal.clear();
+        refused(None);
         say("consuming".into());
         let mut got_here = 0usize;
         loop {

@@ -183,7 +183,9 @@ async fn every_json_output_parses_into_its_type() {
         rfc3339(&e.at);
     }
 
-    // Queues.
+    // Queues. A delivery and its `accepted` notice go out at once
+    // (PROTOCOL §5.3 step 5): the notice may come first.
+    hub.wait_depth("inbox.000.00.32.H41", 2).await;
     let queues: Vec<t::QueueRow> = typed(&hub, &["queue", "list", "--json"]);
     let row = queues.iter().find(|r| r.code == "000.00.32.H41").unwrap();
     assert_eq!(row.messages, Some(2));

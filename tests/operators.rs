@@ -114,7 +114,8 @@ async fn agency_lifecycle_disable_rotate_remove_import_and_sealed_secrets() {
         "{}",
         stderr(&o)
     );
-    assert!(hub.depth("inbox.H37.DN.002").await >= 1);
+    // The accepted "new key" envelope (its notice may come before it).
+    hub.wait_depth("inbox.H37.DN.002", 1).await;
     let o = hub.cli(&["agency", "remove", "H37.DN.002", "--yes"]);
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     assert!(stderr(&o).contains("purge it first"), "{}", stderr(&o));
@@ -269,6 +270,9 @@ async fn queues_list_peek_shape_and_purge_with_bounces() {
     }
     let ns = notices(&source, &mut notify, 3, WAIT).await;
     assert!(ns.iter().all(|n| n.notice == NoticeKind::Accepted));
+    // The hub publishes a delivery and its `accepted` notice at once
+    // (PROTOCOL §5.3 step 5): the notice may come first.
+    hub.wait_depth("inbox.000.00.32.H41", 3).await;
 
     let v = json(&hub, &["queue", "list", "--json"]);
     let row = v

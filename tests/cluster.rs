@@ -110,7 +110,9 @@ type Seen = Arc<Mutex<HashMap<String, Vec<String>>>>;
 /// Consumes `creds`'s inbox until `stop`, reconnecting through the node
 /// list whenever the connection or the queue's node goes away. Each change
 /// of state is printed (time since `t0`), so a failed run shows where a
-/// destination stood.
+/// destination stood. A refusal the client library calls final (not
+/// retryable) ends it, with the refusal: an inbox whose node is down must
+/// read as unavailable, never as missing.
 async fn receive(
     urls: String,
     prefix: String,
@@ -118,7 +120,7 @@ async fn receive(
     seen: Seen,
     stop: CancellationToken,
     t0: Instant,
-) {
+) -> Option<String> {
     let who = creds.code.to_string();
     let say = |what: String| {
         eprintln!(
@@ -139,15 +141,21 @@ async fn receive(
     };
     while !stop.is_cancelled() {
         let subscribed = match Client::connect(&urls, &prefix, creds.clone()).await {
-            Err(e) => Err(format!("connect failed: {e}")),
+            Err(e) => Err(("connect failed", e)),
             Ok(client) => match client.inbox(64).await {
                 Ok(inbox) => Ok((client, inbox)),
-                Err(e) => Err(format!("subscribe failed: {e}")),
+                Err(e) => Err(("subscribe failed", e)),
             },
         };
         let (mut client, mut inbox) = match subscribed {
             Ok(both) => both,
-            Err(what) => {
+            Err((what, e)) if !e.is_retryable() => {
+                let why = format!("{what}, for good: {e}");
+                say(why.clone());
+                return Some(why);
+            }
+            Err((what, e)) => {
+                let what = format!("{what}: {e}");
                 refused(Some(what));
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 continue;
@@ -158,7 +166,7 @@ async fn receive(
         let mut got_here = 0usize;
         loop {
             let next = tokio::select! {
-                _ = stop.cancelled() => return,
+                _ = stop.cancelled() => return None,
                 n = tokio::time::timeout(Duration::from_secs(5), inbox.next()) => n,
             };
             match next {
@@ -192,6 +200,7 @@ async fn receive(
             }
         }
     }
+    None
 }
 
 /// Publishes `m` until the broker confirms it, reconnecting on failure.
@@ -417,6 +426,9 @@ async fn two_instances_on_a_cluster_lose_nothing_through_kills_and_node_losses()
         if missing.is_empty() {
             break;
         }
+        if let Some(gone) = receivers.iter_mut().find(|r| r.is_finished()) {
+            panic!("a receiver gave up: {:?}", gone.await.unwrap());
+        }
         // Stream envelope i goes to dests[i % 3].
         let by_dest = |k: usize| {
             missing
@@ -545,7 +557,7 @@ async fn two_instances_on_a_cluster_lose_nothing_through_kills_and_node_losses()
     }
     stop.cancel();
     for r in receivers {
-        r.await.unwrap();
+        assert_eq!(r.await.unwrap(), None, "every refusal was retryable");
     }
 
     // One chain, one registry, through either instance.

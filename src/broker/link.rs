@@ -136,9 +136,15 @@ pub struct Subscription {
     consumer: lapin::Consumer,
 }
 
+/// What a refusal of `op` on `name` means. RabbitMQ answers `NOT_FOUND`
+/// both for a queue that does not exist and for a classic queue whose home
+/// node is down (`NOT_FOUND - home node '…' of durable queue '…' is down or
+/// inaccessible`); only the first is final.
 fn classify(op: &'static str, name: &str, e: lapin::Error) -> AmqpError {
     let text = e.to_string();
-    if text.contains("NOT_FOUND") {
+    if text.contains("NOT_FOUND") && text.contains("home node") {
+        AmqpError::QueueUnavailable(name.to_owned())
+    } else if text.contains("NOT_FOUND") {
         AmqpError::NoSuchQueue(name.to_owned())
     } else if text.contains("PRECONDITION_FAILED") {
         AmqpError::Conflict {
@@ -869,5 +875,45 @@ async fn pair_confirms(mut rx: mpsc::UnboundedReceiver<Pending>) {
         while returns.len() > RETURNS_KEPT {
             returns.pop_front();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use lapin::protocol::{AMQPError, AMQPSoftError};
+
+    use super::*;
+
+    fn not_found(text: &str) -> lapin::Error {
+        lapin::ErrorKind::ProtocolError(AMQPError::new(AMQPSoftError::NOTFOUND.into(), text.into()))
+            .into()
+    }
+
+    #[test]
+    fn a_queue_on_a_node_that_is_down_is_unavailable_not_missing() {
+        // RabbitMQ 3.10's words for each (rabbit_amqqueue, rabbit_channel).
+        let down = classify(
+            "basic.consume",
+            "lgsp.inbox.000.00.32.H41",
+            not_found(
+                "NOT_FOUND - home node 'rabbit-2@localhost' of durable queue \
+                 'lgsp.inbox.000.00.32.H41' in vhost '/' is down or inaccessible",
+            ),
+        );
+        assert!(
+            matches!(&down, AmqpError::QueueUnavailable(q) if q == "lgsp.inbox.000.00.32.H41"),
+            "{down:?}"
+        );
+        assert!(down.is_retryable());
+        let missing = classify(
+            "basic.consume",
+            "lgsp.inbox.000.00.99.H41",
+            not_found("NOT_FOUND - no queue 'lgsp.inbox.000.00.99.H41' in vhost '/'"),
+        );
+        assert!(
+            matches!(&missing, AmqpError::NoSuchQueue(q) if q == "lgsp.inbox.000.00.99.H41"),
+            "{missing:?}"
+        );
+        assert!(!missing.is_retryable());
     }
 }

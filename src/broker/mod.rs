@@ -51,6 +51,11 @@ pub enum AmqpError {
     /// The queue does not exist.
     #[error("queue {0} does not exist")]
     NoSuchQueue(String),
+    /// The queue exists, but the cluster node it lives on (a classic
+    /// queue's home node) is down or cannot be reached: it comes back with
+    /// its node.
+    #[error("queue {0} is unavailable: the broker node it lives on is down")]
+    QueueUnavailable(String),
     /// A declaration conflicts with what the broker has (different arguments).
     #[error("declaration of {name} conflicts with the broker: {message}")]
     Conflict {
@@ -65,7 +70,9 @@ impl AmqpError {
     /// Whether reconnecting and trying again may succeed.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::Connect(_) | Self::Broker { .. } | Self::Nack(_) => true,
+            Self::Connect(_) | Self::Broker { .. } | Self::Nack(_) | Self::QueueUnavailable(_) => {
+                true
+            }
             Self::Tls(_)
             | Self::Unroutable { .. }
             | Self::NoSuchQueue(_)

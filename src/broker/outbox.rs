@@ -81,7 +81,9 @@ impl Outbox for LinkOutbox {
             .map_err(|e| match e {
                 // Declaring creates a missing queue: "no such queue" here is
                 // a queue whose broker node is down.
-                AmqpError::NoSuchQueue(q) => PublishError::Unavailable(q),
+                AmqpError::NoSuchQueue(q) | AmqpError::QueueUnavailable(q) => {
+                    PublishError::Unavailable(q)
+                }
                 other => publish_error(other),
             })
     }

@@ -46,6 +46,16 @@ pub enum ClientError {
     Credentials(String),
 }
 
+impl ClientError {
+    /// Whether trying again (after reconnecting, for a broker error) may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Amqp(e) => e.is_retryable(),
+            Self::Verify { .. } | Self::Credentials(_) => false,
+        }
+    }
+}
+
 impl Credentials {
     /// Reads a JSON credentials file as printed by `truc agency add --json`.
     pub fn from_file(path: &std::path::Path) -> Result<Self, ClientError> {

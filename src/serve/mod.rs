@@ -430,9 +430,14 @@ async fn connect(
             for a in hub.registry.list() {
                 match declare_agency(&link, &hub.topology, &a.code).await {
                     Ok(()) => {}
-                    // One agency's queue declared differently by someone else
-                    // must not keep the whole hub off the broker.
-                    Err(e @ (AmqpError::Conflict { .. } | AmqpError::NoSuchQueue(_))) => {
+                    // One agency's queue declared differently by someone else,
+                    // or on a cluster node that is down, must not keep the
+                    // whole hub off the broker.
+                    Err(
+                        e @ (AmqpError::Conflict { .. }
+                        | AmqpError::NoSuchQueue(_)
+                        | AmqpError::QueueUnavailable(_)),
+                    ) => {
                         tracing::error!(agency = %a.code, error = %e, "agency queues not declared")
                     }
                     Err(e) => return Err(e),
@@ -814,9 +819,12 @@ impl Consumers {
                             continue;
                         }
                         match e {
-                            // Its queue is gone or declared differently: retried
-                            // at the next tick, the other sources keep flowing.
-                            AmqpError::NoSuchQueue(_) | AmqpError::Conflict { .. } => {
+                            // Its queue is gone, on a node that is down or
+                            // declared differently: retried at the next tick,
+                            // the other sources keep flowing.
+                            AmqpError::NoSuchQueue(_)
+                            | AmqpError::QueueUnavailable(_)
+                            | AmqpError::Conflict { .. } => {
                                 tracing::error!(agency = %code, error = %e, "ingress queue not consumed");
                                 running.remove(&code);
                             }

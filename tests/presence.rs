@@ -202,15 +202,17 @@ async fn restarts_do_not_repeat_notices() {
         [NoticeKind::Accepted, NoticeKind::DelayWarning],
         "{ns:?}"
     );
-    // Let the warning's timeline write reach the disk, then crash.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Once the warning's timeline write is durable (the hub says so only
+    // then), crash.
+    hub.wait_log(&["presence notice sent", "delay-warning"], 1)
+        .await;
     hub.kill9();
     hub.spawn().await;
     let ns = notices(&source, &mut notify, 1, WAIT).await;
     assert_eq!(kinds(&ns), [NoticeKind::Bounced], "{ns:?}");
     assert_eq!(ns[0].reference, id);
-    // A clean restart: nothing is sent again.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // A clean restart once the bounce is recorded: nothing is sent again.
+    hub.wait_log(&["presence notice sent", "bounced"], 1).await;
     assert!(hub.terminate().success());
     hub.spawn().await;
     let more = drain_notices(&source, &mut notify, Duration::from_secs(3)).await;

@@ -344,9 +344,31 @@ impl TestHub {
         Topology::load(&self.config().queues_dir, &self.prefix).expect("the hub's topology")
     }
 
-    /// The hub's log so far.
+    /// The hub's log so far (every run of it, in order).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.data.path().join("serve.log")).unwrap_or_default()
+    }
+
+    /// Waits (up to 10 s) until `count` lines of the hub's log each contain
+    /// every one of `parts`: for what the hub says only once it is done
+    /// (e.g. durable), where nothing else shows it.
+    pub async fn wait_log(&self, parts: &[&str], count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.log();
+            let n = log
+                .lines()
+                .filter(|l| parts.iter().all(|p| l.contains(p)))
+                .count();
+            if n >= count {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{n} of {count} log lines with {parts:?}:\n{log}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Process id of the running hub.

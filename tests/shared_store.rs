@@ -45,6 +45,24 @@ async fn two_instances_share_the_work_and_deliver_each_envelope_once() {
             "{stats}"
         );
     }
+    // A server without autovacuum is said at start, by each instance.
+    let url = a.store_url.clone().unwrap();
+    let autovacuum = std::thread::spawn(move || {
+        let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        c.query_one("SHOW autovacuum", &[])
+            .unwrap()
+            .get::<_, String>(0)
+    })
+    .join()
+    .unwrap();
+    for h in [&a, &b] {
+        assert_eq!(
+            h.log().contains("PostgreSQL autovacuum is off"),
+            autovacuum == "off",
+            "autovacuum {autovacuum}:\n{}",
+            h.log()
+        );
+    }
     // The same agencies, read through either instance.
     let list = |h: &TestHub| json(&h.cli(&["agency", "list", "--json"]));
     assert_eq!(list(&a), list(&b));

@@ -38,6 +38,16 @@ pub(crate) fn newest_known() -> u32 {
 }
 
 impl PgPool {
+    /// Whether the server runs autovacuum (`SHOW autovacuum`). truc's
+    /// routing claims and pending deliveries are inserted and deleted for
+    /// every envelope: without it those tables only grow.
+    pub(crate) fn autovacuum_on(&self) -> Result<bool, PgError> {
+        self.run(|s| {
+            let row = s.client()?.query_one("SHOW autovacuum", &[])?;
+            Ok(row.try_get::<_, String>(0)? == "on")
+        })
+    }
+
     /// Bring the schema to the newest version this binary knows; refuse a
     /// database that is newer ([`PgError::SchemaTooNew`]).
     pub(crate) fn migrate(&self) -> Result<MigrateReport, PgError> {

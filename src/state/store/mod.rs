@@ -314,6 +314,10 @@ impl Store {
         } else {
             tracing::info!(store = %pool.redacted_url(), from = report.from, to = report.to, applied = ?report.applied, "postgres store schema migrated");
         }
+        // Said at every start, not refused: a site may vacuum on a schedule.
+        if !pool.autovacuum_on()? {
+            tracing::warn!(store = %pool.redacted_url(), "PostgreSQL autovacuum is off: truc's claim and pending tables, which churn with every envelope, will only grow unless they are vacuumed on a schedule (docs/CLUSTER.md)");
+        }
         let location = PathBuf::from(pool.redacted_url());
         Ok(Self::assemble(
             Gate::default(),

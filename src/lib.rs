@@ -43,6 +43,9 @@
 //! 6. `api/` — the admin HTTP API: one file per resource, `types` (every
 //!    request and response body, shared with the CLI; public as
 //!    [`admin_types`]), `tls`.
+//!    `gateway/` (beside it, using its connection handling): the agencies'
+//!    HTTPS API: `session` (session requests and tokens, `token`), `send`
+//!    (an envelope handled at once), `request` (a request read as a message).
 //! 7. [`serve`] — `truc serve`: wiring, one consumer per agency's ingress
 //!    queue, housekeeping, the presence task, `leader` (which instance runs
 //!    the work done once across instances), shutdown.
@@ -61,6 +64,7 @@ pub mod broker;
 pub mod cli;
 pub mod client;
 pub(crate) mod core;
+pub(crate) mod gateway;
 pub(crate) mod operator;
 pub(crate) mod router;
 pub mod serve;

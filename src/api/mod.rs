@@ -244,10 +244,18 @@ pub(crate) fn install_metrics() {
 pub async fn serve(
     hub: Arc<Hub>,
     listener: tokio::net::TcpListener,
-    tls: Option<tls::AdminTls>,
+    tls: Option<tls::ServerTls>,
     shutdown: CancellationToken,
 ) {
     health::prometheus();
     let header_timeout = hub.config.admin_header_timeout();
-    tls::serve_connections(routes(hub), listener, tls, header_timeout, shutdown).await;
+    tls::serve_connections(
+        "admin API",
+        routes(hub),
+        listener,
+        tls,
+        header_timeout,
+        shutdown,
+    )
+    .await;
 }

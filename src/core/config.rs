@@ -3,7 +3,8 @@
 //! `TRUC_DATA_DIR`, `TRUC_ADMIN_ADDR`, `TRUC_ADMIN_TOKEN`, `TRUC_ADMIN_TLS_CERT`,
 //! `TRUC_ADMIN_TLS_KEY`, `TRUC_ADMIN_CA_FILE`, `TRUC_METRICS_REQUIRE_TOKEN`,
 //! `TRUC_PREFIX`, `TRUC_MASTER_KEY`, `TRUC_STORE_ANCHOR_FILE`, `TRUC_TIME_ZONE`,
-//! `TRUC_INSTANCE_ID`).
+//! `TRUC_INSTANCE_ID`, `TRUC_GATEWAY_ADDR`, `TRUC_GATEWAY_TLS_CERT`,
+//! `TRUC_GATEWAY_TLS_KEY`).
 //!
 //! Invariants: a [`Config`] returned by [`Config::load`] is validated; a CA
 //! file named for `amqps://` holds at least one PEM certificate, and one named
@@ -11,7 +12,9 @@
 //! an admin token, configured or read from `admin.token`, is at least 16
 //! characters without whitespace (an empty or short one is an error, never
 //! "no token"); a non-loopback `admin_addr` needs HTTPS (`admin_tls_cert` and
-//! `admin_tls_key` to serve it, or `admin_ca_file` for the CLI to call it).
+//! `admin_tls_key` to serve it, or `admin_ca_file` for the CLI to call it), and
+//! so does a non-loopback `gateway_addr` (`gateway_tls_cert` and
+//! `gateway_tls_key`).
 //! Files truc writes into `data_dir` are created whole (written to a temporary
 //! name, synced, then renamed) and mode 0600, in a directory of mode 0700.
 
@@ -246,6 +249,11 @@ pub fn default_audit_retention() -> String {
 pub fn default_envelope_retention() -> String {
     "180d".into()
 }
+/// Default lifetime of a gateway session.
+pub fn default_gateway_session_ttl() -> String {
+    "15m".into()
+}
+
 /// Default time a client has to send a request head to the admin API (also
 /// the idle time after which a keep-alive connection is closed).
 pub fn default_admin_header_timeout() -> String {
@@ -298,6 +306,23 @@ pub struct Config {
     /// keep-alive connection) before the admin API closes it.
     #[serde(default = "default_admin_header_timeout")]
     pub admin_header_timeout: String,
+    /// The agencies' HTTPS gateway listen address (`TRUC_GATEWAY_ADDR`); off
+    /// when unset. Anything but loopback needs `gateway_tls_cert` and
+    /// `gateway_tls_key`. Port 0 lets the system choose; the address
+    /// listened on is written to `<data_dir>/gateway.addr` at every start.
+    #[serde(default)]
+    pub gateway_addr: Option<String>,
+    /// PEM certificate chain the gateway serves HTTPS with
+    /// (`TRUC_GATEWAY_TLS_CERT`); needs `gateway_tls_key`.
+    #[serde(default)]
+    pub gateway_tls_cert: Option<PathBuf>,
+    /// PEM private key of `gateway_tls_cert` (`TRUC_GATEWAY_TLS_KEY`).
+    #[serde(default)]
+    pub gateway_tls_key: Option<PathBuf>,
+    /// How long a gateway session lasts before it must be renewed, from
+    /// `1m` to `1d` (default `15m`).
+    #[serde(default = "default_gateway_session_ttl")]
+    pub gateway_session_ttl: String,
     /// Whether `/metrics` needs the admin token; default: yes unless
     /// `admin_addr` is loopback (`TRUC_METRICS_REQUIRE_TOKEN`).
     #[serde(default)]
@@ -418,6 +443,17 @@ impl Config {
             ("TRUC_ADMIN_TLS_CERT", &mut self.admin_tls_cert),
             ("TRUC_ADMIN_TLS_KEY", &mut self.admin_tls_key),
             ("TRUC_ADMIN_CA_FILE", &mut self.admin_ca_file),
+        ] {
+            if let Some(v) = get(var).filter(|v| !v.is_empty()) {
+                *slot = Some(v.into());
+            }
+        }
+        if let Some(v) = get("TRUC_GATEWAY_ADDR").filter(|v| !v.is_empty()) {
+            self.gateway_addr = Some(v);
+        }
+        for (var, slot) in [
+            ("TRUC_GATEWAY_TLS_CERT", &mut self.gateway_tls_cert),
+            ("TRUC_GATEWAY_TLS_KEY", &mut self.gateway_tls_key),
         ] {
             if let Some(v) = get(var).filter(|v| !v.is_empty()) {
                 *slot = Some(v.into());
@@ -708,6 +744,7 @@ impl Config {
                 })
             }
         }
+        self.validate_gateway()?;
         if let Some(ca) = &self.admin_ca_file {
             if let Err(problem) = crate::core::pem::read_certificates(ca) {
                 return Err(ConfigError::Invalid {
@@ -745,6 +782,72 @@ impl Config {
         Ok(())
     }
 
+    /// The gateway's settings: a valid address, certificate and key
+    /// together, HTTPS off loopback, a session lifetime in range.
+    fn validate_gateway(&self) -> Result<(), ConfigError> {
+        match crate::core::time::parse_duration(&self.gateway_session_ttl) {
+            Ok(d) if d >= std::time::Duration::from_secs(60) && d <= DAY => {}
+            _ => {
+                return Err(ConfigError::Invalid {
+                    key: "gateway_session_ttl",
+                    problem: "must be a duration from 1m to 1d".into(),
+                })
+            }
+        }
+        match (&self.gateway_tls_cert, &self.gateway_tls_key) {
+            (Some(cert), Some(_)) => {
+                if let Err(problem) = crate::core::pem::read_certificates(cert) {
+                    return Err(ConfigError::Invalid {
+                        key: "gateway_tls_cert",
+                        problem,
+                    });
+                }
+            }
+            (None, None) => {}
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(ConfigError::Invalid {
+                    key: "gateway_tls_key",
+                    problem: "gateway_tls_cert and gateway_tls_key go together".into(),
+                })
+            }
+        }
+        if let Some(addr) = self.gateway_socket()? {
+            if !addr.ip().is_loopback() && self.gateway_tls_cert.is_none() {
+                return Err(ConfigError::Invalid {
+                    key: "gateway_addr",
+                    problem: format!(
+                        "{addr} is not loopback: the gateway then needs HTTPS (gateway_tls_cert and gateway_tls_key), or listen on 127.0.0.1"
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The gateway's address, or `None` when the gateway is off.
+    pub fn gateway_socket(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        self.gateway_addr
+            .as_deref()
+            .map(|a| {
+                a.parse().map_err(|e| ConfigError::Invalid {
+                    key: "gateway_addr",
+                    problem: format!("{a:?}: {e}"),
+                })
+            })
+            .transpose()
+    }
+
+    /// How long a gateway session lasts.
+    pub fn gateway_session_ttl(&self) -> std::time::Duration {
+        crate::core::time::parse_duration(&self.gateway_session_ttl)
+            .unwrap_or(std::time::Duration::from_secs(900))
+    }
+
+    /// Where the gateway's bound address is written at every start.
+    pub fn gateway_addr_path(&self) -> PathBuf {
+        self.data_dir.join("gateway.addr")
+    }
+
     /// The admin address as a socket address.
     pub fn admin_socket(&self) -> Result<SocketAddr, ConfigError> {
         self.admin_addr.parse().map_err(|e| ConfigError::Invalid {
@@ -767,10 +870,13 @@ impl Config {
     /// port 0, the port the system chose) to [`Config::admin_addr_path`],
     /// whole or not at all (a temporary file renamed into place).
     pub fn write_admin_addr_file(&self, addr: &str) -> std::io::Result<()> {
-        let path = self.admin_addr_path();
-        let tmp = path.with_extension("addr.tmp");
-        std::fs::write(&tmp, format!("{addr}\n"))?;
-        std::fs::rename(&tmp, &path)
+        write_addr_file(&self.admin_addr_path(), addr)
+    }
+
+    /// Writes `addr` (the gateway's bound address) to
+    /// [`Config::gateway_addr_path`], like [`Config::write_admin_addr_file`].
+    pub fn write_gateway_addr_file(&self, addr: &str) -> std::io::Result<()> {
+        write_addr_file(&self.gateway_addr_path(), addr)
     }
 
     /// The admin token: configured, else the one in the data dir (generated
@@ -881,6 +987,13 @@ pub fn hostname() -> String {
 /// Writes `text` to a new file `path`, mode 0600, whole or not at all: it is
 /// written to a temporary name, synced and renamed, so a full disk leaves no
 /// empty or partial file behind. Fails if `path` exists.
+/// Writes `addr` and a newline to `path`, whole or not at all.
+fn write_addr_file(path: &Path, addr: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("addr.tmp");
+    std::fs::write(&tmp, format!("{addr}\n"))?;
+    std::fs::rename(&tmp, path)
+}
+
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
     let dir = path.parent().unwrap_or(Path::new("."));
@@ -1148,6 +1261,44 @@ mod tests {
         c.admin_tls_cert = None;
         c.admin_header_timeout = "0s".into();
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn the_gateway_is_off_unless_asked_and_needs_https_off_loopback() {
+        let mut c = Config {
+            admin_token: Some("x".repeat(16)),
+            ..Config::default()
+        };
+        c.validate().unwrap();
+        assert_eq!(c.gateway_socket().unwrap(), None, "off by default");
+        assert_eq!(c.gateway_session_ttl(), std::time::Duration::from_secs(900));
+        c.apply_env(|k| (k == "TRUC_GATEWAY_ADDR").then(|| "127.0.0.1:0".to_owned()));
+        c.validate().unwrap();
+        assert!(c.gateway_socket().unwrap().is_some());
+        for (addr, words) in [
+            ("0.0.0.0:8443", "not loopback"),
+            ("nowhere", "gateway_addr"),
+        ] {
+            c.gateway_addr = Some(addr.into());
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(words), "{addr}: {e}");
+        }
+        c.gateway_addr = Some("127.0.0.1:8443".into());
+        c.gateway_tls_key = Some("/etc/truc/gateway.key".into());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("go together"), "{e}");
+        c.gateway_tls_key = None;
+        for ttl in ["30s", "2d", "soon"] {
+            c.gateway_session_ttl = ttl.into();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("gateway_session_ttl"), "{ttl}: {e}");
+        }
+        c.gateway_session_ttl = "1h".into();
+        c.validate().unwrap();
+        assert_eq!(
+            c.gateway_session_ttl(),
+            std::time::Duration::from_secs(3600)
+        );
     }
 
     #[test]

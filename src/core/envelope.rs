@@ -66,6 +66,8 @@ pub enum Kind {
     Status,
     /// A presence heartbeat.
     Presence,
+    /// A request for a gateway session (over HTTPS only).
+    Session,
 }
 
 impl Kind {
@@ -75,6 +77,7 @@ impl Kind {
             Self::Envelope => "envelope",
             Self::Status => "status",
             Self::Presence => "presence",
+            Self::Session => "session",
         }
     }
 }
@@ -151,6 +154,7 @@ impl Signed {
             "envelope" => Kind::Envelope,
             "status" => Kind::Status,
             "presence" => Kind::Presence,
+            "session" => Kind::Session,
             other => return Err(malformed(format!("unknown kind {other:?} in routing key"))),
         };
         let from_text = required(msg, "lgsp-from")?;
@@ -284,6 +288,13 @@ pub struct PresenceFields {
     pub online: bool,
 }
 
+/// The fields of a session request (kind `session`, gateway only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionFields {
+    /// `lgsp-digest` of the body (normally empty).
+    pub digest: String,
+}
+
 /// Step 2: the kind's own fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Payload {
@@ -293,6 +304,8 @@ pub enum Payload {
     Status(StatusFields),
     /// A heartbeat.
     Presence(PresenceFields),
+    /// A session request.
+    Session(SessionFields),
 }
 
 fn parse_digest(msg: &Message) -> Result<String, Refusal> {
@@ -342,6 +355,9 @@ impl Payload {
                 };
                 Ok(Self::Presence(PresenceFields { online }))
             }
+            Kind::Session => Ok(Self::Session(SessionFields {
+                digest: parse_digest(msg)?,
+            })),
         }
     }
 

@@ -122,8 +122,10 @@ impl Router {
             Err(refusal) => return self.quarantine(msg, refusal, outbox).await,
         };
         let checked = self.check(&auth, msg, now, seen_empty_ms)?;
-        if let (Some(t), Err(_) | Ok((Payload::Status(_) | Payload::Presence(_), _))) =
-            (turn, &checked)
+        if let (
+            Some(t),
+            Err(_) | Ok((Payload::Status(_) | Payload::Presence(_) | Payload::Session(_), _)),
+        ) = (turn, &checked)
         {
             // Refused before the rate step (or not an envelope): its place goes.
             t.pass();
@@ -141,13 +143,20 @@ impl Router {
                 self.heartbeat(&auth.signed.from, p.online, now);
                 Outcome::Heartbeat
             }
+            Ok((Payload::Session(_), _)) => {
+                let refusal = Refusal::new(
+                    Reason::Malformed,
+                    "a session is asked for over the HTTPS gateway (POST /v1/sessions), not published",
+                );
+                self.reject(&auth, refusal, outbox, now).await?
+            }
         };
         metrics::ingress_latency(started.elapsed());
         Ok(outcome)
     }
 
     /// Step 1: who sent it, and is the signature theirs.
-    fn authenticate(
+    pub(super) fn authenticate(
         &self,
         msg: &Message,
         now: i64,
@@ -192,7 +201,7 @@ impl Router {
     }
 
     /// Step 2: the authenticated sender's message is checked in full.
-    fn check(
+    pub(super) fn check(
         &self,
         auth: &Authenticated,
         msg: &Message,
@@ -261,8 +270,10 @@ impl Router {
             return Ok(Ok((p, Some(nonce))));
         }
         match self.nonces.check(&nonce)? {
-            NonceCheck::Fresh | NonceCheck::SameMessage => {}
-            NonceCheck::Replay => return Ok(Err(replay(s))),
+            NonceCheck::Fresh => {}
+            // A broker's redelivery; a session request is never redelivered.
+            NonceCheck::SameMessage if s.kind != Kind::Session => {}
+            NonceCheck::SameMessage | NonceCheck::Replay => return Ok(Err(replay(s))),
         }
         Ok(rest.map(|p| (p, None)))
     }
@@ -283,6 +294,7 @@ impl Router {
         let digest = match &payload {
             Payload::Envelope(e) => Some(&e.digest),
             Payload::Status(st) => Some(&st.digest),
+            Payload::Session(s) => Some(&s.digest),
             Payload::Presence(_) => None,
         };
         if let Some(d) = digest {

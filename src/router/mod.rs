@@ -15,7 +15,8 @@
 //! 6. [`rebuild`] — the record of a held copy whose record the store lost,
 //!    rebuilt from the copy.
 //!
-//! Beside them: [`order`] (a message waits for the one it depends on) and
+//! Beside them: [`session`] (a gateway session request, checked like an
+//! ingress message and answered at once), [`order`] (a message waits for the one it depends on) and
 //! [`progress`] (whether a source's messages are being handled, for `/healthz`).
 //!
 //! This file keeps the [`Router`] (the state every step reads), its errors
@@ -47,6 +48,7 @@ mod notify;
 pub(crate) mod order;
 pub(crate) mod progress;
 mod rebuild;
+mod session;
 mod status;
 #[cfg(test)]
 mod tests;
@@ -66,6 +68,7 @@ use crate::state::tracking::Tracking;
 
 pub use crate::broker::{Outbox, PublishError};
 pub use notify::{OfflineFacts, OfflineNotice};
+pub use session::{SessionGrant, SessionRefused};
 
 /// Router errors: the ingress message is not acked and will come again.
 #[derive(Debug, thiserror::Error)]

@@ -12,7 +12,7 @@ use crate::core::policy::Policies;
 use crate::core::reason::Reason;
 use crate::core::time::{format_rfc3339, now_ms};
 use crate::core::topology::Topology;
-use crate::router::{Outbox, Outcome, PublishError, Router};
+use crate::router::{Outbox, Outcome, PublishError, Router, SessionRefused};
 use crate::state::registry::Registry;
 use crate::state::store::Store;
 
@@ -1279,4 +1279,50 @@ async fn a_delivery_to_an_unavailable_inbox_is_held_and_tried_again() {
         Outcome::Released
     );
     assert_eq!(deliveries(o.take()).len(), 1);
+}
+
+/// A signed session request of `c` (routing key `session.<from>`, empty body).
+fn session_request(c: &Credentials) -> Message {
+    let mut m = Message {
+        routing_key: format!("session.{}", c.code),
+        message_id: Some(crate::core::outgoing::new_message_id()),
+        ..Message::default()
+    };
+    m.set_header("lgsp-digest", crate::core::auth::body_digest(b""));
+    sign(&mut m, c, crate::core::auth::Alg::HmacSha256);
+    m
+}
+
+#[tokio::test]
+async fn a_session_is_granted_once_per_request_and_never_over_amqp() {
+    let f = fixture(Policies::default());
+    let o = Recorder::default();
+    let req = session_request(&f.src);
+    let grant = f.router.open_session(&req).unwrap().unwrap();
+    assert_eq!(
+        (grant.agency.as_str(), grant.access_key.as_str()),
+        ("000.00.31.H41", f.src.access_key.as_str())
+    );
+    // The same request again is a replay (a broker redelivers; HTTP does not).
+    match f.router.open_session(&req).unwrap() {
+        Err(SessionRefused::Refused(r)) => assert_eq!(r.reason, Reason::Replay),
+        other => panic!("{other:?}"),
+    }
+    let mut forged = session_request(&f.src);
+    forged.set_header("lgsp-from", "000.00.32.H41");
+    forged.routing_key = "session.000.00.32.H41".into();
+    match f.router.open_session(&forged).unwrap() {
+        Err(SessionRefused::Unauthenticated(r)) => assert_eq!(r.reason, Reason::BadSignature),
+        other => panic!("{other:?}"),
+    }
+    // Published on AMQP, a session request is refused with a notice.
+    let outcome = f
+        .router
+        .handle(&inbound(session_request(&f.src)), &o)
+        .await
+        .unwrap();
+    assert_eq!(outcome, Outcome::Rejected(Reason::Malformed));
+    let ns = notices(&o.take());
+    assert_eq!(ns[0].notice, NoticeKind::Rejected);
+    assert!(ns[0].detail.contains("HTTPS gateway"), "{}", ns[0].detail);
 }

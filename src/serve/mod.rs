@@ -81,6 +81,13 @@ pub enum ServiceError {
     /// non-loopback address without TLS).
     #[error("admin API: {0}")]
     AdminTls(String),
+    /// The gateway cannot be served as configured (TLS files, or a
+    /// non-loopback address without TLS).
+    #[error("gateway: {0}")]
+    GatewayTls(String),
+    /// The gateway's address cannot be listened on.
+    #[error("gateway: {0}")]
+    Gateway(std::io::Error),
     /// The data directory cannot be created or made private.
     #[error("data dir: {0}")]
     DataDir(std::io::Error),
@@ -99,11 +106,12 @@ impl ServiceError {
             | Self::MasterKey(_)
             | Self::AdminToken(_)
             | Self::AdminTls(_)
+            | Self::GatewayTls(_)
             | Self::DataDir(_) => false,
             Self::Integrity(e) => e.is_retryable(),
             Self::Store(e) => e.is_retryable(),
             Self::Registry(e) => e.is_retryable(),
-            Self::Admin(_) => true,
+            Self::Admin(_) | Self::Gateway(_) => true,
         }
     }
 }
@@ -140,6 +148,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
         latest: checkpoints,
     } = integrity::open_store(&config, &master).map_err(ServiceError::Integrity)?;
     let flusher = store.start_flusher();
+    let gateway_key = master.derive(crate::gateway::TOKEN_PURPOSE);
     let registry = Registry::open(store.clone(), master)?;
     // Bound before the instance record is written, so that the record names
     // the address really listened on (`admin_addr` may ask for port 0).
@@ -153,6 +162,31 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
     config
         .write_admin_addr_file(&admin_addr)
         .map_err(ServiceError::DataDir)?;
+    let gateway = match config.gateway_socket()? {
+        None => None,
+        Some(addr) => {
+            let tls = crate::api::tls::load_server(
+                crate::api::tls::ServerFiles {
+                    what: "gateway",
+                    addr: &addr.to_string(),
+                    loopback: addr.ip().is_loopback(),
+                    cert: config.gateway_tls_cert.as_deref(),
+                    key: config.gateway_tls_key.as_deref(),
+                },
+                "the agencies' gateway (and its session tokens)",
+            )
+            .map_err(ServiceError::GatewayTls)?;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(ServiceError::Gateway)?;
+            let bound = listener.local_addr().map_err(ServiceError::Gateway)?;
+            config
+                .write_gateway_addr_file(&bound.to_string())
+                .map_err(ServiceError::DataDir)?;
+            tracing::info!(addr = %bound, https = tls.is_some(), "gateway listening");
+            Some((listener, tls))
+        }
+    };
     let (leadership, role) = leader::start(&store, &config, &admin_addr);
     let leadership = Arc::new(leadership);
     let admin_token = config
@@ -196,6 +230,12 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
         "admin API",
         crate::api::serve(hub.clone(), listener, admin_tls, shutdown.clone()),
     );
+    if let Some((listener, tls)) = gateway {
+        tracker.spawn(
+            "gateway",
+            crate::gateway::serve(hub.clone(), gateway_key, listener, tls, shutdown.clone()),
+        );
+    }
     tracker.spawn("housekeeping", housekeeping(hub.clone(), shutdown.clone()));
     tracker.spawn(
         "policy reload",

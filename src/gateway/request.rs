@@ -1,0 +1,79 @@
+//! An HTTP request read as the message it stands for: its `lgsp-*` headers
+//! (names in lower case, as HTTP has them), `Message-Id` as the
+//! `message_id`, `Content-Type` as the `content_type`, the body, and the
+//! routing key `<kind>.<lgsp-from>` the signature is made for
+//! (docs/GATEWAY.md). What the router then checks is what it checks on AMQP.
+//!
+//! Invariants: a header value is taken verbatim as UTF-8 (a value that is
+//! not is refused, never altered); an `lgsp-*` header given twice is
+//! refused (which one was signed cannot be known); a body is read only up
+//! to its limit, and one whose declared length is over it is not read.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, StatusCode};
+
+use super::Answer;
+use crate::core::message::{HeaderValue, Message};
+use crate::core::reason::Reason;
+
+/// Reads the body of a request, up to `limit` bytes.
+pub(super) async fn body(headers: &HeaderMap, body: Body, limit: u64) -> Result<Vec<u8>, Answer> {
+    let too_large = |n: &str| {
+        Answer::error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Some(Reason::TooLarge),
+            format!("body is {n} bytes, the limit is {limit}"),
+        )
+    };
+    if let Some(declared) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if declared > limit {
+            return Err(too_large(&declared.to_string()));
+        }
+    }
+    let cap = usize::try_from(limit).unwrap_or(usize::MAX);
+    match axum::body::to_bytes(body, cap).await {
+        Ok(b) => Ok(b.to_vec()),
+        Err(_) => Err(too_large("more than the limit of")),
+    }
+}
+
+/// The message a request of `kind` (`envelope`, `session`) stands for.
+pub(super) fn message(kind: &str, headers: &HeaderMap, body: Vec<u8>) -> Result<Message, Answer> {
+    let bad = |text: String| Answer::error(StatusCode::BAD_REQUEST, Some(Reason::Malformed), text);
+    let mut m = Message::default();
+    for (name, value) in headers {
+        let name = name.as_str();
+        if !name.starts_with("lgsp-") {
+            continue;
+        }
+        let text = std::str::from_utf8(value.as_bytes())
+            .map_err(|_| bad(format!("header {name} is not UTF-8")))?;
+        if m.headers
+            .insert(name.to_owned(), HeaderValue::Text(text.to_owned()))
+            .is_some()
+        {
+            return Err(bad(format!("header {name} is given more than once")));
+        }
+    }
+    let text = |h: &str| -> Result<Option<String>, Answer> {
+        headers
+            .get(h)
+            .map(|v| {
+                std::str::from_utf8(v.as_bytes())
+                    .map(str::to_owned)
+                    .map_err(|_| bad(format!("header {h} is not UTF-8")))
+            })
+            .transpose()
+    };
+    m.message_id = text("message-id")?;
+    m.content_type = text("content-type")?;
+    m.routing_key = format!("{kind}.{}", m.header("lgsp-from").unwrap_or(""));
+    m.body = Arc::from(body);
+    Ok(m)
+}

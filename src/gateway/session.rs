@@ -1,0 +1,94 @@
+//! Sessions: `POST /v1/sessions` (a signed session request, answered with a
+//! token), `GET /v1/session` (what a token stands for), `POST
+//! /v1/session/renew` (a new token for a session still good).
+//!
+//! Invariants: a session is granted only to a request the router would
+//! accept from the same agency on AMQP (signature, enabled, clock, nonce,
+//! digest); a refusal of an unauthenticated request says nothing of why
+//! (`401`), one of an authenticated agency says its reason code; a renewed
+//! token is bound to the same agency and key as the one it replaces.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, StatusCode};
+use serde_json::json;
+
+use super::{request, status_of, Answer, Gateway, Gs};
+use crate::core::time::{format_rfc3339, now_ms};
+use crate::router::{SessionGrant, SessionRefused};
+
+/// The largest session request body read (it is normally empty).
+const SESSION_BODY_LIMIT: u64 = 4096;
+
+impl Gateway {
+    /// A new token for `agency` and `access_key`, and its answer.
+    fn grant(&self, agency: &str, access_key: &str) -> Answer {
+        let now = now_ms();
+        let ttl_ms = self.session_ttl.as_millis() as i64;
+        let expires = now + ttl_ms;
+        let token = self.tokens.mint(agency, access_key, expires);
+        Answer(
+            StatusCode::CREATED,
+            json!({
+                "token": token,
+                "agency": agency,
+                "expires_at": format_rfc3339(expires),
+                "expires_in_s": ttl_ms / 1000,
+            }),
+        )
+    }
+}
+
+/// `POST /v1/sessions`.
+pub(super) async fn open(axum::extract::State(gw): Gs, headers: HeaderMap, body: Body) -> Answer {
+    let body = match request::body(&headers, body, SESSION_BODY_LIMIT).await {
+        Ok(b) => b,
+        Err(a) => return a,
+    };
+    let msg = match request::message("session", &headers, body) {
+        Ok(m) => m,
+        Err(a) => return a,
+    };
+    match gw.hub.router.open_session(&msg) {
+        Ok(Ok(SessionGrant { agency, access_key })) => {
+            tracing::info!(agency = %agency, "gateway session opened");
+            gw.grant(agency.as_str(), &access_key)
+        }
+        Ok(Err(SessionRefused::Unauthenticated(r))) => {
+            tracing::info!(reason = %r.reason, "gateway session refused: sender not authenticated");
+            Answer::unauthorized()
+        }
+        Ok(Err(SessionRefused::Refused(r))) => {
+            tracing::info!(reason = %r.reason, "gateway session refused");
+            Answer::error(status_of(r.reason), Some(r.reason), r.detail)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "gateway session not opened");
+            Answer::unavailable("session")
+        }
+    }
+}
+
+/// `GET /v1/session`.
+pub(super) async fn show(axum::extract::State(gw): Gs, headers: HeaderMap) -> Answer {
+    match gw.session(&headers) {
+        Ok((entry, claims)) => Answer(
+            StatusCode::OK,
+            json!({
+                "agency": entry.agency.code.as_str(),
+                "expires_at": format_rfc3339(claims.expires_ms),
+            }),
+        ),
+        Err(a) => a,
+    }
+}
+
+/// `POST /v1/session/renew`.
+pub(super) async fn renew(axum::extract::State(gw): Gs, headers: HeaderMap) -> Answer {
+    let gw: Arc<Gateway> = gw;
+    match gw.session(&headers) {
+        Ok((entry, claims)) => gw.grant(entry.agency.code.as_str(), &claims.access_key),
+        Err(a) => a,
+    }
+}

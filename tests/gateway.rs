@@ -348,3 +348,57 @@ async fn sessions_are_refused_alike_and_end_with_the_key() {
     );
     assert!(!hub.log().contains(&token), "no token in the log");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn off_loopback_the_gateway_is_https_only() {
+    let mut hub = TestHub::unstarted(None);
+    let base = std::fs::read_to_string(hub.config_file()).unwrap();
+    std::fs::write(
+        hub.config_file(),
+        format!("{base}gateway_addr = \"0.0.0.0:0\"\n"),
+    )
+    .unwrap();
+    let err = hub.serve_refused();
+    assert!(
+        err.contains("gateway_addr") && err.contains("not loopback"),
+        "{err}"
+    );
+
+    // Certificates from the ops script.
+    let certs = hub.data.path().join("certs");
+    let out = std::process::Command::new("bash")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/ops/tls-broker.sh"))
+        .args(["certs", &certs.to_string_lossy(), "localhost", "127.0.0.1"])
+        .env("TRUC_TLS_KEY_BITS", "2048")
+        .output()
+        .expect("bash");
+    assert!(
+        out.status.success(),
+        "certificates (is openssl installed?): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(
+        hub.config_file(),
+        format!(
+            "{base}gateway_addr = \"0.0.0.0:0\"\ngateway_tls_cert = {:?}\ngateway_tls_key = {:?}\n",
+            certs.join("server.pem").display().to_string(),
+            certs.join("server.key").display().to_string()
+        ),
+    )
+    .unwrap();
+    hub.spawn().await;
+    let bound = std::fs::read_to_string(hub.data.path().join("data").join("gateway.addr")).unwrap();
+    let port = bound.trim().rsplit(':').next().unwrap();
+    let local = format!("127.0.0.1:{port}");
+    let tls = truc::cli::tls::AdminClientTls::from_ca_file(&certs.join("ca.pem")).unwrap();
+    // HTTPS answers (no session: 401); plain HTTP gets no answer.
+    let r = truc::cli::http::request_tls(Some(&tls), &local, "GET", "/v1/session", "", None)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 401);
+    assert!(
+        truc::cli::http::request(&local, "GET", "/v1/session", "", None)
+            .await
+            .is_err()
+    );
+}

@@ -223,18 +223,8 @@ async fn a_non_loopback_admin_api_is_https_only() {
     // Certificates from the ops script: the admin API's and another CA.
     let certs = hub.dir.path().join("certs");
     let other = hub.dir.path().join("other");
-    for (dir, names) in [(&certs, "127.0.0.1"), (&other, "127.0.0.1")] {
-        let out = Command::new("bash")
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/ops/tls-broker.sh"))
-            .args(["certs", &dir.to_string_lossy(), "localhost", names])
-            .env("TRUC_TLS_KEY_BITS", "2048")
-            .output()
-            .expect("bash");
-        assert!(
-            out.status.success(),
-            "certificates (is openssl installed? apt-get install openssl): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    for dir in [&certs, &other] {
+        common::server_certs(dir);
     }
     let cert = certs.join("server.pem").display().to_string();
     let key = certs.join("server.key").display().to_string();

@@ -130,16 +130,21 @@ fn session_request(creds: &Credentials) -> Message {
     m
 }
 
-/// Opens a session for `creds`: the token.
-async fn open(gw: &str, creds: &Credentials) -> String {
-    let a = http(
+/// A session request of `creds`, posted.
+async fn ask(gw: &str, creds: &Credentials) -> Answer {
+    http(
         gw,
         "POST",
         "/v1/sessions",
         &carried(&session_request(creds)),
         b"",
     )
-    .await;
+    .await
+}
+
+/// Opens a session for `creds`: the token.
+async fn open(gw: &str, creds: &Credentials) -> String {
+    let a = ask(gw, creds).await;
     assert_eq!(a.status, 201, "{}", a.body);
     assert_eq!(a.body["agency"], creds.code.as_str());
     assert_eq!(a.body["expires_in_s"], 900, "default 15m");
@@ -258,14 +263,7 @@ async fn sessions_are_refused_alike_and_end_with_the_key() {
     // A request signed with a wrong secret, a garbled token, no token: the same 401.
     let mut wrong = web.clone();
     wrong.secret = "not-the-secret-0123456789abcdef".into();
-    let a = http(
-        &gw,
-        "POST",
-        "/v1/sessions",
-        &carried(&session_request(&wrong)),
-        b"",
-    )
-    .await;
+    let a = ask(&gw, &wrong).await;
     assert_eq!(a.status, 401, "{}", a.body);
     let refused = a.body.clone();
     assert!(!refused.to_string().contains("signature"), "{refused}");
@@ -332,14 +330,7 @@ async fn sessions_are_refused_alike_and_end_with_the_key() {
     // Disabled: refused at once, sessions and new requests alike.
     hub.cli_expect(&["agency", "disable", "000.00.71.H41"], 0);
     assert_eq!(whoami(&gw, &token).await.body, refused);
-    let a = http(
-        &gw,
-        "POST",
-        "/v1/sessions",
-        &carried(&session_request(&rotated)),
-        b"",
-    )
-    .await;
+    let a = ask(&gw, &rotated).await;
     assert_eq!(
         (a.status, a.body["reason"].as_str()),
         (403, Some("forbidden")),
@@ -366,17 +357,7 @@ async fn off_loopback_the_gateway_is_https_only() {
 
     // Certificates from the ops script.
     let certs = hub.data.path().join("certs");
-    let out = std::process::Command::new("bash")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/ops/tls-broker.sh"))
-        .args(["certs", &certs.to_string_lossy(), "localhost", "127.0.0.1"])
-        .env("TRUC_TLS_KEY_BITS", "2048")
-        .output()
-        .expect("bash");
-    assert!(
-        out.status.success(),
-        "certificates (is openssl installed?): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::server_certs(&certs);
     std::fs::write(
         hub.config_file(),
         format!(

@@ -727,23 +727,11 @@ impl Config {
                 })
             }
         }
-        match (&self.admin_tls_cert, &self.admin_tls_key) {
-            (Some(cert), Some(_)) => {
-                if let Err(problem) = crate::core::pem::read_certificates(cert) {
-                    return Err(ConfigError::Invalid {
-                        key: "admin_tls_cert",
-                        problem,
-                    });
-                }
-            }
-            (None, None) => {}
-            (Some(_), None) | (None, Some(_)) => {
-                return Err(ConfigError::Invalid {
-                    key: "admin_tls_key",
-                    problem: "admin_tls_cert and admin_tls_key go together".into(),
-                })
-            }
-        }
+        check_tls_pair(
+            ("admin_tls_cert", "admin_tls_key"),
+            self.admin_tls_cert.as_deref(),
+            self.admin_tls_key.as_deref(),
+        )?;
         self.validate_gateway()?;
         if let Some(ca) = &self.admin_ca_file {
             if let Err(problem) = crate::core::pem::read_certificates(ca) {
@@ -794,23 +782,11 @@ impl Config {
                 })
             }
         }
-        match (&self.gateway_tls_cert, &self.gateway_tls_key) {
-            (Some(cert), Some(_)) => {
-                if let Err(problem) = crate::core::pem::read_certificates(cert) {
-                    return Err(ConfigError::Invalid {
-                        key: "gateway_tls_cert",
-                        problem,
-                    });
-                }
-            }
-            (None, None) => {}
-            (Some(_), None) | (None, Some(_)) => {
-                return Err(ConfigError::Invalid {
-                    key: "gateway_tls_key",
-                    problem: "gateway_tls_cert and gateway_tls_key go together".into(),
-                })
-            }
-        }
+        check_tls_pair(
+            ("gateway_tls_cert", "gateway_tls_key"),
+            self.gateway_tls_cert.as_deref(),
+            self.gateway_tls_key.as_deref(),
+        )?;
         if let Some(addr) = self.gateway_socket()? {
             if !addr.ip().is_loopback() && self.gateway_tls_cert.is_none() {
                 return Err(ConfigError::Invalid {
@@ -987,6 +963,28 @@ pub fn hostname() -> String {
 /// Writes `text` to a new file `path`, mode 0600, whole or not at all: it is
 /// written to a temporary name, synced and renamed, so a full disk leaves no
 /// empty or partial file behind. Fails if `path` exists.
+/// A server's certificate and key: both or neither, the certificate
+/// readable (`keys`: their configuration keys).
+fn check_tls_pair(
+    (cert_key, key_key): (&'static str, &'static str),
+    cert: Option<&Path>,
+    key: Option<&Path>,
+) -> Result<(), ConfigError> {
+    match (cert, key) {
+        (Some(cert), Some(_)) => crate::core::pem::read_certificates(cert)
+            .map(|_| ())
+            .map_err(|problem| ConfigError::Invalid {
+                key: cert_key,
+                problem,
+            }),
+        (None, None) => Ok(()),
+        (Some(_), None) | (None, Some(_)) => Err(ConfigError::Invalid {
+            key: key_key,
+            problem: format!("{cert_key} and {key_key} go together"),
+        }),
+    }
+}
+
 /// Writes `addr` and a newline to `path`, whole or not at all.
 fn write_addr_file(path: &Path, addr: &str) -> std::io::Result<()> {
     let tmp = path.with_extension("addr.tmp");

@@ -18,8 +18,20 @@ use super::Answer;
 use crate::core::message::{HeaderValue, Message};
 use crate::core::reason::Reason;
 
+/// The message a request of `kind` stands for, its body read up to `limit`
+/// bytes.
+pub(super) async fn read(
+    kind: &str,
+    headers: &HeaderMap,
+    body: Body,
+    limit: u64,
+) -> Result<Message, Answer> {
+    let body = self::body(headers, body, limit).await?;
+    message(kind, headers, body)
+}
+
 /// Reads the body of a request, up to `limit` bytes.
-pub(super) async fn body(headers: &HeaderMap, body: Body, limit: u64) -> Result<Vec<u8>, Answer> {
+async fn body(headers: &HeaderMap, body: Body, limit: u64) -> Result<Vec<u8>, Answer> {
     let too_large = |n: &str| {
         Answer::error(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -44,7 +56,7 @@ pub(super) async fn body(headers: &HeaderMap, body: Body, limit: u64) -> Result<
 }
 
 /// The message a request of `kind` (`envelope`, `session`) stands for.
-pub(super) fn message(kind: &str, headers: &HeaderMap, body: Vec<u8>) -> Result<Message, Answer> {
+fn message(kind: &str, headers: &HeaderMap, body: Vec<u8>) -> Result<Message, Answer> {
     let bad = |text: String| Answer::error(StatusCode::BAD_REQUEST, Some(Reason::Malformed), text);
     let mut m = Message::default();
     for (name, value) in headers {

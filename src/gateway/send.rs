@@ -26,11 +26,7 @@ pub(super) async fn send(axum::extract::State(gw): Gs, headers: HeaderMap, body:
         Err(a) => return a,
     };
     let limit = gw.hub.router.policies().max_body_bytes;
-    let body = match request::body(&headers, body, limit).await {
-        Ok(b) => b,
-        Err(a) => return a,
-    };
-    let msg = match request::message("envelope", &headers, body) {
+    let msg = match request::read("envelope", &headers, body, limit).await {
         Ok(m) => m,
         Err(a) => return a,
     };

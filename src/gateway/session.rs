@@ -42,11 +42,7 @@ impl Gateway {
 
 /// `POST /v1/sessions`.
 pub(super) async fn open(axum::extract::State(gw): Gs, headers: HeaderMap, body: Body) -> Answer {
-    let body = match request::body(&headers, body, SESSION_BODY_LIMIT).await {
-        Ok(b) => b,
-        Err(a) => return a,
-    };
-    let msg = match request::message("session", &headers, body) {
+    let msg = match request::read("session", &headers, body, SESSION_BODY_LIMIT).await {
         Ok(m) => m,
         Err(a) => return a,
     };

@@ -937,3 +937,20 @@ impl Status {
         )
     }
 }
+
+/// A CA and a server certificate for `localhost` and 127.0.0.1 in `dir`
+/// (`ca.pem`, `server.pem`, `server.key`), made by the ops script with
+/// openssl (2048-bit keys, for speed).
+pub fn server_certs(dir: &Path) {
+    let out = Command::new("bash")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/ops/tls-broker.sh"))
+        .args(["certs", &dir.to_string_lossy(), "localhost", "127.0.0.1"])
+        .env("TRUC_TLS_KEY_BITS", "2048")
+        .output()
+        .expect("bash");
+    assert!(
+        out.status.success(),
+        "certificates (is openssl installed? apt-get install openssl): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -136,13 +136,22 @@ pub struct Subscription {
     consumer: lapin::Consumer,
 }
 
+/// The words RabbitMQ (3.10, `rabbit_amqqueue`) adds to `NOT_FOUND` for a
+/// durable queue that exists but whose process cannot be reached: its home
+/// node is down, it is being stopped (its node is shutting down), or it
+/// crashed and was not restarted.
+const QUEUE_ABSENT: [&str; 3] = [
+    "is down or inaccessible",
+    "process is stopped by supervisor",
+    "has crashed and failed to restart",
+];
+
 /// What a refusal of `op` on `name` means. RabbitMQ answers `NOT_FOUND`
-/// both for a queue that does not exist and for a classic queue whose home
-/// node is down (`NOT_FOUND - home node '…' of durable queue '…' is down or
-/// inaccessible`); only the first is final.
+/// both for a queue that does not exist (`no queue '…'`) and for a durable
+/// queue it cannot reach now ([`QUEUE_ABSENT`]); only the first is final.
 fn classify(op: &'static str, name: &str, e: lapin::Error) -> AmqpError {
     let text = e.to_string();
-    if text.contains("NOT_FOUND") && text.contains("home node") {
+    if text.contains("NOT_FOUND") && QUEUE_ABSENT.iter().any(|w| text.contains(w)) {
         AmqpError::QueueUnavailable(name.to_owned())
     } else if text.contains("NOT_FOUND") {
         AmqpError::NoSuchQueue(name.to_owned())
@@ -891,20 +900,26 @@ mod tests {
 
     #[test]
     fn a_queue_on_a_node_that_is_down_is_unavailable_not_missing() {
-        // RabbitMQ 3.10's words for each (rabbit_amqqueue, rabbit_channel).
-        let down = classify(
-            "basic.consume",
-            "lgsp.inbox.000.00.32.H41",
-            not_found(
-                "NOT_FOUND - home node 'rabbit-2@localhost' of durable queue \
-                 'lgsp.inbox.000.00.32.H41' in vhost '/' is down or inaccessible",
+        // RabbitMQ 3.10's words for each (rabbit_amqqueue, rabbit_misc).
+        let q = "queue 'lgsp.inbox.000.00.32.H41' in vhost '/'";
+        for text in [
+            format!(
+                "NOT_FOUND - home node 'rabbit-2@localhost' of durable {q} is down or inaccessible"
             ),
-        );
-        assert!(
-            matches!(&down, AmqpError::QueueUnavailable(q) if q == "lgsp.inbox.000.00.32.H41"),
-            "{down:?}"
-        );
-        assert!(down.is_retryable());
+            format!("NOT_FOUND - {q} process is stopped by supervisor"),
+            format!("NOT_FOUND - {q} has crashed and failed to restart"),
+        ] {
+            let down = classify(
+                "basic.consume",
+                "lgsp.inbox.000.00.32.H41",
+                not_found(&text),
+            );
+            assert!(
+                matches!(&down, AmqpError::QueueUnavailable(q) if q == "lgsp.inbox.000.00.32.H41"),
+                "{text}: {down:?}"
+            );
+            assert!(down.is_retryable());
+        }
         let missing = classify(
             "basic.consume",
             "lgsp.inbox.000.00.99.H41",

@@ -51,10 +51,10 @@ pub enum AmqpError {
     /// The queue does not exist.
     #[error("queue {0} does not exist")]
     NoSuchQueue(String),
-    /// The queue exists, but the cluster node it lives on (a classic
-    /// queue's home node) is down or cannot be reached: it comes back with
-    /// its node.
-    #[error("queue {0} is unavailable: the broker node it lives on is down")]
+    /// The queue exists but cannot be reached now: the cluster node it lives
+    /// on (a classic queue's home node) is down or shutting down, or its
+    /// process crashed. It comes back with its node.
+    #[error("queue {0} is unavailable: the broker node it lives on is down or stopping (or the queue crashed)")]
     QueueUnavailable(String),
     /// A declaration conflicts with what the broker has (different arguments).
     #[error("declaration of {name} conflicts with the broker: {message}")]

@@ -1,14 +1,13 @@
 //! The connections of truc's HTTP servers (the admin API, the agencies'
-//! gateway): HTTPS with rustls when configured, and timeouts so
-//! idle or slow clients cannot hold connections.
+//! gateway): HTTPS with rustls when configured, and timeouts so idle or slow
+//! clients cannot hold connections.
 //!
 //! Invariants: a non-loopback `admin_addr` or `gateway_addr` is only ever
 //! served over HTTPS ([`load_server`] refuses otherwise, so `truc serve` does
-//! not start); every
-//! connection must complete its TLS handshake and each request head within
-//! `admin_header_timeout`, and a keep-alive connection idle that long is
-//! closed; on shutdown no new connection is accepted and open ones are
-//! closed gracefully (at most [`DRAIN`] later).
+//! not start); every connection must complete its TLS handshake and each
+//! request head within `admin_header_timeout`, and a keep-alive connection
+//! idle that long is closed; on shutdown no new connection is accepted and
+//! open ones are closed gracefully (at most [`DRAIN`] later).
 
 use std::sync::Arc;
 use std::time::Duration;

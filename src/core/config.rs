@@ -960,11 +960,8 @@ pub fn hostname() -> String {
         .unwrap_or_default()
 }
 
-/// Writes `text` to a new file `path`, mode 0600, whole or not at all: it is
-/// written to a temporary name, synced and renamed, so a full disk leaves no
-/// empty or partial file behind. Fails if `path` exists.
 /// A server's certificate and key: both or neither, the certificate
-/// readable (`keys`: their configuration keys).
+/// readable; `cert_key` and `key_key` are their configuration keys.
 fn check_tls_pair(
     (cert_key, key_key): (&'static str, &'static str),
     cert: Option<&Path>,
@@ -992,6 +989,9 @@ fn write_addr_file(path: &Path, addr: &str) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// Writes `text` to a new file `path`, mode 0600, whole or not at all: it is
+/// written to a temporary name, synced and renamed, so a full disk leaves no
+/// empty or partial file behind. Fails if `path` exists.
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
     let dir = path.parent().unwrap_or(Path::new("."));

@@ -32,11 +32,11 @@ pub(super) async fn read(
 
 /// Reads the body of a request, up to `limit` bytes.
 async fn body(headers: &HeaderMap, body: Body, limit: u64) -> Result<Vec<u8>, Answer> {
-    let too_large = |n: &str| {
+    let too_large = |size: String| {
         Answer::error(
             StatusCode::PAYLOAD_TOO_LARGE,
             Some(Reason::TooLarge),
-            format!("body is {n} bytes, the limit is {limit}"),
+            format!("body is {size} bytes, the limit is {limit}"),
         )
     };
     if let Some(declared) = headers
@@ -45,13 +45,13 @@ async fn body(headers: &HeaderMap, body: Body, limit: u64) -> Result<Vec<u8>, An
         .and_then(|v| v.parse::<u64>().ok())
     {
         if declared > limit {
-            return Err(too_large(&declared.to_string()));
+            return Err(too_large(declared.to_string()));
         }
     }
     let cap = usize::try_from(limit).unwrap_or(usize::MAX);
     match axum::body::to_bytes(body, cap).await {
         Ok(b) => Ok(b.to_vec()),
-        Err(_) => Err(too_large("more than the limit of")),
+        Err(_) => Err(too_large(format!("more than {limit}"))),
     }
 }
 

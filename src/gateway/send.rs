@@ -71,18 +71,12 @@ pub(super) async fn send(axum::extract::State(gw): Gs, headers: HeaderMap, body:
                 "detail": "already accepted; not delivered again",
             }),
         ),
-        Ok(outcome @ (Outcome::Rejected(reason) | Outcome::Quarantined(reason))) => {
-            let text = match outcome {
-                // Refused after its signature was verified: a notice went out.
-                Outcome::Rejected(_) => {
-                    format!("envelope refused: {reason} (the rejected notice says more)")
-                }
-                _ => format!("envelope refused: {reason} (its signature could not be verified)"),
-            };
-            let mut a = Answer::error(status_of(reason), Some(reason), text);
-            a.1["outcome"] = "rejected".into();
-            a.1["message_id"] = message_id.into();
-            a
+        // Refused after its signature was verified: a notice went out.
+        Ok(Outcome::Rejected(reason)) => {
+            refused(reason, "the rejected notice says more", message_id)
+        }
+        Ok(Outcome::Quarantined(reason)) => {
+            refused(reason, "its signature could not be verified", message_id)
         }
         Ok(other) => {
             tracing::warn!(outcome = ?other, "gateway envelope handled as something else");
@@ -97,4 +91,16 @@ pub(super) async fn send(axum::extract::State(gw): Gs, headers: HeaderMap, body:
             Answer::unavailable("envelope")
         }
     }
+}
+
+/// The answer to an envelope the router refused for `reason`.
+fn refused(reason: Reason, more: &str, message_id: String) -> Answer {
+    let mut a = Answer::error(
+        status_of(reason),
+        Some(reason),
+        format!("envelope refused: {reason} ({more})"),
+    );
+    a.1["outcome"] = "rejected".into();
+    a.1["message_id"] = message_id.into();
+    a
 }

@@ -8,8 +8,6 @@
 //! (`401`), one of an authenticated agency says its reason code; a renewed
 //! token is bound to the same agency and key as the one it replaces.
 
-use std::sync::Arc;
-
 use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::json;
@@ -82,7 +80,6 @@ pub(super) async fn show(axum::extract::State(gw): Gs, headers: HeaderMap) -> An
 
 /// `POST /v1/session/renew`.
 pub(super) async fn renew(axum::extract::State(gw): Gs, headers: HeaderMap) -> Answer {
-    let gw: Arc<Gateway> = gw;
     match gw.session(&headers) {
         Ok((entry, claims)) => gw.grant(entry.agency.code.as_str(), &claims.access_key),
         Err(a) => a,

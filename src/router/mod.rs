@@ -16,8 +16,9 @@
 //!    rebuilt from the copy.
 //!
 //! Beside them: [`session`] (a gateway session request, checked like an
-//! ingress message and answered at once), [`order`] (a message waits for the one it depends on) and
-//! [`progress`] (whether a source's messages are being handled, for `/healthz`).
+//! ingress message and answered at once), [`order`] (a message waits for
+//! the one it depends on) and [`progress`] (whether a source's messages are
+//! being handled, for `/healthz`).
 //!
 //! This file keeps the [`Router`] (the state every step reads), its errors
 //! and outcomes, and the per-envelope locks.

@@ -36,6 +36,17 @@ struct Answer {
     status: u16,
     head: String,
     body: serde_json::Value,
+    raw: Vec<u8>,
+}
+
+impl Answer {
+    /// The value of header `name` (case-insensitive).
+    fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+        })
+    }
 }
 
 /// Bodies from this size on are sent as curl sends them: `Expect:
@@ -90,13 +101,18 @@ async fn http(
         .await
         .expect("an answer in time")
         .unwrap();
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP answer");
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("an HTTP answer");
+    let head = String::from_utf8_lossy(&raw[..end]).into_owned();
+    let body = raw[end + 4..].to_vec();
     let status = head.split(' ').nth(1).unwrap().parse().unwrap();
     Answer {
         status,
-        head: head.to_owned(),
-        body: serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+        head,
+        body: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+        raw: body,
     }
 }
 
@@ -384,4 +400,400 @@ async fn off_loopback_the_gateway_is_https_only() {
             .await
             .is_err()
     );
+}
+
+/// `Authorization` for `token`.
+fn bearer(token: &str) -> Vec<(String, String)> {
+    vec![("Authorization".to_owned(), format!("Bearer {token}"))]
+}
+
+/// `GET path` with `token`.
+async fn get(gw: &str, token: &str, path: &str) -> Answer {
+    http(gw, "GET", path, &bearer(token), b"").await
+}
+
+/// `POST path` with `token` and a JSON body.
+async fn post_json(gw: &str, token: &str, path: &str, body: serde_json::Value) -> Answer {
+    let mut h = bearer(token);
+    h.push(("Content-Type".into(), "application/json".into()));
+    http(gw, "POST", path, &h, body.to_string().as_bytes()).await
+}
+
+/// The signed status `m` posted to `/v1/statuses`.
+async fn post_status(gw: &str, token: &str, m: &Message) -> Answer {
+    let mut h = carried(m);
+    h.extend(bearer(token));
+    http(gw, "POST", "/v1/statuses", &h, &m.body).await
+}
+
+/// The deliveries listed for `token`, waiting up to `wait_s` for one.
+async fn deliveries(gw: &str, token: &str, wait_s: u64) -> Vec<serde_json::Value> {
+    let a = get(gw, token, &format!("/v1/deliveries?wait={wait_s}")).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    a.body["deliveries"].as_array().unwrap().clone()
+}
+
+/// Notices listed for `token` until `n` arrived (or `WAIT` passed); each is
+/// acknowledged. Their JSON bodies.
+async fn take_notices(gw: &str, token: &str, n: usize) -> Vec<serde_json::Value> {
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut out = Vec::new();
+    while out.len() < n && std::time::Instant::now() < deadline {
+        let a = get(gw, token, "/v1/notices?wait=2").await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        let listed = a.body["notices"].as_array().unwrap().clone();
+        let ids: Vec<_> = listed.iter().map(|n| n["id"].clone()).collect();
+        if ids.is_empty() {
+            continue;
+        }
+        let acked = post_json(
+            gw,
+            token,
+            "/v1/notices/ack",
+            serde_json::json!({ "ids": ids }),
+        )
+        .await;
+        assert_eq!(acked.status, 200, "{}", acked.body);
+        assert_eq!(
+            acked.body["acknowledged"].as_array().unwrap().len(),
+            ids.len()
+        );
+        out.extend(listed.into_iter().map(|n| n["notice"].clone()));
+    }
+    out
+}
+
+/// The delivery listed as `d`, fetched, as the message the hub signed.
+async fn fetched(gw: &str, token: &str, d: &serde_json::Value) -> Message {
+    let a = get(
+        gw,
+        token,
+        &format!("/v1/deliveries/{}", d["id"].as_str().unwrap()),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.raw));
+    assert_eq!(a.header("message-id").as_deref(), d["message_id"].as_str());
+    let mut m = Message {
+        message_id: d["message_id"].as_str().map(str::to_owned),
+        content_type: d["content_type"].as_str().map(str::to_owned),
+        body: a.raw.into(),
+        ..Message::default()
+    };
+    for (k, v) in d["headers"].as_object().unwrap() {
+        m.set_header(k, v.as_str().unwrap());
+    }
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_agency_receives_settles_and_reads_notices() {
+    let (mut hub, gw) = gateway_hub().await;
+    let web = hub.register("000.00.63.H41").await;
+    let amqp = hub.register("000.00.64.H41").await;
+    let src = hub.client(&amqp).await;
+    let mut src_inbox = src.inbox(8).await.unwrap();
+    let mut src_notices = src.notices(16).await.unwrap();
+    let token = open(&gw, &web).await;
+    let a = get(&gw, &token, "/v1/deliveries").await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.body["deliveries"], serde_json::json!([]));
+    // Its calls count as heartbeats: online, with no AMQP connection at all.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (status, v) = hub.api("GET", "/v1/presence", None).await;
+        assert_eq!(status, 200, "{v}");
+        let me = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["code"] == "000.00.63.H41")
+            .cloned();
+        if me.as_ref().is_some_and(|p| p["state"] == "online") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never online: {me:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // AMQP → HTTPS: listed with its signed headers, fetched, checked.
+    let e1 = envelope("000.00.63.H41")
+        .subject("Giấy mời họp")
+        .body("nội dung")
+        .signed(&hub.prefix, &amqp);
+    src.publish(&e1).await.unwrap();
+    let listed = deliveries(&gw, &token, 10).await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let d = &listed[0];
+    let e1_id = e1.message_id.clone().unwrap();
+    assert_eq!(d["id"], format!("000.00.64.H41/{e1_id}"));
+    assert_eq!(
+        (d["kind"].as_str(), d["attempt"].as_u64()),
+        (Some("envelope"), Some(1))
+    );
+    assert_eq!(d["subject"], "Giấy mời họp");
+    let m = fetched(&gw, &token, d).await;
+    assert_eq!(&*m.body, "nội dung".as_bytes());
+    truc::client::verify_hub_signature(&m, "deliver.000.00.63.H41", &web.secret)
+        .expect("the hub signature verifies over the listed headers");
+    // Listing and fetching change nothing.
+    assert_eq!(deliveries(&gw, &token, 0).await.len(), 1);
+
+    // Status 01 over HTTPS settles it; the source hears of it.
+    let s = common::status(&e1_id, "01")
+        .source(&amqp.code)
+        .signed(&hub.prefix, &web);
+    let a = post_status(&gw, &token, &s).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.body["settled"], serde_json::json!([d["id"].clone()]));
+    assert!(deliveries(&gw, &token, 0).await.is_empty());
+    let got = common::notices(&src, &mut src_notices, 3, WAIT).await;
+    let kinds: Vec<String> = got.iter().map(|n| format!("{:?}", n.notice)).collect();
+    assert!(kinds.contains(&"Delivered".to_owned()), "{kinds:?}");
+    // Settling again (a timeout) is answered, not an error.
+    let path = format!("/v1/deliveries/{}/ack", d["id"].as_str().unwrap());
+    let a = http(&gw, "POST", &path, &bearer(&token), b"").await;
+    assert_eq!(
+        (a.status, a.body["settled"].as_str()),
+        (200, Some("before")),
+        "{}",
+        a.body
+    );
+    let a = get(
+        &gw,
+        &token,
+        &format!("/v1/deliveries/{}", d["id"].as_str().unwrap()),
+    )
+    .await;
+    assert_eq!(a.status, 410, "{}", a.body);
+
+    // HTTPS → AMQP: the answer and the destination's status come as notices.
+    let e2 = envelope("000.00.64.H41").signed(&hub.prefix, &web);
+    assert_eq!(post(&gw, &token, &e2).await.status, 202);
+    let got = next_within(&mut src_inbox, WAIT)
+        .await
+        .expect("the delivery");
+    src_inbox.ack(got.delivery_tag).await.unwrap();
+    let e2_id = e2.message_id.clone().unwrap();
+    src.send_status(&e2_id, "01", Some(&web.code), None)
+        .await
+        .unwrap();
+    let seen = take_notices(&gw, &token, 3).await;
+    let kinds: Vec<&str> = seen.iter().map(|n| n["notice"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["accepted", "delivered", "status"], "{seen:?}");
+    assert!(seen.iter().all(|n| n["ref"] == e2_id.as_str()));
+    let a = post_json(
+        &gw,
+        &token,
+        "/v1/notices/ack",
+        serde_json::json!({ "ids": ["n0"] }),
+    )
+    .await;
+    assert_eq!(a.body["not_held"], serde_json::json!(["n0"]), "{}", a.body);
+
+    // A recall: the envelope and the recall request are both listed; 15
+    // settles both and the source hears it.
+    let e3 = envelope("000.00.63.H41").signed(&hub.prefix, &amqp);
+    src.publish(&e3).await.unwrap();
+    let e3_id = e3.message_id.clone().unwrap();
+    assert_eq!(deliveries(&gw, &token, 10).await.len(), 1);
+    let recall = common::status(&e3_id, "13").signed(&hub.prefix, &amqp);
+    src.publish(&recall).await.unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    let listed = loop {
+        let l = deliveries(&gw, &token, 2).await;
+        if l.len() == 2 || std::time::Instant::now() > deadline {
+            break l;
+        }
+    };
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert_eq!(listed[1]["kind"], "recall");
+    assert_eq!(listed[1]["ref"], e3_id.as_str());
+    let s = common::status(&e3_id, "15")
+        .source(&amqp.code)
+        .signed(&hub.prefix, &web);
+    let a = post_status(&gw, &token, &s).await;
+    assert_eq!(
+        a.body["settled"].as_array().map(Vec::len),
+        Some(2),
+        "{}",
+        a.body
+    );
+    assert!(deliveries(&gw, &token, 0).await.is_empty());
+
+    // A rejected delivery comes back after the retry backoff, as attempt 2.
+    let e4 = envelope("000.00.63.H41").signed(&hub.prefix, &amqp);
+    src.publish(&e4).await.unwrap();
+    let d = deliveries(&gw, &token, 10).await.remove(0);
+    let path = format!("/v1/deliveries/{}/reject", d["id"].as_str().unwrap());
+    let a = http(&gw, "POST", &path, &bearer(&token), b"").await;
+    assert_eq!(
+        (a.status, a.body["settled"].as_str()),
+        (200, Some("rejected")),
+        "{}",
+        a.body
+    );
+    let again = deliveries(&gw, &token, 20).await;
+    assert_eq!(again.len(), 1, "retried within the 5 s (±25%) backoff");
+    assert_eq!(
+        (again[0]["id"].clone(), again[0]["attempt"].as_u64()),
+        (d["id"].clone(), Some(2))
+    );
+
+    // A deferred envelope is listed once it is due.
+    let at = truc::time::format_rfc3339(truc::time::now_ms() + 2_000);
+    let e5 = envelope("000.00.63.H41")
+        .header("lgsp-not-before", at)
+        .signed(&hub.prefix, &amqp);
+    src.publish(&e5).await.unwrap();
+    let e5_id = e5.message_id.clone().unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    while !deliveries(&gw, &token, 2)
+        .await
+        .iter()
+        .any(|d| d["message_id"] == e5_id.as_str())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the deferred envelope came"
+        );
+    }
+    assert!(!hub.log().contains(&token), "no token in the log");
+}
+
+/// An open event stream (`GET /v1/stream`, HTTP/1.0 so the body is the
+/// bare event text until the connection closes).
+struct Events {
+    s: tokio::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Events {
+    async fn open(gw: &str, token: &str) -> Self {
+        let mut s = tokio::net::TcpStream::connect(gw).await.unwrap();
+        let req = format!("GET /v1/stream HTTP/1.0\r\nAuthorization: Bearer {token}\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut ev = Self { s, buf: Vec::new() };
+        let head = ev.block(b"\r\n\r\n", WAIT).await.expect("an answer");
+        assert!(head.starts_with("HTTP/1.0 200"), "{head}");
+        assert!(head.contains("text/event-stream"), "{head}");
+        ev
+    }
+
+    /// The text up to the next `sep`, read within `wait`.
+    async fn block(&mut self, sep: &[u8], wait: Duration) -> Option<String> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(at) = self.buf.windows(sep.len()).position(|w| w == sep) {
+                let text = String::from_utf8(self.buf[..at].to_vec()).unwrap();
+                self.buf.drain(..at + sep.len());
+                return Some(text);
+            }
+            let mut chunk = [0u8; 8192];
+            let n = tokio::time::timeout_at(deadline, self.s.read(&mut chunk))
+                .await
+                .ok()?
+                .unwrap();
+            if n == 0 {
+                return None;
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// The next event (name, data) within `wait`; comments are skipped.
+    async fn next(&mut self, wait: Duration) -> Option<(String, serde_json::Value)> {
+        loop {
+            let block = self.block(b"\n\n", wait).await?;
+            let field = |name: &str| {
+                block
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name).map(str::to_owned))
+            };
+            let (Some(event), Some(data)) = (field("event: "), field("data: ")) else {
+                continue;
+            };
+            let data = serde_json::from_str(&data).unwrap_or(serde_json::Value::String(data));
+            return Some((event, data));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_cut_ten_times_loses_nothing() {
+    const SENT: usize = 60;
+    let (mut hub, gw) = gateway_hub().await;
+    let web = hub.register("000.00.65.H41").await;
+    let amqp = hub.register("000.00.66.H41").await;
+    let token = open(&gw, &web).await;
+    let mut ids = std::collections::BTreeSet::new();
+    let mut batch = Vec::new();
+    for i in 0..SENT {
+        let m = envelope("000.00.65.H41")
+            .subject(format!("số {i}"))
+            .signed(&hub.prefix, &amqp);
+        ids.insert(m.message_id.clone().unwrap());
+        batch.push(m);
+    }
+    let src = hub.client(&amqp).await;
+    let publisher = tokio::spawn(async move {
+        for m in batch {
+            src.publish(&m).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+        src
+    });
+
+    let mut settled = std::collections::BTreeSet::new();
+    let mut left = std::collections::BTreeSet::new();
+    let (mut came_again, mut again_settled) = (0, 0);
+    let mut cuts = 0;
+    while settled.len() < SENT {
+        let mut ev = Events::open(&gw, &token).await;
+        let mut taken = 0;
+        // Up to four deliveries per stream; the fourth is left unsettled
+        // when the stream is cut, so it must come again.
+        while let Some((event, d)) = ev.next(Duration::from_secs(5)).await {
+            assert_eq!(event, "delivery", "{d}");
+            let id = d["message_id"].as_str().unwrap().to_owned();
+            if settled.contains(&id) {
+                again_settled += 1;
+                continue;
+            }
+            if left.remove(&id) {
+                came_again += 1;
+            }
+            taken += 1;
+            if taken == 4 && cuts < 10 {
+                left.insert(id);
+                break;
+            }
+            let s = common::status(&id, "01")
+                .source(&amqp.code)
+                .signed(&hub.prefix, &web);
+            let a = post_status(&gw, &token, &s).await;
+            assert_eq!(a.status, 200, "{}", a.body);
+            assert_eq!(
+                a.body["settled"].as_array().map(Vec::len),
+                Some(1),
+                "{}",
+                a.body
+            );
+            settled.insert(id);
+            if settled.len() == SENT {
+                break;
+            }
+        }
+        drop(ev);
+        if cuts < 10 {
+            cuts += 1;
+        } else if settled.len() < SENT {
+            panic!("stream ended with {} of {SENT} settled", settled.len());
+        }
+    }
+    publisher.await.unwrap();
+    assert_eq!(cuts, 10);
+    assert_eq!(settled, ids, "every delivery came and was settled");
+    assert_eq!(again_settled, 0, "nothing settled came again");
+    assert_eq!(came_again, 10, "each delivery left unsettled came again");
+    hub.wait_depth("inbox.000.00.65.H41", 0).await;
 }

@@ -681,6 +681,13 @@ impl Subscription {
             channel: self.channel.clone(),
         }
     }
+
+    /// Closes the channel: the broker requeues every delivery still unacked.
+    pub async fn close(self) {
+        if self.channel.status().connected() {
+            let _ = self.channel.close(200, ShortString::from("done")).await;
+        }
+    }
 }
 
 impl Browser {

@@ -12,7 +12,6 @@
 //! the caller, never acknowledged. [`Client::await_answer`] acknowledges only
 //! the answer it waited for.
 
-use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
 use crate::broker::{AmqpError, BrokerTls, Link, Subscription};
@@ -22,6 +21,7 @@ use crate::core::message::{Inbound, Message};
 use crate::core::notice::Notice;
 use crate::core::time::now_ms;
 
+pub use crate::core::dedupe::Dedupe;
 pub use crate::core::outgoing::{
     envelope_message, new_message_id, new_nonce, presence_message, sign, status_message,
     verify_hub_signature, Credentials, KeyPair, Outgoing,
@@ -103,41 +103,6 @@ pub struct Received {
     pub message: Message,
     /// Delivery tag to settle.
     pub delivery_tag: u64,
-}
-
-/// Remembers the last `capacity` `(from, message_id)` pairs seen.
-#[derive(Debug)]
-pub struct Dedupe {
-    seen: HashSet<(String, String)>,
-    order: VecDeque<(String, String)>,
-    capacity: usize,
-}
-
-impl Dedupe {
-    /// Remembers up to `capacity` pairs.
-    pub fn new(capacity: usize) -> Self {
-        Self {
-            seen: HashSet::new(),
-            order: VecDeque::new(),
-            capacity: capacity.max(1),
-        }
-    }
-
-    /// True when the pair was seen before; remembers it otherwise.
-    pub fn seen(&mut self, from: &str, message_id: &str) -> bool {
-        let k = (from.to_owned(), message_id.to_owned());
-        if self.seen.contains(&k) {
-            return true;
-        }
-        if self.order.len() == self.capacity {
-            if let Some(old) = self.order.pop_front() {
-                self.seen.remove(&old);
-            }
-        }
-        self.seen.insert(k.clone());
-        self.order.push_back(k);
-        false
-    }
 }
 
 /// A connected adapter.

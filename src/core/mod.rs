@@ -18,6 +18,7 @@ pub mod canonical;
 pub mod checkpoint;
 pub mod code;
 pub mod config;
+pub mod dedupe;
 pub mod envelope;
 pub mod message;
 pub mod metrics;

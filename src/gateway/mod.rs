@@ -24,9 +24,14 @@
 //! May use: every layer beneath it, and the admin API's connection
 //! handling ([`crate::api::tls`]).
 
+mod mailbox;
+mod notices;
+mod receive;
 mod request;
 mod send;
 mod session;
+mod status;
+mod stream;
 mod token;
 
 use std::sync::Arc;
@@ -52,6 +57,9 @@ pub(crate) struct Gateway {
     hub: Arc<Hub>,
     tokens: token::Tokens,
     session_ttl: Duration,
+    mailboxes: Arc<mailbox::Mailboxes>,
+    /// When each agency's calls last counted as a heartbeat.
+    beats: std::sync::Mutex<std::collections::HashMap<AgencyCode, std::time::Instant>>,
 }
 
 /// The state every handler gets.
@@ -81,6 +89,11 @@ impl Answer {
             body["reason"] = r.as_str().into();
         }
         Self(status, body)
+    }
+
+    /// A request the gateway cannot read.
+    fn bad_request(text: impl Into<String>) -> Self {
+        Self::error(StatusCode::BAD_REQUEST, None, text)
     }
 
     /// The one answer to any session or token that is not good.
@@ -153,7 +166,26 @@ impl Gateway {
                 tracing::debug!(agency = %crate::core::text::Escaped(&claims.agency), "gateway session ended: agency removed, disabled or its key rotated");
                 Answer::unauthorized()
             })?;
+        self.beat(&entry.agency.code);
         Ok((entry, claims))
+    }
+
+    /// Counts a call of `code` as an `online` heartbeat (PROTOCOL.md §3.5),
+    /// at most once every third of the heartbeat window.
+    fn beat(&self, code: &AgencyCode) {
+        let every = self.hub.router.policies().presence.heartbeat_window / 3;
+        let now = std::time::Instant::now();
+        {
+            let mut beats = self.beats.lock().unwrap_or_else(|p| p.into_inner());
+            if beats
+                .get(code)
+                .is_some_and(|last| now.duration_since(*last) < every)
+            {
+                return;
+            }
+            beats.insert(code.clone(), now);
+        }
+        self.hub.router.heartbeat(code, true, now_ms());
     }
 }
 
@@ -164,6 +196,17 @@ fn routes(gw: Arc<Gateway>) -> Router {
         .route("/v1/session", get(session::show))
         .route("/v1/session/renew", post(session::renew))
         .route("/v1/envelopes", post(send::send))
+        .route("/v1/statuses", post(status::post))
+        .route("/v1/deliveries", get(receive::list))
+        .route("/v1/deliveries/{from}/{message_id}", get(receive::fetch))
+        .route("/v1/deliveries/{from}/{message_id}/ack", post(receive::ack))
+        .route(
+            "/v1/deliveries/{from}/{message_id}/reject",
+            post(receive::reject),
+        )
+        .route("/v1/notices", get(notices::list))
+        .route("/v1/notices/ack", post(notices::ack))
+        .route("/v1/stream", get(stream::open))
         .with_state(gw)
 }
 
@@ -181,6 +224,8 @@ pub(crate) async fn serve(
     let gw = Arc::new(Gateway {
         session_ttl: hub.config.gateway_session_ttl(),
         tokens: token::Tokens::new(token_key),
+        mailboxes: Arc::new(mailbox::Mailboxes::new(shutdown.clone())),
+        beats: Default::default(),
         hub,
     });
     crate::api::tls::serve_connections(

@@ -13,44 +13,23 @@ use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::json;
 
-use super::{request, status_of, Answer, Gs};
+use std::sync::Arc;
+
+use super::{request, status_of, Answer, Gateway, Gs};
 use crate::broker::LinkOutbox;
-use crate::core::message::Inbound;
+use crate::core::message::{Inbound, Message};
 use crate::core::reason::Reason;
-use crate::router::Outcome;
+use crate::router::{Outcome, RouterError};
+use crate::state::registry::Entry;
 
 /// `POST /v1/envelopes`.
 pub(super) async fn send(axum::extract::State(gw): Gs, headers: HeaderMap, body: Body) -> Answer {
-    let (entry, _) = match gw.session(&headers) {
-        Ok(s) => s,
-        Err(a) => return a,
-    };
     let limit = gw.hub.router.policies().max_body_bytes;
-    let msg = match request::read("envelope", &headers, body, limit).await {
-        Ok(m) => m,
+    let (message_id, handled) = match handle(&gw, "envelope", &headers, body, limit).await {
+        Ok((_, msg, handled)) => (msg.message_id.unwrap_or_default(), handled),
         Err(a) => return a,
     };
-    if msg.header("lgsp-from") != Some(entry.agency.code.as_str()) {
-        return Answer::error(
-            StatusCode::FORBIDDEN,
-            Some(Reason::Forbidden),
-            format!(
-                "lgsp-from must be the session's agency, {}",
-                entry.agency.code
-            ),
-        );
-    }
-    let Some(link) = gw.hub.link.borrow().clone() else {
-        return Answer::unavailable("envelope");
-    };
-    let outbox = LinkOutbox::new(link, gw.hub.topology.clone());
-    let message_id = msg.message_id.clone().unwrap_or_default();
-    let inbound = Inbound {
-        message: msg,
-        delivery_tag: 0,
-        redelivered: false,
-    };
-    match gw.hub.router.handle(&inbound, &outbox).await {
+    match handled {
         Ok(Outcome::Accepted { delivered, bounced }) => Answer(
             StatusCode::ACCEPTED,
             json!({
@@ -86,19 +65,62 @@ pub(super) async fn send(axum::extract::State(gw): Gs, headers: HeaderMap, body:
                 "not an envelope",
             )
         }
-        Err(e) => {
-            tracing::warn!(error = %e, retryable = e.is_retryable(), "gateway envelope not handled; the caller may send it again");
-            Answer::unavailable("envelope")
-        }
+        Err(e) => not_handled("envelope", &e),
     }
+}
+
+/// A request of `kind` from the session's agency, read (body up to
+/// `limit`) and handled by the router as if consumed from AMQP: the
+/// session's agency, the message, and what the router made of it.
+pub(super) async fn handle(
+    gw: &Gateway,
+    kind: &'static str,
+    headers: &HeaderMap,
+    body: Body,
+    limit: u64,
+) -> Result<(Arc<Entry>, Message, Result<Outcome, RouterError>), Answer> {
+    let (entry, _) = gw.session(headers)?;
+    let msg = request::read(kind, headers, body, limit).await?;
+    if msg.header("lgsp-from") != Some(entry.agency.code.as_str()) {
+        return Err(Answer::error(
+            StatusCode::FORBIDDEN,
+            Some(Reason::Forbidden),
+            format!(
+                "lgsp-from must be the session's agency, {}",
+                entry.agency.code
+            ),
+        ));
+    }
+    let Some(link) = gw.hub.link.borrow().clone() else {
+        return Err(Answer::unavailable(kind));
+    };
+    let outbox = LinkOutbox::new(link, gw.hub.topology.clone());
+    let inbound = Inbound {
+        message: msg,
+        delivery_tag: 0,
+        redelivered: false,
+    };
+    let handled = gw.hub.router.handle(&inbound, &outbox).await;
+    Ok((entry, inbound.message, handled))
+}
+
+/// The answer to a `kind` the router could not handle now.
+pub(super) fn not_handled(kind: &str, e: &RouterError) -> Answer {
+    tracing::warn!(kind, error = %e, retryable = e.is_retryable(), "gateway request not handled; the caller may send it again");
+    Answer::unavailable(kind)
 }
 
 /// The answer to an envelope the router refused for `reason`.
 fn refused(reason: Reason, more: &str, message_id: String) -> Answer {
+    refused_kind("envelope", reason, more, message_id)
+}
+
+/// The answer to a `kind` the router refused for `reason`.
+pub(super) fn refused_kind(kind: &str, reason: Reason, more: &str, message_id: String) -> Answer {
     let mut a = Answer::error(
         status_of(reason),
         Some(reason),
-        format!("envelope refused: {reason} ({more})"),
+        format!("{kind} refused: {reason} ({more})"),
     );
     a.1["outcome"] = "rejected".into();
     a.1["message_id"] = message_id.into();

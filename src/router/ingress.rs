@@ -708,7 +708,9 @@ impl Router {
         })
     }
 
-    fn heartbeat(&self, code: &AgencyCode, online: bool, now: i64) {
+    /// Hands a heartbeat of `code` to the presence task (a heartbeat
+    /// message, or a gateway call standing for one).
+    pub(crate) fn heartbeat(&self, code: &AgencyCode, online: bool, now: i64) {
         metrics::heartbeat(online);
         tracing::debug!(from = %code, online, "heartbeat");
         let Some(tx) = self.heartbeats.get() else {

@@ -1,0 +1,93 @@
+//! Notices over HTTPS: `GET /v1/notices?wait=&limit=` (a long-poll) lists
+//! the notices the agency's mailbox holds, each as the same JSON body as on
+//! AMQP (PROTOCOL.md §8.3) with its signed headers; `POST /v1/notices/ack`
+//! acknowledges them by id.
+//!
+//! Invariants: listing changes nothing; a notice leaves its queue only when
+//! acknowledged; acknowledging an id not held (already acknowledged, or
+//! never seen) is not an error, the answer says which ids were held.
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::Query;
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::receive::{lgsp_headers, mailbox, wait_for, ListQuery};
+use super::{Answer, Gs};
+use crate::core::message::Message;
+
+/// Most ids one acknowledgement takes.
+const MAX_IDS: usize = 1000;
+
+/// What the API says of a held notice.
+pub(super) fn describe(id: &str, m: &Message) -> Value {
+    json!({
+        "id": id,
+        "notice": serde_json::from_slice::<Value>(&m.body).unwrap_or(Value::Null),
+        "headers": lgsp_headers(m),
+    })
+}
+
+/// `GET /v1/notices`.
+pub(super) async fn list(
+    axum::extract::State(gw): Gs,
+    headers: HeaderMap,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> Answer {
+    let (wait, limit) = match ListQuery::read(q) {
+        Ok(q) => q,
+        Err(a) => return a,
+    };
+    let mb = match mailbox(&gw, &headers).await {
+        Ok(mb) => mb,
+        Err(a) => return a,
+    };
+    let found = wait_for(&mb, wait, |mb| mb.notices(limit)).await;
+    mb.touch();
+    Answer(
+        StatusCode::OK,
+        json!({ "notices": found.iter().map(|(id, m)| describe(id, m)).collect::<Vec<_>>() }),
+    )
+}
+
+/// The body of `POST /v1/notices/ack`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AckNotices {
+    /// The ids (`message_id`) of the notices to acknowledge.
+    ids: Vec<String>,
+}
+
+/// `POST /v1/notices/ack`.
+pub(super) async fn ack(
+    axum::extract::State(gw): Gs,
+    headers: HeaderMap,
+    body: Result<Json<AckNotices>, JsonRejection>,
+) -> Answer {
+    let mb = match mailbox(&gw, &headers).await {
+        Ok(mb) => mb,
+        Err(a) => return a,
+    };
+    let Json(body) = match body {
+        Ok(b) => b,
+        Err(e) => return Answer::bad_request(format!("bad body: {e}")),
+    };
+    if body.ids.len() > MAX_IDS {
+        return Answer::bad_request(format!("at most {MAX_IDS} ids at once"));
+    }
+    match gw.mailboxes.ack_notices(&mb, &body.ids).await {
+        Ok(done) => {
+            let not_held: Vec<&String> = body.ids.iter().filter(|i| !done.contains(i)).collect();
+            Answer(
+                StatusCode::OK,
+                json!({ "acknowledged": done, "not_held": not_held }),
+            )
+        }
+        Err(e) => {
+            tracing::warn!(agency = %mb.code, error = %e, "gateway notice ack failed; the notices go back to the queue");
+            Answer::unavailable("acknowledging notices")
+        }
+    }
+}

@@ -1,0 +1,279 @@
+//! Receiving over HTTPS, the polling way: `GET /v1/deliveries` lists what
+//! the agency's mailbox holds (metadata and the exact signed headers, no
+//! body), `GET /v1/deliveries/{from}/{message_id}` fetches one with its
+//! body, and `POST …/ack` or `…/reject` settles it. Posting a status about
+//! it (`POST /v1/statuses`, [`super::status`]) settles it too.
+//!
+//! Invariants: listing and fetching change nothing (safe to repeat); a
+//! delivery is acked or rejected on the broker only when the agency settles
+//! it, and settling again after a timeout is answered "already settled"; a
+//! delivery's headers are given exactly as signed in the listing's JSON, so
+//! the hub signature can be checked as on AMQP (routing key
+//! `deliver.<code>`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::mailbox::{Held, Key, Mailbox, Settle, Settled, PREFETCH};
+use super::{Answer, Gateway, Gs};
+use crate::core::message::Message;
+use crate::core::time::now_ms;
+
+/// The longest a listing waits for something to arrive.
+pub(super) const MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// `?wait=<seconds>&limit=<n>` of a listing.
+#[derive(Debug, Deserialize)]
+pub(super) struct ListQuery {
+    /// Seconds to wait when nothing is held (0 by default, at most 60).
+    #[serde(default)]
+    wait: u64,
+    /// Most items in the answer (all held, at most the prefetch, by default).
+    limit: Option<usize>,
+}
+
+impl ListQuery {
+    /// The query, or the answer to a bad one.
+    pub(super) fn read(
+        q: Result<Query<Self>, QueryRejection>,
+    ) -> Result<(Duration, usize), Answer> {
+        let Query(q) = q.map_err(|e| Answer::bad_request(format!("bad query: {e}")))?;
+        let wait = Duration::from_secs(q.wait);
+        if wait > MAX_WAIT {
+            return Err(Answer::bad_request(format!(
+                "wait is at most {} seconds",
+                MAX_WAIT.as_secs()
+            )));
+        }
+        let limit = q.limit.unwrap_or(usize::from(PREFETCH));
+        if limit == 0 {
+            return Err(Answer::bad_request("limit must be at least 1"));
+        }
+        Ok((wait, limit))
+    }
+}
+
+/// The text headers of `m` that belong to the contract (`lgsp-*`), by name.
+pub(super) fn lgsp_headers(m: &Message) -> serde_json::Map<String, Value> {
+    m.headers
+        .iter()
+        .filter(|(n, _)| n.starts_with("lgsp-"))
+        .filter_map(|(n, v)| v.as_text().map(|t| (n.clone(), Value::from(t))))
+        .collect()
+}
+
+/// What the API says of a held delivery (no body).
+pub(super) fn describe(key: &Key, held: &Held) -> Value {
+    let m = &held.message;
+    let h = |name: &str| m.header(name).map(str::to_owned);
+    let recall = m.header("lgsp-kind") == Some("recall");
+    let stale = m
+        .header("lgsp-deliver-by")
+        .and_then(|d| crate::core::time::parse_rfc3339(d).ok())
+        .is_some_and(|d| d <= now_ms());
+    json!({
+        "id": key.id(),
+        "kind": if recall { "recall" } else { "envelope" },
+        "from": key.from,
+        "message_id": key.message_id,
+        "ref": if recall { h("lgsp-ref") } else { None },
+        "subject": h("lgsp-subject"),
+        "attempt": m.header("lgsp-attempt").and_then(|a| a.parse::<u32>().ok()).unwrap_or(1),
+        "deliver_by": h("lgsp-deliver-by"),
+        "stale": stale,
+        "redelivered": held.redelivered,
+        "content_type": m.content_type,
+        "size": m.body.len(),
+        "headers": lgsp_headers(m),
+    })
+}
+
+/// The mailbox of the session's agency (opened if need be).
+pub(super) async fn mailbox(
+    gw: &Arc<Gateway>,
+    headers: &HeaderMap,
+) -> Result<Arc<Mailbox>, Answer> {
+    let (entry, _) = gw.session(headers)?;
+    gw.mailboxes
+        .get(&gw.hub, &entry.agency.code)
+        .await
+        .map_err(|e| {
+            tracing::warn!(agency = %entry.agency.code, error = %e, "gateway mailbox not opened");
+            Answer::unavailable("receiving")
+        })
+}
+
+/// Waits up to `wait` until `ready` finds something in `mb` (or it closes).
+pub(super) async fn wait_for<T>(
+    mb: &Mailbox,
+    wait: Duration,
+    ready: impl Fn(&Mailbox) -> Vec<T>,
+) -> Vec<T> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut arrivals = mb.arrivals();
+    loop {
+        arrivals.borrow_and_update();
+        let found = ready(mb);
+        if !found.is_empty() || mb.closed.is_cancelled() {
+            return found;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => return ready(mb),
+            _ = mb.closed.cancelled() => return ready(mb),
+            changed = arrivals.changed() => if changed.is_err() { return ready(mb) },
+        }
+    }
+}
+
+/// `GET /v1/deliveries?wait=&limit=`.
+pub(super) async fn list(
+    axum::extract::State(gw): Gs,
+    headers: HeaderMap,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> Answer {
+    let (wait, limit) = match ListQuery::read(q) {
+        Ok(q) => q,
+        Err(a) => return a,
+    };
+    let mb = match mailbox(&gw, &headers).await {
+        Ok(mb) => mb,
+        Err(a) => return a,
+    };
+    let found = wait_for(&mb, wait, |mb| mb.deliveries(limit)).await;
+    mb.touch();
+    Answer(
+        StatusCode::OK,
+        json!({ "deliveries": found.iter().map(|(k, h)| describe(k, h)).collect::<Vec<_>>() }),
+    )
+}
+
+/// The key named by a path.
+fn key((from, message_id): (String, String)) -> Key {
+    Key { from, message_id }
+}
+
+/// The answer for a key not held.
+fn not_held(gw: &Gateway, key: &Key) -> Answer {
+    if gw.mailboxes.was_settled(key) {
+        Answer::error(
+            StatusCode::GONE,
+            None,
+            format!("delivery {} was already settled", key.id()),
+        )
+    } else {
+        Answer::error(
+            StatusCode::NOT_FOUND,
+            None,
+            format!(
+                "no delivery {} is held for you: list your deliveries first \
+                 (it may not have arrived yet)",
+                key.id()
+            ),
+        )
+    }
+}
+
+/// `GET /v1/deliveries/{from}/{message_id}`: the body, with `Message-Id`,
+/// `Content-Type` and the `lgsp-*` headers that HTTP can carry unchanged.
+pub(super) async fn fetch(
+    axum::extract::State(gw): Gs,
+    headers: HeaderMap,
+    Path(path): Path<(String, String)>,
+) -> Response {
+    let mb = match mailbox(&gw, &headers).await {
+        Ok(mb) => mb,
+        Err(a) => return a.into_response(),
+    };
+    let key = key(path);
+    let Some(held) = mb.delivery(&key) else {
+        return not_held(&gw, &key).into_response();
+    };
+    let m = &held.message;
+    let mut r = Response::new(Body::from(m.body.to_vec()));
+    let out = r.headers_mut();
+    for (name, value) in m.headers.iter().filter(|(n, _)| n.starts_with("lgsp-")) {
+        let Some(text) = value.as_text() else {
+            continue;
+        };
+        // A value HTTP would alter (edge spaces) is only in the listing.
+        if text.trim() != text {
+            continue;
+        }
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(text.as_bytes()),
+        ) {
+            out.insert(n, v);
+        }
+    }
+    if let Some(v) = m
+        .message_id
+        .as_deref()
+        .and_then(|v| HeaderValue::from_str(v).ok())
+    {
+        out.insert(HeaderName::from_static("message-id"), v);
+    }
+    if let Some(v) = m
+        .content_type
+        .as_deref()
+        .and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok())
+    {
+        out.insert(header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+/// `POST /v1/deliveries/{from}/{message_id}/ack`.
+pub(super) async fn ack(
+    state: Gs,
+    headers: HeaderMap,
+    Path(path): Path<(String, String)>,
+) -> Answer {
+    settle(state, headers, path, Settle::Ack).await
+}
+
+/// `POST /v1/deliveries/{from}/{message_id}/reject`.
+pub(super) async fn reject(
+    state: Gs,
+    headers: HeaderMap,
+    Path(path): Path<(String, String)>,
+) -> Answer {
+    settle(state, headers, path, Settle::Reject).await
+}
+
+async fn settle(
+    axum::extract::State(gw): Gs,
+    headers: HeaderMap,
+    path: (String, String),
+    how: Settle,
+) -> Answer {
+    let mb = match mailbox(&gw, &headers).await {
+        Ok(mb) => mb,
+        Err(a) => return a,
+    };
+    let key = key(path);
+    let verb = match how {
+        Settle::Ack => "acknowledged",
+        Settle::Reject => "rejected",
+    };
+    match gw.mailboxes.settle(&mb, &key, how).await {
+        Ok(Settled::Now) => Answer(StatusCode::OK, json!({ "id": key.id(), "settled": verb })),
+        Ok(Settled::Before) => Answer(
+            StatusCode::OK,
+            json!({ "id": key.id(), "settled": "before", "detail": "already settled" }),
+        ),
+        Ok(Settled::NotHeld) => not_held(&gw, &key),
+        Err(e) => {
+            tracing::warn!(agency = %mb.code, error = %e, "gateway settle failed; the delivery goes back to the inbox");
+            Answer::unavailable("settling")
+        }
+    }
+}

@@ -187,6 +187,16 @@ async fn an_https_agency_sends_to_an_amqp_agency() {
     let mut dest = hub.client(&amqp).await;
     let mut inbox = dest.inbox(8).await.unwrap();
 
+    // The OpenAPI document is served without a session, and is the committed one.
+    let doc = http(&gw, "GET", "/openapi.json", &[], b"").await;
+    assert_eq!(doc.status, 200);
+    let committed: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(doc.body, committed);
+
     let token = open(&gw, &web).await;
     let me = whoami(&gw, &token).await;
     assert_eq!(

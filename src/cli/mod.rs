@@ -134,10 +134,19 @@ pub enum Command {
     Heartbeat(heartbeat::HeartbeatArgs),
     /// List the running `truc serve` instances of this hub, the leader marked.
     Instances(instances::InstancesArgs),
+    /// Print the OpenAPI document of the agencies' HTTPS gateway (JSON).
+    Openapi,
 }
 
 /// Runs a command (everything but `serve`).
 pub async fn run(cli: Cli) -> Result<(), CliError> {
+    if let Command::Openapi = cli.command {
+        let doc = crate::gateway::openapi();
+        let text = serde_json::to_string_pretty(&doc)
+            .map_err(|e| CliError::new(1, format!("OpenAPI document: {e}")))?;
+        println!("{text}");
+        return Ok(());
+    }
     let cfg = config(&cli.config)?;
     match cli.command {
         Command::Serve(_) => Err(CliError::new(2, "serve is run by main")),
@@ -154,6 +163,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Store(c) => store::run(&cfg, c).await,
         Command::Presence(a) => presence::run(&cfg, a).await,
         Command::Instances(a) => instances::run(&cfg, a).await,
+        Command::Openapi => unreachable!("answered above"),
     }
 }
 

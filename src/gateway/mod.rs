@@ -26,6 +26,7 @@
 
 mod mailbox;
 mod notices;
+mod params;
 mod receive;
 mod request;
 mod send;
@@ -33,15 +34,19 @@ mod session;
 mod status;
 mod stream;
 mod token;
+mod types;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Json, Router};
 use tokio_util::sync::CancellationToken;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::api::tls::ServerTls;
 use crate::core::code::AgencyCode;
@@ -50,6 +55,7 @@ use crate::core::time::now_ms;
 use crate::operator::Hub;
 use crate::state::registry::Entry;
 
+pub(crate) use params::{EnvelopeFields, Signed, StatusFields};
 pub(crate) use token::PURPOSE as TOKEN_PURPOSE;
 
 /// The gateway's shared state.
@@ -82,13 +88,25 @@ impl IntoResponse for Answer {
 }
 
 impl Answer {
-    /// An error answer: `{"error": …}`, with the reason code when there is one.
+    /// `status` with `body` ([`types`]).
+    fn of(status: StatusCode, body: &impl serde::Serialize) -> Self {
+        Self(
+            status,
+            serde_json::to_value(body).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    /// An error answer ([`types::Error`]), with the reason code when there is one.
     fn error(status: StatusCode, reason: Option<Reason>, text: impl Into<String>) -> Self {
-        let mut body = serde_json::json!({ "error": text.into() });
-        if let Some(r) = reason {
-            body["reason"] = r.as_str().into();
-        }
-        Self(status, body)
+        Self::of(
+            status,
+            &types::Error {
+                error: text.into(),
+                reason: reason.map(|r| r.as_str().to_owned()),
+                outcome: None,
+                message_id: None,
+            },
+        )
     }
 
     /// A request the gateway cannot read.
@@ -189,25 +207,77 @@ impl Gateway {
     }
 }
 
-/// The gateway's routes.
-fn routes(gw: Arc<Gateway>) -> Router {
-    Router::new()
-        .route("/v1/sessions", post(session::open))
-        .route("/v1/session", get(session::show))
-        .route("/v1/session/renew", post(session::renew))
-        .route("/v1/envelopes", post(send::send))
-        .route("/v1/statuses", post(status::post))
-        .route("/v1/deliveries", get(receive::list))
-        .route("/v1/deliveries/{from}/{message_id}", get(receive::fetch))
-        .route("/v1/deliveries/{from}/{message_id}/ack", post(receive::ack))
-        .route(
-            "/v1/deliveries/{from}/{message_id}/reject",
-            post(receive::reject),
-        )
-        .route("/v1/notices", get(notices::list))
-        .route("/v1/notices/ack", post(notices::ack))
-        .route("/v1/stream", get(stream::open))
-        .with_state(gw)
+/// The document's frame; the paths come from the routes ([`routes`]).
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "truc gateway",
+        description = "The agencies' HTTPS API of the provincial integration axis (LGSP): \
+            sessions, sending, receiving, statuses and notices. Requests carry the signed \
+            message of the wire contract (docs/PROTOCOL.md); docs/GATEWAY.md shows the whole \
+            flow with curl."
+    ),
+    modifiers(&BearerSession),
+    tags(
+        (name = "session", description = "session keys"),
+        (name = "send", description = "sending envelopes"),
+        (name = "receive", description = "deliveries, statuses and the event stream"),
+        (name = "notices", description = "what the hub tells a source"),
+    )
+)]
+struct Frame;
+
+/// The `session` security scheme: `Authorization: Bearer <token>`.
+struct BearerSession;
+
+impl utoipa::Modify for BearerSession {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        doc.components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(
+                "session",
+                SecurityScheme::Http(
+                    HttpBuilder::new()
+                        .scheme(HttpAuthScheme::Bearer)
+                        .description(Some("the token from POST /v1/sessions"))
+                        .build(),
+                ),
+            );
+    }
+}
+
+/// The gateway's routes and the OpenAPI document made from them (so the
+/// document lists exactly the routes served, with their types).
+fn routes() -> (Router<Arc<Gateway>>, utoipa::openapi::OpenApi) {
+    let (router, mut doc) = OpenApiRouter::with_openapi(Frame::openapi())
+        .routes(routes!(session::open))
+        .routes(routes!(session::show))
+        .routes(routes!(session::renew))
+        .routes(routes!(send::send))
+        .routes(routes!(status::post))
+        .routes(routes!(receive::list))
+        .routes(routes!(receive::fetch))
+        .routes(routes!(receive::ack))
+        .routes(routes!(receive::reject))
+        .routes(routes!(notices::list))
+        .routes(routes!(notices::ack))
+        .routes(routes!(stream::open))
+        .split_for_parts();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    (router, doc)
+}
+
+/// The OpenAPI document of the gateway (`GET /openapi.json`).
+pub(crate) fn openapi() -> utoipa::openapi::OpenApi {
+    routes().1
+}
+
+/// `GET /openapi.json`.
+async fn openapi_json(
+    axum::extract::State(doc): axum::extract::State<Arc<serde_json::Value>>,
+) -> Json<serde_json::Value> {
+    Json((*doc).clone())
 }
 
 /// Serves the gateway on `listener` until `shutdown`: HTTPS when `tls` is
@@ -228,13 +298,59 @@ pub(crate) async fn serve(
         beats: Default::default(),
         hub,
     });
-    crate::api::tls::serve_connections(
-        "gateway",
-        routes(gw),
-        listener,
-        tls,
-        header_timeout,
-        shutdown,
-    )
-    .await;
+    let (api, doc) = routes();
+    let doc = Arc::new(serde_json::to_value(&doc).unwrap_or_default());
+    let app = api.with_state(gw).merge(
+        Router::new()
+            .route("/openapi.json", get(openapi_json))
+            .with_state(doc),
+    );
+    crate::api::tls::serve_connections("gateway", app, listener, tls, header_timeout, shutdown)
+        .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `docs/openapi.json` is the document the code generates: regenerate it
+    /// with `truc openapi > docs/openapi.json` after changing the gateway.
+    #[test]
+    fn the_committed_document_is_the_generated_one() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.json");
+        let committed: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let generated = serde_json::to_value(openapi()).unwrap();
+        assert!(
+            committed == generated,
+            "docs/openapi.json is stale: run `truc openapi > docs/openapi.json`"
+        );
+    }
+
+    #[test]
+    fn every_call_but_opening_a_session_needs_the_session() {
+        let doc = serde_json::to_value(openapi()).unwrap();
+        let paths = doc["paths"].as_object().unwrap();
+        assert_eq!(paths.len(), 12, "{:?}", paths.keys().collect::<Vec<_>>());
+        let mut ids = std::collections::BTreeSet::new();
+        for (path, ops) in paths {
+            for (method, op) in ops.as_object().unwrap() {
+                let open = path == "/v1/sessions";
+                assert_eq!(
+                    op.get("security").is_some(),
+                    !open,
+                    "{method} {path}: security"
+                );
+                assert!(op["responses"].get("401").is_some(), "{method} {path}: 401");
+                assert!(
+                    ids.insert(op["operationId"].as_str().unwrap().to_owned()),
+                    "{method} {path}: operationId not unique"
+                );
+            }
+        }
+        assert_eq!(
+            doc["components"]["securitySchemes"]["session"]["scheme"],
+            "bearer"
+        );
+    }
 }

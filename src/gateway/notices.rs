@@ -11,10 +11,10 @@ use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::Query;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::receive::{lgsp_headers, mailbox, wait_for, ListQuery};
+use super::types::{AckNotices, Error, Notice, Notices, NoticesAcked};
 use super::{Answer, Gs};
 use crate::core::message::Message;
 
@@ -22,15 +22,25 @@ use crate::core::message::Message;
 const MAX_IDS: usize = 1000;
 
 /// What the API says of a held notice.
-pub(super) fn describe(id: &str, m: &Message) -> Value {
-    json!({
-        "id": id,
-        "notice": serde_json::from_slice::<Value>(&m.body).unwrap_or(Value::Null),
-        "headers": lgsp_headers(m),
-    })
+pub(super) fn describe(id: &str, m: &Message) -> Notice {
+    Notice {
+        id: id.to_owned(),
+        notice: serde_json::from_slice::<Value>(&m.body).unwrap_or(Value::Null),
+        headers: lgsp_headers(m),
+    }
 }
 
-/// `GET /v1/notices`.
+/// Lists the notices held for you, oldest first; with `wait`, waits for one
+/// when none is held (a long-poll). Changes nothing.
+#[utoipa::path(get, path = "/v1/notices", operation_id = "listNotices", tag = "notices",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "held notices", body = Notices),
+        (status = 400, description = "bad query", body = Error),
+        (status = 401, description = "no good session", body = Error),
+        (status = 503, description = "the hub has no broker connection now; try again", body = Error),
+    ),
+    security(("session" = [])))]
 pub(super) async fn list(
     axum::extract::State(gw): Gs,
     headers: HeaderMap,
@@ -46,21 +56,25 @@ pub(super) async fn list(
     };
     let found = wait_for(&mb, wait, |mb| mb.notices(limit)).await;
     mb.touch();
-    Answer(
+    Answer::of(
         StatusCode::OK,
-        json!({ "notices": found.iter().map(|(id, m)| describe(id, m)).collect::<Vec<_>>() }),
+        &Notices {
+            notices: found.iter().map(|(id, m)| describe(id, m)).collect(),
+        },
     )
 }
 
-/// The body of `POST /v1/notices/ack`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct AckNotices {
-    /// The ids (`message_id`) of the notices to acknowledge.
-    ids: Vec<String>,
-}
-
-/// `POST /v1/notices/ack`.
+/// Acknowledges notices by id: they leave your notify queue. Ids not held
+/// are listed, not refused (safe to repeat).
+#[utoipa::path(post, path = "/v1/notices/ack", operation_id = "ackNotices", tag = "notices",
+    request_body = AckNotices,
+    responses(
+        (status = 200, description = "acknowledged", body = NoticesAcked),
+        (status = 400, description = "bad body, or more than 1000 ids", body = Error),
+        (status = 401, description = "no good session", body = Error),
+        (status = 503, description = "the broker channel failed; the notices come again", body = Error),
+    ),
+    security(("session" = [])))]
 pub(super) async fn ack(
     axum::extract::State(gw): Gs,
     headers: HeaderMap,
@@ -79,10 +93,18 @@ pub(super) async fn ack(
     }
     match gw.mailboxes.ack_notices(&mb, &body.ids).await {
         Ok(done) => {
-            let not_held: Vec<&String> = body.ids.iter().filter(|i| !done.contains(i)).collect();
-            Answer(
+            let not_held = body
+                .ids
+                .iter()
+                .filter(|i| !done.contains(i))
+                .cloned()
+                .collect();
+            Answer::of(
                 StatusCode::OK,
-                json!({ "acknowledged": done, "not_held": not_held }),
+                &NoticesAcked {
+                    acknowledged: done,
+                    not_held,
+                },
             )
         }
         Err(e) => {

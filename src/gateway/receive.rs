@@ -20,9 +20,9 @@ use axum::extract::{Path, Query};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use serde_json::{json, Value};
 
 use super::mailbox::{Held, Key, Mailbox, Settle, Settled, PREFETCH};
+use super::types::{Deliveries, Delivery, Error, SettledAnswer};
 use super::{Answer, Gateway, Gs};
 use crate::core::message::Message;
 use crate::core::time::now_ms;
@@ -31,12 +31,13 @@ use crate::core::time::now_ms;
 pub(super) const MAX_WAIT: Duration = Duration::from_secs(60);
 
 /// `?wait=<seconds>&limit=<n>` of a listing.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct ListQuery {
-    /// Seconds to wait when nothing is held (0 by default, at most 60).
+    /// Seconds to wait when nothing is held (0 by default, at most 60): a long-poll.
     #[serde(default)]
     wait: u64,
-    /// Most items in the answer (all held, at most the prefetch, by default).
+    /// Most items in the answer (by default all that are held; at most 32 are held at once).
     limit: Option<usize>,
 }
 
@@ -62,16 +63,16 @@ impl ListQuery {
 }
 
 /// The text headers of `m` that belong to the contract (`lgsp-*`), by name.
-pub(super) fn lgsp_headers(m: &Message) -> serde_json::Map<String, Value> {
+pub(super) fn lgsp_headers(m: &Message) -> std::collections::BTreeMap<String, String> {
     m.headers
         .iter()
         .filter(|(n, _)| n.starts_with("lgsp-"))
-        .filter_map(|(n, v)| v.as_text().map(|t| (n.clone(), Value::from(t))))
+        .filter_map(|(n, v)| v.as_text().map(|t| (n.clone(), t.to_owned())))
         .collect()
 }
 
 /// What the API says of a held delivery (no body).
-pub(super) fn describe(key: &Key, held: &Held) -> Value {
+pub(super) fn describe(key: &Key, held: &Held) -> Delivery {
     let m = &held.message;
     let h = |name: &str| m.header(name).map(str::to_owned);
     let recall = m.header("lgsp-kind") == Some("recall");
@@ -79,21 +80,24 @@ pub(super) fn describe(key: &Key, held: &Held) -> Value {
         .header("lgsp-deliver-by")
         .and_then(|d| crate::core::time::parse_rfc3339(d).ok())
         .is_some_and(|d| d <= now_ms());
-    json!({
-        "id": key.id(),
-        "kind": if recall { "recall" } else { "envelope" },
-        "from": key.from,
-        "message_id": key.message_id,
-        "ref": if recall { h("lgsp-ref") } else { None },
-        "subject": h("lgsp-subject"),
-        "attempt": m.header("lgsp-attempt").and_then(|a| a.parse::<u32>().ok()).unwrap_or(1),
-        "deliver_by": h("lgsp-deliver-by"),
-        "stale": stale,
-        "redelivered": held.redelivered,
-        "content_type": m.content_type,
-        "size": m.body.len(),
-        "headers": lgsp_headers(m),
-    })
+    Delivery {
+        id: key.id(),
+        kind: if recall { "recall" } else { "envelope" }.into(),
+        from: key.from.clone(),
+        message_id: key.message_id.clone(),
+        reference: if recall { h("lgsp-ref") } else { None },
+        subject: h("lgsp-subject"),
+        attempt: m
+            .header("lgsp-attempt")
+            .and_then(|a| a.parse::<u32>().ok())
+            .unwrap_or(1),
+        deliver_by: h("lgsp-deliver-by"),
+        stale,
+        redelivered: held.redelivered,
+        content_type: m.content_type.clone(),
+        size: m.body.len(),
+        headers: lgsp_headers(m),
+    }
 }
 
 /// The mailbox of the session's agency (opened if need be).
@@ -133,7 +137,17 @@ pub(super) async fn wait_for<T>(
     }
 }
 
-/// `GET /v1/deliveries?wait=&limit=`.
+/// Lists the deliveries held for you (no bodies), oldest first; with
+/// `wait`, waits for one when none is held. Changes nothing.
+#[utoipa::path(get, path = "/v1/deliveries", operation_id = "listDeliveries", tag = "receive",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "held deliveries", body = Deliveries),
+        (status = 400, description = "bad query", body = Error),
+        (status = 401, description = "no good session", body = Error),
+        (status = 503, description = "the hub has no broker connection now; try again", body = Error),
+    ),
+    security(("session" = [])))]
 pub(super) async fn list(
     axum::extract::State(gw): Gs,
     headers: HeaderMap,
@@ -149,9 +163,11 @@ pub(super) async fn list(
     };
     let found = wait_for(&mb, wait, |mb| mb.deliveries(limit)).await;
     mb.touch();
-    Answer(
+    Answer::of(
         StatusCode::OK,
-        json!({ "deliveries": found.iter().map(|(k, h)| describe(k, h)).collect::<Vec<_>>() }),
+        &Deliveries {
+            deliveries: found.iter().map(|(k, h)| describe(k, h)).collect(),
+        },
     )
 }
 
@@ -181,8 +197,21 @@ fn not_held(gw: &Gateway, key: &Key) -> Answer {
     }
 }
 
-/// `GET /v1/deliveries/{from}/{message_id}`: the body, with `Message-Id`,
-/// `Content-Type` and the `lgsp-*` headers that HTTP can carry unchanged.
+/// Fetches a held delivery: its body, with `Message-Id`, `Content-Type`
+/// and the `lgsp-*` headers HTTP can carry unchanged (the listing has them
+/// all, exactly). Changes nothing.
+#[utoipa::path(get, path = "/v1/deliveries/{from}/{message_id}", operation_id = "fetchDelivery", tag = "receive",
+    params(
+        ("from" = String, Path, description = "the source's code"),
+        ("message_id" = String, Path, description = "the delivery's Message-Id"),
+    ),
+    responses(
+        (status = 200, description = "the body", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 401, description = "no good session", body = Error),
+        (status = 404, description = "not held for you (not arrived yet: list first)", body = Error),
+        (status = 410, description = "already settled", body = Error),
+    ),
+    security(("session" = [])))]
 pub(super) async fn fetch(
     axum::extract::State(gw): Gs,
     headers: HeaderMap,
@@ -231,7 +260,20 @@ pub(super) async fn fetch(
     r
 }
 
-/// `POST /v1/deliveries/{from}/{message_id}/ack`.
+/// Acknowledges a held delivery without a status (a repeat you already
+/// have, or a recall you answered over AMQP): the broker drops it.
+#[utoipa::path(post, path = "/v1/deliveries/{from}/{message_id}/ack", operation_id = "ackDelivery", tag = "receive",
+    params(
+        ("from" = String, Path, description = "the source's code"),
+        ("message_id" = String, Path, description = "the delivery's Message-Id"),
+    ),
+    responses(
+        (status = 200, description = "acknowledged, or settled before", body = SettledAnswer),
+        (status = 401, description = "no good session", body = Error),
+        (status = 404, description = "not held for you", body = Error),
+        (status = 503, description = "the broker channel failed; the delivery comes again", body = Error),
+    ),
+    security(("session" = [])))]
 pub(super) async fn ack(
     state: Gs,
     headers: HeaderMap,
@@ -240,7 +282,21 @@ pub(super) async fn ack(
     settle(state, headers, path, Settle::Ack).await
 }
 
-/// `POST /v1/deliveries/{from}/{message_id}/reject`.
+/// Rejects a held delivery you cannot take (PROTOCOL.md §7 step 8) or that
+/// is stale: the hub retries it after its backoff, up to its
+/// `max-attempts` (a stale one is dropped).
+#[utoipa::path(post, path = "/v1/deliveries/{from}/{message_id}/reject", operation_id = "rejectDelivery", tag = "receive",
+    params(
+        ("from" = String, Path, description = "the source's code"),
+        ("message_id" = String, Path, description = "the delivery's Message-Id"),
+    ),
+    responses(
+        (status = 200, description = "rejected, or settled before", body = SettledAnswer),
+        (status = 401, description = "no good session", body = Error),
+        (status = 404, description = "not held for you", body = Error),
+        (status = 503, description = "the broker channel failed; the delivery comes again", body = Error),
+    ),
+    security(("session" = [])))]
 pub(super) async fn reject(
     state: Gs,
     headers: HeaderMap,
@@ -265,10 +321,21 @@ async fn settle(
         Settle::Reject => "rejected",
     };
     match gw.mailboxes.settle(&mb, &key, how).await {
-        Ok(Settled::Now) => Answer(StatusCode::OK, json!({ "id": key.id(), "settled": verb })),
-        Ok(Settled::Before) => Answer(
+        Ok(Settled::Now) => Answer::of(
             StatusCode::OK,
-            json!({ "id": key.id(), "settled": "before", "detail": "already settled" }),
+            &SettledAnswer {
+                id: key.id(),
+                settled: verb.into(),
+                detail: None,
+            },
+        ),
+        Ok(Settled::Before) => Answer::of(
+            StatusCode::OK,
+            &SettledAnswer {
+                id: key.id(),
+                settled: "before".into(),
+                detail: Some("already settled".into()),
+            },
         ),
         Ok(Settled::NotHeld) => not_held(&gw, &key),
         Err(e) => {

@@ -11,10 +11,10 @@
 
 use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode};
-use serde_json::json;
 
 use std::sync::Arc;
 
+use super::types::{Accepted, Bounce, Error};
 use super::{request, status_of, Answer, Gateway, Gs};
 use crate::broker::LinkOutbox;
 use crate::core::message::{Inbound, Message};
@@ -22,7 +22,24 @@ use crate::core::reason::Reason;
 use crate::router::{Outcome, RouterError};
 use crate::state::registry::Entry;
 
-/// `POST /v1/envelopes`.
+/// Sends an envelope: the headers of PROTOCOL.md §3.2–3.3 signed for
+/// `envelope.<your code>`, and the body. Answered once it is accepted and
+/// recorded, or refused.
+#[utoipa::path(post, path = "/v1/envelopes", operation_id = "sendEnvelope", tag = "send",
+    params(super::Signed, super::EnvelopeFields),
+    request_body(content = String, content_type = "application/octet-stream", description = "the document; up to the policy's max_body_bytes"),
+    responses(
+        (status = 202, description = "accepted and recorded", body = Accepted),
+        (status = 200, description = "a repeat of an accepted envelope; not delivered again", body = Accepted),
+        (status = 400, description = "malformed or unsupported-version", body = Error),
+        (status = 401, description = "no good session", body = Error),
+        (status = 403, description = "forbidden (lgsp-from is not the session's agency, or it may not send)", body = Error),
+        (status = 413, description = "too-large (refused before the body is read when Content-Length is declared)", body = Error),
+        (status = 422, description = "bad-signature, unknown-key, clock-skew, replay, digest-mismatch", body = Error),
+        (status = 429, description = "rate-limited", body = Error),
+        (status = 503, description = "the hub cannot take it now; send the same request again", body = Error),
+    ),
+    security(("session" = [])))]
 pub(super) async fn send(axum::extract::State(gw): Gs, headers: HeaderMap, body: Body) -> Answer {
     let limit = gw.hub.router.policies().max_body_bytes;
     let (message_id, handled) = match handle(&gw, "envelope", &headers, body, limit).await {
@@ -30,25 +47,33 @@ pub(super) async fn send(axum::extract::State(gw): Gs, headers: HeaderMap, body:
         Err(a) => return a,
     };
     match handled {
-        Ok(Outcome::Accepted { delivered, bounced }) => Answer(
+        Ok(Outcome::Accepted { delivered, bounced }) => Answer::of(
             StatusCode::ACCEPTED,
-            json!({
-                "outcome": "accepted",
-                "message_id": message_id,
-                "destinations": delivered.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
-                "bounced": bounced
-                    .iter()
-                    .map(|(c, r)| json!({ "dest": c.as_str(), "reason": r.as_str() }))
-                    .collect::<Vec<_>>(),
-            }),
+            &Accepted {
+                outcome: "accepted".into(),
+                message_id,
+                destinations: Some(delivered.iter().map(|c| c.to_string()).collect()),
+                bounced: Some(
+                    bounced
+                        .iter()
+                        .map(|(c, r)| Bounce {
+                            dest: c.to_string(),
+                            reason: r.as_str().to_owned(),
+                        })
+                        .collect(),
+                ),
+                detail: None,
+            },
         ),
-        Ok(Outcome::Duplicate) => Answer(
+        Ok(Outcome::Duplicate) => Answer::of(
             StatusCode::OK,
-            json!({
-                "outcome": "accepted",
-                "message_id": message_id,
-                "detail": "already accepted; not delivered again",
-            }),
+            &Accepted {
+                outcome: "accepted".into(),
+                message_id,
+                destinations: None,
+                bounced: None,
+                detail: Some("already accepted; not delivered again".into()),
+            },
         ),
         // Refused after its signature was verified: a notice went out.
         Ok(Outcome::Rejected(reason)) => {
@@ -117,12 +142,13 @@ fn refused(reason: Reason, more: &str, message_id: String) -> Answer {
 
 /// The answer to a `kind` the router refused for `reason`.
 pub(super) fn refused_kind(kind: &str, reason: Reason, more: &str, message_id: String) -> Answer {
-    let mut a = Answer::error(
+    Answer::of(
         status_of(reason),
-        Some(reason),
-        format!("{kind} refused: {reason} ({more})"),
-    );
-    a.1["outcome"] = "rejected".into();
-    a.1["message_id"] = message_id.into();
-    a
+        &Error {
+            error: format!("{kind} refused: {reason} ({more})"),
+            reason: Some(reason.as_str().to_owned()),
+            outcome: Some("rejected".into()),
+            message_id: Some(message_id),
+        },
+    )
 }

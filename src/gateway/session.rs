@@ -8,13 +8,12 @@
 //! (`401`), one of an authenticated agency says its reason code; a renewed
 //! token is bound to the same agency and key as the one it replaces.
 
-use axum::body::Body;
-use axum::http::{HeaderMap, StatusCode};
-use serde_json::json;
-
+use super::types::{Error, SessionGranted, SessionInfo};
 use super::{request, status_of, Answer, Gateway, Gs};
 use crate::core::time::{format_rfc3339, now_ms};
 use crate::router::{SessionGrant, SessionRefused};
+use axum::body::Body;
+use axum::http::{HeaderMap, StatusCode};
 
 /// The largest session request body read (it is normally empty).
 const SESSION_BODY_LIMIT: u64 = 4096;
@@ -26,19 +25,30 @@ impl Gateway {
         let ttl_ms = self.session_ttl.as_millis() as i64;
         let expires = now + ttl_ms;
         let token = self.tokens.mint(agency, access_key, expires);
-        Answer(
+        Answer::of(
             StatusCode::CREATED,
-            json!({
-                "token": token,
-                "agency": agency,
-                "expires_at": format_rfc3339(expires),
-                "expires_in_s": ttl_ms / 1000,
-            }),
+            &SessionGranted {
+                token,
+                agency: agency.to_owned(),
+                expires_at: format_rfc3339(expires),
+                expires_in_s: ttl_ms / 1000,
+            },
         )
     }
 }
 
-/// `POST /v1/sessions`.
+/// Opens a session: a session request signed as any message (routing key
+/// `session.<your code>`, usually an empty body), answered with a token.
+#[utoipa::path(post, path = "/v1/sessions", operation_id = "openSession", tag = "session",
+    params(super::Signed),
+    request_body(content = String, content_type = "application/octet-stream", description = "usually empty; its digest is lgsp-digest"),
+    responses(
+        (status = 201, description = "granted", body = SessionGranted),
+        (status = 401, description = "not authenticated (the same words whatever the cause)", body = Error),
+        (status = 403, description = "the agency is disabled (reason forbidden)", body = Error),
+        (status = 422, description = "clock-skew, replay or digest-mismatch", body = Error),
+        (status = 503, description = "the hub cannot do it now; try again", body = Error),
+    ))]
 pub(super) async fn open(axum::extract::State(gw): Gs, headers: HeaderMap, body: Body) -> Answer {
     let msg = match request::read("session", &headers, body, SESSION_BODY_LIMIT).await {
         Ok(m) => m,
@@ -64,21 +74,33 @@ pub(super) async fn open(axum::extract::State(gw): Gs, headers: HeaderMap, body:
     }
 }
 
-/// `GET /v1/session`.
+/// What the session's token stands for.
+#[utoipa::path(get, path = "/v1/session", operation_id = "showSession", tag = "session",
+    responses(
+        (status = 200, description = "the session is good", body = SessionInfo),
+        (status = 401, description = "no good session", body = Error),
+    ),
+    security(("session" = [])))]
 pub(super) async fn show(axum::extract::State(gw): Gs, headers: HeaderMap) -> Answer {
     match gw.session(&headers) {
-        Ok((entry, claims)) => Answer(
+        Ok((entry, claims)) => Answer::of(
             StatusCode::OK,
-            json!({
-                "agency": entry.agency.code.as_str(),
-                "expires_at": format_rfc3339(claims.expires_ms),
-            }),
+            &SessionInfo {
+                agency: entry.agency.code.to_string(),
+                expires_at: format_rfc3339(claims.expires_ms),
+            },
         ),
         Err(a) => a,
     }
 }
 
-/// `POST /v1/session/renew`.
+/// A new token for a session still good (same agency and key).
+#[utoipa::path(post, path = "/v1/session/renew", operation_id = "renewSession", tag = "session",
+    responses(
+        (status = 201, description = "renewed", body = SessionGranted),
+        (status = 401, description = "no good session", body = Error),
+    ),
+    security(("session" = [])))]
 pub(super) async fn renew(axum::extract::State(gw): Gs, headers: HeaderMap) -> Answer {
     match gw.session(&headers) {
         Ok((entry, claims)) => gw.grant(entry.agency.code.as_str(), &claims.access_key),

@@ -12,10 +12,10 @@
 
 use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode};
-use serde_json::json;
 
 use super::mailbox::{Key, Settle, Settled};
 use super::send::{handle, not_handled, refused_kind};
+use super::types::{Error, Recorded};
 use super::{Answer, Gs};
 use crate::core::message::Message;
 use crate::core::reason::Reason;
@@ -24,7 +24,22 @@ use crate::router::Outcome;
 /// The largest status body taken (statuses carry no document).
 const STATUS_BODY_LIMIT: u64 = 64 * 1024;
 
-/// `POST /v1/statuses`.
+/// Posts a status about an envelope (PROTOCOL.md §3.4), signed for
+/// `status.<your code>`: `01` received, `02` refused, `03`–`06`, `13`
+/// recall (from the source), `15`/`16` answers to a recall. The held
+/// deliveries it answers are settled.
+#[utoipa::path(post, path = "/v1/statuses", operation_id = "postStatus", tag = "receive",
+    params(super::Signed, super::StatusFields),
+    request_body(content = String, content_type = "text/plain", description = "usually empty"),
+    responses(
+        (status = 200, description = "recorded and relayed to the source", body = Recorded),
+        (status = 400, description = "malformed", body = Error),
+        (status = 401, description = "no good session", body = Error),
+        (status = 403, description = "forbidden (not a destination of that envelope, or lgsp-from is not the session's agency)", body = Error),
+        (status = 422, description = "bad-signature, unknown-key, clock-skew, replay, digest-mismatch", body = Error),
+        (status = 503, description = "the hub cannot take it now (or the envelope is still being accepted); send it again", body = Error),
+    ),
+    security(("session" = [])))]
 pub(super) async fn post(axum::extract::State(gw): Gs, headers: HeaderMap, body: Body) -> Answer {
     let (entry, msg, handled) = match handle(&gw, "status", &headers, body, STATUS_BODY_LIMIT).await
     {
@@ -75,9 +90,13 @@ pub(super) async fn post(axum::extract::State(gw): Gs, headers: HeaderMap, body:
             }
         }
     }
-    Answer(
+    Answer::of(
         StatusCode::OK,
-        json!({ "outcome": "recorded", "message_id": message_id, "settled": settled }),
+        &Recorded {
+            outcome: "recorded".into(),
+            message_id,
+            settled,
+        },
     )
 }
 

@@ -54,7 +54,7 @@ impl Open {
                 Event::default()
                     .event("delivery")
                     .id(key.id())
-                    .data(describe(key, held).to_string()),
+                    .data(json(&describe(key, held))),
             );
         }
         for (id, m) in &arrived.notices {
@@ -62,7 +62,7 @@ impl Open {
                 Event::default()
                     .event("notice")
                     .id(id.clone())
-                    .data(notices::describe(id, m).to_string()),
+                    .data(json(&notices::describe(id, m))),
             );
         }
         self.next = arrived.next;
@@ -99,7 +99,24 @@ impl Open {
     }
 }
 
-/// `GET /v1/stream`: an event stream while the session is good.
+/// One line of JSON.
+fn json(v: &impl serde::Serialize) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+/// Streams deliveries and notices as Server-Sent Events while the session
+/// is good: first everything held, then each arrival (`event: delivery`
+/// with a [`super::types::Delivery`], `event: notice` with a
+/// [`super::types::Notice`]; `event: closed` before the hub ends it).
+/// Settle as with the listings; what is not settled is sent again on the
+/// next stream.
+#[utoipa::path(get, path = "/v1/stream", operation_id = "openStream", tag = "receive",
+    responses(
+        (status = 200, description = "an event stream", content_type = "text/event-stream", body = String),
+        (status = 401, description = "no good session", body = super::types::Error),
+        (status = 503, description = "the hub has no broker connection now; try again", body = super::types::Error),
+    ),
+    security(("session" = [])))]
 pub(super) async fn open(axum::extract::State(gw): Gs, headers: HeaderMap) -> Response {
     let mb = match mailbox(&gw, &headers).await {
         Ok(mb) => mb,

@@ -10,16 +10,19 @@ if ! command -v cargo >/dev/null 2>&1; then
     exit 1
 fi
 
-# tests/tls.rs makes certificates with the openssl command.
-if ! command -v openssl >/dev/null 2>&1; then
+# tests/tls.rs makes certificates with the openssl command; tests/gateway_client.rs
+# runs a Python 3 client of the gateway (standard library only).
+for need in openssl:openssl python3:python3; do
+    cmd=${need%%:*} pkg=${need#*:}
+    command -v "$cmd" >/dev/null 2>&1 && continue
     if [[ "$(id -u)" -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
-        echo "openssl not installed; installing with apt-get" >&2
-        apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssl
+        echo "$cmd not installed; installing $pkg with apt-get" >&2
+        apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$pkg"
     else
-        echo "openssl not found: install it (Debian: sudo apt-get install openssl)" >&2
+        echo "$cmd not found: install it (Debian: sudo apt-get install $pkg)" >&2
         exit 1
     fi
-fi
+done
 
 bash ops/ensure-broker.sh
 # The store's conformance suite and the shared-store tests run on PostgreSQL

@@ -19,16 +19,7 @@ const WAIT: Duration = Duration::from_secs(15);
 
 /// A hub with its gateway on a loopback port; the gateway's address.
 async fn gateway_hub() -> (TestHub, String) {
-    let mut hub = TestHub::unstarted(None);
-    let mut text = std::fs::read_to_string(hub.config_file()).unwrap();
-    text.push_str("gateway_addr = \"127.0.0.1:0\"\n");
-    std::fs::write(hub.config_file(), text).unwrap();
-    hub.spawn().await;
-    let addr = std::fs::read_to_string(hub.data.path().join("data").join("gateway.addr"))
-        .unwrap()
-        .trim()
-        .to_owned();
-    (hub, addr)
+    TestHub::start_with_gateway("", &[]).await
 }
 
 /// An HTTP answer.
@@ -614,6 +605,8 @@ async fn an_https_agency_receives_settles_and_reads_notices() {
         if l.len() == 2 || std::time::Instant::now() > deadline {
             break l;
         }
+        // A listing answers at once while something is held.
+        tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert_eq!(listed.len(), 2, "{listed:?}");
     assert_eq!(listed[1]["kind"], "recall");
@@ -648,6 +641,9 @@ async fn an_https_agency_receives_settles_and_reads_notices() {
         (again[0]["id"].clone(), again[0]["attempt"].as_u64()),
         (d["id"].clone(), Some(2))
     );
+    let path = format!("/v1/deliveries/{}/ack", d["id"].as_str().unwrap());
+    let a = http(&gw, "POST", &path, &bearer(&token), b"").await;
+    assert_eq!(a.body["settled"], "acknowledged", "{}", a.body);
 
     // A deferred envelope is listed once it is due.
     let at = truc::time::format_rfc3339(truc::time::now_ms() + 2_000);
@@ -806,4 +802,83 @@ async fn a_stream_cut_ten_times_loses_nothing() {
     assert_eq!(again_settled, 0, "nothing settled came again");
     assert_eq!(came_again, 10, "each delivery left unsettled came again");
     hub.wait_depth("inbox.000.00.65.H41", 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rates_stalled_bodies_and_idle_connections_are_limited() {
+    let access = truc::policy::DEFAULT_ACCESS.replace(
+        "[gateway]\ncalls_per_s = 20.0\nburst = 100\n",
+        "[gateway]\ncalls_per_s = 0.2\nburst = 3\n",
+    );
+    assert_ne!(access, truc::policy::DEFAULT_ACCESS);
+    let (mut hub, gw) = TestHub::start_with_gateway(
+        "admin_header_timeout = \"2s\"\n",
+        &[("access.toml", &access)],
+    )
+    .await;
+    let web = hub.register("000.00.67.H41").await;
+    let other = hub.register("000.00.68.H41").await;
+
+    // Opening the session is the first of three calls; the fourth is refused.
+    let token = open(&gw, &web).await;
+    assert_eq!(whoami(&gw, &token).await.status, 200);
+    assert_eq!(whoami(&gw, &token).await.status, 200);
+    let a = whoami(&gw, &token).await;
+    assert_eq!(
+        (a.status, a.body["reason"].as_str()),
+        (429, Some("rate-limited")),
+        "{}",
+        a.body
+    );
+    assert_eq!(a.header("retry-after").as_deref(), Some("1"));
+    // Another agency has its own bucket.
+    let token2 = open(&gw, &other).await;
+    assert_eq!(whoami(&gw, &token2).await.status, 200);
+
+    // A body that stalls is refused once nothing came for the idle time.
+    let mut s = tokio::net::TcpStream::connect(&gw).await.unwrap();
+    let m = envelope("000.00.67.H41").signed(&hub.prefix, &other);
+    let mut req = format!(
+        "POST /v1/envelopes HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token2}\r\nContent-Length: 1000\r\n"
+    );
+    for (k, v) in carried(&m) {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\nonly a part");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    let read = tokio::time::timeout(WAIT, s.read_to_end(&mut raw)).await;
+    let text = String::from_utf8_lossy(&raw);
+    assert!(read.is_ok(), "the stalled request was not ended");
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+
+    // A connection that sends nothing is closed after the header timeout.
+    let mut idle = tokio::net::TcpStream::connect(&gw).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(WAIT, idle.read(&mut buf))
+        .await
+        .expect("closed by the hub")
+        .unwrap_or(0);
+    assert!(
+        n == 0 || buf.starts_with(b"HTTP/1.1 408"),
+        "{:?}",
+        &buf[..n]
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Calls are counted by route in the metrics.
+    let metrics = hub.metrics_text().await;
+    assert!(
+        metrics.contains("truc_gateway_requests_total{route=\"/v1/session\",status=\"429\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("truc_gateway_rate_limited_total 1"),
+        "{metrics}"
+    );
 }

@@ -201,6 +201,25 @@ pub fn leader(is_leader: bool) {
     metrics::gauge!("truc_leader").set(if is_leader { 1.0 } else { 0.0 });
 }
 
+/// One call to the HTTPS gateway: its route (the path pattern), answer
+/// status and how long it took to answer (for a stream, until its head).
+pub fn gateway_request(route: &str, status: u16, d: Duration) {
+    metrics::counter!("truc_gateway_requests_total", "route" => route.to_owned(), "status" => status.to_string())
+        .increment(1);
+    metrics::histogram!("truc_gateway_request_seconds", "route" => route.to_owned())
+        .record(d.as_secs_f64());
+}
+
+/// A gateway call was refused for being over its agency's gateway rate.
+pub fn gateway_rate_limited() {
+    metrics::counter!("truc_gateway_rate_limited_total").increment(1);
+}
+
+/// Mailboxes (agencies receiving over HTTPS) open on this instance.
+pub fn gateway_mailboxes(n: usize) {
+    metrics::gauge!("truc_gateway_mailboxes").set(n as f64);
+}
+
 #[cfg(test)]
 mod tests {
     /// Every metric the Grafana dashboard queries is emitted here.

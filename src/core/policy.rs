@@ -158,6 +158,36 @@ struct PermissionsSection {
 struct AccessFile {
     rate: RateSection,
     permissions: PermissionsSection,
+    #[serde(default)]
+    gateway: GatewaySection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GatewayAgency {
+    code: String,
+    calls_per_s: f64,
+    burst: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GatewaySection {
+    calls_per_s: f64,
+    burst: u32,
+    #[serde(default)]
+    agency: Vec<GatewayAgency>,
+}
+
+impl Default for GatewaySection {
+    /// What an access file without a `[gateway]` section gets.
+    fn default() -> Self {
+        Self {
+            calls_per_s: 20.0,
+            burst: 100,
+            agency: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -288,6 +318,9 @@ pub struct Policies {
     /// Default source rate.
     pub rate: Rate,
     rates: BTreeMap<AgencyCode, Rate>,
+    /// Default rate of an agency's calls to the HTTPS gateway.
+    pub gateway_rate: Rate,
+    gateway_rates: BTreeMap<AgencyCode, Rate>,
     /// Permission rules, in order.
     pub rules: Vec<Rule>,
     /// When no rule matches.
@@ -417,13 +450,27 @@ impl Policies {
         // access.toml
         let cx = Ctx { path: access.1 };
         let acc: AccessFile = cx.parse(access.0)?;
-        let rate = make_rate(&cx, "rate", acc.rate.envelopes_per_s, acc.rate.burst)?;
+        let per_s = "envelopes_per_s";
+        let rate = make_rate(&cx, "rate", per_s, acc.rate.envelopes_per_s, acc.rate.burst)?;
         let mut rates = BTreeMap::new();
         for (i, a) in acc.rate.agency.iter().enumerate() {
             let key = format!("rate.agency[{i}]");
             let code = AgencyCode::parse(&a.code)
                 .map_err(|e| cx.invalid(format!("{key}.code"), e.to_string()))?;
-            rates.insert(code, make_rate(&cx, &key, a.envelopes_per_s, a.burst)?);
+            rates.insert(
+                code,
+                make_rate(&cx, &key, per_s, a.envelopes_per_s, a.burst)?,
+            );
+        }
+        let per_s = "calls_per_s";
+        let g = &acc.gateway;
+        let gateway_rate = make_rate(&cx, "gateway", per_s, g.calls_per_s, g.burst)?;
+        let mut gateway_rates = BTreeMap::new();
+        for (i, a) in g.agency.iter().enumerate() {
+            let key = format!("gateway.agency[{i}]");
+            let code = AgencyCode::parse(&a.code)
+                .map_err(|e| cx.invalid(format!("{key}.code"), e.to_string()))?;
+            gateway_rates.insert(code, make_rate(&cx, &key, per_s, a.calls_per_s, a.burst)?);
         }
         let action = |key: &str, v: &str| match v {
             "allow" => Ok(true),
@@ -474,6 +521,8 @@ impl Policies {
             overrides,
             rate,
             rates,
+            gateway_rate,
+            gateway_rates,
             rules,
             default_allow,
             presence,
@@ -521,6 +570,14 @@ impl Policies {
         self.rates.get(source).copied().unwrap_or(self.rate)
     }
 
+    /// The rate of `agency`'s calls to the HTTPS gateway.
+    pub fn gateway_rate_of(&self, agency: &AgencyCode) -> Rate {
+        self.gateway_rates
+            .get(agency)
+            .copied()
+            .unwrap_or(self.gateway_rate)
+    }
+
     /// Whether `from` may send to `to`.
     pub fn allowed(&self, from: &AgencyCode, to: &AgencyCode) -> bool {
         self.rules
@@ -561,10 +618,16 @@ fn delivery_policy(
     })
 }
 
-fn make_rate(cx: &Ctx<'_>, key: &str, per_s: f64, burst: u32) -> Result<Rate, PolicyError> {
+fn make_rate(
+    cx: &Ctx<'_>,
+    key: &str,
+    per_s_name: &str,
+    per_s: f64,
+    burst: u32,
+) -> Result<Rate, PolicyError> {
     if !(per_s > 0.0 && per_s <= 1_000_000.0) {
         return Err(cx.invalid(
-            format!("{key}.envelopes_per_s"),
+            format!("{key}.{per_s_name}"),
             "must be above 0 and at most 1000000",
         ));
     }

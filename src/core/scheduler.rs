@@ -125,7 +125,7 @@ impl RateLimiter {
     }
 
     /// Takes one token for `source` at `at_ms` (already measured) under `rate`.
-    fn take(&mut self, source: &AgencyCode, rate: Rate, at_ms: i64) -> bool {
+    pub fn take(&mut self, source: &AgencyCode, rate: Rate, at_ms: i64) -> bool {
         let burst = f64::from(rate.burst);
         let b = self.buckets.entry(source.clone()).or_insert(Bucket {
             tokens: burst,

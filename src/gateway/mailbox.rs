@@ -199,6 +199,7 @@ impl Mailboxes {
             closed: self.shutdown.child_token(),
         });
         open.insert(code.clone(), mb.clone());
+        crate::core::metrics::gateway_mailboxes(open.len());
         tracing::info!(agency = %code, "gateway mailbox opened");
         let idle = hub.router.policies().presence.heartbeat_window;
         tokio::spawn(pump(self.clone(), mb.clone(), inbox, notify, idle));
@@ -463,6 +464,7 @@ async fn pump(
         if open.get(&mb.code).is_some_and(|m| Arc::ptr_eq(m, &mb)) {
             open.remove(&mb.code);
         }
+        crate::core::metrics::gateway_mailboxes(open.len());
     }
     inbox.close().await;
     notify.close().await;

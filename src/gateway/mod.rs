@@ -63,7 +63,11 @@ pub(crate) struct Gateway {
     hub: Arc<Hub>,
     tokens: token::Tokens,
     session_ttl: Duration,
+    /// The longest a request body may stall (the header timeout).
+    body_idle: Duration,
     mailboxes: Arc<mailbox::Mailboxes>,
+    /// Each agency's calls, against its gateway rate (policies).
+    calls: std::sync::Mutex<crate::core::scheduler::RateLimiter>,
     /// When each agency's calls last counted as a heartbeat.
     beats: std::sync::Mutex<std::collections::HashMap<AgencyCode, std::time::Instant>>,
 }
@@ -82,6 +86,10 @@ impl IntoResponse for Answer {
                 header::WWW_AUTHENTICATE,
                 header::HeaderValue::from_static("Bearer"),
             );
+        }
+        if self.0 == StatusCode::TOO_MANY_REQUESTS || self.0 == StatusCode::SERVICE_UNAVAILABLE {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
         }
         r
     }
@@ -158,9 +166,41 @@ fn status_of(reason: Reason) -> StatusCode {
 
 impl Gateway {
     /// The agency of the session whose token `headers` carry, if it is
+    /// still good ([`Gateway::verify`]), for a call that counts: against
+    /// the agency's gateway rate (`429` over it), and as a heartbeat.
+    fn session(&self, headers: &HeaderMap) -> Result<(Arc<Entry>, token::Claims), Answer> {
+        let (entry, claims) = self.verify(headers)?;
+        self.count_call(&entry.agency.code)?;
+        self.beat(&entry.agency.code);
+        Ok((entry, claims))
+    }
+
+    /// Takes a call of `code` from its gateway rate.
+    fn count_call(&self, code: &AgencyCode) -> Result<(), Answer> {
+        let rate = self.hub.router.policies().gateway_rate_of(code);
+        let allowed =
+            self.calls
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(code, rate, now_ms());
+        if allowed {
+            return Ok(());
+        }
+        crate::core::metrics::gateway_rate_limited();
+        Err(Answer::error(
+            StatusCode::TOO_MANY_REQUESTS,
+            Some(Reason::RateLimited),
+            format!(
+                "over your rate of {} calls per second (burst {}): try again after Retry-After",
+                rate.per_s, rate.burst
+            ),
+        ))
+    }
+
+    /// The agency of the session whose token `headers` carry, if it is
     /// still good: the token verifies and has not expired, and its agency is
     /// registered, enabled, and has the same newest key.
-    fn session(&self, headers: &HeaderMap) -> Result<(Arc<Entry>, token::Claims), Answer> {
+    fn verify(&self, headers: &HeaderMap) -> Result<(Arc<Entry>, token::Claims), Answer> {
         let token = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -184,7 +224,6 @@ impl Gateway {
                 tracing::debug!(agency = %crate::core::text::Escaped(&claims.agency), "gateway session ended: agency removed, disabled or its key rotated");
                 Answer::unauthorized()
             })?;
-        self.beat(&entry.agency.code);
         Ok((entry, claims))
     }
 
@@ -273,6 +312,19 @@ pub(crate) fn openapi() -> utoipa::openapi::OpenApi {
     routes().1
 }
 
+/// Counts and times each call by its route ([`crate::core::metrics::gateway_request`]).
+async fn measure(
+    path: Option<axum::extract::MatchedPath>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let route = path.map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let started = std::time::Instant::now();
+    let r = next.run(req).await;
+    crate::core::metrics::gateway_request(&route, r.status().as_u16(), started.elapsed());
+    r
+}
+
 /// `GET /openapi.json`.
 async fn openapi_json(
     axum::extract::State(doc): axum::extract::State<Arc<serde_json::Value>>,
@@ -293,18 +345,23 @@ pub(crate) async fn serve(
     let header_timeout = hub.config.admin_header_timeout();
     let gw = Arc::new(Gateway {
         session_ttl: hub.config.gateway_session_ttl(),
+        body_idle: header_timeout,
         tokens: token::Tokens::new(token_key),
         mailboxes: Arc::new(mailbox::Mailboxes::new(shutdown.clone())),
+        calls: Default::default(),
         beats: Default::default(),
         hub,
     });
     let (api, doc) = routes();
     let doc = Arc::new(serde_json::to_value(&doc).unwrap_or_default());
-    let app = api.with_state(gw).merge(
-        Router::new()
-            .route("/openapi.json", get(openapi_json))
-            .with_state(doc),
-    );
+    let app = api
+        .with_state(gw)
+        .merge(
+            Router::new()
+                .route("/openapi.json", get(openapi_json))
+                .with_state(doc),
+        )
+        .layer(axum::middleware::from_fn(measure));
     crate::api::tls::serve_connections("gateway", app, listener, tls, header_timeout, shutdown)
         .await;
 }

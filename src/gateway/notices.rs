@@ -11,7 +11,6 @@ use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::Query;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
-use serde_json::Value;
 
 use super::receive::{lgsp_headers, mailbox, wait_for, ListQuery};
 use super::types::{AckNotices, Error, Notice, Notices, NoticesAcked};
@@ -23,9 +22,14 @@ const MAX_IDS: usize = 1000;
 
 /// What the API says of a held notice.
 pub(super) fn describe(id: &str, m: &Message) -> Notice {
+    let body = String::from_utf8_lossy(&m.body).into_owned();
+    let notice = serde_json::value::RawValue::from_string(body.clone())
+        .or_else(|_| serde_json::value::RawValue::from_string("null".into()))
+        .unwrap_or_default();
     Notice {
         id: id.to_owned(),
-        notice: serde_json::from_slice::<Value>(&m.body).unwrap_or(Value::Null),
+        notice,
+        body,
         headers: lgsp_headers(m),
     }
 }

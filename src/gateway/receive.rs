@@ -34,10 +34,13 @@ pub(super) const MAX_WAIT: Duration = Duration::from_secs(60);
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(super) struct ListQuery {
-    /// Seconds to wait when nothing is held (0 by default, at most 60): a long-poll.
+    /// Seconds to wait when nothing is held (0 by default, at most 60): a
+    /// long-poll. The answer comes at once while anything is held.
     #[serde(default)]
+    #[param(maximum = 60)]
     wait: u64,
     /// Most items in the answer (by default all that are held; at most 32 are held at once).
+    #[param(minimum = 1)]
     limit: Option<usize>,
 }
 
@@ -206,7 +209,12 @@ fn not_held(gw: &Gateway, key: &Key) -> Answer {
         ("message_id" = String, Path, description = "the delivery's Message-Id"),
     ),
     responses(
-        (status = 200, description = "the body", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 200, description = "the body, as the source sent it", content_type = "*/*", body = super::types::Bytes,
+            headers(
+                ("Message-Id" = String, description = "the delivery's message_id"),
+                ("Content-Type" = String, description = "the content type the source signed (absent when none)"),
+                ("lgsp-hub-signature" = String, description = "and every other lgsp-* header HTTP can carry unchanged (raw UTF-8); the listing has them all, exactly"),
+            )),
         (status = 401, description = "no good session", body = Error),
         (status = 404, description = "not held for you (not arrived yet: list first)", body = Error),
         (status = 410, description = "already settled", body = Error),

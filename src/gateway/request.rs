@@ -7,9 +7,14 @@
 //! Invariants: a header value is taken verbatim as UTF-8 (a value that is
 //! not is refused, never altered); an `lgsp-*` header given twice is
 //! refused (which one was signed cannot be known); a body is read only up
-//! to its limit, and one whose declared length is over it is not read.
+//! to its limit, and one whose declared length is over it is not read; a
+//! body that stalls (no byte for the idle time) is refused `408`, so a slow
+//! client cannot hold a connection and its memory for ever.
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
 
 use axum::body::Body;
 use axum::http::{header, HeaderMap, StatusCode};
@@ -25,13 +30,19 @@ pub(super) async fn read(
     headers: &HeaderMap,
     body: Body,
     limit: u64,
+    idle: Duration,
 ) -> Result<Message, Answer> {
-    let body = self::body(headers, body, limit).await?;
+    let body = self::body(headers, body, limit, idle).await?;
     message(kind, headers, body)
 }
 
-/// Reads the body of a request, up to `limit` bytes.
-async fn body(headers: &HeaderMap, body: Body, limit: u64) -> Result<Vec<u8>, Answer> {
+/// Reads the body of a request, up to `limit` bytes, each part within `idle`.
+async fn body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: u64,
+    idle: Duration,
+) -> Result<Vec<u8>, Answer> {
     let too_large = |size: String| {
         Answer::error(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -48,10 +59,37 @@ async fn body(headers: &HeaderMap, body: Body, limit: u64) -> Result<Vec<u8>, An
             return Err(too_large(declared.to_string()));
         }
     }
-    let cap = usize::try_from(limit).unwrap_or(usize::MAX);
-    match axum::body::to_bytes(body, cap).await {
-        Ok(b) => Ok(b.to_vec()),
-        Err(_) => Err(too_large(format!("more than {limit}"))),
+    let mut parts = body.into_data_stream();
+    let mut out = Vec::new();
+    loop {
+        let part = tokio::time::timeout(idle, parts.next())
+            .await
+            .map_err(|_| {
+                Answer::error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    None,
+                    format!(
+                        "the body stalled: nothing came for {} s",
+                        idle.as_secs_f64()
+                    ),
+                )
+            })?;
+        match part {
+            None => return Ok(out),
+            Some(Ok(bytes)) => {
+                if (out.len() + bytes.len()) as u64 > limit {
+                    return Err(too_large(format!("more than {limit}")));
+                }
+                out.extend_from_slice(&bytes);
+            }
+            Some(Err(e)) => {
+                return Err(Answer::error(
+                    StatusCode::BAD_REQUEST,
+                    None,
+                    format!("the body could not be read: {e}"),
+                ))
+            }
+        }
     }
 }
 

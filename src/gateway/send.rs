@@ -105,7 +105,7 @@ pub(super) async fn handle(
     limit: u64,
 ) -> Result<(Arc<Entry>, Message, Result<Outcome, RouterError>), Answer> {
     let (entry, _) = gw.session(headers)?;
-    let msg = request::read(kind, headers, body, limit).await?;
+    let msg = request::read(kind, headers, body, limit, gw.body_idle).await?;
     if msg.header("lgsp-from") != Some(entry.agency.code.as_str()) {
         return Err(Answer::error(
             StatusCode::FORBIDDEN,

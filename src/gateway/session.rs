@@ -50,12 +50,16 @@ impl Gateway {
         (status = 503, description = "the hub cannot do it now; try again", body = Error),
     ))]
 pub(super) async fn open(axum::extract::State(gw): Gs, headers: HeaderMap, body: Body) -> Answer {
-    let msg = match request::read("session", &headers, body, SESSION_BODY_LIMIT).await {
+    let msg = match request::read("session", &headers, body, SESSION_BODY_LIMIT, gw.body_idle).await
+    {
         Ok(m) => m,
         Err(a) => return a,
     };
     match gw.hub.router.open_session(&msg) {
         Ok(Ok(SessionGrant { agency, access_key })) => {
+            if let Err(a) = gw.count_call(&agency) {
+                return a;
+            }
             tracing::info!(agency = %agency, "gateway session opened");
             gw.grant(agency.as_str(), &access_key)
         }

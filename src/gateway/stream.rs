@@ -90,7 +90,7 @@ impl Open {
                 changed = self.arrivals.changed() => if changed.is_err() {
                     self.ended = true;
                 },
-                _ = self.check.tick() => if self.gw.session(&self.headers).is_err() {
+                _ = self.check.tick() => if self.gw.verify(&self.headers).is_err() {
                     self.ended = true;
                     return Some(Event::default().event("closed").data("the session ended; open a new one"));
                 },
@@ -106,8 +106,8 @@ fn json(v: &impl serde::Serialize) -> String {
 
 /// Streams deliveries and notices as Server-Sent Events while the session
 /// is good: first everything held, then each arrival (`event: delivery`
-/// with a [`super::types::Delivery`], `event: notice` with a
-/// [`super::types::Notice`]; `event: closed` before the hub ends it).
+/// with a Delivery as JSON, `event: notice` with a Notice as JSON;
+/// `event: closed` before the hub ends it).
 /// Settle as with the listings; what is not settled is sent again on the
 /// next stream.
 #[utoipa::path(get, path = "/v1/stream", operation_id = "openStream", tag = "receive",

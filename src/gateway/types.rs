@@ -126,6 +126,12 @@ pub(crate) struct Deliveries {
     pub(crate) deliveries: Vec<Delivery>,
 }
 
+/// A document's bytes, as they were sent.
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+#[allow(dead_code)] // only described
+pub(crate) struct Bytes(Vec<u8>);
+
 /// A delivery settled (`POST /v1/deliveries/{from}/{message_id}/ack|reject`).
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub(crate) struct SettledAnswer {
@@ -143,9 +149,12 @@ pub(crate) struct SettledAnswer {
 pub(crate) struct Notice {
     /// The notice's `Message-Id`: acknowledge it by this.
     pub(crate) id: String,
-    /// The notice's JSON body, as on AMQP (PROTOCOL.md §8.3).
+    /// The notice's JSON body (PROTOCOL.md §8.3), its members in the order
+    /// the hub wrote them.
     #[schema(value_type = Object)]
-    pub(crate) notice: serde_json::Value,
+    pub(crate) notice: Box<serde_json::value::RawValue>,
+    /// The same body as a string, byte for byte: its SHA-256 is `lgsp-digest`.
+    pub(crate) body: String,
     /// Its `lgsp-*` headers, exactly as signed (PROTOCOL.md §8.2; routing key
     /// `notice.<your code>`).
     pub(crate) headers: BTreeMap<String, String>,

@@ -188,6 +188,26 @@ impl TestHub {
         }
     }
 
+    /// Starts a hub with its HTTPS gateway on a loopback port (plain HTTP),
+    /// `config` added to its configuration and these policy files; the
+    /// gateway's address.
+    pub async fn start_with_gateway(config: &str, policies: &[(&str, &str)]) -> (Self, String) {
+        let mut hub = Self::prepare(None);
+        let mut text = std::fs::read_to_string(hub.config_file()).unwrap();
+        text.push_str("gateway_addr = \"127.0.0.1:0\"\n");
+        text.push_str(config);
+        std::fs::write(hub.config_file(), text).unwrap();
+        for (name, text) in policies {
+            std::fs::write(hub.policies.join(name), text).unwrap();
+        }
+        hub.spawn().await;
+        let addr = std::fs::read_to_string(hub.data.path().join("data").join("gateway.addr"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        (hub, addr)
+    }
+
     /// A hub prepared to run on a fresh PostgreSQL database (dropped with the
     /// last hub that uses it), with a master key its siblings share; not started.
     pub fn on_postgres() -> Self {

@@ -45,6 +45,9 @@ pub struct Hub {
     /// Admin addresses and tokens of other instances of the same hub (same
     /// prefix and store) whose `/metrics` are added to this one's.
     pub peers: Vec<(String, String)>,
+    /// The agencies' gateway of a running truc (`--gateway-addr`); a child
+    /// writes its own to `<data_dir>/gateway.addr`.
+    pub gateway: Option<String>,
 }
 
 /// Children started by this run so far (each gets its own work directory).
@@ -56,10 +59,67 @@ fn free_port() -> std::io::Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
+/// The configuration the child would read without `--config`: the file
+/// `TRUC_CONFIG` names, else an empty table.
+fn base_config() -> Result<toml::Table, String> {
+    let Some(path) = std::env::var_os("TRUC_CONFIG").filter(|p| !p.is_empty()) else {
+        return Ok(toml::Table::new());
+    };
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("TRUC_CONFIG {}: {e}", Path::new(&path).display()))?;
+    toml::from_str(&text).map_err(|e| format!("TRUC_CONFIG {}: {e}", Path::new(&path).display()))
+}
+
+/// Writes the policy files the child would read (the `policies_dir` of
+/// `config`, `policies/` by default; a file absent there stays absent, so
+/// the built-in one applies) into `dir`, with `[gateway]` of `access.toml`
+/// set to `calls_per_s` and `burst`. Returns `dir`, absolute.
+fn policies_copy(
+    config: &toml::Table,
+    dir: &Path,
+    (calls_per_s, burst): (f64, u32),
+) -> Result<PathBuf, String> {
+    let from = config
+        .get("policies_dir")
+        .and_then(toml::Value::as_str)
+        .map_or_else(|| PathBuf::from("policies"), PathBuf::from);
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for name in ["ingress.toml", "delivery.toml", "presence.toml"] {
+        match std::fs::read(from.join(name)) {
+            Ok(b) => std::fs::write(dir.join(name), b).map_err(|e| e.to_string())?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("{}: {e}", from.join(name).display())),
+        }
+    }
+    let access = match std::fs::read_to_string(from.join("access.toml")) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            truc::policy::DEFAULT_ACCESS.to_owned()
+        }
+        Err(e) => return Err(format!("{}: {e}", from.join("access.toml").display())),
+    };
+    let mut access: toml::Table =
+        toml::from_str(&access).map_err(|e| format!("access.toml: {e}"))?;
+    let gateway = access
+        .entry("gateway")
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    let toml::Value::Table(gateway) = gateway else {
+        return Err("access.toml: [gateway] is not a table".into());
+    };
+    gateway.insert("calls_per_s".into(), toml::Value::Float(calls_per_s));
+    gateway.insert("burst".into(), toml::Value::Integer(i64::from(burst)));
+    let text = toml::to_string(&access).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("access.toml"), text).map_err(|e| e.to_string())?;
+    std::path::absolute(dir).map_err(|e| e.to_string())
+}
+
 impl Hub {
     /// Starts `bin serve` with a fresh prefix, data dir, admin port and token
     /// (and an ingress `prefetch` when given); `env` is set last, after the
-    /// benchmark's own variables (e.g. `TRUC_STORE_URL`, `TRUC_MASTER_KEY`).
+    /// benchmark's own variables (e.g. `TRUC_STORE_URL`, `TRUC_MASTER_KEY`,
+    /// `TRUC_GATEWAY_ADDR`). With `gateway_rate` (calls per second, burst),
+    /// the child gets its own policies directory: copies of the policy files
+    /// it would read, with that rate in `[gateway]` of `access.toml`.
     pub async fn spawn(
         bin: &Path,
         amqp_url: &str,
@@ -67,6 +127,7 @@ impl Hub {
         log_level: &str,
         prefetch: Option<u16>,
         env: &[(String, String)],
+        gateway_rate: Option<(f64, u32)>,
     ) -> Result<Self, String> {
         if !bin.exists() {
             return Err(format!(
@@ -88,10 +149,24 @@ impl Hub {
         let log = std::fs::File::create(work_dir.join("truc.log")).map_err(|e| e.to_string())?;
         let mut cmd = Command::new(bin);
         let mut config = None;
-        if let Some(p) = prefetch {
-            // Everything else comes from the defaults and the environment below.
+        if prefetch.is_some() || gateway_rate.is_some() {
+            // Everything else comes from the configuration the child would
+            // read (TRUC_CONFIG, which `--config` replaces), the defaults and
+            // the environment below.
+            let mut table = base_config()?;
+            if let Some(p) = prefetch {
+                table.insert("prefetch".into(), toml::Value::Integer(i64::from(p)));
+            }
+            if let Some(rate) = gateway_rate {
+                let dir = policies_copy(&table, &work_dir.join("policies"), rate)?;
+                table.insert(
+                    "policies_dir".into(),
+                    toml::Value::String(dir.display().to_string()),
+                );
+            }
             let path = work_dir.join("truc.toml");
-            std::fs::write(&path, format!("prefetch = {p}\n")).map_err(|e| e.to_string())?;
+            let text = toml::to_string(&table).map_err(|e| e.to_string())?;
+            std::fs::write(&path, text).map_err(|e| e.to_string())?;
             cmd.arg("--config").arg(&path);
             config = Some(path);
         }
@@ -121,6 +196,7 @@ impl Hub {
             started: true,
             config,
             peers: Vec::new(),
+            gateway: None,
         };
         Ok(hub)
     }
@@ -137,6 +213,7 @@ impl Hub {
             started: false,
             config: None,
             peers: Vec::new(),
+            gateway: None,
         }
     }
 
@@ -164,6 +241,36 @@ impl Hub {
             eprintln!("warning: {e}; using the built-in topology for the cleanup");
             truc::topology::Topology::builtin(&self.prefix)
         })
+    }
+
+    /// The address of the agencies' gateway: the one given for a running
+    /// truc, else the one the child wrote to `<data_dir>/gateway.addr` at
+    /// start-up (waited for up to `within`).
+    pub async fn gateway_addr(&self, within: Duration) -> Result<String, String> {
+        if let Some(a) = &self.gateway {
+            return Ok(a.clone());
+        }
+        let Some(dir) = self.work_dir.as_ref().filter(|_| self.started) else {
+            return Err(
+                "the gateway address of a running truc is not known: give --gateway-addr".into(),
+            );
+        };
+        let path = dir.join("data").join("gateway.addr");
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(t) = std::fs::read_to_string(&path) {
+                if !t.trim().is_empty() {
+                    return Ok(t.trim().to_owned());
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "{} not written within {within:?}: is the gateway on (TRUC_GATEWAY_ADDR)?",
+                    path.display()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Codes of every agency the hub has registered (`GET /v1/agencies`);

@@ -217,6 +217,12 @@ fn record_receive(shared: &Shared, m: &Message, prio: u8) {
         shared.error("receive-unstamped", "a message without x-bench headers");
         return;
     };
+    record_sample(shared, phase, prio, sent, now);
+}
+
+/// Records that a message of `phase` (priority code `prio`) sent at `sent`
+/// was received by its destination at `now` (ns on the run clock).
+pub fn record_sample(shared: &Shared, phase: u16, prio: u8, sent: u64, now: u64) {
     shared
         .e2e
         .lock()
@@ -245,7 +251,7 @@ pub struct Agency {
     /// Notify queue.
     pub notify: String,
     /// Envelopes sent and not yet `accepted`: message id → (sent ns, phase).
-    pub pending: Mutex<HashMap<String, (u64, u16)>>,
+    pub pending: Pending,
     /// Stops this agency's consumers.
     pub stop: CancellationToken,
 }
@@ -405,67 +411,90 @@ async fn notice_loop(shared: Arc<Shared>, me: Arc<Agency>, mut sub: Subscription
         if let Err(e) = verify_hub_signature(m, &notice_key, &me.creds.secret) {
             shared.error("notice-verify", e);
         }
-        let reference = m.header("lgsp-ref").unwrap_or("");
-        match m.header("lgsp-notice").unwrap_or("") {
-            "accepted" => {
-                shared.totals.accepted.fetch_add(1, Ordering::Relaxed);
-                shared.totals.worked(now);
-                let pending = me
-                    .pending
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(reference);
-                if let Some((sent, phase)) = pending {
-                    shared
-                        .accept
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push(Sample {
-                            phase,
-                            prio: 0,
-                            sent_ns: sent,
-                            lat_ns: now.saturating_sub(sent),
-                        });
-                    let slot = shared.slot(phase);
-                    slot.accepted.fetch_add(1, Ordering::Relaxed);
-                    slot.give_back(RELEASE_ON_ACCEPT);
-                }
-            }
-            "delivered" => {
-                shared
-                    .totals
-                    .delivered_notices
-                    .fetch_add(1, Ordering::Relaxed);
-                shared.totals.worked(now);
-            }
-            "status" => {
-                shared.totals.status_notices.fetch_add(1, Ordering::Relaxed);
-                shared.totals.worked(now);
-            }
-            kind => {
-                let reason = m.header("lgsp-reason").unwrap_or("");
-                let detail = m.header("lgsp-detail").unwrap_or("");
-                shared.error(
-                    &format!("notice-{kind}-{reason}"),
-                    format!("{reference}: {detail}"),
-                );
-                let pending = me
-                    .pending
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(reference);
-                if let Some((_, phase)) = pending {
-                    let slot = shared.slot(phase);
-                    slot.rejected.fetch_add(1, Ordering::Relaxed);
-                    slot.window.add_permits(1);
-                }
-            }
-        }
+        count_notice(
+            &shared,
+            &me.pending,
+            m.header("lgsp-notice").unwrap_or(""),
+            m.header("lgsp-ref").unwrap_or(""),
+            m.header("lgsp-reason").unwrap_or(""),
+            m.header("lgsp-detail").unwrap_or(""),
+            now,
+        );
         if let Err(e) = sub.ack(inbound.delivery_tag).await {
             if !me.stop.is_cancelled() {
                 shared.error("notice-ack", e);
             }
             break;
+        }
+    }
+}
+
+/// Envelopes sent and not yet `accepted`: message id → (sent ns, phase).
+pub type Pending = Mutex<HashMap<String, (u64, u16)>>;
+
+/// Counts a notice of `kind` about `reference` that arrived at `now` for a
+/// source whose unaccepted envelopes are `pending`: an `accepted` notice
+/// gives an acceptance-latency sample, a `delivered` or `status` notice is
+/// counted (the drain waits for them), anything else is an error and, for
+/// an envelope of the run, its refusal.
+pub fn count_notice(
+    shared: &Shared,
+    pending: &Pending,
+    kind: &str,
+    reference: &str,
+    reason: &str,
+    detail: &str,
+    now: u64,
+) {
+    match kind {
+        "accepted" => {
+            shared.totals.accepted.fetch_add(1, Ordering::Relaxed);
+            shared.totals.worked(now);
+            let pending = pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(reference);
+            if let Some((sent, phase)) = pending {
+                shared
+                    .accept
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(Sample {
+                        phase,
+                        prio: 0,
+                        sent_ns: sent,
+                        lat_ns: now.saturating_sub(sent),
+                    });
+                let slot = shared.slot(phase);
+                slot.accepted.fetch_add(1, Ordering::Relaxed);
+                slot.give_back(RELEASE_ON_ACCEPT);
+            }
+        }
+        "delivered" => {
+            shared
+                .totals
+                .delivered_notices
+                .fetch_add(1, Ordering::Relaxed);
+            shared.totals.worked(now);
+        }
+        "status" => {
+            shared.totals.status_notices.fetch_add(1, Ordering::Relaxed);
+            shared.totals.worked(now);
+        }
+        kind => {
+            shared.error(
+                &format!("notice-{kind}-{reason}"),
+                format!("{reference}: {detail}"),
+            );
+            let pending = pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(reference);
+            if let Some((_, phase)) = pending {
+                let slot = shared.slot(phase);
+                slot.rejected.fetch_add(1, Ordering::Relaxed);
+                slot.window.add_permits(1);
+            }
         }
     }
 }
@@ -638,6 +667,18 @@ pub enum Route {
         /// Pre-signed messages (then `body`/`mix` are unused).
         pool: Option<Pool>,
     },
+    /// Through truc's HTTPS gateway: signed envelopes posted to
+    /// `/v1/envelopes` by agencies with a session (`crate::gateway`).
+    Gateway {
+        /// Sources (with their sessions).
+        sources: Vec<Arc<crate::gateway::GwAgency>>,
+        /// Destination codes.
+        dests: Vec<AgencyCode>,
+        /// Body.
+        body: Vec<u8>,
+        /// The scenario's gateway state (send times, HTTP samples).
+        state: Arc<crate::gateway::GwState>,
+    },
 }
 
 /// A raw message template: the body plus the header block of a signed
@@ -683,6 +724,16 @@ enum Sent {
 /// Builds and publishes message number `seq` of `phase`.
 async fn send_one(shared: &Shared, route: &Route, seq: u64, phase: u16) -> Sent {
     let slot = shared.slot(phase);
+    if let Route::Gateway {
+        sources,
+        dests,
+        body,
+        state,
+    } = route
+    {
+        let ok = crate::gateway::send_one(shared, state, sources, dests, body, seq, phase).await;
+        return if ok { Sent::Ok } else { Sent::Failed };
+    }
     let (link, mut msg, source) = match route {
         Route::Raw {
             pubs,
@@ -726,6 +777,7 @@ async fn send_one(shared: &Shared, route: &Route, seq: u64, phase: u16) -> Sent 
             let src = sources[src_idx].clone();
             (src.link.clone(), m, Some(src))
         }
+        Route::Gateway { .. } => unreachable!("handled above"),
     };
     let sent = now_ns();
     msg.set_header(H_PHASE, phase.to_string());

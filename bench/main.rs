@@ -12,6 +12,7 @@
 //! memory. Results go to a JSON file and a self-contained HTML report; a
 //! progress line goes to stderr once a second. See `bench/README.md`.
 
+mod gateway;
 mod hub;
 mod load;
 mod procstat;
@@ -54,7 +55,10 @@ enum Scenario {
     /// truc on sled, on PostgreSQL, and two instances on one PostgreSQL
     /// store, flat out (needs PostgreSQL; not part of `all`).
     Stores,
-    /// Every scenario but `stores`, in that order.
+    /// Send → receive latency at a fixed rate through the agencies' HTTPS
+    /// gateway, against AMQP on the same hub.
+    Gateway,
+    /// Every scenario but `stores`, in that order (`gateway` last).
     All,
 }
 
@@ -172,19 +176,34 @@ struct Args {
     /// during the run weighs on both sides of each ratio alike.
     #[arg(long, default_value_t = 1)]
     rounds: usize,
+    /// Envelopes per second in both phases (gateway).
+    #[arg(long, default_value_t = 200.0)]
+    gateway_rate: f64,
+    /// The agencies' gateway of the running truc (`--hub-addr`), host:port,
+    /// plain HTTP (gateway).
+    #[arg(long, requires = "hub_addr")]
+    gateway_addr: Option<String>,
 }
 
 impl Args {
     fn settings(&self) -> Settings {
         let q = self.quick;
         let scenarios = match self.scenario {
-            Scenario::All => vec!["throughput", "connections", "flash", "rsa", "fairness"],
+            Scenario::All => vec![
+                "throughput",
+                "connections",
+                "flash",
+                "rsa",
+                "fairness",
+                "gateway",
+            ],
             Scenario::Throughput => vec!["throughput"],
             Scenario::Connections => vec!["connections"],
             Scenario::Flash => vec!["flash"],
             Scenario::Rsa => vec!["rsa"],
             Scenario::Fairness => vec!["fairness"],
             Scenario::Stores => vec!["stores"],
+            Scenario::Gateway => vec!["gateway"],
         };
         let agencies = if self.scenario == Scenario::Stores {
             20
@@ -218,9 +237,16 @@ impl Args {
             truc_log: self.truc_log.clone(),
             truc_prefetch: self.truc_prefetch,
             rounds: self.rounds.max(1),
+            gateway_rate: self.gateway_rate.max(1.0),
+            gateway_measure_s: self.duration.unwrap_or(if q { 5.0 } else { 25.0 }),
         }
     }
 }
+
+/// `[gateway]` of the started truc's access policy when the gateway
+/// scenario runs: calls per second and burst per agency (the default, 20/s,
+/// is below the calls of one agency at 200 envelopes/s).
+const GATEWAY_CALLS: (f64, u32) = (5000.0, 5000);
 
 /// Kernel release, for the report.
 fn kernel() -> String {
@@ -259,6 +285,7 @@ async fn run_scenarios(ctx: &mut Ctx) {
             "flash" => scenarios::flash(ctx).await,
             "rsa" => scenarios::rsa(ctx).await,
             "fairness" => scenarios::fairness(ctx).await,
+            "gateway" => gateway::gateway(ctx).await,
             "stores" => stores::stores(ctx).await,
             _ => Err(format!("unknown scenario {name}")),
         };
@@ -501,6 +528,13 @@ fn headline(ctx: &Ctx) -> (Value, String) {
             "fairness scenario: latency of the quiet source under the flood (see flood_vs_baseline)",
         );
     }
+    if let Some(g) = r.get("gateway").filter(|g| g.get("failed").is_none()) {
+        return from(
+            None,
+            &g["gateway"]["e2e"],
+            "gateway scenario: send → receive latency through the HTTPS gateway at a fixed rate (see gateway_vs_amqp for the same rate over AMQP)",
+        );
+    }
     if let Some(x) = r.get("rsa") {
         return from(
             x["rsa-sha256"]["msgs_per_s"].as_f64(),
@@ -594,20 +628,36 @@ async fn main() -> ExitCode {
     }
     let run_pid = std::process::id();
     let started = started_at();
+    // The gateway scenario needs the agencies' gateway, on a loopback port
+    // the system chooses, with a call rate far above what it sends.
+    let with_gateway = s.scenarios.iter().any(|n| n == "gateway");
+    let (gateway_env, gateway_rate) = if with_gateway {
+        (
+            vec![("TRUC_GATEWAY_ADDR".to_owned(), "127.0.0.1:0".to_owned())],
+            Some(GATEWAY_CALLS),
+        )
+    } else {
+        (Vec::new(), None)
+    };
     let mut hub = match &args.hub_addr {
-        Some(addr) => Hub::external(
-            addr,
-            args.token.as_deref().unwrap_or(""),
-            &args.prefix,
-            args.truc_pid,
-        ),
+        Some(addr) => {
+            let mut h = Hub::external(
+                addr,
+                args.token.as_deref().unwrap_or(""),
+                &args.prefix,
+                args.truc_pid,
+            );
+            h.gateway = args.gateway_addr.clone();
+            h
+        }
         None => match Hub::spawn(
             &args.truc_bin,
             &s.amqp_url,
             &format!("bench{run_pid}."),
             &args.truc_log,
             args.truc_prefetch,
-            &[],
+            &gateway_env,
+            gateway_rate,
         )
         .await
         {

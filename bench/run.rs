@@ -72,6 +72,10 @@ pub struct Settings {
     pub truc_prefetch: Option<u16>,
     /// Rounds of sled then PostgreSQL (stores).
     pub rounds: usize,
+    /// Envelopes per second of both phases (gateway).
+    pub gateway_rate: f64,
+    /// Measured seconds of each phase (gateway).
+    pub gateway_measure_s: f64,
 }
 
 /// One point of the timeline (one second).
@@ -328,7 +332,7 @@ pub struct PhaseSpec {
     pub scenario: &'static str,
     /// Human name (`truc 1 KiB max`).
     pub name: String,
-    /// `raw` or `truc`.
+    /// `raw`, `truc` (over AMQP) or `gateway` (truc's HTTPS gateway).
     pub path: &'static str,
     /// Body size.
     pub body_bytes: usize,
@@ -353,7 +357,7 @@ pub struct PhaseResult {
     pub scenario: String,
     /// Name.
     pub name: String,
-    /// `raw` or `truc`.
+    /// `raw`, `truc` or `gateway`.
     pub path: String,
     /// Body size.
     pub body_bytes: usize,
@@ -637,7 +641,8 @@ impl Ctx {
             }
         };
         let count_mode = matches!(spec.mode, Mode::Count { .. });
-        let truc = spec.path == "truc";
+        // Through truc, over AMQP or its gateway: its metrics, its drain.
+        let truc = spec.path != "raw";
         let (t_measure, snaps_a) = if count_mode {
             (t_start, self.monitor.pids().snap())
         } else {

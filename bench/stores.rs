@@ -231,6 +231,7 @@ async fn start_instance(ctx: &Ctx, prefix: &str, env: &[(String, String)]) -> Re
         &s.truc_log,
         s.truc_prefetch,
         env,
+        None,
     )
     .await?;
     if let Err(e) = hub.wait_ready(Duration::from_secs(60)).await {

@@ -882,3 +882,75 @@ async fn rates_stalled_bodies_and_idle_connections_are_limited() {
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_mailbox_gives_back_what_it_held_and_a_stream_ends_with_its_session() {
+    let presence =
+        "[presence]\nheartbeat_window = \"2s\"\npoll_interval = \"1s\"\nreturn_on_bounce = false\n";
+    let (mut hub, gw) = TestHub::start_with_gateway("", &[("presence.toml", presence)]).await;
+    let web = hub.register("000.00.69.H41").await;
+    let amqp = hub.register("000.00.70.H41").await;
+    let src = hub.client(&amqp).await;
+    let token = open(&gw, &web).await;
+
+    // Held by the mailbox: nothing ready in the inbox.
+    let e = envelope("000.00.69.H41").signed(&hub.prefix, &amqp);
+    src.publish(&e).await.unwrap();
+    let listed = deliveries(&gw, &token, 10).await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["redelivered"], false);
+    let inbox = "inbox.000.00.69.H41";
+    hub.wait_depth(inbox, 0).await;
+    // No call for the heartbeat window: the mailbox closes and the delivery
+    // goes back to the inbox, then comes again, marked redelivered.
+    hub.wait_log(&["gateway mailbox closed", "idle"], 1).await;
+    hub.wait_depth(inbox, 1).await;
+    let again = deliveries(&gw, &token, 10).await;
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_eq!(
+        (again[0]["id"].clone(), again[0]["redelivered"].clone()),
+        (listed[0]["id"].clone(), true.into())
+    );
+
+    // An open stream ends as soon as its agency is disabled.
+    let mut ev = Events::open(&gw, &token).await;
+    let (event, _) = ev.next(WAIT).await.expect("the held delivery");
+    assert_eq!(event, "delivery");
+    hub.cli_expect(&["agency", "disable", "000.00.69.H41"], 0);
+    let (event, data) = ev.next(WAIT).await.expect("the stream's end");
+    assert_eq!(event, "closed", "{data}");
+    assert!(
+        ev.next(Duration::from_secs(2)).await.is_none(),
+        "nothing after closed"
+    );
+    // And what the stream showed is back in the inbox once the mailbox closes.
+    hub.wait_depth(inbox, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_session_is_refused() {
+    let (mut hub, gw) = TestHub::start_with_gateway("gateway_session_ttl = \"10s\"\n", &[]).await;
+    let web = hub.register("000.00.72.H41").await;
+    let refused = whoami(&gw, "v1.garbage.token").await.body;
+    let a = ask(&gw, &web).await;
+    assert_eq!(
+        (a.status, a.body["expires_in_s"].as_i64()),
+        (201, Some(10)),
+        "{}",
+        a.body
+    );
+    let token = a.body["token"].as_str().unwrap().to_owned();
+    assert_eq!(whoami(&gw, &token).await.status, 200);
+    let a = get(&gw, &token, "/v1/deliveries").await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let late = whoami(&gw, &token).await;
+    assert_eq!((late.status, &late.body), (401, &refused));
+    assert_eq!(get(&gw, &token, "/v1/deliveries").await.status, 401);
+    // Renewing needs a session still good.
+    let h = bearer(&token);
+    assert_eq!(
+        http(&gw, "POST", "/v1/session/renew", &h, b"").await.status,
+        401
+    );
+}

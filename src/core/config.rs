@@ -320,7 +320,7 @@ pub struct Config {
     #[serde(default)]
     pub gateway_tls_key: Option<PathBuf>,
     /// How long a gateway session lasts before it must be renewed, from
-    /// `1m` to `1d` (default `15m`).
+    /// `10s` to `1d` (default `15m`).
     #[serde(default = "default_gateway_session_ttl")]
     pub gateway_session_ttl: String,
     /// Whether `/metrics` needs the admin token; default: yes unless
@@ -774,11 +774,11 @@ impl Config {
     /// together, HTTPS off loopback, a session lifetime in range.
     fn validate_gateway(&self) -> Result<(), ConfigError> {
         match crate::core::time::parse_duration(&self.gateway_session_ttl) {
-            Ok(d) if d >= std::time::Duration::from_secs(60) && d <= DAY => {}
+            Ok(d) if d >= std::time::Duration::from_secs(10) && d <= DAY => {}
             _ => {
                 return Err(ConfigError::Invalid {
                     key: "gateway_session_ttl",
-                    problem: "must be a duration from 1m to 1d".into(),
+                    problem: "must be a duration from 10s to 1d".into(),
                 })
             }
         }
@@ -1286,7 +1286,7 @@ mod tests {
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("go together"), "{e}");
         c.gateway_tls_key = None;
-        for ttl in ["30s", "2d", "soon"] {
+        for ttl in ["5s", "2d", "soon"] {
             c.gateway_session_ttl = ttl.into();
             let e = c.validate().unwrap_err().to_string();
             assert!(e.contains("gateway_session_ttl"), "{ttl}: {e}");

@@ -12,7 +12,7 @@ use axum::extract::Query;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 
-use super::receive::{lgsp_headers, mailbox, wait_for, ListQuery};
+use super::receive::{held, lgsp_headers, mailbox, ListQuery};
 use super::types::{AckNotices, Error, Notice, Notices, NoticesAcked};
 use super::{Answer, Gs};
 use crate::core::message::Message;
@@ -50,22 +50,15 @@ pub(super) async fn list(
     headers: HeaderMap,
     q: Result<Query<ListQuery>, QueryRejection>,
 ) -> Answer {
-    let (wait, limit) = match ListQuery::read(q) {
-        Ok(q) => q,
-        Err(a) => return a,
-    };
-    let mb = match mailbox(&gw, &headers).await {
-        Ok(mb) => mb,
-        Err(a) => return a,
-    };
-    let found = wait_for(&mb, wait, |mb| mb.notices(limit)).await;
-    mb.touch();
-    Answer::of(
-        StatusCode::OK,
-        &Notices {
-            notices: found.iter().map(|(id, m)| describe(id, m)).collect(),
-        },
-    )
+    match held(&gw, &headers, q, |mb, limit| mb.notices(limit)).await {
+        Ok(found) => Answer::of(
+            StatusCode::OK,
+            &Notices {
+                notices: found.iter().map(|(id, m)| describe(id, m)).collect(),
+            },
+        ),
+        Err(a) => a,
+    }
 }
 
 /// Acknowledges notices by id: they leave your notify queue. Ids not held

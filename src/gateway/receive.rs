@@ -156,22 +156,30 @@ pub(super) async fn list(
     headers: HeaderMap,
     q: Result<Query<ListQuery>, QueryRejection>,
 ) -> Answer {
-    let (wait, limit) = match ListQuery::read(q) {
-        Ok(q) => q,
-        Err(a) => return a,
-    };
-    let mb = match mailbox(&gw, &headers).await {
-        Ok(mb) => mb,
-        Err(a) => return a,
-    };
-    let found = wait_for(&mb, wait, |mb| mb.deliveries(limit)).await;
+    match held(&gw, &headers, q, |mb, limit| mb.deliveries(limit)).await {
+        Ok(found) => Answer::of(
+            StatusCode::OK,
+            &Deliveries {
+                deliveries: found.iter().map(|(k, h)| describe(k, h)).collect(),
+            },
+        ),
+        Err(a) => a,
+    }
+}
+
+/// What `take` finds in the session's mailbox (up to the query's `limit`),
+/// waiting up to its `wait` for something: a listing's common part.
+pub(super) async fn held<T>(
+    gw: &Arc<Gateway>,
+    headers: &HeaderMap,
+    q: Result<Query<ListQuery>, QueryRejection>,
+    take: impl Fn(&Mailbox, usize) -> Vec<T>,
+) -> Result<Vec<T>, Answer> {
+    let (wait, limit) = ListQuery::read(q)?;
+    let mb = mailbox(gw, headers).await?;
+    let found = wait_for(&mb, wait, |mb| take(mb, limit)).await;
     mb.touch();
-    Answer::of(
-        StatusCode::OK,
-        &Deliveries {
-            deliveries: found.iter().map(|(k, h)| describe(k, h)).collect(),
-        },
-    )
+    Ok(found)
 }
 
 /// The key named by a path.

@@ -75,22 +75,7 @@ pub(super) async fn send(axum::extract::State(gw): Gs, headers: HeaderMap, body:
                 detail: Some("already accepted; not delivered again".into()),
             },
         ),
-        // Refused after its signature was verified: a notice went out.
-        Ok(Outcome::Rejected(reason)) => {
-            refused(reason, "the rejected notice says more", message_id)
-        }
-        Ok(Outcome::Quarantined(reason)) => {
-            refused(reason, "its signature could not be verified", message_id)
-        }
-        Ok(other) => {
-            tracing::warn!(outcome = ?other, "gateway envelope handled as something else");
-            Answer::error(
-                StatusCode::BAD_REQUEST,
-                Some(Reason::Malformed),
-                "not an envelope",
-            )
-        }
-        Err(e) => not_handled("envelope", &e),
+        other => not_taken("envelope", other, message_id),
     }
 }
 
@@ -129,19 +114,42 @@ pub(super) async fn handle(
     Ok((entry, inbound.message, handled))
 }
 
-/// The answer to a `kind` the router could not handle now.
-pub(super) fn not_handled(kind: &str, e: &RouterError) -> Answer {
-    tracing::warn!(kind, error = %e, retryable = e.is_retryable(), "gateway request not handled; the caller may send it again");
-    Answer::unavailable(kind)
-}
-
-/// The answer to an envelope the router refused for `reason`.
-fn refused(reason: Reason, more: &str, message_id: String) -> Answer {
-    refused_kind("envelope", reason, more, message_id)
+/// The answer to a `kind` whose handling ended in anything but what the
+/// caller wanted: a refusal (with or without a notice), another outcome,
+/// or an error (try again).
+pub(super) fn not_taken(
+    kind: &str,
+    handled: Result<Outcome, RouterError>,
+    message_id: String,
+) -> Answer {
+    match handled {
+        // Refused after its signature was verified: a notice went out.
+        Ok(Outcome::Rejected(reason)) => {
+            refused(kind, reason, "the rejected notice says more", message_id)
+        }
+        Ok(Outcome::Quarantined(reason)) => refused(
+            kind,
+            reason,
+            "its signature could not be verified",
+            message_id,
+        ),
+        Ok(other) => {
+            tracing::warn!(kind, outcome = ?other, "gateway request handled as something else");
+            Answer::error(
+                StatusCode::BAD_REQUEST,
+                Some(Reason::Malformed),
+                format!("not a {kind}"),
+            )
+        }
+        Err(e) => {
+            tracing::warn!(kind, error = %e, retryable = e.is_retryable(), "gateway request not handled; the caller may send it again");
+            Answer::unavailable(kind)
+        }
+    }
 }
 
 /// The answer to a `kind` the router refused for `reason`.
-pub(super) fn refused_kind(kind: &str, reason: Reason, more: &str, message_id: String) -> Answer {
+fn refused(kind: &str, reason: Reason, more: &str, message_id: String) -> Answer {
     Answer::of(
         status_of(reason),
         &Error {

@@ -14,11 +14,10 @@ use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode};
 
 use super::mailbox::{Key, Settle, Settled};
-use super::send::{handle, not_handled, refused_kind};
+use super::send::{handle, not_taken};
 use super::types::{Error, Recorded};
 use super::{Answer, Gs};
 use crate::core::message::Message;
-use crate::core::reason::Reason;
 use crate::router::Outcome;
 
 /// The largest status body taken (statuses carry no document).
@@ -47,33 +46,8 @@ pub(super) async fn post(axum::extract::State(gw): Gs, headers: HeaderMap, body:
         Err(a) => return a,
     };
     let message_id = msg.message_id.clone().unwrap_or_default();
-    match handled {
-        Ok(Outcome::StatusRelayed) => {}
-        Ok(Outcome::Rejected(reason)) => {
-            return refused_kind(
-                "status",
-                reason,
-                "the rejected notice says more",
-                message_id,
-            )
-        }
-        Ok(Outcome::Quarantined(reason)) => {
-            return refused_kind(
-                "status",
-                reason,
-                "its signature could not be verified",
-                message_id,
-            )
-        }
-        Ok(other) => {
-            tracing::warn!(outcome = ?other, "gateway status handled as something else");
-            return Answer::error(
-                StatusCode::BAD_REQUEST,
-                Some(Reason::Malformed),
-                "not a status",
-            );
-        }
-        Err(e) => return not_handled("status", &e),
+    if !matches!(handled, Ok(Outcome::StatusRelayed)) {
+        return not_taken("status", handled, message_id);
     }
     let mut settled = Vec::new();
     if let Some(mb) = gw.mailboxes.existing(&entry.agency.code).await {

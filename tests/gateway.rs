@@ -807,7 +807,7 @@ async fn a_stream_cut_ten_times_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rates_stalled_bodies_and_idle_connections_are_limited() {
     let access = truc::policy::DEFAULT_ACCESS.replace(
-        "[gateway]\ncalls_per_s = 20.0\nburst = 100\n",
+        "[gateway]\ncalls_per_s = 500.0\nburst = 1000\n",
         "[gateway]\ncalls_per_s = 0.2\nburst = 3\n",
     );
     assert_ne!(access, truc::policy::DEFAULT_ACCESS);

@@ -183,8 +183,8 @@ impl Default for GatewaySection {
     /// What an access file without a `[gateway]` section gets.
     fn default() -> Self {
         Self {
-            calls_per_s: 20.0,
-            burst: 100,
+            calls_per_s: 500.0,
+            burst: 1000,
             agency: Vec::new(),
         }
     }

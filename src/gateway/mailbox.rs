@@ -135,6 +135,10 @@ pub(super) struct Mailbox {
 /// The mailboxes of this instance, and what was settled through them.
 pub(super) struct Mailboxes {
     open: tokio::sync::Mutex<HashMap<AgencyCode, Arc<Mailbox>>>,
+    /// One gate per agency, held while its mailbox is being opened (so two
+    /// calls open one mailbox, and opening one agency's never waits on the
+    /// broker for another's).
+    gates: Mutex<HashMap<AgencyCode, Arc<tokio::sync::Mutex<()>>>>,
     settled: Mutex<Dedupe>,
     shutdown: CancellationToken,
 }
@@ -155,6 +159,7 @@ impl Mailboxes {
     pub(super) fn new(shutdown: CancellationToken) -> Self {
         Self {
             open: tokio::sync::Mutex::new(HashMap::new()),
+            gates: Mutex::new(HashMap::new()),
             settled: Mutex::new(Dedupe::new(REMEMBERED)),
             shutdown,
         }
@@ -167,10 +172,15 @@ impl Mailboxes {
         hub: &Arc<Hub>,
         code: &AgencyCode,
     ) -> Result<Arc<Mailbox>, MailboxError> {
-        let mut open = self.open.lock().await;
-        if let Some(mb) = open.get(code).filter(|mb| !mb.closed.is_cancelled()) {
+        if let Some(mb) = self.existing(code).await {
             mb.touch();
-            return Ok(mb.clone());
+            return Ok(mb);
+        }
+        let gate = lock(&self.gates).entry(code.clone()).or_default().clone();
+        let _opening = gate.lock().await;
+        if let Some(mb) = self.existing(code).await {
+            mb.touch();
+            return Ok(mb);
         }
         let link = hub.link.borrow().clone().ok_or(MailboxError::NoLink)?;
         let tag = format!("truc-gateway {}", hub.instance_id);
@@ -198,8 +208,11 @@ impl Mailboxes {
             streams: AtomicUsize::new(0),
             closed: self.shutdown.child_token(),
         });
-        open.insert(code.clone(), mb.clone());
-        crate::core::metrics::gateway_mailboxes(open.len());
+        {
+            let mut open = self.open.lock().await;
+            open.insert(code.clone(), mb.clone());
+            crate::core::metrics::gateway_mailboxes(open.len());
+        }
         tracing::info!(agency = %code, "gateway mailbox opened");
         let idle = hub.router.policies().presence.heartbeat_window;
         tokio::spawn(pump(self.clone(), mb.clone(), inbox, notify, idle));

@@ -596,21 +596,35 @@ async fn an_https_agency_receives_settles_and_reads_notices() {
     let e3 = envelope("000.00.63.H41").signed(&hub.prefix, &amqp);
     src.publish(&e3).await.unwrap();
     let e3_id = e3.message_id.clone().unwrap();
-    assert_eq!(deliveries(&gw, &token, 10).await.len(), 1);
+    let first = get(&gw, &token, "/v1/deliveries?wait=10").await;
+    assert_eq!(
+        first.body["deliveries"].as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        first.body
+    );
+    // With the cursor, a listing waits for what is new, though e3 is held.
+    let after = first.body["next"].as_str().unwrap().to_owned();
+    let started = std::time::Instant::now();
+    let a = get(&gw, &token, &format!("/v1/deliveries?wait=1&after={after}")).await;
+    assert_eq!(a.body["deliveries"], serde_json::json!([]), "{}", a.body);
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    let bad = get(&gw, &token, "/v1/deliveries?after=nonsense").await;
+    assert_eq!(bad.status, 400, "{}", bad.body);
     let recall = common::status(&e3_id, "13").signed(&hub.prefix, &amqp);
     src.publish(&recall).await.unwrap();
-    let deadline = std::time::Instant::now() + WAIT;
-    let listed = loop {
-        let l = deliveries(&gw, &token, 2).await;
-        if l.len() == 2 || std::time::Instant::now() > deadline {
-            break l;
-        }
-        // A listing answers at once while something is held.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    assert_eq!(listed.len(), 2, "{listed:?}");
-    assert_eq!(listed[1]["kind"], "recall");
-    assert_eq!(listed[1]["ref"], e3_id.as_str());
+    let new = get(
+        &gw,
+        &token,
+        &format!("/v1/deliveries?wait=10&after={after}"),
+    )
+    .await;
+    let new = new.body["deliveries"].as_array().unwrap().clone();
+    assert_eq!(new.len(), 1, "only the recall request: {new:?}");
+    assert_eq!(new[0]["kind"], "recall");
+    assert_eq!(new[0]["ref"], e3_id.as_str());
+    let listed = deliveries(&gw, &token, 0).await;
+    assert_eq!(listed.len(), 2, "both still held: {listed:?}");
     let s = common::status(&e3_id, "15")
         .source(&amqp.code)
         .signed(&hub.prefix, &web);

@@ -121,6 +121,8 @@ pub(super) struct Arrived {
 pub(super) struct Mailbox {
     /// The agency.
     pub(super) code: AgencyCode,
+    /// Random, so that a listing cursor of an earlier mailbox is known for one.
+    pub(super) id: u64,
     items: Mutex<Items>,
     /// Bumped at each arrival; waiters watch it.
     arrivals: watch::Sender<u64>,
@@ -200,6 +202,7 @@ impl Mailboxes {
         let (arrivals, _) = watch::channel(0);
         let mb = Arc::new(Mailbox {
             code: code.clone(),
+            id: rand::random(),
             items: Mutex::new(Items::default()),
             arrivals,
             inbox: inbox.settler(),
@@ -300,13 +303,14 @@ impl Mailbox {
         *lock(&self.last_call) = Instant::now();
     }
 
-    /// Up to `limit` held deliveries, oldest first.
-    pub(super) fn deliveries(&self, limit: usize) -> Vec<(Key, Held)> {
+    /// Up to `limit` held deliveries that arrived from number `from` on,
+    /// oldest first, each with its arrival number.
+    pub(super) fn deliveries(&self, from: u64, limit: usize) -> Vec<(u64, Key, Held)> {
         lock(&self.items)
             .deliveries
-            .values()
+            .range(from..)
             .take(limit)
-            .cloned()
+            .map(|(seq, (k, h))| (*seq, k.clone(), h.clone()))
             .collect()
     }
 
@@ -327,13 +331,14 @@ impl Mailbox {
             .collect()
     }
 
-    /// Up to `limit` held notices (id, message), oldest first.
-    pub(super) fn notices(&self, limit: usize) -> Vec<(String, Message)> {
+    /// Up to `limit` held notices (id, message) that arrived from number
+    /// `from` on, oldest first, each with its arrival number.
+    pub(super) fn notices(&self, from: u64, limit: usize) -> Vec<(u64, String, Message)> {
         lock(&self.items)
             .notices
-            .values()
+            .range(from..)
             .take(limit)
-            .map(|(id, m, _)| (id.clone(), m.clone()))
+            .map(|(seq, (id, m, _))| (*seq, id.clone(), m.clone()))
             .collect()
     }
 

@@ -50,11 +50,19 @@ pub(super) async fn list(
     headers: HeaderMap,
     q: Result<Query<ListQuery>, QueryRejection>,
 ) -> Answer {
-    match held(&gw, &headers, q, |mb, limit| mb.notices(limit)).await {
+    match held(&gw, &headers, q, |mb, from, limit| {
+        mb.notices(from, limit)
+            .into_iter()
+            .map(|(seq, id, m)| (seq, (id, m)))
+            .collect()
+    })
+    .await
+    {
         Ok(found) => Answer::of(
             StatusCode::OK,
             &Notices {
-                notices: found.iter().map(|(id, m)| describe(id, m)).collect(),
+                notices: found.items.iter().map(|(id, m)| describe(id, m)).collect(),
+                next: found.next,
             },
         ),
         Err(a) => a,

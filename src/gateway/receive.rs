@@ -42,13 +42,23 @@ pub(super) struct ListQuery {
     /// Most items in the answer (by default all that are held; at most 32 are held at once).
     #[param(minimum = 1)]
     limit: Option<usize>,
+    /// The `next` of an earlier answer: list only what arrived after it (and
+    /// wait for that). A cursor of an earlier mailbox (it closed) lists
+    /// everything held.
+    after: Option<String>,
+}
+
+/// A listing's query, read.
+pub(super) struct Listing {
+    wait: Duration,
+    limit: usize,
+    /// (mailbox id, arrival number) of `after`.
+    after: Option<(u64, u64)>,
 }
 
 impl ListQuery {
     /// The query, or the answer to a bad one.
-    pub(super) fn read(
-        q: Result<Query<Self>, QueryRejection>,
-    ) -> Result<(Duration, usize), Answer> {
+    pub(super) fn read(q: Result<Query<Self>, QueryRejection>) -> Result<Listing, Answer> {
         let Query(q) = q.map_err(|e| Answer::bad_request(format!("bad query: {e}")))?;
         let wait = Duration::from_secs(q.wait);
         if wait > MAX_WAIT {
@@ -61,8 +71,32 @@ impl ListQuery {
         if limit == 0 {
             return Err(Answer::bad_request("limit must be at least 1"));
         }
-        Ok((wait, limit))
+        let after = match q.after.as_deref() {
+            None => None,
+            Some(c) => Some(parse_cursor(c).ok_or_else(|| {
+                Answer::bad_request("after must be the next of an earlier answer")
+            })?),
+        };
+        Ok(Listing { wait, limit, after })
     }
+}
+
+/// `<mailbox id, hex>.<arrival number>`.
+fn cursor(mailbox: u64, seq: u64) -> String {
+    format!("{mailbox:x}.{seq}")
+}
+
+fn parse_cursor(c: &str) -> Option<(u64, u64)> {
+    let (id, seq) = c.split_once('.')?;
+    Some((u64::from_str_radix(id, 16).ok()?, seq.parse().ok()?))
+}
+
+/// Items listed, and the cursor after them.
+pub(super) struct Found<T> {
+    /// The items.
+    pub(super) items: Vec<T>,
+    /// `next`.
+    pub(super) next: String,
 }
 
 /// The text headers of `m` that belong to the contract (`lgsp-*`), by name.
@@ -156,30 +190,47 @@ pub(super) async fn list(
     headers: HeaderMap,
     q: Result<Query<ListQuery>, QueryRejection>,
 ) -> Answer {
-    match held(&gw, &headers, q, |mb, limit| mb.deliveries(limit)).await {
+    match held(&gw, &headers, q, |mb, from, limit| {
+        mb.deliveries(from, limit)
+            .into_iter()
+            .map(|(seq, k, h)| (seq, (k, h)))
+            .collect()
+    })
+    .await
+    {
         Ok(found) => Answer::of(
             StatusCode::OK,
             &Deliveries {
-                deliveries: found.iter().map(|(k, h)| describe(k, h)).collect(),
+                deliveries: found.items.iter().map(|(k, h)| describe(k, h)).collect(),
+                next: found.next,
             },
         ),
         Err(a) => a,
     }
 }
 
-/// What `take` finds in the session's mailbox (up to the query's `limit`),
-/// waiting up to its `wait` for something: a listing's common part.
+/// What `take` finds in the session's mailbox (from the query's `after`, up
+/// to its `limit`), waiting up to its `wait` for something: a listing's
+/// common part. `take` gives each item with its arrival number.
 pub(super) async fn held<T>(
     gw: &Arc<Gateway>,
     headers: &HeaderMap,
     q: Result<Query<ListQuery>, QueryRejection>,
-    take: impl Fn(&Mailbox, usize) -> Vec<T>,
-) -> Result<Vec<T>, Answer> {
-    let (wait, limit) = ListQuery::read(q)?;
+    take: impl Fn(&Mailbox, u64, usize) -> Vec<(u64, T)>,
+) -> Result<Found<T>, Answer> {
+    let listing = ListQuery::read(q)?;
     let mb = mailbox(gw, headers).await?;
-    let found = wait_for(&mb, wait, |mb| take(mb, limit)).await;
+    let from = match listing.after {
+        Some((id, seq)) if id == mb.id => seq,
+        _ => 0,
+    };
+    let found = wait_for(&mb, listing.wait, |mb| take(mb, from, listing.limit)).await;
     mb.touch();
-    Ok(found)
+    let next = found.last().map_or(from, |(seq, _)| seq + 1);
+    Ok(Found {
+        items: found.into_iter().map(|(_, t)| t).collect(),
+        next: cursor(mb.id, next),
+    })
 }
 
 /// The key named by a path.

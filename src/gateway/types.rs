@@ -124,6 +124,8 @@ pub(crate) struct Delivery {
 pub(crate) struct Deliveries {
     /// Oldest first.
     pub(crate) deliveries: Vec<Delivery>,
+    /// The cursor to list from next time (`after`): only what arrives later.
+    pub(crate) next: String,
 }
 
 /// A document's bytes, as they were sent.
@@ -165,6 +167,8 @@ pub(crate) struct Notice {
 pub(crate) struct Notices {
     /// Oldest first.
     pub(crate) notices: Vec<Notice>,
+    /// The cursor to list from next time (`after`): only what arrives later.
+    pub(crate) next: String,
 }
 
 /// Notices to acknowledge (`POST /v1/notices/ack`).

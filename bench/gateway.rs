@@ -947,23 +947,12 @@ fn on_notice(shared: &Shared, me: &GwAgency, data: &str) {
         return;
     };
     let m = listed(id, Some("application/json"), &v["headers"]);
-    let notice_key = format!("notice.{}", me.creds.code);
-    if let Err(e) = verify_hub_signature(&m, &notice_key, &me.creds.secret) {
-        shared.error("notice-verify", e);
-    } else if m.header("lgsp-digest")
-        != Some(body_digest(v["body"].as_str().unwrap_or("").as_bytes()).as_str())
+    if load::take_notice(shared, &me.creds, &me.pending, &m, now)
+        && m.header("lgsp-digest")
+            != Some(body_digest(v["body"].as_str().unwrap_or("").as_bytes()).as_str())
     {
         shared.error("notice-verify", "body does not match lgsp-digest");
     }
-    load::count_notice(
-        shared,
-        &me.pending,
-        m.header("lgsp-notice").unwrap_or(""),
-        m.header("lgsp-ref").unwrap_or(""),
-        m.header("lgsp-reason").unwrap_or(""),
-        m.header("lgsp-detail").unwrap_or(""),
-        now,
-    );
     let _ = me.acks.send(id.to_owned());
 }
 

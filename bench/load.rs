@@ -404,22 +404,8 @@ async fn inbox_loop(shared: Arc<Shared>, me: Arc<Agency>, mut sub: Subscription,
 }
 
 async fn notice_loop(shared: Arc<Shared>, me: Arc<Agency>, mut sub: Subscription) {
-    let notice_key = format!("notice.{}", me.creds.code);
     while let Some(inbound) = next(&me.stop, &mut sub).await {
-        let now = now_ns();
-        let m = &inbound.message;
-        if let Err(e) = verify_hub_signature(m, &notice_key, &me.creds.secret) {
-            shared.error("notice-verify", e);
-        }
-        count_notice(
-            &shared,
-            &me.pending,
-            m.header("lgsp-notice").unwrap_or(""),
-            m.header("lgsp-ref").unwrap_or(""),
-            m.header("lgsp-reason").unwrap_or(""),
-            m.header("lgsp-detail").unwrap_or(""),
-            now,
-        );
+        take_notice(&shared, &me.creds, &me.pending, &inbound.message, now_ns());
         if let Err(e) = sub.ack(inbound.delivery_tag).await {
             if !me.stop.is_cancelled() {
                 shared.error("notice-ack", e);
@@ -432,8 +418,34 @@ async fn notice_loop(shared: Arc<Shared>, me: Arc<Agency>, mut sub: Subscription
 /// Envelopes sent and not yet `accepted`: message id → (sent ns, phase).
 pub type Pending = Mutex<HashMap<String, (u64, u16)>>;
 
+/// Checks the hub signature of the notice `m` to the source `creds`
+/// (an error when it does not verify), then counts it ([`count_notice`]).
+/// True when it verified.
+pub fn take_notice(
+    shared: &Shared,
+    creds: &Credentials,
+    pending: &Pending,
+    m: &Message,
+    now: u64,
+) -> bool {
+    let verified = verify_hub_signature(m, &format!("notice.{}", creds.code), &creds.secret);
+    if let Err(e) = &verified {
+        shared.error("notice-verify", e);
+    }
+    count_notice(
+        shared,
+        pending,
+        m.header("lgsp-notice").unwrap_or(""),
+        m.header("lgsp-ref").unwrap_or(""),
+        m.header("lgsp-reason").unwrap_or(""),
+        m.header("lgsp-detail").unwrap_or(""),
+        now,
+    );
+    verified.is_ok()
+}
+
 /// Counts a notice of `kind` about `reference` that arrived at `now` for a
-/// source whose unaccepted envelopes are `pending`: an `accepted` notice
+/// source whose unaccepted envelopes are `pending` (AMQP or gateway): an `accepted` notice
 /// gives an acceptance-latency sample, a `delivered` or `status` notice is
 /// counted (the drain waits for them), anything else is an error and, for
 /// an envelope of the run, its refusal.

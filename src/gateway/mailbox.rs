@@ -109,12 +109,30 @@ struct Items {
 
 /// Items arrived from some number on ([`Mailbox::since`]).
 pub(super) struct Arrived {
-    /// Deliveries, oldest first.
-    pub(super) deliveries: Vec<(Key, Held)>,
-    /// Notices (id, message), oldest first.
-    pub(super) notices: Vec<(String, Message)>,
+    /// Deliveries, oldest first, with their arrival numbers.
+    pub(super) deliveries: Vec<(u64, (Key, Held))>,
+    /// Notices (id, message), oldest first, with their arrival numbers.
+    pub(super) notices: Vec<(u64, (String, Message))>,
     /// The number of the next arrival.
     pub(super) next: u64,
+}
+
+impl Items {
+    fn deliveries_from(&self, from: u64, limit: usize) -> Vec<(u64, (Key, Held))> {
+        self.deliveries
+            .range(from..)
+            .take(limit)
+            .map(|(seq, kh)| (*seq, kh.clone()))
+            .collect()
+    }
+
+    fn notices_from(&self, from: u64, limit: usize) -> Vec<(u64, (String, Message))> {
+        self.notices
+            .range(from..)
+            .take(limit)
+            .map(|(seq, (id, m, _))| (*seq, (id.clone(), m.clone())))
+            .collect()
+    }
 }
 
 /// One agency's mailbox on this instance.
@@ -305,13 +323,8 @@ impl Mailbox {
 
     /// Up to `limit` held deliveries that arrived from number `from` on,
     /// oldest first, each with its arrival number.
-    pub(super) fn deliveries(&self, from: u64, limit: usize) -> Vec<(u64, Key, Held)> {
-        lock(&self.items)
-            .deliveries
-            .range(from..)
-            .take(limit)
-            .map(|(seq, (k, h))| (*seq, k.clone(), h.clone()))
-            .collect()
+    pub(super) fn deliveries(&self, from: u64, limit: usize) -> Vec<(u64, (Key, Held))> {
+        lock(&self.items).deliveries_from(from, limit)
     }
 
     /// The held delivery `key`.
@@ -321,7 +334,7 @@ impl Mailbox {
         items.deliveries.get(seq).map(|(_, h)| h.clone())
     }
 
-    /// The held deliveries from `from` that `matches` accepts.
+    /// The keys of the held deliveries that `matches` accepts.
     pub(super) fn keys_where(&self, matches: impl Fn(&Key, &Held) -> bool) -> Vec<Key> {
         lock(&self.items)
             .deliveries
@@ -333,31 +346,17 @@ impl Mailbox {
 
     /// Up to `limit` held notices (id, message) that arrived from number
     /// `from` on, oldest first, each with its arrival number.
-    pub(super) fn notices(&self, from: u64, limit: usize) -> Vec<(u64, String, Message)> {
-        lock(&self.items)
-            .notices
-            .range(from..)
-            .take(limit)
-            .map(|(seq, (id, m, _))| (*seq, id.clone(), m.clone()))
-            .collect()
+    pub(super) fn notices(&self, from: u64, limit: usize) -> Vec<(u64, (String, Message))> {
+        lock(&self.items).notices_from(from, limit)
     }
 
     /// Held items arrived from `seq` on, and the next arrival number.
     pub(super) fn since(&self, seq: u64) -> Arrived {
+        // One lock for all three, so no arrival falls between them.
         let items = lock(&self.items);
-        let deliveries = items
-            .deliveries
-            .range(seq..)
-            .map(|(_, kh)| kh.clone())
-            .collect();
-        let notices = items
-            .notices
-            .range(seq..)
-            .map(|(_, (id, m, _))| (id.clone(), m.clone()))
-            .collect();
         Arrived {
-            deliveries,
-            notices,
+            deliveries: items.deliveries_from(seq, usize::MAX),
+            notices: items.notices_from(seq, usize::MAX),
             next: items.next,
         }
     }

@@ -50,6 +50,7 @@ use utoipa_axum::routes;
 
 use crate::api::tls::ServerTls;
 use crate::core::code::AgencyCode;
+use crate::core::policy::Policies;
 use crate::core::reason::Reason;
 use crate::core::time::now_ms;
 use crate::operator::Hub;
@@ -170,14 +171,15 @@ impl Gateway {
     /// the agency's gateway rate (`429` over it), and as a heartbeat.
     fn session(&self, headers: &HeaderMap) -> Result<(Arc<Entry>, token::Claims), Answer> {
         let (entry, claims) = self.verify(headers)?;
-        self.count_call(&entry.agency.code)?;
-        self.beat(&entry.agency.code);
+        let policies = self.hub.router.policies();
+        self.count_call(&entry.agency.code, &policies)?;
+        self.beat(&entry.agency.code, &policies);
         Ok((entry, claims))
     }
 
     /// Takes a call of `code` from its gateway rate.
-    fn count_call(&self, code: &AgencyCode) -> Result<(), Answer> {
-        let rate = self.hub.router.policies().gateway_rate_of(code);
+    fn count_call(&self, code: &AgencyCode, policies: &Policies) -> Result<(), Answer> {
+        let rate = policies.gateway_rate_of(code);
         let allowed =
             self.calls
                 .lock()
@@ -229,8 +231,8 @@ impl Gateway {
 
     /// Counts a call of `code` as an `online` heartbeat (PROTOCOL.md §3.5),
     /// at most once every third of the heartbeat window.
-    fn beat(&self, code: &AgencyCode) {
-        let every = self.hub.router.policies().presence.heartbeat_window / 3;
+    fn beat(&self, code: &AgencyCode, policies: &Policies) {
+        let every = policies.presence.heartbeat_window / 3;
         let now = std::time::Instant::now();
         {
             let mut beats = self.beats.lock().unwrap_or_else(|p| p.into_inner());

@@ -12,6 +12,7 @@ use axum::extract::Query;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 
+use super::mailbox::Mailbox;
 use super::receive::{held, lgsp_headers, mailbox, ListQuery};
 use super::types::{AckNotices, Error, Notice, Notices, NoticesAcked};
 use super::{Answer, Gs};
@@ -50,14 +51,7 @@ pub(super) async fn list(
     headers: HeaderMap,
     q: Result<Query<ListQuery>, QueryRejection>,
 ) -> Answer {
-    match held(&gw, &headers, q, |mb, from, limit| {
-        mb.notices(from, limit)
-            .into_iter()
-            .map(|(seq, id, m)| (seq, (id, m)))
-            .collect()
-    })
-    .await
-    {
+    match held(&gw, &headers, q, Mailbox::notices).await {
         Ok(found) => Answer::of(
             StatusCode::OK,
             &Notices {

@@ -190,14 +190,7 @@ pub(super) async fn list(
     headers: HeaderMap,
     q: Result<Query<ListQuery>, QueryRejection>,
 ) -> Answer {
-    match held(&gw, &headers, q, |mb, from, limit| {
-        mb.deliveries(from, limit)
-            .into_iter()
-            .map(|(seq, k, h)| (seq, (k, h)))
-            .collect()
-    })
-    .await
-    {
+    match held(&gw, &headers, q, Mailbox::deliveries).await {
         Ok(found) => Answer::of(
             StatusCode::OK,
             &Deliveries {

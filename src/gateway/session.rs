@@ -57,7 +57,7 @@ pub(super) async fn open(axum::extract::State(gw): Gs, headers: HeaderMap, body:
     };
     match gw.hub.router.open_session(&msg) {
         Ok(Ok(SessionGrant { agency, access_key })) => {
-            if let Err(a) = gw.count_call(&agency) {
+            if let Err(a) = gw.count_call(&agency, &gw.hub.router.policies()) {
                 return a;
             }
             tracing::info!(agency = %agency, "gateway session opened");

@@ -49,7 +49,7 @@ impl Open {
     /// Queues every item arrived since the last call.
     fn collect(&mut self) {
         let arrived = self.mb.since(self.next);
-        for (key, held) in &arrived.deliveries {
+        for (_, (key, held)) in &arrived.deliveries {
             self.ready.push_back(
                 Event::default()
                     .event("delivery")
@@ -57,7 +57,7 @@ impl Open {
                     .data(json(&describe(key, held))),
             );
         }
-        for (id, m) in &arrived.notices {
+        for (_, (id, m)) in &arrived.notices {
             self.ready.push_back(
                 Event::default()
                     .event("notice")

@@ -57,6 +57,7 @@ pub(crate) fn inbound(d: lapin::message::Delivery) -> Inbound {
         },
         delivery_tag: d.delivery_tag,
         redelivered: d.redelivered,
+        content_space: None,
     }
 }
 

@@ -99,6 +99,10 @@ pub struct Received {
     pub attempt: u32,
     /// Already received before (by `(from, message_id)`): drop it.
     pub repeat: bool,
+    /// The upload space holding the content (`lgsp-content-space`); the
+    /// body is then empty: fetch the content over the HTTPS gateway
+    /// (`GET /v1/spaces/{id}/content`) and check it against `lgsp-digest`.
+    pub content_space: Option<String>,
     /// The message as received.
     pub message: Message,
     /// Delivery tag to settle.
@@ -210,8 +214,17 @@ impl Client {
             .header("lgsp-from")
             .and_then(|f| AgencyCode::parse(f).ok())
             .ok_or_else(|| refuse("no valid lgsp-from".into()))?;
-        let digest = m.header("lgsp-digest").unwrap_or("");
-        if digest != body_digest(&m.body) {
+        let content_space = m
+            .header(crate::core::envelope::CONTENT_SPACE)
+            .map(str::to_owned);
+        if content_space.is_some() {
+            // The content's digest is checked once it is fetched.
+            if !m.body.is_empty() {
+                return Err(refuse(
+                    "a delivery whose content is in a space must have an empty body".into(),
+                ));
+            }
+        } else if m.header("lgsp-digest").unwrap_or("") != body_digest(&m.body) {
             return Err(refuse("body does not match lgsp-digest".into()));
         }
         if m.header("lgsp-kind") == Some("recall") {
@@ -231,6 +244,7 @@ impl Client {
                 priority: 5,
                 attempt: 1,
                 repeat: false,
+                content_space: None,
                 message: m,
                 delivery_tag: inbound.delivery_tag,
             });
@@ -255,6 +269,7 @@ impl Client {
                 .and_then(|a| a.parse().ok())
                 .unwrap_or(1),
             repeat,
+            content_space,
             message_id,
             message: m,
             delivery_tag: inbound.delivery_tag,

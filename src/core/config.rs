@@ -4,7 +4,7 @@
 //! `TRUC_ADMIN_TLS_KEY`, `TRUC_ADMIN_CA_FILE`, `TRUC_METRICS_REQUIRE_TOKEN`,
 //! `TRUC_PREFIX`, `TRUC_MASTER_KEY`, `TRUC_STORE_ANCHOR_FILE`, `TRUC_TIME_ZONE`,
 //! `TRUC_INSTANCE_ID`, `TRUC_GATEWAY_ADDR`, `TRUC_GATEWAY_TLS_CERT`,
-//! `TRUC_GATEWAY_TLS_KEY`).
+//! `TRUC_GATEWAY_TLS_KEY`, `TRUC_SPACES_DIR`).
 //!
 //! Invariants: a [`Config`] returned by [`Config::load`] is validated; a CA
 //! file named for `amqps://` holds at least one PEM certificate, and one named
@@ -319,6 +319,12 @@ pub struct Config {
     /// PEM private key of `gateway_tls_cert` (`TRUC_GATEWAY_TLS_KEY`).
     #[serde(default)]
     pub gateway_tls_key: Option<PathBuf>,
+    /// Where upload spaces keep their sealed content (`TRUC_SPACES_DIR`;
+    /// default `<data_dir>/spaces`). Instances that share a store and serve
+    /// the gateway share this directory too (a shared file system mounted
+    /// at the same path on each machine).
+    #[serde(default)]
+    pub spaces_dir: Option<PathBuf>,
     /// How long a gateway session lasts before it must be renewed, from
     /// `10s` to `1d` (default `15m`).
     #[serde(default = "default_gateway_session_ttl")]
@@ -454,6 +460,7 @@ impl Config {
         for (var, slot) in [
             ("TRUC_GATEWAY_TLS_CERT", &mut self.gateway_tls_cert),
             ("TRUC_GATEWAY_TLS_KEY", &mut self.gateway_tls_key),
+            ("TRUC_SPACES_DIR", &mut self.spaces_dir),
         ] {
             if let Some(v) = get(var).filter(|v| !v.is_empty()) {
                 *slot = Some(v.into());
@@ -489,6 +496,14 @@ impl Config {
         self.instance_id
             .clone()
             .unwrap_or_else(|| default_instance_id(&hostname(), std::process::id()))
+    }
+
+    /// The upload spaces' content directory (`spaces_dir`, default
+    /// `<data_dir>/spaces`).
+    pub fn spaces_path(&self) -> PathBuf {
+        self.spaces_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("spaces"))
     }
 
     /// The sled directory: `<data_dir>/db`.

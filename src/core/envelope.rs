@@ -18,15 +18,24 @@ use crate::core::reason::Reason;
 use crate::core::time::{parse_duration, parse_rfc3339};
 
 /// Headers only the hub writes; an envelope carrying one is malformed.
-pub const HUB_HEADERS: [&str; 7] = [
+pub const HUB_HEADERS: [&str; 8] = [
     "lgsp-dest",
     "lgsp-accepted-at",
     "lgsp-attempt",
     "lgsp-kind",
     "lgsp-notice",
     "lgsp-hub-key",
+    "lgsp-content-space",
     "lgsp-hub-signature",
 ];
+
+/// The hub's header on a delivery whose content is in an upload space (its
+/// id); the body is then empty.
+pub const CONTENT_SPACE: &str = "lgsp-content-space";
+
+/// The source's header naming the upload space that holds its envelope's
+/// content.
+pub const SPACE: &str = "lgsp-space";
 
 /// Most destinations one envelope may name.
 pub const MAX_DESTINATIONS: usize = 500;
@@ -259,6 +268,13 @@ pub struct EnvelopeFields {
     pub bounce_after: Option<Duration>,
     /// `lgsp-max-attempts`.
     pub max_attempts: Option<u32>,
+    /// `lgsp-space`: the upload space holding the content (then the body
+    /// is empty and `digest` is the content's); the router also sets it for
+    /// a body the gateway kept in a space.
+    pub space: Option<String>,
+    /// The content's size when it is in a space (set by the router once it
+    /// checked the space).
+    pub space_size: Option<u64>,
 }
 
 pub use crate::core::timeline::StatusCode;
@@ -308,14 +324,23 @@ pub enum Payload {
     Session(SessionFields),
 }
 
-fn parse_digest(msg: &Message) -> Result<String, Refusal> {
-    let d = required(msg, "lgsp-digest")?;
-    let ok = d.len() == 71
+/// Whether `d` is a digest as written on the wire: `sha256=<64 lowercase hex>`.
+pub fn is_digest(d: &str) -> bool {
+    d.len() == 71
         && d.starts_with("sha256=")
         && d[7..]
             .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-    if !ok {
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Whether `id` has the form of an upload space's id: 32 lowercase hex digits.
+pub fn is_space_id(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+fn parse_digest(msg: &Message) -> Result<String, Refusal> {
+    let d = required(msg, "lgsp-digest")?;
+    if !is_digest(d) {
         return Err(malformed("lgsp-digest must be sha256=<64 lowercase hex>"));
     }
     Ok(d.to_owned())
@@ -448,6 +473,14 @@ impl Payload {
             not_before_ms,
             bounce_after,
             max_attempts,
+            space: optional(msg, SPACE)?
+                .map(|id| {
+                    is_space_id(id).then(|| id.to_owned()).ok_or_else(|| {
+                        malformed("lgsp-space must be a space id: 32 lowercase hex digits")
+                    })
+                })
+                .transpose()?,
+            space_size: None,
         })
     }
 

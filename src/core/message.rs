@@ -82,4 +82,8 @@ pub struct Inbound {
     pub delivery_tag: u64,
     /// The broker delivered it before (to a consumer that did not ack it).
     pub redelivered: bool,
+    /// The upload space the hub put its body in (the gateway does so with
+    /// a large body sent inline); the message's body is then empty. Never
+    /// set from what a sender wrote.
+    pub content_space: Option<String>,
 }

@@ -50,6 +50,21 @@ pub fn duplicate() {
     metrics::counter!("truc_duplicates_total").increment(1);
 }
 
+/// An upload space was deleted (`why`: delivered, orphaned, unused).
+pub fn space_deleted(why: &'static str) {
+    metrics::counter!("truc_spaces_deleted_total", "why" => why).increment(1);
+}
+
+/// Bytes received into upload spaces (chunks and large gateway bodies).
+pub fn space_bytes_in(n: u64) {
+    metrics::counter!("truc_space_bytes_in_total").increment(n);
+}
+
+/// Bytes of upload-space content sent to destinations.
+pub fn space_bytes_out(n: u64) {
+    metrics::counter!("truc_space_bytes_out_total").increment(n);
+}
+
 /// A status message was relayed.
 pub fn status_relayed(status: &str) {
     metrics::counter!("truc_status_relayed_total", "status" => status.to_owned()).increment(1);

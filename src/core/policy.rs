@@ -82,6 +82,29 @@ struct IngressSection {
 #[serde(deny_unknown_fields)]
 struct IngressFile {
     ingress: IngressSection,
+    #[serde(default)]
+    spaces: SpacesSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct SpacesSection {
+    max_document_bytes: u64,
+    bytes_per_agency: u64,
+    inline_bytes: u64,
+    unused_after: String,
+}
+
+impl Default for SpacesSection {
+    /// What an ingress file without a `[spaces]` section gets.
+    fn default() -> Self {
+        Self {
+            max_document_bytes: 1 << 30,
+            bytes_per_agency: 4 << 30,
+            inline_bytes: 4 << 20,
+            unused_after: "24h".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -302,6 +325,20 @@ pub struct PresencePolicy {
     pub return_on_bounce: bool,
 }
 
+/// Upload spaces (large documents, docs/GATEWAY.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpacesPolicy {
+    /// Largest document a space holds.
+    pub max_document_bytes: u64,
+    /// Most bytes one agency's spaces hold together.
+    pub bytes_per_agency: u64,
+    /// A body sent inline over the gateway larger than this is kept in a
+    /// space the hub makes, not in memory.
+    pub inline_bytes: u64,
+    /// A space no envelope used within this time is deleted.
+    pub unused_after: Duration,
+}
+
 /// Validated policies.
 #[derive(Debug, Clone)]
 pub struct Policies {
@@ -327,6 +364,8 @@ pub struct Policies {
     pub default_allow: bool,
     /// Presence.
     pub presence: PresencePolicy,
+    /// Upload spaces.
+    pub spaces: SpacesPolicy,
 }
 
 struct Ctx<'a> {
@@ -377,6 +416,7 @@ impl Policies {
         // ingress.toml
         let cx = Ctx { path: ingress.1 };
         let ing: IngressFile = cx.parse(ingress.0)?;
+        let ing_file_spaces = ing.spaces;
         let ing = ing.ingress;
         let clock_skew = cx.duration("ingress.clock_skew", &ing.clock_skew)?;
         if clock_skew < Duration::from_secs(1) || clock_skew > Duration::from_secs(3600) {
@@ -391,6 +431,28 @@ impl Policies {
         let default_priority = Priority::new(ing.default_priority)
             .filter(|p| *p != Priority::FLASH_APPOINTED)
             .ok_or_else(|| cx.invalid("ingress.default_priority", "must be 0-3"))?;
+        let sp = &ing_file_spaces;
+        let spaces = SpacesPolicy {
+            max_document_bytes: sp.max_document_bytes,
+            bytes_per_agency: sp.bytes_per_agency,
+            inline_bytes: sp.inline_bytes,
+            unused_after: cx.duration("spaces.unused_after", &sp.unused_after)?,
+        };
+        if spaces.max_document_bytes == 0 || spaces.max_document_bytes > 1 << 40 {
+            return Err(cx.invalid("spaces.max_document_bytes", "must be 1 to 1 TiB"));
+        }
+        if spaces.bytes_per_agency < spaces.max_document_bytes {
+            return Err(cx.invalid(
+                "spaces.bytes_per_agency",
+                "must be at least spaces.max_document_bytes",
+            ));
+        }
+        if spaces.inline_bytes == 0 || spaces.inline_bytes > ing.max_body_bytes {
+            return Err(cx.invalid("spaces.inline_bytes", "must be 1 to ingress.max_body_bytes"));
+        }
+        if spaces.unused_after < Duration::from_secs(60) {
+            return Err(cx.invalid("spaces.unused_after", "must be at least 60s"));
+        }
 
         // delivery.toml
         let cx = Ctx { path: delivery.1 };
@@ -526,6 +588,7 @@ impl Policies {
             rules,
             default_allow,
             presence,
+            spaces,
         })
     }
 

@@ -24,6 +24,7 @@
 //! May use: every layer beneath it, and the admin API's connection
 //! handling ([`crate::api::tls`]).
 
+mod large;
 mod mailbox;
 mod notices;
 mod params;
@@ -31,6 +32,7 @@ mod receive;
 mod request;
 mod send;
 mod session;
+mod spaces;
 mod status;
 mod stream;
 mod token;
@@ -264,6 +266,7 @@ impl Gateway {
         (name = "send", description = "sending envelopes"),
         (name = "receive", description = "deliveries, statuses and the event stream"),
         (name = "notices", description = "what the hub tells a source"),
+        (name = "spaces", description = "upload spaces for large documents"),
     )
 )]
 struct Frame;
@@ -304,6 +307,11 @@ fn routes() -> (Router<Arc<Gateway>>, utoipa::openapi::OpenApi) {
         .routes(routes!(notices::list))
         .routes(routes!(notices::ack))
         .routes(routes!(stream::open))
+        .routes(routes!(spaces::create))
+        .routes(routes!(spaces::show, spaces::delete))
+        .routes(routes!(spaces::put_chunk))
+        .routes(routes!(spaces::complete))
+        .routes(routes!(spaces::content))
         .split_for_parts();
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
     (router, doc)
@@ -390,7 +398,7 @@ mod tests {
     fn every_call_but_opening_a_session_needs_the_session() {
         let doc = serde_json::to_value(openapi()).unwrap();
         let paths = doc["paths"].as_object().unwrap();
-        assert_eq!(paths.len(), 12, "{:?}", paths.keys().collect::<Vec<_>>());
+        assert_eq!(paths.len(), 17, "{:?}", paths.keys().collect::<Vec<_>>());
         let mut ids = std::collections::BTreeSet::new();
         for (path, ops) in paths {
             for (method, op) in ops.as_object().unwrap() {

@@ -133,6 +133,7 @@ pub(super) fn describe(key: &Key, held: &Held) -> Delivery {
         redelivered: held.redelivered,
         content_type: m.content_type.clone(),
         size: m.body.len(),
+        content_space: h(crate::core::envelope::CONTENT_SPACE),
         headers: lgsp_headers(m),
     }
 }

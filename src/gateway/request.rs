@@ -37,7 +37,7 @@ pub(super) async fn read(
 }
 
 /// Reads the body of a request, up to `limit` bytes, each part within `idle`.
-async fn body(
+pub(super) async fn body(
     headers: &HeaderMap,
     body: Body,
     limit: u64,
@@ -50,51 +50,61 @@ async fn body(
             format!("body is {size} bytes, the limit is {limit}"),
         )
     };
-    if let Some(declared) = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-    {
+    if let Some(declared) = declared_length(headers) {
         if declared > limit {
             return Err(too_large(declared.to_string()));
         }
     }
     let mut parts = body.into_data_stream();
     let mut out = Vec::new();
-    loop {
-        let part = tokio::time::timeout(idle, parts.next())
-            .await
-            .map_err(|_| {
-                Answer::error(
-                    StatusCode::REQUEST_TIMEOUT,
-                    None,
-                    format!(
-                        "the body stalled: nothing came for {} s",
-                        idle.as_secs_f64()
-                    ),
-                )
-            })?;
-        match part {
-            None => return Ok(out),
-            Some(Ok(bytes)) => {
-                if (out.len() + bytes.len()) as u64 > limit {
-                    return Err(too_large(format!("more than {limit}")));
-                }
-                out.extend_from_slice(&bytes);
-            }
-            Some(Err(e)) => {
-                return Err(Answer::error(
-                    StatusCode::BAD_REQUEST,
-                    None,
-                    format!("the body could not be read: {e}"),
-                ))
-            }
+    while let Some(bytes) = next_part(&mut parts, idle).await? {
+        if (out.len() + bytes.len()) as u64 > limit {
+            return Err(too_large(format!("more than {limit}")));
         }
+        out.extend_from_slice(&bytes);
+    }
+    Ok(out)
+}
+
+/// The declared `Content-Length`, if any.
+pub(super) fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
+/// The next part of a request body (`None` at its end), within `idle`: a
+/// body that stalls is answered `408`.
+pub(super) async fn next_part(
+    parts: &mut axum::body::BodyDataStream,
+    idle: Duration,
+) -> Result<Option<axum::body::Bytes>, Answer> {
+    let part = tokio::time::timeout(idle, parts.next())
+        .await
+        .map_err(|_| {
+            Answer::error(
+                StatusCode::REQUEST_TIMEOUT,
+                None,
+                format!(
+                    "the body stalled: nothing came for {} s",
+                    idle.as_secs_f64()
+                ),
+            )
+        })?;
+    match part {
+        None => Ok(None),
+        Some(Ok(bytes)) => Ok(Some(bytes)),
+        Some(Err(e)) => Err(Answer::error(
+            StatusCode::BAD_REQUEST,
+            None,
+            format!("the body could not be read: {e}"),
+        )),
     }
 }
 
 /// The message a request of `kind` (`envelope`, `session`) stands for.
-fn message(kind: &str, headers: &HeaderMap, body: Vec<u8>) -> Result<Message, Answer> {
+pub(super) fn message(kind: &str, headers: &HeaderMap, body: Vec<u8>) -> Result<Message, Answer> {
     let bad = |text: String| Answer::error(StatusCode::BAD_REQUEST, Some(Reason::Malformed), text);
     let mut m = Message::default();
     for (name, value) in headers {

@@ -7,7 +7,9 @@
 //! exactly as an envelope consumed from AMQP (the source also gets the
 //! same notices in its notify queue), and answered only once that returned,
 //! so `202` means accepted and durable; a call repeated after a timeout is
-//! a repeat (`200`, "already accepted"), never a second delivery.
+//! a repeat (`200`, "already accepted"), never a second delivery. A body
+//! declared larger than the policy's `inline_bytes` is streamed into an
+//! upload space the hub makes ([`super::large`]), never held in memory.
 
 use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode};
@@ -41,10 +43,18 @@ use crate::state::registry::Entry;
     ),
     security(("session" = [])))]
 pub(super) async fn send(axum::extract::State(gw): Gs, headers: HeaderMap, body: Body) -> Answer {
-    let limit = gw.hub.router.policies().max_body_bytes;
-    let (message_id, handled) = match handle(&gw, "envelope", &headers, body, limit).await {
-        Ok((_, msg, handled)) => (msg.message_id.unwrap_or_default(), handled),
-        Err(a) => return a,
+    let policies = gw.hub.router.policies();
+    let (message_id, handled) = match request::declared_length(&headers) {
+        Some(size) if size > policies.spaces.inline_bytes => {
+            match super::large::send(&gw, &headers, body, size).await {
+                Ok(r) => r,
+                Err(a) => return a,
+            }
+        }
+        _ => match handle(&gw, "envelope", &headers, body, policies.max_body_bytes).await {
+            Ok((_, msg, handled)) => (msg.message_id.unwrap_or_default(), handled),
+            Err(a) => return a,
+        },
     };
     match handled {
         Ok(Outcome::Accepted { delivered, bounced }) => Answer::of(
@@ -91,6 +101,18 @@ pub(super) async fn handle(
 ) -> Result<(Arc<Entry>, Message, Result<Outcome, RouterError>), Answer> {
     let (entry, _) = gw.session(headers)?;
     let msg = request::read(kind, headers, body, limit, gw.body_idle).await?;
+    route(gw, kind, entry, msg, None).await
+}
+
+/// Hands `msg` from the session's agency (`entry`) to the router, its
+/// content in `content_space` when the gateway kept its body there.
+pub(super) async fn route(
+    gw: &Gateway,
+    kind: &'static str,
+    entry: Arc<Entry>,
+    msg: Message,
+    content_space: Option<String>,
+) -> Result<(Arc<Entry>, Message, Result<Outcome, RouterError>), Answer> {
     if msg.header("lgsp-from") != Some(entry.agency.code.as_str()) {
         return Err(Answer::error(
             StatusCode::FORBIDDEN,
@@ -109,6 +131,7 @@ pub(super) async fn handle(
         message: msg,
         delivery_tag: 0,
         redelivered: false,
+        content_space,
     };
     let handled = gw.hub.router.handle(&inbound, &outbox).await;
     Ok((entry, inbound.message, handled))

@@ -112,8 +112,12 @@ pub(crate) struct Delivery {
     pub(crate) redelivered: bool,
     /// `Content-Type`.
     pub(crate) content_type: Option<String>,
-    /// Body size in bytes.
+    /// Body size in bytes (0 when the content is in an upload space).
     pub(crate) size: usize,
+    /// The upload space holding the content (`lgsp-content-space`): fetch
+    /// it from `/v1/spaces/{id}/content` and check it against `lgsp-digest`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) content_space: Option<String>,
     /// Every `lgsp-*` header exactly as signed: check `lgsp-hub-signature`
     /// over these (routing key `deliver.<your code>`).
     pub(crate) headers: BTreeMap<String, String>,
@@ -186,4 +190,53 @@ pub(crate) struct NoticesAcked {
     pub(crate) acknowledged: Vec<String>,
     /// Ids not held (acknowledged before, or unknown).
     pub(crate) not_held: Vec<String>,
+}
+
+/// A space asked for (`POST /v1/spaces`).
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NewSpace {
+    /// The document's size in bytes, 1 to the policy's `max_document_bytes`.
+    pub(crate) size: u64,
+    /// `sha256=<64 lowercase hex>` of the document: the envelope's
+    /// `lgsp-digest` later.
+    pub(crate) digest: String,
+}
+
+/// An upload space, as its owner (or a destination of its envelope) sees it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub(crate) struct SpaceInfo {
+    /// The space's id: name it in the envelope's `lgsp-space`.
+    pub(crate) id: String,
+    /// The agency that owns it.
+    pub(crate) owner: String,
+    /// The document's size in bytes.
+    pub(crate) size: u64,
+    /// `sha256=<hex>` of the document.
+    pub(crate) digest: String,
+    /// Bytes in every chunk but the last (1 MiB).
+    pub(crate) chunk_size: u32,
+    /// How many chunks the document has (`0` to `chunks - 1`).
+    pub(crate) chunks: u32,
+    /// The chunks not received yet (only before it is complete).
+    pub(crate) missing: Vec<u32>,
+    /// Every chunk is there and the document matches its digest.
+    pub(crate) complete: bool,
+    /// The envelope it holds the content of, once one was accepted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) message_id: Option<String>,
+    /// When it is deleted if no envelope uses it (RFC 3339 UTC).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) unused_until: Option<String>,
+}
+
+/// A chunk stored (`PUT /v1/spaces/{id}/chunks/{n}`).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub(crate) struct ChunkStored {
+    /// The chunk's number.
+    pub(crate) chunk: u32,
+    /// How many of the space's chunks are there now.
+    pub(crate) received: u32,
+    /// How many it has in all.
+    pub(crate) chunks: u32,
 }

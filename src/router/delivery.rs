@@ -5,7 +5,8 @@
 //!
 //! Invariants: a delivery keeps the body and every header the source signed;
 //! the hub adds `lgsp-dest` (and, on a first delivery, `lgsp-accepted-at`,
-//! `lgsp-attempt`, the AMQP priority and expiration); `lgsp-hub-key` names
+//! `lgsp-attempt`, `lgsp-content-space` when the content is in an upload
+//! space, the AMQP priority and expiration); `lgsp-hub-key` names
 //! the destination's signing key ([`crate::state::registry::Registry::signing_key`]:
 //! the key it last authenticated with while that is valid, else its newest)
 //! and `lgsp-hub-signature` is computed with its secret over the canonical
@@ -57,6 +58,9 @@ impl Delivery {
         d.expiration = expiration(fields.deliver_by_ms, now);
         d.set_header("lgsp-accepted-at", accepted_at);
         d.set_header("lgsp-attempt", attempt);
+        if let Some(space) = &fields.space {
+            d.set_header(crate::core::envelope::CONTENT_SPACE, space.as_str());
+        }
         Self(d)
     }
 

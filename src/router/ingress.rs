@@ -121,7 +121,25 @@ impl Router {
             Ok(a) => a,
             Err(refusal) => return self.quarantine(msg, refusal, outbox).await,
         };
-        let checked = self.check(&auth, msg, now, seen_empty_ms)?;
+        let space = inbound
+            .content_space
+            .as_deref()
+            .or(msg.header(crate::core::envelope::SPACE));
+        let checked = self.check(&auth, msg, now, seen_empty_ms, space.is_some())?;
+        // The space an envelope's content is in: checked and bound before
+        // it is routed.
+        let checked = match checked {
+            Ok((Payload::Envelope(mut fields), nonce)) if space.is_some() => {
+                match self.take_space(&auth, inbound, &mut fields, now) {
+                    Ok(()) => Ok((Payload::Envelope(fields), nonce)),
+                    Err(e) => match e {
+                        Ok(refusal) => Err(refusal),
+                        Err(store) => return Err(store),
+                    },
+                }
+            }
+            other => other,
+        };
         if let (
             Some(t),
             Err(_) | Ok((Payload::Status(_) | Payload::Presence(_) | Payload::Session(_), _)),
@@ -201,12 +219,15 @@ impl Router {
     }
 
     /// Step 2: the authenticated sender's message is checked in full.
+    /// `in_space`: the envelope's content is in an upload space (its body
+    /// is then empty, and its digest is checked against the space's).
     pub(super) fn check(
         &self,
         auth: &Authenticated,
         msg: &Message,
         now: i64,
         seen_empty_ms: Option<i64>,
+        in_space: bool,
     ) -> Result<Result<(Payload, Option<NonceUse>), Refusal>, RouterError> {
         let policies = self.policies();
         let s = &auth.signed;
@@ -261,7 +282,7 @@ impl Router {
             skew::nonce_expiry(s.time_ms, skew_ms),
             skew::floor(now, seen_empty_ms),
         );
-        let rest = Self::check_fields(s.kind, msg, &policies);
+        let rest = Self::check_fields(s.kind, msg, &policies, in_space);
         // B4 comes before the rest: a refused message's nonce is judged
         // first. An envelope that passes has its nonce judged with its
         // routing claim, in the same round trip (Router::route); a status,
@@ -279,7 +300,12 @@ impl Router {
     }
 
     /// B5–B7: the kind's own fields, the size and the digest.
-    fn check_fields(kind: Kind, msg: &Message, policies: &Policies) -> Result<Payload, Refusal> {
+    fn check_fields(
+        kind: Kind,
+        msg: &Message,
+        policies: &Policies,
+        in_space: bool,
+    ) -> Result<Payload, Refusal> {
         let payload = Payload::parse(kind, msg, policies.default_priority)?;
         if kind == Kind::Envelope && msg.body.len() as u64 > policies.max_body_bytes {
             return Err(Refusal::new(
@@ -292,6 +318,8 @@ impl Router {
             ));
         }
         let digest = match &payload {
+            // Checked against the space's (Router::take_space).
+            Payload::Envelope(_) if in_space => None,
             Payload::Envelope(e) => Some(&e.digest),
             Payload::Status(st) => Some(&st.digest),
             Payload::Session(s) => Some(&s.digest),
@@ -627,7 +655,7 @@ impl Router {
             data_type: fields.data_type.clone(),
             priority: fields.priority.code(),
             digest: fields.digest.clone(),
-            size: msg.body.len() as u64,
+            size: fields.space_size.unwrap_or(msg.body.len() as u64),
             content_type: msg.content_type.clone(),
             accepted_at_ms: now,
             deliver_by_ms: fields.deliver_by_ms,

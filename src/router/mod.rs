@@ -16,7 +16,8 @@
 //!    rebuilt from the copy.
 //!
 //! Beside them: [`session`] (a gateway session request, checked like an
-//! ingress message and answered at once), [`order`] (a message waits for
+//! ingress message and answered at once), [`space`] (the upload space an
+//! envelope's content is in, checked and bound; released once delivered), [`order`] (a message waits for
 //! the one it depends on) and [`progress`] (whether a source's messages are
 //! being handled, for `/healthz`).
 //!
@@ -50,6 +51,7 @@ pub(crate) mod order;
 pub(crate) mod progress;
 mod rebuild;
 mod session;
+mod space;
 mod status;
 #[cfg(test)]
 mod tests;
@@ -152,6 +154,9 @@ pub struct Heartbeat {
 /// The pipeline and the state it reads.
 pub struct Router {
     heartbeats: std::sync::OnceLock<tokio::sync::mpsc::Sender<Heartbeat>>,
+    /// The upload spaces (none in a router built without them: an envelope
+    /// naming a space is refused).
+    spaces: std::sync::OnceLock<crate::state::spaces::Spaces>,
     pub(crate) locks: KeyLocks,
     limiter: std::sync::Mutex<crate::core::scheduler::RateLimiter>,
     pub(crate) registry: Registry,
@@ -217,6 +222,7 @@ impl Router {
         }
         Self {
             heartbeats: std::sync::OnceLock::new(),
+            spaces: std::sync::OnceLock::new(),
             locks: KeyLocks::new(),
             limiter: std::sync::Mutex::new(limiter),
             tracking: Tracking::new(store.clone()),

@@ -45,7 +45,7 @@ impl Router {
             Ok(a) => a,
             Err(refusal) => return Ok(Err(SessionRefused::Unauthenticated(refusal))),
         };
-        match self.check(&auth, msg, now, None)? {
+        match self.check(&auth, msg, now, None, false)? {
             Ok((Payload::Session(_), _)) => Ok(Ok(SessionGrant {
                 agency: auth.sender.agency.code.clone(),
                 access_key: auth.signed.key.clone(),

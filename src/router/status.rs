@@ -215,9 +215,12 @@ impl Router {
         let _guard = self.locks.lock(source.as_str(), &st.reference).await;
         // The first `01` is read off the record as updated.
         let delivered = std::cell::Cell::new(None);
+        // Whether no destination may still receive the envelope, as updated.
+        let settled = std::cell::Cell::new(false);
         let edit = |rec: &mut EnvelopeRecord| {
             let applied = edit(rec);
             delivered.set(first_delivery(rec, sender, st.status));
+            settled.set(rec.dests.iter().all(|d| !d.may_deliver()));
             applied
         };
         let applied = match nonce {
@@ -243,6 +246,10 @@ impl Router {
         // Any status means the destination has the envelope: it no longer
         // waits on presence (no delay warning or bounce from now on).
         self.tracking.unpend(sender, source, &st.reference)?;
+        if settled.get() {
+            // Its upload space, if it has one, is no longer needed.
+            self.release_space(source, &st.reference, crate::core::time::now_ms());
+        }
         Ok(Recorded::Done(Some(delivered.get())))
     }
 }

@@ -127,6 +127,7 @@ fn inbound(m: Message) -> Inbound {
         message: m,
         delivery_tag: 1,
         redelivered: false,
+        content_space: None,
     }
 }
 
@@ -136,6 +137,7 @@ fn redelivered(m: Message) -> Inbound {
         message: m,
         delivery_tag: 1,
         redelivered: true,
+        content_space: None,
     }
 }
 

@@ -149,6 +149,12 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
     } = integrity::open_store(&config, &master).map_err(ServiceError::Integrity)?;
     let flusher = store.start_flusher();
     let gateway_key = master.derive(crate::gateway::TOKEN_PURPOSE);
+    let spaces = crate::state::spaces::Spaces::open(
+        store.clone(),
+        &config.spaces_path(),
+        master.derive(crate::state::spaces::SEAL_PURPOSE),
+    )
+    .map_err(ServiceError::DataDir)?;
     let registry = Registry::open(store.clone(), master)?;
     // Bound before the instance record is written, so that the record names
     // the address really listened on (`admin_addr` may ask for port 0).
@@ -199,6 +205,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
         topology.clone(),
         policies,
     ));
+    router.set_spaces(spaces);
     let heartbeats = crate::serve::presence::heartbeat_channel(&router);
     let (link_tx, link_rx) = watch::channel(None);
     let hub = Arc::new(Hub {
@@ -329,6 +336,8 @@ async fn housekeeping(hub: Arc<Hub>, shutdown: CancellationToken) {
     let mut retention = tokio::time::interval(Duration::from_secs(600));
     let mut health = tokio::time::interval(HEALTH_EVERY);
     health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut spaces = tokio::time::interval(SPACES_SWEEP_EVERY);
+    spaces.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let unhealthy = Alarm::new();
     loop {
         tokio::select! {
@@ -342,6 +351,18 @@ async fn housekeeping(hub: Arc<Hub>, shutdown: CancellationToken) {
                 }
             }
             _ = sample.tick() => crate::operator::queues::sample(&hub).await,
+            // Every instance: each may keep content of its own (a spaces
+            // directory that is not shared).
+            _ = spaces.tick() => {
+                let h = hub.clone();
+                let swept = tokio::task::spawn_blocking(move || {
+                    h.router.sweep_spaces(crate::core::time::now_ms())
+                })
+                .await;
+                if let Ok(Err(e)) = swept {
+                    tracing::warn!(error = %e, retryable = e.is_retryable(), "upload space sweep failed");
+                }
+            }
             _ = retention.tick() => {
                 if hub.leads() {
                     match crate::state::retention::sweep(
@@ -382,6 +403,11 @@ async fn housekeeping(hub: Arc<Hub>, shutdown: CancellationToken) {
         }
     }
 }
+
+/// How often upload spaces no destination needs are looked for (a space
+/// whose last destination confirms is deleted at once; this catches
+/// bounces, expiries, recalls and unused spaces).
+const SPACES_SWEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// How often the health gauges are set and the audit backlog retried.
 const HEALTH_EVERY: Duration = Duration::from_secs(2);

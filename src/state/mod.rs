@@ -29,5 +29,6 @@ pub mod registry;
 pub mod relay;
 pub mod replay;
 pub mod retention;
+pub mod spaces;
 pub mod store;
 pub mod tracking;

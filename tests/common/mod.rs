@@ -10,6 +10,7 @@
 
 #![allow(dead_code)]
 
+pub mod gateway;
 pub mod users;
 
 use std::future::Future;

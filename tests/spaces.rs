@@ -599,3 +599,86 @@ async fn a_gigabyte_document_and_a_50_mb_inline_body_cross_in_bounded_memory() {
     }
     wait_empty(&spaces_dir).await;
 }
+
+/// The gateway address `hub` listens on.
+fn gateway_of(hub: &TestHub) -> String {
+    std::fs::read_to_string(hub.data.path().join("data").join("gateway.addr"))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_one_store_and_one_spaces_directory_serve_the_same_spaces() {
+    let shared = tempfile::tempdir().unwrap();
+    let mut a = TestHub::on_postgres();
+    let mut text = std::fs::read_to_string(a.config_file()).unwrap();
+    text.push_str(&format!(
+        "gateway_addr = \"127.0.0.1:0\"\nspaces_dir = \"{}\"\n",
+        shared.path().display()
+    ));
+    std::fs::write(a.config_file(), text).unwrap();
+    a.spawn().await;
+    let src = a.register("000.00.91.H41").await;
+    let dst = a.register("000.00.92.H41").await;
+    let mut b = a.sibling();
+    b.agencies = a.agencies.clone();
+    b.spawn().await;
+    let (gw_a, gw_b) = (gateway_of(&a), gateway_of(&b));
+    let (t_src, t_dst) = (open(&gw_a, &src).await, open(&gw_b, &dst).await);
+
+    // Asked for and partly uploaded on one instance, finished on the other.
+    let data = doc(2 * CHUNK + 17, 0x33);
+    let a1 = post_json(
+        &gw_a,
+        &t_src,
+        "/v1/spaces",
+        serde_json::json!({"size": data.len(), "digest": sha256(&data)}),
+    )
+    .await;
+    assert_eq!(a1.status, 201, "{}", a1.body);
+    let id = a1.body["id"].as_str().unwrap().to_owned();
+    assert_eq!(put_chunk(&gw_a, &t_src, &id, 0, &data).await.status, 200);
+    let t_src_b = open(&gw_b, &src).await;
+    let seen = get(&gw_b, &t_src_b, &format!("/v1/spaces/{id}")).await;
+    assert_eq!(
+        seen.body["missing"],
+        serde_json::json!([1, 2]),
+        "{}",
+        seen.body
+    );
+    for n in [1, 2] {
+        assert_eq!(put_chunk(&gw_b, &t_src_b, &id, n, &data).await.status, 200);
+    }
+    let done = http(
+        &gw_a,
+        "POST",
+        &format!("/v1/spaces/{id}/complete"),
+        &bearer(&t_src),
+        b"",
+    )
+    .await;
+    assert_eq!(done.status, 200, "{}", done.body);
+    let m = envelope("000.00.92.H41")
+        .body(b"")
+        .signed_with(&a.prefix, &src, |m| {
+            m.set_header("lgsp-space", id.as_str());
+            m.set_header("lgsp-digest", sha256(&data));
+        });
+    assert_eq!(post(&gw_a, &t_src, &m).await.status, 202);
+
+    // The destination, on the other instance, fetches it and confirms.
+    let got = get(&gw_b, &t_dst, &format!("/v1/spaces/{id}/content")).await;
+    assert_eq!((got.status, sha256(&got.raw)), (200, sha256(&data)));
+    let st = status(&m.message_id.clone().unwrap(), "01")
+        .source(&src.code)
+        .signed(&a.prefix, &dst);
+    assert!(post_status(&gw_b, &t_dst, &st).await.status < 300);
+    wait_empty(shared.path()).await;
+    for h in [&gw_a, &gw_b] {
+        assert_eq!(
+            get(h, &t_src_b, &format!("/v1/spaces/{id}")).await.status,
+            404
+        );
+    }
+}

@@ -132,9 +132,11 @@ impl Router {
             Ok((Payload::Envelope(mut fields), nonce)) if space.is_some() => {
                 match self.take_space(&auth, inbound, &mut fields, now) {
                     Ok(()) => Ok((Payload::Envelope(fields), nonce)),
-                    Err(e) => match e {
-                        Ok(refusal) => Err(refusal),
-                        Err(store) => return Err(store),
+                    Err(Err(e)) => return Err(e),
+                    // Refused: its nonce is judged (and kept) as for B5–B7.
+                    Err(Ok(refusal)) => match nonce.map(|n| self.nonces.check(&n)).transpose()? {
+                        Some(NonceCheck::Replay) => Err(replay(&auth.signed)),
+                        _ => Err(refusal),
                     },
                 }
             }

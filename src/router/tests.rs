@@ -1328,3 +1328,113 @@ async fn a_session_is_granted_once_per_request_and_never_over_amqp() {
     assert_eq!(ns[0].notice, NoticeKind::Rejected);
     assert!(ns[0].detail.contains("HTTPS gateway"), "{}", ns[0].detail);
 }
+
+/// An envelope of `f.src` to `f.dst` whose content is in `space` (digest
+/// `digest`), with `body`.
+fn in_space(f: &Fixture, id: &str, space: &str, digest: &str, body: &[u8]) -> Message {
+    let mut o = out(&["000.00.32.H41"], vec![]);
+    o.message_id = Some(id.into());
+    o.body = body.to_vec();
+    o.extra = vec![
+        ("lgsp-space".into(), space.into()),
+        ("lgsp-digest".into(), digest.into()),
+    ];
+    envelope_message("u.", &f.src, &o)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_envelope_naming_a_space_is_checked_bound_and_its_space_freed_when_delivered() {
+    use crate::state::spaces::Spaces;
+    let f = fixture(Policies::default());
+    let o = Recorder::default();
+    // Without spaces, a router refuses the envelope.
+    let doc = b"a large document, in short";
+    let digest = crate::core::auth::body_digest(doc);
+    let m = in_space(&f, "M0", &"ab".repeat(16), &digest, b"");
+    assert_eq!(
+        f.router.handle(&inbound(m), &o).await.unwrap(),
+        Outcome::Rejected(Reason::Malformed)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let spaces = Spaces::open(f.router.store.clone(), dir.path(), [3; 32]).unwrap();
+    f.router.set_spaces(spaces.clone());
+    let policy = Policies::default().spaces;
+    let src = f.src.code.clone();
+    let space = spaces
+        .create(&src, doc.len() as u64, &digest, false, &policy, 0)
+        .unwrap();
+
+    // Not complete yet; then complete, but with a body beside it; then the
+    // wrong digest.
+    let refused = |id: &str, digest: &str, body: &[u8]| in_space(&f, id, &space.id, digest, body);
+    assert_eq!(
+        f.router
+            .handle(&inbound(refused("M1", &digest, b"")), &o)
+            .await
+            .unwrap(),
+        Outcome::Rejected(Reason::Malformed)
+    );
+    spaces.put_chunk(&space, 0, doc).unwrap();
+    spaces.complete(&space).unwrap();
+    assert_eq!(
+        f.router
+            .handle(&inbound(refused("M1", &digest, b"x")), &o)
+            .await
+            .unwrap(),
+        Outcome::Rejected(Reason::Malformed)
+    );
+    let other = crate::core::auth::body_digest(b"other");
+    assert_eq!(
+        f.router
+            .handle(&inbound(refused("M1", &other, b"")), &o)
+            .await
+            .unwrap(),
+        Outcome::Rejected(Reason::DigestMismatch)
+    );
+    // A refused envelope's nonce is kept: the same message again is a replay.
+    let once = refused("M1", &other, b"");
+    f.router.handle(&inbound(once.clone()), &o).await.unwrap();
+    let mut again = in_space(&f, "M9", &space.id, &digest, b"");
+    again.set_header("lgsp-nonce", once.header("lgsp-nonce").unwrap());
+    resign(&mut again, &f.src.secret);
+    assert_eq!(
+        f.router.handle(&inbound(again), &o).await.unwrap(),
+        Outcome::Rejected(Reason::Replay)
+    );
+    o.take();
+
+    // Accepted: the delivery names the space, with an empty body, hub-signed.
+    let m = in_space(&f, "M1", &space.id, &digest, b"");
+    assert!(matches!(
+        f.router.handle(&inbound(m), &o).await.unwrap(),
+        Outcome::Accepted { .. }
+    ));
+    let d = deliveries(o.take());
+    assert_eq!(d.len(), 1);
+    assert!(d[0].body.is_empty());
+    assert_eq!(d[0].header("lgsp-content-space"), Some(space.id.as_str()));
+    crate::core::outgoing::verify_hub_signature(&d[0], "deliver.000.00.32.H41", &f.dst.secret)
+        .unwrap();
+    let rec = f.router.tracking.get(&src, "M1").unwrap().unwrap();
+    assert_eq!(rec.size, doc.len() as u64);
+    // One space, one envelope.
+    assert_eq!(
+        f.router
+            .handle(&inbound(in_space(&f, "M2", &space.id, &digest, b"")), &o)
+            .await
+            .unwrap(),
+        Outcome::Rejected(Reason::Malformed)
+    );
+
+    // The destination confirms: the space is deleted.
+    let st = status_message("u.", &f.dst, "M1", "01", None, None);
+    f.router.handle(&inbound(st), &o).await.unwrap();
+    for _ in 0..100 {
+        if spaces.get(&space.id).unwrap().is_none() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(spaces.get(&space.id).unwrap().is_none());
+    assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());
+}

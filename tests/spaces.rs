@@ -682,3 +682,88 @@ async fn two_instances_on_one_store_and_one_spaces_directory_serve_the_same_spac
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reference_adapter_fetches_a_space_before_it_confirms_and_an_amqp_source_names_one() {
+    let (mut hub, gw) = hub(64 << 20, 128 << 20).await;
+    let src = hub.register("000.00.93.H41").await;
+    let dst = hub.register("000.00.94.H41").await;
+    let token = open(&gw, &src).await;
+    let spaces_dir = hub.data.path().join("data").join("spaces");
+    let data = doc(2 * CHUNK + CHUNK / 2, 0x77);
+    let a = post_json(
+        &gw,
+        &token,
+        "/v1/spaces",
+        serde_json::json!({"size": data.len(), "digest": sha256(&data)}),
+    )
+    .await;
+    let id = a.body["id"].as_str().unwrap().to_owned();
+    for n in 0..3 {
+        assert_eq!(put_chunk(&gw, &token, &id, n, &data).await.status, 200);
+    }
+    assert_eq!(
+        http(
+            &gw,
+            "POST",
+            &format!("/v1/spaces/{id}/complete"),
+            &bearer(&token),
+            b""
+        )
+        .await
+        .status,
+        200
+    );
+    // The envelope goes over AMQP.
+    let m = envelope("000.00.94.H41")
+        .body(b"")
+        .signed_with(&hub.prefix, &src, |m| {
+            m.set_header("lgsp-space", id.as_str());
+            m.set_header("lgsp-digest", sha256(&data));
+        });
+    hub.client(&src).await.publish(&m).await.unwrap();
+    hub.wait_depth("inbox.000.00.94.H41", 1).await;
+
+    let recv = |extra: &[&str]| {
+        let mut args = vec![
+            "recv",
+            "000.00.94.H41",
+            "--access-key",
+            &dst.access_key,
+            "--secret",
+            &dst.secret,
+            "--count",
+            "1",
+            "--idle",
+            "10s",
+        ];
+        args.extend_from_slice(extra);
+        args.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    // Without a gateway it cannot check the document: left queued, exit 8.
+    let args = recv(&[]);
+    let o = hub.cli_expect(&args.iter().map(String::as_str).collect::<Vec<_>>(), 8);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains(&id),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    hub.wait_depth("inbox.000.00.94.H41", 1).await;
+    assert_eq!(files(&spaces_dir).len(), 3);
+
+    // With it: fetched, checked, stored, confirmed; then the space is gone.
+    let out = hub.data.path().join("received");
+    let url = format!("http://{gw}");
+    let args = recv(&["--gateway", &url, "--out", out.to_str().unwrap()]);
+    let o = hub.cli_expect(&args.iter().map(String::as_str).collect::<Vec<_>>(), 0);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains(&format!("{} bytes", data.len())),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let stored =
+        std::fs::read(out.join(format!("000.00.93.H41_{}", m.message_id.clone().unwrap())))
+            .unwrap();
+    assert!(stored == data, "the stored document is the one sent");
+    wait_empty(&spaces_dir).await;
+}

@@ -24,6 +24,7 @@ mod audit;
 mod creds;
 mod dead;
 mod envelope;
+mod fetch;
 mod heartbeat;
 pub mod http;
 mod instances;

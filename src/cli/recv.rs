@@ -6,7 +6,10 @@
 //! is acked without a second status; a stale delivery is rejected without
 //! requeue. A delivery that does not verify is never acked or dropped: it
 //! is requeued (nack with requeue), the reason (the key it names, the keys
-//! held) goes to stderr and the command stops with exit 6.
+//! held) goes to stderr and the command stops with exit 6. A delivery whose
+//! document is in an upload space is confirmed only once the document was
+//! fetched over the gateway and matched its digest; otherwise it is
+//! requeued and the command stops with exit 8.
 
 use std::path::PathBuf;
 
@@ -14,6 +17,7 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::cli::creds::{connect, credentials, lost, unverified, CredArgs};
+use crate::cli::fetch::{Gateway, EXIT_FETCH};
 use crate::cli::{duration, parse_code, CliError};
 use crate::client::ReceivedKind;
 use crate::core::config::Config;
@@ -35,6 +39,15 @@ pub struct RecvArgs {
     /// Print one JSON object per delivery.
     #[arg(long)]
     pub json: bool,
+    /// The HTTPS gateway to fetch documents kept in upload spaces from
+    /// (`http://<loopback ip>:<port>` or `https://<ip>:<port>`). Without it
+    /// a delivery whose document is in a space is requeued and the command
+    /// stops (exit 8): its document cannot be checked.
+    #[arg(long, env = "TRUC_GATEWAY_URL")]
+    pub gateway: Option<String>,
+    /// PEM CA certificate(s) the gateway's HTTPS certificate is verified against.
+    #[arg(long, env = "TRUC_GATEWAY_CA_FILE")]
+    pub gateway_ca: Option<PathBuf>,
     /// Credentials.
     #[command(flatten)]
     pub creds: CredArgs,
@@ -57,7 +70,7 @@ struct DeliveryLine<'a> {
     priority: u8,
     attempt: u32,
     repeat: bool,
-    size: usize,
+    size: u64,
 }
 
 /// Runs `truc recv`.
@@ -68,7 +81,13 @@ pub async fn run(cfg: &Config, a: RecvArgs) -> Result<(), CliError> {
         .as_deref()
         .map(|i| duration("--idle", i))
         .transpose()?;
-    let mut client = connect(cfg, credentials(&code, &a.creds)?).await?;
+    let creds = credentials(&code, &a.creds)?;
+    let mut gateway = a
+        .gateway
+        .as_deref()
+        .map(|g| Gateway::new(g, a.gateway_ca.as_deref()))
+        .transpose()?;
+    let mut client = connect(cfg, creds.clone()).await?;
     let mut sub = client.inbox(64).await.map_err(lost)?;
     if let Some(dir) = &a.out {
         std::fs::create_dir_all(dir)
@@ -139,12 +158,38 @@ pub async fn run(cfg: &Config, a: RecvArgs) -> Result<(), CliError> {
                 sub.reject(tag, false).await.map_err(lost)?;
             }
             Ok(r) => {
+                let mut size = r.message.body.len() as u64;
                 if r.repeat {
                     repeats += 1;
                 } else {
-                    if let Some(dir) = &a.out {
-                        let path = dir.join(format!("{}_{}", r.from, r.message_id));
-                        std::fs::write(&path, &r.message.body)
+                    let path = a
+                        .out
+                        .as_ref()
+                        .map(|dir| dir.join(format!("{}_{}", r.from, r.message_id)));
+                    if let Some(space) = &r.content_space {
+                        // The document is in an upload space: fetched and
+                        // checked before it is confirmed, or left queued.
+                        let digest = r.message.header("lgsp-digest").unwrap_or_default();
+                        let fetched = match gateway.as_mut() {
+                            None => Err(CliError::new(
+                                EXIT_FETCH,
+                                format!(
+                                    "delivery {} from {}: its document is in upload space {space}; give --gateway to fetch it",
+                                    r.message_id, r.from
+                                ),
+                            )),
+                            Some(g) => g.fetch(&creds, space, digest, path.as_deref()).await,
+                        };
+                        match fetched {
+                            Ok(n) => size = n,
+                            Err(e) => {
+                                sub.reject(tag, true).await.map_err(lost)?;
+                                client.close().await;
+                                return Err(e);
+                            }
+                        }
+                    } else if let Some(path) = &path {
+                        std::fs::write(path, &r.message.body)
                             .map_err(|e| CliError::new(1, format!("{}: {e}", path.display())))?;
                     }
                     client
@@ -161,17 +206,13 @@ pub async fn run(cfg: &Config, a: RecvArgs) -> Result<(), CliError> {
                         priority: r.priority,
                         attempt: r.attempt,
                         repeat: r.repeat,
-                        size: r.message.body.len(),
+                        size,
                     };
                     println!("{}", serde_json::to_string(&line).unwrap_or_default());
                 } else if !r.repeat {
                     println!(
                         "from {}  id {}  priority {}  {} bytes  subject {:?}",
-                        r.from,
-                        r.message_id,
-                        r.priority,
-                        r.message.body.len(),
-                        r.subject
+                        r.from, r.message_id, r.priority, size, r.subject
                     );
                 }
                 sub.ack(tag).await.map_err(lost)?;

@@ -23,8 +23,8 @@ use crate::core::time::now_ms;
 
 pub use crate::core::dedupe::Dedupe;
 pub use crate::core::outgoing::{
-    envelope_message, new_message_id, new_nonce, presence_message, sign, status_message,
-    verify_hub_signature, Credentials, KeyPair, Outgoing,
+    envelope_message, new_message_id, new_nonce, presence_message, session_message, sign,
+    status_message, verify_hub_signature, Credentials, KeyPair, Outgoing,
 };
 
 /// Client errors.

@@ -182,6 +182,20 @@ pub fn envelope_message(prefix: &str, creds: &Credentials, out: &Outgoing) -> Me
     m
 }
 
+/// A signed request for an HTTPS gateway session (routing key
+/// `session.<code>`, empty body): its `lgsp-*` headers and `Message-Id` go
+/// as HTTP headers to `POST /v1/sessions` (docs/GATEWAY.md).
+pub fn session_message(creds: &Credentials) -> Message {
+    let mut m = Message {
+        routing_key: format!("session.{}", creds.code),
+        message_id: Some(new_message_id()),
+        ..Message::default()
+    };
+    m.set_header("lgsp-digest", body_digest(b""));
+    sign(&mut m, creds, Alg::HmacSha256);
+    m
+}
+
 /// The signed status message `status` about `reference`.
 pub fn status_message(
     prefix: &str,

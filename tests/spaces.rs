@@ -766,4 +766,38 @@ async fn the_reference_adapter_fetches_a_space_before_it_confirms_and_an_amqp_so
             .unwrap();
     assert!(stored == data, "the stored document is the one sent");
     wait_empty(&spaces_dir).await;
+
+    // `truc send --gateway`: the file goes into a space, the envelope over AMQP.
+    let file = hub.data.path().join("scan.pdf");
+    let scan = doc(3 * CHUNK + 5, 0x21);
+    std::fs::write(&file, &scan).unwrap();
+    let o = hub.cli_expect(
+        &[
+            "send",
+            "--from",
+            "000.00.93.H41",
+            "--to",
+            "000.00.94.H41",
+            "--file",
+            file.to_str().unwrap(),
+            "--access-key",
+            &src.access_key,
+            "--secret",
+            &src.secret,
+            "--gateway",
+            &url,
+        ],
+        0,
+    );
+    let sent = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(sent.contains("accepted"), "{sent}");
+    let id = sent.lines().next().unwrap().trim().to_owned();
+    let o = hub.cli_expect(&args.iter().map(String::as_str).collect::<Vec<_>>(), 0);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains(&id),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    assert!(std::fs::read(out.join(format!("000.00.93.H41_{id}"))).unwrap() == scan);
+    wait_empty(&spaces_dir).await;
 }

@@ -24,7 +24,6 @@ mod audit;
 mod creds;
 mod dead;
 mod envelope;
-mod fetch;
 mod heartbeat;
 pub mod http;
 mod instances;
@@ -34,6 +33,7 @@ mod queue;
 mod recv;
 mod report;
 mod send;
+mod spaces;
 mod store;
 pub mod tls;
 

@@ -17,7 +17,7 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::cli::creds::{connect, credentials, lost, unverified, CredArgs};
-use crate::cli::fetch::{Gateway, EXIT_FETCH};
+use crate::cli::spaces::{Gateway, EXIT_SPACE};
 use crate::cli::{duration, parse_code, CliError};
 use crate::client::ReceivedKind;
 use crate::core::config::Config;
@@ -172,7 +172,7 @@ pub async fn run(cfg: &Config, a: RecvArgs) -> Result<(), CliError> {
                         let digest = r.message.header("lgsp-digest").unwrap_or_default();
                         let fetched = match gateway.as_mut() {
                             None => Err(CliError::new(
-                                EXIT_FETCH,
+                                EXIT_SPACE,
                                 format!(
                                     "delivery {} from {}: its document is in upload space {space}; give --gateway to fetch it",
                                     r.message_id, r.from

@@ -9,8 +9,10 @@
 //! envelope is signed by [`crate::client`], never here. Waiting
 //! ([`crate::client::Client::await_answer`]) acknowledges only the answer
 //! about this message; every other notice stays queued for the agency's
-//! adapter. Exit codes: 0 accepted (or sent, with `--no-wait`), 3 rejected by
-//! the hub, 6 the answer does not verify (left queued), 7 no answer in time.
+//! adapter. With `--gateway`, the file is uploaded into an upload space and
+//! the envelope names it. Exit codes: 0 accepted (or sent, with
+//! `--no-wait`), 3 rejected by the hub, 6 the answer does not verify (left
+//! queued), 7 no answer in time, 8 the upload failed.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -18,10 +20,11 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::cli::creds::{connect, credentials, lost, unverified, CredArgs};
+use crate::cli::spaces::Gateway;
 use crate::cli::{duration, parse_code, priority, CliError};
 use crate::client::{envelope_message, ClientError, Outgoing};
 use crate::core::config::Config;
-use crate::core::envelope::{valid_message_id, Kind, Payload, Priority};
+use crate::core::envelope::{valid_message_id, Kind, Payload, Priority, SPACE};
 use crate::core::notice::{Notice, NoticeKind};
 use crate::core::time::{format_duration, now_ms, parse_rfc3339};
 
@@ -66,6 +69,15 @@ pub struct SendArgs {
     /// Do not wait for the hub's answer: exit 0 once the broker confirmed.
     #[arg(long, conflicts_with = "wait")]
     pub no_wait: bool,
+    /// Upload the file into an upload space through this HTTPS gateway
+    /// (`http://<loopback ip>:<port>` or `https://<ip>:<port>`) and send an
+    /// envelope that names it: for documents larger than the hub takes in
+    /// a message. The file is never read into memory whole.
+    #[arg(long, env = "TRUC_GATEWAY_URL")]
+    pub gateway: Option<String>,
+    /// PEM CA certificate(s) the gateway's HTTPS certificate is verified against.
+    #[arg(long, env = "TRUC_GATEWAY_CA_FILE")]
+    pub gateway_ca: Option<PathBuf>,
     /// Credentials.
     #[command(flatten)]
     pub creds: CredArgs,
@@ -125,6 +137,26 @@ fn describe(n: &Notice) -> String {
     line
 }
 
+/// The envelope `a` asks for, with `body` and `extra` headers.
+fn outgoing(
+    a: &SendArgs,
+    to: &[crate::core::code::AgencyCode],
+    prio: Priority,
+    body: Vec<u8>,
+    extra: Vec<(String, String)>,
+) -> Outgoing {
+    Outgoing {
+        to: to.to_vec(),
+        subject: a.subject.clone(),
+        priority: prio,
+        data_type: a.data_type.clone(),
+        content_type: a.content_type.clone(),
+        body,
+        message_id: a.message_id.clone(),
+        extra,
+    }
+}
+
 /// Runs `truc send`.
 pub async fn run(cfg: &Config, a: SendArgs) -> Result<(), CliError> {
     let from = parse_code(&a.from)?;
@@ -137,22 +169,34 @@ pub async fn run(cfg: &Config, a: SendArgs) -> Result<(), CliError> {
             .collect::<Result<Vec<_>, _>>()?;
     let prio = priority(a.priority)?;
     let wait = check_locally(&a, prio)?;
-    let body = std::fs::read(&a.file).map_err(|e| usage(format!("{}: {e}", a.file.display())))?;
+    let creds = credentials(&from, &a.creds)?;
     let mut extra = Vec::new();
     if let Some(d) = &a.deliver_by {
         extra.push(("lgsp-deliver-by".to_owned(), d.clone()));
     }
-    let out = Outgoing {
-        to,
-        subject: a.subject.clone(),
-        priority: prio,
-        data_type: a.data_type.clone(),
-        content_type: a.content_type.clone(),
-        body,
-        message_id: a.message_id.clone(),
-        extra,
+    let body = match &a.gateway {
+        None => std::fs::read(&a.file).map_err(|e| usage(format!("{}: {e}", a.file.display())))?,
+        Some(g) => {
+            // The hub's header checks first, on the envelope as it will be
+            // but for the space's id and digest; then the upload.
+            let mut probe = extra.clone();
+            probe.push((SPACE.to_owned(), "0".repeat(32)));
+            let m = envelope_message(
+                &cfg.prefix,
+                &creds,
+                &outgoing(&a, &to, prio, Vec::new(), probe),
+            );
+            Payload::parse(Kind::Envelope, &m, prio)
+                .map_err(|r| usage(format!("the hub would refuse this envelope: {r}")))?;
+            // The document goes into a space; the envelope names it.
+            let mut gw = Gateway::new(g, a.gateway_ca.as_deref())?;
+            let (space, digest) = gw.upload(&creds, &a.file).await?;
+            extra.push((SPACE.to_owned(), space));
+            extra.push(("lgsp-digest".to_owned(), digest));
+            Vec::new()
+        }
     };
-    let creds = credentials(&from, &a.creds)?;
+    let out = outgoing(&a, &to, prio, body, extra);
     // The hub's own header checks (B5), before anything leaves this machine.
     let m = envelope_message(&cfg.prefix, &creds, &out);
     Payload::parse(Kind::Envelope, &m, prio)

@@ -1,12 +1,15 @@
-//! Fetching a document from an upload space over the HTTPS gateway, for
-//! `truc recv`: a session opened with the agency's own key, the content
-//! streamed to a file and hashed as it comes, resumed with `Range` after a
-//! cut, and checked against the envelope's `lgsp-digest`.
+//! Upload spaces over the HTTPS gateway, for the reference adapter: `truc
+//! send --gateway` uploads a file into a space (1 MiB chunks read from the
+//! file, each sent again after a failure) and completes it; `truc recv
+//! --gateway` fetches a document from its space, streamed to a file and
+//! hashed as it comes, resumed with `Range` after a cut, and checked
+//! against the envelope's `lgsp-digest`. Both open a session with the
+//! agency's own key.
 //!
-//! Invariants: the document is never held in memory whole; it is written
-//! to `<file>.part` and renamed only once its digest matches (a mismatch
-//! removes it and fails); plain HTTP only to a loopback address; the
-//! session token is never printed.
+//! Invariants: a document is never held in memory whole; a fetched one is
+//! written to `<file>.part` and renamed only once its digest matches (a
+//! mismatch removes it and fails); plain HTTP only to a loopback address;
+//! the session token is never printed.
 
 use std::path::{Path, PathBuf};
 
@@ -17,17 +20,21 @@ use crate::cli::tls::{dial_addr, AdminClientTls};
 use crate::cli::CliError;
 use crate::client::{session_message, Credentials};
 
-/// Exit code of a document that could not be fetched or does not match.
-pub(crate) const EXIT_FETCH: i32 = 8;
+/// Exit code of a document that could not be uploaded or fetched, or does
+/// not match.
+pub(crate) const EXIT_SPACE: i32 = 8;
 
-/// How many times a cut download is resumed.
+/// How many times a cut download is resumed, or a chunk sent again.
 const RESUMES: u32 = 5;
+
+/// The size of every chunk but the last.
+const CHUNK: usize = 1 << 20;
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 fn failed(what: impl std::fmt::Display) -> CliError {
-    CliError::new(EXIT_FETCH, format!("upload space: {what}"))
+    CliError::new(EXIT_SPACE, format!("upload space: {what}"))
 }
 
 /// An HTTPS gateway, and the session opened on it.
@@ -89,32 +96,45 @@ impl Gateway {
         })
     }
 
-    /// Opens a session for `creds` (again, when `fresh`).
-    async fn token(&mut self, creds: &Credentials, fresh: bool) -> Result<String, CliError> {
-        if let (Some(t), false) = (&self.token, fresh) {
-            return Ok(t.clone());
-        }
-        let m = session_message(creds);
-        let mut req = format!(
-            "POST /v1/sessions HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\nConnection: close\r\nMessage-Id: {}\r\n",
-            self.addr,
-            m.message_id.as_deref().unwrap_or_default()
-        );
-        for (k, v) in &m.headers {
-            if let Some(v) = v.as_text() {
-                req.push_str(&format!("{k}: {v}\r\n"));
-            }
-        }
-        req.push_str("\r\n");
+    /// One request and its whole answer (status, head, body), on a
+    /// connection of its own.
+    async fn exchange(&self, head: String, body: &[u8]) -> Result<(u16, Vec<u8>), CliError> {
         let mut s = self.connect().await?;
-        s.write_all(req.as_bytes()).await.map_err(failed)?;
+        s.write_all(head.as_bytes()).await.map_err(failed)?;
+        s.write_all(body).await.map_err(failed)?;
         let mut raw = Vec::new();
         s.read_to_end(&mut raw).await.map_err(failed)?;
         let end = raw
             .windows(4)
             .position(|w| w == b"\r\n\r\n")
             .ok_or_else(|| failed("the gateway answered something that is not HTTP"))?;
-        let body: serde_json::Value = serde_json::from_slice(&raw[end + 4..]).unwrap_or_default();
+        let status = std::str::from_utf8(&raw[..end])
+            .ok()
+            .and_then(|h| h.split_whitespace().nth(1))
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| failed("the gateway answered something that is not HTTP"))?;
+        Ok((status, raw.split_off(end + 4)))
+    }
+
+    /// Opens a session for `creds` (again, when `fresh`).
+    async fn token(&mut self, creds: &Credentials, fresh: bool) -> Result<String, CliError> {
+        if let (Some(t), false) = (&self.token, fresh) {
+            return Ok(t.clone());
+        }
+        let m = session_message(creds);
+        let mut head = format!(
+            "POST /v1/sessions HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\nConnection: close\r\nMessage-Id: {}\r\n",
+            self.addr,
+            m.message_id.as_deref().unwrap_or_default()
+        );
+        for (k, v) in &m.headers {
+            if let Some(v) = v.as_text() {
+                head.push_str(&format!("{k}: {v}\r\n"));
+            }
+        }
+        head.push_str("\r\n");
+        let (_, body) = self.exchange(head, b"").await?;
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
         let token = body["token"]
             .as_str()
             .ok_or_else(|| {
@@ -126,6 +146,104 @@ impl Gateway {
             .to_owned();
         self.token = Some(token.clone());
         Ok(token)
+    }
+
+    /// `method path` with `body` in a session of `creds` (opened again once
+    /// when it ended); the status and the JSON answer.
+    async fn call(
+        &mut self,
+        creds: &Credentials,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> Result<(u16, serde_json::Value), CliError> {
+        let mut fresh = false;
+        loop {
+            let token = self.token(creds, fresh).await?;
+            let head = format!(
+                "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                self.addr,
+                body.len()
+            );
+            let (status, answer) = self.exchange(head, body).await?;
+            if status == 401 && !fresh {
+                fresh = true;
+                continue;
+            }
+            return Ok((status, serde_json::from_slice(&answer).unwrap_or_default()));
+        }
+    }
+
+    /// Uploads `file` into a new space of `creds`' agency and completes
+    /// it: the space's id and the document's digest.
+    pub(crate) async fn upload(
+        &mut self,
+        creds: &Credentials,
+        file: &Path,
+    ) -> Result<(String, String), CliError> {
+        let io = |e: std::io::Error| failed(format!("{}: {e}", file.display()));
+        let mut f = tokio::fs::File::open(file).await.map_err(io)?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; CHUNK];
+        let mut size = 0u64;
+        loop {
+            let n = f.read(&mut buf).await.map_err(io)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            size += n as u64;
+        }
+        let digest = format!("sha256={}", hex::encode(hasher.finalize()));
+        let ask = serde_json::json!({"size": size, "digest": digest}).to_string();
+        let (status, space) = self
+            .call(creds, "POST", "/v1/spaces", ask.as_bytes())
+            .await?;
+        if status != 201 {
+            return Err(failed(format!(
+                "no space ({status}): {}",
+                space["error"].as_str().unwrap_or("?")
+            )));
+        }
+        let id = space["id"].as_str().unwrap_or_default().to_owned();
+        let chunks = space["chunks"].as_u64().unwrap_or(0);
+        let mut f = tokio::fs::File::open(file).await.map_err(io)?;
+        for n in 0..chunks {
+            let len = (size - n * CHUNK as u64).min(CHUNK as u64) as usize;
+            f.read_exact(&mut buf[..len]).await.map_err(io)?;
+            let path = format!("/v1/spaces/{id}/chunks/{n}");
+            let mut tries = 0;
+            loop {
+                match self.call(creds, "PUT", &path, &buf[..len]).await {
+                    Ok((200, _)) => break,
+                    Ok((status, e)) => {
+                        return Err(failed(format!(
+                            "chunk {n} refused ({status}): {}",
+                            e["error"].as_str().unwrap_or("?")
+                        )))
+                    }
+                    Err(e) if tries < RESUMES => {
+                        tries += 1;
+                        tracing::debug!(chunk = n, error = %e.message, "chunk sent again");
+                        tokio::time::sleep(std::time::Duration::from_millis(
+                            500 * u64::from(tries),
+                        ))
+                        .await;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        let (status, done) = self
+            .call(creds, "POST", &format!("/v1/spaces/{id}/complete"), b"")
+            .await?;
+        if status != 200 {
+            return Err(failed(format!(
+                "space {id} not completed ({status}): {}",
+                done["error"].as_str().unwrap_or("?")
+            )));
+        }
+        Ok((id, digest))
     }
 
     /// Fetches space `id` as `creds`' agency into `out` (or only hashes it

@@ -55,6 +55,13 @@ pub fn space_deleted(why: &'static str) {
     metrics::counter!("truc_spaces_deleted_total", "why" => why).increment(1);
 }
 
+/// Upload spaces held, and the bytes of the documents in them (set by the
+/// sweep).
+pub fn spaces_held(count: usize, bytes: u64) {
+    metrics::gauge!("truc_spaces").set(count as f64);
+    metrics::gauge!("truc_spaces_bytes").set(bytes as f64);
+}
+
 /// Bytes received into upload spaces (chunks and large gateway bodies).
 pub fn space_bytes_in(n: u64) {
     metrics::counter!("truc_space_bytes_in_total").increment(n);

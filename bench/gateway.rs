@@ -263,6 +263,100 @@ impl Conn {
             until_close,
         })
     }
+
+    /// Sends the request `head` followed by `body` (written from where it
+    /// is, not copied), then reads the answer: a `2xx` body is handed to
+    /// `sink` piece by piece as it arrives and never held whole (the
+    /// answer's `body` stays empty); any other answer's body is kept, for
+    /// its error message. On an error, whether any byte of an answer had
+    /// come.
+    async fn exchange_streamed(
+        &mut self,
+        head: &[u8],
+        body: &[u8],
+        sink: &mut (dyn FnMut(&[u8]) + Send),
+    ) -> Result<Resp, (std::io::Error, bool)> {
+        let before = self.read_total;
+        let got = |c: &Self| c.read_total > before;
+        if let Err(e) = self.s.write_all(head).await {
+            return Err((e, false));
+        }
+        if let Err(e) = self.s.write_all(body).await {
+            return Err((e, got(self)));
+        }
+        let (status, headers) = match self.head().await {
+            Ok(h) => h,
+            Err(e) => return Err((e, got(self))),
+        };
+        if !(200..300).contains(&status) || status == 204 {
+            let (body, until_close) = self.body(status, &headers).await.map_err(|e| (e, true))?;
+            return Ok(Resp {
+                status,
+                headers,
+                body,
+                until_close,
+            });
+        }
+        let until_close = self
+            .stream_body(&headers, sink)
+            .await
+            .map_err(|e| (e, true))?;
+        Ok(Resp {
+            status,
+            headers,
+            body: Vec::new(),
+            until_close,
+        })
+    }
+
+    /// Reads a body as `headers` describe it into `sink`, in the pieces the
+    /// socket gives (up to 256 KiB); true when it ran until the server
+    /// closed the connection.
+    async fn stream_body(
+        &mut self,
+        headers: &[(String, String)],
+        sink: &mut (dyn FnMut(&[u8]) + Send),
+    ) -> std::io::Result<bool> {
+        const PIECE: usize = 256 * 1024;
+        if let Some(n) = header(headers, "content-length") {
+            let mut left: u64 = n.parse().map_err(|_| bad("bad Content-Length"))?;
+            while left > 0 {
+                if self.buf.is_empty() {
+                    self.buf.reserve(PIECE);
+                    let n = self.s.read_buf(&mut self.buf).await?;
+                    if n == 0 {
+                        return Err(std::io::ErrorKind::UnexpectedEof.into());
+                    }
+                    self.read_total += n as u64;
+                }
+                let take = (self.buf.len() as u64).min(left) as usize;
+                sink(&self.buf[..take]);
+                self.buf.drain(..take);
+                left -= take as u64;
+            }
+            return Ok(false);
+        }
+        if header(headers, "transfer-encoding").is_some_and(|t| t.contains("chunked")) {
+            loop {
+                let c = self.chunk().await?;
+                if c.is_empty() {
+                    return Ok(false);
+                }
+                sink(&c);
+            }
+        }
+        loop {
+            if !self.buf.is_empty() {
+                sink(&self.buf);
+                self.buf.clear();
+            }
+            self.buf.reserve(PIECE);
+            match self.s.read_buf(&mut self.buf).await? {
+                0 => return Ok(true),
+                n => self.read_total += n as u64,
+            }
+        }
+    }
 }
 
 /// An HTTP/1.1 request.
@@ -273,10 +367,23 @@ fn request(
     headers: &[(String, String)],
     body: &[u8],
 ) -> Vec<u8> {
-    let mut r = Vec::with_capacity(1024 + body.len());
+    let mut r = request_head(method, path, host, headers, body.len());
+    r.extend_from_slice(body);
+    r
+}
+
+/// The head of an HTTP/1.1 request whose body is `body_len` bytes.
+fn request_head(
+    method: &str,
+    path: &str,
+    host: &str,
+    headers: &[(String, String)],
+    body_len: usize,
+) -> Vec<u8> {
+    let mut r = Vec::with_capacity(1024 + if body_len <= 1 << 21 { body_len } else { 0 });
     r.extend_from_slice(format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\n").as_bytes());
-    if method != "GET" || !body.is_empty() {
-        r.extend_from_slice(format!("Content-Length: {}\r\n", body.len()).as_bytes());
+    if method != "GET" || body_len > 0 {
+        r.extend_from_slice(format!("Content-Length: {body_len}\r\n").as_bytes());
     }
     for (k, v) in headers {
         // Values as UTF-8 bytes, verbatim (the gateway takes them so).
@@ -286,7 +393,6 @@ fn request(
         r.extend_from_slice(b"\r\n");
     }
     r.extend_from_slice(b"\r\n");
-    r.extend_from_slice(body);
     r
 }
 
@@ -358,6 +464,87 @@ impl Http {
                 Err((e, _)) => return Err(format!("{method} {path}: {e}")),
             }
         }
+    }
+
+    /// [`Http::call`] for large bodies: the request's `body` is written
+    /// from where it is (not copied into the request), and a `2xx`
+    /// answer's body goes to `sink` as it arrives, never held whole (the
+    /// answer's `body` is then empty; another answer's body is kept).
+    pub async fn call_streamed(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(String, String)],
+        body: &[u8],
+        sink: &mut (dyn FnMut(&[u8]) + Send),
+    ) -> Result<Resp, String> {
+        let head = request_head(method, path, &self.addr, headers, body.len());
+        let mut attempt = 0;
+        loop {
+            let reused = if attempt == 0 { self.take() } else { None };
+            let fresh = reused.is_none();
+            let mut conn = match reused {
+                Some(c) => c,
+                None => {
+                    self.opened.fetch_add(1, Ordering::Relaxed);
+                    Conn::connect(&self.addr)
+                        .await
+                        .map_err(|e| format!("connect {}: {e}", self.addr))?
+                }
+            };
+            match conn.exchange_streamed(&head, body, sink).await {
+                Ok(r) => {
+                    let close = r.until_close
+                        || r.header("connection")
+                            .is_some_and(|c| c.eq_ignore_ascii_case("close"));
+                    if !close {
+                        conn.idle_since = Instant::now();
+                        lock(&self.idle).push(conn);
+                    }
+                    return Ok(r);
+                }
+                Err((_, false)) if !fresh && attempt == 0 => attempt += 1,
+                Err((e, _)) => return Err(format!("{method} {path}: {e}")),
+            }
+        }
+    }
+}
+
+/// The headers of `POST /v1/sessions` for `creds`: a signed session
+/// request (docs/GATEWAY.md).
+pub fn session_request(creds: &Credentials) -> Vec<(String, String)> {
+    let mut m = Message {
+        routing_key: format!("session.{}", creds.code),
+        message_id: Some(new_message_id()),
+        ..Message::default()
+    };
+    m.set_header("lgsp-digest", body_digest(b""));
+    sign(&mut m, creds, Alg::HmacSha256);
+    carried(&m)
+}
+
+/// Opens a session for `creds` over `http` (no event stream, no mailbox):
+/// its bearer token.
+pub async fn open_session(http: &Http, creds: &Credentials) -> Result<String, String> {
+    let r = tokio::time::timeout(
+        Duration::from_secs(15),
+        http.call("POST", "/v1/sessions", &session_request(creds), b""),
+    )
+    .await
+    .map_err(|_| "POST /v1/sessions: no answer within 15 s".to_owned())??;
+    session_token(&r, creds)
+}
+
+/// The token of a `POST /v1/sessions` answer.
+fn session_token(r: &Resp, creds: &Credentials) -> Result<String, String> {
+    match (r.status, r.json()["token"].as_str()) {
+        (201, Some(t)) => Ok(t.to_owned()),
+        _ => Err(format!(
+            "session of {}: HTTP {}: {}",
+            creds.code,
+            r.status,
+            r.text()
+        )),
     }
 }
 
@@ -583,31 +770,14 @@ impl GwAgency {
         state: &Arc<GwState>,
     ) -> Result<Arc<Self>, String> {
         let http = Http::new(addr);
-        let mut m = Message {
-            routing_key: format!("session.{}", reg.creds.code),
-            message_id: Some(new_message_id()),
-            ..Message::default()
-        };
-        m.set_header("lgsp-digest", body_digest(b""));
-        sign(&mut m, &reg.creds, Alg::HmacSha256);
         let r = tokio::time::timeout(
             Duration::from_secs(15),
-            http.call("POST", "/v1/sessions", &carried(&m), b""),
+            http.call("POST", "/v1/sessions", &session_request(&reg.creds), b""),
         )
         .await
         .map_err(|_| "POST /v1/sessions: no answer within 15 s".to_owned())??;
         state.count("POST /v1/sessions", r.status);
-        let token = match (r.status, r.json()["token"].as_str()) {
-            (201, Some(t)) => t.to_owned(),
-            _ => {
-                return Err(format!(
-                    "session of {}: HTTP {}: {}",
-                    reg.creds.code,
-                    r.status,
-                    r.text()
-                ))
-            }
-        };
+        let token = session_token(&r, &reg.creds)?;
         let (acks, rx) = mpsc::unbounded_channel();
         let me = Arc::new(Self {
             creds: reg.creds.clone(),
@@ -1097,7 +1267,7 @@ async fn gateway_times(ctx: &Ctx) -> BTreeMap<String, (f64, f64)> {
 /// earlier scenario left behind, e.g. a flood nobody waited for, would
 /// weigh on the first phase only), up to `within`. Returns how long it
 /// waited and whether the router went quiet.
-async fn wait_router_quiet(ctx: &Ctx, within: Duration) -> (f64, bool) {
+pub async fn wait_router_quiet(ctx: &Ctx, within: Duration) -> (f64, bool) {
     let start = Instant::now();
     let mut last = None;
     let mut quiet = 0;

@@ -19,6 +19,7 @@ mod procstat;
 mod report;
 mod run;
 mod scenarios;
+mod spaces;
 mod stats;
 mod stores;
 
@@ -58,7 +59,11 @@ enum Scenario {
     /// Send → receive latency at a fixed rate through the agencies' HTTPS
     /// gateway, against AMQP on the same hub.
     Gateway,
-    /// Every scenario but `stores` (`gateway` before `fairness`).
+    /// MB/s of 20 MB and 100 MB documents through upload spaces, against
+    /// the raw broker and `cp` of the same file, in the same run.
+    Spaces,
+    /// Every scenario but `stores` (`gateway` before `fairness`, `spaces`
+    /// last).
     All,
 }
 
@@ -183,6 +188,16 @@ struct Args {
     /// plain HTTP (gateway).
     #[arg(long, requires = "hub_addr")]
     gateway_addr: Option<String>,
+    /// Document sizes in bytes (spaces; decimal MB by default).
+    #[arg(long, value_delimiter = ',', default_value = "20000000,100000000")]
+    space_sizes: Vec<usize>,
+    /// Repetitions of each measurement, the median reported (spaces; default 3, quick 1).
+    #[arg(long)]
+    space_reps: Option<usize>,
+    /// Chunks uploaded at once, each on its own keep-alive connection
+    /// (spaces; 1: one after the other on one connection).
+    #[arg(long, default_value_t = 1)]
+    space_inflight: usize,
 }
 
 impl Args {
@@ -190,7 +205,9 @@ impl Args {
         let q = self.quick;
         let scenarios = match self.scenario {
             // `gateway` before `fairness`, whose flood leaves the broker
-            // busy for seconds after it ends.
+            // busy for seconds after it ends; `spaces` last (it waits for
+            // an idle router first, and its 100 MB messages would weigh on
+            // whatever followed it).
             Scenario::All => vec![
                 "throughput",
                 "connections",
@@ -198,6 +215,7 @@ impl Args {
                 "rsa",
                 "gateway",
                 "fairness",
+                "spaces",
             ],
             Scenario::Throughput => vec!["throughput"],
             Scenario::Connections => vec!["connections"],
@@ -206,6 +224,7 @@ impl Args {
             Scenario::Fairness => vec!["fairness"],
             Scenario::Stores => vec!["stores"],
             Scenario::Gateway => vec!["gateway"],
+            Scenario::Spaces => vec!["spaces"],
         };
         let agencies = if self.scenario == Scenario::Stores {
             20
@@ -241,6 +260,14 @@ impl Args {
             rounds: self.rounds.max(1),
             gateway_rate: self.gateway_rate.max(1.0),
             gateway_measure_s: self.duration.unwrap_or(if q { 5.0 } else { 25.0 }),
+            space_sizes: self
+                .space_sizes
+                .iter()
+                .copied()
+                .filter(|&n| n > 0)
+                .collect(),
+            space_reps: self.space_reps.unwrap_or(if q { 1 } else { 3 }).max(1),
+            space_inflight: self.space_inflight.clamp(1, 16),
         }
     }
 }
@@ -269,8 +296,9 @@ async fn run_scenarios(ctx: &mut Ctx) {
             break;
         }
         let errors_before = ctx.shared.error_count();
-        // Every scenario is reported against a raw baseline measured in this run.
-        if name != "throughput" && ctx.baseline.is_none() {
+        // Every scenario is reported against a raw baseline measured in
+        // this run; `spaces` measures its own, at its documents' sizes.
+        if name != "throughput" && name != "spaces" && ctx.baseline.is_none() {
             let (m, k) = (ctx.s.sources, ctx.s.dests);
             match scenarios::raw_baseline(ctx, "baseline", 1024, m, k).await {
                 Ok(p) => {
@@ -288,6 +316,7 @@ async fn run_scenarios(ctx: &mut Ctx) {
             "rsa" => scenarios::rsa(ctx).await,
             "fairness" => scenarios::fairness(ctx).await,
             "gateway" => gateway::gateway(ctx).await,
+            "spaces" => spaces::spaces(ctx).await,
             "stores" => stores::stores(ctx).await,
             _ => Err(format!("unknown scenario {name}")),
         };
@@ -544,6 +573,30 @@ fn headline(ctx: &Ctx) -> (Value, String) {
             "rsa scenario: RSA-SHA256 flat-out rate; latency at that maximum (queueing included)",
         );
     }
+    if let Some(x) = r.get("spaces").filter(|x| x.get("failed").is_none()) {
+        // The largest document's figures.
+        let largest = x["sizes"].as_array().and_then(|s| {
+            s.iter()
+                .max_by_key(|s| s["bytes"].as_u64().unwrap_or(0))
+                .cloned()
+        });
+        if let Some(s) = largest {
+            return (
+                json!({
+                    "raw_mb_per_s": s["raw"]["mb_per_s"],
+                    "truc_mb_per_s": s["truc"]["mb_per_s"],
+                    "cp_mb_per_s": s["cp"]["mb_per_s"],
+                    "inline_mb_per_s": s["inline"]["mb_per_s"],
+                    "ratio": s["truc_vs_raw"],
+                    "truc_vs_cp": s["truc_vs_cp"],
+                }),
+                format!(
+                    "spaces scenario, {} documents: MB/s through an upload space end to end (create, chunks, complete, envelope, delivery, fetch checked), medians; ratio = truc over the raw broker (one persistent message of the same size)",
+                    s["label"].as_str().unwrap_or("")
+                ),
+            );
+        }
+    }
     from(None, &Value::Null, "no scenario result")
 }
 
@@ -630,9 +683,10 @@ async fn main() -> ExitCode {
     }
     let run_pid = std::process::id();
     let started = started_at();
-    // The gateway scenario needs the agencies' gateway, on a loopback port
-    // the system chooses, with a call rate far above what it sends.
-    let with_gateway = s.scenarios.iter().any(|n| n == "gateway");
+    // The gateway and spaces scenarios need the agencies' gateway, on a
+    // loopback port the system chooses, with a call rate far above what
+    // they send.
+    let with_gateway = s.scenarios.iter().any(|n| n == "gateway" || n == "spaces");
     let (gateway_env, gateway_rate) = if with_gateway {
         (
             vec![("TRUC_GATEWAY_ADDR".to_owned(), "127.0.0.1:0".to_owned())],
@@ -881,15 +935,53 @@ async fn main() -> ExitCode {
 fn summary(r: &Value) {
     eprintln!();
     eprintln!("== result ({})", r["headline_basis"].as_str().unwrap_or(""));
-    eprintln!(
-        "   raw {} msg/s, truc {} msg/s, ratio {}; p50 {} ms, p99 {} ms; errors {}",
-        r["raw_msgs_per_s"],
-        r["truc_msgs_per_s"],
-        r["ratio"],
-        r["p50_ms"],
-        r["p99_ms"],
-        r["errors"]
-    );
+    if r.get("raw_mb_per_s").is_some() {
+        eprintln!(
+            "   raw {} MB/s, truc {} MB/s, ratio {}; cp {} MB/s, truc/cp {}; errors {}",
+            r["raw_mb_per_s"],
+            r["truc_mb_per_s"],
+            r["ratio"],
+            r["cp_mb_per_s"],
+            r["truc_vs_cp"],
+            r["errors"]
+        );
+    } else {
+        eprintln!(
+            "   raw {} msg/s, truc {} msg/s, ratio {}; p50 {} ms, p99 {} ms; errors {}",
+            r["raw_msgs_per_s"],
+            r["truc_msgs_per_s"],
+            r["ratio"],
+            r["p50_ms"],
+            r["p99_ms"],
+            r["errors"]
+        );
+    }
+    if let Some(x) = r["scenarios"].get("spaces") {
+        if let Some(e) = x["failed"].as_str() {
+            eprintln!("   spaces: FAILED: {e}");
+        }
+        for s in x["sizes"].as_array().into_iter().flatten() {
+            let rate = |k: &str| match s[k]["failed"].as_str() {
+                Some(_) => "failed".to_owned(),
+                None => format!("{} MB/s", s[k]["mb_per_s"]),
+            };
+            eprintln!(
+                "   spaces {}: cp {}, raw {}, truc {} (upload {} MB/s, fetch {} MB/s), inline {}; truc/raw {}, truc/cp {}, inline/raw {}, inline/cp {}; truc RSS growth max {} MiB",
+                s["label"].as_str().unwrap_or(""),
+                rate("cp"),
+                rate("raw"),
+                rate("truc"),
+                s["truc"]["upload_mb_per_s"],
+                s["truc"]["fetch_mb_per_s"],
+                rate("inline"),
+                s["truc_vs_raw"],
+                s["truc_vs_cp"],
+                s["inline_vs_raw"],
+                s["inline_vs_cp"],
+                s["truc"]["rss_growth_mib_max"],
+            );
+        }
+    }
     if let Some(t) = r["targets"].as_array() {
         for t in t {
             let met = match t["met"].as_bool() {

@@ -76,6 +76,12 @@ pub struct Settings {
     pub gateway_rate: f64,
     /// Measured seconds of each phase (gateway).
     pub gateway_measure_s: f64,
+    /// Document sizes, bytes (spaces).
+    pub space_sizes: Vec<usize>,
+    /// Repetitions of each measurement, the median reported (spaces).
+    pub space_reps: usize,
+    /// Chunks uploaded at once, each on its own keep-alive connection (spaces).
+    pub space_inflight: usize,
 }
 
 /// One point of the timeline (one second).

@@ -219,6 +219,11 @@ async fn sessions_are_refused_alike_and_end_with_the_key() {
         "{}",
         a.body
     );
+    // Enabled again: the sessions it had stay ended; a new one works.
+    hub.cli_expect(&["agency", "enable", "000.00.71.H41"], 0);
+    assert_eq!(whoami(&gw, &token).await.body, refused);
+    let fresh = open(&gw, &rotated).await;
+    assert_eq!(whoami(&gw, &fresh).await.status, 200);
     assert!(!hub.log().contains(&token), "no token in the log");
 }
 

@@ -38,6 +38,10 @@ pub(super) async fn send(
         )
     })?;
     let msg = request::message("envelope", headers, Vec::new())?;
+    // Refused before a byte is read: another agency's envelope.
+    if msg.header("lgsp-from") != Some(entry.agency.code.as_str()) {
+        return Err(super::send::not_from(&entry));
+    }
     let claimed = msg.header("lgsp-digest").unwrap_or_default().to_owned();
     let policy = gw.hub.router.policies().spaces.clone();
     let owner = entry.agency.code.clone();

@@ -228,6 +228,15 @@ impl Gateway {
                 tracing::debug!(agency = %crate::core::text::Escaped(&claims.agency), "gateway session ended: agency removed, disabled or its key rotated");
                 Answer::unauthorized()
             })?;
+        if self
+            .hub
+            .registry
+            .sessions_revoked_at(&entry.agency.code)
+            .is_some_and(|at| claims.issued_ms <= at)
+        {
+            tracing::debug!(agency = %entry.agency.code, "gateway session ended: opened before the agency was disabled");
+            return Err(Answer::unauthorized());
+        }
         Ok((entry, claims))
     }
 

@@ -114,14 +114,7 @@ pub(super) async fn route(
     content_space: Option<String>,
 ) -> Result<(Arc<Entry>, Message, Result<Outcome, RouterError>), Answer> {
     if msg.header("lgsp-from") != Some(entry.agency.code.as_str()) {
-        return Err(Answer::error(
-            StatusCode::FORBIDDEN,
-            Some(Reason::Forbidden),
-            format!(
-                "lgsp-from must be the session's agency, {}",
-                entry.agency.code
-            ),
-        ));
+        return Err(not_from(&entry));
     }
     let Some(link) = gw.hub.link.borrow().clone() else {
         return Err(Answer::unavailable(kind));
@@ -135,6 +128,18 @@ pub(super) async fn route(
     };
     let handled = gw.hub.router.handle(&inbound, &outbox).await;
     Ok((entry, inbound.message, handled))
+}
+
+/// The answer to a request whose `lgsp-from` is not the session's agency.
+pub(super) fn not_from(entry: &Entry) -> Answer {
+    Answer::error(
+        StatusCode::FORBIDDEN,
+        Some(Reason::Forbidden),
+        format!(
+            "lgsp-from must be the session's agency, {}",
+            entry.agency.code
+        ),
+    )
 }
 
 /// The answer to a `kind` whose handling ended in anything but what the

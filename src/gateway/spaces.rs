@@ -46,6 +46,7 @@ pub(super) fn refused(e: SpaceError) -> Answer {
             (StatusCode::INTERNAL_SERVER_ERROR, None)
         }
         SpaceError::Unknown => (StatusCode::NOT_FOUND, None),
+        SpaceError::TooLarge { size: 0, .. } => (StatusCode::BAD_REQUEST, Some(Reason::Malformed)),
         SpaceError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, Some(Reason::TooLarge)),
         SpaceError::Quota { .. } => (StatusCode::INSUFFICIENT_STORAGE, Some(Reason::TooLarge)),
         SpaceError::BadDigest => (StatusCode::BAD_REQUEST, Some(Reason::Malformed)),
@@ -122,10 +123,10 @@ fn info(spaces: &Spaces, space: &Space, unused_after_ms: i64) -> Result<SpaceInf
         missing,
         complete: space.complete,
         message_id: space.message_id.clone(),
-        unused_until: space
-            .message_id
-            .is_none()
-            .then(|| format_rfc3339(space.created_ms + unused_after_ms)),
+        unused_until: match space.message_id {
+            None => Some(format_rfc3339(spaces.last_used(space)? + unused_after_ms)),
+            Some(_) => None,
+        },
     })
 }
 
@@ -139,7 +140,7 @@ fn unused_after_ms(gw: &Gateway) -> i64 {
     request_body = NewSpace,
     responses(
         (status = 201, description = "the space; upload its chunks next", body = SpaceInfo),
-        (status = 400, description = "not a size and a digest", body = Error),
+        (status = 400, description = "not a size (1 or more) and a digest", body = Error),
         (status = 401, description = "no good session", body = Error),
         (status = 413, description = "larger than the largest document (too-large)", body = Error),
         (status = 507, description = "over your agency's space quota (too-large): wait for your documents to be delivered", body = Error),
@@ -231,7 +232,8 @@ pub(super) async fn show(
     request_body(content = String, content_type = "application/octet-stream", description = "the chunk's bytes: chunk_size of them, the last chunk the rest"),
     responses(
         (status = 200, description = "stored", body = ChunkStored),
-        (status = 400, description = "past the end, or not the chunk's length", body = Error),
+        (status = 400, description = "past the end, or shorter than the chunk's length", body = Error),
+        (status = 413, description = "longer than the chunk's length (too-large)", body = Error),
         (status = 401, description = "no good session", body = Error),
         (status = 404, description = "no such space of yours", body = Error),
         (status = 408, description = "the body stalled", body = Error),
@@ -408,7 +410,11 @@ fn range(headers: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>, ()> {
     responses(
         (status = 200, description = "the whole document", content_type = "application/octet-stream", body = super::types::Bytes,
             headers(("lgsp-digest" = String, description = "sha256=<hex> of the whole document"))),
-        (status = 206, description = "the range asked for (Content-Range says which)", content_type = "application/octet-stream", body = super::types::Bytes),
+        (status = 206, description = "the range asked for (Content-Range says which)", content_type = "application/octet-stream", body = super::types::Bytes,
+            headers(
+                ("Content-Range" = String, description = "bytes <first>-<last>/<size>"),
+                ("lgsp-digest" = String, description = "sha256=<hex> of the whole document"),
+            )),
         (status = 401, description = "no good session", body = Error),
         (status = 404, description = "no such space for you", body = Error),
         (status = 409, description = "not complete yet", body = Error),

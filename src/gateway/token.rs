@@ -40,6 +40,10 @@ pub(super) struct Claims {
     /// Random, so two tokens of the same second differ.
     #[serde(rename = "n")]
     pub(super) nonce: String,
+    /// When it was issued (ms since the epoch): a session opened before
+    /// its agency was last disabled stays ended.
+    #[serde(rename = "i", default)]
+    pub(super) issued_ms: i64,
 }
 
 /// Why a token is refused (for tests and the log, never for the caller).
@@ -87,6 +91,7 @@ impl Tokens {
             access_key: access_key.to_owned(),
             expires_ms,
             nonce: hex::encode(rand::random::<[u8; 12]>()),
+            issued_ms: crate::core::time::now_ms(),
         };
         let json = serde_json::to_vec(&claims).expect("claims serialise");
         let signed = format!("{VERSION}.{}", URL_SAFE_NO_PAD.encode(json));

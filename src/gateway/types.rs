@@ -225,7 +225,8 @@ pub(crate) struct SpaceInfo {
     /// The envelope it holds the content of, once one was accepted.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) message_id: Option<String>,
-    /// When it is deleted if no envelope uses it (RFC 3339 UTC).
+    /// When it is deleted if no envelope uses it and no chunk comes before
+    /// (RFC 3339 UTC).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) unused_until: Option<String>,
 }

@@ -130,7 +130,7 @@ impl Router {
         // it is routed.
         let checked = match checked {
             Ok((Payload::Envelope(mut fields), nonce)) if space.is_some() => {
-                match self.take_space(&auth, inbound, &mut fields, now) {
+                match self.take_space(&auth, inbound, &mut fields) {
                     Ok(()) => Ok((Payload::Envelope(fields), nonce)),
                     Err(Err(e)) => return Err(e),
                     // Refused: its nonce is judged (and kept) as for B5–B7.
@@ -543,6 +543,12 @@ impl Router {
                     now,
                 )
                 .await;
+        }
+        // Its space is bound to it now, under its claim, once nothing else
+        // can refuse it before it is routed.
+        if let Err(refusal) = self.bind_space(from, mid, &fields, now)? {
+            self.tracking.release(from, mid, &token)?;
+            return self.reject(auth, refusal, outbox, now).await;
         }
         let expired = fields.deliver_by_ms.is_some_and(|d| d <= now);
         let mut deliver: Vec<Arc<Entry>> = Vec::new();

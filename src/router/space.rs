@@ -1,6 +1,8 @@
 //! The upload space an envelope's content is in (`lgsp-space`, or a body
-//! the gateway kept in a space): checked and bound to the envelope before
-//! it is routed, and released once no destination may still receive it.
+//! the gateway kept in a space): checked with the envelope's other fields
+//! (B8), bound to the envelope only once nothing else can refuse it (after
+//! the repeat and rate steps, under its routing claim), and released once
+//! no destination may still receive it.
 //!
 //! Invariants: an envelope whose content is in a space has an empty body;
 //! the space is the source's, complete, and its content's digest is the
@@ -17,6 +19,40 @@ use crate::router::ingress::Authenticated;
 use crate::router::{Router, RouterError};
 use crate::state::spaces::{SpaceError, Spaces};
 
+/// What a space that cannot serve an envelope of `from` means for it: a
+/// refusal, or an error to try again.
+fn space_refusal(
+    id: &str,
+    from: &crate::core::code::AgencyCode,
+    e: SpaceError,
+) -> Result<Refusal, RouterError> {
+    let refusal = |reason, text: String| Ok(Refusal::new(reason, text));
+    match e {
+        SpaceError::Store(e) => Err(e.into()),
+        SpaceError::Unknown => refusal(
+            Reason::Malformed,
+            format!("lgsp-space {id} names no space of {from}"),
+        ),
+        SpaceError::Incomplete => refusal(
+            Reason::Malformed,
+            format!("space {id} is not complete: upload every chunk and complete it first"),
+        ),
+        SpaceError::Bound(other) => refusal(
+            Reason::Malformed,
+            format!(
+                "space {id} holds the content of envelope {} already; a space serves one envelope",
+                Escaped(&other)
+            ),
+        ),
+        e => {
+            tracing::warn!(space = %id, error = %e, "space not usable");
+            Err(RouterError::Pending(format!(
+                "space {id} could not be used: {e}"
+            )))
+        }
+    }
+}
+
 impl Router {
     /// Uses `spaces` for envelopes whose content is in a space.
     pub fn set_spaces(&self, spaces: Spaces) {
@@ -28,26 +64,26 @@ impl Router {
         self.spaces.get()
     }
 
-    /// Checks the space the envelope's content is in and binds it to the
-    /// envelope, noting it (and the content's size) in `fields`.
+    /// Checks the space the envelope's content is in (B8), noting it (and
+    /// the content's size) in `fields`; it is bound later
+    /// ([`Router::bind_space`]).
     pub(super) fn take_space(
         &self,
         auth: &Authenticated,
         inbound: &Inbound,
         fields: &mut EnvelopeFields,
-        now: i64,
     ) -> Result<(), Result<Refusal, RouterError>> {
         let refuse = |reason, text: String| Err(Ok(Refusal::new(reason, text)));
-        let id = match (&inbound.content_space, &fields.space) {
-            (Some(a), Some(b)) if a != b => {
-                return refuse(
+        let id =
+            match (&inbound.content_space, &fields.space) {
+                (Some(a), Some(b)) if a != b => return refuse(
                     Reason::Malformed,
-                    "an envelope sent with a large body names no lgsp-space".into(),
-                )
-            }
-            (Some(id), _) | (None, Some(id)) => id.clone(),
-            (None, None) => return Ok(()),
-        };
+                    "an envelope with lgsp-space has an empty body: its content is in the space"
+                        .into(),
+                ),
+                (Some(id), _) | (None, Some(id)) => id.clone(),
+                (None, None) => return Ok(()),
+            };
         if !inbound.message.body.is_empty() {
             return refuse(
                 Reason::Malformed,
@@ -59,36 +95,9 @@ impl Router {
         };
         let from = &auth.signed.from;
         let mid = &auth.signed.message_id;
-        let space = match spaces.bind(&id, from, mid, now) {
+        let space = match spaces.usable(&id, from, mid) {
             Ok(s) => s,
-            Err(SpaceError::Store(e)) => return Err(Err(e.into())),
-            Err(SpaceError::Unknown) => {
-                return refuse(
-                    Reason::Malformed,
-                    format!("lgsp-space {id} names no space of {from}"),
-                )
-            }
-            Err(SpaceError::Incomplete) => {
-                return refuse(
-                    Reason::Malformed,
-                    format!("space {id} is not complete: upload every chunk and complete it first"),
-                )
-            }
-            Err(SpaceError::Bound(other)) => {
-                return refuse(
-                    Reason::Malformed,
-                    format!(
-                        "space {id} holds the content of envelope {} already; a space serves one envelope",
-                        Escaped(&other)
-                    ),
-                )
-            }
-            Err(e) => {
-                tracing::warn!(space = %id, error = %e, "space not bound");
-                return Err(Err(RouterError::Pending(format!(
-                    "space {id} could not be bound: {e}"
-                ))));
-            }
+            Err(e) => return Err(space_refusal(&id, from, e)),
         };
         if space.digest != fields.digest {
             return refuse(
@@ -99,6 +108,28 @@ impl Router {
         fields.space = Some(id);
         fields.space_size = Some(space.size);
         Ok(())
+    }
+
+    /// Binds the space `fields` names (if any) to the envelope `mid` of
+    /// `from`; a refusal when it can no longer be (another envelope took
+    /// it meanwhile).
+    pub(super) fn bind_space(
+        &self,
+        from: &crate::core::code::AgencyCode,
+        mid: &str,
+        fields: &EnvelopeFields,
+        now: i64,
+    ) -> Result<Result<(), Refusal>, RouterError> {
+        let (Some(id), Some(spaces)) = (&fields.space, self.spaces()) else {
+            return Ok(Ok(()));
+        };
+        match spaces.bind(id, from, mid, now) {
+            Ok(_) => Ok(Ok(())),
+            Err(e) => match space_refusal(id, from, e) {
+                Ok(refusal) => Ok(Err(refusal)),
+                Err(e) => Err(e),
+            },
+        }
     }
 
     /// Deletes the space of the envelope `message_id` of `from` when no

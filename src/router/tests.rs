@@ -1402,6 +1402,8 @@ async fn an_envelope_naming_a_space_is_checked_bound_and_its_space_freed_when_de
         Outcome::Rejected(Reason::Replay)
     );
     o.take();
+    // No refusal used the space up.
+    assert_eq!(spaces.get(&space.id).unwrap().unwrap().message_id, None);
 
     // Accepted: the delivery names the space, with an empty body, hub-signed.
     let m = in_space(&f, "M1", &space.id, &digest, b"");

@@ -48,7 +48,13 @@ use crate::core::code::AgencyCode;
 use crate::core::secrets::{MasterKey, SecretsError};
 use crate::core::time::now_ms;
 use crate::state::codec;
+use crate::state::keys::Key;
 use crate::state::store::{Store, StoreError};
+
+/// Where the time `code`'s gateway sessions were last revoked is kept (`meta`).
+fn sessions_key(code: &AgencyCode) -> Vec<u8> {
+    Key::new().str("sessions-revoked").code(code).into_bytes()
+}
 
 /// Registry errors.
 #[derive(Debug, thiserror::Error)]
@@ -214,6 +220,8 @@ struct Cache {
     by_key: HashMap<String, AgencyCode>,
     /// The access key each agency last authenticated with (`last_keys`).
     last_used: HashMap<AgencyCode, String>,
+    /// When each agency's gateway sessions were last revoked (`meta`).
+    sessions_revoked: HashMap<AgencyCode, i64>,
 }
 
 /// The agency directory.
@@ -358,6 +366,17 @@ impl Registry {
             cache
                 .last_used
                 .insert(code, String::from_utf8_lossy(&v).into_owned());
+        }
+        let p = Key::new().str("sessions-revoked").prefix();
+        for item in store.meta().scan_prefix(&p) {
+            let (k, v) = item?;
+            let code = crate::state::keys::Fields::after(&k, &p).and_then(|mut f| f.code());
+            let at = <[u8; 8]>::try_from(v.as_slice())
+                .ok()
+                .map(i64::from_be_bytes);
+            if let (Some(code), Some(at)) = (code, at) {
+                cache.sessions_revoked.insert(code, at);
+            }
         }
         Ok((cache, migrated))
     }
@@ -618,7 +637,29 @@ impl Registry {
             .agency
             .clone();
         agency.enabled = enabled;
+        if !enabled {
+            // Its gateway sessions end now, and stay ended if it is
+            // enabled again; written before the change other instances
+            // reload on.
+            let now = now_ms();
+            self.store
+                .meta()
+                .insert(sessions_key(code), now.to_be_bytes())?;
+            cache.sessions_revoked.insert(code.clone(), now);
+        }
         Ok(self.write(&mut cache, agency)?.agency.clone())
+    }
+
+    /// When the gateway sessions of `code` were last revoked (ms), if ever:
+    /// at its last disabling. Sessions opened before stay ended when it is
+    /// enabled again.
+    pub fn sessions_revoked_at(&self, code: &AgencyCode) -> Option<i64> {
+        self.cache
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .sessions_revoked
+            .get(code)
+            .copied()
     }
 
     /// Issues a new key for `code`; every older key still valid stays

@@ -91,6 +91,19 @@ impl Dir {
         }
     }
 
+    /// When a chunk of space `id` was last written (ms since the epoch),
+    /// if any was.
+    pub(crate) fn touched(&self, id: &str) -> io::Result<Option<i64>> {
+        match fs::metadata(self.space(id)).and_then(|m| m.modified()) {
+            Ok(t) => Ok(t
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()
+                .map(|d| d.as_millis() as i64)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The spaces that have a directory (content written at some time).
     pub(crate) fn ids(&self) -> io::Result<Vec<String>> {
         let mut out = Vec::new();

@@ -17,8 +17,10 @@
 //! of its owner, once; it is deleted (record and content) when no
 //! destination of that envelope may still receive it (confirmed `01`,
 //! bounced for good, expired, recalled or purged), when its envelope's
-//! record is gone, or when it was not used by an envelope within the
-//! policy's `unused_after`; the quota counts every space an agency holds.
+//! record is gone, or when no envelope used it and no chunk came for the
+//! policy's `unused_after`; the quota counts every space an agency holds
+//! (spaces made at once on one instance are counted one after the other;
+//! across instances two may both pass).
 
 mod content;
 mod seal;
@@ -210,6 +212,9 @@ pub struct Spaces {
     store: Store,
     dir: content::Dir,
     sealer: seal::Sealer,
+    /// Held while a space is made, so that two asked for at once are
+    /// both counted against the quota (on this instance).
+    making: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
 impl Spaces {
@@ -220,6 +225,7 @@ impl Spaces {
             store,
             dir: content::Dir::open(dir)?,
             sealer: seal::Sealer::new(key),
+            making: Default::default(),
         })
     }
 
@@ -277,6 +283,7 @@ impl Spaces {
         if !crate::core::envelope::is_digest(digest) {
             return Err(SpaceError::BadDigest);
         }
+        let _making = self.making.lock().unwrap_or_else(|p| p.into_inner());
         let held: u64 = self
             .all()?
             .iter()
@@ -389,6 +396,25 @@ impl Spaces {
         Ok(done)
     }
 
+    /// Space `space_id` if it may serve the envelope `message_id` of
+    /// `from`: `from`'s, complete, and bound to no other envelope (checked
+    /// without binding it).
+    pub fn usable(
+        &self,
+        space_id: &str,
+        from: &AgencyCode,
+        message_id: &str,
+    ) -> Result<Space, SpaceError> {
+        let space = self.owned(space_id, from)?;
+        if !space.complete {
+            return Err(SpaceError::Incomplete);
+        }
+        match &space.message_id {
+            Some(m) if m != message_id => Err(SpaceError::Bound(m.clone())),
+            _ => Ok(space),
+        }
+    }
+
     /// Binds `space_id` to the envelope `message_id` of `from`: the space
     /// must be `from`'s, complete and unbound (or bound to this envelope
     /// already, a repeat).
@@ -458,6 +484,15 @@ impl Spaces {
         Ok(())
     }
 
+    /// When `space` was last used (ms): made, or its last chunk written.
+    pub fn last_used(&self, space: &Space) -> Result<i64, SpaceError> {
+        Ok(self
+            .dir
+            .touched(&space.id)?
+            .unwrap_or(0)
+            .max(space.created_ms))
+    }
+
     /// Why `space` may go now, if it may: no destination of its envelope
     /// may still receive it, its envelope's record is gone, or it was not
     /// used in time.
@@ -478,7 +513,7 @@ impl Spaces {
                     .then_some(Gone::Delivered)),
                 None => Ok((now - bound > BOUND_GRACE_MS).then_some(Gone::Orphaned)),
             },
-            _ => Ok((now - space.created_ms > unused).then_some(Gone::Unused)),
+            _ => Ok((now - self.last_used(space)? > unused).then_some(Gone::Unused)),
         }
     }
 
@@ -844,23 +879,25 @@ mod tests {
         let owner = code("S");
         let p = policy();
         let hour = 3_600_000;
+        // Real times: a space's last chunk is dated by its directory.
+        let t0 = crate::core::time::now_ms();
         let unused = f
             .spaces
-            .create(&owner, 1, &digest(b"u"), false, &p, 0)
+            .create(&owner, 1, &digest(b"u"), false, &p, t0)
             .unwrap();
         upload(&f.spaces, &unused, b"u", &[0]);
         let orphan = f
             .spaces
-            .create(&owner, 1, &digest(b"o"), false, &p, 0)
+            .create(&owner, 1, &digest(b"o"), false, &p, t0)
             .unwrap();
         upload(&f.spaces, &orphan, b"o", &[0]);
         f.spaces.complete(&orphan).unwrap();
-        f.spaces.bind(&orphan.id, &owner, "gone", 10).unwrap();
+        f.spaces.bind(&orphan.id, &owner, "gone", t0 + 10).unwrap();
         // Content whose record a crash lost.
         std::fs::create_dir_all(f.content.join("0123456789abcdef0123456789abcdef")).unwrap();
-        assert!(f.spaces.sweep(&f.tracking, &p, 10).unwrap().is_empty());
+        assert!(f.spaces.sweep(&f.tracking, &p, t0 + 10).unwrap().is_empty());
         assert!(!f.content.join("0123456789abcdef0123456789abcdef").exists());
-        let gone = f.spaces.sweep(&f.tracking, &p, hour + 20).unwrap();
+        let gone = f.spaces.sweep(&f.tracking, &p, t0 + hour + 20_000).unwrap();
         let mut why: Vec<_> = gone.iter().map(|(s, w)| (s.id.clone(), *w)).collect();
         why.sort();
         let mut want = vec![

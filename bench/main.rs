@@ -793,6 +793,7 @@ async fn main() -> ExitCode {
         baseline: None,
         results: serde_json::Map::new(),
         notes: Vec::new(),
+        truc_hwm_before_reset_kib: 0,
     };
     run_scenarios(&mut ctx).await;
     monitor_stop.cancel();
@@ -805,7 +806,7 @@ async fn main() -> ExitCode {
         .hub
         .pid
         .and_then(procstat::read)
-        .map(|s| round1(s.hwm_kib as f64 / 1024.0));
+        .map(|s| round1(s.hwm_kib.max(ctx.truc_hwm_before_reset_kib) as f64 / 1024.0));
     let (log_warn, log_error, log_examples) = ctx.hub.log_problems();
     let (stop_note, deleted, not_deleted) = teardown(
         &mut ctx.hub,

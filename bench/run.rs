@@ -508,6 +508,10 @@ pub struct Ctx {
     pub results: serde_json::Map<String, Value>,
     /// Notes for the report.
     pub notes: Vec<String>,
+    /// truc's peak RSS (`VmHWM`, KiB) as it was before a scenario reset it
+    /// (`spaces` does, to measure its own peak): the run's peak is the
+    /// larger of this and the `VmHWM` at the end.
+    pub truc_hwm_before_reset_kib: u64,
 }
 
 impl Ctx {

@@ -443,6 +443,10 @@ async fn run(
         eprintln!("warning: {note}");
         ctx.notes.push(note);
     }
+    // The runs below reset truc's VmHWM: the run's own peak is kept first.
+    if let Some(snap) = ctx.hub.pid.and_then(procstat::read) {
+        ctx.truc_hwm_before_reset_kib = ctx.truc_hwm_before_reset_kib.max(snap.hwm_kib);
+    }
     let rss = RssWatch::start(ctx.hub.pid, ctx.shared.cancel.child_token());
     let scenario_rss = rss.reset();
     // One unreported round of the smallest document first: the first
@@ -494,6 +498,7 @@ async fn run(
         print_size(&v);
         out_sizes.push(v);
     }
+    ctx.truc_hwm_before_reset_kib = ctx.truc_hwm_before_reset_kib.max(scenario_peak);
     let (before, _) = scenario_rss.unwrap_or((0, false));
     let growths: Vec<f64> = out_sizes
         .iter()

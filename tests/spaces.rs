@@ -17,6 +17,8 @@ use common::{envelope, next_within, status, TestHub};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use truc::auth::body_digest;
+use truc::client::Credentials;
+use truc::message::Message;
 
 const CHUNK: usize = 1 << 20;
 
@@ -51,6 +53,39 @@ async fn put_chunk(gw: &str, token: &str, id: &str, n: usize, data: &[u8]) -> An
         part,
     )
     .await
+}
+
+/// Asks for a space for `data` with `token`: its id.
+async fn ask_space(gw: &str, token: &str, data: &[u8]) -> String {
+    let body = serde_json::json!({"size": data.len(), "digest": sha256(data)});
+    let a = post_json(gw, token, "/v1/spaces", body).await;
+    assert_eq!(a.status, 201, "{}", a.body);
+    a.body["id"].as_str().unwrap().to_owned()
+}
+
+/// `POST /v1/spaces/{id}/complete` with `token`.
+async fn complete(gw: &str, token: &str, id: &str) -> Answer {
+    let path = format!("/v1/spaces/{id}/complete");
+    http(gw, "POST", &path, &bearer(token), b"").await
+}
+
+/// A space holding `data`, uploaded in order and completed: its id.
+async fn upload(gw: &str, token: &str, data: &[u8]) -> String {
+    let id = ask_space(gw, token, data).await;
+    for n in 0..data.len().div_ceil(CHUNK) {
+        assert_eq!(put_chunk(gw, token, &id, n, data).await.status, 200);
+    }
+    let a = complete(gw, token, &id).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    id
+}
+
+/// An envelope of `creds` to `to` whose content is `data` in space `id`.
+fn naming(prefix: &str, creds: &Credentials, to: &str, id: &str, data: &[u8]) -> Message {
+    envelope(to).body(b"").signed_with(prefix, creds, |m| {
+        m.set_header("lgsp-space", id);
+        m.set_header("lgsp-digest", sha256(data));
+    })
 }
 
 /// Every file under `dir`, read whole.
@@ -99,15 +134,8 @@ async fn a_document_in_a_space_reaches_amqp_and_https_agencies_then_leaves_no_by
 
     // 3.5 MiB: four chunks, the last one short.
     let data = doc(3 * CHUNK + CHUNK / 2, 0x5a);
-    let a = post_json(
-        &gw,
-        &t_src,
-        "/v1/spaces",
-        serde_json::json!({"size": data.len(), "digest": sha256(&data)}),
-    )
-    .await;
-    assert_eq!(a.status, 201, "{}", a.body);
-    let id = a.body["id"].as_str().unwrap().to_owned();
+    let id = ask_space(&gw, &t_src, &data).await;
+    let a = get(&gw, &t_src, &format!("/v1/spaces/{id}")).await;
     assert_eq!(
         (a.body["chunks"].as_u64(), a.body["chunk_size"].as_u64()),
         (Some(4), Some(CHUNK as u64))
@@ -119,14 +147,7 @@ async fn a_document_in_a_space_reaches_amqp_and_https_agencies_then_leaves_no_by
         let a = put_chunk(&gw, &t_src, &id, n, &data).await;
         assert_eq!(a.status, 200, "{}", a.body);
     }
-    let a = http(
-        &gw,
-        "POST",
-        &format!("/v1/spaces/{id}/complete"),
-        &bearer(&t_src),
-        b"",
-    )
-    .await;
+    let a = complete(&gw, &t_src, &id).await;
     assert_eq!(a.status, 409, "{}", a.body);
     let a = get(&gw, &t_src, &format!("/v1/spaces/{id}")).await;
     assert_eq!(a.body["missing"], serde_json::json!([0, 2]), "{}", a.body);
@@ -149,14 +170,7 @@ async fn a_document_in_a_space_reaches_amqp_and_https_agencies_then_leaves_no_by
     for n in [0, 2, 2] {
         assert_eq!(put_chunk(&gw, &t_src, &id, n, &data).await.status, 200);
     }
-    let a = http(
-        &gw,
-        "POST",
-        &format!("/v1/spaces/{id}/complete"),
-        &bearer(&t_src),
-        b"",
-    )
-    .await;
+    let a = complete(&gw, &t_src, &id).await;
     assert_eq!(
         (a.status, &a.body["complete"]),
         (200, &serde_json::json!(true)),
@@ -373,14 +387,7 @@ async fn quotas_sizes_and_refused_bodies_leave_nothing_behind() {
     .await;
     let id = a.body["id"].as_str().unwrap().to_owned();
     assert_eq!(put_chunk(&gw, &token, &id, 0, &data).await.status, 200);
-    let a = http(
-        &gw,
-        "POST",
-        &format!("/v1/spaces/{id}/complete"),
-        &bearer(&token),
-        b"",
-    )
-    .await;
+    let a = complete(&gw, &token, &id).await;
     assert_eq!(
         (a.status, a.body["reason"].as_str()),
         (422, Some("digest-mismatch")),
@@ -536,14 +543,7 @@ async fn a_gigabyte_document_and_a_50_mb_inline_body_cross_in_bounded_memory() {
         assert_eq!(a.status, 200, "chunk {n}: {}", a.body);
     }
     eprintln!("1 GiB uploaded in {:?}", started.elapsed());
-    let a = http(
-        &gw,
-        "POST",
-        &format!("/v1/spaces/{id}/complete"),
-        &bearer(&t_src),
-        b"",
-    )
-    .await;
+    let a = complete(&gw, &t_src, &id).await;
     assert_eq!(a.status, 200, "{}", a.body);
     eprintln!("completed at {:?}", started.elapsed());
     let m = envelope("000.00.88.H41")
@@ -629,15 +629,7 @@ async fn two_instances_on_one_store_and_one_spaces_directory_serve_the_same_spac
 
     // Asked for and partly uploaded on one instance, finished on the other.
     let data = doc(2 * CHUNK + 17, 0x33);
-    let a1 = post_json(
-        &gw_a,
-        &t_src,
-        "/v1/spaces",
-        serde_json::json!({"size": data.len(), "digest": sha256(&data)}),
-    )
-    .await;
-    assert_eq!(a1.status, 201, "{}", a1.body);
-    let id = a1.body["id"].as_str().unwrap().to_owned();
+    let id = ask_space(&gw_a, &t_src, &data).await;
     assert_eq!(put_chunk(&gw_a, &t_src, &id, 0, &data).await.status, 200);
     let t_src_b = open(&gw_b, &src).await;
     let seen = get(&gw_b, &t_src_b, &format!("/v1/spaces/{id}")).await;
@@ -650,21 +642,8 @@ async fn two_instances_on_one_store_and_one_spaces_directory_serve_the_same_spac
     for n in [1, 2] {
         assert_eq!(put_chunk(&gw_b, &t_src_b, &id, n, &data).await.status, 200);
     }
-    let done = http(
-        &gw_a,
-        "POST",
-        &format!("/v1/spaces/{id}/complete"),
-        &bearer(&t_src),
-        b"",
-    )
-    .await;
-    assert_eq!(done.status, 200, "{}", done.body);
-    let m = envelope("000.00.92.H41")
-        .body(b"")
-        .signed_with(&a.prefix, &src, |m| {
-            m.set_header("lgsp-space", id.as_str());
-            m.set_header("lgsp-digest", sha256(&data));
-        });
+    assert_eq!(complete(&gw_a, &t_src, &id).await.status, 200);
+    let m = naming(&a.prefix, &src, "000.00.92.H41", &id, &data);
     assert_eq!(post(&gw_a, &t_src, &m).await.status, 202);
 
     // The destination, on the other instance, fetches it and confirms.
@@ -691,36 +670,9 @@ async fn the_reference_adapter_fetches_a_space_before_it_confirms_and_an_amqp_so
     let token = open(&gw, &src).await;
     let spaces_dir = hub.data.path().join("data").join("spaces");
     let data = doc(2 * CHUNK + CHUNK / 2, 0x77);
-    let a = post_json(
-        &gw,
-        &token,
-        "/v1/spaces",
-        serde_json::json!({"size": data.len(), "digest": sha256(&data)}),
-    )
-    .await;
-    let id = a.body["id"].as_str().unwrap().to_owned();
-    for n in 0..3 {
-        assert_eq!(put_chunk(&gw, &token, &id, n, &data).await.status, 200);
-    }
-    assert_eq!(
-        http(
-            &gw,
-            "POST",
-            &format!("/v1/spaces/{id}/complete"),
-            &bearer(&token),
-            b""
-        )
-        .await
-        .status,
-        200
-    );
+    let id = upload(&gw, &token, &data).await;
     // The envelope goes over AMQP.
-    let m = envelope("000.00.94.H41")
-        .body(b"")
-        .signed_with(&hub.prefix, &src, |m| {
-            m.set_header("lgsp-space", id.as_str());
-            m.set_header("lgsp-digest", sha256(&data));
-        });
+    let m = naming(&hub.prefix, &src, "000.00.94.H41", &id, &data);
     hub.client(&src).await.publish(&m).await.unwrap();
     hub.wait_depth("inbox.000.00.94.H41", 1).await;
 

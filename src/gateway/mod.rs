@@ -265,7 +265,8 @@ impl Gateway {
     info(
         title = "truc gateway",
         description = "The agencies' HTTPS API of the provincial integration axis (LGSP): \
-            sessions, sending, receiving, statuses and notices. Requests carry the signed \
+            sessions, sending, receiving, statuses, notices and upload spaces for large \
+            documents. Requests carry the signed \
             message of the wire contract (docs/PROTOCOL.md); docs/GATEWAY.md shows the whole \
             flow with curl."
     ),

@@ -75,6 +75,10 @@ pub(crate) struct EnvelopeFields {
     /// Rejections allowed per destination, 1–1000.
     #[param(rename = "lgsp-max-attempts")]
     max_attempts: Option<String>,
+    /// The upload space holding the document (32 lowercase hex digits);
+    /// the body is then empty and `lgsp-digest` is the document's.
+    #[param(rename = "lgsp-space")]
+    space: Option<String>,
 }
 
 /// The status message's own headers (PROTOCOL.md §3.4).

@@ -262,7 +262,7 @@ fn not_held(gw: &Gateway, key: &Key) -> Answer {
         ("message_id" = String, Path, description = "the delivery's Message-Id"),
     ),
     responses(
-        (status = 200, description = "the body, as the source sent it", content_type = "*/*", body = super::types::Bytes,
+        (status = 200, description = "the body, as the source sent it; empty when the document is in an upload space (lgsp-content-space: fetch it from /v1/spaces/{id}/content)", content_type = "*/*", body = super::types::Bytes,
             headers(
                 ("Message-Id" = String, description = "the delivery's message_id"),
                 ("Content-Type" = String, description = "the content type the source signed (absent when none)"),

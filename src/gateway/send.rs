@@ -29,17 +29,18 @@ use crate::state::registry::Entry;
 /// recorded, or refused.
 #[utoipa::path(post, path = "/v1/envelopes", operation_id = "sendEnvelope", tag = "send",
     params(super::Signed, super::EnvelopeFields),
-    request_body(content = String, content_type = "application/octet-stream", description = "the document; up to the policy's max_body_bytes"),
+    request_body(content = String, content_type = "application/octet-stream", description = "the document: empty when lgsp-space names the space holding it; up to the policy's max_body_bytes without Content-Length; with a Content-Length over inline_bytes, up to max_document_bytes, streamed by the hub into a space of the sender's"),
     responses(
         (status = 202, description = "accepted and recorded", body = Accepted),
         (status = 200, description = "a repeat of an accepted envelope; not delivered again", body = Accepted),
         (status = 400, description = "malformed or unsupported-version", body = Error),
         (status = 401, description = "no good session", body = Error),
         (status = 403, description = "forbidden (lgsp-from is not the session's agency, or it may not send)", body = Error),
-        (status = 413, description = "too-large (refused before the body is read when Content-Length is declared)", body = Error),
+        (status = 413, description = "too-large: over max_body_bytes, or over max_document_bytes for a body kept in a space (refused before the body is read when Content-Length is declared)", body = Error),
         (status = 422, description = "bad-signature, unknown-key, clock-skew, replay, digest-mismatch", body = Error),
         (status = 429, description = "rate-limited", body = Error),
         (status = 503, description = "the hub cannot take it now; send the same request again", body = Error),
+        (status = 507, description = "too-large: a large body would put the agency's spaces over its quota (bytes_per_agency)", body = Error),
     ),
     security(("session" = [])))]
 pub(super) async fn send(axum::extract::State(gw): Gs, headers: HeaderMap, body: Body) -> Answer {

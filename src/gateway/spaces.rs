@@ -64,6 +64,13 @@ pub(super) fn refused(e: SpaceError) -> Answer {
 }
 
 impl Gateway {
+    /// The agency whose session `headers` carry (a call that counts), and
+    /// the hub's upload spaces.
+    fn caller(&self, headers: &HeaderMap) -> Result<(AgencyCode, Spaces), Answer> {
+        let (entry, _) = self.session(headers)?;
+        Ok((entry.agency.code.clone(), self.spaces()?))
+    }
+
     /// The hub's upload spaces.
     fn spaces(&self) -> Result<Spaces, Answer> {
         self.hub.router.spaces().cloned().ok_or_else(|| {
@@ -146,42 +153,31 @@ fn unused_after_ms(gw: &Gateway) -> i64 {
         (status = 507, description = "over your agency's space quota (too-large): wait for your documents to be delivered", body = Error),
     ),
     security(("session" = [])))]
-pub(super) async fn create(axum::extract::State(gw): Gs, headers: HeaderMap, body: Body) -> Answer {
-    let (entry, _) = match gw.session(&headers) {
-        Ok(s) => s,
-        Err(a) => return a,
-    };
-    let spaces = match gw.spaces() {
-        Ok(s) => s,
-        Err(a) => return a,
-    };
-    let text = match request::body(&headers, body, 4096, gw.body_idle).await {
-        Ok(t) => t,
-        Err(a) => return a,
-    };
-    let asked: NewSpace = match serde_json::from_slice(&text) {
-        Ok(a) => a,
-        Err(e) => {
-            return Answer::bad_request(format!(
-                "the body must be {{\"size\": …, \"digest\": …}}: {e}"
-            ))
-        }
-    };
+pub(super) async fn create(
+    axum::extract::State(gw): Gs,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Answer, Answer> {
+    let (owner, spaces) = gw.caller(&headers)?;
+    let text = request::body(&headers, body, 4096, gw.body_idle).await?;
+    let asked: NewSpace = serde_json::from_slice(&text).map_err(|e| {
+        Answer::error(
+            StatusCode::BAD_REQUEST,
+            Some(Reason::Malformed),
+            format!("the body must be {{\"size\": …, \"digest\": …}}: {e}"),
+        )
+    })?;
     let policy = gw.hub.router.policies().spaces.clone();
     let unused = policy.unused_after.as_millis() as i64;
-    let owner = entry.agency.code.clone();
+    let who = owner.clone();
     let made = blocking(move || {
-        let space = spaces.create(&owner, asked.size, &asked.digest, false, &policy, now_ms())?;
+        let space = spaces.create(&who, asked.size, &asked.digest, false, &policy, now_ms())?;
         info(&spaces, &space, unused)
     })
-    .await;
-    match made {
-        Ok(i) => {
-            tracing::info!(agency = %entry.agency.code, space = %i.id, size = i.size, "upload space made");
-            Answer::of(StatusCode::CREATED, &i)
-        }
-        Err(e) => refused(e),
-    }
+    .await
+    .map_err(refused)?;
+    tracing::info!(agency = %owner, space = %made.id, size = made.size, "upload space made");
+    Ok(Answer::of(StatusCode::CREATED, &made))
 }
 
 /// Reads a space: which chunks are missing, whether it is complete.
@@ -198,27 +194,17 @@ pub(super) async fn show(
     axum::extract::State(gw): Gs,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Answer {
-    let (entry, _) = match gw.session(&headers) {
-        Ok(s) => s,
-        Err(a) => return a,
-    };
-    let spaces = match gw.spaces() {
-        Ok(s) => s,
-        Err(a) => return a,
-    };
+) -> Result<Answer, Answer> {
+    let (code, spaces) = gw.caller(&headers)?;
     let unused = unused_after_ms(&gw);
     let g = gw.clone();
-    let code = entry.agency.code.clone();
-    match blocking(move || {
+    let i = blocking(move || {
         let space = readable(&g, &spaces, &id, &code)?;
         info(&spaces, &space, unused)
     })
     .await
-    {
-        Ok(i) => Answer::of(StatusCode::OK, &i),
-        Err(e) => refused(e),
-    }
+    .map_err(refused)?;
+    Ok(Answer::of(StatusCode::OK, &i))
 }
 
 /// Uploads chunk `n` (from 0): exactly 1 MiB, the last one the rest. A
@@ -245,50 +231,33 @@ pub(super) async fn put_chunk(
     headers: HeaderMap,
     Path((id, n)): Path<(String, u32)>,
     body: Body,
-) -> Answer {
-    let (entry, _) = match gw.session(&headers) {
-        Ok(s) => s,
-        Err(a) => return a,
-    };
-    let spaces = match gw.spaces() {
-        Ok(s) => s,
-        Err(a) => return a,
-    };
-    let (s2, code, id2) = (spaces.clone(), entry.agency.code.clone(), id.clone());
-    let space = match blocking(move || s2.owned(&id2, &code)).await {
-        Ok(s) => s,
-        Err(e) => return refused(e),
-    };
+) -> Result<Answer, Answer> {
+    let (code, spaces) = gw.caller(&headers)?;
+    let s2 = spaces.clone();
+    let space = blocking(move || s2.owned(&id, &code))
+        .await
+        .map_err(refused)?;
     let Some(len) = space.chunk_len(n) else {
-        return refused(SpaceError::BadChunk(format!(
+        return Err(refused(SpaceError::BadChunk(format!(
             "chunk {n} is past the end: the space has chunks 0 to {}",
             space.chunks() - 1
-        )));
+        ))));
     };
-    let bytes = match request::body(&headers, body, u64::from(len), gw.body_idle).await {
-        Ok(b) => b,
-        Err(a) => return a,
-    };
+    let bytes = request::body(&headers, body, u64::from(len), gw.body_idle).await?;
     let got = bytes.len() as u64;
-    match blocking(move || {
+    let (received, chunks) = blocking(move || {
         spaces.put_chunk(&space, n, &bytes)?;
         Ok((spaces.received(&space)?.len() as u32, space.chunks()))
     })
     .await
-    {
-        Ok((received, chunks)) => {
-            crate::core::metrics::space_bytes_in(got);
-            Answer::of(
-                StatusCode::OK,
-                &ChunkStored {
-                    chunk: n,
-                    received,
-                    chunks,
-                },
-            )
-        }
-        Err(e) => refused(e),
-    }
+    .map_err(refused)?;
+    crate::core::metrics::space_bytes_in(got);
+    let stored = ChunkStored {
+        chunk: n,
+        received,
+        chunks,
+    };
+    Ok(Answer::of(StatusCode::OK, &stored))
 }
 
 /// Completes the space: every chunk must be there, and the whole document
@@ -308,27 +277,17 @@ pub(super) async fn complete(
     axum::extract::State(gw): Gs,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Answer {
-    let (entry, _) = match gw.session(&headers) {
-        Ok(s) => s,
-        Err(a) => return a,
-    };
-    let spaces = match gw.spaces() {
-        Ok(s) => s,
-        Err(a) => return a,
-    };
+) -> Result<Answer, Answer> {
+    let (code, spaces) = gw.caller(&headers)?;
     let unused = unused_after_ms(&gw);
-    let code = entry.agency.code.clone();
-    match blocking(move || {
+    let i = blocking(move || {
         let space = spaces.owned(&id, &code)?;
         let done = spaces.complete(&space)?;
         info(&spaces, &done, unused)
     })
     .await
-    {
-        Ok(i) => Answer::of(StatusCode::OK, &i),
-        Err(e) => refused(e),
-    }
+    .map_err(refused)?;
+    Ok(Answer::of(StatusCode::OK, &i))
 }
 
 /// Deletes a space no envelope uses (an upload given up). A space an
@@ -346,17 +305,9 @@ pub(super) async fn delete(
     axum::extract::State(gw): Gs,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Response {
-    let (entry, _) = match gw.session(&headers) {
-        Ok(s) => s,
-        Err(a) => return a.into_response(),
-    };
-    let spaces = match gw.spaces() {
-        Ok(s) => s,
-        Err(a) => return a.into_response(),
-    };
-    let code = entry.agency.code.clone();
-    match blocking(move || {
+) -> Result<Response, Answer> {
+    let (code, spaces) = gw.caller(&headers)?;
+    blocking(move || {
         let space = spaces.owned(&id, &code)?;
         if let Some(m) = &space.message_id {
             return Err(SpaceError::Bound(m.clone()));
@@ -364,10 +315,8 @@ pub(super) async fn delete(
         spaces.delete(&space)
     })
     .await
-    {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => refused(e).into_response(),
-    }
+    .map_err(refused)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// A byte range `[start, end)` of a document of `size` bytes from a
@@ -409,37 +358,37 @@ fn range(headers: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>, ()> {
     ),
     responses(
         (status = 200, description = "the whole document", content_type = "application/octet-stream", body = super::types::Bytes,
-            headers(("lgsp-digest" = String, description = "sha256=<hex> of the whole document"))),
+            headers(
+                ("Content-Length" = u64, description = "the document's size"),
+                ("Accept-Ranges" = String, description = "bytes"),
+                ("lgsp-digest" = String, description = "sha256=<hex> of the whole document"),
+            )),
         (status = 206, description = "the range asked for (Content-Range says which)", content_type = "application/octet-stream", body = super::types::Bytes,
             headers(
+                ("Content-Length" = u64, description = "the range's length"),
                 ("Content-Range" = String, description = "bytes <first>-<last>/<size>"),
                 ("lgsp-digest" = String, description = "sha256=<hex> of the whole document"),
             )),
         (status = 401, description = "no good session", body = Error),
         (status = 404, description = "no such space for you", body = Error),
         (status = 409, description = "not complete yet", body = Error),
-        (status = 416, description = "a range that cannot be served"),
+        (status = 416, description = "a range that cannot be served (several ranges, a unit other than bytes, reversed, or past the end); empty body",
+            headers(("Content-Range" = String, description = "bytes */<size>"))),
     ),
     security(("session" = [])))]
 pub(super) async fn content(
     axum::extract::State(gw): Gs,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Response {
-    let (entry, _) = match gw.session(&headers) {
-        Ok(s) => s,
-        Err(a) => return a.into_response(),
-    };
-    let spaces = match gw.spaces() {
-        Ok(s) => s,
-        Err(a) => return a.into_response(),
-    };
-    let (g, s2, code) = (gw.clone(), spaces.clone(), entry.agency.code.clone());
-    let space = match blocking(move || readable(&g, &s2, &id, &code)).await {
-        Ok(s) if s.complete => s,
-        Ok(_) => return refused(SpaceError::Incomplete).into_response(),
-        Err(e) => return refused(e).into_response(),
-    };
+) -> Result<Response, Answer> {
+    let (code, spaces) = gw.caller(&headers)?;
+    let (g, s2) = (gw.clone(), spaces.clone());
+    let space = blocking(move || readable(&g, &s2, &id, &code))
+        .await
+        .map_err(refused)?;
+    if !space.complete {
+        return Err(refused(SpaceError::Incomplete));
+    }
     let (status, start, end) = match range(&headers, space.size) {
         Ok(None) => (StatusCode::OK, 0, space.size),
         Ok(Some((s, e))) => (StatusCode::PARTIAL_CONTENT, s, e),
@@ -448,7 +397,7 @@ pub(super) async fn content(
             if let Ok(v) = HeaderValue::from_str(&format!("bytes */{}", space.size)) {
                 r.headers_mut().insert(header::CONTENT_RANGE, v);
             }
-            return r;
+            return Ok(r);
         }
     };
     let size = space.size;
@@ -499,7 +448,7 @@ pub(super) async fn content(
             h.insert(header::CONTENT_RANGE, v);
         }
     }
-    r
+    Ok(r)
 }
 
 #[cfg(test)]

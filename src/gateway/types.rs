@@ -197,6 +197,7 @@ pub(crate) struct NoticesAcked {
 #[serde(deny_unknown_fields)]
 pub(crate) struct NewSpace {
     /// The document's size in bytes, 1 to the policy's `max_document_bytes`.
+    #[schema(minimum = 1)]
     pub(crate) size: u64,
     /// `sha256=<64 lowercase hex>` of the document: the envelope's
     /// `lgsp-digest` later.

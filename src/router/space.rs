@@ -95,6 +95,17 @@ impl Router {
         };
         let from = &auth.signed.from;
         let mid = &auth.signed.message_id;
+        // Accepted before: a repeat, which the repeat step answers, even
+        // once its space was deleted after delivery.
+        match self.tracking.get(from, mid) {
+            Ok(Some(rec)) => {
+                fields.space = Some(id);
+                fields.space_size = Some(rec.size);
+                return Ok(());
+            }
+            Ok(None) => {}
+            Err(e) => return Err(Err(e.into())),
+        }
         let space = match spaces.usable(&id, from, mid) {
             Ok(s) => s,
             Err(e) => return Err(space_refusal(&id, from, e)),

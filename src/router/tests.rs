@@ -1439,4 +1439,12 @@ async fn an_envelope_naming_a_space_is_checked_bound_and_its_space_freed_when_de
     }
     assert!(spaces.get(&space.id).unwrap().is_none());
     assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());
+    // Sent again after its space is gone: a repeat, as always.
+    assert_eq!(
+        f.router
+            .handle(&inbound(in_space(&f, "M1", &space.id, &digest, b"")), &o)
+            .await
+            .unwrap(),
+        Outcome::Duplicate
+    );
 }

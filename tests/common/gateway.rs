@@ -5,8 +5,7 @@
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use truc::auth::{body_digest, Alg};
-use truc::client::{new_message_id, sign, Credentials};
+use truc::client::Credentials;
 use truc::message::Message;
 
 /// How long a test waits for an answer.
@@ -117,14 +116,7 @@ pub fn carried(m: &Message) -> Vec<(String, String)> {
 
 /// A signed session request of `creds` (routing key `session.<from>`, empty body).
 pub fn session_request(creds: &Credentials) -> Message {
-    let mut m = Message {
-        routing_key: format!("session.{}", creds.code),
-        message_id: Some(new_message_id()),
-        ..Message::default()
-    };
-    m.set_header("lgsp-digest", body_digest(b""));
-    sign(&mut m, creds, Alg::HmacSha256);
-    m
+    truc::client::session_message(creds)
 }
 
 /// A session request of `creds`, posted.

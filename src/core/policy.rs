@@ -91,7 +91,8 @@ struct IngressFile {
 struct SpacesSection {
     max_document_bytes: u64,
     bytes_per_agency: u64,
-    inline_bytes: u64,
+    /// Absent: 4 MiB, or `max_body_bytes` when that is smaller.
+    inline_bytes: Option<u64>,
     unused_after: String,
 }
 
@@ -101,7 +102,7 @@ impl Default for SpacesSection {
         Self {
             max_document_bytes: 1 << 30,
             bytes_per_agency: 4 << 30,
-            inline_bytes: 4 << 20,
+            inline_bytes: None,
             unused_after: "24h".into(),
         }
     }
@@ -435,7 +436,7 @@ impl Policies {
         let spaces = SpacesPolicy {
             max_document_bytes: sp.max_document_bytes,
             bytes_per_agency: sp.bytes_per_agency,
-            inline_bytes: sp.inline_bytes,
+            inline_bytes: sp.inline_bytes.unwrap_or((4 << 20).min(ing.max_body_bytes)),
             unused_after: cx.duration("spaces.unused_after", &sp.unused_after)?,
         };
         if spaces.max_document_bytes == 0 || spaces.max_document_bytes > 1 << 40 {
@@ -713,6 +714,29 @@ mod tests {
 
     fn c(s: &str) -> AgencyCode {
         AgencyCode::parse(s).unwrap()
+    }
+
+    #[test]
+    fn spaces_take_their_defaults_within_the_inline_limit() {
+        let p = Policies::default().spaces;
+        assert_eq!(
+            (p.max_document_bytes, p.bytes_per_agency, p.inline_bytes),
+            (1 << 30, 4 << 30, 4 << 20)
+        );
+        assert_eq!(p.unused_after, Duration::from_secs(86400));
+        // A smaller inline limit brings the default under it.
+        let small = "[ingress]\nmax_body_bytes = 1048576\n";
+        let p = Policies::from_toml(small, Path::new("p.toml"))
+            .unwrap()
+            .spaces;
+        assert_eq!(p.inline_bytes, 1 << 20);
+        // Said explicitly, it must fit.
+        let over = format!("{small}[spaces]\ninline_bytes = 2097152\n");
+        let e = Policies::from_toml(&over, Path::new("p.toml")).unwrap_err();
+        assert!(e.to_string().contains("spaces.inline_bytes"), "{e}");
+        let quota = "[ingress]\n[spaces]\nmax_document_bytes = 100\nbytes_per_agency = 10\n";
+        let e = Policies::from_toml(quota, Path::new("p.toml")).unwrap_err();
+        assert!(e.to_string().contains("spaces.bytes_per_agency"), "{e}");
     }
 
     #[test]

@@ -376,6 +376,22 @@ async fn quotas_sizes_and_refused_bodies_leave_nothing_behind() {
     assert_eq!(a.status, 204);
     assert_eq!(ask(5 << 20).await.status, 201);
 
+    // A chunk number that is not one: the same JSON error as any refusal.
+    let a = http(
+        &gw,
+        "PUT",
+        &format!("/v1/spaces/{id}/chunks/-1"),
+        &bearer(&token),
+        b"x",
+    )
+    .await;
+    assert_eq!(a.status, 400);
+    assert!(
+        a.body["error"].is_string(),
+        "{}",
+        String::from_utf8_lossy(&a.raw)
+    );
+
     // A document that does not match its digest is deleted at completion.
     let data = doc(1000, 1);
     let a = post_json(

@@ -324,12 +324,67 @@ fn routes() -> (Router<Arc<Gateway>>, utoipa::openapi::OpenApi) {
         .routes(routes!(spaces::content))
         .split_for_parts();
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    rate_limited(&mut doc);
     (router, doc)
+}
+
+/// Adds the `429` every call may get (its agency's call rate, [`Gateway::count_call`])
+/// to every operation of `doc`.
+fn rate_limited(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+    let answer = ResponseBuilder::new()
+        .description(
+            "rate-limited: over your agency's call rate; call again after Retry-After (seconds)",
+        )
+        .content(
+            "application/json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("Error")))
+                .build(),
+        )
+        .build();
+    for item in doc.paths.paths.values_mut() {
+        for op in [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            op.responses
+                .responses
+                .entry("429".to_owned())
+                .or_insert_with(|| RefOr::T(answer.clone()));
+        }
+    }
 }
 
 /// The OpenAPI document of the gateway (`GET /openapi.json`).
 pub(crate) fn openapi() -> utoipa::openapi::OpenApi {
     routes().1
+}
+
+/// Answers a request the framework refused before a handler ran (a path
+/// parameter that does not parse, say: plain text) with the gateway's JSON
+/// [`types::Error`], like every other answer.
+async fn json_errors(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let r = next.run(req).await;
+    let plain = r
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/plain"));
+    if !(plain && r.status().is_client_error()) {
+        return r;
+    }
+    let status = r.status();
+    let text = axum::body::to_bytes(r.into_body(), 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    Answer::error(status, None, text).into_response()
 }
 
 /// Counts and times each call by its route ([`crate::core::metrics::gateway_request`]).
@@ -381,6 +436,7 @@ pub(crate) async fn serve(
                 .route("/openapi.json", get(openapi_json))
                 .with_state(doc),
         )
+        .layer(axum::middleware::from_fn(json_errors))
         .layer(axum::middleware::from_fn(measure));
     crate::api::tls::serve_connections("gateway", app, listener, tls, header_timeout, shutdown)
         .await;

@@ -29,10 +29,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use truc::auth::{body_digest, Alg};
-use truc::client::{
-    envelope_message, new_message_id, sign, status_message, verify_hub_signature, Credentials,
-};
+use truc::auth::body_digest;
+use truc::client::{envelope_message, status_message, verify_hub_signature, Credentials};
 use truc::code::AgencyCode;
 use truc::envelope::Priority;
 use truc::message::Message;
@@ -396,6 +394,20 @@ fn request_head(
     r
 }
 
+/// What one call sends and how it reads the answer ([`Http::call`],
+/// [`Http::call_streamed`]).
+enum Exchange<'a> {
+    /// The whole request in one piece; the answer held.
+    Whole(&'a [u8]),
+    /// The head, then the body from where it is; a `2xx` answer's body
+    /// into `sink`.
+    Streamed {
+        head: &'a [u8],
+        body: &'a [u8],
+        sink: &'a mut (dyn FnMut(&[u8]) + Send),
+    },
+}
+
 /// Keep-alive connections to one address, opened as calls need them.
 pub struct Http {
     addr: String,
@@ -436,34 +448,7 @@ impl Http {
         body: &[u8],
     ) -> Result<Resp, String> {
         let req = request(method, path, &self.addr, headers, body);
-        let mut attempt = 0;
-        loop {
-            let reused = if attempt == 0 { self.take() } else { None };
-            let fresh = reused.is_none();
-            let mut conn = match reused {
-                Some(c) => c,
-                None => {
-                    self.opened.fetch_add(1, Ordering::Relaxed);
-                    Conn::connect(&self.addr)
-                        .await
-                        .map_err(|e| format!("connect {}: {e}", self.addr))?
-                }
-            };
-            match conn.exchange(&req).await {
-                Ok(r) => {
-                    let close = r.until_close
-                        || r.header("connection")
-                            .is_some_and(|c| c.eq_ignore_ascii_case("close"));
-                    if !close {
-                        conn.idle_since = Instant::now();
-                        lock(&self.idle).push(conn);
-                    }
-                    return Ok(r);
-                }
-                Err((_, false)) if !fresh && attempt == 0 => attempt += 1,
-                Err((e, _)) => return Err(format!("{method} {path}: {e}")),
-            }
-        }
+        self.on_conn(method, path, Exchange::Whole(&req)).await
     }
 
     /// [`Http::call`] for large bodies: the request's `body` is written
@@ -479,6 +464,24 @@ impl Http {
         sink: &mut (dyn FnMut(&[u8]) + Send),
     ) -> Result<Resp, String> {
         let head = request_head(method, path, &self.addr, headers, body.len());
+        let how = Exchange::Streamed {
+            head: &head,
+            body,
+            sink,
+        };
+        self.on_conn(method, path, how).await
+    }
+
+    /// Runs the exchange `how` on an idle connection, or a new one, and keeps the
+    /// connection for the next call unless the answer closes it. A
+    /// kept-alive connection that fails before any byte of an answer came
+    /// (the server had closed it) is replaced by a fresh one, once.
+    async fn on_conn(
+        &self,
+        method: &str,
+        path: &str,
+        mut how: Exchange<'_>,
+    ) -> Result<Resp, String> {
         let mut attempt = 0;
         loop {
             let reused = if attempt == 0 { self.take() } else { None };
@@ -492,7 +495,13 @@ impl Http {
                         .map_err(|e| format!("connect {}: {e}", self.addr))?
                 }
             };
-            match conn.exchange_streamed(&head, body, sink).await {
+            let answer = match &mut how {
+                Exchange::Whole(req) => conn.exchange(req).await,
+                Exchange::Streamed { head, body, sink } => {
+                    conn.exchange_streamed(head, body, &mut **sink).await
+                }
+            };
+            match answer {
                 Ok(r) => {
                     let close = r.until_close
                         || r.header("connection")
@@ -513,14 +522,7 @@ impl Http {
 /// The headers of `POST /v1/sessions` for `creds`: a signed session
 /// request (docs/GATEWAY.md).
 pub fn session_request(creds: &Credentials) -> Vec<(String, String)> {
-    let mut m = Message {
-        routing_key: format!("session.{}", creds.code),
-        message_id: Some(new_message_id()),
-        ..Message::default()
-    };
-    m.set_header("lgsp-digest", body_digest(b""));
-    sign(&mut m, creds, Alg::HmacSha256);
-    carried(&m)
+    carried(&truc::client::session_message(creds))
 }
 
 /// Opens a session for `creds` over `http` (no event stream, no mailbox):

@@ -181,9 +181,8 @@ impl Router {
             return Ok(0);
         };
         let policy = self.policies().spaces.clone();
-        let gone = spaces.sweep(&self.tracking, &policy, now)?;
-        let held = spaces.all()?;
-        crate::core::metrics::spaces_held(held.len(), held.iter().map(|s| s.size).sum());
+        let (gone, kept) = spaces.sweep(&self.tracking, &policy, now)?;
+        crate::core::metrics::spaces_held(kept.len(), kept.iter().map(|s| s.size).sum());
         for (space, why) in &gone {
             crate::core::metrics::space_deleted(why.as_str());
             tracing::info!(space = %space.id, owner = %space.owner, why = why.as_str(), "upload space deleted");

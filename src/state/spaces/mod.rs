@@ -425,38 +425,33 @@ impl Spaces {
         message_id: &str,
         now: i64,
     ) -> Result<Space, SpaceError> {
-        let space = self.owned(space_id, from)?;
-        if !space.complete {
-            return Err(SpaceError::Incomplete);
+        let space = self.usable(space_id, from, message_id)?;
+        if space.message_id.is_some() {
+            // Bound to this envelope already: a repeat.
+            return Ok(space);
         }
-        match &space.message_id {
-            Some(m) if m == message_id => Ok(space),
-            Some(m) => Err(SpaceError::Bound(m.clone())),
-            None => {
-                let mut bound = space.clone();
-                bound.message_id = Some(message_id.to_owned());
-                bound.bound_ms = Some(now);
-                let old = codec::encode(&space).map_err(StoreError::from)?;
-                let new = codec::encode(&bound).map_err(StoreError::from)?;
-                match self
-                    .store
-                    .meta()
-                    .compare_and_swap(key(space_id), Some(&old), Some(&new))?
-                {
-                    Ok(()) => {
-                        // The first space bound to the envelope stays its
-                        // own (a repeat over the gateway brings another).
-                        let _ = self.store.meta().compare_and_swap(
-                            of_key(from, message_id),
-                            None,
-                            Some(space_id.as_bytes()),
-                        )?;
-                        Ok(bound)
-                    }
-                    // Someone bound it meanwhile: judged again.
-                    Err(_) => self.bind(space_id, from, message_id, now),
-                }
+        let mut bound = space.clone();
+        bound.message_id = Some(message_id.to_owned());
+        bound.bound_ms = Some(now);
+        let old = codec::encode(&space).map_err(StoreError::from)?;
+        let new = codec::encode(&bound).map_err(StoreError::from)?;
+        match self
+            .store
+            .meta()
+            .compare_and_swap(key(space_id), Some(&old), Some(&new))?
+        {
+            Ok(()) => {
+                // The first space bound to the envelope stays its own (a
+                // repeat over the gateway brings another).
+                let _ = self.store.meta().compare_and_swap(
+                    of_key(from, message_id),
+                    None,
+                    Some(space_id.as_bytes()),
+                )?;
+                Ok(bound)
             }
+            // Someone bound it meanwhile: judged again.
+            Err(_) => self.bind(space_id, from, message_id, now),
         }
     }
 
@@ -537,19 +532,24 @@ impl Spaces {
     }
 
     /// Deletes every space that may go, and content with no record (left
-    /// by a crash between the two); what went, and why.
+    /// by a crash between the two): what went, and why; and the spaces
+    /// kept.
     pub fn sweep(
         &self,
         tracking: &Tracking,
         policy: &SpacesPolicy,
         now: i64,
-    ) -> Result<Vec<(Space, Gone)>, SpaceError> {
-        let mut gone = Vec::new();
+    ) -> Result<Swept, SpaceError> {
         let all = self.all()?;
-        for space in all.iter() {
-            if let Some(why) = self.may_go(space, tracking, policy, now)? {
-                self.delete(space)?;
-                gone.push((space.clone(), why));
+        let mut gone = Vec::new();
+        let mut kept = Vec::new();
+        for space in &all {
+            match self.may_go(space, tracking, policy, now)? {
+                Some(why) => {
+                    self.delete(space)?;
+                    gone.push((space.clone(), why));
+                }
+                None => kept.push(space.clone()),
             }
         }
         for id in self.dir.ids()? {
@@ -557,7 +557,7 @@ impl Spaces {
                 self.dir.remove(&id)?;
             }
         }
-        Ok(gone)
+        Ok((gone, kept))
     }
 
     /// A writer of a new space of the hub's, for a body of `size` bytes
@@ -581,6 +581,9 @@ impl Spaces {
         })
     }
 }
+
+/// What a sweep deleted (and why), and the spaces it kept.
+pub type Swept = (Vec<(Space, Gone)>, Vec<Space>);
 
 /// Writes a body into a space of the hub's, in order.
 pub struct Writer {
@@ -895,9 +898,15 @@ mod tests {
         f.spaces.bind(&orphan.id, &owner, "gone", t0 + 10).unwrap();
         // Content whose record a crash lost.
         std::fs::create_dir_all(f.content.join("0123456789abcdef0123456789abcdef")).unwrap();
-        assert!(f.spaces.sweep(&f.tracking, &p, t0 + 10).unwrap().is_empty());
+        assert!(f
+            .spaces
+            .sweep(&f.tracking, &p, t0 + 10)
+            .unwrap()
+            .0
+            .is_empty());
         assert!(!f.content.join("0123456789abcdef0123456789abcdef").exists());
-        let gone = f.spaces.sweep(&f.tracking, &p, t0 + hour + 20_000).unwrap();
+        let (gone, kept) = f.spaces.sweep(&f.tracking, &p, t0 + hour + 20_000).unwrap();
+        assert!(kept.is_empty());
         let mut why: Vec<_> = gone.iter().map(|(s, w)| (s.id.clone(), *w)).collect();
         why.sort();
         let mut want = vec![

@@ -195,6 +195,10 @@ async fn run(kind: Flood) -> Run {
                 .any(|n| n.notice == NoticeKind::Accepted && n.reference == flash),
             "{ns:?}"
         );
+        // The accepted notice may come before the delivery is in D's inbox
+        // (they are published together, PROTOCOL.md §5.3): the hub logs the
+        // envelope accepted once every publish of it was confirmed.
+        hub.wait_log(&["envelope accepted", &flash], 1).await;
         // The flash now waits in D's inbox, with whatever of the flood was routed.
         let waiting = hub.depth(&format!("inbox.{D}")).await;
         let t = tokio::spawn(consume(d, 16, seen.clone(), stop.clone()));

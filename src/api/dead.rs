@@ -1,41 +1,47 @@
 //! `/v1/dead…`: list, retry and drop dead letters, handled by
 //! [`crate::operator::dead`].
 //!
-//! Invariants: the token is checked first; retries and drops are audited by
+//! Invariants: the caller's permission is checked first; retries and drops are audited by
 //! the operator layer; an unknown `reason` is refused (400).
 
 use axum::extract::{Query, State};
-use axum::http::HeaderMap;
 use axum::Json;
 
+use crate::api::caller::require;
 use crate::api::types::{DeadBody, DeadFilter, DeadOutcome};
-use crate::api::{check_token, ApiError, Hs};
+use crate::api::{ApiError, Hs};
+use crate::core::role::Permission;
 use crate::operator::dead::{run, Action};
+use crate::operator::scope::Caller;
 
 pub(super) async fn list(
     State(hub): Hs,
-    h: HeaderMap,
+    caller: Caller,
     Query(f): Query<DeadFilter>,
 ) -> Result<Json<DeadOutcome>, ApiError> {
-    check_token(&hub, &h)?;
-    Ok(Json(run(&hub, &f, Action::List).await?))
+    require(&caller, Permission::ViewAll)?;
+    Ok(Json(run(&hub, &caller.name, &f, Action::List).await?))
 }
 
 pub(super) async fn retry(
     State(hub): Hs,
-    h: HeaderMap,
+    caller: Caller,
     Json(b): Json<DeadBody>,
 ) -> Result<Json<DeadOutcome>, ApiError> {
-    check_token(&hub, &h)?;
+    require(&caller, Permission::WorkQueues)?;
     let rate = b.rate.unwrap_or(10.0);
-    Ok(Json(run(&hub, &b.filter, Action::Retry { rate }).await?))
+    Ok(Json(
+        run(&hub, &caller.name, &b.filter, Action::Retry { rate }).await?,
+    ))
 }
 
 pub(super) async fn drop(
     State(hub): Hs,
-    h: HeaderMap,
+    caller: Caller,
     Json(b): Json<DeadBody>,
 ) -> Result<Json<DeadOutcome>, ApiError> {
-    check_token(&hub, &h)?;
-    Ok(Json(run(&hub, &b.filter, Action::Drop).await?))
+    require(&caller, Permission::WorkQueues)?;
+    Ok(Json(
+        run(&hub, &caller.name, &b.filter, Action::Drop).await?,
+    ))
 }

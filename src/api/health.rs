@@ -20,8 +20,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
+use crate::api::caller::{authenticate, require};
 use crate::api::types::{Health, HealthReason};
-use crate::api::{check_token, ApiError, Hs};
+use crate::api::{ApiError, Hs};
+use crate::core::role::Permission;
 use crate::core::time::{format_rfc3339, now_ms};
 use crate::operator::Hub;
 
@@ -101,7 +103,7 @@ pub(super) async fn healthz(State(hub): Hs) -> (StatusCode, Json<Health>) {
 
 pub(super) async fn metrics_text(State(hub): Hs, headers: HeaderMap) -> Result<String, ApiError> {
     if hub.config.metrics_token_required() {
-        check_token(&hub, &headers)?;
+        require(&authenticate(&hub, &headers)?, Permission::ViewAll)?;
     }
     Ok(prometheus().render())
 }

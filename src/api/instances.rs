@@ -3,23 +3,25 @@
 //! ([`crate::state::instances`]), with the one holding the leader lease
 //! marked ([`crate::state::lease`]).
 //!
-//! Invariants: the token is checked first; read-only but for the removal of
+//! Invariants: the caller's permission is checked first; read-only but for the removal of
 //! records gone for over an hour; an instance is marked leader only while
 //! the lease it holds has not expired.
 
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::Json;
 
+use crate::api::caller::require;
 use crate::api::types::InstanceView;
-use crate::api::{check_token, internal, unavailable, ApiError, Hs};
+use crate::api::{internal, unavailable, ApiError, Hs};
+use crate::core::role::Permission;
 use crate::core::time::{format_rfc3339, now_ms};
+use crate::operator::scope::Caller;
 
 pub(super) async fn list(
     State(hub): Hs,
-    h: HeaderMap,
+    caller: Caller,
 ) -> Result<Json<Vec<InstanceView>>, ApiError> {
-    check_token(&hub, &h)?;
+    require(&caller, Permission::ViewAll)?;
     let now = now_ms();
     let lease = crate::state::lease::current(&hub.store)
         .map_err(|e| {

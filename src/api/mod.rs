@@ -7,7 +7,11 @@
 //! Every body is a type of [`types`]; the work is done by
 //! [`crate::operator`].
 //!
-//! Invariants: every `/v1` handler checks the token first; no response ever
+//! Who calls is a [`caller::Caller`] extractor: the admin token or an
+//! account's API token, whose role ([`crate::core::role`]) decides what it
+//! may do and whose scope cuts what it sees.
+//!
+//! Invariants: every `/v1` handler checks its caller's permission first; no response ever
 //! carries a secret except those issuing one (`POST /v1/agencies`,
 //! `rotate-key`, `rotate-broker-password`, `import`); every error is `{"error": …}` with a status
 //! derived from the operator error, never from its text (503 when the
@@ -15,8 +19,10 @@
 //!
 //! May use: every layer beneath it.
 
+mod accounts;
 mod agencies;
 mod audit;
+pub(crate) mod caller;
 mod dead;
 mod envelopes;
 pub(crate) mod health;
@@ -30,11 +36,10 @@ pub mod types;
 
 use std::sync::Arc;
 
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::types::ErrorBody;
@@ -45,6 +50,7 @@ use crate::operator::presence::PresenceViewError;
 use crate::operator::queues::QueueError;
 use crate::operator::reporting::ReportingError;
 use crate::operator::Hub;
+use crate::state::accounts::AccountError;
 use crate::state::audit::AuditError;
 use crate::state::registry::RegistryError;
 
@@ -65,12 +71,12 @@ pub(crate) fn bad_request(msg: impl Into<String>) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, msg.into())
 }
 
-fn internal(e: impl std::fmt::Display) -> ApiError {
+pub(crate) fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
 }
 
 /// A failure that may pass: 503, which the CLI reports as "unreachable" (4).
-fn unavailable(e: impl std::fmt::Display) -> ApiError {
+pub(crate) fn unavailable(e: impl std::fmt::Display) -> ApiError {
     ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
 }
 
@@ -164,27 +170,25 @@ impl From<ReportingError> for ApiError {
     }
 }
 
-impl From<AuditError> for ApiError {
-    fn from(e: AuditError) -> Self {
-        internal(e)
+impl From<AccountError> for ApiError {
+    fn from(e: AccountError) -> Self {
+        let status = match &e {
+            AccountError::BadName(_) | AccountError::BadPassword | AccountError::BadAgency(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            AccountError::Exists(_) => StatusCode::CONFLICT,
+            AccountError::NotFound(_) => StatusCode::NOT_FOUND,
+            AccountError::BadLogin => StatusCode::FORBIDDEN,
+            AccountError::Store(_) if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
+            AccountError::Store(_) | AccountError::Hash(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(status, e.to_string())
     }
 }
 
-pub(crate) fn check_token(hub: &Hub, headers: &HeaderMap) -> Result<(), ApiError> {
-    let given = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    // An empty or short token never opens the API, whatever was configured.
-    let usable = hub.admin_token.len() >= crate::core::config::MIN_ADMIN_TOKEN_LEN;
-    if usable && bool::from(given.as_bytes().ct_eq(hub.admin_token.as_bytes())) {
-        Ok(())
-    } else {
-        Err(ApiError(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong admin token".into(),
-        ))
+impl From<AuditError> for ApiError {
+    fn from(e: AuditError) -> Self {
+        internal(e)
     }
 }
 
@@ -230,6 +234,12 @@ pub fn routes(hub: Arc<Hub>) -> Router {
         .route("/v1/store/stats", get(store::stats))
         .route("/v1/store/backup", get(store::backup))
         .route("/v1/instances", get(instances::list))
+        .route("/v1/whoami", get(accounts::whoami))
+        .route("/v1/accounts", get(accounts::list).post(accounts::add))
+        .route("/v1/accounts/{name}/disable", post(accounts::disable))
+        .route("/v1/accounts/{name}/enable", post(accounts::enable))
+        .route("/v1/accounts/{name}/password", post(accounts::password))
+        .route("/v1/accounts/{name}/tokens", post(accounts::token))
         .with_state(hub)
 }
 

@@ -6,10 +6,12 @@
 //! Invariants: field names are the wire contract (tests and adapters read
 //! them); JSON times are RFC 3339 (fields ending `_ms` are extra); no type
 //! carries a secret except [`Added`], [`Rotated`], [`BrokerIssued`] and
-//! [`Issued`].
+//! [`Issued`] and [`TokenIssued`].
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::core::role::Role;
+pub use crate::operator::accounts::{AccountView, TokenIssued, TokenView};
 pub use crate::operator::agency::{
     Added, AgencyView, BrokerIssued, DeletedQueue, KeyView, OldKey, RabbitDefinitions,
     RabbitPermission, RabbitTopicPermission, RabbitUser, Removed, Rotated,
@@ -28,6 +30,46 @@ pub use crate::state::audit::{Broken, EntryView as AuditEntry, VerifyReport};
 pub use crate::state::presence::HistoryEntry;
 pub use crate::state::registry::Issued;
 pub use crate::state::retention::{StoreStats, TreeStats};
+
+/// `POST /v1/accounts`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AddAccount {
+    /// Login name: 2-64 of `a-z 0-9 . _ -`.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// The agency of an `agency` account (its code).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agency: Option<String>,
+    /// Its first password (at least 12 characters).
+    pub password: String,
+}
+
+/// `POST /v1/accounts/{name}/password`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SetPassword {
+    /// The new password (at least 12 characters).
+    pub password: String,
+}
+
+/// `POST /v1/accounts/{name}/tokens`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct IssueToken {
+    /// What the token is for (`ops laptop`), shown in the account list.
+    #[serde(default)]
+    pub label: String,
+}
+
+/// `GET /v1/whoami`: the caller as the hub sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WhoAmI {
+    /// Account name (`@admin-token` for the configured admin token).
+    pub account: String,
+    /// Role.
+    pub role: Role,
+    /// The agency of an `agency` account.
+    pub agency: Option<String>,
+}
 
 /// Every error response: `{"error": …}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

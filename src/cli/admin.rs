@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::api::types::{AccountView, AddAccount, IssueToken, SetPassword, TokenIssued, WhoAmI};
 use crate::api::types::{
     AddAgency, Added, AgencyView, AuditEntry, BrokerIssued, DeadBody, DeadFilter, DeadOutcome,
     EnvelopeQuery, EnvelopeView, ErrorBody, FullReport, HistoryQuery, Import, InstanceView, Issued,
@@ -45,6 +46,13 @@ pub fn query_string(v: &Value) -> String {
         }
     }
     parts.join("&")
+}
+
+/// `s` percent-encoded for one path segment (an account name is checked
+/// by the hub; this keeps whatever was typed inside its segment).
+fn path_part(s: &str) -> String {
+    let q = query_string(&serde_json::json!({ "x": s }));
+    q.strip_prefix("x=").unwrap_or_default().to_owned()
 }
 
 /// `path?query` for the typed query `q`.
@@ -138,6 +146,56 @@ impl Admin {
     ) -> Result<T, CliError> {
         let body = serde_json::to_vec(body).unwrap_or_default();
         self.call("POST", path, Some(body)).await
+    }
+
+    /// `POST /v1/accounts`.
+    pub async fn add_account(&self, body: &AddAccount) -> Result<AccountView, CliError> {
+        self.post("/v1/accounts", body).await
+    }
+
+    /// `GET /v1/accounts`.
+    pub async fn accounts(&self) -> Result<Vec<AccountView>, CliError> {
+        self.get("/v1/accounts").await
+    }
+
+    /// `POST /v1/accounts/{name}/enable|disable`.
+    pub async fn set_account_enabled(
+        &self,
+        name: &str,
+        enabled: bool,
+    ) -> Result<AccountView, CliError> {
+        let verb = if enabled { "enable" } else { "disable" };
+        self.call(
+            "POST",
+            &format!("/v1/accounts/{}/{verb}", path_part(name)),
+            None,
+        )
+        .await
+    }
+
+    /// `POST /v1/accounts/{name}/password`.
+    pub async fn set_account_password(
+        &self,
+        name: &str,
+        body: &SetPassword,
+    ) -> Result<AccountView, CliError> {
+        self.post(&format!("/v1/accounts/{}/password", path_part(name)), body)
+            .await
+    }
+
+    /// `POST /v1/accounts/{name}/tokens`.
+    pub async fn issue_token(
+        &self,
+        name: &str,
+        body: &IssueToken,
+    ) -> Result<TokenIssued, CliError> {
+        self.post(&format!("/v1/accounts/{}/tokens", path_part(name)), body)
+            .await
+    }
+
+    /// `GET /v1/whoami`.
+    pub async fn whoami(&self) -> Result<WhoAmI, CliError> {
+        self.get("/v1/whoami").await
     }
 
     /// `POST /v1/agencies`.

@@ -18,6 +18,7 @@
 //!
 //! May use: every layer beneath it (notably [`crate::api::types`]).
 
+mod account;
 pub(crate) mod admin;
 mod agency;
 mod audit;
@@ -106,6 +107,9 @@ pub enum Command {
     /// Manage agencies.
     #[command(subcommand)]
     Agency(agency::AgencyCmd),
+    /// Operators' named accounts: add, list, disable, enable, passwd, token.
+    #[command(subcommand)]
+    Account(account::AccountCmd),
     /// Inspect envelopes.
     #[command(subcommand)]
     Envelope(envelope::EnvelopeCmd),
@@ -152,6 +156,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Serve(_) => Err(CliError::new(2, "serve is run by main")),
         Command::Agency(c) => agency::run(&cfg, c).await,
+        Command::Account(c) => account::run(&cfg, c).await,
         Command::Envelope(c) => envelope::run(&cfg, c).await,
         Command::Send(a) => send::run(&cfg, a).await,
         Command::Recv(a) => recv::run(&cfg, a).await,

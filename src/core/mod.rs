@@ -28,6 +28,7 @@ pub mod pem;
 pub mod policy;
 pub mod presence;
 pub mod reason;
+pub mod role;
 pub mod scheduler;
 pub mod secrets;
 pub mod skew;

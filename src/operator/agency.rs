@@ -157,15 +157,16 @@ pub struct Added {
     pub notify: String,
 }
 
-fn audit(hub: &Hub, action: &str, target: impl Into<String>, detail: impl Into<String>) {
+fn audit(hub: &Hub, by: &str, action: &str, target: impl Into<String>, detail: impl Into<String>) {
     hub.router
         .audit()
-        .record(AuditEvent::admin(action, target, detail));
+        .record(AuditEvent::admin(action, target, detail).by(by));
 }
 
 /// Registers `code` and declares its queues when the broker is there.
 pub async fn add(
     hub: &Hub,
+    by: &str,
     code: &str,
     name: &str,
     public_key_pem: Option<String>,
@@ -186,6 +187,7 @@ pub async fn add(
     tracing::info!(agency = %code, access_key = %issued.access_key, "agency registered");
     audit(
         hub,
+        by,
         "agency-add",
         code.to_string(),
         format!("access key {}", issued.access_key),
@@ -224,7 +226,12 @@ pub async fn show(hub: &Hub, code: &str) -> Result<AgencyView, AgencyError> {
 }
 
 /// Enables or disables `code`.
-pub fn set_enabled(hub: &Hub, code: &str, enabled: bool) -> Result<AgencyView, AgencyError> {
+pub fn set_enabled(
+    hub: &Hub,
+    by: &str,
+    code: &str,
+    enabled: bool,
+) -> Result<AgencyView, AgencyError> {
     let code = code_of(code)?;
     let a = hub.registry.set_enabled(&code, enabled)?;
     let action = if enabled {
@@ -232,7 +239,7 @@ pub fn set_enabled(hub: &Hub, code: &str, enabled: bool) -> Result<AgencyView, A
     } else {
         "agency-disable"
     };
-    audit(hub, action, code.to_string(), "");
+    audit(hub, by, action, code.to_string(), "");
     tracing::info!(agency = %code, enabled, "agency state changed");
     Ok(view(hub, &a))
 }
@@ -267,7 +274,12 @@ pub struct Rotated {
 }
 
 /// Issues a new key for `code`; older keys stay valid for `grace`.
-pub fn rotate_key(hub: &Hub, code: &str, grace: Duration) -> Result<Rotated, AgencyError> {
+pub fn rotate_key(
+    hub: &Hub,
+    by: &str,
+    code: &str,
+    grace: Duration,
+) -> Result<Rotated, AgencyError> {
     let code = code_of(code)?;
     let (issued, agency) = hub.registry.rotate_key(&code, grace)?;
     let old_keys = agency
@@ -281,6 +293,7 @@ pub fn rotate_key(hub: &Hub, code: &str, grace: Duration) -> Result<Rotated, Age
         .collect();
     audit(
         hub,
+        by,
         "rotate-key",
         code.to_string(),
         format!(
@@ -327,7 +340,7 @@ pub struct Removed {
 
 /// Removes `code` and deletes its queues; refused while the inbox holds
 /// messages unless `force`.
-pub async fn remove(hub: &Hub, code: &str, force: bool) -> Result<Removed, AgencyError> {
+pub async fn remove(hub: &Hub, by: &str, code: &str, force: bool) -> Result<Removed, AgencyError> {
     let code = code_of(code)?;
     if hub.registry.get(&code).is_none() {
         return Err(AgencyError::NotRegistered(code));
@@ -356,6 +369,7 @@ pub async fn remove(hub: &Hub, code: &str, force: bool) -> Result<Removed, Agenc
     }
     audit(
         hub,
+        by,
         "agency-remove",
         code.to_string(),
         format!("force={force}, inbox depth {depth}"),
@@ -370,7 +384,11 @@ pub async fn remove(hub: &Hub, code: &str, force: bool) -> Result<Removed, Agenc
 
 /// Registers every `(code, name)` row, or none; declares their queues when
 /// the broker is there.
-pub async fn import(hub: &Hub, rows: &[(String, String)]) -> Result<Vec<Issued>, AgencyError> {
+pub async fn import(
+    hub: &Hub,
+    by: &str,
+    rows: &[(String, String)],
+) -> Result<Vec<Issued>, AgencyError> {
     let issued = hub.registry.import(rows)?;
     if let Ok(link) = link(hub) {
         for i in &issued {
@@ -381,6 +399,7 @@ pub async fn import(hub: &Hub, rows: &[(String, String)]) -> Result<Vec<Issued>,
     }
     audit(
         hub,
+        by,
         "agency-import",
         format!("{} agencies", issued.len()),
         issued
@@ -542,11 +561,16 @@ pub fn definitions(hub: &Hub) -> Result<RabbitDefinitions, AgencyError> {
 
 /// Issues a new broker password for `code` (shown once); it takes effect
 /// when the definitions are exported and imported again.
-pub fn rotate_broker_password(hub: &Hub, code: &str) -> Result<BrokerIssued, AgencyError> {
+pub fn rotate_broker_password(
+    hub: &Hub,
+    by: &str,
+    code: &str,
+) -> Result<BrokerIssued, AgencyError> {
     let code = code_of(code)?;
     let issued = hub.registry.rotate_broker_password(&code)?;
     audit(
         hub,
+        by,
         "rotate-broker-password",
         code.to_string(),
         format!("broker user {}", issued.broker_user),

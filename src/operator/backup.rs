@@ -14,21 +14,24 @@ use crate::state::backup::{collect, BackupError, BackupKey};
 
 /// The sealed snapshot of `hub`'s store, recorded in the audit log.
 /// Blocking (reads every tree): run it off the async runtime.
-pub fn backup(hub: &Hub) -> Result<Vec<u8>, BackupError> {
+pub fn backup(hub: &Hub, by: &str) -> Result<Vec<u8>, BackupError> {
     let snapshot = collect(&hub.store)?;
     let key = BackupKey::from_master(hub.registry.master_key());
     let bytes = snapshot.encode(&key);
-    hub.router.audit().record(AuditEvent::admin(
-        "store-backup",
-        "store",
-        format!(
-            "{} entries in {} trees, {} bytes, generation {}, audit head {}",
-            snapshot.entries(),
-            snapshot.trees.len(),
-            bytes.len(),
-            snapshot.generation().unwrap_or(0),
-            snapshot.audit_head().map_or(0, |h| h.0)
-        ),
-    ));
+    hub.router.audit().record(
+        AuditEvent::admin(
+            "store-backup",
+            "store",
+            format!(
+                "{} entries in {} trees, {} bytes, generation {}, audit head {}",
+                snapshot.entries(),
+                snapshot.trees.len(),
+                bytes.len(),
+                snapshot.generation().unwrap_or(0),
+                snapshot.audit_head().map_or(0, |h| h.0)
+            ),
+        )
+        .by(by),
+    );
     Ok(bytes)
 }

@@ -284,7 +284,7 @@ pub fn republication(
 }
 
 /// Lists, retries or drops the dead letters selected by `f`.
-pub async fn run(hub: &Hub, f: &Filter, action: Action) -> Result<Outcome, DeadError> {
+pub async fn run(hub: &Hub, by: &str, f: &Filter, action: Action) -> Result<Outcome, DeadError> {
     if let Action::Retry { rate } = action {
         if !(rate > 0.0 && rate <= 1000.0) {
             return Err(DeadError::BadFilter(
@@ -338,11 +338,14 @@ pub async fn run(hub: &Hub, f: &Filter, action: Action) -> Result<Outcome, DeadE
                 match action {
                     Action::List => {}
                     Action::Drop => {
-                        hub.router.audit().record(AuditEvent::DeadDropped {
-                            queue: (*q).to_owned(),
-                            source: audit_source,
-                            message_id: mid,
-                        });
+                        hub.router.audit().record(
+                            AuditEvent::DeadDropped {
+                                queue: (*q).to_owned(),
+                                source: audit_source,
+                                message_id: mid,
+                            }
+                            .by(by),
+                        );
                         b.ack(g.inbound.delivery_tag).await?;
                     }
                     Action::Retry { .. } => {
@@ -358,12 +361,15 @@ pub async fn run(hub: &Hub, f: &Filter, action: Action) -> Result<Outcome, DeadE
                             next_at = tokio::time::Instant::now() + p;
                         }
                         link.publish(&m).await?;
-                        hub.router.audit().record(AuditEvent::DeadRetried {
-                            queue: (*q).to_owned(),
-                            source: audit_source,
-                            message_id: mid,
-                            target: format!("{} {}", m.exchange, m.routing_key),
-                        });
+                        hub.router.audit().record(
+                            AuditEvent::DeadRetried {
+                                queue: (*q).to_owned(),
+                                source: audit_source,
+                                message_id: mid,
+                                target: format!("{} {}", m.exchange, m.routing_key),
+                            }
+                            .by(by),
+                        );
                         b.ack(g.inbound.delivery_tag).await?;
                     }
                 }
@@ -383,16 +389,17 @@ pub async fn run(hub: &Hub, f: &Filter, action: Action) -> Result<Outcome, DeadE
     let target = format!("{:?}", f.queue).to_lowercase();
     match action {
         Action::List => {}
-        Action::Retry { rate } => hub.router.audit().record(AuditEvent::admin(
-            "dead-retry",
-            target,
-            format!("{} messages at {rate}/s", out.items.len()),
-        )),
-        Action::Drop => hub.router.audit().record(AuditEvent::admin(
-            "dead-drop",
-            target,
-            format!("{} messages", out.items.len()),
-        )),
+        Action::Retry { rate } => hub.router.audit().record(
+            AuditEvent::admin(
+                "dead-retry",
+                target,
+                format!("{} messages at {rate}/s", out.items.len()),
+            )
+            .by(by),
+        ),
+        Action::Drop => hub.router.audit().record(
+            AuditEvent::admin("dead-drop", target, format!("{} messages", out.items.len())).by(by),
+        ),
     }
     if action != Action::List {
         hub.store.durable().await.map_err(QueueError::from)?;

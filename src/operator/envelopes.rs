@@ -12,6 +12,7 @@ use crate::core::code::AgencyCode;
 use crate::core::reason::Reason;
 use crate::core::time::format_rfc3339;
 use crate::core::timeline::DeliveryState;
+use crate::operator::scope::Scope;
 use crate::operator::Hub;
 use crate::state::store::StoreError;
 use crate::state::tracking::{DestTrack, EnvelopeRecord, Event};
@@ -174,25 +175,37 @@ fn code_of(what: &str, text: &str) -> Result<AgencyCode, EnvelopeError> {
 
 /// The envelope `id` from `from`; without `from`, the one envelope with
 /// that id (refused when several sources sent one).
-pub fn show(hub: &Hub, from: Option<&str>, id: &str) -> Result<EnvelopeView, EnvelopeError> {
+pub fn show(
+    hub: &Hub,
+    scope: &Scope,
+    from: Option<&str>,
+    id: &str,
+) -> Result<EnvelopeView, EnvelopeError> {
     let tracking = hub.router.tracking();
     if let Some(from) = from {
         let from = code_of("from", from)?;
-        return match tracking.get(&from, id)? {
-            Some(r) => Ok(view(&r)),
+        return match tracking
+            .get(&from, id)?
+            .and_then(|r| scope.envelope(view(&r)))
+        {
+            Some(v) => Ok(v),
             None => Err(EnvelopeError::NotFound {
                 from: Some(from),
                 id: id.to_owned(),
             }),
         };
     }
-    let mut found = tracking.list(usize::MAX, |r| r.message_id == id)?;
+    let mut found: Vec<EnvelopeView> = tracking
+        .list(usize::MAX, |r| r.message_id == id)?
+        .iter()
+        .filter_map(|r| scope.envelope(view(r)))
+        .collect();
     match found.len() {
         0 => Err(EnvelopeError::NotFound {
             from: None,
             id: id.to_owned(),
         }),
-        1 => Ok(view(&found.remove(0))),
+        1 => Ok(found.remove(0)),
         _ => {
             let mut sources: Vec<AgencyCode> = found.into_iter().map(|r| r.from).collect();
             sources.sort();
@@ -223,7 +236,7 @@ pub struct Selection {
 }
 
 /// The envelopes selected by `s`, newest first.
-pub fn list(hub: &Hub, s: &Selection) -> Result<Vec<EnvelopeView>, EnvelopeError> {
+pub fn list(hub: &Hub, scope: &Scope, s: &Selection) -> Result<Vec<EnvelopeView>, EnvelopeError> {
     let from = s.from.as_deref().map(|c| code_of("from", c)).transpose()?;
     let to = s.to.as_deref().map(|c| code_of("to", c)).transpose()?;
     let state = match s.state.as_deref() {
@@ -236,14 +249,19 @@ pub fn list(hub: &Hub, s: &Selection) -> Result<Vec<EnvelopeView>, EnvelopeError
         })?),
     };
     let recs = hub.router.tracking().list(s.limit, |r| {
+        // A destination's scope judges its own timeline only.
+        let seen = |d: &&DestTrack| scope.sees(&r.from) || scope.sees(&d.code);
         from.as_ref().is_none_or(|f| &r.from == f)
             && s.since_ms.is_none_or(|t| r.accepted_at_ms >= t)
             && s.until_ms.is_none_or(|t| r.accepted_at_ms < t)
-            && r.dests.iter().any(|d| {
+            && r.dests.iter().filter(seen).any(|d| {
                 to.as_ref().is_none_or(|t| &d.code == t) && state.is_none_or(|st| d.state == st)
             })
     })?;
-    Ok(recs.iter().map(view).collect())
+    Ok(recs
+        .iter()
+        .filter_map(|r| scope.envelope(view(r)))
+        .collect())
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use crate::broker::LinkSlot;
 use crate::core::config::Config;
 use crate::core::topology::Topology;
 use crate::router::Router;
+use crate::state::accounts::AccountBook;
 use crate::state::instances::InstanceBook;
 use crate::state::lease::{Lease, Role};
 use crate::state::presence::PresenceBook;
@@ -29,8 +30,11 @@ pub struct Hub {
     pub router: Arc<Router>,
     /// Current broker link.
     pub link: LinkSlot,
-    /// Admin bearer token.
+    /// Admin bearer token (the break-glass credential, acting as
+    /// [`crate::operator::accounts::ADMIN_TOKEN_ACCOUNT`]).
     pub admin_token: String,
+    /// Operator accounts.
+    pub accounts: AccountBook,
     /// Presence states and connection history.
     pub presence: PresenceBook,
     /// This instance's id.

@@ -356,7 +356,7 @@ pub struct PurgeReport {
 /// `destination-disabled` when the agency is disabled, else
 /// `rejected-by-destination` (the operator refuses on the destination's
 /// behalf); the detail says it was purged by the operator.
-pub async fn purge(hub: &Hub, code: &AgencyCode) -> Result<PurgeReport, QueueError> {
+pub async fn purge(hub: &Hub, by: &str, code: &AgencyCode) -> Result<PurgeReport, QueueError> {
     let entry = hub
         .registry
         .get(code)
@@ -419,12 +419,15 @@ pub async fn purge(hub: &Hub, code: &AgencyCode) -> Result<PurgeReport, QueueErr
                 }
                 None => report.without_source += 1,
             }
-            hub.router.audit().record(AuditEvent::Purged {
-                dest: code.to_string(),
-                source: source.map(|s| s.to_string()).unwrap_or_default(),
-                message_id: mid.clone(),
-                reason: reason.to_string(),
-            });
+            hub.router.audit().record(
+                AuditEvent::Purged {
+                    dest: code.to_string(),
+                    source: source.map(|s| s.to_string()).unwrap_or_default(),
+                    message_id: mid.clone(),
+                    reason: reason.to_string(),
+                }
+                .by(by),
+            );
             pending.push(g.inbound.delivery_tag);
             if pending.len() >= PURGE_BATCH {
                 report.purged += settle(hub, &b, &mut pending).await?;
@@ -436,11 +439,14 @@ pub async fn purge(hub: &Hub, code: &AgencyCode) -> Result<PurgeReport, QueueErr
     .await;
     b.close().await;
     if res.is_ok() {
-        hub.router.audit().record(AuditEvent::admin(
-            "queue-purge",
-            code.to_string(),
-            format!("{} envelopes, reason {}", report.purged, report.reason),
-        ));
+        hub.router.audit().record(
+            AuditEvent::admin(
+                "queue-purge",
+                code.to_string(),
+                format!("{} envelopes, reason {}", report.purged, report.reason),
+            )
+            .by(by),
+        );
     }
     crate::core::metrics::operator_action("purge", report.purged as usize);
     tracing::info!(agency = %code, purged = report.purged, notices = report.notices, "inbox purged by operator");

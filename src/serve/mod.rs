@@ -198,6 +198,12 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
     let admin_token = config
         .resolve_admin_token(true)
         .map_err(|e| ServiceError::AdminToken(e.to_string()))?;
+    if admin_token.starts_with(crate::state::accounts::TOKEN_PREFIX) {
+        return Err(ServiceError::AdminToken(
+            "admin_token (or TRUC_ADMIN_TOKEN) is an account's API token, not the hub's admin token"
+                .into(),
+        ));
+    }
     config.secure_data_dir().map_err(ServiceError::DataDir)?;
     let router = Arc::new(Router::new(
         store.clone(),
@@ -217,6 +223,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
         router,
         link: link_rx,
         admin_token,
+        accounts: crate::state::accounts::AccountBook::new(store.clone()),
         instance_id: leadership.id().to_owned(),
         lease: leadership.lease.clone(),
         role,

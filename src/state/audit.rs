@@ -210,6 +210,15 @@ pub enum AuditEvent {
         /// The checkpoints found before the restore, given up by it.
         superseded: Vec<String>,
     },
+    /// What an operator did through the admin API or the console: the
+    /// event, and the account that caused it (`@admin-token` for the
+    /// configured admin token).
+    By {
+        /// The account.
+        account: String,
+        /// What happened.
+        event: Box<AuditEvent>,
+    },
 }
 
 /// One quarantined message as kept in a [`AuditEvent::QuarantineSummary`].
@@ -236,6 +245,23 @@ impl AuditEvent {
             Self::QuarantineSummary { .. } => "quarantine-summary",
             Self::StoreLossAccepted { .. } => "store-loss-accepted",
             Self::StoreRestored { .. } => "store-restored",
+            Self::By { event, .. } => event.kind(),
+        }
+    }
+
+    /// This event, as done by `account`.
+    pub fn by(self, account: &str) -> Self {
+        Self::By {
+            account: account.to_owned(),
+            event: Box::new(self),
+        }
+    }
+
+    /// The account that caused it, if an operator did.
+    pub fn account(&self) -> Option<&str> {
+        match self {
+            Self::By { account, .. } => Some(account),
+            _ => None,
         }
     }
 
@@ -966,12 +992,19 @@ fn view(seq: u64, v: &[u8]) -> EntryView {
     let Ok(entry) = codec::decode::<Entry>(&sealed.body) else {
         return bad("entry body does not decode");
     };
-    let fields = match serde_json::to_value(&entry.event) {
-        Ok(serde_json::Value::Object(mut m)) => m
-            .remove(entry.event.kind())
-            .unwrap_or(serde_json::Value::Null),
+    let (event, account) = match &entry.event {
+        AuditEvent::By { account, event } => (&**event, Some(account)),
+        other => (other, None),
+    };
+    let mut fields = match serde_json::to_value(event) {
+        Ok(serde_json::Value::Object(mut m)) => {
+            m.remove(event.kind()).unwrap_or(serde_json::Value::Null)
+        }
         _ => serde_json::Value::Null,
     };
+    if let (Some(a), serde_json::Value::Object(m)) = (account, &mut fields) {
+        m.insert("account".into(), serde_json::Value::String(a.clone()));
+    }
     EntryView {
         seq,
         at: format_rfc3339(entry.at_ms),
@@ -1122,6 +1155,22 @@ mod tests {
         // The stored head is the newest entry, whoever wrote last.
         let head = seq_hash(&store.meta().get(HEAD_KEY).unwrap().unwrap()).unwrap();
         assert_eq!(head.0, 30);
+    }
+
+    #[test]
+    fn an_operators_event_names_the_account() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = Audit::new(Store::open(dir.path()).unwrap());
+        audit
+            .append(AuditEvent::admin("agency-disable", "000.00.31.H37", "").by("lan"))
+            .unwrap();
+        audit.append(ev(1)).unwrap();
+        let tail = audit.tail(2, None).unwrap();
+        assert_eq!(tail[0].kind, "admin");
+        assert_eq!(tail[0].fields["action"], "agency-disable");
+        assert_eq!(tail[0].fields["account"], "lan");
+        assert!(tail[1].fields.get("account").is_none());
+        assert!(audit.verify().unwrap().ok);
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! [`codec`] and every key of several fields through [`keys`]; nothing here
 //! holds message content.
 
+pub mod accounts;
 pub mod audit;
 pub mod backup;
 pub mod codec;

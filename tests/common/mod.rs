@@ -455,11 +455,21 @@ impl TestHub {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> (u16, serde_json::Value) {
+        self.api_as(&self.token, method, path, body).await
+    }
+
+    /// Calls the admin API with bearer token `token`.
+    pub async fn api_as(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
         let body = body.map(|b| serde_json::to_vec(&b).unwrap());
-        let r =
-            truc::cli::http::request(&self.admin_addr, method, path, &self.token, body.as_deref())
-                .await
-                .unwrap();
+        let r = truc::cli::http::request(&self.admin_addr, method, path, token, body.as_deref())
+            .await
+            .unwrap();
         (
             r.status,
             serde_json::from_slice(&r.body).unwrap_or_default(),
@@ -553,8 +563,33 @@ impl TestHub {
 
     /// Runs a `truc` CLI command against this hub with admin token `token`.
     pub fn cli_with_token(&self, token: &str, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_truc"))
-            .args(args)
+        self.cli_command(token, args).output().unwrap()
+    }
+
+    /// Runs a `truc` CLI command with admin token `token` and `input` on
+    /// its standard input.
+    pub fn cli_with_input(&self, token: &str, args: &[&str], input: &str) -> Output {
+        use std::io::Write;
+        let mut child = self
+            .cli_command(token, args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    /// The `truc` CLI command against this hub, with admin token `token`.
+    fn cli_command(&self, token: &str, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_truc"));
+        c.args(args)
             .env(
                 "TRUC_AMQP_URL",
                 self.hub_amqp_url.clone().unwrap_or_else(amqp_url),
@@ -568,9 +603,8 @@ impl TestHub {
                 "TRUC_MASTER_KEY",
                 self.master_key.clone().unwrap_or_default(),
             )
-            .env_remove("TRUC_CONFIG")
-            .output()
-            .unwrap()
+            .env_remove("TRUC_CONFIG");
+        c
     }
 
     /// The timeline record of envelope `id` from `from` (`GET /v1/envelopes`).

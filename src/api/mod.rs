@@ -23,6 +23,7 @@ mod accounts;
 mod agencies;
 mod audit;
 pub(crate) mod caller;
+mod console;
 mod dead;
 mod envelopes;
 pub(crate) mod health;
@@ -186,6 +187,16 @@ impl From<AccountError> for ApiError {
     }
 }
 
+impl From<crate::operator::overview::OverviewError> for ApiError {
+    fn from(e: crate::operator::overview::OverviewError) -> Self {
+        if e.is_retryable() {
+            unavailable(e)
+        } else {
+            internal(e)
+        }
+    }
+}
+
 impl From<AuditError> for ApiError {
     fn from(e: AuditError) -> Self {
         internal(e)
@@ -235,6 +246,7 @@ pub fn routes(hub: Arc<Hub>) -> Router {
         .route("/v1/store/backup", get(store::backup))
         .route("/v1/instances", get(instances::list))
         .route("/v1/whoami", get(accounts::whoami))
+        .merge(console::routes())
         .route("/v1/accounts", get(accounts::list).post(accounts::add))
         .route("/v1/accounts/{name}/disable", post(accounts::disable))
         .route("/v1/accounts/{name}/enable", post(accounts::enable))

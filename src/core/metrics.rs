@@ -202,6 +202,13 @@ pub fn operator_action(action: &'static str, n: usize) {
     metrics::counter!("truc_operator_messages_total", "action" => action).increment(n as u64);
 }
 
+/// A console login succeeded (`ok`) or was refused (wrong password, or a
+/// locked account name).
+pub fn console_login(ok: bool) {
+    let outcome = if ok { "ok" } else { "refused" };
+    metrics::counter!("truc_console_logins_total", "outcome" => outcome).increment(1);
+}
+
 /// A frame from the broker that lapin could not have parsed was rewritten
 /// (`what`: `properties` or `routing-key`).
 pub fn malformed_frame(what: &'static str) {

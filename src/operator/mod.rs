@@ -20,6 +20,7 @@ pub mod dead;
 pub mod envelopes;
 mod hub;
 pub use hub::Hub;
+pub mod overview;
 pub mod presence;
 pub mod queues;
 pub mod report;

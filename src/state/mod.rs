@@ -24,6 +24,7 @@ pub mod instances;
 pub mod integrity;
 pub mod keys;
 pub mod lease;
+pub mod logins;
 pub mod pg;
 pub mod presence;
 pub mod registry;

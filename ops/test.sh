@@ -11,8 +11,10 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 
 # tests/tls.rs makes certificates with the openssl command; tests/gateway_client.rs
-# runs a Python 3 client of the gateway (standard library only).
-for need in openssl:openssl python3:python3; do
+# runs a Python 3 client of the gateway (standard library only);
+# tests/console_browser.rs drives the web console in Debian's chromium with
+# playwright-core (Node.js).
+for need in openssl:openssl python3:python3 node:nodejs npm:npm chromium:chromium; do
     cmd=${need%%:*} pkg=${need#*:}
     command -v "$cmd" >/dev/null 2>&1 && continue
     if [[ "$(id -u)" -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
@@ -23,6 +25,13 @@ for need in openssl:openssl python3:python3; do
         exit 1
     fi
 done
+
+# playwright-core for the browser tests, at the version package-lock.json pins
+# (it drives the chromium above; it downloads no browser).
+if [[ ! -d tests/browser/node_modules/playwright-core ]] \
+    || [[ tests/browser/package-lock.json -nt tests/browser/node_modules ]]; then
+    npm ci --prefix tests/browser --no-audit --no-fund
+fi
 
 bash ops/ensure-broker.sh
 # The store's conformance suite and the shared-store tests run on PostgreSQL

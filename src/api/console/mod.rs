@@ -95,7 +95,7 @@ async fn harden(mut r: Response) -> Response {
         ),
         ("x-frame-options", "DENY"),
         ("x-content-type-options", "nosniff"),
-        ("referrer-policy", "no-referrer"),
+        ("referrer-policy", "same-origin"),
         ("cache-control", "no-store"),
     ] {
         h.insert(k, HeaderValue::from_static(v));

@@ -39,6 +39,9 @@ pub(super) async fn page(State(hub): Hs, v: Viewer) -> Response {
             div.card { b.ok { (o.online) } span { (v.t("trực tuyến", "online")) } }
             div.card { b class=[(o.offline > 0).then_some("warn")] { (o.offline) } span { (v.t("ngoại tuyến", "offline")) } }
             div.card { b.muted { (o.disabled) } span { (v.t("đã khóa", "disabled")) } }
+            @if o.unknown > 0 {
+                div.card { b.muted { (o.unknown) } span { (v.t("chưa thấy kết nối", "not seen yet")) } }
+            }
             @if let Some(rows) = &o.inboxes {
                 div.card { b { (num(rows.iter().map(|r| u64::from(r.messages.unwrap_or(0))).sum())) } span { (v.t("văn bản chờ trong hộp thư", "messages waiting in inboxes")) } }
             }

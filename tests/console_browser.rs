@@ -46,7 +46,7 @@ async fn each_role_in_a_real_browser() {
     refused.extra.push(("lgsp-max-attempts".into(), "1".into()));
     let dead_id = source.send(&refused).await.unwrap();
     {
-        let mut dest = hub.client(&b).await;
+        let dest = hub.client(&b).await;
         let mut inbox = dest.inbox(4).await.unwrap();
         let got = next_within(&mut inbox, Duration::from_secs(10))
             .await

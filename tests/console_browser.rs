@@ -35,7 +35,18 @@ async fn each_role_in_a_real_browser() {
         Path::new(&chromium).exists() && root.join("tests/browser/node_modules/playwright-core").exists(),
         "the browser tests need {chromium} and tests/browser/node_modules: run ops/test.sh, which installs them (apt-get install chromium nodejs npm; npm ci --prefix tests/browser)"
     );
-    let mut hub = TestHub::start().await;
+    // Alerts evaluated quickly, to a webhook nobody reads: an agency that
+    // never connects is an open alert on the pages.
+    let alerts = common::alerts::policy("http://127.0.0.1:1/", "127.0.0.1:1")
+        .replace("smtp = \"127.0.0.1:1\"", "smtp = \"\"");
+    let mut hub = TestHub::start_with_policies(&[
+        ("alerts.toml", &alerts),
+        (
+            "presence.toml",
+            "[presence]\nheartbeat_window = \"3s\"\npoll_interval = \"1s\"\nreturn_on_bounce = false\n",
+        ),
+    ])
+    .await;
     let a = hub.register("H37.BR.001").await;
     let b = hub.register("H37.BR.002").await;
     hub.register("H37.BR.003").await;
@@ -66,6 +77,21 @@ async fn each_role_in_a_real_browser() {
         .unwrap();
     for id in [&to_b, &other] {
         hub.wait_log(&["envelope accepted", id], 1).await;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, v) = hub.api("GET", "/v1/alerts", None).await;
+        if v["open"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x["key"] == "agency-offline:H37.BR.003"))
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no offline alert: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     add_account(&hub, "quan-tri", "admin", None);
     add_account(&hub, "van-hanh", "operator", None);

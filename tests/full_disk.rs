@@ -3,8 +3,9 @@
 //! is room the hub resumes by itself (no restart), every envelope is
 //! delivered (exactly once after the destination's dedupe by message id),
 //! none is refused `clock-skew` though the outage outlasts the skew, the
-//! audit log holds every accept and still verifies, and the log said it once
-//! rather than once per failed message.
+//! audit log holds every accept and still verifies, the log said it once
+//! rather than once per failed message, and the `store` alert fired once and
+//! resolved.
 //!
 //! Needs root (it mounts a tmpfs for the hub's data directory, unmounted on
 //! `Drop`, after the hub is stopped, even when the test panics).
@@ -112,6 +113,14 @@ async fn a_full_disk_stalls_then_resumes_by_itself_losing_nothing() {
     assert!(policy.contains("clock_skew = \"5s\""), "policy edited");
     let mut hub = TestHub::unstarted(Some(&policy));
     std::os::unix::fs::symlink(fs.path(), hub.data.path().join("data")).unwrap();
+    // The store alert goes to a local webhook (no email relay: port 1).
+    let (hook_url, hooks, hook_task) = common::alerts::webhook().await;
+    std::fs::write(
+        hub.policies.join("alerts.toml"),
+        common::alerts::policy(&hook_url, "127.0.0.1:1")
+            .replace("smtp = \"127.0.0.1:1\"", "smtp = \"\""),
+    )
+    .unwrap();
     hub.spawn().await;
     let src = hub.register("000.00.31.H41").await;
     let dst = hub.register("000.00.32.H41").await;
@@ -214,6 +223,8 @@ async fn a_full_disk_stalls_then_resumes_by_itself_losing_nothing() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
+    hooks.wait("ALERT", "store:store", || hub.log()).await;
+
     // Room again: the hub resumes by itself.
     std::fs::remove_file(&filler).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -231,6 +242,9 @@ async fn a_full_disk_stalls_then_resumes_by_itself_losing_nothing() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    hooks.wait("RESOLVED", "store:store", || hub.log()).await;
+    assert_eq!(hooks.about("ALERT", "store:store"), 1, "{:#?}", hooks.all());
+    hook_task.abort();
 
     // Every envelope delivered; repeats (lgsp-attempt 2) only of ones whose
     // first delivery went out before the store failed them.

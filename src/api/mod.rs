@@ -21,6 +21,7 @@
 
 mod accounts;
 mod agencies;
+mod alerts;
 mod audit;
 pub(crate) mod caller;
 mod console;
@@ -197,6 +198,16 @@ impl From<crate::operator::overview::OverviewError> for ApiError {
     }
 }
 
+impl From<crate::state::store::StoreError> for ApiError {
+    fn from(e: crate::state::store::StoreError) -> Self {
+        if e.is_retryable() {
+            unavailable(e)
+        } else {
+            internal(e)
+        }
+    }
+}
+
 impl From<AuditError> for ApiError {
     fn from(e: AuditError) -> Self {
         internal(e)
@@ -246,6 +257,7 @@ pub fn routes(hub: Arc<Hub>) -> Router {
         .route("/v1/store/backup", get(store::backup))
         .route("/v1/instances", get(instances::list))
         .route("/v1/whoami", get(accounts::whoami))
+        .route("/v1/alerts", get(alerts::list))
         .merge(console::routes())
         .route("/v1/accounts", get(accounts::list).post(accounts::add))
         .route("/v1/accounts/{name}/disable", post(accounts::disable))

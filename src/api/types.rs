@@ -10,6 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::core::alerting::{Alert, Rule as AlertRule};
 pub use crate::core::role::Role;
 pub use crate::operator::accounts::{AccountView, TokenIssued, TokenView};
 pub use crate::operator::agency::{
@@ -30,6 +31,15 @@ pub use crate::state::audit::{Broken, EntryView as AuditEntry, VerifyReport};
 pub use crate::state::presence::HistoryEntry;
 pub use crate::state::registry::Issued;
 pub use crate::state::retention::{StoreStats, TreeStats};
+
+/// `GET /v1/alerts`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AlertsView {
+    /// Open now, by key.
+    pub open: Vec<Alert>,
+    /// Resolved in the last 7 days, newest first.
+    pub resolved: Vec<Alert>,
+}
 
 /// `POST /v1/accounts`.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -202,6 +202,21 @@ pub fn operator_action(action: &'static str, n: usize) {
     metrics::counter!("truc_operator_messages_total", "action" => action).increment(n as u64);
 }
 
+/// An alert notification was sent (`ok`) or failed, on `channel`
+/// (`webhook`, `email`).
+pub fn alert_notification(channel: &'static str, ok: bool) {
+    let outcome = if ok { "sent" } else { "failed" };
+    metrics::counter!("truc_alert_notifications_total", "channel" => channel, "outcome" => outcome)
+        .increment(1);
+}
+
+/// Alerts open now, and notifications the hourly budget has held back
+/// since this instance began leading (on the leader).
+pub fn alerts_open(n: usize, held: u64) {
+    metrics::gauge!("truc_alerts_open").set(n as f64);
+    metrics::gauge!("truc_alert_notifications_held").set(held as f64);
+}
+
 /// A console login succeeded (`ok`) or was refused (wrong password, or a
 /// locked account name).
 pub fn console_login(ok: bool) {

@@ -12,6 +12,8 @@
 //! operator's data files (configuration, policies, topology) at start-up.
 
 pub mod alarm;
+pub mod alert_policy;
+pub mod alerting;
 pub mod auth;
 pub mod broker_password;
 pub mod canonical;

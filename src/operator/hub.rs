@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use crate::broker::LinkSlot;
+use crate::core::alert_policy::AlertsPolicy;
 use crate::core::config::Config;
 use crate::core::topology::Topology;
 use crate::router::Router;
@@ -45,6 +46,8 @@ pub struct Hub {
     pub role: tokio::sync::watch::Receiver<Role>,
     /// The records of the running instances.
     pub instances: InstanceBook,
+    /// The alerting policy (`policies/alerts.toml`), replaced on SIGHUP.
+    pub alerts: std::sync::RwLock<Arc<AlertsPolicy>>,
 }
 
 impl Hub {
@@ -53,6 +56,14 @@ impl Hub {
     /// ([`Lease::role_at`], no store access).
     pub fn leads(&self) -> bool {
         self.lease.role_at(crate::core::time::now_ms()).is_leader()
+    }
+
+    /// The alerting policy now.
+    pub fn alerts_policy(&self) -> Arc<AlertsPolicy> {
+        self.alerts
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// This instance's role now, as [`Hub::leads`] judges it.

@@ -14,6 +14,7 @@
 
 pub mod accounts;
 pub mod agency;
+pub mod alerts;
 pub mod audit;
 pub mod backup;
 pub mod dead;

@@ -23,6 +23,7 @@
 //! [`crate::state::registry::REFRESH_EVERY`], so a change made through
 //! another instance takes effect here within a second.
 
+mod alerts;
 pub mod integrity;
 pub mod leader;
 pub mod presence;
@@ -132,6 +133,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
     crate::api::install_metrics();
     config.validate()?;
     let policies = Policies::load(&config.policies_dir)?;
+    let alerts = crate::core::alert_policy::AlertsPolicy::load(&config.policies_dir)?;
     let topology = Arc::new(Topology::load(&config.queues_dir, &config.prefix)?);
     let admin_tls = crate::api::tls::load(&config).map_err(ServiceError::AdminTls)?;
     config.prepare_data_dir().map_err(ServiceError::DataDir)?;
@@ -228,6 +230,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
         lease: leadership.lease.clone(),
         role,
         instances: leadership.instances.clone(),
+        alerts: std::sync::RwLock::new(Arc::new(alerts)),
     });
     // The gauges /metrics shows from the start.
     metrics::store_writable(true);
@@ -251,6 +254,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
         );
     }
     tracker.spawn("housekeeping", housekeeping(hub.clone(), shutdown.clone()));
+    tracker.spawn("alerts", alerts::run(hub.clone(), shutdown.clone()));
     tracker.spawn(
         "policy reload",
         reload_on_sighup(hub.clone(), shutdown.clone()),
@@ -294,13 +298,19 @@ async fn reload_on_sighup(hub: Arc<Hub>, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = hup.recv() => match Policies::load(&hub.config.policies_dir) {
-                Ok(p) => {
-                    hub.router.set_policies(p);
-                    tracing::info!(dir = %hub.config.policies_dir.display(), "policies reloaded");
+            _ = hup.recv() => {
+                let dir = &hub.config.policies_dir;
+                match (Policies::load(dir), crate::core::alert_policy::AlertsPolicy::load(dir)) {
+                    (Ok(p), Ok(a)) => {
+                        hub.router.set_policies(p);
+                        *hub.alerts.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(a);
+                        tracing::info!(dir = %dir.display(), "policies reloaded");
+                    }
+                    (Err(e), _) | (_, Err(e)) => {
+                        tracing::error!(error = %e, "policies not reloaded; keeping the old ones")
+                    }
                 }
-                Err(e) => tracing::error!(error = %e, "policies not reloaded; keeping the old ones"),
-            },
+            }
         }
     }
 }

@@ -14,6 +14,7 @@
 //! holds message content.
 
 pub mod accounts;
+pub mod alerts;
 pub mod audit;
 pub mod backup;
 pub mod codec;

@@ -61,9 +61,9 @@ try {
 
   // Each role logs in and sees the navigation its role allows.
   const want = {
-    admin: ['Tổng quan', 'Đơn vị', 'Văn bản', 'Hàng đợi', 'Báo cáo', 'Nhật ký', 'Tài khoản'],
-    operator: ['Tổng quan', 'Đơn vị', 'Văn bản', 'Hàng đợi', 'Báo cáo', 'Nhật ký'],
-    auditor: ['Tổng quan', 'Đơn vị', 'Văn bản', 'Hàng đợi', 'Báo cáo', 'Nhật ký'],
+    admin: ['Tổng quan', 'Đơn vị', 'Văn bản', 'Hàng đợi', 'Báo cáo', 'Cảnh báo', 'Nhật ký', 'Tài khoản'],
+    operator: ['Tổng quan', 'Đơn vị', 'Văn bản', 'Hàng đợi', 'Báo cáo', 'Cảnh báo', 'Nhật ký'],
+    auditor: ['Tổng quan', 'Đơn vị', 'Văn bản', 'Hàng đợi', 'Báo cáo', 'Cảnh báo', 'Nhật ký'],
     agency: ['Tổng quan', 'Đơn vị', 'Văn bản', 'Báo cáo'],
   };
   const s = {};
@@ -149,6 +149,10 @@ try {
     await p.goto(`${c.base}/console/reports`);
     check((await p.textContent('main table')).includes(c.envelope.from), 'report rows');
     await shot(p, 'reports');
+    await p.goto(`${c.base}/console/alerts`);
+    check((await p.textContent('h1')) === 'Cảnh báo', 'alerts page');
+    check((await p.textContent('main table')).includes('agency-offline'), 'the open alert is listed');
+    await shot(p, 'alerts');
     await p.click('footer a:has-text("English")');
     await p.waitForURL(`${c.base}/console/`);
     const links = await navLinks(p);

@@ -10,7 +10,9 @@
 
 #![allow(dead_code)]
 
+pub mod alerts;
 pub mod gateway;
+pub mod proxy;
 pub mod users;
 
 use std::future::Future;

@@ -22,6 +22,7 @@
 
 mod accounts;
 mod agencies;
+mod alerts;
 mod audit;
 mod envelopes;
 mod login;
@@ -76,6 +77,7 @@ pub(crate) fn routes() -> Router<Arc<Hub>> {
         .route("/console/reports", get(reports::page))
         .route("/console/reports.csv", get(reports::csv))
         .route("/console/audit", get(audit::page))
+        .route("/console/alerts", get(alerts::page))
         .route("/console/accounts", get(accounts::list).post(accounts::add))
         .route(
             "/console/accounts/{name}/enabled",
@@ -226,7 +228,7 @@ impl Viewer {
     }
 
     /// `Lang::t` in the viewer's language.
-    fn t(&self, vi: &'static str, en: &'static str) -> &'static str {
+    fn t<'a>(&self, vi: &'a str, en: &'a str) -> &'a str {
         self.prefs.lang.t(vi, en)
     }
 }

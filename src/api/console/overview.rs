@@ -33,7 +33,22 @@ pub(super) async fn page(State(hub): Hs, v: Viewer) -> Response {
         })
         .collect();
     let hour: u64 = o.per_minute.iter().sum();
+    let open_alerts = if v.caller.may(Permission::ViewAll) {
+        let hub2 = hub.clone();
+        match super::blocking(move || crate::operator::alerts::open(&hub2)).await {
+            Ok(a) => Some(a),
+            Err(e) => return v.error(e),
+        }
+    } else {
+        None
+    };
     let body = html! {
+        @if let Some(open) = &open_alerts {
+            @if !open.is_empty() {
+                h2 { a href="/console/alerts" { (v.t("Cảnh báo đang mở", "Open alerts")) } " (" (open.len()) ")" }
+                (super::alerts::table(&v, open, false))
+            }
+        }
         section.cards {
             div.card { b { (o.agencies) } span { (v.t("đơn vị", "agencies")) } }
             div.card { b.ok { (o.online) } span { (v.t("trực tuyến", "online")) } }

@@ -27,7 +27,7 @@ pub(super) enum Lang {
 
 impl Lang {
     /// `vi` in Vietnamese, `en` in English.
-    pub(super) fn t(self, vi: &'static str, en: &'static str) -> &'static str {
+    pub(super) fn t<'a>(self, vi: &'a str, en: &'a str) -> &'a str {
         match self {
             Lang::Vi => vi,
             Lang::En => en,
@@ -120,7 +120,7 @@ pub(super) fn state(l: Lang, s: DeliveryState) -> String {
 }
 
 /// The navigation: `(path, Vietnamese, English, permission needed)`.
-const NAV: [(&str, &str, &str, Permission); 7] = [
+const NAV: [(&str, &str, &str, Permission); 8] = [
     ("/console/", "Tổng quan", "Overview", Permission::ViewOwn),
     (
         "/console/agencies",
@@ -141,6 +141,7 @@ const NAV: [(&str, &str, &str, Permission); 7] = [
         "Reports",
         Permission::ViewOwn,
     ),
+    ("/console/alerts", "Cảnh báo", "Alerts", Permission::ViewAll),
     (
         "/console/audit",
         "Nhật ký",
@@ -308,7 +309,8 @@ mod tests {
         assert_eq!(p.when(0), "1970-01-01 00:00:00 +00:00");
         let p = Prefs::of(&HeaderMap::new(), Zone::parse("Asia/Ho_Chi_Minh").unwrap());
         assert_eq!(p.lang, Lang::Vi);
-        assert_eq!(p.when(0), "1970-01-01 07:00:00 +07:00");
+        // 2026-01-01T00:00:00Z
+        assert_eq!(p.when(1_767_225_600_000), "2026-01-01 07:00:00 +07:00");
         assert_eq!(num(1_234_567), "1.234.567");
         assert_eq!(num(12), "12");
     }

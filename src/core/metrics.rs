@@ -269,7 +269,24 @@ mod tests {
     /// Every metric the Grafana dashboard queries is emitted here.
     #[test]
     fn dashboard_uses_only_emitted_metrics() {
-        let dash = include_str!("../../ops/grafana-truc.json");
+        assert!(emitted(include_str!("../../ops/grafana-truc.json")) > 15);
+    }
+
+    /// Every metric the Prometheus alerting rules use is emitted here.
+    #[test]
+    fn prometheus_alert_rules_use_only_emitted_metrics() {
+        let rules = include_str!("../../ops/prometheus-alerts.yml");
+        assert!(emitted(rules) >= 9);
+        // The park queue's label is its short name.
+        assert!(rules.contains("truc_dead_messages{queue=\"undelivered\"}"));
+        assert!(include_str!("../operator/queues.rs")
+            .contains("[\"undelivered\", \"dead\", \"rejected\"]"));
+    }
+
+    /// Asserts each `truc_…` metric `text` names is emitted in this file;
+    /// how many it names.
+    fn emitted(text: &str) -> usize {
+        let dash = text;
         let src = include_str!("metrics.rs");
         let mut seen = 0;
         for (i, _) in dash.match_indices("truc_") {
@@ -290,6 +307,6 @@ mod tests {
             );
             seen += 1;
         }
-        assert!(seen > 15, "{seen}");
+        seen
     }
 }

@@ -265,3 +265,20 @@ impl Observer {
         Ok(self.refusals.iter().map(|(_, n)| n).sum())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// A self-signed certificate: `openssl x509 -enddate` says
+    /// `notAfter=Dec 31 20:48:05 2026 GMT`.
+    const PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIBfjCCASOgAwIBAgIUPfzv+Mv0E4O7JX6QepSOD5fpEXkwCgYIKoZIzj0EAwIw\nFDESMBAGA1UEAwwJdHJ1Yy10ZXN0MB4XDTI2MTIwMTIwNDgwNVoXDTI2MTIzMTIw\nNDgwNVowFDESMBAGA1UEAwwJdHJ1Yy10ZXN0MFkwEwYHKoZIzj0CAQYIKoZIzj0D\nAQcDQgAE1jvfBpN9NkU75PcA5bSKXJah8eKqiluSm5vdVll+ggl8LnZsMto10ZIU\nFYj9/+lGdhJZUx+zDW+5yPuPkFszraNTMFEwHQYDVR0OBBYEFGQY61Jx0lAhzg30\nZBAOzmTP37SCMB8GA1UdIwQYMBaAFGQY61Jx0lAhzg30ZBAOzmTP37SCMA8GA1Ud\nEwEB/wQFMAMBAf8wCgYIKoZIzj0EAwIDSQAwRgIhAO5Xmb6n9+sYs42B5Hy0izcK\nfvS10h33mXvHz41N02JFAiEAk9Ky70gFDOd68SCqiek8Itb2jKPFarQeIUfzLvSn\nur4=\n-----END CERTIFICATE-----\n";
+
+    #[test]
+    fn a_certificates_expiry_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cert.pem");
+        std::fs::write(&path, PEM).unwrap();
+        assert_eq!(super::certificate_expiry(&path).unwrap(), 1_798_750_085_000);
+        std::fs::write(&path, "not a certificate").unwrap();
+        assert!(super::certificate_expiry(&path).is_err());
+    }
+}

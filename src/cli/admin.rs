@@ -10,7 +10,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::api::types::{AccountView, AddAccount, IssueToken, SetPassword, TokenIssued, WhoAmI};
+use crate::api::types::{
+    AccountView, AddAccount, AlertsView, IssueToken, SetPassword, TokenIssued, WhoAmI,
+};
 use crate::api::types::{
     AddAgency, Added, AgencyView, AuditEntry, BrokerIssued, DeadBody, DeadFilter, DeadOutcome,
     EnvelopeQuery, EnvelopeView, ErrorBody, FullReport, HistoryQuery, Import, InstanceView, Issued,
@@ -191,6 +193,11 @@ impl Admin {
     ) -> Result<TokenIssued, CliError> {
         self.post(&format!("/v1/accounts/{}/tokens", path_part(name)), body)
             .await
+    }
+
+    /// `GET /v1/alerts`.
+    pub async fn alerts(&self) -> Result<AlertsView, CliError> {
+        self.get("/v1/alerts").await
     }
 
     /// `GET /v1/whoami`.

@@ -21,6 +21,7 @@
 mod account;
 pub(crate) mod admin;
 mod agency;
+mod alerts;
 mod audit;
 mod creds;
 mod dead;
@@ -110,6 +111,8 @@ pub enum Command {
     /// Operators' named accounts: add, list, disable, enable, passwd, token.
     #[command(subcommand)]
     Account(account::AccountCmd),
+    /// The alerts open now and those resolved in the last week.
+    Alerts(alerts::AlertsArgs),
     /// Inspect envelopes.
     #[command(subcommand)]
     Envelope(envelope::EnvelopeCmd),
@@ -157,6 +160,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Serve(_) => Err(CliError::new(2, "serve is run by main")),
         Command::Agency(c) => agency::run(&cfg, c).await,
         Command::Account(c) => account::run(&cfg, c).await,
+        Command::Alerts(a) => alerts::run(&cfg, a).await,
         Command::Envelope(c) => envelope::run(&cfg, c).await,
         Command::Send(a) => send::run(&cfg, a).await,
         Command::Recv(a) => recv::run(&cfg, a).await,

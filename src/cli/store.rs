@@ -258,15 +258,18 @@ fn migrate(cfg: &Config, to: &str) -> Result<(), CliError> {
     }
     let audit = Audit::new(to_store.clone());
     let seq = audit
-        .append(AuditEvent::admin(
-            "store-migrate",
-            redact_store_url(to),
-            format!(
-                "from {} ({} entries)",
-                cfg.store_dir().display(),
-                copy.entries()
-            ),
-        ))
+        .append(
+            AuditEvent::admin(
+                "store-migrate",
+                redact_store_url(to),
+                format!(
+                    "from {} ({} entries)",
+                    cfg.store_dir().display(),
+                    copy.entries()
+                ),
+            )
+            .by(&local_account()),
+        )
         .map_err(|e| fail("recording the migration", &e))?;
     to_store.flush().map_err(|e| fail("PostgreSQL", &e))?;
     let after = audit.verify().map_err(|e| fail("audit verify", &e))?;
@@ -426,4 +429,13 @@ mod tests {
             .collect();
         assert_eq!(names, ["b.truc-backup"]);
     }
+}
+
+/// The name a command run on the hub's own machine acts under in the audit
+/// log: `@local:` and the operating-system user.
+fn local_account() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    format!("@local:{user}")
 }

@@ -216,7 +216,11 @@ pub(super) fn frame(
                     a href="/console/prefs?lang=vi" lang="vi" { "Tiếng Việt" }
                     " · "
                     a href="/console/prefs?lang=en" lang="en" { "English" }
-                    span.zone { " · " (l.t("Múi giờ: ", "Time zone: ")) (p.zone.name()) }
+                    span.zone { " · " (l.t("Múi giờ: ", "Time zone: ")) (p.zone.name()) " ("
+                        a href="/console/prefs?tz=Asia/Ho_Chi_Minh" { "Asia/Ho_Chi_Minh" }
+                        " · "
+                        a href="/console/prefs?tz=UTC" { "UTC" }
+                        ")" }
                 }
             }
         }

@@ -179,7 +179,10 @@ async fn each_rule_fires_once_and_resolves_once() {
     let o = hub.cli(&["alerts"]);
     assert_eq!(o.status.code(), Some(0), "{}", common::stderr(&o));
     let text = common::stdout(&o);
-    assert!(text.contains("agency-offline:H37.AL.003") && text.contains("resolved"), "{text}");
+    assert!(
+        text.contains("agency-offline:H37.AL.003") && text.contains("resolved"),
+        "{text}"
+    );
     let _ = e;
     dest.close().await;
     source.close().await;

@@ -406,6 +406,15 @@ async fn restore_file(cfg: &Config, file: &Path) -> Result<(), CliError> {
     Ok(())
 }
 
+/// The name a command run on the hub's own machine acts under in the audit
+/// log: `@local:` and the operating-system user.
+fn local_account() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    format!("@local:{user}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -429,13 +438,4 @@ mod tests {
             .collect();
         assert_eq!(names, ["b.truc-backup"]);
     }
-}
-
-/// The name a command run on the hub's own machine acts under in the audit
-/// log: `@local:` and the operating-system user.
-fn local_account() -> String {
-    let user = std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown".into());
-    format!("@local:{user}")
 }

@@ -5,8 +5,9 @@
 //! envelope parsing, the states of a delivery's timeline, notices, policies,
 //! scheduling decisions, the presence model, the topology as data,
 //! configuration, sealing of secrets, the store checkpoint's sealed form,
-//! hashing of broker passwords, the escaping of wire text for logs, and the
-//! operator's time zone.
+//! hashing of broker passwords, the escaping of wire text for logs, the
+//! operator's time zone, operator roles and permissions, and alerting (its
+//! policy and its state machine).
 //!
 //! May use: nothing else in the crate. The only I/O here is reading the
 //! operator's data files (configuration, policies, topology) at start-up.

@@ -7,7 +7,8 @@
 //! when each source's queue was last seen empty, backups of the store (a
 //! snapshot file, and its restore into an empty store), and what several
 //! instances sharing one store coordinate through it: the leader lease, the
-//! instance records and the heartbeats followers relay to the leader.
+//! instance records and the heartbeats followers relay to the leader; and
+//! the operators' side: named accounts, web console sessions, alerts.
 //!
 //! May use: [`crate::core`]. Invariants: every value goes through
 //! [`codec`] and every key of several fields through [`keys`]; nothing here

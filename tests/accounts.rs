@@ -13,12 +13,7 @@ const PW: &str = "mật khẩu đủ dài 2026";
 /// Adds account `name` through the CLI (password on stdin) and returns a
 /// token issued for it.
 fn account(hub: &TestHub, name: &str, role: &str, agency: Option<&str>) -> String {
-    let mut args = vec!["account", "add", name, "--role", role];
-    if let Some(a) = agency {
-        args.extend(["--agency", a]);
-    }
-    let o = hub.cli_with_input(&hub.token, &args, &format!("{PW}\n"));
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    hub.add_account(name, role, agency, PW);
     let o = hub.cli_with_token(&hub.token, &["account", "token", name, "--label", "test"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     stdout(&o).trim().to_owned()

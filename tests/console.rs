@@ -98,15 +98,6 @@ impl<'h> Visitor<'h> {
     }
 }
 
-fn add_account(hub: &TestHub, name: &str, role: &str, agency: Option<&str>) {
-    let mut args = vec!["account", "add", name, "--role", role];
-    if let Some(a) = agency {
-        args.extend(["--agency", a]);
-    }
-    let o = hub.cli_with_input(&hub.token, &args, &format!("{PW}\n"));
-    assert_eq!(o.status.code(), Some(0), "{}", common::stderr(&o));
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_sessions_roles_csrf_and_scope() {
     let mut hub = TestHub::start().await;
@@ -125,11 +116,11 @@ async fn console_sessions_roles_csrf_and_scope() {
     for id in [&to_b, &to_c] {
         hub.wait_log(&["envelope accepted", id], 1).await;
     }
-    add_account(&hub, "quan", "admin", None);
-    add_account(&hub, "lan", "operator", None);
-    add_account(&hub, "mai", "auditor", None);
-    add_account(&hub, "donvi-b", "agency", Some("H37.CS.002"));
-    add_account(&hub, "khoa", "operator", None);
+    hub.add_account("quan", "admin", None, PW);
+    hub.add_account("lan", "operator", None, PW);
+    hub.add_account("mai", "auditor", None, PW);
+    hub.add_account("donvi-b", "agency", Some("H37.CS.002"), PW);
+    hub.add_account("khoa", "operator", None, PW);
 
     // No session: every page sends the browser to the login page.
     let a = http(&hub.admin_addr, "GET", "/console/agencies", &[], b"").await;

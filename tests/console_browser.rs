@@ -18,15 +18,6 @@ use common::{envelope, next_within, stderr, stdout, TestHub};
 
 const PW: &str = "mật khẩu đủ dài 2026";
 
-fn add_account(hub: &TestHub, name: &str, role: &str, agency: Option<&str>) {
-    let mut args = vec!["account", "add", name, "--role", role];
-    if let Some(a) = agency {
-        args.extend(["--agency", a]);
-    }
-    let o = hub.cli_with_input(&hub.token, &args, &format!("{PW}\n"));
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_role_in_a_real_browser() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -93,10 +84,10 @@ async fn each_role_in_a_real_browser() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    add_account(&hub, "quan-tri", "admin", None);
-    add_account(&hub, "van-hanh", "operator", None);
-    add_account(&hub, "kiem-toan", "auditor", None);
-    add_account(&hub, "so-noi-vu", "agency", Some("H37.BR.002"));
+    hub.add_account("quan-tri", "admin", None, PW);
+    hub.add_account("van-hanh", "operator", None, PW);
+    hub.add_account("kiem-toan", "auditor", None, PW);
+    hub.add_account("so-noi-vu", "agency", Some("H37.BR.002"), PW);
 
     let shots = root.join("target/console-screenshots");
     let case = serde_json::json!({

@@ -23,6 +23,7 @@ use crate::api::types::{
 use crate::cli::CliError;
 use crate::core::code::AgencyCode;
 use crate::core::config::Config;
+use crate::core::text::percent_encoded;
 
 /// `?k=v&…` of the non-null fields of a JSON object, percent-encoded.
 pub fn query_string(v: &Value) -> String {
@@ -34,17 +35,7 @@ pub fn query_string(v: &Value) -> String {
                 Value::String(t) => t.clone(),
                 other => other.to_string(),
             };
-            let enc: String = t
-                .bytes()
-                .map(|b| {
-                    if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                        (b as char).to_string()
-                    } else {
-                        format!("%{b:02X}")
-                    }
-                })
-                .collect();
-            parts.push(format!("{k}={enc}"));
+            parts.push(format!("{k}={}", percent_encoded(&t)));
         }
     }
     parts.join("&")
@@ -53,8 +44,7 @@ pub fn query_string(v: &Value) -> String {
 /// `s` percent-encoded for one path segment (an account name is checked
 /// by the hub; this keeps whatever was typed inside its segment).
 fn path_part(s: &str) -> String {
-    let q = query_string(&serde_json::json!({ "x": s }));
-    q.strip_prefix("x=").unwrap_or_default().to_owned()
+    percent_encoded(s)
 }
 
 /// `path?query` for the typed query `q`.

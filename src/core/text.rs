@@ -28,6 +28,20 @@ impl<'a> Escaped<'a> {
     }
 }
 
+/// `s` percent-encoded for a URL query value or path segment: every byte
+/// but the unreserved `A-Z a-z 0-9 - . _ ~` as `%XX`.
+pub fn percent_encoded(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
 /// `s` escaped and cut, as an owned string (for audit fields and details).
 pub fn escaped(s: &str) -> String {
     Escaped(s).to_string()

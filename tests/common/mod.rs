@@ -588,6 +588,17 @@ impl TestHub {
         child.wait_with_output().unwrap()
     }
 
+    /// Adds account `name` with `role` (and `agency`) through the CLI, its
+    /// password `password` on standard input.
+    pub fn add_account(&self, name: &str, role: &str, agency: Option<&str>, password: &str) {
+        let mut args = vec!["account", "add", name, "--role", role];
+        if let Some(a) = agency {
+            args.extend(["--agency", a]);
+        }
+        let o = self.cli_with_input(&self.token, &args, &format!("{password}\n"));
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    }
+
     /// The `truc` CLI command against this hub, with admin token `token`.
     fn cli_command(&self, token: &str, args: &[&str]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_truc"));

@@ -80,10 +80,7 @@ pub(super) struct AddForm {
 }
 
 pub(super) async fn add(State(hub): Hs, v: Viewer, Form(f): Form<AddForm>) -> Response {
-    if let Err(r) = v
-        .check_csrf(&f.csrf)
-        .and_then(|_| v.require(Permission::ManageAccounts))
-    {
+    if let Err(r) = v.may_post(&f.csrf, Permission::ManageAccounts) {
         return *r;
     }
     let Some(role) = Role::parse(&f.role) else {
@@ -122,10 +119,7 @@ pub(super) async fn set_enabled(
     Path(name): Path<String>,
     Form(f): Form<EnabledForm>,
 ) -> Response {
-    if let Err(r) = v
-        .check_csrf(&f.csrf)
-        .and_then(|_| v.require(Permission::ManageAccounts))
-    {
+    if let Err(r) = v.may_post(&f.csrf, Permission::ManageAccounts) {
         return *r;
     }
     if f.confirm.as_deref() != Some("yes") {

@@ -204,10 +204,7 @@ pub(super) async fn set_enabled(
     Path(code): Path<String>,
     Form(f): Form<EnabledForm>,
 ) -> Response {
-    if let Err(r) = v
-        .check_csrf(&f.csrf)
-        .and_then(|_| v.require(Permission::EnableAgencies))
-    {
+    if let Err(r) = v.may_post(&f.csrf, Permission::EnableAgencies) {
         return *r;
     }
     let c = match in_scope(&v, &code) {
@@ -257,10 +254,7 @@ pub(super) async fn rotate(
     Path(code): Path<String>,
     Form(f): Form<RotateForm>,
 ) -> Response {
-    if let Err(r) = v
-        .check_csrf(&f.csrf)
-        .and_then(|_| v.require(Permission::IssueKeys))
-    {
+    if let Err(r) = v.may_post(&f.csrf, Permission::IssueKeys) {
         return *r;
     }
     let c = match in_scope(&v, &code) {

@@ -11,6 +11,7 @@ use super::view::{num, state};
 use super::{non_empty, Viewer};
 use crate::api::Hs;
 use crate::core::role::Permission;
+use crate::core::text::percent_encoded;
 use crate::core::time::now_ms;
 use crate::operator::envelopes::{self, Selection, STATES};
 
@@ -100,26 +101,13 @@ pub(super) async fn search(State(hub): Hs, v: Viewer, Query(q): Query<SearchQuer
             tbody { @for e in &found { tr {
                 td { (p.when(e.accepted_at_ms)) }
                 td { code { (e.from) } }
-                td { a href=(format!("/console/envelopes/view?from={}&id={}", e.from, urlencode(&e.message_id))) { code { (e.message_id) } } }
+                td { a href=(format!("/console/envelopes/view?from={}&id={}", e.from, percent_encoded(&e.message_id))) { code { (e.message_id) } } }
                 td { (e.subject) }
                 td { @for d in &e.dests { div { code { (d.code) } " — " (state(p.lang, d.state)) } } }
             } } }
         } }
     };
     v.page("/console/envelopes", v.t("Văn bản", "Envelopes"), body)
-}
-
-/// `s` percent-encoded for a query value.
-pub(super) fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 #[derive(Deserialize)]

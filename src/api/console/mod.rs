@@ -197,6 +197,13 @@ impl Viewer {
         }
     }
 
+    /// `Ok` if a form carries this session's CSRF token and the viewer may
+    /// do `p`: what every POST checks first.
+    fn may_post(&self, csrf: &str, p: Permission) -> Result<(), Box<Response>> {
+        self.check_csrf(csrf)?;
+        self.require(p)
+    }
+
     /// The page frame for this viewer.
     fn page(&self, active: &str, title: &str, body: maud::Markup) -> Response {
         view::page(

@@ -78,10 +78,7 @@ pub(super) async fn purge(
     Path(code): Path<String>,
     Form(f): Form<PurgeForm>,
 ) -> Response {
-    if let Err(r) = v
-        .check_csrf(&f.csrf)
-        .and_then(|_| v.require(Permission::WorkQueues))
-    {
+    if let Err(r) = v.may_post(&f.csrf, Permission::WorkQueues) {
         return *r;
     }
     let c = match code_of(&code) {
@@ -237,10 +234,7 @@ pub(super) struct ActForm {
 }
 
 pub(super) async fn dead_act(State(hub): Hs, v: Viewer, Form(f): Form<ActForm>) -> Response {
-    if let Err(r) = v
-        .check_csrf(&f.csrf)
-        .and_then(|_| v.require(Permission::WorkQueues))
-    {
+    if let Err(r) = v.may_post(&f.csrf, Permission::WorkQueues) {
         return *r;
     }
     let (action, what) = match f.action.as_str() {

@@ -7,7 +7,7 @@ use axum::Form;
 use maud::html;
 use serde::Deserialize;
 
-use super::agencies::confirm;
+use super::confirm::{confirm_enabled, EnabledForm};
 use super::{blocking, non_empty, Viewer};
 use crate::api::Hs;
 use crate::core::role::{Permission, Role, ROLES};
@@ -104,15 +104,6 @@ pub(super) async fn add(State(hub): Hs, v: Viewer, Form(f): Form<AddForm>) -> Re
     }
 }
 
-#[derive(Deserialize)]
-pub(super) struct EnabledForm {
-    #[serde(default)]
-    csrf: String,
-    enabled: bool,
-    #[serde(default)]
-    confirm: Option<String>,
-}
-
 pub(super) async fn set_enabled(
     State(hub): Hs,
     v: Viewer,
@@ -123,23 +114,16 @@ pub(super) async fn set_enabled(
         return *r;
     }
     if f.confirm.as_deref() != Some("yes") {
-        let what = if f.enabled {
-            format!("{} {name}?", v.t("Mở khóa tài khoản", "Enable account"))
-        } else {
-            format!(
-                "{} {name}? {}",
-                v.t("Khóa tài khoản", "Disable account"),
-                v.t(
-                    "Phiên đăng nhập và mã truy cập API của tài khoản hết hiệu lực ngay.",
-                    "Its sessions and API tokens stop at once."
-                )
-            )
-        };
-        return confirm(
+        return confirm_enabled(
             &v,
             &format!("/console/accounts/{name}/enabled"),
-            &what,
-            &[("enabled", f.enabled.to_string())],
+            f.enabled,
+            v.t("tài khoản", "account"),
+            &name,
+            v.t(
+                "Phiên đăng nhập và mã truy cập API của tài khoản hết hiệu lực ngay.",
+                "Its sessions and API tokens stop at once.",
+            ),
         );
     }
     let (hub2, by) = (hub.clone(), v.caller.name.clone());

@@ -11,6 +11,7 @@ use axum::Form;
 use maud::{html, Markup};
 use serde::Deserialize;
 
+use super::confirm::{confirm, confirm_enabled, EnabledForm};
 use super::view::{bars, num};
 use super::{blocking, Viewer};
 use crate::api::Hs;
@@ -172,32 +173,6 @@ pub(super) async fn show(State(hub): Hs, v: Viewer, Path(code): Path<String>) ->
     )
 }
 
-#[derive(Deserialize)]
-pub(super) struct EnabledForm {
-    #[serde(default)]
-    csrf: String,
-    enabled: bool,
-    #[serde(default)]
-    confirm: Option<String>,
-}
-
-/// A confirmation page: what will happen, and the form that does it.
-pub(super) fn confirm(v: &Viewer, action: &str, what: &str, fields: &[(&str, String)]) -> Response {
-    let body = html! {
-        div.confirm {
-            p { (what) }
-            form method="post" action=(action) {
-                input type="hidden" name="csrf" value=(v.csrf);
-                @for (k, val) in fields { input type="hidden" name=(k) value=(val); }
-                input type="hidden" name="confirm" value="yes";
-                button.danger type="submit" { (v.t("Xác nhận", "Confirm")) }
-            }
-            p { a href="/console/" { (v.t("Hủy", "Cancel")) } }
-        }
-    };
-    v.page("", v.t("Xác nhận thao tác", "Confirm the action"), body)
-}
-
 pub(super) async fn set_enabled(
     State(hub): Hs,
     v: Viewer,
@@ -212,23 +187,16 @@ pub(super) async fn set_enabled(
         Err(r) => return *r,
     };
     if f.confirm.as_deref() != Some("yes") {
-        let what = if f.enabled {
-            format!("{} {c}?", v.t("Mở khóa đơn vị", "Enable agency"))
-        } else {
-            format!(
-                "{} {c}? {}",
-                v.t("Khóa đơn vị", "Disable agency"),
-                v.t(
-                    "Văn bản gửi đến đơn vị sẽ bị trả lại và đơn vị không gửi được nữa.",
-                    "Envelopes to it will bounce and it can no longer send."
-                )
-            )
-        };
-        return confirm(
+        return confirm_enabled(
             &v,
             &format!("/console/agencies/{c}/enabled"),
-            &what,
-            &[("enabled", f.enabled.to_string())],
+            f.enabled,
+            v.t("đơn vị", "agency"),
+            c.as_str(),
+            v.t(
+                "Văn bản gửi đến đơn vị sẽ bị trả lại và đơn vị không gửi được nữa.",
+                "Envelopes to it will bounce and it can no longer send.",
+            ),
         );
     }
     let (hub2, by) = (hub.clone(), v.caller.name.clone());

@@ -24,6 +24,7 @@ mod accounts;
 mod agencies;
 mod alerts;
 mod audit;
+mod confirm;
 mod envelopes;
 mod login;
 mod overview;

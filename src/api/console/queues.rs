@@ -9,7 +9,7 @@ use axum::Form;
 use maud::html;
 use serde::Deserialize;
 
-use super::agencies::confirm;
+use super::confirm::confirm;
 use super::view::num;
 use super::{non_empty, Viewer};
 use crate::api::Hs;

@@ -82,6 +82,17 @@ pub(super) async fn page(State(hub): Hs, v: Viewer, Query(q): Query<ReportQuery>
             None => per_period.push((r.period.clone(), r.sent)),
         }
     }
+    // The slowest agency's median delivery latency in each period, ms.
+    let mut latency: Vec<(String, u64)> = Vec::new();
+    for r in &rows {
+        let ms = r
+            .latency_median_s
+            .map_or(0, |s| (s * 1000.0).round() as u64);
+        match latency.iter_mut().find(|(p, _)| *p == r.period) {
+            Some((_, n)) => *n = (*n).max(ms),
+            None => latency.push((r.period.clone(), ms)),
+        }
+    }
     let csv = format!(
         "/console/reports.csv?by={}&days={}",
         q.by.as_deref().unwrap_or("day"),
@@ -102,6 +113,7 @@ pub(super) async fn page(State(hub): Hs, v: Viewer, Query(q): Query<ReportQuery>
         }
         (bars(&per_period, v.t("Văn bản gửi theo kỳ", "Envelopes sent per period")))
         (bars(&per_agency, v.t("Văn bản gửi và nhận theo đơn vị", "Envelopes sent and received per agency")))
+        (bars(&latency, v.t("Thời gian chuyển trung vị chậm nhất theo kỳ (ms, đơn vị chậm nhất)", "Slowest median delivery latency per period (ms, the slowest agency)")))
         div.scroll { table {
             thead { tr {
                 th { (v.t("Kỳ", "Period")) }

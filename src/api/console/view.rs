@@ -262,18 +262,30 @@ pub(super) fn failure(
     )
 }
 
-/// A bar chart of `bars` (label, value), as inline SVG (no script).
+/// A bar chart of `bars` (label, value), as inline SVG (no script, no
+/// inline style): values over the bars when they fit, labels under them
+/// (every few when there are many).
 pub(super) fn bars(bars: &[(String, u64)], caption: &str) -> Markup {
+    const PLOT: u64 = 110;
+    let n = bars.len().max(1) as u64;
     let max = bars.iter().map(|b| b.1).max().unwrap_or(0).max(1);
-    let w = 12u64;
-    let width = (bars.len() as u64 * w).max(w);
+    let slot = (600 / n).max(40);
+    let width = slot * n;
+    let step = (bars.len() / 12).max(1);
     html! {
         figure.chart {
-            svg viewBox=(format!("0 0 {width} 100")) preserveAspectRatio="none" role="img" aria-label=(caption) {
+            svg viewBox=(format!("0 0 {width} 160")) role="img" aria-label=(caption) {
                 @for (i, (label, v)) in bars.iter().enumerate() {
-                    @let h = v * 96 / max;
-                    rect x=(i as u64 * w + 1) y=(100 - h) width=(w - 2) height=(h) {
+                    @let h = v * PLOT / max;
+                    @let x = i as u64 * slot;
+                    rect x=(x + slot / 8) y=(20 + PLOT - h) width=(slot - slot / 4) height=(h) {
                         title { (label) ": " (v) }
+                    }
+                    @if bars.len() <= 31 && *v > 0 {
+                        text.value x=(x + slot / 2) y=(16 + PLOT - h) text-anchor="middle" { (v) }
+                    }
+                    @if i % step == 0 {
+                        text x=(x + slot / 2) y="150" text-anchor="middle" { (label) }
                     }
                 }
             }

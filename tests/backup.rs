@@ -222,6 +222,13 @@ async fn a_running_hub_is_backed_up_and_restored_into_a_new_data_dir() {
             .ends_with("hub.truc-backup"),
         "{restored:?}"
     );
+    // Run on the hub's machine: named after the local user.
+    assert!(
+        restored[0]["fields"]["account"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("@local:")),
+        "{restored:?}"
+    );
     ca.close().await;
     cb.close().await;
 

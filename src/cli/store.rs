@@ -364,7 +364,7 @@ async fn restore_file(cfg: &Config, file: &Path) -> Result<(), CliError> {
     let done = if store.is_shared() {
         // Instances of a shared store stay stopped: its integrity is the
         // database's, there is no checkpoint to supersede.
-        restore_shared(&backup, &store, &source).map_err(partial)?
+        restore_shared(&backup, &store, &source, &local_account()).map_err(partial)?
     } else {
         let ckey = CheckpointKey::from_master(&master);
         let anchor = AnchorFile::new(cfg.anchor_path(), ckey.clone());
@@ -374,7 +374,8 @@ async fn restore_file(cfg: &Config, file: &Path) -> Result<(), CliError> {
             Err(e) => eprintln!("warning: {e}; it is replaced"),
         }
         copies.extend(broker_copy(cfg, &ckey).await?);
-        let done = restore(&backup, &store, anchor, &copies, &source).map_err(partial)?;
+        let done = restore(&backup, &store, anchor, &copies, &source, &local_account())
+            .map_err(partial)?;
         drop(store);
         cfg.secure_data_dir()
             .map_err(|e| CliError::new(1, format!("{}: {e}", cfg.data_dir.display())))?;

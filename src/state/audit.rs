@@ -257,6 +257,14 @@ impl AuditEvent {
         }
     }
 
+    /// The event itself, without who caused it.
+    pub fn inner(&self) -> &AuditEvent {
+        match self {
+            Self::By { event, .. } => event.inner(),
+            other => other,
+        }
+    }
+
     /// The account that caused it, if an operator did.
     pub fn account(&self) -> Option<&str> {
         match self {
@@ -900,7 +908,7 @@ impl Audit {
                 file,
                 backup_created_at,
                 ..
-            } = &entry.event
+            } = entry.event.inner()
             {
                 report.restores.push(RestoreView {
                     seq,
@@ -992,10 +1000,7 @@ fn view(seq: u64, v: &[u8]) -> EntryView {
     let Ok(entry) = codec::decode::<Entry>(&sealed.body) else {
         return bad("entry body does not decode");
     };
-    let (event, account) = match &entry.event {
-        AuditEvent::By { account, event } => (&**event, Some(account)),
-        other => (other, None),
-    };
+    let (event, account) = (entry.event.inner(), entry.event.account());
     let mut fields = match serde_json::to_value(event) {
         Ok(serde_json::Value::Object(mut m)) => {
             m.remove(event.kind()).unwrap_or(serde_json::Value::Null)
@@ -1003,7 +1008,7 @@ fn view(seq: u64, v: &[u8]) -> EntryView {
         _ => serde_json::Value::Null,
     };
     if let (Some(a), serde_json::Value::Object(m)) = (account, &mut fields) {
-        m.insert("account".into(), serde_json::Value::String(a.clone()));
+        m.insert("account".into(), serde_json::Value::String(a.to_owned()));
     }
     EntryView {
         seq,

@@ -498,7 +498,8 @@ pub struct Restored {
 }
 
 /// Restores `backup` (read from `source`, a file name for the record) into
-/// the empty `store`: [`load`], then one `store-restored` audit entry, then
+/// the empty `store`: [`load`], then one `store-restored` audit entry naming
+/// `by` (who ran the restore), then
 /// [`integrity::supersede`]: a checkpoint in `file` of an epoch above every
 /// copy in `copies` (the checkpoint file and the broker's copy found before
 /// the restore), which the start check accepts as superseding them.
@@ -508,8 +509,9 @@ pub fn restore(
     file: AnchorFile,
     copies: &[Checkpoint],
     source: &str,
+    by: &str,
 ) -> Result<Restored, BackupError> {
-    let (loaded, audit_seq) = load_and_record(backup, store, copies, source)?;
+    let (loaded, audit_seq) = load_and_record(backup, store, copies, source, by)?;
     let checkpoint = integrity::supersede(store, file, copies)?;
     Ok(Restored {
         loaded,
@@ -519,14 +521,15 @@ pub fn restore(
 }
 
 /// Restores `backup` into the empty shared (PostgreSQL) `store`: [`load`],
-/// then one `store-restored` audit entry. No checkpoint: a shared store's
-/// integrity is the database's.
+/// then one `store-restored` audit entry naming `by`. No checkpoint: a
+/// shared store's integrity is the database's.
 pub fn restore_shared(
     backup: &Backup,
     store: &Store,
     source: &str,
+    by: &str,
 ) -> Result<Restored, BackupError> {
-    let (loaded, audit_seq) = load_and_record(backup, store, &[], source)?;
+    let (loaded, audit_seq) = load_and_record(backup, store, &[], source, by)?;
     store.flush()?;
     Ok(Restored {
         loaded,
@@ -540,16 +543,20 @@ fn load_and_record(
     store: &Store,
     copies: &[Checkpoint],
     source: &str,
+    by: &str,
 ) -> Result<(Loaded, u64), BackupError> {
     let loaded = load(backup, store)?;
     let audit = Audit::new(store.clone());
-    let audit_seq = audit.append(AuditEvent::StoreRestored {
-        file: source.to_owned(),
-        backup_created_at: format_rfc3339(backup.created_at_ms),
-        backup_generation: backup.generation().unwrap_or(0),
-        backup_audit_seq: backup.audit_head().map_or(0, |h| h.0),
-        superseded: copies.iter().map(integrity::describe).collect(),
-    })?;
+    let audit_seq = audit.append(
+        AuditEvent::StoreRestored {
+            file: source.to_owned(),
+            backup_created_at: format_rfc3339(backup.created_at_ms),
+            backup_generation: backup.generation().unwrap_or(0),
+            backup_audit_seq: backup.audit_head().map_or(0, |h| h.0),
+            superseded: copies.iter().map(integrity::describe).collect(),
+        }
+        .by(by),
+    )?;
     Ok((loaded, audit_seq))
 }
 
@@ -760,7 +767,7 @@ mod tests {
             audit_hash: [9; 32],
             at_ms: 1,
         };
-        let r = restore(&backup, &dst, file.clone(), &[old], "b.truc").unwrap();
+        let r = restore(&backup, &dst, file.clone(), &[old], "b.truc", "@local:test").unwrap();
         let cp = r.checkpoint.unwrap();
         assert_eq!(r.audit_seq, 4);
         assert_eq!((cp.epoch, cp.serial), (3, 41));
@@ -789,7 +796,7 @@ mod tests {
             b.path().join("store.anchor"),
             CheckpointKey::from_master(&master("ab")),
         );
-        let r = restore(&backup, &dst, file, &[], "b.truc").unwrap();
+        let r = restore(&backup, &dst, file, &[], "b.truc", "@local:test").unwrap();
         let cp = r.checkpoint.unwrap();
         assert_eq!((cp.epoch, cp.serial), (1, 1));
         assert_eq!(cp.generation, dst.generation());

@@ -269,7 +269,7 @@ pub(super) fn bars(bars: &[(String, u64)], caption: &str) -> Markup {
     const PLOT: u64 = 110;
     let n = bars.len().max(1) as u64;
     let max = bars.iter().map(|b| b.1).max().unwrap_or(0).max(1);
-    let slot = (600 / n).max(40);
+    let slot = (600 / n).max(20);
     let width = slot * n;
     let step = (bars.len() / 12).max(1);
     html! {
@@ -284,7 +284,9 @@ pub(super) fn bars(bars: &[(String, u64)], caption: &str) -> Markup {
                     @if bars.len() <= 31 && *v > 0 {
                         text.value x=(x + slot / 2) y=(16 + PLOT - h) text-anchor="middle" { (v) }
                     }
-                    @if i % step == 0 {
+                    @if i == 0 {
+                        text x=(x) y="150" { (label) }
+                    } @else if i % step == 0 {
                         text x=(x + slot / 2) y="150" text-anchor="middle" { (label) }
                     }
                 }

@@ -409,6 +409,10 @@ async fn housekeeping(hub: Arc<Hub>, shutdown: CancellationToken) {
                         Ok(_) => {}
                         Err(e) => tracing::warn!(error = %e, "nonce sweep failed"),
                     }
+                    let logins = crate::state::logins::Logins::new(hub.store.clone(), Default::default());
+                    if let Err(e) = logins.sweep(crate::core::time::now_ms()) {
+                        tracing::warn!(error = %e, "console session sweep failed");
+                    }
                 }
                 metrics::agencies(hub.registry.len());
                 metrics::store_bytes(hub.store.size_on_disk());

@@ -62,6 +62,28 @@ fn prefix() -> Vec<u8> {
     Key::new().str("console-login").prefix()
 }
 
+fn failures_key(name: &str) -> Vec<u8> {
+    Key::new()
+        .str("console-login-failures")
+        .str(name)
+        .into_bytes()
+}
+
+/// How long failed logins are remembered after the last one (a lock lasts
+/// as long as it is set for).
+pub const FAILURES_KEPT_MS: i64 = 3_600_000;
+
+/// Failed logins in a row of one account name, shared by every instance.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failures {
+    /// Failures since the last success.
+    pub count: u32,
+    /// Locked until, ms (0: not locked).
+    pub until_ms: i64,
+    /// The last failure, ms.
+    pub last_ms: i64,
+}
+
 /// The console sessions of a store; cheap to clone; blocking.
 #[derive(Clone)]
 pub struct Logins {
@@ -124,13 +146,58 @@ impl Logins {
         self.store.flush()
     }
 
-    /// Deletes every ended session.
+    /// The failed logins of account name `name`.
+    pub fn failures(&self, name: &str) -> Result<Failures, StoreError> {
+        Ok(match self.store.meta().get(failures_key(name))? {
+            Some(v) => codec::decode(&v)?,
+            None => Failures::default(),
+        })
+    }
+
+    /// Counts a failed login of `name` at `now`, locked until what
+    /// `lock_until(count, now)` says; the record after it.
+    pub fn failed(
+        &self,
+        name: &str,
+        now_ms: i64,
+        lock_until: impl Fn(u32, i64) -> i64,
+    ) -> Result<Failures, StoreError> {
+        let mut after = Failures::default();
+        self.store
+            .meta()
+            .fetch_and_update(failures_key(name), |old| {
+                let mut f: Failures = old.and_then(|v| codec::decode(v).ok()).unwrap_or_default();
+                f.count += 1;
+                f.last_ms = now_ms;
+                f.until_ms = lock_until(f.count, now_ms);
+                after = f;
+                codec::encode(&f).ok()
+            })?;
+        Ok(after)
+    }
+
+    /// Forgets `name`'s failed logins (it logged in).
+    pub fn succeeded(&self, name: &str) -> Result<(), StoreError> {
+        self.store.meta().remove(failures_key(name))?;
+        Ok(())
+    }
+
+    /// Deletes every ended session, and failed-login counts of names
+    /// neither locked nor failing for [`FAILURES_KEPT_MS`].
     pub fn sweep(&self, now_ms: i64) -> Result<usize, StoreError> {
         let mut dead = Vec::new();
         for item in self.store.meta().scan_prefix(prefix()) {
             let (k, v) = item?;
             match codec::decode::<Login>(&v) {
                 Ok(l) if self.live(&l, now_ms) => {}
+                _ => dead.push(k),
+            }
+        }
+        let failures = Key::new().str("console-login-failures").prefix();
+        for item in self.store.meta().scan_prefix(failures) {
+            let (k, v) = item?;
+            match codec::decode::<Failures>(&v) {
+                Ok(f) if f.until_ms > now_ms || now_ms - f.last_ms < FAILURES_KEPT_MS => {}
                 _ => dead.push(k),
             }
         }

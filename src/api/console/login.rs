@@ -3,14 +3,14 @@
 //!
 //! Invariants: after [`FREE_TRIES`] failed logins in a row an account name
 //! is locked for a time that doubles with each further failure (up to
-//! [`MAX_LOCK_MS`]), and a locked name is refused before any password is
-//! checked; at most [`CHECKS_AT_ONCE`] argon2 checks run at once, so
+//! [`MAX_LOCK_MS`]), counted in the store so that every instance sharing it
+//! holds the same lock, and a locked name is refused before any password
+//! is checked; at most [`CHECKS_AT_ONCE`] argon2 checks run at once, so
 //! anonymous logins cannot take the hub's CPU; a failed login says the
 //! same whether the name exists or not; a login is an audit entry naming
 //! the account, a failure a log line and a metric.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -34,59 +34,28 @@ pub(super) const MAX_LOCK_MS: i64 = 15 * 60_000;
 /// argon2 checks at once.
 const CHECKS_AT_ONCE: usize = 2;
 
-#[derive(Debug, Clone, Copy, Default)]
-struct Failures {
-    count: u32,
-    until_ms: i64,
-    last_ms: i64,
+/// When a name with `count` failures in a row at `now` is locked until:
+/// not before [`FREE_TRIES`], then 1 s doubling with each failure up to
+/// [`MAX_LOCK_MS`].
+pub(super) fn lock_until(count: u32, now: i64) -> i64 {
+    if count < FREE_TRIES {
+        return 0;
+    }
+    let doublings = (count - FREE_TRIES).min(20);
+    now + (1_000i64 << doublings).min(MAX_LOCK_MS)
 }
 
-/// Failed logins by account name, on this instance.
+/// What limits password checks on this instance (the failures themselves
+/// are counted in the store, for every instance).
 pub(super) struct Throttle {
-    failures: Mutex<HashMap<String, Failures>>,
     checks: tokio::sync::Semaphore,
 }
 
 impl Default for Throttle {
     fn default() -> Self {
         Self {
-            failures: Mutex::default(),
             checks: tokio::sync::Semaphore::new(CHECKS_AT_ONCE),
         }
-    }
-}
-
-impl Throttle {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Failures>> {
-        self.failures.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// How long `name` stays locked, ms (`None`: not locked).
-    pub(super) fn locked(&self, name: &str, now: i64) -> Option<i64> {
-        self.map()
-            .get(name)
-            .map(|f| f.until_ms - now)
-            .filter(|left| *left > 0)
-    }
-
-    /// Counts a failed login of `name`.
-    pub(super) fn failed(&self, name: &str, now: i64) {
-        let mut m = self.map();
-        if m.len() > 10_000 {
-            m.retain(|_, f| now - f.last_ms < 3_600_000);
-        }
-        let f = m.entry(name.to_owned()).or_default();
-        f.count += 1;
-        f.last_ms = now;
-        if f.count >= FREE_TRIES {
-            let doublings = (f.count - FREE_TRIES).min(20);
-            f.until_ms = now + (1_000i64 << doublings).min(MAX_LOCK_MS);
-        }
-    }
-
-    /// Forgets `name`'s failures.
-    pub(super) fn succeeded(&self, name: &str) {
-        self.map().remove(name);
     }
 }
 
@@ -151,7 +120,13 @@ pub(super) async fn submit(
     }
     let name = f.name.trim().to_lowercase();
     let now = now_ms();
-    if let Some(left) = throttle.locked(&name, now) {
+    let (hub2, n2) = (hub.clone(), name.clone());
+    let seen = blocking(move || logins(&hub2).failures(&n2)).await;
+    let locked = match seen {
+        Ok(f) => Some(f.until_ms - now).filter(|left| *left > 0),
+        Err(e) => return failure(StatusCode::SERVICE_UNAVAILABLE, &p, None, &e.to_string()),
+    };
+    if let Some(left) = locked {
         crate::core::metrics::console_login(false);
         let msg = format!(
             "{} {} s.",
@@ -169,13 +144,14 @@ pub(super) async fn submit(
     let (hub2, n2) = (hub.clone(), name.clone());
     let result = blocking(move || {
         let a = hub2.accounts.login(&n2, &f.password)?;
-        let session = logins(&hub2).begin(&a.name, now_ms())?;
+        let book = logins(&hub2);
+        book.succeeded(&a.name)?;
+        let session = book.begin(&a.name, now_ms())?;
         Ok::<_, crate::state::accounts::AccountError>((a, session))
     })
     .await;
     match result {
         Ok((account, (token, _))) => {
-            throttle.succeeded(&name);
             crate::core::metrics::console_login(true);
             hub.router.audit().record(
                 AuditEvent::admin("console-login", &account.name, String::new()).by(&account.name),
@@ -188,7 +164,14 @@ pub(super) async fn submit(
             r
         }
         Err(crate::state::accounts::AccountError::BadLogin) => {
-            throttle.failed(&name, now);
+            // A name no account can have is not kept (it would only grow
+            // the store); any other is counted, whether it exists or not.
+            if crate::state::accounts::is_name(&name) {
+                let (hub2, n2) = (hub.clone(), name.clone());
+                if let Err(e) = blocking(move || logins(&hub2).failed(&n2, now, lock_until)).await {
+                    tracing::warn!(error = %e, "a failed console login was not counted");
+                }
+            }
             crate::core::metrics::console_login(false);
             tracing::warn!(account = %Escaped(&name), "console login failed");
             login_page(
@@ -242,25 +225,45 @@ pub(super) async fn logout(State(hub): Hs, v: Viewer, Form(f): Form<CsrfForm>) -
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::logins::{Lifetimes, Logins};
+    use crate::state::store::Store;
 
     #[test]
     fn a_name_is_locked_after_five_failures_for_a_doubling_time() {
-        let t = Throttle::default();
+        assert_eq!(lock_until(FREE_TRIES - 1, 0), 0);
+        assert_eq!(lock_until(FREE_TRIES, 10), 1_010);
+        assert_eq!(lock_until(FREE_TRIES + 1, 10), 2_010);
+        assert_eq!(lock_until(FREE_TRIES + 40, 10), 10 + MAX_LOCK_MS);
+    }
+
+    #[test]
+    fn failures_are_counted_in_the_store_for_every_instance() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        // Two instances' views of one store.
+        let (a, b) = (
+            Logins::new(store.clone(), Lifetimes::default()),
+            Logins::new(store, Lifetimes::default()),
+        );
         for i in 0..FREE_TRIES - 1 {
-            t.failed("lan", i64::from(i));
-            assert_eq!(t.locked("lan", i64::from(i)), None);
+            let f = if i % 2 == 0 { &a } else { &b }
+                .failed("lan", 100, lock_until)
+                .unwrap();
+            assert_eq!(f.until_ms, 0);
         }
-        t.failed("lan", 10);
-        assert_eq!(t.locked("lan", 10), Some(1_000));
-        assert_eq!(t.locked("lan", 1_010), None);
-        t.failed("lan", 2_000);
-        assert_eq!(t.locked("lan", 2_000), Some(2_000));
-        for _ in 0..30 {
-            t.failed("lan", 5_000);
-        }
-        assert_eq!(t.locked("lan", 5_000), Some(MAX_LOCK_MS));
-        assert_eq!(t.locked("mai", 5_000), None);
-        t.succeeded("lan");
-        assert_eq!(t.locked("lan", 5_000), None);
+        let f = a.failed("lan", 100, lock_until).unwrap();
+        assert_eq!((f.count, f.until_ms), (FREE_TRIES, 1_100));
+        assert_eq!(b.failures("lan").unwrap().until_ms, 1_100);
+        assert_eq!(b.failures("mai").unwrap().count, 0);
+        b.succeeded("lan").unwrap();
+        assert_eq!(a.failures("lan").unwrap().count, 0);
+        // Counts are forgotten an hour after the last failure.
+        a.failed("mai", 100, lock_until).unwrap();
+        a.sweep(100 + crate::state::logins::FAILURES_KEPT_MS - 1)
+            .unwrap();
+        assert_eq!(a.failures("mai").unwrap().count, 1);
+        a.sweep(100 + crate::state::logins::FAILURES_KEPT_MS)
+            .unwrap();
+        assert_eq!(a.failures("mai").unwrap().count, 0);
     }
 }

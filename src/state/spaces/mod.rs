@@ -215,6 +215,31 @@ pub struct Spaces {
     /// Held while a space is made, so that two asked for at once are
     /// both counted against the quota (on this instance).
     making: std::sync::Arc<std::sync::Mutex<()>>,
+    /// Whether some space may be bound to an envelope, as this instance
+    /// last knew: set by every bind here, cleared by a sweep that found
+    /// none and saw no bind meanwhile. Lets [`Spaces::release`] skip its
+    /// store read for the envelopes that have no space (nearly all), which
+    /// would otherwise cost every settled delivery a statement on a shared
+    /// store; a space bound on another instance meanwhile is released by
+    /// the next sweep instead.
+    hint: std::sync::Arc<BoundHint>,
+}
+
+/// See [`Spaces::hint`]'s field.
+#[derive(Debug)]
+struct BoundHint {
+    maybe: std::sync::atomic::AtomicBool,
+    binds: std::sync::atomic::AtomicU64,
+}
+
+impl Default for BoundHint {
+    fn default() -> Self {
+        // Until the first sweep: a bound space may exist.
+        Self {
+            maybe: std::sync::atomic::AtomicBool::new(true),
+            binds: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
 }
 
 impl Spaces {
@@ -226,6 +251,7 @@ impl Spaces {
             dir: content::Dir::open(dir)?,
             sealer: seal::Sealer::new(key),
             making: Default::default(),
+            hint: Default::default(),
         })
     }
 
@@ -441,6 +467,9 @@ impl Spaces {
             .compare_and_swap(key(space_id), Some(&old), Some(&new))?
         {
             Ok(()) => {
+                use std::sync::atomic::Ordering;
+                self.hint.binds.fetch_add(1, Ordering::AcqRel);
+                self.hint.maybe.store(true, Ordering::Release);
                 // The first space bound to the envelope stays its own (a
                 // repeat over the gateway brings another).
                 let _ = self.store.meta().compare_and_swap(
@@ -521,6 +550,9 @@ impl Spaces {
         policy: &SpacesPolicy,
         now: i64,
     ) -> Result<Option<Gone>, SpaceError> {
+        if !self.hint.maybe.load(std::sync::atomic::Ordering::Acquire) {
+            return Ok(None);
+        }
         let Some(space) = self.space_of(from, message_id)? else {
             return Ok(None);
         };
@@ -540,6 +572,8 @@ impl Spaces {
         policy: &SpacesPolicy,
         now: i64,
     ) -> Result<Swept, SpaceError> {
+        use std::sync::atomic::Ordering;
+        let binds = self.hint.binds.load(Ordering::Acquire);
         let all = self.all()?;
         let mut gone = Vec::new();
         let mut kept = Vec::new();
@@ -556,6 +590,11 @@ impl Spaces {
             if is_id(&id) && !all.iter().any(|s| s.id == id) && self.get(&id)?.is_none() {
                 self.dir.remove(&id)?;
             }
+        }
+        if !kept.iter().any(|s| s.message_id.is_some())
+            && self.hint.binds.load(Ordering::Acquire) == binds
+        {
+            self.hint.maybe.store(false, Ordering::Release);
         }
         Ok((gone, kept))
     }
@@ -874,6 +913,49 @@ mod tests {
         assert!(f.spaces.get(&space.id).unwrap().is_none());
         assert!(f.spaces.space_of(&owner, "m1").unwrap().is_none());
         assert!(files(&f.content).is_empty());
+    }
+
+    #[test]
+    fn release_skips_the_store_read_while_no_space_is_bound() {
+        let f = fixture();
+        let owner = code("S");
+        // Another instance's view of the same store and directory.
+        let other = Spaces::open(f.spaces.store.clone(), &f.content, [9; 32]).unwrap();
+        let p = policy();
+        // No space bound anywhere: once a sweep saw that, release reads nothing.
+        other.sweep(&f.tracking, &p, 0).unwrap();
+        assert!(!other.hint.maybe.load(std::sync::atomic::Ordering::Acquire));
+        let data = doc(10);
+        let space = f
+            .spaces
+            .create(&owner, 10, &digest(&data), false, &p, 0)
+            .unwrap();
+        upload(&f.spaces, &space, &data, &[0]);
+        f.spaces.complete(&space).unwrap();
+        f.spaces.bind(&space.id, &owner, "m1", 1).unwrap();
+        let mut rec = EnvelopeRecord::for_test(
+            1,
+            "m1",
+            vec![DestTrack::new(
+                code("A"),
+                1,
+                DeliveryState::Accepted,
+                None,
+                "",
+            )],
+        );
+        rec.dests[0].push(2, DeliveryState::Delivered, None, "01");
+        f.tracking.put(&rec).unwrap();
+        // Bound on the first instance, settled on the other before its next
+        // sweep: the other skips it; its sweep then takes it.
+        assert_eq!(
+            other.release(&owner, "m1", &f.tracking, &p, 3).unwrap(),
+            None
+        );
+        assert!(f.spaces.get(&space.id).unwrap().is_some());
+        let (gone, _) = other.sweep(&f.tracking, &p, 4).unwrap();
+        assert_eq!(gone.len(), 1);
+        assert!(f.spaces.get(&space.id).unwrap().is_none());
     }
 
     #[test]

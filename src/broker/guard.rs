@@ -414,21 +414,12 @@ impl Upstream {
                 None
             }
             AMQPScheme::AMQPS => {
-                let mut roots = rustls::RootCertStore::empty();
-                for cert in webpki_root_certs::TLS_SERVER_ROOT_CERTS {
-                    // A bundled root rustls cannot use is skipped, not fatal.
-                    let _ = roots.add(cert.clone());
-                }
+                let mut roots = crate::core::pem::web_roots();
                 if let Some(ca) = trust.ca_file() {
                     crate::core::pem::add_ca_file(&mut roots, ca)
                         .map_err(|e| AmqpError::Tls(format!("CA file {e}")))?;
                 }
-                let provider = Arc::new(rustls::crypto::ring::default_provider());
-                let config = rustls::ClientConfig::builder_with_provider(provider)
-                    .with_safe_default_protocol_versions()
-                    .map_err(|e| AmqpError::Tls(e.to_string()))?
-                    .with_root_certificates(roots)
-                    .with_no_client_auth();
+                let config = crate::core::pem::client_config(roots).map_err(AmqpError::Tls)?;
                 let name = ServerName::try_from(host.to_owned())
                     .map_err(|e| AmqpError::Tls(format!("broker host {host:?}: {e}")))?;
                 Some((TlsConnector::from(Arc::new(config)), name))

@@ -31,12 +31,7 @@ impl AdminClientTls {
     pub fn from_ca_file(ca_file: &std::path::Path) -> Result<Self, String> {
         let mut roots = rustls::RootCertStore::empty();
         crate::core::pem::add_ca_file(&mut roots, ca_file)?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| format!("TLS: {e}"))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let mut config = crate::core::pem::client_config(roots).map_err(|e| format!("TLS: {e}"))?;
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Self {
             connector: tokio_rustls::TlsConnector::from(Arc::new(config)),

@@ -1,6 +1,7 @@
 //! Reading PEM files named in the configuration: CA certificates for
 //! `amqps://` and for the CLI's HTTPS admin client, and the admin API's own
-//! certificate chain and private key.
+//! certificate chain and private key; and the one TLS client set-up every
+//! outgoing connection uses ([`web_roots`], [`client_config`]).
 //!
 //! Invariant: every reader either returns at least one certificate (or
 //! exactly one key) or an error whose text names the file and what is wrong
@@ -10,6 +11,27 @@ use std::path::Path;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// The bundled public web roots (a root rustls cannot use is skipped, not
+/// fatal).
+pub fn web_roots() -> rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in webpki_root_certs::TLS_SERVER_ROOT_CERTS {
+        let _ = roots.add(cert.clone());
+    }
+    roots
+}
+
+/// A TLS client configuration trusting `roots`: ring, the safe default
+/// protocol versions, no client certificate.
+pub fn client_config(roots: rustls::RootCertStore) -> Result<rustls::ClientConfig, String> {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
 
 /// Reads the certificates of a PEM file (at least one).
 pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {

@@ -94,16 +94,7 @@ pub(super) async fn post(url: &str, text: &str) -> Result<(), String> {
             .await
             .map_err(|e| format!("connect {}:{}: {e}", t.host, t.port))?;
         if t.https {
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in webpki_root_certs::TLS_SERVER_ROOT_CERTS {
-                let _ = roots.add(cert.clone());
-            }
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let config = rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .map_err(|e| e.to_string())?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
+            let config = crate::core::pem::client_config(crate::core::pem::web_roots())?;
             let name = rustls::pki_types::ServerName::try_from(t.host.clone())
                 .map_err(|e| format!("host {:?}: {e}", t.host))?;
             let tls = tokio_rustls::TlsConnector::from(Arc::new(config))

@@ -97,6 +97,15 @@ impl Zone {
         Ok(ts.as_millisecond())
     }
 
+    /// `ms` as people read it: the local date and time to the second, and
+    /// the offset (`2026-11-22`, `15:00:00`, `+07:00`).
+    pub fn readable(&self, ms: i64) -> (String, String, String) {
+        let s = self.format(ms);
+        // 2026-11-22T15:00:00.000+07:00
+        let part = |r: std::ops::Range<usize>| s.get(r).unwrap_or("").to_owned();
+        (part(0..10), part(11..19), part(23..s.len()))
+    }
+
     /// `ms` as local RFC 3339 with milliseconds and the offset,
     /// e.g. `2026-11-22T15:00:00.000+07:00`.
     pub fn format(&self, ms: i64) -> String {
@@ -121,6 +130,10 @@ mod tests {
         assert_eq!(z.offset_secs(t), 7 * 3600);
         assert_eq!(z.date(t), (2026, 11, 23), "06:30 the next day in Vietnam");
         assert_eq!(z.format(t), "2026-11-23T06:30:00.000+07:00");
+        assert_eq!(
+            z.readable(t),
+            ("2026-11-23".into(), "06:30:00".into(), "+07:00".into())
+        );
         assert_eq!(parse_rfc3339(&z.format(t)).unwrap(), t);
         assert_eq!(
             z.midnight(2026, 11, 23).unwrap(),

@@ -282,17 +282,19 @@ impl AccountBook {
     /// Enables or disables account `name`. Either way its API tokens are
     /// dropped: a disabled account's holders must be issued new ones.
     pub fn set_enabled(&self, name: &str, enabled: bool) -> Result<Account, AccountError> {
-        let before = self
-            .get(name)?
-            .ok_or_else(|| AccountError::NotFound(name.to_owned()))?;
+        // The tokens the swap that took effect dropped (the closure may run
+        // more than once).
+        let mut dropped = Vec::new();
         let after = self.update(name, |a| {
             a.enabled = enabled;
-            if !enabled {
-                a.tokens.clear();
-            }
+            dropped = if enabled {
+                Vec::new()
+            } else {
+                std::mem::take(&mut a.tokens)
+            };
         })?;
-        if !enabled {
-            for t in &before.tokens {
+        if !dropped.is_empty() {
+            for t in &dropped {
                 self.store.meta().remove(token_key(&t.id))?;
             }
             self.store.flush()?;

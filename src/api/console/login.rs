@@ -107,16 +107,8 @@ pub(super) async fn submit(
 ) -> Response {
     let p = Prefs::of(&headers, hub.config.zone());
     let l = p.lang;
-    if !same_origin(&headers) {
-        return failure(
-            StatusCode::FORBIDDEN,
-            &p,
-            None,
-            l.t(
-                "Yêu cầu đến từ một trang khác.",
-                "The request came from another site.",
-            ),
-        );
+    if let Err(refused) = same_origin(&headers, &p) {
+        return *refused;
     }
     let name = f.name.trim().to_lowercase();
     let now = now_ms();

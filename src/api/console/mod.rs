@@ -249,20 +249,35 @@ pub(super) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + '
     }
 }
 
-/// Whether a request's `Origin` (when it has one) is the site it came to.
-fn same_origin(headers: &HeaderMap) -> bool {
-    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
-        return true;
-    };
+/// `Ok` when a request's `Origin` (if it has one) is the site it came to,
+/// else the refusal page.
+fn same_origin(headers: &HeaderMap, p: &Prefs) -> Result<(), Box<Response>> {
     let host = headers
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let bare = origin
-        .strip_prefix("https://")
-        .or_else(|| origin.strip_prefix("http://"))
-        .unwrap_or("");
-    !host.is_empty() && bare == host
+    let ok = match headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        None => true,
+        Some(origin) => {
+            let bare = origin
+                .strip_prefix("https://")
+                .or_else(|| origin.strip_prefix("http://"))
+                .unwrap_or("");
+            !host.is_empty() && bare == host
+        }
+    };
+    if ok {
+        return Ok(());
+    }
+    Err(Box::new(failure(
+        StatusCode::FORBIDDEN,
+        p,
+        None,
+        p.lang.t(
+            "Yêu cầu đến từ một trang khác.",
+            "The request came from another site.",
+        ),
+    )))
 }
 
 impl FromRequestParts<Arc<Hub>> for Viewer {
@@ -270,16 +285,8 @@ impl FromRequestParts<Arc<Hub>> for Viewer {
 
     async fn from_request_parts(parts: &mut Parts, hub: &Arc<Hub>) -> Result<Self, Response> {
         let prefs = Prefs::of(&parts.headers, hub.config.zone());
-        if parts.method != Method::GET && !same_origin(&parts.headers) {
-            return Err(failure(
-                StatusCode::FORBIDDEN,
-                &prefs,
-                None,
-                prefs.lang.t(
-                    "Yêu cầu đến từ một trang khác.",
-                    "The request came from another site.",
-                ),
-            ));
+        if parts.method != Method::GET {
+            same_origin(&parts.headers, &prefs).map_err(|r| *r)?;
         }
         let to_login = || Redirect::to("/console/login").into_response();
         let Some(token) = cookie(&parts.headers, SESSION_COOKIE).map(str::to_owned) else {

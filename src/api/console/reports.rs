@@ -55,6 +55,25 @@ async fn rows(
     }
 }
 
+/// `rows` grouped by `key`, in the order keys first appear, each group's
+/// `value`s folded with `combine`.
+fn tally<'r>(
+    rows: &'r [Row],
+    key: impl Fn(&'r Row) -> &'r String,
+    value: impl Fn(&Row) -> u64,
+    combine: impl Fn(u64, u64) -> u64,
+) -> Vec<(String, u64)> {
+    let mut out: Vec<(String, u64)> = Vec::new();
+    for r in rows {
+        let v = value(r);
+        match out.iter_mut().find(|(k, _)| k == key(r)) {
+            Some((_, n)) => *n = combine(*n, v),
+            None => out.push((key(r).clone(), v)),
+        }
+    }
+    out
+}
+
 fn secs(s: Option<f64>) -> String {
     s.map_or_else(String::new, |s| format!("{s:.1}"))
 }
@@ -68,31 +87,18 @@ pub(super) async fn page(State(hub): Hs, v: Viewer, Query(q): Query<ReportQuery>
         Err(r) => return *r,
     };
     let by = q.by();
-    let mut per_agency: Vec<(String, u64)> = Vec::new();
-    for r in &rows {
-        match per_agency.iter_mut().find(|(a, _)| *a == r.agency) {
-            Some((_, n)) => *n += r.sent + r.received,
-            None => per_agency.push((r.agency.clone(), r.sent + r.received)),
-        }
-    }
-    let mut per_period: Vec<(String, u64)> = Vec::new();
-    for r in &rows {
-        match per_period.iter_mut().find(|(p, _)| *p == r.period) {
-            Some((_, n)) => *n += r.sent,
-            None => per_period.push((r.period.clone(), r.sent)),
-        }
-    }
+    let per_agency = tally(&rows, |r| &r.agency, |r| r.sent + r.received, |a, b| a + b);
+    let per_period = tally(&rows, |r| &r.period, |r| r.sent, |a, b| a + b);
     // The slowest agency's median delivery latency in each period, ms.
-    let mut latency: Vec<(String, u64)> = Vec::new();
-    for r in &rows {
-        let ms = r
-            .latency_median_s
-            .map_or(0, |s| (s * 1000.0).round() as u64);
-        match latency.iter_mut().find(|(p, _)| *p == r.period) {
-            Some((_, n)) => *n = (*n).max(ms),
-            None => latency.push((r.period.clone(), ms)),
-        }
-    }
+    let latency = tally(
+        &rows,
+        |r| &r.period,
+        |r| {
+            r.latency_median_s
+                .map_or(0, |s| (s * 1000.0).round() as u64)
+        },
+        u64::max,
+    );
     let csv = format!(
         "/console/reports.csv?by={}&days={}",
         q.by.as_deref().unwrap_or("day"),

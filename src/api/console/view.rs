@@ -78,12 +78,8 @@ impl Prefs {
 
     /// `ms` as `2026-12-01 21:05:03 +07:00` in the chosen zone.
     pub(super) fn when(&self, ms: i64) -> String {
-        let s = self.zone.format(ms);
-        // 2026-12-01T21:05:03.123+07:00
-        match (s.get(..10), s.get(11..19), s.get(23..)) {
-            (Some(d), Some(t), Some(off)) => format!("{d} {t} {off}"),
-            _ => s,
-        }
+        let (d, t, off) = self.zone.readable(ms);
+        format!("{d} {t} {off}")
     }
 
     /// `ms` as an optional time.

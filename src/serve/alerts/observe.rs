@@ -58,12 +58,8 @@ impl Observer {
         let mut o = Observed::default();
         let zone = hub.config.zone();
         let when = |ms: i64| {
-            let s = zone.format(ms);
-            format!(
-                "{} {}",
-                s.get(..10).unwrap_or(""),
-                s.get(11..19).unwrap_or("")
-            )
+            let (d, t, _) = zone.readable(ms);
+            format!("{d} {t}")
         };
 
         let connected = hub.link.borrow().as_ref().is_some_and(|l| l.is_connected());

@@ -48,6 +48,14 @@ vm_memory_high_watermark.relative = 0.2
 disk_free_limit.absolute = 200MB
 cluster_partition_handling = pause_minority
 EOF
+    # Quorum delay buckets dead-letter at least once (queues/cluster): a held
+    # delivery whose hop to the release queue was not confirmed (its leader
+    # was moving off a stopped node) is sent again after this, not after the
+    # broker's default of 180 s, during which the bucket's dead-lettering
+    # stalls behind it (docs/CLUSTER.md).
+    cat >"$d/advanced.config" <<EOF
+[{rabbit, [{dead_letter_worker_publisher_confirm_timeout, 5000}]}].
+EOF
     echo '[].' >"$d/enabled_plugins"
     : >"$d/rabbitmq-env.conf"
     ulimit -S -n "$(ulimit -H -n)" 2>/dev/null || true

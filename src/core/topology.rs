@@ -227,6 +227,18 @@ impl Topology {
                     "delay.{name} must dead-letter to the release exchange"
                 )));
             }
+            // A quorum queue dead-letters at most once unless told otherwise:
+            // a held delivery falling due while the release queue's node
+            // stops would be gone. At least once needs reject-publish.
+            let s = |v: &str| Some(ArgValue::Str(v.into()));
+            if q.arguments.get("x-queue-type").cloned() == s("quorum")
+                && (q.arguments.get("x-dead-letter-strategy").cloned() != s("at-least-once")
+                    || q.arguments.get("x-overflow").cloned() != s("reject-publish"))
+            {
+                return Err(invalid(format!(
+                    "delay.{name} is a quorum queue: it must have x-dead-letter-strategy = \"at-least-once\" and x-overflow = \"reject-publish\", or a held delivery falling due while a broker node stops is lost"
+                )));
+            }
         }
         let probe = AgencyCode::parse("PROBE").expect("valid code");
         for q in topo.queues.iter().chain(topo.agency_queues(&probe).iter()) {
@@ -411,6 +423,24 @@ mod tests {
         assert_eq!(
             inbox.arguments.get("x-queue-master-locator"),
             Some(&ArgValue::Str("min-masters".into()))
+        );
+    }
+
+    /// A quorum delay bucket left to the broker's default (at most once)
+    /// could lose a held delivery while a node stops: refused at load.
+    #[test]
+    fn refuses_a_quorum_queue_dead_lettering_at_most_once() {
+        let cluster = include_str!("../../queues/cluster/topology.toml");
+        let at_most_once = cluster.replacen(
+            r#""x-message-ttl" = 30000, "x-dead-letter-exchange" = "{prefix}release", "x-dead-letter-strategy" = "at-least-once", "x-overflow" = "reject-publish""#,
+            r#""x-message-ttl" = 30000, "x-dead-letter-exchange" = "{prefix}release""#,
+            1,
+        );
+        assert_ne!(at_most_once, cluster, "the 30 s bucket's arguments moved");
+        let e = Topology::from_toml(&at_most_once, Path::new("c.toml"), "lgsp.").unwrap_err();
+        assert!(
+            e.to_string().contains("delay.30s") && e.to_string().contains("at-least-once"),
+            "{e}"
         );
     }
 

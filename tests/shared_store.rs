@@ -67,6 +67,9 @@ async fn two_instances_share_the_work_and_deliver_each_envelope_once() {
     let list = |h: &TestHub| json(&h.cli(&["agency", "list", "--json"]));
     assert_eq!(list(&a), list(&b));
 
+    // Competing consumers share only once both compete: each instance's
+    // consumer on the source's queue is there before anything is sent.
+    a.wait_consumers("ingress.000.00.31.H41", 2).await;
     let source = a.client(&src).await;
     let mut dest = a.client(&dst).await;
     let mut inbox = dest.inbox(64).await.unwrap();
@@ -114,7 +117,12 @@ async fn two_instances_share_the_work_and_deliver_each_envelope_once() {
     // Both instances routed a share (competing consumers on one queue).
     let (na, nb) = (accepted(&a).await, accepted(&b).await);
     assert_eq!(na + nb, N as u64 + 1, "a {na}, b {nb}");
-    assert!(na > 0 && nb > 0, "a {na}, b {nb}");
+    assert!(
+        na > 0 && nb > 0,
+        "a {na}, b {nb}\nA:\n{}\nB:\n{}",
+        a.log(),
+        b.log()
+    );
     eprintln!("accepted by a: {na}, by b: {nb}");
 
     // An agency added through one instance is known to the other (its

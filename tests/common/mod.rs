@@ -527,6 +527,31 @@ impl TestHub {
         n
     }
 
+    /// Waits (up to 10 s) until queue `short` has `want` consumers: for a
+    /// test about competing consumers, which must not begin before every
+    /// instance consumes.
+    pub async fn wait_consumers(&self, short: &str, want: u32) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let link = self.link().await;
+        loop {
+            let n = link
+                .queue_info(&format!("{}{short}", self.prefix))
+                .await
+                .unwrap_or_else(|e| panic!("{short}: {e}"))
+                .consumers;
+            if n == want {
+                link.close().await;
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{short} has {n} consumers, want {want}; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits (up to 10 s) until queue `short` holds `want` messages.
     pub async fn wait_depth(&self, short: &str, want: u32) {
         let deadline = Instant::now() + Duration::from_secs(10);

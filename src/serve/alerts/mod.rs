@@ -7,7 +7,11 @@
 //! Invariants: only the instance holding the leader lease evaluates, and a
 //! new leader carries on from the open alerts in the store, so an alert is
 //! announced once across instances (a leader that dies between sending
-//! and keeping may announce it once more); a notification that fails to
+//! and keeping may announce it once more); the store's open alerts are made
+//! the leader's own at every evaluation, so one whose keeping failed (the
+//! store was full) is kept once the store writes again, and an instance
+//! leading again carries its own open alerts the store never kept, so each
+//! is still resolved; a notification that fails to
 //! send is logged and counted, never retried in a loop; the loop
 //! `select!`s on shutdown.
 
@@ -21,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::core::alarm::{Alarm, Say};
 use crate::core::alert_policy::AlertsPolicy;
-use crate::core::alerting::{Alerting, Condition, Kind, Notice};
+use crate::core::alerting::{Alert, Alerting, Condition, Kind, Notice};
 use crate::core::time::now_ms;
 use crate::operator::Hub;
 use crate::state::alerts::AlertBook;
@@ -80,6 +84,9 @@ async fn send(policy: &AlertsPolicy, n: &Notice) {
 pub(crate) async fn run(hub: Arc<Hub>, shutdown: CancellationToken) {
     let book = AlertBook::new(hub.store.clone());
     let mut state: Option<Alerting> = None;
+    // This instance's open alerts when it last stopped leading: carried into
+    // its next term for those the store never kept (see AlertBook::resume).
+    let mut before: Vec<Alert> = Vec::new();
     let mut observer = observe::Observer::default();
     let unkept = Alarm::new();
     loop {
@@ -89,7 +96,9 @@ pub(crate) async fn run(hub: Arc<Hub>, shutdown: CancellationToken) {
             _ = tokio::time::sleep(policy.evaluate_every) => {}
         }
         if !hub.leads() {
-            state = None;
+            if let Some(s) = state.take() {
+                before = s.open().cloned().collect();
+            }
             observer = observe::Observer::default();
             continue;
         }
@@ -97,8 +106,12 @@ pub(crate) async fn run(hub: Arc<Hub>, shutdown: CancellationToken) {
             Some(s) => s,
             None => {
                 let b = book.clone();
-                match tokio::task::spawn_blocking(move || b.open()).await {
-                    Ok(Ok(open)) => state.insert(Alerting::resume(open)),
+                let mine = before.clone();
+                match tokio::task::spawn_blocking(move || b.resume(mine)).await {
+                    Ok(Ok(open)) => {
+                        before.clear();
+                        state.insert(Alerting::resume(open))
+                    }
                     Ok(Err(e)) => {
                         tracing::warn!(error = %e, "open alerts not read; trying again");
                         continue;
@@ -130,8 +143,9 @@ pub(crate) async fn run(hub: Arc<Hub>, shutdown: CancellationToken) {
         crate::core::metrics::alerts_open(alerting.open().count(), alerting.suppressed());
         let b = book.clone();
         let keep = step.clone();
+        let open: Vec<Alert> = alerting.open().cloned().collect();
         let kept = tokio::task::spawn_blocking(move || {
-            b.apply(&keep)?;
+            b.keep(&keep, &open)?;
             b.sweep(now - HISTORY_MS)
         })
         .await;

@@ -515,58 +515,57 @@ impl TestHub {
             .status();
     }
 
-    /// Depth of a queue of this hub (`short` without the prefix); the queue must exist.
-    pub async fn depth(&self, short: &str) -> u32 {
+    /// Depth and consumers of a queue of this hub (`short` without the
+    /// prefix); the queue must exist.
+    async fn queue(&self, short: &str) -> truc::broker::QueueInfo {
         let link = self.link().await;
-        let n = link
+        let info = link
             .queue_info(&format!("{}{short}", self.prefix))
             .await
-            .unwrap_or_else(|e| panic!("{short}: {e}"))
-            .messages;
+            .unwrap_or_else(|e| panic!("{short}: {e}"));
         link.close().await;
-        n
+        info
+    }
+
+    /// Depth of a queue of this hub (`short` without the prefix); the queue must exist.
+    pub async fn depth(&self, short: &str) -> u32 {
+        self.queue(short).await.messages
+    }
+
+    /// Waits (up to 10 s) until `count` of queue `short` is `want`.
+    async fn wait_queue(
+        &self,
+        short: &str,
+        (what, count): (&str, fn(&truc::broker::QueueInfo) -> u32),
+        want: u32,
+    ) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let n = count(&self.queue(short).await);
+            if n == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{short} has {n} {what}, want {want}; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Waits (up to 10 s) until queue `short` has `want` consumers: for a
     /// test about competing consumers, which must not begin before every
     /// instance consumes.
     pub async fn wait_consumers(&self, short: &str, want: u32) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let link = self.link().await;
-        loop {
-            let n = link
-                .queue_info(&format!("{}{short}", self.prefix))
-                .await
-                .unwrap_or_else(|e| panic!("{short}: {e}"))
-                .consumers;
-            if n == want {
-                link.close().await;
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{short} has {n} consumers, want {want}; log:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.wait_queue(short, ("consumers", |q| q.consumers), want)
+            .await
     }
 
     /// Waits (up to 10 s) until queue `short` holds `want` messages.
     pub async fn wait_depth(&self, short: &str, want: u32) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let d = self.depth(short).await;
-            if d == want {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{short} has {d}, want {want}; log:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.wait_queue(short, ("messages", |q| q.messages), want)
+            .await
     }
 
     /// Runs a `truc` CLI command and expects exit `code` (stdout and

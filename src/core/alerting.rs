@@ -131,8 +131,6 @@ pub struct Notice {
 pub struct Step {
     /// Notifications to send, in order.
     pub notices: Vec<Notice>,
-    /// Open alerts new or changed (to keep).
-    pub changed: Vec<Alert>,
     /// Alerts that cleared (to move to the history).
     pub resolved: Vec<Alert>,
 }
@@ -209,8 +207,7 @@ impl Alerting {
             }
         }
         for (k, c) in firing {
-            let before = self.open.get(&k).cloned();
-            let mut a = before.clone().unwrap_or_else(|| Alert {
+            let mut a = self.open.get(&k).cloned().unwrap_or_else(|| Alert {
                 key: k.clone(),
                 rule: c.rule,
                 subject: c.subject.clone(),
@@ -235,9 +232,6 @@ impl Alerting {
                         alert: a.clone(),
                     });
                 }
-            }
-            if before.as_ref() != Some(&a) {
-                step.changed.push(a.clone());
             }
             self.open.insert(k, a);
         }
@@ -270,14 +264,14 @@ mod tests {
         let mut a = Alerting::default();
         let s = a.step(0, vec![c(Rule::Undelivered, "hub", 1)], 1_000, 10);
         assert_eq!(kinds(&s), vec![(Kind::Firing, "undelivered:hub".into())]);
-        assert_eq!(s.changed.len(), 1);
-        // Still firing, same text: nothing to say, nothing to keep.
+        assert_eq!(a.open().count(), 1);
+        // Still firing, same text: nothing to say.
         let s = a.step(500, vec![c(Rule::Undelivered, "hub", 1)], 1_000, 10);
         assert_eq!(s, Step::default());
-        // A new count: kept, not announced.
+        // A new count: the open alert says it, not announced.
         let s = a.step(600, vec![c(Rule::Undelivered, "hub", 2)], 1_000, 10);
         assert!(s.notices.is_empty());
-        assert_eq!(s.changed[0].text_en, "2 letters");
+        assert_eq!(a.open().next().unwrap().text_en, "2 letters");
         let s = a.step(1_000, vec![c(Rule::Undelivered, "hub", 2)], 1_000, 10);
         assert_eq!(kinds(&s), vec![(Kind::Repeat, "undelivered:hub".into())]);
         assert_eq!(s.notices[0].alert.since_ms, 0);
@@ -316,7 +310,7 @@ mod tests {
             .collect();
         let s = a.step(0, many.clone(), 10 * HOUR_MS, 3);
         assert_eq!(s.notices.len(), 3);
-        assert_eq!(s.changed.len(), 5, "all five are open and listed");
+        assert_eq!(a.open().count(), 5, "all five are open and listed");
         assert_eq!(a.suppressed(), 2);
         // One of the unannounced clears: it resolves silently.
         let s = a.step(10, many[..4].to_vec(), 10 * HOUR_MS, 3);

@@ -230,10 +230,10 @@ impl Topology {
             // A quorum queue dead-letters at most once unless told otherwise:
             // a held delivery falling due while the release queue's node
             // stops would be gone. At least once needs reject-publish.
-            let s = |v: &str| Some(ArgValue::Str(v.into()));
-            if q.arguments.get("x-queue-type").cloned() == s("quorum")
-                && (q.arguments.get("x-dead-letter-strategy").cloned() != s("at-least-once")
-                    || q.arguments.get("x-overflow").cloned() != s("reject-publish"))
+            let is = |k: &str, v: &str| q.arguments.get(k) == Some(&ArgValue::Str(v.into()));
+            if is("x-queue-type", "quorum")
+                && !(is("x-dead-letter-strategy", "at-least-once")
+                    && is("x-overflow", "reject-publish"))
             {
                 return Err(invalid(format!(
                     "delay.{name} is a quorum queue: it must have x-dead-letter-strategy = \"at-least-once\" and x-overflow = \"reject-publish\", or a held delivery falling due while a broker node stops is lost"

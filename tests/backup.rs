@@ -32,6 +32,14 @@ async fn take_until(client: &mut Client, inbox: &mut Subscription, id: &str) -> 
             .await
             .unwrap_or_else(|| panic!("{id} not delivered; got {ids:?}"));
         let tag = got.delivery_tag;
+        // Said on failure: a repeat is told apart from a copy the broker
+        // kept (its ack lost) by these two.
+        eprintln!(
+            "took {:?} (lgsp-attempt {:?}, broker redelivered {})",
+            got.message.message_id,
+            got.message.header("lgsp-attempt"),
+            got.redelivered
+        );
         let r = client.receive(got).expect("the hub's signature verifies");
         inbox.ack(tag).await.unwrap();
         ids.push(r.message_id);
@@ -195,7 +203,7 @@ async fn a_running_hub_is_backed_up_and_restored_into_a_new_data_dir() {
     ca.send(&envelope(B).id("BK-A9").build()).await.unwrap();
     let mut inbox_b = cb.inbox(8).await.unwrap();
     let got = take_until(&mut cb, &mut inbox_b, "BK-A9").await;
-    assert_eq!(got, ["BK-A9"]);
+    assert_eq!(got, ["BK-A9"], "log:\n{}", hub.log());
     let mut m = envelope(A).id("BK-B9").signed(&hub.prefix, &b);
     common::sign_rsa(&mut m, &rsa_key);
     cb.publish(&m).await.unwrap();
